@@ -1,0 +1,51 @@
+//! `tsbridge serve`: start, print where to look, run until Ctrl-C / SIGTERM.
+
+use crate::config::ServeArgs;
+use crate::server::Server;
+
+pub async fn serve(args: ServeArgs) -> Result<(), String> {
+    let names: Vec<String> = args
+        .replays
+        .iter()
+        .map(|r| r.name.clone())
+        .chain(args.udps.iter().map(|u| u.name.clone()))
+        .chain(args.stdin.clone())
+        .chain(args.demo.then(|| "demo".to_string()))
+        .collect();
+    let server = Server::start(args)
+        .await
+        .map_err(|e| format!("cannot start: {e}"))?;
+    let base = match server.http_addr {
+        a if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
+        a => format!("http://{a}"),
+    };
+    println!("tsbridge is running: dashboard {base}/");
+    for n in &names {
+        println!("  stream {n}: player {base}/play/{n}   WHEP {base}/whep/{n}");
+    }
+    println!("  push TS:  ffmpeg -re -i INPUT -c copy -f mpegts -method PUT {base}/ingest/NAME");
+    shutdown_signal().await;
+    println!("tsbridge: shutting down");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

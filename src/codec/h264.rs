@@ -1,0 +1,660 @@
+//! H.264 in TS: NAL splitting, SPS parsing (for `profile-level-id` and size) and access units
+//! ready for RFC 6184 packetization (ITU-T H.264 §7.3).
+
+use std::fmt;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::ts::Pes;
+
+/// nal_unit_type.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct NalType(pub u8);
+
+impl NalType {
+    pub const SLICE: Self = Self(1);
+    pub const IDR: Self = Self(5);
+    pub const SEI: Self = Self(6);
+    pub const SPS: Self = Self(7);
+    pub const PPS: Self = Self(8);
+    pub const AUD: Self = Self(9);
+    pub const END_OF_SEQUENCE: Self = Self(10);
+    pub const END_OF_STREAM: Self = Self(11);
+    pub const FILLER: Self = Self(12);
+
+    /// The type of a NAL unit (its first byte), `None` for an empty one.
+    pub fn of(nal: &[u8]) -> Option<Self> {
+        nal.first().map(|b| Self(b & 0x1F))
+    }
+
+    /// Coded slice NAL units (types 1–5).
+    pub fn is_vcl(self) -> bool {
+        (1..=5).contains(&self.0)
+    }
+}
+
+/// Iterator over the NAL units of an Annex B byte stream; see [`nal_units`].
+#[derive(Clone, Debug)]
+pub struct NalUnits<'a> {
+    rest: &'a [u8],
+}
+
+/// Position of the next `00 00 01` in `data`.
+fn find_start_code(data: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i + 2 < data.len() {
+        match data[i + 2] {
+            1 if data[i] == 0 && data[i + 1] == 0 => return Some(i),
+            0 => i += 1,
+            _ => i += 3,
+        }
+    }
+    None
+}
+
+/// Splits an Annex B stream on `00 00 01` / `00 00 00 01` start codes. Each item is one NAL unit
+/// without start code, trailing zero bytes trimmed; bytes before the first start code and empty
+/// units are skipped.
+pub fn nal_units(annexb: &[u8]) -> NalUnits<'_> {
+    let rest = match find_start_code(annexb) {
+        Some(at) => &annexb[at + 3..],
+        None => &[],
+    };
+    NalUnits { rest }
+}
+
+impl<'a> Iterator for NalUnits<'a> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        while !self.rest.is_empty() {
+            let (nal, rest) = match find_start_code(self.rest) {
+                Some(at) => (&self.rest[..at], &self.rest[at + 3..]),
+                None => (self.rest, &[][..]),
+            };
+            self.rest = rest;
+            let end = nal.iter().rposition(|&b| b != 0).map_or(0, |last| last + 1);
+            if end > 0 {
+                return Some(&nal[..end]);
+            }
+        }
+        None
+    }
+}
+
+/// profile_idc, constraint flags and level_idc: the SDP `profile-level-id`.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct ProfileLevelId(pub [u8; 3]);
+
+impl ProfileLevelId {
+    pub fn profile_idc(self) -> u8 {
+        self.0[0]
+    }
+
+    /// constraint_set0..5 flags and the two reserved bits.
+    pub fn constraint_flags(self) -> u8 {
+        self.0[1]
+    }
+
+    pub fn level_idc(self) -> u8 {
+        self.0[2]
+    }
+}
+
+impl fmt::Display for ProfileLevelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:02x}{:02x}{:02x}", self.0[0], self.0[1], self.0[2])
+    }
+}
+
+/// What the bridge needs from a sequence parameter set.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SpsInfo {
+    pub profile_level_id: ProfileLevelId,
+    /// Displayed size, after frame cropping.
+    pub width: u32,
+    pub height: u32,
+}
+
+/// Reads RBSP bits from a NAL payload, skipping emulation prevention bytes (`00 00 03`).
+struct BitReader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    /// Bits left in `cur`.
+    bits: u32,
+    cur: u8,
+    zeros: u8,
+}
+
+impl<'a> BitReader<'a> {
+    fn new(data: &'a [u8]) -> Self {
+        Self {
+            data,
+            pos: 0,
+            bits: 0,
+            cur: 0,
+            zeros: 0,
+        }
+    }
+
+    fn bit(&mut self) -> Option<u32> {
+        if self.bits == 0 {
+            let mut byte = *self.data.get(self.pos)?;
+            self.pos += 1;
+            if self.zeros >= 2 && byte == 3 {
+                byte = *self.data.get(self.pos)?;
+                self.pos += 1;
+                self.zeros = 0;
+            }
+            self.zeros = if byte == 0 {
+                self.zeros.saturating_add(1)
+            } else {
+                0
+            };
+            self.cur = byte;
+            self.bits = 8;
+        }
+        self.bits -= 1;
+        Some(u32::from(self.cur >> self.bits) & 1)
+    }
+
+    fn bits(&mut self, n: u32) -> Option<u32> {
+        (0..n).try_fold(0, |acc, _| Some(acc << 1 | self.bit()?))
+    }
+
+    fn flag(&mut self) -> Option<bool> {
+        self.bit().map(|b| b == 1)
+    }
+
+    /// ue(v), up to 32 bits.
+    fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        let value = (1u64 << zeros) - 1 + u64::from(self.bits(zeros)?);
+        u32::try_from(value).ok()
+    }
+
+    /// se(v).
+    fn se(&mut self) -> Option<i32> {
+        let k = i64::from(self.ue()?);
+        let v = if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) };
+        i32::try_from(v).ok()
+    }
+}
+
+fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Option<()> {
+    let (mut last, mut next) = (8i32, 8i32);
+    for _ in 0..size {
+        if next != 0 {
+            next = (last + r.se()? + 256).rem_euclid(256);
+        }
+        if next != 0 {
+            last = next;
+        }
+    }
+    Some(())
+}
+
+/// Parses an SPS NAL unit (header byte included) far enough for profile, level and size.
+/// `None` for anything malformed; never panics.
+pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
+    if NalType::of(nal)? != NalType::SPS {
+        return None;
+    }
+    let mut r = BitReader::new(nal.get(1..)?);
+    let profile_idc = r.bits(8)? as u8;
+    let constraints = r.bits(8)? as u8;
+    let level_idc = r.bits(8)? as u8;
+    let _sps_id = r.ue()?;
+    let mut chroma_format_idc = 1;
+    let mut separate_colour_plane = false;
+    if matches!(
+        profile_idc,
+        100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
+    ) {
+        chroma_format_idc = r.ue()?;
+        if chroma_format_idc > 3 {
+            return None;
+        }
+        if chroma_format_idc == 3 {
+            separate_colour_plane = r.flag()?;
+        }
+        let _bit_depth_luma = r.ue()?;
+        let _bit_depth_chroma = r.ue()?;
+        let _transform_bypass = r.flag()?;
+        if r.flag()? {
+            let lists = if chroma_format_idc == 3 { 12 } else { 8 };
+            for i in 0..lists {
+                if r.flag()? {
+                    skip_scaling_list(&mut r, if i < 6 { 16 } else { 64 })?;
+                }
+            }
+        }
+    }
+    let _log2_max_frame_num = r.ue()?;
+    match r.ue()? {
+        0 => {
+            let _log2_max_poc_lsb = r.ue()?;
+        }
+        1 => {
+            let _delta_pic_order_always_zero = r.flag()?;
+            let _offset_for_non_ref_pic = r.se()?;
+            let _offset_for_top_to_bottom_field = r.se()?;
+            let cycle = r.ue()?;
+            if cycle > 255 {
+                return None;
+            }
+            for _ in 0..cycle {
+                r.se()?;
+            }
+        }
+        2 => {}
+        _ => return None,
+    }
+    let _max_num_ref_frames = r.ue()?;
+    let _gaps_allowed = r.flag()?;
+    let width_mbs = u64::from(r.ue()?) + 1;
+    let height_map_units = u64::from(r.ue()?) + 1;
+    let frame_mbs_only = r.flag()?;
+    if !frame_mbs_only {
+        let _mb_adaptive_frame_field = r.flag()?;
+    }
+    let _direct_8x8_inference = r.flag()?;
+    let (mut left, mut right, mut top, mut bottom) = (0, 0, 0, 0);
+    if r.flag()? {
+        left = u64::from(r.ue()?);
+        right = u64::from(r.ue()?);
+        top = u64::from(r.ue()?);
+        bottom = u64::from(r.ue()?);
+    }
+    let field_factor = if frame_mbs_only { 1 } else { 2 };
+    let chroma_array_type = if separate_colour_plane {
+        0
+    } else {
+        chroma_format_idc
+    };
+    let (crop_x, crop_y) = match chroma_array_type {
+        0 => (1, field_factor),
+        1 => (2, 2 * field_factor),
+        2 => (2, field_factor),
+        _ => (1, field_factor),
+    };
+    let width = (width_mbs * 16).checked_sub(crop_x * (left + right))?;
+    let height = (height_map_units * 16 * field_factor).checked_sub(crop_y * (top + bottom))?;
+    Some(SpsInfo {
+        profile_level_id: ProfileLevelId([profile_idc, constraints, level_idc]),
+        width: u32::try_from(width).ok().filter(|&w| w > 0)?,
+        height: u32::try_from(height).ok().filter(|&h| h > 0)?,
+    })
+}
+
+/// One coded picture, ready for packetization.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccessUnit {
+    /// 33-bit 90 kHz PTS, as in the PES (map it through the program's `time::Timeline`).
+    pub pts: u64,
+    /// 33-bit 90 kHz DTS (the PTS when the PES has none).
+    pub dts: u64,
+    /// Contains an IDR slice.
+    pub keyframe: bool,
+    /// Annex B with 4-byte start codes; AUD and filler removed; before an IDR, the latest SPS
+    /// and PPS are present (prepended when the access unit lacked them).
+    pub data: Bytes,
+}
+
+const START_CODE: [u8; 4] = [0, 0, 0, 1];
+const PTS_MASK: u64 = (1 << 33) - 1;
+/// Frame duration assumed until two PES timestamps were seen (30 fps).
+const DEFAULT_FRAME_TICKS: u64 = 3000;
+
+/// Turns H.264 PES packets into access units.
+///
+/// TS carries one access unit per PES; a PES holding several (several AUDs) is split at each
+/// AUD, the later ones timed one frame duration apart (the duration estimated from the PTS
+/// steps between PES packets). A PES without PTS is dropped: its time is unknown.
+/// Frames before the first SPS/PPS/IDR are output too; the caller decides what to skip.
+#[derive(Debug, Default)]
+pub struct H264Assembler {
+    sps: Vec<u8>,
+    pps: Vec<u8>,
+    sps_info: Option<SpsInfo>,
+    /// PTS and access-unit count of the previous PES, for the frame duration.
+    prev: Option<(u64, u64)>,
+    frame_ticks: Option<u64>,
+    /// Output buffer; each access unit is split off it, so its capacity is reused.
+    buf: BytesMut,
+}
+
+impl H264Assembler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The latest SPS that parsed.
+    pub fn sps(&self) -> Option<&SpsInfo> {
+        self.sps_info.as_ref()
+    }
+
+    pub fn reset(&mut self) {
+        *self = Self::new();
+    }
+
+    /// One PES in, its access units out.
+    pub fn push(&mut self, pes: &Pes, out: &mut Vec<AccessUnit>) {
+        let Some(pts) = pes.pts else { return };
+        let dts = pes.dts.unwrap_or(pts);
+        let data = &pes.data[..];
+        let step = self.frame_ticks.unwrap_or(DEFAULT_FRAME_TICKS);
+        let mut count = 0u64;
+        // Offset of the start code of the current access unit's first NAL unit.
+        let mut au_start = None;
+        for nal in nal_units(data) {
+            // `nal` is a sub-slice of `data` right after a 3-byte start code.
+            let start_code = (nal.as_ptr() as usize - data.as_ptr() as usize).saturating_sub(3);
+            match au_start {
+                None => au_start = Some(start_code),
+                Some(start) if NalType::of(nal) == Some(NalType::AUD) => {
+                    let delta = count * step;
+                    self.emit(
+                        &data[start..start_code],
+                        (pts + delta) & PTS_MASK,
+                        (dts + delta) & PTS_MASK,
+                        out,
+                    );
+                    count += 1;
+                    au_start = Some(start_code);
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(start) = au_start {
+            let delta = count * step;
+            self.emit(
+                &data[start..],
+                (pts + delta) & PTS_MASK,
+                (dts + delta) & PTS_MASK,
+                out,
+            );
+            count += 1;
+        }
+        if let Some((prev_pts, prev_count)) = self.prev {
+            let diff = pts.wrapping_sub(prev_pts) & PTS_MASK;
+            let per_frame = diff / prev_count.max(1);
+            if (1..=90_000).contains(&per_frame) {
+                self.frame_ticks = Some(per_frame);
+            }
+        }
+        self.prev = Some((pts, count.max(1)));
+    }
+
+    /// Builds one access unit from the Annex B bytes `annexb` (may start with a start code).
+    fn emit(&mut self, annexb: &[u8], pts: u64, dts: u64, out: &mut Vec<AccessUnit>) {
+        let (mut has_sps, mut has_pps, mut keyframe, mut any) = (false, false, false, false);
+        let mut nals = 0;
+        for nal in nal_units(annexb) {
+            nals += 1;
+            match NalType::of(nal) {
+                Some(NalType::SPS) => {
+                    has_sps = true;
+                    if self.sps != nal {
+                        self.sps.clear();
+                        self.sps.extend_from_slice(nal);
+                        if let Some(info) = parse_sps(nal) {
+                            self.sps_info = Some(info);
+                        }
+                    }
+                }
+                Some(NalType::PPS) => {
+                    has_pps = true;
+                    self.pps.clear();
+                    self.pps.extend_from_slice(nal);
+                }
+                Some(NalType::IDR) => keyframe = true,
+                _ => {}
+            }
+            any |= !matches!(NalType::of(nal), Some(NalType::AUD | NalType::FILLER));
+        }
+        if !any {
+            return;
+        }
+        let add_sps = keyframe && !has_sps && !self.sps.is_empty();
+        let add_pps = keyframe && !has_pps && !self.pps.is_empty();
+        // One allocation per access unit: each start code grows by at most one byte.
+        self.buf
+            .reserve(annexb.len() + nals + 2 * START_CODE.len() + self.sps.len() + self.pps.len());
+        let buf = &mut self.buf;
+        let mut put = |nal: &[u8]| {
+            buf.extend_from_slice(&START_CODE);
+            buf.extend_from_slice(nal);
+        };
+        if add_sps {
+            put(&self.sps);
+            if add_pps {
+                put(&self.pps);
+            }
+        }
+        let mut pps_pending = add_pps && !add_sps;
+        for nal in nal_units(annexb) {
+            match NalType::of(nal) {
+                Some(NalType::AUD | NalType::FILLER) => continue,
+                Some(t) if pps_pending && (t.is_vcl() || t == NalType::SEI) => {
+                    // The access unit has its own SPS but no PPS: the cached one goes after it.
+                    put(&self.pps);
+                    pps_pending = false;
+                }
+                _ => {}
+            }
+            put(nal);
+            if pps_pending && NalType::of(nal) == Some(NalType::SPS) {
+                put(&self.pps);
+                pps_pending = false;
+            }
+        }
+        out.push(AccessUnit {
+            pts,
+            dts,
+            keyframe,
+            data: self.buf.split().freeze(),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ts::Pid;
+
+    fn hex(s: &str) -> Vec<u8> {
+        s.split_whitespace()
+            .map(|b| u8::from_str_radix(b, 16).unwrap())
+            .collect()
+    }
+
+    /// SPS NAL units written by x264 (ffmpeg -c:v libx264 -profile:v …).
+    const SPS_640X360_HIGH: &str =
+        "67 64 00 1e ac d9 40 a0 2f f9 70 11 00 00 03 00 01 00 00 03 00 3c 0f 16 2d 96";
+    const SPS_1920X1080_HIGH: &str =
+        "67 64 00 28 ac d9 40 78 02 27 e5 c0 44 00 00 03 00 04 00 00 03 00 f0 3c 60 c6 58";
+    const SPS_320X240_BASELINE: &str =
+        "67 42 c0 0d d9 01 41 fb 01 10 00 00 03 00 10 00 00 03 03 c0 f1 42 a4 80";
+    const SPS_176X144_MAIN: &str =
+        "67 4d 40 0b ec a1 62 76 02 20 00 00 03 00 20 00 00 07 81 e2 85 32 c0";
+    const SPS_642X362_HIGH444: &str =
+        "67 f4 00 1e 91 9b 28 14 85 fc 7c f8 08 80 00 00 03 00 80 00 00 1e 07 8b 16 cb";
+
+    #[test]
+    fn parse_sps_of_real_x264_streams() {
+        let cases = [
+            (SPS_640X360_HIGH, "64001e", 640, 360),
+            (SPS_1920X1080_HIGH, "640028", 1920, 1080),
+            (SPS_320X240_BASELINE, "42c00d", 320, 240),
+            (SPS_176X144_MAIN, "4d400b", 176, 144),
+            (SPS_642X362_HIGH444, "f4001e", 642, 362),
+        ];
+        for (sps, pli, w, h) in cases {
+            let info = parse_sps(&hex(sps)).unwrap_or_else(|| panic!("{sps}"));
+            assert_eq!(
+                (info.profile_level_id.to_string(), info.width, info.height),
+                (pli.to_string(), w, h)
+            );
+        }
+        let pli = parse_sps(&hex(SPS_640X360_HIGH)).unwrap().profile_level_id;
+        assert_eq!(
+            (pli.profile_idc(), pli.constraint_flags(), pli.level_idc()),
+            (100, 0, 30)
+        );
+    }
+
+    #[test]
+    fn parse_sps_never_panics_on_garbage() {
+        assert_eq!(parse_sps(&[]), None);
+        assert_eq!(parse_sps(&[0x68, 1, 2, 3]), None);
+        let sps = hex(SPS_1920X1080_HIGH);
+        for len in 0..sps.len() {
+            let _ = parse_sps(&sps[..len]);
+        }
+        let mut x = 0x9E37_79B9u32;
+        for _ in 0..5000 {
+            let mut nal = vec![0x67];
+            for _ in 0..(x % 40) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                nal.push(x as u8);
+            }
+            let _ = parse_sps(&nal);
+            if let Some(profile) = nal.get_mut(1) {
+                *profile = 100;
+            }
+            let _ = parse_sps(&nal);
+        }
+        let _ = parse_sps(&[0x67, 100, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let _ = parse_sps(&[0x67, 100, 0, 0, 0x80, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF]);
+    }
+
+    #[test]
+    fn nal_units_split_on_3_and_4_byte_start_codes() {
+        let data = [
+            0xAA, 0, 0, 0, 1, 0x09, 0xF0, 0, 0, 1, 0x67, 1, 2, 0, 0, 0, 0, 1, 0x68, 3, 0, 0, 1, 0,
+            0, 1, 0x65, 9, 0, 0,
+        ];
+        let nals: Vec<&[u8]> = nal_units(&data).collect();
+        assert_eq!(
+            nals,
+            [&[0x09, 0xF0][..], &[0x67, 1, 2], &[0x68, 3], &[0x65, 9]]
+        );
+        assert_eq!(nal_units(&[1, 2, 3]).count(), 0);
+        assert_eq!(nal_units(&[0, 0, 1]).count(), 0);
+    }
+
+    fn annexb(nals: &[&[u8]]) -> Vec<u8> {
+        nals.iter()
+            .flat_map(|n| [&[0, 0, 1][..], n].concat())
+            .collect()
+    }
+
+    fn pes(pts: u64, data: Vec<u8>) -> Pes {
+        Pes {
+            pid: Pid(0x100),
+            pts: Some(pts),
+            dts: None,
+            random_access: false,
+            discontinuity: false,
+            data: data.into(),
+        }
+    }
+
+    const AUD: &[u8] = &[0x09, 0xF0];
+    const PPS: &[u8] = &[0x68, 0xEB, 0xE3, 0xCB, 0x22, 0xC0];
+    const IDR: &[u8] = &[0x65, 0x88, 0x84, 0x21];
+    const SLICE: &[u8] = &[0x41, 0x9A, 0x02];
+    const FILLER: &[u8] = &[0x0C, 0xFF, 0xFF, 0x80];
+
+    #[test]
+    fn aud_and_filler_dropped_and_sps_pps_prepended_before_idr() {
+        let sps = hex(SPS_640X360_HIGH);
+        let mut a = H264Assembler::new();
+        let mut out = Vec::new();
+        a.push(&pes(0, annexb(&[AUD, &sps, PPS, IDR])), &mut out);
+        a.push(&pes(3000, annexb(&[AUD, SLICE, FILLER])), &mut out);
+        a.push(&pes(6000, annexb(&[AUD, IDR])), &mut out);
+        assert_eq!(a.sps().unwrap().width, 640);
+        let expect = |nals: &[&[u8]]| -> Vec<u8> {
+            nals.iter()
+                .flat_map(|n| [&START_CODE[..], n].concat())
+                .collect()
+        };
+        assert_eq!(
+            out.iter()
+                .map(|au| (au.pts, au.keyframe))
+                .collect::<Vec<_>>(),
+            [(0, true), (3000, false), (6000, true)]
+        );
+        assert_eq!(out[0].data, expect(&[&sps, PPS, IDR]));
+        assert_eq!(out[1].data, expect(&[SLICE]));
+        assert_eq!(out[2].data, expect(&[&sps, PPS, IDR]));
+    }
+
+    #[test]
+    fn missing_pps_goes_after_the_access_units_own_sps() {
+        let sps = hex(SPS_320X240_BASELINE);
+        let mut a = H264Assembler::new();
+        let mut out = Vec::new();
+        a.push(&pes(0, annexb(&[&sps, PPS, IDR])), &mut out);
+        a.push(
+            &pes(3000, annexb(&[AUD, &sps, &[0x06, 5, 1, 0x80], IDR])),
+            &mut out,
+        );
+        let expect: Vec<u8> = [&sps[..], PPS, &[0x06, 5, 1, 0x80], IDR]
+            .iter()
+            .flat_map(|n| [&START_CODE[..], n].concat())
+            .collect();
+        assert_eq!(out[1].data, expect);
+    }
+
+    #[test]
+    fn frames_before_parameter_sets_are_output_without_them() {
+        let mut a = H264Assembler::new();
+        let mut out = Vec::new();
+        a.push(&pes(0, annexb(&[AUD, SLICE])), &mut out);
+        a.push(&pes(3000, annexb(&[AUD, IDR])), &mut out);
+        a.push(
+            &Pes {
+                pts: None,
+                ..pes(6000, annexb(&[AUD, SLICE]))
+            },
+            &mut out,
+        );
+        assert_eq!(out.len(), 2);
+        assert!(!out[0].keyframe && out[1].keyframe);
+        assert_eq!(&out[1].data[..], &[&START_CODE[..], IDR].concat()[..]);
+        assert!(a.sps().is_none());
+    }
+
+    #[test]
+    fn pes_with_several_auds_is_split_one_frame_apart() {
+        let mut a = H264Assembler::new();
+        let mut out = Vec::new();
+        a.push(&pes(90_000, annexb(&[AUD, SLICE])), &mut out);
+        a.push(&pes(93_600, annexb(&[AUD, SLICE])), &mut out); // 25 fps
+        a.push(
+            &pes(97_200, annexb(&[AUD, SLICE, AUD, SLICE, AUD, SLICE])),
+            &mut out,
+        );
+        assert_eq!(
+            out.iter().map(|au| au.pts).collect::<Vec<_>>(),
+            [90_000, 93_600, 97_200, 100_800, 104_400]
+        );
+        // Across the 33-bit wrap.
+        a.push(
+            &pes((1 << 33) - 100, annexb(&[AUD, SLICE, AUD, SLICE])),
+            &mut out,
+        );
+        assert_eq!(out[6].pts, 3500);
+    }
+}

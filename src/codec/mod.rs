@@ -1,0 +1,4 @@
+//! Elementary stream parsing, sans-IO: H.264 access units and Opus packets out of PES payloads.
+
+pub mod h264;
+pub mod opus;

@@ -1,0 +1,177 @@
+//! Command line and environment configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+/// MPEG-TS in, WebRTC (WHEP) out: sub-second browser playback of live TS streams.
+#[derive(Debug, Parser)]
+#[command(name = "tsbridge", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the server: take MPEG-TS from sources, serve WHEP viewers.
+    Serve(ServeArgs),
+    /// Push a TS file to a tsbridge server in real time (HTTP PUT /ingest/{stream}).
+    Replay(ReplayArgs),
+    /// Print the tracks of a TS file or URL (from the PMT), codec details, GOP and bitrate.
+    Probe(ProbeArgs),
+}
+
+/// A `NAME=VALUE` pair from the command line.
+#[derive(Debug, Clone)]
+pub struct Named<T> {
+    pub name: String,
+    pub value: T,
+}
+
+fn parse_named<T: std::str::FromStr>(s: &str) -> Result<Named<T>, String>
+where
+    T::Err: std::fmt::Display,
+{
+    let (name, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
+    if !valid_stream_name(name) {
+        return Err(format!(
+            "invalid stream name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"
+        ));
+    }
+    let value = value.parse::<T>().map_err(|e| format!("{value:?}: {e}"))?;
+    Ok(Named {
+        name: name.to_string(),
+        value,
+    })
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if !(0.0..=86_400.0).contains(&secs) {
+        return Err("must be between 0 and 86400 seconds".into());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_stream_name(s: &str) -> Result<String, String> {
+    if valid_stream_name(s) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "invalid stream name {s:?}: use 1-64 of A-Z a-z 0-9 . _ -"
+        ))
+    }
+}
+
+/// Stream names: 1–64 of `A-Za-z0-9._-`.
+pub fn valid_stream_name(s: &str) -> bool {
+    (1..=64).contains(&s.len())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeArgs {
+    /// HTTP listen address (WHEP, ingest, API, player pages).
+    #[arg(long, env = "TSBRIDGE_LISTEN", default_value = "0.0.0.0:8889")]
+    pub listen: SocketAddr,
+
+    /// The one UDP address all WebRTC media uses (every session shares it).
+    #[arg(long, env = "TSBRIDGE_ICE_UDP", default_value = "0.0.0.0:8189")]
+    pub ice_udp: SocketAddr,
+
+    /// Address (IP or DNS name) to announce as a host candidate; repeat for several.
+    /// Use it behind NAT or in containers: the public/host address viewers can reach.
+    /// Default: the bound address, or when bound to 0.0.0.0 the loopback and primary addresses.
+    #[arg(long = "ice-host", env = "TSBRIDGE_ICE_HOST", value_delimiter = ',')]
+    pub ice_hosts: Vec<String>,
+
+    /// STUN/TURN server URL handed to WebRTC clients in `Link` headers; repeat for several.
+    #[arg(
+        long = "ice-server",
+        env = "TSBRIDGE_ICE_SERVER",
+        value_delimiter = ','
+    )]
+    pub ice_servers: Vec<String>,
+
+    /// Replay a TS file as stream NAME, paced in real time and looping forever.
+    #[arg(long = "replay", env = "TSBRIDGE_REPLAY", value_name = "NAME=FILE", value_parser = parse_named::<PathBuf>, value_delimiter = ',')]
+    pub replays: Vec<Named<PathBuf>>,
+
+    /// Receive MPEG-TS over UDP as stream NAME (a multicast ADDR is joined).
+    #[arg(long = "udp", env = "TSBRIDGE_UDP", value_name = "NAME=ADDR", value_parser = parse_named::<SocketAddr>, value_delimiter = ',')]
+    pub udps: Vec<Named<SocketAddr>>,
+
+    /// Read MPEG-TS from standard input as stream NAME.
+    #[arg(long, env = "TSBRIDGE_STDIN", value_name = "NAME", value_parser = parse_stream_name)]
+    pub stdin: Option<String>,
+
+    /// How long a WHEP POST waits for its stream to become ready, in seconds.
+    #[arg(long, env = "TSBRIDGE_WHEP_WAIT", default_value = "15", value_parser = parse_secs)]
+    pub whep_wait: Duration,
+
+    /// Serve a built-in looping demo stream named "demo" from testdata/ and print its URLs.
+    #[arg(long, env = "TSBRIDGE_DEMO")]
+    pub demo: bool,
+
+    /// Per-stream TS ring buffer size in bytes (how far a slow reader may lag).
+    #[arg(long, env = "TSBRIDGE_RING_BYTES", default_value_t = 8 << 20)]
+    pub ring_bytes: usize,
+
+    /// Largest accepted SDP / trickle body in bytes.
+    #[arg(long, env = "TSBRIDGE_MAX_BODY", default_value_t = 64 << 10)]
+    pub max_body: usize,
+
+    /// ICE/DTLS setup deadline and disconnect timeout for WebRTC sessions, in seconds.
+    #[arg(long, env = "TSBRIDGE_ICE_TIMEOUT", default_value = "15", value_parser = parse_secs)]
+    pub ice_timeout: Duration,
+}
+
+impl ServeArgs {
+    /// Defaults for tests and embedding: loopback, ephemeral ports.
+    pub fn loopback() -> Self {
+        ServeArgs {
+            listen: "127.0.0.1:0".parse().expect("literal address"),
+            ice_udp: "127.0.0.1:0".parse().expect("literal address"),
+            ice_hosts: Vec::new(),
+            ice_servers: Vec::new(),
+            replays: Vec::new(),
+            udps: Vec::new(),
+            stdin: None,
+            whep_wait: Duration::from_secs(15),
+            demo: false,
+            ring_bytes: 8 << 20,
+            max_body: 64 << 10,
+            ice_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ReplayArgs {
+    /// The TS file to push.
+    pub file: PathBuf,
+    /// Ingest URL, e.g. http://127.0.0.1:8889/ingest/cam1
+    #[arg(long)]
+    pub to: String,
+    /// Start again at the end of the file, forever.
+    #[arg(long = "loop")]
+    pub looping: bool,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// A TS file path, or an http:// URL of a TS stream (e.g. /streams/{s}.ts).
+    pub input: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop reading after this many seconds of media (for endless inputs).
+    #[arg(long, default_value = "10", value_parser = parse_secs)]
+    pub seconds: Duration,
+}

@@ -1,0 +1,42 @@
+//! `PUT /ingest/{s}`: MPEG-TS pushed in a (usually chunked) request body.
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use futures_util::StreamExt;
+use tracing::{info, warn};
+
+use super::{check_name, ApiError, AppState};
+
+pub async fn put(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Body,
+) -> Result<(StatusCode, String), ApiError> {
+    check_name(&name)?;
+    let stream = app.registry.get_or_create(&name);
+    if stream.has_source() {
+        return Err(ApiError::Conflict(format!(
+            "stream {name:?} already has a source; stop it first or use another name"
+        )));
+    }
+    let guard = stream.attach_source();
+    info!(stream = %name, "HTTP ingest started");
+    let before = stream.stats.ingest_bytes.load(Ordering::Relaxed);
+    let mut body = body.into_data_stream();
+    while let Some(chunk) = body.next().await {
+        match chunk {
+            Ok(bytes) => guard.write(&bytes),
+            Err(e) => {
+                warn!(stream = %name, error = %e, "HTTP ingest body ended with an error");
+                break;
+            }
+        }
+    }
+    drop(guard);
+    let n = stream.stats.ingest_bytes.load(Ordering::Relaxed) - before;
+    info!(stream = %name, bytes = n, "HTTP ingest ended");
+    Ok((StatusCode::OK, format!("{n} bytes received\n")))
+}

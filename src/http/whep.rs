@@ -1,0 +1,243 @@
+//! WHEP: `POST /whep/{s}` (waits for the stream), `PATCH`/`DELETE /whep/{s}/{id}`, `OPTIONS`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use str0m::change::SdpOffer;
+use str0m::{Candidate, RtcConfig};
+use tracing::{debug, info};
+
+use super::{check_name, require_content_type, ApiError, AppState};
+use crate::stream::{Status, Stream};
+use crate::webrtc::{NewSession, PatchError, SdpFrag};
+
+const SDP: &str = "application/sdp";
+const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+pub async fn options(State(_app): State<AppState>) -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ALLOW, "OPTIONS, POST"),
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "OPTIONS, POST"),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Content-Type, Authorization, If-Match",
+            ),
+            (header::HeaderName::from_static("accept-post"), SDP),
+        ],
+    )
+        .into_response()
+}
+
+pub async fn options_session() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ALLOW, "OPTIONS, PATCH, DELETE"),
+            (
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                "OPTIONS, PATCH, DELETE",
+            ),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Content-Type, Authorization, If-Match",
+            ),
+            (header::HeaderName::from_static("accept-patch"), SDPFRAG),
+        ],
+    )
+        .into_response()
+}
+
+/// Counts a WHEP POST waiting for its stream; the count drops however the wait ends (ready,
+/// deadline, or the client going away, which drops this future).
+struct Waiting(Arc<Stream>);
+
+impl Waiting {
+    fn new(s: Arc<Stream>) -> Self {
+        s.stats.waiting_viewers.fetch_add(1, Ordering::Relaxed);
+        Waiting(s)
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.0.stats.waiting_viewers.fetch_sub(1, Ordering::Relaxed);
+        self.0.touch();
+    }
+}
+
+/// Wait, without holding a thread, until the stream can be answered or the deadline passes.
+async fn wait_ready(stream: &Arc<Stream>, deadline: Duration) -> Result<Status, ApiError> {
+    let _waiting = Waiting::new(stream.clone());
+    let mut rx = stream.subscribe();
+    let waited = tokio::time::timeout(deadline, rx.wait_for(|s| s.ready)).await;
+    match waited {
+        Ok(Ok(status)) => Ok(status.clone()),
+        _ => Err(not_ready(&stream.status(), &stream.name, deadline)),
+    }
+}
+
+/// The 404 after the wait, saying why.
+fn not_ready(status: &Status, name: &str, waited: Duration) -> ApiError {
+    let why = match &status.tracks {
+        None if !status.source.eq(&crate::stream::SourceState::Live) => {
+            format!("no source is sending stream {name:?}")
+        }
+        None => format!("stream {name:?} has a source but no PAT/PMT was seen yet"),
+        Some(t) if t.video().is_none() && t.audio().is_none() => {
+            let kinds: Vec<String> = t
+                .tracks
+                .iter()
+                .map(|t| format!("{} (PID {})", t.stream_type.name(), t.pid))
+                .collect();
+            format!(
+                "stream {name:?} has no WebRTC-playable track (H.264 or Opus); it has: {}",
+                kinds.join(", ")
+            )
+        }
+        Some(_) => format!("stream {name:?} has not sent an H.264 SPS/keyframe yet"),
+    };
+    ApiError::NotFound(format!("{why} (waited {:.1} s)", waited.as_secs_f64()))
+}
+
+pub async fn post(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    require_content_type(&headers, SDP)?;
+    let sdp = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::BadRequest("SDP offer is not UTF-8".into()))?;
+    let offer = SdpOffer::from_sdp_string(sdp)
+        .map_err(|e| ApiError::BadRequest(format!("malformed SDP offer: {e}")))?;
+    let remote_ufrag = sdp
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+        .map(str::to_string);
+
+    let posted = Instant::now();
+    let stream = app.registry.get_or_create(&name);
+    let status = wait_ready(&stream, app.cfg.whep_wait).await?;
+    let tracks = status.tracks.clone().expect("a ready stream has tracks");
+
+    let mut cfg = RtcConfig::new().clear_codecs();
+    if tracks.video().is_some() {
+        cfg = cfg.enable_h264(true);
+    }
+    if tracks.audio().is_some() {
+        cfg = cfg.enable_opus(true, false);
+    }
+    let mut rtc = cfg.build(Instant::now());
+    for addr in app.engine.candidates() {
+        if let Ok(c) = Candidate::host(*addr, "udp") {
+            rtc.add_local_candidate(c);
+        }
+    }
+    let answer = rtc
+        .sdp_api()
+        .accept_offer(offer)
+        .map_err(|e| ApiError::BadRequest(format!("cannot answer this offer: {e}")))?;
+    let answer = answer.to_sdp_string();
+    if !answer.lines().any(|l| l.trim() == "a=sendonly") {
+        return Err(ApiError::BadRequest(format!(
+            "the offer has no receivable media this stream can send: it has {}; offer recvonly \
+             H.264 (packetization-mode=1) and/or Opus",
+            describe_tracks(&tracks)
+        )));
+    }
+    let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+    let id = session_id();
+    let location = format!("/whep/{name}/{id}");
+    app.engine.add(NewSession {
+        id,
+        stream: stream.clone(),
+        rtc,
+        remote_ufrag,
+    });
+    info!(stream = %name, wait_ms = posted.elapsed().as_millis() as u64, "WHEP session answered");
+    debug!(answer = %answer, "SDP answer");
+
+    let mut res = (StatusCode::CREATED, answer).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    h.insert(header::LOCATION, header_value(&location));
+    h.insert(header::ETAG, header_value(&format!("\"{ufrag}\"")));
+    for server in &app.cfg.ice_servers {
+        h.append(
+            header::LINK,
+            header_value(&format!("<{server}>; rel=\"ice-server\"")),
+        );
+    }
+    Ok(res)
+}
+
+fn describe_tracks(t: &crate::ts::TrackSet) -> String {
+    let v: Vec<String> = t
+        .tracks
+        .iter()
+        .map(|t| t.stream_type.name().to_string())
+        .collect();
+    v.join(", ")
+}
+
+fn header_value(s: &str) -> HeaderValue {
+    // Built only from stream names, hex ids and config: always visible ASCII.
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
+}
+
+/// 128 random bits, hex: the session's unguessable Location.
+fn session_id() -> String {
+    let v: u128 = rand::random();
+    format!("{v:032x}")
+}
+
+pub async fn patch(
+    State(app): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    require_content_type(&headers, SDPFRAG)?;
+    let text = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::BadRequest("sdpfrag is not UTF-8".into()))?;
+    let frag = SdpFrag::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    match app.engine.patch(&id, frag).await {
+        Ok(None) => Ok(StatusCode::NO_CONTENT.into_response()),
+        Ok(Some(answer)) => {
+            let etag = answer
+                .lines()
+                .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
+                .unwrap_or("")
+                .to_string();
+            let mut res = (StatusCode::OK, answer).into_response();
+            res.headers_mut()
+                .insert(header::CONTENT_TYPE, HeaderValue::from_static(SDPFRAG));
+            res.headers_mut()
+                .insert(header::ETAG, header_value(&format!("\"{etag}\"")));
+            Ok(res)
+        }
+        Err(PatchError::NotFound) => Err(ApiError::NotFound("no such WHEP session".into())),
+        Err(PatchError::Bad(why)) => Err(ApiError::BadRequest(why)),
+    }
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    check_name(&name)?;
+    if app.engine.delete(&id).await {
+        Ok(StatusCode::OK)
+    } else {
+        Err(ApiError::NotFound("no such WHEP session".into()))
+    }
+}

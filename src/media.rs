@@ -1,0 +1,307 @@
+//! The per-stream media task: ring → demux → tracks and access units → timed frames for the
+//! WebRTC engine. One per stream, however many viewers.
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use crate::codec::h264::{AccessUnit, H264Assembler};
+use crate::codec::opus::{self, OpusPacket};
+use crate::stream::ring::Read;
+use crate::stream::{SourceState, Stream, VideoInfo};
+use crate::time::{self, ClockRate, Timeline};
+use crate::ts::{Codec, DemuxEvent, Demuxer, Pes, Pid, TrackSet};
+
+/// Video or audio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Video,
+    Audio,
+}
+
+/// One unit for the viewers: an H.264 access unit (Annex B, SPS/PPS before IDRs) or one Opus
+/// packet. Shared by reference between every viewer.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub kind: Kind,
+    /// In the track's RTP clock (90 kHz video, 48 kHz Opus), random offset included; viewers
+    /// cut it to 32 bits.
+    pub rtp_time: u64,
+    /// The wall-clock instant this media time maps to (one mapping per stream, for RTCP SR).
+    pub wallclock: Instant,
+    pub data: Arc<[u8]>,
+    pub keyframe: bool,
+}
+
+/// Where frames go (the WebRTC engine).
+pub trait FrameSink: Send + Sync + 'static {
+    fn frame(&self, stream: &Arc<Stream>, frame: Frame);
+}
+
+/// One media-time → wall-clock mapping per stream, so audio and video sender reports agree.
+struct Clock {
+    anchor: Option<(u64, Instant)>,
+}
+
+impl Clock {
+    fn wallclock(&mut self, t90k: u64, now: Instant) -> Instant {
+        let at = |(t0, i0): (u64, Instant)| {
+            let dt = t90k.saturating_sub(t0);
+            i0 + Duration::from_micros(dt.saturating_mul(1_000) / 90)
+        };
+        match self.anchor {
+            // Re-anchor when the source drifts away from real time by more than a second
+            // (a burst, a stall, a loop of a replayed file).
+            Some(a) if t90k >= a.0 && at(a).abs_diff_instant(now) < Duration::from_secs(1) => at(a),
+            _ => {
+                self.anchor = Some((t90k, now));
+                now
+            }
+        }
+    }
+}
+
+trait AbsDiff {
+    fn abs_diff_instant(self, other: Instant) -> Duration;
+}
+
+impl AbsDiff for Instant {
+    fn abs_diff_instant(self, other: Instant) -> Duration {
+        if self > other {
+            self - other
+        } else {
+            other - self
+        }
+    }
+}
+
+/// The sans-IO part of the task: demuxed events in, frames out.
+pub struct MediaState {
+    demux: Demuxer,
+    h264: H264Assembler,
+    events: Vec<DemuxEvent>,
+    aus: Vec<AccessUnit>,
+    tracks: Option<Arc<TrackSet>>,
+    timeline: Timeline,
+    clock: Clock,
+    video_offset: u64,
+    audio_offset: u64,
+    logged: HashSet<&'static str>,
+}
+
+impl Default for MediaState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MediaState {
+    pub fn new() -> Self {
+        MediaState {
+            demux: Demuxer::new(),
+            h264: H264Assembler::new(),
+            events: Vec::new(),
+            aus: Vec::new(),
+            tracks: None,
+            timeline: Timeline::new(),
+            clock: Clock { anchor: None },
+            video_offset: u64::from(rand::random::<u32>()),
+            audio_offset: u64::from(rand::random::<u32>()),
+            logged: HashSet::new(),
+        }
+    }
+
+    fn video_pid(&self) -> Option<Pid> {
+        self.tracks.as_ref()?.video().map(|t| t.pid)
+    }
+
+    fn audio_pid(&self) -> Option<Pid> {
+        self.tracks.as_ref()?.audio().map(|t| t.pid)
+    }
+
+    /// A source ended: flush what is complete, forget the input's PIDs and timing. The
+    /// timeline re-anchors so viewers' RTP time stays continuous into the next source.
+    pub fn end_of_input(&mut self, stream: &Arc<Stream>, sink: &dyn FrameSink, now: Instant) {
+        let mut events = std::mem::take(&mut self.events);
+        self.demux.flush(&mut events);
+        self.handle_events(&mut events, stream, sink, now);
+        self.events = events;
+        self.demux.reset();
+        self.h264.reset();
+        self.timeline.discontinuity();
+    }
+
+    pub fn push(&mut self, data: &[u8], stream: &Arc<Stream>, sink: &dyn FrameSink, now: Instant) {
+        let mut events = std::mem::take(&mut self.events);
+        self.demux.push(data, &mut events);
+        self.handle_events(&mut events, stream, sink, now);
+        self.events = events;
+    }
+
+    fn handle_events(
+        &mut self,
+        events: &mut Vec<DemuxEvent>,
+        stream: &Arc<Stream>,
+        sink: &dyn FrameSink,
+        now: Instant,
+    ) {
+        for ev in events.drain(..) {
+            match ev {
+                DemuxEvent::Tracks(t) => self.on_tracks(t, stream),
+                DemuxEvent::Pes(pes) => self.on_pes(&pes, stream, sink, now),
+                DemuxEvent::Pcr { .. } => {}
+                // Lost packets or a flagged discontinuity: the timeline re-anchors by itself
+                // when the timestamps really jump (> 1 s); small gaps are kept as they are.
+                DemuxEvent::Discontinuity { pid } => {
+                    debug!(stream = %stream.name, %pid, "discontinuity");
+                }
+                DemuxEvent::Problem(p) => {
+                    stream.stats.ts_problems.fetch_add(1, Ordering::Relaxed);
+                    if self.logged.insert(p.cause()) {
+                        warn!(stream = %stream.name, problem = ?p, "bad TS input (logged once per cause); resyncing and carrying on");
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_tracks(&mut self, tracks: TrackSet, stream: &Stream) {
+        for t in &tracks.tracks {
+            match &t.codec {
+                Codec::Unsupported { reason } => warn!(
+                    stream = %stream.name, pid = %t.pid, stream_type = t.stream_type.0,
+                    codec = t.stream_type.name(), "track not playable over WebRTC: {reason}"
+                ),
+                codec => info!(stream = %stream.name, pid = %t.pid, ?codec, "track"),
+            }
+        }
+        if self.tracks.as_deref().is_some_and(|old| old != &tracks) {
+            info!(stream = %stream.name, "PMT changed");
+        }
+        let tracks = Arc::new(tracks);
+        self.tracks = Some(tracks.clone());
+        stream.update_status(|s| s.tracks = Some(tracks));
+    }
+
+    fn on_pes(&mut self, pes: &Pes, stream: &Arc<Stream>, sink: &dyn FrameSink, now: Instant) {
+        let Some(pts) = pes.pts else {
+            if self.logged.insert("pes_without_pts") {
+                warn!(stream = %stream.name, pid = %pes.pid, "PES without PTS dropped");
+            }
+            return;
+        };
+        if Some(pes.pid) == self.video_pid() {
+            self.on_video(pes, stream, sink, now);
+        } else if Some(pes.pid) == self.audio_pid() {
+            self.on_audio(pes, pts, stream, sink, now);
+        }
+    }
+
+    fn on_video(&mut self, pes: &Pes, stream: &Arc<Stream>, sink: &dyn FrameSink, now: Instant) {
+        let mut aus = std::mem::take(&mut self.aus);
+        self.h264.push(pes, &mut aus);
+        if let Some(sps) = self.h264.sps() {
+            let info = VideoInfo {
+                profile_level_id: sps.profile_level_id,
+                width: sps.width,
+                height: sps.height,
+            };
+            if stream.status().video != Some(info) {
+                info!(stream = %stream.name, profile_level_id = %info.profile_level_id,
+                    width = info.width, height = info.height, "video");
+                stream.update_status(|s| s.video = Some(info));
+            }
+        }
+        for au in aus.drain(..) {
+            // ~1 frame at 30 fps: the step used when the timeline has to re-anchor.
+            let t = self.timeline.map(au.pts, 3000);
+            stream.stats.video_frames.fetch_add(1, Ordering::Relaxed);
+            stream
+                .stats
+                .video_bytes
+                .fetch_add(au.data.len() as u64, Ordering::Relaxed);
+            let wallclock = self.clock.wallclock(t, now);
+            sink.frame(
+                stream,
+                Frame {
+                    kind: Kind::Video,
+                    rtp_time: t + self.video_offset,
+                    wallclock,
+                    data: Arc::from(&au.data[..]),
+                    keyframe: au.keyframe,
+                },
+            );
+        }
+        self.aus = aus;
+    }
+
+    fn on_audio(
+        &mut self,
+        pes: &Pes,
+        pts: u64,
+        stream: &Arc<Stream>,
+        sink: &dyn FrameSink,
+        now: Instant,
+    ) {
+        let mut packets: Vec<OpusPacket<'_>> = Vec::new();
+        if let Err(e) = opus::split_pes(&pes.data, &mut packets) {
+            stream.stats.ts_problems.fetch_add(1, Ordering::Relaxed);
+            if self.logged.insert("opus_control_header") {
+                warn!(stream = %stream.name, error = %e, "bad Opus access unit (logged once); keeping the good ones");
+            }
+        }
+        // 20 ms: the step used when the timeline has to re-anchor.
+        let t = self.timeline.map(pts, 1800);
+        let base = time::rescale(t, ClockRate::OPUS);
+        let wallclock = self.clock.wallclock(t, now);
+        for p in packets {
+            stream.stats.audio_packets.fetch_add(1, Ordering::Relaxed);
+            stream
+                .stats
+                .audio_bytes
+                .fetch_add(p.data.len() as u64, Ordering::Relaxed);
+            let offset = u64::from(p.offset_samples);
+            sink.frame(
+                stream,
+                Frame {
+                    kind: Kind::Audio,
+                    rtp_time: base + offset + self.audio_offset,
+                    wallclock: wallclock + Duration::from_micros(offset * 1_000 / 48),
+                    data: Arc::from(p.data),
+                    keyframe: true,
+                },
+            );
+        }
+    }
+}
+
+/// Runs for the life of the stream: reads its ring and feeds the sink.
+pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>) {
+    let mut state = MediaState::new();
+    let mut reader = stream.ring.reader_from_oldest();
+    let mut buf = vec![0u8; 188 * 512];
+    loop {
+        match reader.read(&mut buf).await {
+            Read::Data(n) => {
+                stream.touch();
+                state.push(&buf[..n], &stream, sink.as_ref(), Instant::now());
+            }
+            Read::Lapped(skipped) => {
+                stream.stats.lapped.fetch_add(1, Ordering::Relaxed);
+                warn!(stream = %stream.name, skipped, "demux fell behind the ring; resuming at the live edge");
+            }
+            Read::EndOfInput => {
+                info!(stream = %stream.name, "source ended; waiting for a new one");
+                state.end_of_input(&stream, sink.as_ref(), Instant::now());
+                if !stream.has_source() {
+                    stream.update_status(|s| s.source = SourceState::Ended);
+                }
+            }
+            Read::Shutdown => break,
+        }
+    }
+    debug!(stream = %stream.name, "media task ended");
+}

@@ -1,0 +1,26 @@
+//! MPEG-TS demuxing, sans-IO: bytes in, [`DemuxEvent`]s out.
+//!
+//! ```text
+//! bytes ─► align/resync ─► packet header, adaptation field ─► continuity per PID
+//!            (demux.rs)        (packet.rs)                        │
+//!                                   PAT ─► PMT ─► TrackSet ◄──────┤ (psi.rs)
+//!                                   PES of supported tracks ◄─────┘ (pes.rs)
+//! ```
+//!
+//! One [`Demuxer`] follows one program (the first of the PAT). Tracks are discovered from the
+//! PMT alone; only H.264 and Opus tracks are reassembled, the others are listed as
+//! [`Codec::Unsupported`] with a reason.
+
+mod demux;
+mod packet;
+mod pes;
+mod psi;
+#[cfg(test)]
+mod testdata;
+#[cfg(test)]
+pub(crate) mod testutil;
+
+pub use demux::{DemuxEvent, DemuxProblem, Demuxer};
+pub use packet::{Pid, PACKET_SIZE, SYNC_BYTE};
+pub use pes::{Pes, MAX_PES_SIZE};
+pub use psi::{crc32_mpeg2, Codec, StreamType, TrackInfo, TrackSet};

@@ -1,0 +1,408 @@
+//! PES reassembly for one elementary PID (ISO/IEC 13818-1 §2.4.3.6).
+
+use bytes::Bytes;
+
+use super::demux::{DemuxEvent, DemuxProblem};
+use super::packet::Pid;
+
+/// A complete PES packet of a supported track.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pes {
+    pub pid: Pid,
+    /// 33-bit 90 kHz presentation time stamp.
+    pub pts: Option<u64>,
+    /// 33-bit 90 kHz decoding time stamp, when it differs from the PTS.
+    pub dts: Option<u64>,
+    /// random_access_indicator of the packet that started this PES.
+    pub random_access: bool,
+    /// This PES follows a discontinuity: a discontinuity_indicator on its first packet or since
+    /// the previous PES of the PID, or lost/dropped data before it.
+    pub discontinuity: bool,
+    /// The PES payload: elementary stream bytes, PES header stripped.
+    pub data: Bytes,
+}
+
+/// Largest PES the demuxer reassembles (a 4K intra frame fits comfortably).
+pub const MAX_PES_SIZE: usize = 4 << 20;
+
+/// Reads a 33-bit timestamp from the 5-byte PTS/DTS field; marker bits are not checked.
+pub(crate) fn read_timestamp(b: &[u8; 5]) -> u64 {
+    u64::from((b[0] >> 1) & 0x07) << 30
+        | u64::from(b[1]) << 22
+        | u64::from(b[2] >> 1) << 15
+        | u64::from(b[3]) << 7
+        | u64::from(b[4] >> 1)
+}
+
+/// The parsed fixed part of a PES header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct PesHeader {
+    /// Bytes before the payload.
+    header_len: usize,
+    /// Total PES size (6 + PES_packet_length) when PES_packet_length is not 0.
+    total_len: Option<usize>,
+    pts: Option<u64>,
+    dts: Option<u64>,
+}
+
+/// Stream ids without the optional PES header (program_stream_map, padding, private_stream_2,
+/// ECM, EMM, directory, DSMCC, H.222.1 type E).
+fn has_optional_header(stream_id: u8) -> bool {
+    !matches!(
+        stream_id,
+        0xBC | 0xBE | 0xBF | 0xF0 | 0xF1 | 0xFF | 0xF2 | 0xF8
+    )
+}
+
+/// Parses the PES header at the start of `buf`. `Ok(None)`: more bytes are needed.
+fn parse_header(buf: &[u8]) -> Result<Option<PesHeader>, &'static str> {
+    if buf.len() < 6 {
+        return Ok(None);
+    }
+    if buf[..3] != [0, 0, 1] {
+        return Err("no PES start code");
+    }
+    let packet_length = usize::from(u16::from_be_bytes([buf[4], buf[5]]));
+    let total_len = (packet_length != 0).then_some(6 + packet_length);
+    if !has_optional_header(buf[3]) {
+        return Ok(Some(PesHeader {
+            header_len: 6,
+            total_len,
+            pts: None,
+            dts: None,
+        }));
+    }
+    if buf.len() < 9 {
+        return Ok(None);
+    }
+    let header_len = 9 + usize::from(buf[8]);
+    let Some(fields) = buf.get(9..header_len) else {
+        return Ok(None);
+    };
+    if total_len.is_some_and(|total| total < header_len) {
+        return Err("PES_packet_length shorter than its header");
+    }
+    let ts = |at: usize| {
+        fields
+            .get(at..at + 5)
+            .and_then(|b| b.try_into().ok())
+            .map(read_timestamp)
+    };
+    let (pts, dts) = match buf[7] >> 6 {
+        0b10 => (Some(ts(0).ok_or("PTS beyond PES header")?), None),
+        0b11 => (
+            Some(ts(0).ok_or("PTS beyond PES header")?),
+            Some(ts(5).ok_or("DTS beyond PES header")?),
+        ),
+        _ => (None, None),
+    };
+    Ok(Some(PesHeader {
+        header_len,
+        total_len,
+        pts,
+        dts,
+    }))
+}
+
+#[derive(Debug, Default, PartialEq, Eq, Clone, Copy)]
+enum State {
+    /// Skipping payload until a packet with payload_unit_start_indicator (start of input, or
+    /// after a dropped PES).
+    #[default]
+    WaitStart,
+    /// Collecting; the header is parsed once enough bytes are in.
+    Collecting { header: Option<PesHeader> },
+    /// The PES was completed by its PES_packet_length; payload before the next unit start
+    /// would be an overrun.
+    Done,
+}
+
+/// Reassembles PES packets of one PID. The buffer keeps its capacity between PES packets.
+#[derive(Debug)]
+pub(crate) struct PesAssembler {
+    pid: Pid,
+    buf: Vec<u8>,
+    state: State,
+    random_access: bool,
+    /// The PES being collected follows a discontinuity.
+    discontinuity: bool,
+    /// A discontinuity was seen: flags the next PES to start.
+    pending_discontinuity: bool,
+}
+
+impl PesAssembler {
+    pub fn new(pid: Pid) -> Self {
+        Self {
+            pid,
+            buf: Vec::new(),
+            state: State::WaitStart,
+            random_access: false,
+            discontinuity: false,
+            pending_discontinuity: false,
+        }
+    }
+
+    /// Flags the next PES as discontinuous; with `drop_partial`, the PES in progress is dropped.
+    pub fn discontinuity(&mut self, drop_partial: bool) {
+        if drop_partial {
+            self.drop_partial();
+        }
+        self.pending_discontinuity = true;
+    }
+
+    /// Feeds the payload of one packet; complete PES packets and problems go to `out`.
+    /// A PES with a PES_packet_length is emitted as soon as its last byte arrives; one without
+    /// is emitted at the next unit start (or `flush`). `discontinuity` (the packet's indicator)
+    /// flags the PES starting in this packet, or else the next one to start.
+    pub fn push(
+        &mut self,
+        pusi: bool,
+        random_access: bool,
+        discontinuity: bool,
+        payload: &[u8],
+        out: &mut Vec<DemuxEvent>,
+    ) {
+        if pusi {
+            self.finish(out);
+            self.state = State::Collecting { header: None };
+            self.random_access = random_access;
+            self.discontinuity = std::mem::take(&mut self.pending_discontinuity) || discontinuity;
+        } else if discontinuity {
+            self.pending_discontinuity = true;
+        }
+        let header = match self.state {
+            State::Collecting { header } => header,
+            State::WaitStart => return,
+            State::Done => {
+                if !payload.is_empty() {
+                    self.problem(out, DemuxProblem::PesLengthMismatch { pid: self.pid });
+                    self.state = State::WaitStart;
+                }
+                return;
+            }
+        };
+        if self.buf.len() + payload.len() > MAX_PES_SIZE {
+            self.problem(out, DemuxProblem::PesTooLarge { pid: self.pid });
+            self.drop_partial();
+            return;
+        }
+        self.buf.extend_from_slice(payload);
+        let header = match header {
+            Some(h) => h,
+            None => match parse_header(&self.buf) {
+                Ok(Some(h)) => {
+                    self.state = State::Collecting { header: Some(h) };
+                    h
+                }
+                Ok(None) => return,
+                Err(_) => {
+                    self.problem(out, DemuxProblem::BadPes { pid: self.pid });
+                    self.drop_partial();
+                    return;
+                }
+            },
+        };
+        if let Some(total) = header.total_len.filter(|&total| self.buf.len() >= total) {
+            self.emit(header, total, out);
+            self.state = State::Done;
+        }
+    }
+
+    /// End of input: a PES without PES_packet_length is complete; one whose length was not
+    /// reached is dropped.
+    pub fn flush(&mut self, out: &mut Vec<DemuxEvent>) {
+        self.finish(out);
+        self.state = State::WaitStart;
+    }
+
+    /// Ends the PES in progress at a unit start or end of input.
+    fn finish(&mut self, out: &mut Vec<DemuxEvent>) {
+        match self.state {
+            State::Collecting { header: Some(h) } if h.total_len.is_none() => {
+                self.emit(h, self.buf.len(), out)
+            }
+            State::Collecting { header: Some(_) } => {
+                self.problem(out, DemuxProblem::PesLengthMismatch { pid: self.pid })
+            }
+            State::Collecting { header: None } => {
+                self.problem(out, DemuxProblem::BadPes { pid: self.pid })
+            }
+            State::WaitStart | State::Done => {}
+        }
+        self.buf.clear();
+    }
+
+    fn drop_partial(&mut self) {
+        self.state = State::WaitStart;
+        self.buf.clear();
+    }
+
+    /// A dropped PES is lost data: the next one is flagged discontinuous.
+    fn problem(&mut self, out: &mut Vec<DemuxEvent>, problem: DemuxProblem) {
+        self.pending_discontinuity = true;
+        out.push(DemuxEvent::Problem(problem));
+    }
+
+    /// Emits `buf[header_len..end]`. Empty PES packets are not emitted.
+    fn emit(&mut self, header: PesHeader, end: usize, out: &mut Vec<DemuxEvent>) {
+        if let Some(data) = self
+            .buf
+            .get(header.header_len..end)
+            .filter(|d| !d.is_empty())
+        {
+            out.push(DemuxEvent::Pes(Pes {
+                pid: self.pid,
+                pts: header.pts,
+                dts: header.dts,
+                random_access: self.random_access,
+                discontinuity: self.discontinuity,
+                data: Bytes::copy_from_slice(data),
+            }));
+        }
+        self.buf.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ts::testutil::{pes_bytes, pts_bytes};
+
+    #[test]
+    fn pts_parse_ignores_marker_bits() {
+        let pts = 0x1_2345_6789 & ((1 << 33) - 1);
+        let b = pts_bytes(0b0010, pts);
+        assert_eq!(read_timestamp(&b), pts);
+        let mut bad = b;
+        bad[0] &= !1;
+        bad[2] &= !1;
+        bad[4] &= !1;
+        assert_eq!(read_timestamp(&bad), pts);
+        assert_eq!(
+            read_timestamp(&pts_bytes(0b0010, (1 << 33) - 1)),
+            (1 << 33) - 1
+        );
+    }
+
+    #[test]
+    fn header_with_pts_and_dts() {
+        let pes = pes_bytes(0xE0, Some(1000), Some(900), b"abc", true);
+        let h = parse_header(&pes).unwrap().unwrap();
+        assert_eq!(
+            (h.pts, h.dts, h.header_len, h.total_len),
+            (Some(1000), Some(900), 19, Some(22))
+        );
+        assert_eq!(parse_header(&pes[..10]), Ok(None));
+        assert!(parse_header(&[0, 0, 2, 0xE0, 0, 0]).is_err());
+    }
+
+    fn pes_of(events: &[DemuxEvent]) -> Vec<&Pes> {
+        events
+            .iter()
+            .filter_map(|e| {
+                if let DemuxEvent::Pes(p) = e {
+                    Some(p)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pes_with_length_completes_without_next_unit_start() {
+        let mut a = PesAssembler::new(Pid(0x101));
+        let pes = pes_bytes(0xC0, Some(90), None, &[7; 300], true);
+        let mut out = Vec::new();
+        a.push(true, true, false, &pes[..184], &mut out);
+        assert!(out.is_empty());
+        a.push(false, false, false, &pes[184..], &mut out);
+        let p = pes_of(&out)[0];
+        assert_eq!(
+            (p.pts, p.dts, p.random_access, p.data.len()),
+            (Some(90), None, true, 300)
+        );
+        // Payload past the announced length is reported once.
+        a.push(false, false, false, &[1, 2, 3], &mut out);
+        a.push(false, false, false, &[1, 2, 3], &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(
+            out[1],
+            DemuxEvent::Problem(DemuxProblem::PesLengthMismatch { pid: Pid(0x101) })
+        );
+    }
+
+    #[test]
+    fn pes_without_length_completes_at_next_unit_start_or_flush() {
+        let mut a = PesAssembler::new(Pid(0x100));
+        let mut out = Vec::new();
+        a.push(
+            true,
+            false,
+            false,
+            &pes_bytes(0xE0, Some(1), Some(0), b"one", false),
+            &mut out,
+        );
+        a.push(
+            true,
+            false,
+            false,
+            &pes_bytes(0xE0, Some(2), None, b"two", false),
+            &mut out,
+        );
+        assert_eq!(pes_of(&out).len(), 1);
+        a.flush(&mut out);
+        let pes = pes_of(&out);
+        assert_eq!(
+            (pes[0].pts, pes[0].dts, &pes[0].data[..]),
+            (Some(1), Some(0), &b"one"[..])
+        );
+        assert_eq!((pes[1].pts, &pes[1].data[..]), (Some(2), &b"two"[..]));
+    }
+
+    #[test]
+    fn short_pes_is_dropped_and_next_one_flagged() {
+        let mut a = PesAssembler::new(Pid(0x101));
+        let mut out = Vec::new();
+        let long = pes_bytes(0xC0, Some(1), None, &[0; 500], true);
+        a.push(true, false, false, &long[..184], &mut out);
+        a.push(
+            true,
+            false,
+            false,
+            &pes_bytes(0xC0, Some(2), None, b"ok", true),
+            &mut out,
+        );
+        assert_eq!(
+            out[0],
+            DemuxEvent::Problem(DemuxProblem::PesLengthMismatch { pid: Pid(0x101) })
+        );
+        let p = pes_of(&out)[0];
+        assert!(p.discontinuity && p.pts == Some(2));
+    }
+
+    #[test]
+    fn pes_over_the_size_cap_is_dropped() {
+        let mut a = PesAssembler::new(Pid(0x100));
+        let mut out = Vec::new();
+        a.push(
+            true,
+            false,
+            false,
+            &pes_bytes(0xE0, Some(0), None, &[], false),
+            &mut out,
+        );
+        let chunk = [0u8; 184];
+        for _ in 0..(MAX_PES_SIZE / 184 + 2) {
+            a.push(false, false, false, &chunk, &mut out);
+        }
+        assert_eq!(
+            out,
+            [DemuxEvent::Problem(DemuxProblem::PesTooLarge {
+                pid: Pid(0x100)
+            })]
+        );
+        a.flush(&mut out);
+        assert_eq!(out.len(), 1);
+    }
+}

@@ -1,0 +1,186 @@
+//! Demux the `testdata/*.ts` files (made with ffmpeg, each described by its `.txt`) through
+//! `ts`, `codec` and `time`. A missing file skips its test.
+
+use std::path::PathBuf;
+
+use crate::codec::h264::{nal_units, AccessUnit, H264Assembler, NalType};
+use crate::codec::opus;
+use crate::time::Timeline;
+use crate::ts::{Codec, DemuxEvent, Demuxer, Pid, StreamType, TrackSet};
+
+fn read(name: &str) -> Option<Vec<u8>> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name);
+    let data = std::fs::read(&path).ok();
+    if data.is_none() {
+        eprintln!("skipping: {} not found", path.display());
+    }
+    data
+}
+
+#[derive(Default)]
+struct Summary {
+    tracks: Vec<TrackSet>,
+    aus: Vec<AccessUnit>,
+    opus_packets: usize,
+    problems: usize,
+    video_times: Vec<u64>,
+    profile_level_id: Option<String>,
+    size: Option<(u32, u32)>,
+}
+
+fn demux(data: &[u8], chunk: usize) -> (Vec<DemuxEvent>, Summary) {
+    let mut d = Demuxer::new();
+    let mut events = Vec::new();
+    for c in data.chunks(chunk) {
+        d.push(c, &mut events);
+    }
+    d.flush(&mut events);
+    let mut s = Summary::default();
+    let mut h264 = H264Assembler::new();
+    let mut timeline = Timeline::new();
+    for e in &events {
+        match e {
+            DemuxEvent::Tracks(t) => s.tracks.push(t.clone()),
+            DemuxEvent::Problem(_) => s.problems += 1,
+            DemuxEvent::Pes(pes) => {
+                let t = s.tracks.last().expect("PES only after tracks");
+                if t.video().map(|v| v.pid) == Some(pes.pid) {
+                    let first = s.aus.len();
+                    h264.push(pes, &mut s.aus);
+                    for au in &s.aus[first..] {
+                        s.video_times.push(timeline.map(au.pts, 3000));
+                    }
+                } else if t.audio().map(|a| a.pid) == Some(pes.pid) {
+                    let mut packets = Vec::new();
+                    opus::split_pes(&pes.data, &mut packets).expect("valid Opus PES");
+                    s.opus_packets += packets.len();
+                    assert!(packets.iter().all(|p| p.samples == 960));
+                    timeline.map(pes.pts.expect("audio PTS"), 1800);
+                }
+            }
+            _ => {}
+        }
+    }
+    if let Some(sps) = h264.sps() {
+        s.profile_level_id = Some(sps.profile_level_id.to_string());
+        s.size = Some((sps.width, sps.height));
+    }
+    (events, s)
+}
+
+fn check_video(s: &Summary, frames: usize, keyframes: usize, pli: &str) {
+    assert_eq!(s.aus.len(), frames);
+    assert_eq!(s.aus.iter().filter(|au| au.keyframe).count(), keyframes);
+    assert!(s.aus[0].keyframe);
+    for au in &s.aus {
+        let types: Vec<_> = nal_units(&au.data)
+            .map(|n| NalType::of(n).unwrap())
+            .collect();
+        assert!(!types.contains(&NalType::AUD));
+        if au.keyframe {
+            assert_eq!(types[..2], [NalType::SPS, NalType::PPS]);
+        }
+        assert_eq!(&au.data[..4], &[0, 0, 0, 1]);
+    }
+    assert_eq!(s.profile_level_id.as_deref(), Some(pli));
+    assert_eq!(s.size, Some((640, 360)));
+    // 30 fps, no B-frames: the timeline starts at 0 and steps by 3000.
+    assert_eq!(s.video_times[0], 0);
+    assert!(s.video_times.windows(2).all(|w| w[1] - w[0] == 3000));
+}
+
+#[test]
+fn testdata_h264_opus() {
+    let Some(data) = read("h264_opus.ts") else {
+        return;
+    };
+    let (events, s) = demux(&data, 1316);
+    assert_eq!(s.problems, 0);
+    assert_eq!(
+        s.tracks.len(),
+        1,
+        "PMT repeats every 100 ms but is reported once"
+    );
+    let t = &s.tracks[0];
+    assert_eq!(
+        (t.program_number, t.pmt_pid, t.pcr_pid),
+        (1, Pid(0x1000), Pid(0x100))
+    );
+    assert_eq!(t.video().unwrap().pid, Pid(0x100));
+    assert_eq!(t.audio().unwrap().pid, Pid(0x101));
+    assert_eq!(t.audio().unwrap().codec, Codec::Opus { channels: 2 });
+    check_video(&s, 180, 6, "64001e");
+    assert_eq!(s.opus_packets, 301);
+    assert!(events.iter().any(|e| matches!(
+        e,
+        DemuxEvent::Pcr {
+            pid: Pid(0x100),
+            ..
+        }
+    )));
+    // The same events whatever the chunking.
+    for chunk in [1, 187, 189, 4096] {
+        assert_eq!(demux(&data, chunk).0, events, "chunk {chunk}");
+    }
+}
+
+#[test]
+fn testdata_h264_aac_lists_aac_as_unsupported() {
+    let Some(data) = read("h264_aac.ts") else {
+        return;
+    };
+    let (_, s) = demux(&data, 7 * 188);
+    assert_eq!(s.problems, 0);
+    let t = &s.tracks[0];
+    assert_eq!(t.audio(), None);
+    let aac = t.track(Pid(0x101)).unwrap();
+    assert_eq!(aac.stream_type, StreamType::AAC_ADTS);
+    assert_eq!(
+        aac.codec,
+        Codec::Unsupported {
+            reason: "AAC (ADTS) is not playable in WebRTC"
+        }
+    );
+    check_video(&s, 120, 4, "64001e");
+}
+
+#[test]
+fn testdata_h264_only() {
+    let Some(data) = read("h264_only.ts") else {
+        return;
+    };
+    let (_, s) = demux(&data, 65536);
+    assert_eq!(s.problems, 0);
+    assert_eq!(s.tracks[0].tracks.len(), 1);
+    check_video(&s, 120, 4, "42c01e");
+}
+
+#[test]
+fn testdata_long_gop() {
+    let Some(data) = read("long_gop.ts") else {
+        return;
+    };
+    let (_, s) = demux(&data, 1316);
+    assert_eq!(s.problems, 0);
+    check_video(&s, 300, 2, "64001e");
+    assert_eq!(s.opus_packets, 501);
+}
+
+#[test]
+fn testdata_survives_damage() {
+    let Some(mut data) = read("h264_opus.ts") else {
+        return;
+    };
+    // Drop a packet, duplicate one, insert garbage and cut one short.
+    data.drain(100 * 188..101 * 188);
+    let dup = data[200 * 188..201 * 188].to_vec();
+    data.splice(201 * 188..201 * 188, dup);
+    data.splice(300 * 188..300 * 188, [0x47, 1, 2, 3, 0x47]);
+    data.drain(500 * 188 + 50..500 * 188 + 150);
+    let (_, s) = demux(&data, 1000);
+    assert!(s.problems >= 3);
+    assert!(s.aus.len() >= 176, "{}", s.aus.len());
+    assert!(s.opus_packets >= 290);
+}

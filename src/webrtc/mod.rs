@@ -1,0 +1,322 @@
+//! WebRTC sessions (str0m), all on one UDP socket, driven by one event-loop task.
+//!
+//! The HTTP side builds each session's `Rtc` from the offer and hands it over as a command; the
+//! loop owns every `Rtc`, routes datagrams to them by source address (or by ICE credentials for
+//! the first packet from an address), writes the stream's frames into each and sends what they
+//! produce. Nothing here blocks: the socket is non-blocking and every session is sans-IO.
+
+pub mod sdpfrag;
+mod session;
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::net::{Protocol, Receive};
+use str0m::{Input, Rtc};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, info, warn};
+
+use crate::media::{Frame, FrameSink};
+use crate::stream::Stream;
+pub use sdpfrag::{SdpFrag, SdpFragError};
+use session::Session;
+
+/// A session ready to join the loop.
+pub struct NewSession {
+    pub id: String,
+    pub stream: Arc<Stream>,
+    pub rtc: Rtc,
+    pub remote_ufrag: Option<String>,
+}
+
+/// Why a PATCH failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PatchError {
+    #[error("no such session")]
+    NotFound,
+    #[error("{0}")]
+    Bad(String),
+}
+
+/// The answer to a PATCH: nothing (trickle) or an sdpfrag (ICE restart).
+pub type PatchReply = Result<Option<String>, PatchError>;
+
+enum Cmd {
+    Add(Box<NewSession>),
+    Frame(Arc<Stream>, Frame),
+    Patch(String, SdpFrag, oneshot::Sender<PatchReply>),
+    Delete(String, oneshot::Sender<bool>),
+    Count(oneshot::Sender<usize>),
+}
+
+/// Handle to the engine: cheap to clone, used by HTTP handlers and media tasks.
+#[derive(Clone)]
+pub struct Engine {
+    tx: mpsc::UnboundedSender<Cmd>,
+    local: SocketAddr,
+    candidates: Arc<[SocketAddr]>,
+}
+
+impl Engine {
+    /// Bind the UDP socket and start the loop. `hosts` are the addresses to announce (IPs or
+    /// DNS names); empty means the bound address (loopback + primary address for a wildcard).
+    pub async fn start(
+        bind: SocketAddr,
+        hosts: &[String],
+        ice_timeout: Duration,
+    ) -> std::io::Result<Engine> {
+        str0m::crypto::from_feature_flags().install_process_default();
+        let socket = UdpSocket::bind(bind).await?;
+        let local = socket.local_addr()?;
+        let candidates = announce_addresses(local, hosts).await;
+        info!(udp = %local, candidates = ?candidates, "WebRTC media socket");
+        let (tx, rx) = mpsc::unbounded_channel();
+        let candidates: Arc<[SocketAddr]> = candidates.into();
+        let ev = EventLoop {
+            socket,
+            rx,
+            sessions: HashMap::new(),
+            by_addr: HashMap::new(),
+            candidates: candidates.clone(),
+            ice_timeout,
+        };
+        tokio::spawn(ev.run());
+        Ok(Engine {
+            tx,
+            local,
+            candidates,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The host candidates every session announces.
+    pub fn candidates(&self) -> &[SocketAddr] {
+        &self.candidates
+    }
+
+    pub fn add(&self, s: NewSession) {
+        let _ = self.tx.send(Cmd::Add(Box::new(s)));
+    }
+
+    pub async fn patch(&self, id: &str, frag: SdpFrag) -> PatchReply {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Patch(id.to_string(), frag, tx));
+        rx.await.unwrap_or(Err(PatchError::NotFound))
+    }
+
+    /// End a session; false if it did not exist.
+    pub async fn delete(&self, id: &str) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Delete(id.to_string(), tx));
+        rx.await.unwrap_or(false)
+    }
+
+    /// Sessions alive in the loop.
+    pub async fn session_count(&self) -> usize {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Count(tx));
+        rx.await.unwrap_or(0)
+    }
+}
+
+impl FrameSink for Engine {
+    fn frame(&self, stream: &Arc<Stream>, frame: Frame) {
+        if stream.stats.viewers.load(Ordering::Relaxed) > 0 {
+            let _ = self.tx.send(Cmd::Frame(stream.clone(), frame));
+        }
+    }
+}
+
+/// Host candidate addresses for a socket bound to `local`.
+async fn announce_addresses(local: SocketAddr, hosts: &[String]) -> Vec<SocketAddr> {
+    let port = local.port();
+    let mut out = Vec::new();
+    for h in hosts {
+        match h.parse::<IpAddr>() {
+            Ok(ip) => out.push(SocketAddr::new(ip, port)),
+            Err(_) => match tokio::net::lookup_host((h.as_str(), port)).await {
+                Ok(addrs) => out.extend(addrs.filter(|a| a.is_ipv4())),
+                Err(e) => warn!(host = %h, error = %e, "--ice-host name does not resolve; skipped"),
+            },
+        }
+    }
+    if out.is_empty() {
+        if local.ip().is_unspecified() {
+            out.push(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port));
+            if let Some(ip) = primary_ip() {
+                out.push(SocketAddr::new(ip, port));
+            }
+        } else {
+            out.push(local);
+        }
+    }
+    out.dedup();
+    out
+}
+
+/// The address of the default route (no packet is sent: connect() on UDP only picks a route).
+fn primary_ip() -> Option<IpAddr> {
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    s.connect("192.0.2.1:9").ok()?;
+    let ip = s.local_addr().ok()?.ip();
+    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
+}
+
+struct EventLoop {
+    socket: UdpSocket,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    sessions: HashMap<String, Session>,
+    by_addr: HashMap<SocketAddr, String>,
+    candidates: Arc<[SocketAddr]>,
+    ice_timeout: Duration,
+}
+
+impl EventLoop {
+    async fn run(mut self) {
+        let mut buf = vec![0u8; 2048];
+        loop {
+            let next = self
+                .sessions
+                .values()
+                .map(|s| s.next_timeout)
+                .min()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
+            tokio::select! {
+                cmd = self.rx.recv() => {
+                    let Some(cmd) = cmd else { break };
+                    self.on_cmd(cmd);
+                    // Take whatever else is queued before the next timeout scan.
+                    while let Ok(cmd) = self.rx.try_recv() {
+                        self.on_cmd(cmd);
+                    }
+                }
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok((n, source)) => self.on_datagram(&buf[..n], source),
+                    Err(e) => debug!(error = %e, "UDP receive"),
+                },
+                _ = tokio::time::sleep_until(next.into()) => {}
+            }
+            self.on_timeouts(Instant::now());
+        }
+    }
+
+    fn on_cmd(&mut self, cmd: Cmd) {
+        match cmd {
+            Cmd::Add(n) => {
+                let n = *n;
+                info!(stream = %n.stream.name, session = %short(&n.id), "viewer session created");
+                let mut s = Session::new(n, self.ice_timeout);
+                s.poll(&self.socket);
+                self.sessions.insert(s.id.clone(), s);
+            }
+            Cmd::Frame(stream, frame) => {
+                for s in self.sessions.values_mut() {
+                    if s.stream.id == stream.id {
+                        s.write_frame(&frame);
+                        s.poll(&self.socket);
+                    }
+                }
+            }
+            Cmd::Patch(id, frag, reply) => {
+                let r = match self.sessions.get_mut(&id) {
+                    Some(s) => {
+                        let r = s.patch(frag, &self.candidates);
+                        s.poll(&self.socket);
+                        r
+                    }
+                    None => Err(PatchError::NotFound),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Delete(id, reply) => {
+                let found = self.remove(&id, "deleted by client");
+                let _ = reply.send(found);
+            }
+            Cmd::Count(reply) => {
+                let _ = reply.send(self.sessions.len());
+            }
+        }
+    }
+
+    fn on_datagram(&mut self, data: &[u8], source: SocketAddr) {
+        let Ok(contents) = data.try_into() else {
+            return;
+        };
+        let input = Input::Receive(
+            Instant::now(),
+            Receive {
+                proto: Protocol::Udp,
+                source,
+                destination: self.destination_for(source),
+                contents,
+            },
+        );
+        let id = match self.by_addr.get(&source) {
+            Some(id) if self.sessions.get(id).is_some_and(|s| s.rtc.accepts(&input)) => id.clone(),
+            _ => {
+                let Some(s) = self.sessions.values().find(|s| s.rtc.accepts(&input)) else {
+                    return;
+                };
+                self.by_addr.insert(source, s.id.clone());
+                s.id.clone()
+            }
+        };
+        if let Some(s) = self.sessions.get_mut(&id) {
+            s.handle_input(input);
+            s.poll(&self.socket);
+        }
+    }
+
+    /// Which of our announced addresses a datagram was sent to (the socket may be a wildcard).
+    fn destination_for(&self, source: SocketAddr) -> SocketAddr {
+        let want_loopback = source.ip().is_loopback();
+        self.candidates
+            .iter()
+            .find(|c| c.ip().is_loopback() == want_loopback)
+            .or(self.candidates.first())
+            .copied()
+            .unwrap_or_else(|| {
+                self.socket
+                    .local_addr()
+                    .expect("bound socket has an address")
+            })
+    }
+
+    fn on_timeouts(&mut self, now: Instant) {
+        let mut dead = Vec::new();
+        for s in self.sessions.values_mut() {
+            if s.next_timeout <= now {
+                s.handle_input(Input::Timeout(now));
+                s.poll(&self.socket);
+            }
+            if let Some(why) = s.end_reason(now) {
+                dead.push((s.id.clone(), why));
+            }
+        }
+        for (id, why) in dead {
+            self.remove(&id, why);
+        }
+    }
+
+    fn remove(&mut self, id: &str, why: &str) -> bool {
+        let Some(mut s) = self.sessions.remove(id) else {
+            return false;
+        };
+        s.close(&self.socket);
+        self.by_addr.retain(|_, v| v != id);
+        info!(stream = %s.stream.name, session = %short(id), reason = why, "viewer session closed");
+        true
+    }
+}
+
+/// Session ids are secrets; logs show only a prefix.
+fn short(id: &str) -> &str {
+    &id[..id.len().min(8)]
+}

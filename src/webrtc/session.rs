@@ -1,0 +1,280 @@
+//! One WHEP viewer: its `Rtc`, the mids and payload types it negotiated, and where it stands.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use str0m::format::Codec as RtcCodec;
+use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+
+use super::{NewSession, PatchError, PatchReply, SdpFrag};
+use crate::codec::h264::ProfileLevelId;
+use crate::media::{Frame, Kind};
+use crate::stream::Stream;
+
+pub(super) struct Session {
+    pub id: String,
+    pub stream: Arc<Stream>,
+    pub rtc: Rtc,
+    pub next_timeout: Instant,
+    remote_ufrag: Option<String>,
+    video: Option<(Mid, Option<Pt>)>,
+    audio: Option<(Mid, Option<Pt>)>,
+    connected: bool,
+    video_started: bool,
+    created: Instant,
+    disconnected_since: Option<Instant>,
+    ice_timeout: Duration,
+}
+
+impl Session {
+    pub fn new(n: NewSession, ice_timeout: Duration) -> Self {
+        n.stream.stats.viewers.fetch_add(1, Ordering::Relaxed);
+        n.stream
+            .stats
+            .sessions_total
+            .fetch_add(1, Ordering::Relaxed);
+        Session {
+            id: n.id,
+            stream: n.stream,
+            rtc: n.rtc,
+            next_timeout: Instant::now(),
+            remote_ufrag: n.remote_ufrag,
+            video: None,
+            audio: None,
+            connected: false,
+            video_started: false,
+            created: Instant::now(),
+            disconnected_since: None,
+            ice_timeout,
+        }
+    }
+
+    pub fn handle_input(&mut self, input: Input) {
+        if let Err(e) = self.rtc.handle_input(input) {
+            debug!(error = %e, "session input");
+            self.rtc.disconnect();
+        }
+    }
+
+    /// Drain the `Rtc`'s output: send datagrams, handle events, note the next timeout.
+    pub fn poll(&mut self, socket: &UdpSocket) {
+        while self.rtc.is_alive() {
+            match self.rtc.poll_output() {
+                Ok(Output::Transmit(t)) => {
+                    // UDP: a full send buffer drops the datagram, as the network would.
+                    let _ = socket.try_send_to(&t.contents, t.destination);
+                }
+                Ok(Output::Timeout(t)) => {
+                    self.next_timeout = t;
+                    return;
+                }
+                Ok(Output::Event(e)) => self.on_event(e),
+                Err(e) => {
+                    warn!(stream = %self.stream.name, error = %e, "session failed");
+                    self.rtc.disconnect();
+                }
+            }
+        }
+        self.next_timeout = Instant::now();
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match e {
+            Event::Connected => {
+                self.connected = true;
+                info!(stream = %self.stream.name, session = %super::short(&self.id),
+                    setup_ms = self.created.elapsed().as_millis() as u64, "viewer connected");
+            }
+            Event::IceConnectionStateChange(state) => match state {
+                IceConnectionState::Disconnected => {
+                    self.disconnected_since.get_or_insert_with(Instant::now);
+                }
+                IceConnectionState::Connected | IceConnectionState::Completed => {
+                    self.disconnected_since = None;
+                }
+                _ => {}
+            },
+            Event::MediaAdded(m) => match m.kind {
+                MediaKind::Video => self.video = Some((m.mid, None)),
+                MediaKind::Audio => self.audio = Some((m.mid, None)),
+            },
+            Event::KeyframeRequest(_) => {
+                // A TS source cannot make a keyframe on demand; the next IDR comes on its own.
+                debug!(stream = %self.stream.name, "keyframe request from viewer");
+            }
+            _ => {}
+        }
+    }
+
+    /// Why this session should end now, if it should.
+    pub fn end_reason(&self, now: Instant) -> Option<&'static str> {
+        if !self.rtc.is_alive() {
+            return Some("connection closed");
+        }
+        if !self.connected && now.duration_since(self.created) > self.ice_timeout {
+            return Some("ICE/DTLS setup timed out");
+        }
+        if self
+            .disconnected_since
+            .is_some_and(|t| now.duration_since(t) > self.ice_timeout)
+        {
+            return Some("ICE timeout (viewer gone)");
+        }
+        None
+    }
+
+    pub fn write_frame(&mut self, f: &Frame) {
+        if !self.connected {
+            return;
+        }
+        let (slot, freq) = match f.kind {
+            Kind::Video => (&mut self.video, Frequency::NINETY_KHZ),
+            Kind::Audio => (&mut self.audio, Frequency::FORTY_EIGHT_KHZ),
+        };
+        let Some((mid, pt)) = slot else { return };
+        let mid = *mid;
+        if f.kind == Kind::Video && !self.video_started {
+            if !f.keyframe {
+                return;
+            }
+            self.video_started = true;
+        }
+        let profile = self.stream.status().video.map(|v| v.profile_level_id);
+        let Some(writer) = self.rtc.writer(mid) else {
+            return;
+        };
+        let pt = match pt {
+            Some(pt) => *pt,
+            None => {
+                let Some(chosen) = choose_pt(&writer, f.kind, profile) else {
+                    return;
+                };
+                *pt = Some(chosen);
+                chosen
+            }
+        };
+        let time = MediaTime::new(f.rtp_time, freq);
+        if let Err(e) = writer.write(pt, f.wallclock, time, f.data.clone()) {
+            debug!(error = %e, "write frame");
+        }
+    }
+
+    /// Trickle ICE candidates, or an ICE restart when the remote credentials change.
+    pub fn patch(&mut self, frag: SdpFrag, local: &[SocketAddr]) -> PatchReply {
+        let restart = match (&frag.ufrag, &self.remote_ufrag) {
+            (Some(new), Some(old)) => new != old,
+            (Some(_), None) => true,
+            _ => false,
+        };
+        let mut reply = None;
+        if restart {
+            let (Some(ufrag), Some(pass)) = (frag.ufrag.clone(), frag.pwd.clone()) else {
+                return Err(PatchError::Bad(
+                    "ICE restart needs a=ice-ufrag and a=ice-pwd".into(),
+                ));
+            };
+            let ours = IceCreds::new();
+            let mut api = self.rtc.direct_api();
+            api.set_remote_ice_credentials(IceCreds {
+                ufrag: ufrag.clone(),
+                pass,
+            });
+            api.set_local_ice_credentials(ours.clone());
+            self.remote_ufrag = Some(ufrag);
+            info!(stream = %self.stream.name, session = %super::short(&self.id), "ICE restart");
+            reply = Some(SdpFrag::answer(&ours, local));
+        }
+        for c in &frag.candidates {
+            match Candidate::from_sdp_string(c) {
+                Ok(c) => self.rtc.add_remote_candidate(c),
+                Err(e) => return Err(PatchError::Bad(format!("bad candidate {c:?}: {e}"))),
+            }
+        }
+        Ok(reply)
+    }
+
+    pub fn close(&mut self, socket: &UdpSocket) {
+        self.rtc.disconnect();
+        self.poll(socket);
+        self.stream.stats.viewers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The negotiated payload type to send with. For H.264, the one whose profile best fits the
+/// stream's SPS: the same profile if the viewer took it, else the closest it decodes (any H.264
+/// decoder in a browser decodes High even when it negotiated Baseline/Main, so a High source
+/// still plays where only those were offered).
+fn choose_pt(
+    writer: &str0m::media::Writer<'_>,
+    kind: Kind,
+    profile: Option<ProfileLevelId>,
+) -> Option<Pt> {
+    let want = match kind {
+        Kind::Video => RtcCodec::H264,
+        Kind::Audio => RtcCodec::Opus,
+    };
+    writer
+        .payload_params()
+        .filter(|p| p.spec().codec == want)
+        .max_by_key(|p| {
+            let fmt = p.spec().format;
+            let mode1 = u8::from(fmt.packetization_mode == Some(1));
+            let score = match (kind, profile, fmt.profile_level_id) {
+                (Kind::Video, Some(src), Some(plid)) => h264_fit(src, plid),
+                _ => 0,
+            };
+            (score, mode1)
+        })
+        .map(|p| p.pt())
+}
+
+/// How well an offered `profile-level-id` fits the source's: higher is better. Exact match,
+/// then the same profile, then the nearest profile, preferring one that is a superset of the
+/// source's (Constrained Baseline ⊂ Baseline ⊂ Main ⊂ High).
+fn h264_fit(src: ProfileLevelId, offered: u32) -> u8 {
+    let [p, c, _] = src.0;
+    let (op, oc) = ((offered >> 16) as u8, (offered >> 8) as u8);
+    if op == p && oc == c {
+        return 20;
+    }
+    if op == p {
+        return 19;
+    }
+    let rank = |profile: u8, constraints: u8| -> i8 {
+        match profile {
+            0x42 if constraints & 0x40 != 0 => 0,
+            0x42 => 1,
+            0x4d => 2,
+            0x64 => 3,
+            _ => 4,
+        }
+    };
+    let (rs, ro) = (rank(p, c), rank(op, oc));
+    let distance = (rs - ro).unsigned_abs();
+    18 - distance * 2 - u8::from(ro < rs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h264_payload_type_fits_the_source_profile_best() {
+        let high = ProfileLevelId([0x64, 0x00, 0x1f]);
+        // Chromium here offers 42001f, 42e01f, 4d001f: Main is the closest to High.
+        assert!(h264_fit(high, 0x64001f) > h264_fit(high, 0x4d001f));
+        assert!(h264_fit(high, 0x4d001f) > h264_fit(high, 0x42001f));
+        assert!(h264_fit(high, 0x42001f) > h264_fit(high, 0x42e01f));
+        let cb = ProfileLevelId([0x42, 0xc0, 0x1e]);
+        assert_eq!(h264_fit(cb, 0x42c01f), 20);
+        assert_eq!(h264_fit(cb, 0x42e01f), 19);
+        // A superset profile beats a subset one at the same distance.
+        let main = ProfileLevelId([0x4d, 0x00, 0x1f]);
+        assert!(h264_fit(main, 0x64001f) > h264_fit(main, 0x42001f));
+    }
+}
