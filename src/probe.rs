@@ -145,7 +145,7 @@ impl Prober {
             let mut tr = TrackReport {
                 pid: t.pid.0,
                 stream_type: t.stream_type.0,
-                codec: t.stream_type.name().to_string(),
+                codec: t.codec_name().to_string(),
                 ..Default::default()
             };
             match &t.codec {

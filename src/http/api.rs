@@ -52,7 +52,7 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
                     let mut v = json!({
                         "pid": t.pid.0,
                         "stream_type": t.stream_type.0,
-                        "codec": t.stream_type.name(),
+                        "codec": t.codec_name(),
                     });
                     match &t.codec {
                         Codec::H264 => {

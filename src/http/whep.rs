@@ -8,13 +8,11 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use str0m::change::SdpOffer;
-use str0m::{Candidate, RtcConfig};
 use tracing::{debug, info};
 
 use super::{check_name, require_content_type, ApiError, AppState};
 use crate::stream::{Status, Stream};
-use crate::webrtc::{NewSession, PatchError, SdpFrag};
+use crate::webrtc::{Answered, Offer, PatchError, SdpFrag};
 
 const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
@@ -94,7 +92,7 @@ fn not_ready(status: &Status, name: &str, waited: Duration) -> ApiError {
             let kinds: Vec<String> = t
                 .tracks
                 .iter()
-                .map(|t| format!("{} (PID {})", t.stream_type.name(), t.pid))
+                .map(|t| format!("{} (PID {})", t.codec_name(), t.pid))
                 .collect();
             format!(
                 "stream {name:?} has no WebRTC-playable track (H.264 or Opus); it has: {}",
@@ -116,52 +114,24 @@ pub async fn post(
     require_content_type(&headers, SDP)?;
     let sdp = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("SDP offer is not UTF-8".into()))?;
-    let offer = SdpOffer::from_sdp_string(sdp)
-        .map_err(|e| ApiError::BadRequest(format!("malformed SDP offer: {e}")))?;
-    let remote_ufrag = sdp
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
-        .map(str::to_string);
+    // Fail fast on a bad offer, before waiting for the stream.
+    let offer = Offer::parse(sdp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
 
     let posted = Instant::now();
     let stream = app.registry.get_or_create(&name);
     let status = wait_ready(&stream, app.cfg.whep_wait).await?;
-    let tracks = status.tracks.clone().expect("a ready stream has tracks");
-
-    let mut cfg = RtcConfig::new().clear_codecs();
-    if tracks.video().is_some() {
-        cfg = cfg.enable_h264(true);
-    }
-    if tracks.audio().is_some() {
-        cfg = cfg.enable_opus(true, false);
-    }
-    let mut rtc = cfg.build(Instant::now());
-    for addr in app.engine.candidates() {
-        if let Ok(c) = Candidate::host(*addr, "udp") {
-            rtc.add_local_candidate(c);
-        }
-    }
-    let answer = rtc
-        .sdp_api()
-        .accept_offer(offer)
-        .map_err(|e| ApiError::BadRequest(format!("cannot answer this offer: {e}")))?;
-    let answer = answer.to_sdp_string();
-    if !answer.lines().any(|l| l.trim() == "a=sendonly") {
-        return Err(ApiError::BadRequest(format!(
-            "the offer has no receivable media this stream can send: it has {}; offer recvonly \
-             H.264 (packetization-mode=1) and/or Opus",
-            describe_tracks(&tracks)
-        )));
-    }
-    let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+    let tracks = status.tracks.expect("a ready stream has tracks");
     let id = session_id();
     let location = format!("/whep/{name}/{id}");
-    app.engine.add(NewSession {
-        id,
-        stream: stream.clone(),
-        rtc,
-        remote_ufrag,
-    });
+    let Answered {
+        session,
+        answer,
+        ufrag,
+    } = app
+        .engine
+        .accept(id, stream, offer, &tracks)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    app.engine.add(session);
     info!(stream = %name, wait_ms = posted.elapsed().as_millis() as u64, "WHEP session answered");
     debug!(answer = %answer, "SDP answer");
 
@@ -177,15 +147,6 @@ pub async fn post(
         );
     }
     Ok(res)
-}
-
-fn describe_tracks(t: &crate::ts::TrackSet) -> String {
-    let v: Vec<String> = t
-        .tracks
-        .iter()
-        .map(|t| t.stream_type.name().to_string())
-        .collect();
-    v.join(", ")
 }
 
 fn header_value(s: &str) -> HeaderValue {

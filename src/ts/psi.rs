@@ -85,6 +85,17 @@ pub struct TrackInfo {
     pub codec: Codec,
 }
 
+impl TrackInfo {
+    /// The codec's name for people: "H.264", "Opus", or what the stream type says.
+    pub fn codec_name(&self) -> &'static str {
+        match self.codec {
+            Codec::H264 => "H.264",
+            Codec::Opus { .. } => "Opus",
+            Codec::Unsupported { .. } => self.stream_type.name(),
+        }
+    }
+}
+
 /// The program as its PMT describes it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackSet {

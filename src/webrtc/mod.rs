@@ -14,8 +14,10 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use str0m::change::SdpOffer;
+use str0m::config::DtlsCert;
 use str0m::net::{Protocol, Receive};
-use str0m::{Input, Rtc};
+use str0m::{Candidate, Input, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -31,6 +33,49 @@ pub struct NewSession {
     pub stream: Arc<Stream>,
     pub rtc: Rtc,
     pub remote_ufrag: Option<String>,
+}
+
+/// A parsed SDP offer, with what we need from it besides str0m's view.
+pub struct Offer {
+    sdp: SdpOffer,
+    remote_ufrag: Option<String>,
+}
+
+/// Why an offer cannot be answered.
+#[derive(Debug, thiserror::Error)]
+pub enum OfferError {
+    #[error("malformed SDP offer: {0}")]
+    Malformed(String),
+    #[error("cannot answer this offer: {0}")]
+    Rejected(String),
+    #[error(
+        "the offer has no media this stream can send (it has {has}); offer recvonly H.264 \
+         (packetization-mode=1) and/or Opus"
+    )]
+    NoCommonMedia { has: String },
+}
+
+impl Offer {
+    pub fn parse(sdp: &str) -> Result<Offer, OfferError> {
+        let parsed =
+            SdpOffer::from_sdp_string(sdp).map_err(|e| OfferError::Malformed(e.to_string()))?;
+        let remote_ufrag = sdp
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
+            .map(str::to_string);
+        Ok(Offer {
+            sdp: parsed,
+            remote_ufrag,
+        })
+    }
+}
+
+/// An accepted offer: the session to hand to the engine and the answer for the client.
+pub struct Answered {
+    pub session: NewSession,
+    pub answer: String,
+    /// Our ICE ufrag, used as the session's ETag.
+    pub ufrag: String,
 }
 
 /// Why a PATCH failed.
@@ -59,6 +104,8 @@ pub struct Engine {
     tx: mpsc::UnboundedSender<Cmd>,
     local: SocketAddr,
     candidates: Arc<[SocketAddr]>,
+    /// One certificate for every session: generating one per session costs milliseconds.
+    dtls_cert: DtlsCert,
 }
 
 impl Engine {
@@ -69,7 +116,12 @@ impl Engine {
         hosts: &[String],
         ice_timeout: Duration,
     ) -> std::io::Result<Engine> {
-        str0m::crypto::from_feature_flags().install_process_default();
+        let provider = str0m::crypto::from_feature_flags();
+        let dtls_cert = provider
+            .dtls_provider
+            .generate_certificate()
+            .ok_or_else(|| std::io::Error::other("cannot generate a DTLS certificate"))?;
+        provider.install_process_default();
         let socket = UdpSocket::bind(bind).await?;
         let local = socket.local_addr()?;
         let candidates = announce_addresses(local, hosts).await;
@@ -89,6 +141,55 @@ impl Engine {
             tx,
             local,
             candidates,
+            dtls_cert,
+        })
+    }
+
+    /// Answer `offer` for a viewer of `stream`, sending exactly the tracks in `tracks`: an
+    /// offered m-line the stream has no track for is rejected in the answer.
+    pub fn accept(
+        &self,
+        id: String,
+        stream: Arc<Stream>,
+        offer: Offer,
+        tracks: &crate::ts::TrackSet,
+    ) -> Result<Answered, OfferError> {
+        let mut cfg = RtcConfig::new()
+            .clear_codecs()
+            .set_dtls_cert(self.dtls_cert.clone());
+        if tracks.video().is_some() {
+            cfg = cfg.enable_h264(true);
+        }
+        if tracks.audio().is_some() {
+            cfg = cfg.enable_opus(true, false);
+        }
+        let mut rtc = cfg.build(Instant::now());
+        for addr in self.candidates.iter() {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer.sdp)
+            .map_err(|e| OfferError::Rejected(e.to_string()))?
+            .to_sdp_string();
+        if !answer.lines().any(|l| l.trim() == "a=sendonly") {
+            let has: Vec<&str> = tracks.tracks.iter().map(|t| t.codec_name()).collect();
+            return Err(OfferError::NoCommonMedia {
+                has: has.join(", "),
+            });
+        }
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        Ok(Answered {
+            session: NewSession {
+                id,
+                stream,
+                rtc,
+                remote_ufrag: offer.remote_ufrag,
+            },
+            answer,
+            ufrag,
         })
     }
 

@@ -1,0 +1,63 @@
+//! Test helpers shared by the integration tests (`mod common;`).
+//!
+//! - [`http`]: a tiny HTTP/1.1 client over `TcpStream` (also for malformed requests and
+//!   streaming bodies).
+//! - [`whep`]: a WHEP viewer on webrtc-rs 0.21, an independent WebRTC stack; loopback-only ICE;
+//!   raw RTP with arrival times.
+//! - [`runtime`]: the Tokio runtime for webrtc-rs with a fix for its SRTP-key race (the first
+//!   RTP packets after the DTLS handshake were dropped).
+//! - [`server`]: start the `tsbridge` binary on ephemeral loopback ports, killed on drop.
+//! - [`h264`]: an RFC 6184 depacketizer that reports what a sender did (NAL types, marker
+//!   placement, gaps).
+//!
+//! Each test crate uses a different part, hence the `dead_code` allowance.
+#![allow(dead_code, unused_imports)]
+
+pub mod h264;
+pub mod http;
+pub mod runtime;
+pub mod server;
+pub mod whep;
+
+pub use h264::{h264_access_units, sps_profile_level_id, Au};
+pub use http::{request, HttpResponse};
+pub use server::TsbridgeProcess;
+pub use whep::{
+    offer_sdp, sdp_codecs, whep_receive, SdpCodec, StopWhen, WhepOptions, WhepResult, WhepSession,
+};
+
+use std::time::Instant;
+
+/// One received RTP packet: the header fields tests check, the payload, and when it arrived.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpPkt {
+    pub pt: u8,
+    pub seq: u16,
+    pub ts: u32,
+    pub marker: bool,
+    pub ssrc: u32,
+    pub payload: Vec<u8>,
+    pub at: Instant,
+}
+
+impl RtpPkt {
+    /// A packet for hand-made tests (`ssrc` 1, `pt` 102, arrival now).
+    pub fn new(seq: u16, ts: u32, marker: bool, payload: &[u8]) -> RtpPkt {
+        RtpPkt {
+            pt: 102,
+            seq,
+            ts,
+            marker,
+            ssrc: 1,
+            payload: payload.to_vec(),
+            at: Instant::now(),
+        }
+    }
+}
+
+/// The repository's `testdata/` directory.
+pub fn testdata(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+}

@@ -1,0 +1,98 @@
+//! Starting the `tsbridge` binary for a test: `serve` on 127.0.0.1 with ephemeral ports.
+//!
+//! Pass `env!("CARGO_BIN_EXE_tsbridge")` as the binary (Cargo sets it for integration tests).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// A running `tsbridge serve`; killed when dropped.
+pub struct TsbridgeProcess {
+    child: Child,
+    /// `http://127.0.0.1:PORT` (no trailing slash).
+    pub base: String,
+    /// The command line it was started with (its stdout and stderr go to the test's output).
+    pub args: Vec<String>,
+}
+
+impl TsbridgeProcess {
+    /// Runs `{bin} serve --listen 127.0.0.1:0 --ice-udp 127.0.0.1:0 {extra…}` and waits (up to
+    /// 20 s) for the banner line `tsbridge is running: dashboard http://…/` on stdout.
+    pub fn serve(bin: &str, extra: &[&str]) -> Result<TsbridgeProcess, String> {
+        let mut args: Vec<String> = [
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ice-udp",
+            "127.0.0.1:0",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::spawn(bin, args)
+    }
+
+    /// Runs `{bin} {args…}` (which must be a `serve` that prints the banner).
+    pub fn spawn(bin: &str, args: Vec<String>) -> Result<TsbridgeProcess, String> {
+        let mut child = Command::new(bin)
+            .args(&args)
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("spawn {bin}: {e}"))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[tsbridge] {line}");
+                if let Some(i) = line.find("http://") {
+                    if let Some(tx) = tx.take() {
+                        let url = line[i..].split_whitespace().next().unwrap_or("");
+                        let _ = tx.send(url.trim_end_matches('/').to_owned());
+                    }
+                }
+            }
+        });
+        match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(base) => Ok(TsbridgeProcess { child, base, args }),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                Err(format!(
+                    "{bin} {args:?}: no 'http://' banner on stdout within 20 s"
+                ))
+            }
+        }
+    }
+
+    /// `{base}/whep/{stream}`.
+    pub fn whep_url(&self, stream: &str) -> String {
+        format!("{}/whep/{stream}", self.base)
+    }
+
+    /// `host:port` of the HTTP listener (for [`super::http::request_raw`]).
+    pub fn authority(&self) -> String {
+        self.base.trim_start_matches("http://").to_owned()
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for TsbridgeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

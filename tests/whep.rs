@@ -1,0 +1,377 @@
+//! WHEP end to end: the server on 127.0.0.1:0, a WHEP client on the `webrtc` crate (an
+//! independent WebRTC stack), real MPEG-TS made by ffmpeg, RTP checked packet by packet.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::h264::nal;
+use common::{h264_access_units, request, sdp_codecs, whep_receive, StopWhen, WhepOptions};
+use tsbridge::config::{Named, ServeArgs};
+use tsbridge::server::Server;
+
+async fn serve(replays: &[(&str, &str)], tweak: impl FnOnce(&mut ServeArgs)) -> Server {
+    let mut args = ServeArgs::loopback();
+    for (name, file) in replays {
+        args.replays.push(Named {
+            name: name.to_string(),
+            value: common::testdata(file),
+        });
+    }
+    tweak(&mut args);
+    Server::start(args).await.expect("server starts")
+}
+
+fn url(s: &Server, path: &str) -> String {
+    format!("http://{}{}", s.http_addr, path)
+}
+
+async fn stream_json(s: &Server, name: &str) -> serde_json::Value {
+    let r = request("GET", &url(s, &format!("/streams/{name}")), &[], b"")
+        .await
+        .expect("GET stream");
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).expect("JSON")
+}
+
+/// The RTP of a viewer of an H.264 + Opus file is what RFC 6184/7587 say, from the first IDR on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_gets_idr_first_then_slices_with_exact_timestamps() {
+    let s = serve(&[("cam", "h264_opus.ts")], |_| {}).await;
+    let r = whep_receive(
+        &url(&s, "/whep/cam"),
+        WhepOptions {
+            seconds: 4.0,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let location = r.location.clone().expect("Location");
+    assert!(
+        location.contains("/whep/cam/") && location.len() > 40,
+        "{location}"
+    );
+    assert!(r.response.header("etag").is_some());
+    assert_eq!(r.delete_status, Some(200));
+
+    // The source is High profile; this offer (Chromium's) has none: the closest, Main, is used.
+    assert!(
+        r.video_fmtp
+            .as_deref()
+            .unwrap_or("")
+            .contains("profile-level-id=4d001f"),
+        "{:?}",
+        r.video_fmtp
+    );
+
+    let aus = h264_access_units(&r.video);
+    assert!(aus.len() >= 60, "only {} access units", aus.len());
+    let first = &aus[0];
+    assert_eq!(
+        &first.nal_types[..3],
+        &[nal::SPS, nal::PPS, nal::IDR][..],
+        "first AU: {:?}",
+        first.nal_types
+    );
+    for au in &aus[1..aus.len() - 1] {
+        assert!(au.complete, "{:?}", au.problems);
+        assert!(
+            au.marker_on_last && !au.marker_inside,
+            "marker ends each AU"
+        );
+        assert!(!au.nal_types.contains(&nal::AUD), "AUD dropped");
+        if au.is_keyframe() {
+            assert_eq!(
+                &au.nal_types[..2],
+                &[nal::SPS, nal::PPS],
+                "SPS/PPS before every IDR"
+            );
+        } else {
+            assert_eq!(au.nal_types, vec![nal::SLICE]);
+        }
+    }
+    for w in aus.windows(2) {
+        assert_eq!(
+            w[1].ts.wrapping_sub(w[0].ts),
+            3000,
+            "30 fps = 3000 ticks per frame"
+        );
+    }
+
+    assert!(r.audio.len() >= 100, "only {} Opus packets", r.audio.len());
+    for w in r.audio.windows(2) {
+        assert_eq!(
+            w[1].seq,
+            w[0].seq.wrapping_add(1),
+            "no audio loss on loopback"
+        );
+        assert_eq!(w[1].ts.wrapping_sub(w[0].ts), 960, "20 ms Opus = 960 ticks");
+    }
+    assert!(r
+        .audio
+        .iter()
+        .all(|p| !p.payload.is_empty() && p.payload.len() < 500));
+}
+
+/// A viewer may ask before the source exists: the POST waits, then plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_before_source_waits_then_plays() {
+    let s = serve(&[], |_| {}).await;
+    let whep_url = url(&s, "/whep/late");
+    let viewer = tokio::spawn(async move {
+        whep_receive(
+            &whep_url,
+            WhepOptions {
+                seconds: 8.0,
+                stop: StopWhen::VideoAus(20),
+                ..Default::default()
+            },
+        )
+        .await
+    });
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let waiting = stream_json(&s, "late").await;
+    assert_eq!(waiting["waiting_viewers"], 1, "{waiting}");
+    assert_eq!(waiting["ready"], false);
+
+    let ingest = url(&s, "/ingest/late");
+    let pusher = tokio::spawn(async move {
+        tsbridge::ingest::replay::push(&common::testdata("h264_opus.ts"), &ingest, false).await
+    });
+    let r = viewer.await.unwrap().expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let aus = h264_access_units(&r.video);
+    assert!(aus.len() >= 20, "{} AUs", aus.len());
+    assert!(aus[0].is_keyframe());
+    pusher.abort();
+}
+
+/// Nobody ever sends the stream: a clear 404 once the wait is over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_stream_is_404_after_the_wait() {
+    let s = serve(&[], |a| a.whep_wait = Duration::from_millis(700)).await;
+    let t = Instant::now();
+    let r = whep_receive(&url(&s, "/whep/nobody"), WhepOptions::default())
+        .await
+        .expect("WHEP");
+    assert_eq!(r.status, 404);
+    assert!(t.elapsed() >= Duration::from_millis(700));
+    let body = r.error_body.unwrap_or_default();
+    assert!(body.contains("no source"), "{body}");
+}
+
+/// A client that gives up while waiting is no longer counted as waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_client_that_disconnects_is_forgotten() {
+    let s = serve(&[], |a| a.whep_wait = Duration::from_secs(30)).await;
+    let offer = common::offer_sdp(&WhepOptions::default()).await.unwrap();
+    let gone = url(&s, "/whep/gone");
+    let post = request(
+        "POST",
+        &gone,
+        &[("Content-Type", "application/sdp")],
+        offer.as_bytes(),
+    );
+    // The request times out on our side after 500 ms: the connection is dropped.
+    let _ = tokio::time::timeout(Duration::from_millis(500), post).await;
+    let mut waiting = serde_json::Value::Null;
+    for _ in 0..50 {
+        waiting = stream_json(&s, "gone").await["waiting_viewers"].clone();
+        if waiting == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(waiting, 0, "the abandoned POST is still waiting");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_mistakes_get_specific_statuses() {
+    let s = serve(&[("cam", "h264_opus.ts")], |a| a.max_body = 16 << 10).await;
+    let sdp = [("Content-Type", "application/sdp")];
+    let offer = common::offer_sdp(&WhepOptions::default()).await.unwrap();
+
+    let r = request(
+        "POST",
+        &url(&s, "/whep/cam"),
+        &[("Content-Type", "text/plain")],
+        offer.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 415, "{}", r.text());
+    assert!(r.text().contains("application/sdp"));
+
+    let r = request("POST", &url(&s, "/whep/cam"), &sdp, b"this is not SDP")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    let r = request("POST", &url(&s, "/whep/bad%20name"), &sdp, offer.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    let huge = vec![b'a'; 64 << 10];
+    let r = request("POST", &url(&s, "/whep/cam"), &sdp, &huge)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+
+    let r = request("DELETE", &url(&s, "/whep/cam/0123456789abcdef"), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+    let frag = [("Content-Type", "application/trickle-ice-sdpfrag")];
+    let r = request(
+        "PATCH",
+        &url(&s, "/whep/cam/0123456789abcdef"),
+        &frag,
+        b"a=end-of-candidates\r\n",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404);
+
+    let r = request("GET", &url(&s, "/streams/nope"), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404);
+
+    let r = request("OPTIONS", &url(&s, "/whep/cam"), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204);
+    assert!(r
+        .header("access-control-expose-headers")
+        .unwrap_or("")
+        .contains("Location"));
+    assert_eq!(r.header("accept-post"), Some("application/sdp"));
+}
+
+/// A video-only stream answers exactly its tracks: the offered audio m-line is rejected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answer_holds_exactly_the_tracks_that_exist() {
+    let s = serve(&[("v", "h264_only.ts")], |_| {}).await;
+    let r = whep_receive(
+        &url(&s, "/whep/v"),
+        WhepOptions {
+            seconds: 3.0,
+            stop: StopWhen::VideoAus(10),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let codecs = sdp_codecs(&r.answer_sdp);
+    assert!(
+        !codecs.iter().any(|c| c.media == "audio"
+            && c.port != 0
+            && c.direction.as_deref() == Some("sendonly")),
+        "audio must not be sent: {}",
+        r.answer_sdp
+    );
+    assert!(r.audio.is_empty());
+    // Constrained Baseline source, offered as such: the exact profile is chosen.
+    assert!(
+        r.video_fmtp.as_deref().unwrap_or("").contains("42e01f"),
+        "{:?}",
+        r.video_fmtp
+    );
+    assert!(h264_access_units(&r.video).len() >= 10);
+}
+
+/// AAC is listed with the reason it does not play; the video plays anyway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aac_track_is_listed_as_unsupported_and_video_plays() {
+    let s = serve(&[("aac", "h264_aac.ts")], |_| {}).await;
+    let r = whep_receive(
+        &url(&s, "/whep/aac"),
+        WhepOptions {
+            seconds: 3.0,
+            stop: StopWhen::VideoAus(10),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    assert!(h264_access_units(&r.video).len() >= 10);
+    let j = stream_json(&s, "aac").await;
+    let tracks = j["tracks"].as_array().unwrap();
+    let aac = tracks
+        .iter()
+        .find(|t| t["stream_type"] == 0x0f)
+        .expect("AAC track listed");
+    assert_eq!(aac["playable"], false);
+    assert!(aac["reason"].as_str().unwrap().contains("AAC"), "{aac}");
+    let h264 = tracks.iter().find(|t| t["stream_type"] == 0x1b).unwrap();
+    assert_eq!(h264["profile_level_id"], "64001e");
+    assert_eq!(h264["width"], 640);
+}
+
+/// DELETE frees the session; a second DELETE is a 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_frees_the_session() {
+    let s = serve(&[("cam", "h264_opus.ts")], |_| {}).await;
+    let r = whep_receive(
+        &url(&s, "/whep/cam"),
+        WhepOptions {
+            seconds: 2.0,
+            stop: StopWhen::VideoAus(5),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.delete_status, Some(200));
+    assert_eq!(s.app.engine.session_count().await, 0);
+    assert_eq!(stream_json(&s, "cam").await["viewers"], 0);
+    let again = request("DELETE", r.location.as_deref().unwrap(), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(again.status, 404);
+}
+
+/// A viewer that vanishes without DELETE (its process dies: no DTLS close, no more STUN) is
+/// freed by the ICE timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vanished_viewer_is_freed_by_ice_timeout() {
+    let s = serve(&[("cam", "h264_opus.ts")], |a| {
+        a.ice_timeout = Duration::from_secs(2)
+    })
+    .await;
+    let whep_url = url(&s, "/whep/cam");
+    // The viewer lives in its own runtime; dropping that runtime kills it mid-session.
+    let got_video = std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let ok = rt.block_on(async {
+            let opts = WhepOptions {
+                delete: false,
+                ..Default::default()
+            };
+            let session = common::WhepSession::start(&whep_url, &opts).await.unwrap();
+            let ok = session
+                .wait_until(Duration::from_secs(5), |c| c.video.len() > 20)
+                .await;
+            std::mem::forget(session);
+            ok
+        });
+        drop(rt);
+        ok
+    })
+    .join()
+    .unwrap();
+    assert!(got_video);
+    assert_eq!(s.app.engine.session_count().await, 1);
+    let t = Instant::now();
+    while s.app.engine.session_count().await > 0 && t.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(s.app.engine.session_count().await, 0, "session not freed");
+    assert_eq!(stream_json(&s, "cam").await["viewers"], 0);
+    eprintln!("vanished viewer freed after {:?}", t.elapsed());
+}
