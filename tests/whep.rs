@@ -375,3 +375,77 @@ async fn vanished_viewer_is_freed_by_ice_timeout() {
     assert_eq!(stream_json(&s, "cam").await["viewers"], 0);
     eprintln!("vanished viewer freed after {:?}", t.elapsed());
 }
+
+/// `--ice-host` addresses are what the answer announces (NAT, containers).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ice_host_addresses_are_announced() {
+    let s = serve(&[("cam", "h264_opus.ts")], |a| {
+        a.ice_hosts = vec!["203.0.113.7".into(), "localhost".into()]
+    })
+    .await;
+    let offer = common::offer_sdp(&WhepOptions::default()).await.unwrap();
+    let r = request(
+        "POST",
+        &url(&s, "/whep/cam"),
+        &[("Content-Type", "application/sdp")],
+        offer.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    let port = s.udp_addr.port();
+    let answer = r.text();
+    assert!(
+        answer.contains(&format!("203.0.113.7 {port} typ host")),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(&format!("127.0.0.1 {port} typ host")),
+        "{answer}"
+    );
+    let loc = r.header("location").unwrap().to_string();
+    let _ = request("DELETE", &url(&s, &loc), &[], b"").await;
+}
+
+/// PATCH adds trickled candidates (204) and answers an ICE restart with new credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patch_trickles_candidates_and_restarts_ice() {
+    let s = serve(&[("cam", "h264_opus.ts")], |_| {}).await;
+    let session = common::WhepSession::start(&url(&s, "/whep/cam"), &WhepOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        session
+            .wait_until(Duration::from_secs(5), |c| c.video.len() > 10)
+            .await
+    );
+    let loc = session.location.clone().unwrap();
+    let frag = [("Content-Type", "application/trickle-ice-sdpfrag")];
+    let trickle = "a=mid:0\r\na=candidate:2 1 udp 2130706431 127.0.0.1 40000 typ host\r\n";
+    let r = request("PATCH", &loc, &frag, trickle.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{}", r.text());
+
+    let r = request("PATCH", &loc, &frag, b"a=candidate:garbage\r\n")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    let restart = "a=ice-ufrag:newufrag\r\na=ice-pwd:newpasswordnewpassword12\r\n";
+    let r = request("PATCH", &loc, &frag, restart.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("content-type"),
+        Some("application/trickle-ice-sdpfrag")
+    );
+    let body = r.text();
+    assert!(
+        body.contains("a=ice-ufrag:") && body.contains("a=ice-pwd:"),
+        "{body}"
+    );
+    assert!(body.contains("typ host"), "{body}");
+    assert!(r.header("etag").is_some());
+}

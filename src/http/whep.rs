@@ -120,7 +120,7 @@ pub async fn post(
     let posted = Instant::now();
     let stream = app.registry.get_or_create(&name);
     let status = wait_ready(&stream, app.cfg.whep_wait).await?;
-    let tracks = status.tracks.expect("a ready stream has tracks");
+    let tracks = status.tracks.clone().expect("a ready stream has tracks");
     let id = session_id();
     let location = format!("/whep/{name}/{id}");
     let Answered {
@@ -129,7 +129,7 @@ pub async fn post(
         ufrag,
     } = app
         .engine
-        .accept(id, stream, offer, &tracks)
+        .accept(id, stream, offer, &tracks, status.video)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     app.engine.add(session);
     info!(stream = %name, wait_ms = posted.elapsed().as_millis() as u64, "WHEP session answered");

@@ -59,9 +59,8 @@ impl Replayer {
                 && data.get(i + TS).is_none_or(|&b| b == 0x47)
                 && data.get(i + 2 * TS).is_none_or(|&b| b == 0x47)
         })?;
-        let mut file: Vec<u8> = data[start..].to_vec();
-        file.truncate(file.len() / TS * TS);
-        if file.is_empty() {
+        let file: Vec<u8> = data[start..].to_vec();
+        if file.len() < TS {
             return None;
         }
         let duration = pass_duration(&file);
@@ -97,13 +96,17 @@ impl Replayer {
         let offset = (self.loops * self.duration) % WRAP;
         let mut mark = None;
         while self.pos < self.file.len() && mark.is_none() {
-            let mut pkt = [0u8; TS];
-            pkt.copy_from_slice(&self.file[self.pos..self.pos + TS]);
+            // Damaged files are replayed as they are: bytes between packets pass through.
+            let mut pkt = match piece_at(&self.file, self.pos) {
+                Piece::Packet(pkt) => pkt,
+                Piece::Garbage(n) => {
+                    self.out
+                        .extend_from_slice(&self.file[self.pos..self.pos + n]);
+                    self.pos += n;
+                    continue;
+                }
+            };
             self.pos += TS;
-            if pkt[0] != 0x47 {
-                self.out.extend_from_slice(&pkt);
-                continue;
-            }
             let pid = usize::from(u16::from_be_bytes([pkt[1], pkt[2]]) & 0x1FFF);
             if self.loops > 0 {
                 shift_times(&mut pkt, offset);
@@ -136,7 +139,7 @@ impl Replayer {
     /// At a loop point, shift every PID's counters so its first packet follows its last one.
     fn carry_continuity(&mut self) {
         let mut first = [None::<u8>; 8192];
-        for pkt in self.file.chunks_exact(TS) {
+        for pkt in packets(&self.file) {
             let pid = usize::from(u16::from_be_bytes([pkt[1], pkt[2]]) & 0x1FFF);
             if pkt[3] & 0x10 != 0 && first[pid].is_none() {
                 first[pid] = Some(pkt[3] & 0x0F);
@@ -148,6 +151,51 @@ impl Replayer {
             }
         }
     }
+}
+
+/// What starts at an offset of a (possibly damaged) TS file.
+enum Piece {
+    Packet([u8; TS]),
+    /// This many bytes up to the next packet (or the end).
+    Garbage(usize),
+}
+
+/// A sync byte with a packet's room after it, and a neighbour packet in step with it (the
+/// next one, or for the last packet before damage, the previous one).
+fn is_packet_start(file: &[u8], at: usize) -> bool {
+    file.get(at) == Some(&0x47)
+        && at + TS <= file.len()
+        && (file.get(at + TS).is_none_or(|&b| b == 0x47) || (at >= TS && file[at - TS] == 0x47))
+}
+
+fn piece_at(file: &[u8], pos: usize) -> Piece {
+    if is_packet_start(file, pos) {
+        let mut pkt = [0u8; TS];
+        pkt.copy_from_slice(&file[pos..pos + TS]);
+        return Piece::Packet(pkt);
+    }
+    let skip = (pos + 1..file.len())
+        .find(|&i| is_packet_start(file, i))
+        .unwrap_or(file.len())
+        - pos;
+    Piece::Garbage(skip)
+}
+
+/// The whole packets of a file, skipping anything between them.
+fn packets(file: &[u8]) -> impl Iterator<Item = [u8; TS]> + '_ {
+    let mut pos = 0;
+    std::iter::from_fn(move || {
+        while pos < file.len() {
+            match piece_at(file, pos) {
+                Piece::Packet(p) => {
+                    pos += TS;
+                    return Some(p);
+                }
+                Piece::Garbage(n) => pos += n,
+            }
+        }
+        None
+    })
 }
 
 /// PCR of a packet in 90 kHz units, if it carries one.
@@ -216,12 +264,12 @@ fn rewrite_timestamp(b: &mut [u8], offset: u64) {
     b[4] = ((v << 1) as u8) | 1;
 }
 
-/// One pass's duration: the PTS span of the PID with the most PES, plus its frame interval.
+/// One pass's duration: the longest track's PTS span plus its PES interval.
 fn pass_duration(file: &[u8]) -> u64 {
     let mut per_pid: std::collections::HashMap<u16, Vec<u64>> = Default::default();
     let mut pcrs = Vec::new();
-    for pkt in file.chunks_exact(TS) {
-        let pkt: &[u8; TS] = pkt.try_into().expect("chunks_exact yields TS-sized chunks");
+    for pkt in packets(file) {
+        let pkt = &pkt;
         if let Some(pcr) = pcr_90k(pkt) {
             pcrs.push(pcr);
         }
@@ -241,27 +289,37 @@ fn pass_duration(file: &[u8]) -> u64 {
                 .push(read_timestamp(&pkt[p + 9..p + 14]));
         }
     }
-    if let Some(pts) = per_pid
+    // Each track's span plus its own PES interval; the longest track sets the loop length, so
+    // no track overlaps itself at the loop point (a shorter one gets a small gap instead).
+    let longest = per_pid
         .values()
-        .max_by_key(|v| v.len())
         .filter(|v| v.len() > 1)
-    {
-        let lo = *pts.iter().min().expect("non-empty");
-        let hi = *pts.iter().max().expect("non-empty");
-        let mut sorted = pts.clone();
-        sorted.sort_unstable();
-        let step = sorted
-            .windows(2)
-            .map(|w| w[1] - w[0])
-            .filter(|&d| d > 0)
-            .min()
-            .unwrap_or(3000);
-        return hi - lo + step;
+        .map(|pts| {
+            let mut sorted = pts.clone();
+            sorted.sort_unstable();
+            let step = sorted
+                .windows(2)
+                .map(|w| w[1] - w[0])
+                .filter(|&d| d > 0)
+                .min()
+                .unwrap_or(3000);
+            sorted[sorted.len() - 1] - sorted[0] + step
+        })
+        .max();
+    if let Some(d) = longest {
+        return d;
     }
     match (pcrs.first(), pcrs.last()) {
         (Some(a), Some(b)) if b > a => (b - a) + (b - a) / pcrs.len() as u64,
         _ => 90_000,
     }
+}
+
+/// Longest believable gap between two PCRs (90 kHz): 1 s.
+const MAX_PCR_STEP: u64 = 90_000;
+
+fn to_duration(t90k: u64) -> Duration {
+    Duration::from_micros(t90k.saturating_mul(1_000) / 90)
 }
 
 /// Pace chunks in real time, calling `write` for each; ends at EOF when not looping.
@@ -270,7 +328,7 @@ where
     F: FnMut(Vec<u8>) -> Fut,
     Fut: std::future::Future<Output = std::io::Result<()>>,
 {
-    let start = Instant::now();
+    let mut anchor = (Instant::now(), 0u64);
     let mut last_at = 0u64;
     while let Some(chunk) = r.next_chunk() {
         let at = if chunk.at_90k == u64::MAX {
@@ -278,10 +336,15 @@ where
         } else {
             chunk.at_90k
         };
-        // A jump backwards (a PCR wrap) or far ahead: re-anchor rather than stall.
+        // A clock that goes backwards or leaps ahead (a damaged PCR): re-anchor on it rather
+        // than burst or stall.
+        if at < last_at || at - last_at > MAX_PCR_STEP {
+            let due = anchor.0 + to_duration(last_at - anchor.1);
+            anchor = (due, at);
+        }
         let data = chunk.data.to_vec();
         last_at = at;
-        let due = start + Duration::from_micros(at.saturating_mul(1_000) / 90);
+        let due = anchor.0 + to_duration(at - anchor.1);
         tokio::time::sleep_until(due.into()).await;
         write(data).await?;
     }
@@ -420,6 +483,33 @@ mod tests {
         for w in ccs.windows(2) {
             assert_eq!(w[1], (w[0] + 1) & 0x0F, "{ccs:?}");
         }
+    }
+
+    #[test]
+    fn loop_length_covers_the_longest_track() {
+        // ffmpeg's h264_opus.ts: 180 video frames (6.0 s) but 61 Opus PES of 100 ms (6.1 s).
+        let file = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/h264_opus.ts"
+        ))
+        .unwrap();
+        assert_eq!(pass_duration(&file), 61 * 9000);
+    }
+
+    #[test]
+    fn damaged_file_is_replayed_as_is_with_its_packets_found() {
+        let mut f = file();
+        f.splice(188 * 3..188 * 3, b"junk\x47junk".iter().copied());
+        let mut r = Replayer::new(f.clone(), false).unwrap();
+        assert_eq!(r.duration_90k(), 30 * 3000);
+        let mut out = Vec::new();
+        let mut ats = Vec::new();
+        while let Some(c) = r.next_chunk() {
+            out.extend_from_slice(c.data);
+            ats.push(c.at_90k);
+        }
+        assert_eq!(out, f);
+        assert_eq!(ats.len(), 30, "one chunk per PCR, the junk rides along");
     }
 
     #[test]

@@ -153,12 +153,27 @@ impl Engine {
         stream: Arc<Stream>,
         offer: Offer,
         tracks: &crate::ts::TrackSet,
+        video: Option<crate::stream::VideoInfo>,
     ) -> Result<Answered, OfferError> {
         let mut cfg = RtcConfig::new()
             .clear_codecs()
             .set_dtls_cert(self.dtls_cert.clone());
         if tracks.video().is_some() {
             cfg = cfg.enable_h264(true);
+            // str0m's defaults cover Baseline, Constrained Baseline, Main and High; add
+            // Constrained High (Safari) and the source's own profile when it is none of those,
+            // so such an offer is answered with it rather than with a lesser profile. (Two
+            // configs of one profile class would claim the same offered PT: str0m panics.)
+            let own = video.and_then(|v| {
+                let [p, c, l] = v.profile_level_id.0;
+                (![0x42, 0x4d, 0x64].contains(&p)).then(|| u32::from_be_bytes([0, p, c, l]))
+            });
+            let codecs = cfg.codec_config();
+            for (pt, rtx, plid) in [(37, 38, own), (39, 40, Some(0x640c1f))] {
+                if let Some(plid) = plid {
+                    codecs.add_h264(pt.into(), Some(rtx.into()), true, plid);
+                }
+            }
         }
         if tracks.audio().is_some() {
             cfg = cfg.enable_opus(true, false);
@@ -169,9 +184,13 @@ impl Engine {
                 rtc.add_local_candidate(c);
             }
         }
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer.sdp)
+        // The offer is network input: a panic inside the WebRTC stack must not take the
+        // server's task down with it.
+        let accepted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rtc.sdp_api().accept_offer(offer.sdp)
+        }))
+        .map_err(|_| OfferError::Rejected("the WebRTC stack could not process it".into()))?;
+        let answer = accepted
             .map_err(|e| OfferError::Rejected(e.to_string()))?
             .to_sdp_string();
         if !answer.lines().any(|l| l.trim() == "a=sendonly") {
