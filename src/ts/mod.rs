@@ -12,6 +12,7 @@
 //! [`Codec::Unsupported`] with a reason.
 
 mod demux;
+pub mod mux;
 mod packet;
 mod pes;
 mod psi;
@@ -21,6 +22,7 @@ mod testdata;
 pub(crate) mod testutil;
 
 pub use demux::{DemuxEvent, DemuxProblem, Demuxer};
+pub use mux::{MuxConfig, MuxError, Muxer};
 pub use packet::{Pid, PACKET_SIZE, SYNC_BYTE};
 pub use pes::{Pes, MAX_PES_SIZE};
 pub use psi::{crc32_mpeg2, Codec, StreamType, TrackInfo, TrackSet};
