@@ -26,6 +26,8 @@ pub enum Kind {
 /// packet. Shared by reference between every viewer.
 #[derive(Debug, Clone)]
 pub struct Frame {
+    /// Counts the stream's frames (both kinds): lets a viewer skip what it already got.
+    pub seq: u64,
     pub kind: Kind,
     /// In the track's RTP clock (90 kHz video, 48 kHz Opus), random offset included; viewers
     /// cut it to 32 bits.
@@ -90,6 +92,7 @@ pub struct MediaState {
     video_offset: u64,
     audio_offset: u64,
     logged: HashSet<&'static str>,
+    next_seq: u64,
 }
 
 impl Default for MediaState {
@@ -111,6 +114,7 @@ impl MediaState {
             video_offset: u64::from(rand::random::<u32>()),
             audio_offset: u64::from(rand::random::<u32>()),
             logged: HashSet::new(),
+            next_seq: 0,
         }
     }
 
@@ -131,6 +135,7 @@ impl MediaState {
         self.events = events;
         self.demux.reset();
         self.h264.reset();
+        stream.gop.lock().clear();
         self.timeline.discontinuity();
     }
 
@@ -166,6 +171,14 @@ impl MediaState {
                 }
             }
         }
+    }
+
+    /// Number the frame, keep it for late joiners, hand it to the viewers.
+    fn emit(&mut self, stream: &Arc<Stream>, sink: &dyn FrameSink, mut frame: Frame) {
+        frame.seq = self.next_seq;
+        self.next_seq += 1;
+        stream.gop.lock().push(&frame);
+        sink.frame(stream, frame);
     }
 
     fn on_tracks(&mut self, tracks: TrackSet, stream: &Stream) {
@@ -224,9 +237,11 @@ impl MediaState {
                 .video_bytes
                 .fetch_add(au.data.len() as u64, Ordering::Relaxed);
             let wallclock = self.clock.wallclock(t, now);
-            sink.frame(
+            self.emit(
                 stream,
+                sink,
                 Frame {
+                    seq: 0,
                     kind: Kind::Video,
                     rtp_time: t + self.video_offset,
                     wallclock,
@@ -264,9 +279,11 @@ impl MediaState {
                 .audio_bytes
                 .fetch_add(p.data.len() as u64, Ordering::Relaxed);
             let offset = u64::from(p.offset_samples);
-            sink.frame(
+            self.emit(
                 stream,
+                sink,
                 Frame {
+                    seq: 0,
                     kind: Kind::Audio,
                     rtp_time: base + offset + self.audio_offset,
                     wallclock: wallclock + Duration::from_micros(offset * 1_000 / 48),

@@ -80,6 +80,14 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
         })
         .unwrap_or_default();
     let n = &s.name;
+    let gop = {
+        let g = s.gop.lock();
+        json!({
+            "frames": g.frames(),
+            "bytes": g.bytes(),
+            "seconds": g.duration_90k() as f64 / 90_000.0,
+        })
+    };
     json!({
         "name": n,
         "source": st.source,
@@ -93,6 +101,7 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
         "video_frames": s.stats.video_frames.load(Ordering::Relaxed),
         "audio_packets": s.stats.audio_packets.load(Ordering::Relaxed),
         "ts_problems": s.stats.ts_problems.load(Ordering::Relaxed),
+        "gop_cache": gop,
         "urls": {
             "whep": format!("/whep/{n}"),
             "play": format!("/play/{n}"),

@@ -1,5 +1,6 @@
 //! Streams: the per-name ring buffer, the ready state WHEP waits on, and the registry.
 
+pub mod gop;
 pub mod ring;
 
 use std::collections::HashMap;
@@ -12,6 +13,7 @@ use tokio::sync::watch;
 
 use crate::codec::h264::ProfileLevelId;
 use crate::ts::TrackSet;
+use gop::GopCache;
 use ring::Ring;
 
 /// Where a stream's input stands.
@@ -77,6 +79,8 @@ pub struct Stream {
     pub id: u64,
     pub ring: Ring,
     pub stats: Stats,
+    /// Video since the last IDR, for instant start (written by the media task).
+    pub gop: Mutex<GopCache>,
     status: watch::Sender<Status>,
     created: Instant,
     /// Number of sources currently attached (a new one replaces the old).
@@ -92,6 +96,7 @@ impl Stream {
             id,
             ring: Ring::new(ring_bytes),
             stats: Stats::default(),
+            gop: Mutex::new(GopCache::default()),
             status: watch::Sender::new(Status::initial()),
             created: Instant::now(),
             sources: AtomicUsize::new(0),

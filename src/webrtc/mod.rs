@@ -122,7 +122,7 @@ impl Engine {
             .generate_certificate()
             .ok_or_else(|| std::io::Error::other("cannot generate a DTLS certificate"))?;
         provider.install_process_default();
-        let socket = UdpSocket::bind(bind).await?;
+        let socket = bind_media_socket(bind)?;
         let local = socket.local_addr()?;
         let candidates = announce_addresses(local, hosts).await;
         info!(udp = %local, candidates = ?candidates, "WebRTC media socket");
@@ -252,6 +252,18 @@ impl FrameSink for Engine {
             let _ = self.tx.send(Cmd::Frame(stream.clone(), frame));
         }
     }
+}
+
+/// The shared media socket, with room for bursts (a new viewer's GOP backlog, many viewers).
+fn bind_media_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // The kernel may cap these at net.core.{w,r}mem_max; best effort.
+    let _ = socket.set_send_buffer_size(8 << 20);
+    let _ = socket.set_recv_buffer_size(4 << 20);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Host candidate addresses for a socket bound to `local`.

@@ -26,6 +26,10 @@ pub(super) struct Session {
     audio: Option<(Mid, Option<Pt>)>,
     connected: bool,
     video_started: bool,
+    /// The stream's GOP is to be sent as soon as the connection is up.
+    backlog_due: bool,
+    /// The last stream frame written (frames come from the backlog and then live).
+    last_seq: Option<u64>,
     created: Instant,
     disconnected_since: Option<Instant>,
     ice_timeout: Duration,
@@ -48,6 +52,8 @@ impl Session {
             audio: None,
             connected: false,
             video_started: false,
+            backlog_due: false,
+            last_seq: None,
             created: Instant::now(),
             disconnected_since: None,
             ice_timeout,
@@ -71,6 +77,11 @@ impl Session {
                 }
                 Ok(Output::Timeout(t)) => {
                     self.next_timeout = t;
+                    if self.backlog_due {
+                        self.backlog_due = false;
+                        self.send_backlog(socket);
+                        continue;
+                    }
                     return;
                 }
                 Ok(Output::Event(e)) => self.on_event(e),
@@ -87,6 +98,7 @@ impl Session {
         match e {
             Event::Connected => {
                 self.connected = true;
+                self.backlog_due = true;
                 info!(stream = %self.stream.name, session = %super::short(&self.id),
                     setup_ms = self.created.elapsed().as_millis() as u64, "viewer connected");
             }
@@ -128,8 +140,31 @@ impl Session {
         None
     }
 
+    /// Instant start: the cached GOP, IDR first, so the picture shows as soon as DTLS is up.
+    /// Its timestamps are squeezed to end at the live frame, one tick apart: the decoder runs
+    /// through them at once and playout continues at live pace, with no added delay. Audio
+    /// starts live.
+    fn send_backlog(&mut self, socket: &UdpSocket) {
+        let backlog = self.stream.gop.lock().snapshot();
+        let Some(last) = backlog.last() else { return };
+        let (live_time, live_clock) = (last.rtp_time, last.wallclock);
+        let n = backlog.len() as u64;
+        for (i, f) in backlog.iter().enumerate() {
+            let behind = n - 1 - i as u64;
+            let squeezed = Frame {
+                rtp_time: live_time - behind,
+                wallclock: live_clock - Duration::from_nanos(behind * 11_111),
+                ..f.clone()
+            };
+            self.write_frame(&squeezed);
+            // str0m queues at most 512 payloads between polls.
+            self.poll(socket);
+        }
+        debug!(stream = %self.stream.name, frames = n, "GOP backlog sent");
+    }
+
     pub fn write_frame(&mut self, f: &Frame) {
-        if !self.connected {
+        if !self.connected || self.last_seq.is_some_and(|s| f.seq <= s) {
             return;
         }
         let (slot, freq) = match f.kind {
@@ -144,13 +179,13 @@ impl Session {
             }
             self.video_started = true;
         }
-        let profile = self.stream.status().video.map(|v| v.profile_level_id);
         let Some(writer) = self.rtc.writer(mid) else {
             return;
         };
         let pt = match pt {
             Some(pt) => *pt,
             None => {
+                let profile = self.stream.status().video.map(|v| v.profile_level_id);
                 let Some(chosen) = choose_pt(&writer, f.kind, profile) else {
                     return;
                 };
@@ -162,6 +197,7 @@ impl Session {
         if let Err(e) = writer.write(pt, f.wallclock, time, f.data.clone()) {
             debug!(error = %e, "write frame");
         }
+        self.last_seq = Some(f.seq);
     }
 
     /// Trickle ICE candidates, or an ICE restart when the remote credentials change.
