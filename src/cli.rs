@@ -26,6 +26,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     println!("  push TS:  ffmpeg -re -i INPUT -c copy -f mpegts -method PUT {base}/ingest/NAME");
     shutdown_signal().await;
     println!("tsbridge: shutting down");
+    // Say goodbye to every peer (DTLS close); pipeline commands are killed and reaped when
+    // the runtime drops their tasks. Bounded: exit within a few seconds whatever happens.
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        server.app.engine.shutdown(),
+    )
+    .await;
     Ok(())
 }
 

@@ -22,6 +22,9 @@ pub enum Command {
     Replay(ReplayArgs),
     /// Print the tracks of a TS file or URL (from the PMT), codec details, GOP and bitrate.
     Probe(ProbeArgs),
+    /// Run N WHEP viewers against a server and report connections, packets, loss and start-up
+    /// times (JSON with --json): a load tool for fan-out benchmarks (benches/fanout.sh).
+    Loadtest(crate::loadtest::LoadtestArgs),
 }
 
 /// A `NAME=VALUE` pair from the command line.
@@ -119,6 +122,38 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_DEMO")]
     pub demo: bool,
 
+    /// Run this command for each WHIP stream: the publisher's TS on its stdin, its stdout TS
+    /// is what viewers of /whep/{stream} see (an AI model, an ffmpeg filter…). Run by `sh -c`,
+    /// `{stream}` is replaced by the stream name. It is restarted with backoff if it exits
+    /// while the publisher is still there; the raw input stays at /streams/{stream}.input.ts.
+    #[arg(long, env = "TSBRIDGE_PIPELINE", value_name = "CMD")]
+    pub pipeline: Option<String>,
+
+    /// How long viewers stay connected after a stream's source ends, waiting for a new one
+    /// (a restarting publisher or pipeline), in seconds.
+    #[arg(long, env = "TSBRIDGE_SOURCE_GRACE", default_value = "10", value_parser = parse_secs)]
+    pub source_grace: Duration,
+
+    /// Bearer token required to publish (WHIP, PUT /ingest). Unset: anyone may publish.
+    #[arg(long, env = "TSBRIDGE_PUBLISH_TOKEN", hide_env_values = true)]
+    pub publish_token: Option<String>,
+
+    /// Bearer token required to view (WHEP, TS pull, stream API). Unset: anyone may view.
+    #[arg(long, env = "TSBRIDGE_VIEW_TOKEN", hide_env_values = true)]
+    pub view_token: Option<String>,
+
+    /// Most WebRTC sessions (viewers + publishers) at once; more get 503 + Retry-After.
+    #[arg(long, env = "TSBRIDGE_MAX_SESSIONS", default_value_t = 2000)]
+    pub max_sessions: usize,
+
+    /// Most viewers of one stream at once; more get 503 + Retry-After.
+    #[arg(long, env = "TSBRIDGE_MAX_VIEWERS", default_value_t = 1000)]
+    pub max_viewers: usize,
+
+    /// Most WHEP POSTs waiting for their streams at once; more get 503 + Retry-After.
+    #[arg(long, env = "TSBRIDGE_MAX_WAITING", default_value_t = 1000)]
+    pub max_waiting: usize,
+
     /// Per-stream TS ring buffer size in bytes (how far a slow reader may lag).
     #[arg(long, env = "TSBRIDGE_RING_BYTES", default_value_t = 8 << 20)]
     pub ring_bytes: usize,
@@ -145,6 +180,13 @@ impl ServeArgs {
             stdin: None,
             whep_wait: Duration::from_secs(15),
             demo: false,
+            pipeline: None,
+            publish_token: None,
+            view_token: None,
+            max_sessions: 2000,
+            max_viewers: 1000,
+            max_waiting: 1000,
+            source_grace: Duration::from_secs(10),
             ring_bytes: 8 << 20,
             max_body: 64 << 10,
             ice_timeout: Duration::from_secs(15),

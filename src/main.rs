@@ -47,5 +47,17 @@ async fn run(cmd: Command) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Loadtest(args) => {
+            let report = tsbridge::loadtest::run(&args).await?;
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
+                );
+            } else {
+                print!("{}", report.text());
+            }
+            Ok(())
+        }
     }
 }

@@ -11,7 +11,7 @@ use tracing::{debug, info, warn};
 use crate::codec::h264::{AccessUnit, H264Assembler};
 use crate::codec::opus::{self, OpusPacket};
 use crate::stream::ring::Read;
-use crate::stream::{SourceState, Stream, VideoInfo};
+use crate::stream::{Stream, VideoInfo};
 use crate::time::{self, ClockRate, Timeline};
 use crate::ts::{Codec, DemuxEvent, Demuxer, Pes, Pid, TrackSet};
 
@@ -313,9 +313,7 @@ pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>) {
             Read::EndOfInput => {
                 info!(stream = %stream.name, "source ended; waiting for a new one");
                 state.end_of_input(&stream, sink.as_ref(), Instant::now());
-                if !stream.has_source() {
-                    stream.update_status(|s| s.source = SourceState::Ended);
-                }
+                stream.mark_ended();
             }
             Read::Shutdown => break,
         }

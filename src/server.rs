@@ -23,9 +23,27 @@ pub struct App {
     pub engine: Engine,
     /// Bytes per stream at the last rate sample (for bitrates in the API).
     rates: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
+    /// Streams whose pipeline command runs (by output name).
+    pipelines: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 impl App {
+    /// Start the pipeline command for stream `name` once (it then runs for the stream's life).
+    pub fn ensure_pipeline(&self, name: &str, input: &Arc<crate::stream::Stream>) {
+        let Some(cmd) = &self.cfg.pipeline else {
+            return;
+        };
+        if !self.pipelines.lock().insert(name.to_string()) {
+            return;
+        }
+        let output = self.registry.get_or_create(name);
+        let (cmd, input, running) = (cmd.clone(), input.clone(), self.pipelines.clone());
+        tokio::spawn(async move {
+            crate::pipeline::run(cmd, input, output.clone()).await;
+            running.lock().remove(&output.name);
+        });
+    }
+
     /// Ingest bitrate in kbit/s of stream `id`, sampled once a second.
     pub fn ingest_kbps(&self, id: u64) -> u64 {
         self.rates.lock().get(&id).map_or(0, |r| r.1)
@@ -59,6 +77,7 @@ impl Server {
             registry: registry.clone(),
             engine: engine.clone(),
             rates: Mutex::new(Default::default()),
+            pipelines: Default::default(),
         });
 
         for r in &cfg.replays {
@@ -118,6 +137,15 @@ async fn housekeeping(app: Arc<App>) {
                 let bytes = s.stats.ingest_bytes.load(Ordering::Relaxed);
                 let e = rates.entry(s.id).or_insert((bytes, 0));
                 *e = (bytes, (bytes - e.0) * 8 / 1000);
+            }
+        }
+        // Viewers of a stream whose source ended and did not come back in time end too.
+        for s in app.registry.list() {
+            if s.ended_for().is_some_and(|t| t > app.cfg.source_grace)
+                && s.stats.viewers.load(Ordering::Relaxed) > 0
+            {
+                info!(stream = %s.name, "source gone for longer than --source-grace; ending its viewers");
+                app.engine.end_viewers(&s);
             }
         }
         if n.is_multiple_of(10) {

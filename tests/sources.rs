@@ -212,11 +212,19 @@ async fn ts_pull_demuxes_into_the_tracks() {
     demux.push(&bytes, &mut events);
     let tracks = demux.tracks().expect("a PMT within 200 kB");
     assert!(tracks.video().is_some() && tracks.audio().is_some());
-    let pes = events
-        .iter()
-        .filter(|e| matches!(e, tsbridge::ts::DemuxEvent::Pes(_)))
-        .count();
-    assert!(pes > 20);
+    assert_eq!(&bytes[..3], &[0x47, 0x40, 0x00], "starts with the PAT");
+    let video = tracks.video().unwrap().pid;
+    let mut h264 = tsbridge::codec::h264::H264Assembler::new();
+    let mut aus = Vec::new();
+    for e in &events {
+        if let tsbridge::ts::DemuxEvent::Pes(p) = e {
+            if p.pid == video {
+                h264.push(p, &mut aus);
+            }
+        }
+    }
+    assert!(aus.len() > 20);
+    assert!(aus[0].keyframe, "starts at an IDR");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

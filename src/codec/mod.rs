@@ -1,4 +1,7 @@
 //! Elementary stream parsing, sans-IO: H.264 access units and Opus packets out of PES payloads.
 
+pub mod aac;
 pub mod h264;
+pub mod mpa;
 pub mod opus;
+pub mod transcode;

@@ -5,30 +5,37 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{check_name, ApiError, AppState};
+use super::{authorize, check_name, ApiError, AppState, Role};
 use crate::stream::ring::Read;
 use crate::stream::Stream;
+use crate::ts::start::StartPoint;
 use crate::ts::Codec;
 
-pub async fn list(State(app): State<AppState>) -> Json<Value> {
+pub async fn list(
+    State(app): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    authorize(&app, &headers, Role::View)?;
     let streams: Vec<Value> = app
         .registry
         .list()
         .iter()
         .map(|s| describe(&app, s))
         .collect();
-    Json(json!({ "streams": streams }))
+    Ok(Json(json!({ "streams": streams })))
 }
 
 pub async fn get(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    headers: HeaderMap,
 ) -> Result<Response, ApiError> {
+    authorize(&app, &headers, Role::View)?;
     if let Some(base) = name.strip_suffix(".ts") {
         return pull(&app, base);
     }
@@ -110,8 +117,9 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
     })
 }
 
-/// The stream's TS as it arrives, from the live edge (a TS reader resyncs on 0x47 and waits
-/// for the next PAT/PMT). Ends when the source ends.
+/// The stream's TS, from the live edge: it starts with the latest PAT and PMT and the next IDR
+/// (bytes before are held back), so a decoder or pipeline can start at once. Ends when the
+/// source ends.
 fn pull(app: &AppState, name: &str) -> Result<Response, ApiError> {
     check_name(name)?;
     let stream = app
@@ -119,14 +127,20 @@ fn pull(app: &AppState, name: &str) -> Result<Response, ApiError> {
         .get(name)
         .ok_or_else(|| ApiError::NotFound(format!("no stream {name:?}")))?;
     let cursor = stream.ring.cursor();
+    let start = StartPoint::new();
     let body = futures_util::stream::unfold(
-        (stream, cursor, vec![0u8; 188 * 512]),
-        |(stream, mut cur, mut buf)| async move {
+        (stream, cursor, start, vec![0u8; 188 * 512]),
+        |(stream, mut cur, mut start, mut buf)| async move {
             loop {
                 match stream.ring.read(&mut cur, &mut buf).await {
                     Read::Data(n) => {
-                        let chunk = Bytes::copy_from_slice(&buf[..n]);
-                        return Some((Ok::<_, std::io::Error>(chunk), (stream, cur, buf)));
+                        let mut out = Vec::new();
+                        start.push(&buf[..n], &mut out);
+                        if out.is_empty() {
+                            continue;
+                        }
+                        let chunk = Bytes::from(out);
+                        return Some((Ok::<_, std::io::Error>(chunk), (stream, cur, start, buf)));
                     }
                     Read::Lapped(_) => continue,
                     Read::EndOfInput | Read::Shutdown => return None,

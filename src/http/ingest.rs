@@ -8,14 +8,16 @@ use axum::http::StatusCode;
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
-use super::{check_name, ApiError, AppState};
+use super::{authorize, check_name, ApiError, AppState, Role};
 
 pub async fn put(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Result<(StatusCode, String), ApiError> {
     check_name(&name)?;
+    authorize(&app, &headers, Role::Publish)?;
     let stream = app.registry.get_or_create(&name);
     if stream.has_source() {
         return Err(ApiError::Conflict(format!(

@@ -5,6 +5,7 @@ pub mod client;
 mod ingest;
 mod pages;
 mod whep;
+mod whip;
 
 use std::sync::Arc;
 
@@ -30,6 +31,14 @@ pub fn router(app: AppState) -> Router {
                 .delete(whep::delete)
                 .options(whep::options_session),
         )
+        .route("/whip/{stream}", post(whip::post).options(whip::options))
+        .route(
+            "/whip/{stream}/{session}",
+            axum::routing::patch(whip::patch)
+                .delete(whip::delete)
+                .options(whep::options_session),
+        )
+        .route("/publish/{stream}", get(pages::publish))
         .route("/ingest/{stream}", put(ingest::put).post(ingest::put))
         .route("/streams", get(api::list))
         .route("/streams/{stream}", get(api::get))
@@ -48,7 +57,7 @@ async fn cors(mut res: Response) -> Response {
     );
     h.insert(
         header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("Location, ETag, Link, Accept-Post, Accept-Patch"),
+        HeaderValue::from_static("Location, ETag, Link, Accept-Post, Accept-Patch, Playback-Url"),
     );
     res
 }
@@ -62,10 +71,14 @@ pub enum ApiError {
     NotFound(String),
     #[error("{0}")]
     Conflict(String),
+    #[error("{0}")]
+    NotAcceptable(String),
     #[error("unsupported Content-Type {got:?}: send {want}")]
     UnsupportedMediaType { got: String, want: &'static str },
     #[error("{0}")]
     Unavailable(String),
+    #[error("missing or wrong bearer token: send Authorization: Bearer <{0} token>")]
+    Unauthorized(&'static str),
 }
 
 impl IntoResponse for ApiError {
@@ -74,10 +87,18 @@ impl IntoResponse for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         };
         let mut res = (status, format!("{self}\n")).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"tsbridge\""),
+            );
+        }
         if status == StatusCode::SERVICE_UNAVAILABLE {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
@@ -103,6 +124,43 @@ fn require_content_type(headers: &HeaderMap, want: &'static str) -> Result<(), A
     }
 }
 
+/// Who a token check is for.
+#[derive(Clone, Copy)]
+enum Role {
+    Publish,
+    View,
+}
+
+/// Check the request's bearer token against the configured one (if any), in constant time.
+fn authorize(app: &AppState, headers: &HeaderMap, role: Role) -> Result<(), ApiError> {
+    let (want, what) = match role {
+        Role::Publish => (&app.cfg.publish_token, "publish"),
+        Role::View => (&app.cfg.view_token, "view"),
+    };
+    let Some(want) = want else { return Ok(()) };
+    let got = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    if constant_time_eq(got.trim().as_bytes(), want.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(what))
+    }
+}
+
+/// Equal-length comparison that takes the same time wherever the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for i in 0..a.len().max(b.len()) {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0xFF);
+        diff |= usize::from(x ^ y);
+    }
+    diff == 0
+}
+
 fn check_name(name: &str) -> Result<(), ApiError> {
     if crate::config::valid_stream_name(name) {
         Ok(())
@@ -110,5 +168,19 @@ fn check_name(name: &str) -> Result<(), ApiError> {
         Err(ApiError::BadRequest(format!(
             "invalid stream name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::constant_time_eq;
+
+    #[test]
+    fn token_comparison() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"x"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

@@ -14,3 +14,10 @@ pub async fn play(Path(name): Path<String>) -> Result<Html<String>, ApiError> {
     // The name is [A-Za-z0-9._-] only: safe to put into the page as is.
     Ok(Html(include_str!("play.html").replace("{{STREAM}}", &name)))
 }
+
+pub async fn publish(Path(name): Path<String>) -> Result<Html<String>, ApiError> {
+    check_name(&name)?;
+    Ok(Html(
+        include_str!("publish.html").replace("{{STREAM}}", &name),
+    ))
+}

@@ -10,11 +10,11 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::{debug, info};
 
-use super::{check_name, require_content_type, ApiError, AppState};
+use super::{authorize, check_name, require_content_type, ApiError, AppState, Role};
 use crate::stream::{Status, Stream};
 use crate::webrtc::{Answered, Offer, PatchError, SdpFrag};
 
-const SDP: &str = "application/sdp";
+pub(super) const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
 
 pub async fn options(State(_app): State<AppState>) -> Response {
@@ -111,15 +111,35 @@ pub async fn post(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     check_name(&name)?;
+    authorize(&app, &headers, Role::View)?;
     require_content_type(&headers, SDP)?;
     let sdp = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("SDP offer is not UTF-8".into()))?;
     // Fail fast on a bad offer, before waiting for the stream.
     let offer = Offer::parse(sdp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    check_session_limit(&app)?;
 
     let posted = Instant::now();
     let stream = app.registry.get_or_create(&name);
+    let waiting: usize = app
+        .registry
+        .list()
+        .iter()
+        .map(|s| s.stats.waiting_viewers.load(Ordering::Relaxed))
+        .sum();
+    if waiting >= app.cfg.max_waiting {
+        return Err(ApiError::Unavailable(format!(
+            "{waiting} WHEP requests are already waiting for their streams (--max-waiting); retry later"
+        )));
+    }
     let status = wait_ready(&stream, app.cfg.whep_wait).await?;
+    check_session_limit(&app)?;
+    let viewers = stream.stats.viewers.load(Ordering::Relaxed);
+    if viewers >= app.cfg.max_viewers {
+        return Err(ApiError::Unavailable(format!(
+            "stream {name:?} has {viewers} viewers, the most allowed (--max-viewers); retry later"
+        )));
+    }
     let tracks = status.tracks.clone().expect("a ready stream has tracks");
     let id = session_id();
     let location = format!("/whep/{name}/{id}");
@@ -149,15 +169,26 @@ pub async fn post(
     Ok(res)
 }
 
-fn header_value(s: &str) -> HeaderValue {
+pub(super) fn header_value(s: &str) -> HeaderValue {
     // Built only from stream names, hex ids and config: always visible ASCII.
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
 }
 
 /// 128 random bits, hex: the session's unguessable Location.
-fn session_id() -> String {
+pub(super) fn session_id() -> String {
     let v: u128 = rand::random();
     format!("{v:032x}")
+}
+
+/// 503 when the server holds as many sessions as `--max-sessions` allows.
+pub(super) fn check_session_limit(app: &AppState) -> Result<(), ApiError> {
+    let live = app.engine.live_sessions();
+    if live >= app.cfg.max_sessions {
+        return Err(ApiError::Unavailable(format!(
+            "the server has {live} sessions, the most allowed (--max-sessions); retry later"
+        )));
+    }
+    Ok(())
 }
 
 pub async fn patch(
@@ -166,12 +197,33 @@ pub async fn patch(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    check_name(&name)?;
-    require_content_type(&headers, SDPFRAG)?;
+    authorize(&app, &headers, Role::View)?;
+    patch_session(&app, &name, &id, &headers, body).await
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    authorize(&app, &headers, Role::View)?;
+    delete_session(&app, &name, &id).await
+}
+
+/// PATCH on a WHEP or WHIP session (the caller checked the token of the session's role).
+pub(super) async fn patch_session(
+    app: &AppState,
+    name: &str,
+    id: &str,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_name(name)?;
+    require_content_type(headers, SDPFRAG)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("sdpfrag is not UTF-8".into()))?;
     let frag = SdpFrag::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    match app.engine.patch(&id, frag).await {
+    match app.engine.patch(id, frag).await {
         Ok(None) => Ok(StatusCode::NO_CONTENT.into_response()),
         Ok(Some(answer)) => {
             let etag = answer
@@ -191,12 +243,14 @@ pub async fn patch(
     }
 }
 
-pub async fn delete(
-    State(app): State<AppState>,
-    Path((name, id)): Path<(String, String)>,
+/// DELETE of a WHEP or WHIP session.
+pub(super) async fn delete_session(
+    app: &AppState,
+    name: &str,
+    id: &str,
 ) -> Result<StatusCode, ApiError> {
-    check_name(&name)?;
-    if app.engine.delete(&id).await {
+    check_name(name)?;
+    if app.engine.delete(id).await {
         Ok(StatusCode::OK)
     } else {
         Err(ApiError::NotFound("no such WHEP session".into()))

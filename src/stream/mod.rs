@@ -87,6 +87,8 @@ pub struct Stream {
     sources: AtomicUsize,
     /// Last time something happened (source wrote, viewer joined), for idle cleanup.
     touched: Mutex<Instant>,
+    /// When the last source ended (None while one is attached), for the viewers' grace period.
+    ended_at: Mutex<Option<Instant>>,
 }
 
 impl Stream {
@@ -101,6 +103,7 @@ impl Stream {
             created: Instant::now(),
             sources: AtomicUsize::new(0),
             touched: Mutex::new(Instant::now()),
+            ended_at: Mutex::new(None),
         }
     }
 
@@ -138,11 +141,25 @@ impl Stream {
     /// A source attaches: the ring opens for it.
     pub fn attach_source(self: &Arc<Self>) -> SourceGuard {
         self.sources.fetch_add(1, Ordering::SeqCst);
+        *self.ended_at.lock() = None;
         self.ring.open();
         self.update_status(|s| s.source = SourceState::Live);
         self.touch();
         SourceGuard {
             stream: self.clone(),
+        }
+    }
+
+    /// How long ago the last source ended, if none has attached since.
+    pub fn ended_for(&self) -> Option<Duration> {
+        self.ended_at.lock().map(|t| t.elapsed())
+    }
+
+    /// The media task saw the input end with no other source attached.
+    pub fn mark_ended(&self) {
+        if !self.has_source() {
+            self.ended_at.lock().get_or_insert_with(Instant::now);
+            self.update_status(|s| s.source = SourceState::Ended);
         }
     }
 

@@ -72,6 +72,11 @@ impl Ring {
         self.state.lock().open
     }
 
+    /// Whether [`Ring::shutdown`] was called.
+    pub fn is_shut(&self) -> bool {
+        self.state.lock().shut
+    }
+
     /// A source starts writing.
     pub fn open(&self) {
         self.state.lock().open = true;

@@ -16,6 +16,7 @@ pub mod mux;
 mod packet;
 mod pes;
 mod psi;
+pub mod start;
 #[cfg(test)]
 mod testdata;
 #[cfg(test)]

@@ -5,6 +5,7 @@
 //! the first packet from an address), writes the stream's frames into each and sends what they
 //! produce. Nothing here blocks: the socket is non-blocking and every session is sans-IO.
 
+pub mod publish;
 pub mod sdpfrag;
 mod session;
 
@@ -23,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::media::{Frame, FrameSink};
-use crate::stream::Stream;
+use crate::stream::{SourceGuard, Stream};
 pub use sdpfrag::{SdpFrag, SdpFragError};
 use session::Session;
 
@@ -33,6 +34,8 @@ pub struct NewSession {
     pub stream: Arc<Stream>,
     pub rtc: Rtc,
     pub remote_ufrag: Option<String>,
+    /// Set for a WHIP publisher.
+    pub ingest: Option<publish::Ingest>,
 }
 
 /// A parsed SDP offer, with what we need from it besides str0m's view.
@@ -53,6 +56,53 @@ pub enum OfferError {
          (packetization-mode=1) and/or Opus"
     )]
     NoCommonMedia { has: String },
+    #[error(
+        "tsbridge takes H.264 (packetization-mode=1) and Opus; the offer has {has}: \
+         send H.264 and/or Opus"
+    )]
+    NoPublishableMedia { has: String },
+}
+
+/// Whether the answer has an active `m=` section of `kind` that we receive on.
+fn sdp_media_receives(answer: &str, kind: &str) -> bool {
+    let mut in_kind = false;
+    let mut active = false;
+    for line in answer.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            if in_kind && active {
+                return true;
+            }
+            let mut it = m.split_whitespace();
+            in_kind = it.next() == Some(kind);
+            active = it.next().is_some_and(|port| port != "0");
+        } else if in_kind && (line == "a=inactive" || line == "a=sendonly") {
+            active = false;
+        }
+    }
+    in_kind && active
+}
+
+/// The codec names an SDP offers (`a=rtpmap:PT NAME/…`), for error messages.
+fn offered_codecs(sdp: &str) -> String {
+    let mut names: Vec<&str> = sdp
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("a=rtpmap:"))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter_map(|c| c.split('/').next())
+        .filter(|c| {
+            !matches!(
+                c.to_ascii_lowercase().as_str(),
+                "rtx" | "red" | "ulpfec" | "flexfec-03"
+            )
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        "no codecs".into()
+    } else {
+        names.join(", ")
+    }
 }
 
 impl Offer {
@@ -96,6 +146,8 @@ enum Cmd {
     Patch(String, SdpFrag, oneshot::Sender<PatchReply>),
     Delete(String, oneshot::Sender<bool>),
     Count(oneshot::Sender<usize>),
+    EndViewers(u64),
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// Handle to the engine: cheap to clone, used by HTTP handlers and media tasks.
@@ -106,6 +158,8 @@ pub struct Engine {
     candidates: Arc<[SocketAddr]>,
     /// One certificate for every session: generating one per session costs milliseconds.
     dtls_cert: DtlsCert,
+    /// Sessions handed to the loop and not yet closed.
+    live: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Engine {
@@ -128,11 +182,14 @@ impl Engine {
         info!(udp = %local, candidates = ?candidates, "WebRTC media socket");
         let (tx, rx) = mpsc::unbounded_channel();
         let candidates: Arc<[SocketAddr]> = candidates.into();
+        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let ev = EventLoop {
+            live: live.clone(),
             socket,
             rx,
             sessions: HashMap::new(),
             by_addr: HashMap::new(),
+            publishers: HashMap::new(),
             candidates: candidates.clone(),
             ice_timeout,
         };
@@ -142,6 +199,7 @@ impl Engine {
             local,
             candidates,
             dtls_cert,
+            live,
         })
     }
 
@@ -206,6 +264,56 @@ impl Engine {
                 stream,
                 rtc,
                 remote_ufrag: offer.remote_ufrag,
+                ingest: None,
+            },
+            answer,
+            ufrag,
+        })
+    }
+
+    /// Answer a WHIP publisher's offer: receive H.264 (any profile it offers,
+    /// packetization-mode 1) and Opus, muxed into TS through `guard`.
+    pub fn accept_publisher(
+        &self,
+        id: String,
+        guard: SourceGuard,
+        offer: Offer,
+        offered: &str,
+    ) -> Result<Answered, OfferError> {
+        let stream = guard.stream().clone();
+        let mut rtc = RtcConfig::new()
+            .clear_codecs()
+            .set_dtls_cert(self.dtls_cert.clone())
+            .enable_h264(true)
+            .enable_opus(true, false)
+            .build(Instant::now());
+        for addr in self.candidates.iter() {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        let accepted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rtc.sdp_api().accept_offer(offer.sdp)
+        }))
+        .map_err(|_| OfferError::Rejected("the WebRTC stack could not process it".into()))?;
+        let answer = accepted
+            .map_err(|e| OfferError::Rejected(e.to_string()))?
+            .to_sdp_string();
+        let receives = |kind: &str| sdp_media_receives(&answer, kind);
+        let (video, audio) = (receives("video"), receives("audio"));
+        if !video && !audio {
+            return Err(OfferError::NoPublishableMedia {
+                has: offered_codecs(offered),
+            });
+        }
+        let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        Ok(Answered {
+            session: NewSession {
+                id,
+                stream,
+                rtc,
+                remote_ufrag: offer.remote_ufrag,
+                ingest: Some(publish::Ingest::new(guard, video, audio)),
             },
             answer,
             ufrag,
@@ -222,7 +330,20 @@ impl Engine {
     }
 
     pub fn add(&self, s: NewSession) {
+        self.live.fetch_add(1, Ordering::Relaxed);
         let _ = self.tx.send(Cmd::Add(Box::new(s)));
+    }
+
+    /// Sessions alive (viewers and publishers), without asking the loop.
+    pub fn live_sessions(&self) -> usize {
+        self.live.load(Ordering::Relaxed)
+    }
+
+    /// Close every session (server shutdown); returns when they are closed.
+    pub async fn shutdown(&self) {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.tx.send(Cmd::Shutdown(tx));
+        let _ = rx.await;
     }
 
     pub async fn patch(&self, id: &str, frag: SdpFrag) -> PatchReply {
@@ -236,6 +357,11 @@ impl Engine {
         let (tx, rx) = oneshot::channel();
         let _ = self.tx.send(Cmd::Delete(id.to_string(), tx));
         rx.await.unwrap_or(false)
+    }
+
+    /// Close every viewer of a stream (its source is gone for good).
+    pub fn end_viewers(&self, stream: &Stream) {
+        let _ = self.tx.send(Cmd::EndViewers(stream.id));
     }
 
     /// Sessions alive in the loop.
@@ -302,10 +428,13 @@ fn primary_ip() -> Option<IpAddr> {
 }
 
 struct EventLoop {
+    live: Arc<std::sync::atomic::AtomicUsize>,
     socket: UdpSocket,
     rx: mpsc::UnboundedReceiver<Cmd>,
     sessions: HashMap<String, Session>,
     by_addr: HashMap<SocketAddr, String>,
+    /// Stream id → its WHIP publisher's session, for keyframe requests.
+    publishers: HashMap<u64, String>,
     candidates: Arc<[SocketAddr]>,
     ice_timeout: Duration,
 }
@@ -336,6 +465,26 @@ impl EventLoop {
                 _ = tokio::time::sleep_until(next.into()) => {}
             }
             self.on_timeouts(Instant::now());
+            self.forward_keyframe_requests();
+        }
+    }
+
+    /// Viewers' PLI/FIR go to the stream's WHIP publisher, if it has one (rate-limited there).
+    fn forward_keyframe_requests(&mut self) {
+        let mut wanted = Vec::new();
+        for s in self.sessions.values_mut() {
+            if s.take_keyframe_request() {
+                wanted.push(s.stream.id);
+            }
+        }
+        for stream in wanted {
+            let Some(id) = self.publishers.get(&stream) else {
+                continue;
+            };
+            if let Some(p) = self.sessions.get_mut(id) {
+                p.request_keyframe();
+                p.poll(&self.socket);
+            }
         }
     }
 
@@ -343,14 +492,19 @@ impl EventLoop {
         match cmd {
             Cmd::Add(n) => {
                 let n = *n;
-                info!(stream = %n.stream.name, session = %short(&n.id), "viewer session created");
+                if n.ingest.is_some() {
+                    info!(stream = %n.stream.name, session = %short(&n.id), "publisher session created");
+                    self.publishers.insert(n.stream.id, n.id.clone());
+                } else {
+                    info!(stream = %n.stream.name, session = %short(&n.id), "viewer session created");
+                }
                 let mut s = Session::new(n, self.ice_timeout);
                 s.poll(&self.socket);
                 self.sessions.insert(s.id.clone(), s);
             }
             Cmd::Frame(stream, frame) => {
                 for s in self.sessions.values_mut() {
-                    if s.stream.id == stream.id {
+                    if s.stream.id == stream.id && !s.is_publisher() {
                         s.write_frame(&frame);
                         s.poll(&self.socket);
                     }
@@ -373,6 +527,24 @@ impl EventLoop {
             }
             Cmd::Count(reply) => {
                 let _ = reply.send(self.sessions.len());
+            }
+            Cmd::Shutdown(reply) => {
+                let ids: Vec<String> = self.sessions.keys().cloned().collect();
+                for id in ids {
+                    self.remove(&id, "server shutting down");
+                }
+                let _ = reply.send(());
+            }
+            Cmd::EndViewers(stream) => {
+                let ids: Vec<String> = self
+                    .sessions
+                    .values()
+                    .filter(|s| s.stream.id == stream && !s.is_publisher())
+                    .map(|s| s.id.clone())
+                    .collect();
+                for id in ids {
+                    self.remove(&id, "the stream's source ended");
+                }
             }
         }
     }
@@ -441,9 +613,18 @@ impl EventLoop {
         let Some(mut s) = self.sessions.remove(id) else {
             return false;
         };
+        self.live.fetch_sub(1, Ordering::Relaxed);
         s.close(&self.socket);
         self.by_addr.retain(|_, v| v != id);
-        info!(stream = %s.stream.name, session = %short(id), reason = why, "viewer session closed");
+        if self.publishers.get(&s.stream.id).is_some_and(|p| p == id) {
+            self.publishers.remove(&s.stream.id);
+        }
+        let role = if s.is_publisher() {
+            "publisher"
+        } else {
+            "viewer"
+        };
+        info!(stream = %s.stream.name, session = %short(id), reason = why, "{role} session closed");
         true
     }
 }

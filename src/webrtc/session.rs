@@ -6,11 +6,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use str0m::format::Codec as RtcCodec;
-use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
+use super::publish::Ingest;
 use super::{NewSession, PatchError, PatchReply, SdpFrag};
 use crate::codec::h264::ProfileLevelId;
 use crate::media::{Frame, Kind};
@@ -33,7 +34,15 @@ pub(super) struct Session {
     created: Instant,
     disconnected_since: Option<Instant>,
     ice_timeout: Duration,
+    /// Set for a WHIP publisher: its media goes into the stream as TS.
+    ingest: Option<Ingest>,
+    /// A viewer asked for a keyframe (the engine forwards it to a WHIP publisher).
+    keyframe_wanted: bool,
+    last_keyframe_request: Option<Instant>,
 }
+
+/// Keyframe requests to a publisher are sent at most this often.
+const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Session {
     pub fn new(n: NewSession, ice_timeout: Duration) -> Self {
@@ -57,6 +66,45 @@ impl Session {
             created: Instant::now(),
             disconnected_since: None,
             ice_timeout,
+            ingest: n.ingest,
+            keyframe_wanted: false,
+            last_keyframe_request: None,
+        }
+    }
+
+    pub fn is_publisher(&self) -> bool {
+        self.ingest.is_some()
+    }
+
+    fn role(&self) -> &'static str {
+        if self.is_publisher() {
+            "publisher"
+        } else {
+            "viewer"
+        }
+    }
+
+    /// Whether a viewer asked for a keyframe since the last call.
+    pub fn take_keyframe_request(&mut self) -> bool {
+        std::mem::take(&mut self.keyframe_wanted)
+    }
+
+    /// Ask this (publishing) peer for a keyframe, at most every 500 ms.
+    pub fn request_keyframe(&mut self) {
+        let now = Instant::now();
+        if self
+            .last_keyframe_request
+            .is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
+        {
+            return;
+        }
+        let Some((mid, _)) = self.video else { return };
+        if let Some(mut w) = self.rtc.writer(mid) {
+            if w.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
+                let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+                self.last_keyframe_request = Some(now);
+                debug!(stream = %self.stream.name, "PLI sent to publisher");
+            }
         }
     }
 
@@ -98,9 +146,9 @@ impl Session {
         match e {
             Event::Connected => {
                 self.connected = true;
-                self.backlog_due = true;
+                self.backlog_due = !self.is_publisher();
                 info!(stream = %self.stream.name, session = %super::short(&self.id),
-                    setup_ms = self.created.elapsed().as_millis() as u64, "viewer connected");
+                    setup_ms = self.created.elapsed().as_millis() as u64, "{} connected", self.role());
             }
             Event::IceConnectionStateChange(state) => match state {
                 IceConnectionState::Disconnected => {
@@ -116,8 +164,20 @@ impl Session {
                 MediaKind::Audio => self.audio = Some((m.mid, None)),
             },
             Event::KeyframeRequest(_) => {
-                // A TS source cannot make a keyframe on demand; the next IDR comes on its own.
-                debug!(stream = %self.stream.name, "keyframe request from viewer");
+                // Forwarded when the source is a WHIP publisher; a TS source cannot make a
+                // keyframe on demand (the GOP cache covers new viewers).
+                self.keyframe_wanted = true;
+            }
+            Event::MediaData(d) => {
+                let kind = match (self.video, self.audio) {
+                    (Some((mid, _)), _) if mid == d.mid => MediaKind::Video,
+                    (_, Some((mid, _))) if mid == d.mid => MediaKind::Audio,
+                    _ => return,
+                };
+                let want = self.ingest.as_mut().is_some_and(|i| i.push(kind, &d));
+                if want {
+                    self.request_keyframe();
+                }
             }
             _ => {}
         }
@@ -237,7 +297,9 @@ impl Session {
     pub fn close(&mut self, socket: &UdpSocket) {
         self.rtc.disconnect();
         self.poll(socket);
-        self.stream.stats.viewers.fetch_sub(1, Ordering::Relaxed);
+        if !self.is_publisher() {
+            self.stream.stats.viewers.fetch_sub(1, Ordering::Relaxed);
+        }
     }
 }
 

@@ -1,0 +1,162 @@
+//! Cost of transcoding one stream's audio to Opus: 5 s of AAC-LC stereo 48 kHz
+//! (testdata/h264_aac.ts, looped) through `Transcoder`, i.e. ADTS framing, AAC decode and
+//! Opus encode (no resampling at 48 kHz), plus 44.1 kHz mono AAC and 44.1 kHz stereo MP2,
+//! which add the resampler.
+//!
+//! `cargo bench --bench transcode` prints, besides criterion's figures, the cost per 20 ms
+//! Opus frame and the share of one core needed for real time.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use criterion::{criterion_group, Criterion, Throughput};
+use tsbridge::codec::transcode::{SourceCodec, Transcoder};
+use tsbridge::ts::{DemuxEvent, Demuxer};
+
+const SECONDS: u64 = 5;
+
+/// PES payloads with their PTS (90 kHz, unwrapped).
+type Pes = Vec<(Vec<u8>, Option<u64>)>;
+
+/// The PES payloads of the file's transcodable audio track, with PTS, looped to 5 s on one
+/// continuous timeline.
+fn audio_pes(name: &str) -> Option<(SourceCodec, Pes)> {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name);
+    let data = std::fs::read(&path).ok()?;
+    let mut demuxer = Demuxer::new();
+    let mut events = Vec::new();
+    demuxer.push(&data, &mut events);
+    let tracks = events.iter().find_map(|e| match e {
+        DemuxEvent::Tracks(t) => Some(t.clone()),
+        _ => None,
+    })?;
+    let (pid, codec) = tracks
+        .tracks
+        .iter()
+        .find_map(|t| SourceCodec::from_stream_type(t.stream_type).map(|c| (t.pid.0, c)))?;
+    let mut pes: Vec<Vec<u8>> = Vec::new();
+    for pkt in data.chunks_exact(188) {
+        let this = (u16::from(pkt[1] & 0x1F) << 8) | u16::from(pkt[2]);
+        if pkt[0] != 0x47 || this != pid {
+            continue;
+        }
+        let control = (pkt[3] >> 4) & 3;
+        let start = if control & 2 != 0 {
+            5 + usize::from(pkt[4])
+        } else {
+            4
+        };
+        if control & 1 == 0 || start >= 188 {
+            continue;
+        }
+        if pkt[1] & 0x40 != 0 {
+            pes.push(Vec::new());
+        }
+        if let Some(p) = pes.last_mut() {
+            p.extend_from_slice(&pkt[start..]);
+        }
+    }
+    let one: Pes = pes
+        .into_iter()
+        .filter(|p| p.len() >= 9 && p[..3] == [0, 0, 1])
+        .map(|p| {
+            let pts = (p[7] & 0x80 != 0).then(|| {
+                let b = &p[9..14];
+                (u64::from(b[0] >> 1) & 7) << 30
+                    | u64::from(b[1]) << 22
+                    | u64::from(b[2] >> 1) << 15
+                    | u64::from(b[3]) << 7
+                    | u64::from(b[4] >> 1)
+            });
+            (p[9 + usize::from(p[8])..].to_vec(), pts)
+        })
+        .collect();
+    let stamps: Vec<u64> = one.iter().filter_map(|p| p.1).collect();
+    let (first, last) = (*stamps.first()?, *stamps.last()?);
+    // The loop period: the last PES's PTS plus one (average) PES duration, so the looped
+    // timeline stays continuous.
+    let period = last - first + (last - first) / (stamps.len() as u64 - 1).max(1);
+    let mut out = Vec::new();
+    for round in 0.. {
+        for (data, pts) in &one {
+            let pts = pts.map(|p| p - first + round * period);
+            if pts.is_some_and(|p| p >= SECONDS * 90_000) {
+                return Some((codec, out));
+            }
+            out.push((data.clone(), pts));
+        }
+    }
+    Some((codec, out))
+}
+
+fn transcode(codec: SourceCodec, pes: &[(Vec<u8>, Option<u64>)]) -> usize {
+    let mut t = Transcoder::new(codec);
+    let mut out = Vec::new();
+    for (data, pts) in pes {
+        t.push(data, *pts, &mut out).expect("supported");
+    }
+    t.flush(&mut out);
+    out.len()
+}
+
+fn bench(c: &mut Criterion) {
+    for (name, label) in [
+        ("h264_aac.ts", "aac_stereo_48k"),
+        ("h264_aac_mono44.ts", "aac_mono_44k"),
+        ("h264_mp2.ts", "mp2_stereo_44k"),
+    ] {
+        let Some((codec, pes)) = audio_pes(name) else {
+            eprintln!("skipping {label}: testdata/{name} not found");
+            continue;
+        };
+        let frames = transcode(codec, &pes);
+        let mut group = c.benchmark_group("transcode");
+        group.throughput(Throughput::Elements(frames as u64));
+        group.sample_size(20);
+        group.measurement_time(Duration::from_secs(8));
+        group.bench_function(label, |b| b.iter(|| transcode(codec, &pes)));
+        group.finish();
+
+        // The figures that matter, measured directly: best of a few runs, in wall time and in
+        // this thread's CPU time (which other processes on a busy machine do not inflate).
+        let (mut wall, mut cpu) = (f64::MAX, f64::MAX);
+        for _ in 0..10 {
+            let (start, start_cpu) = (Instant::now(), thread_cpu_seconds());
+            std::hint::black_box(transcode(codec, &pes));
+            cpu = cpu.min(thread_cpu_seconds() - start_cpu);
+            wall = wall.min(start.elapsed().as_secs_f64());
+        }
+        let audio = frames as f64 * 0.020;
+        for (what, t) in [("CPU", cpu), ("wall", wall)] {
+            println!(
+                "{label}: {frames} Opus frames ({audio:.2} s of audio), {what} {:.1} ms: {:.0} µs \
+                 per 20 ms frame, {:.2} % of one core for real time",
+                t * 1e3,
+                t * 1e6 / frames as f64,
+                t / audio * 100.0,
+            );
+        }
+    }
+}
+
+fn thread_cpu_seconds() -> f64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return 0.0;
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+}
+
+criterion_group!(benches, bench);
+
+fn main() {
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

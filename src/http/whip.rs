@@ -1,0 +1,120 @@
+//! WHIP (RFC 9725): `POST /whip/{s}` takes a publisher's offer; its media is muxed into TS and
+//! becomes the stream (or, with `--pipeline`, the pipeline's input). `PATCH`/`DELETE` on the
+//! session go through the same handlers as WHEP's.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tracing::info;
+
+use super::whep::{
+    check_session_limit, delete_session, header_value, patch_session, session_id, SDP,
+};
+use super::{authorize, check_name, require_content_type, ApiError, AppState, Role};
+use crate::webrtc::{Answered, Offer, OfferError};
+
+pub async fn options() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ALLOW, "OPTIONS, POST"),
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "OPTIONS, POST"),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Content-Type, Authorization, If-Match",
+            ),
+            (HeaderName::from_static("accept-post"), SDP),
+        ],
+    )
+        .into_response()
+}
+
+pub async fn post(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    authorize(&app, &headers, Role::Publish)?;
+    require_content_type(&headers, SDP)?;
+    let sdp = std::str::from_utf8(&body)
+        .map_err(|_| ApiError::BadRequest("SDP offer is not UTF-8".into()))?;
+    let offer = Offer::parse(sdp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+
+    check_session_limit(&app)?;
+    let input_name = match app.cfg.pipeline {
+        Some(_) => crate::pipeline::input_name(&name),
+        None => name.clone(),
+    };
+    let stream = app.registry.get_or_create(&input_name);
+    if stream.has_source() {
+        return Err(ApiError::Conflict(format!(
+            "stream {name:?} already has a publisher (or another source); DELETE that session \
+             first, or publish under another name"
+        )));
+    }
+    let guard = stream.attach_source();
+    let id = session_id();
+    let Answered {
+        session,
+        answer,
+        ufrag,
+    } = app
+        .engine
+        .accept_publisher(id.clone(), guard, offer, sdp)
+        .map_err(|e| match e {
+            OfferError::NoPublishableMedia { .. } => ApiError::NotAcceptable(e.to_string()),
+            e => ApiError::BadRequest(e.to_string()),
+        })?;
+    if app.cfg.pipeline.is_some() {
+        app.ensure_pipeline(&name, &stream);
+    }
+    app.engine.add(session);
+    info!(stream = %name, "WHIP publisher answered");
+
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1");
+    let playback = format!("http://{host}/whep/{name}");
+    let mut res = (StatusCode::CREATED, answer).into_response();
+    let h = res.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
+    h.insert(
+        header::LOCATION,
+        header_value(&format!("/whip/{name}/{id}")),
+    );
+    h.insert(header::ETAG, header_value(&format!("\"{ufrag}\"")));
+    h.insert(
+        HeaderName::from_static("playback-url"),
+        header_value(&playback),
+    );
+    for server in &app.cfg.ice_servers {
+        h.append(
+            header::LINK,
+            header_value(&format!("<{server}>; rel=\"ice-server\"")),
+        );
+    }
+    Ok(res)
+}
+
+pub async fn patch(
+    State(app): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&app, &headers, Role::Publish)?;
+    patch_session(&app, &name, &id, &headers, body).await
+}
+
+pub async fn delete(
+    State(app): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    authorize(&app, &headers, Role::Publish)?;
+    delete_session(&app, &name, &id).await
+}

@@ -1,0 +1,187 @@
+//! Auth, limits and shutdown: clear statuses, never a hang.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{request, WhepOptions};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tsbridge::config::{Named, ServeArgs};
+use tsbridge::server::Server;
+
+async fn serve(tweak: impl FnOnce(&mut ServeArgs)) -> Server {
+    let mut args = ServeArgs::loopback();
+    args.replays.push(Named {
+        name: "cam".into(),
+        value: common::testdata("h264_opus.ts"),
+    });
+    tweak(&mut args);
+    Server::start(args).await.expect("server starts")
+}
+
+fn url(s: &Server, path: &str) -> String {
+    format!("http://{}{}", s.http_addr, path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_guard_viewing_and_publishing() {
+    let s = serve(|a| {
+        a.view_token = Some("v-secret".into());
+        a.publish_token = Some("p-secret".into());
+    })
+    .await;
+    let offer = common::offer_sdp(&WhepOptions::default()).await.unwrap();
+    let sdp = ("Content-Type", "application/sdp");
+
+    for auth in [None, Some("Bearer wrong"), Some("Bearer p-secret")] {
+        let mut h = vec![sdp];
+        if let Some(a) = auth {
+            h.push(("Authorization", a));
+        }
+        let r = request("POST", &url(&s, "/whep/cam"), &h, offer.as_bytes())
+            .await
+            .unwrap();
+        assert_eq!(r.status, 401, "{auth:?}: {}", r.text());
+        assert!(r
+            .header("www-authenticate")
+            .unwrap_or("")
+            .starts_with("Bearer"));
+        assert!(!r.text().contains("secret"), "tokens are never echoed");
+    }
+    let r = request("GET", &url(&s, "/streams"), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let r = request("GET", &url(&s, "/streams/cam.ts"), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let r = request(
+        "PUT",
+        &url(&s, "/ingest/x"),
+        &[("Authorization", "Bearer v-secret")],
+        b"\x47",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 401, "the view token does not publish");
+    let r = request("POST", &url(&s, "/whip/x"), &[sdp], offer.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+
+    let opts = WhepOptions {
+        token: Some("v-secret".into()),
+        ..Default::default()
+    };
+    let viewer = common::WhepSession::start(&url(&s, "/whep/cam"), &opts)
+        .await
+        .unwrap();
+    assert_eq!(viewer.status, 201);
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(5), |c| !c.video.is_empty())
+            .await
+    );
+    let loc = viewer.location.clone().unwrap();
+    let r = request("DELETE", &loc, &[], b"").await.unwrap();
+    assert_eq!(r.status, 401, "only the owner's token may end the session");
+    let r = request("DELETE", &loc, &[("Authorization", "Bearer v-secret")], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_limits_answer_503_with_retry_after() {
+    let s = serve(|a| a.max_viewers = 1).await;
+    let first = common::WhepSession::start(&url(&s, "/whep/cam"), &WhepOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(first.status, 201);
+    let offer = common::offer_sdp(&WhepOptions::default()).await.unwrap();
+    let t = Instant::now();
+    let r = request(
+        "POST",
+        &url(&s, "/whep/cam"),
+        &[("Content-Type", "application/sdp")],
+        offer.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "answered at once, no hang"
+    );
+
+    let s2 = serve(|a| a.max_sessions = 0).await;
+    let r = request(
+        "POST",
+        &url(&s2, "/whep/cam"),
+        &[("Content-Type", "application/sdp")],
+        offer.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 503);
+    assert!(r.text().contains("--max-sessions"));
+}
+
+/// SIGTERM: the binary ends its sessions and exits 0 within 5 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_cleanly_and_quickly() {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tsbridge"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ice-udp",
+            "127.0.0.1:0",
+            "--replay",
+        ])
+        .arg(format!(
+            "cam={}",
+            common::testdata("h264_opus.ts").display()
+        ))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let base = loop {
+        let line = lines
+            .next_line()
+            .await
+            .unwrap()
+            .expect("the server prints its URL");
+        if let Some(at) = line.find("http://") {
+            break line[at..].trim_end_matches('/').to_string();
+        }
+    };
+    let viewer = common::WhepSession::start(&format!("{base}/whep/cam"), &WhepOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(5), |c| !c.video.is_empty())
+            .await
+    );
+    let pid = child.id().unwrap() as i32;
+    let t = Instant::now();
+    // SAFETY: plain kill(2) on our own child.
+    assert_eq!(unsafe { kill(pid, 15) }, 0);
+    let status = tokio::time::timeout(Duration::from_secs(5), child.wait())
+        .await
+        .expect("exits within 5 s")
+        .unwrap();
+    assert!(status.success(), "{status}");
+    eprintln!("exited in {:?}", t.elapsed());
+}
+
+extern "C" {
+    fn kill(pid: i32, sig: i32) -> i32;
+}
