@@ -21,6 +21,7 @@ pub mod http;
 pub mod ingest;
 pub mod loadtest;
 pub mod media;
+pub mod metrics;
 pub mod pipeline;
 pub mod probe;
 pub mod rtp;

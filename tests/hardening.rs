@@ -185,3 +185,30 @@ async fn sigterm_exits_cleanly_and_quickly() {
 extern "C" {
     fn kill(pid: i32, sig: i32) -> i32;
 }
+
+/// `GET /metrics` exposes global and per-stream series that move with the traffic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_sessions_packets_and_first_frames() {
+    let s = serve(|_| {}).await;
+    let viewer = common::WhepSession::start(&url(&s, "/whep/cam"), &WhepOptions::default())
+        .await
+        .unwrap();
+    assert!(viewer.wait_until(Duration::from_secs(5), |c| c.video.len() > 30).await);
+    let r = request("GET", &url(&s, "/metrics"), &[], b"").await.unwrap();
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{series} missing in\n{text}"))
+    };
+    assert_eq!(value("tsbridge_sessions_created_total{role=\"viewer\"}"), 1.0);
+    assert_eq!(value("tsbridge_viewers{stream=\"cam\"}"), 1.0);
+    assert!(value("tsbridge_packets_sent_total") > 30.0);
+    assert!(value("tsbridge_ingest_bytes_total{stream=\"cam\"}") > 10_000.0);
+    assert!(value("tsbridge_gop_cache_frames{stream=\"cam\"}") >= 1.0);
+    assert_eq!(value("tsbridge_time_to_first_frame_seconds_count"), 1.0);
+    assert_eq!(value("tsbridge_time_to_first_frame_seconds_bucket{le=\"1\"}"), 1.0);
+}

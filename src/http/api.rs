@@ -155,3 +155,107 @@ fn pull(app: &AppState, name: &str) -> Result<Response, ApiError> {
     )
         .into_response())
 }
+
+/// `GET /metrics`: Prometheus text exposition, global and per stream.
+pub async fn metrics(State(app): State<AppState>) -> Response {
+    use crate::metrics::{counter, gauge};
+    let mut out = String::new();
+    app.engine.metrics.render(&mut out);
+    let streams = app.registry.list();
+    let labels: Vec<String> = streams
+        .iter()
+        .map(|s| format!("stream=\"{}\"", s.name))
+        .collect();
+    let per = |f: &dyn Fn(&Stream) -> u64| -> Vec<(&str, u64)> {
+        labels
+            .iter()
+            .zip(&streams)
+            .map(|(l, s)| (l.as_str(), f(s)))
+            .collect()
+    };
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    gauge(
+        &mut out,
+        "tsbridge_streams",
+        "streams known",
+        &[("", streams.len() as u64)],
+    );
+    gauge(
+        &mut out,
+        "tsbridge_viewers",
+        "viewers connected",
+        &per(&|s| s.stats.viewers.load(Ordering::Relaxed) as u64),
+    );
+    gauge(
+        &mut out,
+        "tsbridge_waiting_viewers",
+        "WHEP POSTs waiting for the stream",
+        &per(&|s| s.stats.waiting_viewers.load(Ordering::Relaxed) as u64),
+    );
+    gauge(
+        &mut out,
+        "tsbridge_source_live",
+        "1 while a source is writing",
+        &per(&|s| u64::from(s.has_source())),
+    );
+    counter(
+        &mut out,
+        "tsbridge_ingest_bytes_total",
+        "TS bytes received from sources",
+        &per(&|s| r(&s.stats.ingest_bytes)),
+    );
+    counter(
+        &mut out,
+        "tsbridge_ts_errors_total",
+        "TS problems (resyncs, CC errors, bad PSI/PES)",
+        &per(&|s| r(&s.stats.ts_problems)),
+    );
+    counter(
+        &mut out,
+        "tsbridge_video_frames_total",
+        "video access units demuxed",
+        &per(&|s| r(&s.stats.video_frames)),
+    );
+    counter(
+        &mut out,
+        "tsbridge_audio_packets_total",
+        "Opus packets demuxed",
+        &per(&|s| r(&s.stats.audio_packets)),
+    );
+    counter(
+        &mut out,
+        "tsbridge_stream_packets_sent_total",
+        "datagrams sent to the stream's viewers",
+        &per(&|s| r(&s.stats.packets_sent)),
+    );
+    counter(
+        &mut out,
+        "tsbridge_stream_bytes_sent_total",
+        "bytes sent to the stream's viewers",
+        &per(&|s| r(&s.stats.bytes_sent)),
+    );
+    counter(
+        &mut out,
+        "tsbridge_viewer_sessions_total",
+        "viewer sessions created",
+        &per(&|s| r(&s.stats.sessions_total)),
+    );
+    gauge(
+        &mut out,
+        "tsbridge_gop_cache_bytes",
+        "bytes in the GOP cache",
+        &per(&|s| s.gop.lock().bytes() as u64),
+    );
+    gauge(
+        &mut out,
+        "tsbridge_gop_cache_frames",
+        "frames in the GOP cache",
+        &per(&|s| s.gop.lock().frames() as u64),
+    );
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        out,
+    )
+        .into_response()
+}

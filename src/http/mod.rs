@@ -40,6 +40,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/publish/{stream}", get(pages::publish))
         .route("/ingest/{stream}", put(ingest::put).post(ingest::put))
+        .route("/metrics", get(api::metrics))
         .route("/streams", get(api::list))
         .route("/streams/{stream}", get(api::get))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

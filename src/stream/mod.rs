@@ -72,6 +72,9 @@ pub struct Stats {
     pub viewers: AtomicUsize,
     pub waiting_viewers: AtomicUsize,
     pub sessions_total: AtomicU64,
+    /// Datagrams and bytes sent to this stream's viewers.
+    pub packets_sent: AtomicU64,
+    pub bytes_sent: AtomicU64,
 }
 
 pub struct Stream {

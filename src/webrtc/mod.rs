@@ -24,6 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
 use crate::media::{Frame, FrameSink};
+use crate::metrics::Metrics;
 use crate::stream::{SourceGuard, Stream};
 pub use sdpfrag::{SdpFrag, SdpFragError};
 use session::Session;
@@ -160,6 +161,7 @@ pub struct Engine {
     dtls_cert: DtlsCert,
     /// Sessions handed to the loop and not yet closed.
     live: Arc<std::sync::atomic::AtomicUsize>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl Engine {
@@ -183,8 +185,10 @@ impl Engine {
         let (tx, rx) = mpsc::unbounded_channel();
         let candidates: Arc<[SocketAddr]> = candidates.into();
         let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let metrics = Arc::new(Metrics::default());
         let ev = EventLoop {
             live: live.clone(),
+            metrics: metrics.clone(),
             socket,
             rx,
             sessions: HashMap::new(),
@@ -200,6 +204,7 @@ impl Engine {
             candidates,
             dtls_cert,
             live,
+            metrics,
         })
     }
 
@@ -215,7 +220,8 @@ impl Engine {
     ) -> Result<Answered, OfferError> {
         let mut cfg = RtcConfig::new()
             .clear_codecs()
-            .set_dtls_cert(self.dtls_cert.clone());
+            .set_dtls_cert(self.dtls_cert.clone())
+            .set_stats_interval(Some(Duration::from_secs(1)));
         if tracks.video().is_some() {
             cfg = cfg.enable_h264(true);
             // str0m's defaults cover Baseline, Constrained Baseline, Main and High; add
@@ -429,6 +435,7 @@ fn primary_ip() -> Option<IpAddr> {
 
 struct EventLoop {
     live: Arc<std::sync::atomic::AtomicUsize>,
+    metrics: Arc<Metrics>,
     socket: UdpSocket,
     rx: mpsc::UnboundedReceiver<Cmd>,
     sessions: HashMap<String, Session>,
@@ -482,7 +489,11 @@ impl EventLoop {
                 continue;
             };
             if let Some(p) = self.sessions.get_mut(id) {
-                p.request_keyframe();
+                if p.request_keyframe() {
+                    self.metrics
+                        .keyframes_requested_upstream
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 p.poll(&self.socket);
             }
         }
@@ -492,13 +503,18 @@ impl EventLoop {
         match cmd {
             Cmd::Add(n) => {
                 let n = *n;
+                let counter = match n.ingest {
+                    Some(_) => &self.metrics.publishers_created,
+                    None => &self.metrics.viewers_created,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
                 if n.ingest.is_some() {
                     info!(stream = %n.stream.name, session = %short(&n.id), "publisher session created");
                     self.publishers.insert(n.stream.id, n.id.clone());
                 } else {
                     info!(stream = %n.stream.name, session = %short(&n.id), "viewer session created");
                 }
-                let mut s = Session::new(n, self.ice_timeout);
+                let mut s = Session::new(n, self.ice_timeout, self.metrics.clone());
                 s.poll(&self.socket);
                 self.sessions.insert(s.id.clone(), s);
             }
@@ -609,11 +625,12 @@ impl EventLoop {
         }
     }
 
-    fn remove(&mut self, id: &str, why: &str) -> bool {
+    fn remove(&mut self, id: &str, why: &'static str) -> bool {
         let Some(mut s) = self.sessions.remove(id) else {
             return false;
         };
         self.live.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.session_closed(why);
         s.close(&self.socket);
         self.by_addr.retain(|_, v| v != id);
         if self.publishers.get(&s.stream.id).is_some_and(|p| p == id) {

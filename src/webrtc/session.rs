@@ -15,6 +15,7 @@ use super::publish::Ingest;
 use super::{NewSession, PatchError, PatchReply, SdpFrag};
 use crate::codec::h264::ProfileLevelId;
 use crate::media::{Frame, Kind};
+use crate::metrics::Metrics;
 use crate::stream::Stream;
 
 pub(super) struct Session {
@@ -39,13 +40,17 @@ pub(super) struct Session {
     /// A viewer asked for a keyframe (the engine forwards it to a WHIP publisher).
     keyframe_wanted: bool,
     last_keyframe_request: Option<Instant>,
+    metrics: Arc<Metrics>,
+    /// Cumulative (NACK, PLI, FIR) counts str0m last reported per mid.
+    feedback: Vec<(Mid, [u64; 3])>,
+    first_frame_sent: bool,
 }
 
 /// Keyframe requests to a publisher are sent at most this often.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Session {
-    pub fn new(n: NewSession, ice_timeout: Duration) -> Self {
+    pub fn new(n: NewSession, ice_timeout: Duration, metrics: Arc<Metrics>) -> Self {
         n.stream.stats.viewers.fetch_add(1, Ordering::Relaxed);
         n.stream
             .stats
@@ -69,6 +74,9 @@ impl Session {
             ingest: n.ingest,
             keyframe_wanted: false,
             last_keyframe_request: None,
+            metrics,
+            feedback: Vec::new(),
+            first_frame_sent: false,
         }
     }
 
@@ -89,23 +97,28 @@ impl Session {
         std::mem::take(&mut self.keyframe_wanted)
     }
 
-    /// Ask this (publishing) peer for a keyframe, at most every 500 ms.
-    pub fn request_keyframe(&mut self) {
+    /// Ask this (publishing) peer for a keyframe, at most every 500 ms. True if one was sent.
+    pub fn request_keyframe(&mut self) -> bool {
         let now = Instant::now();
         if self
             .last_keyframe_request
             .is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
         {
-            return;
+            return false;
         }
-        let Some((mid, _)) = self.video else { return };
-        if let Some(mut w) = self.rtc.writer(mid) {
-            if w.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
-                let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
-                self.last_keyframe_request = Some(now);
-                debug!(stream = %self.stream.name, "PLI sent to publisher");
-            }
+        let Some((mid, _)) = self.video else {
+            return false;
+        };
+        let Some(mut w) = self.rtc.writer(mid) else {
+            return false;
+        };
+        if !w.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
+            return false;
         }
+        let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+        self.last_keyframe_request = Some(now);
+        debug!(stream = %self.stream.name, "PLI sent to publisher");
+        true
     }
 
     pub fn handle_input(&mut self, input: Input) {
@@ -121,7 +134,20 @@ impl Session {
             match self.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
                     // UDP: a full send buffer drops the datagram, as the network would.
-                    let _ = socket.try_send_to(&t.contents, t.destination);
+                    match socket.try_send_to(&t.contents, t.destination) {
+                        Ok(n) => {
+                            self.metrics.packets_sent.fetch_add(1, Ordering::Relaxed);
+                            self.metrics
+                                .bytes_sent
+                                .fetch_add(n as u64, Ordering::Relaxed);
+                            let st = &self.stream.stats;
+                            st.packets_sent.fetch_add(1, Ordering::Relaxed);
+                            st.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                        }
+                        Err(_) => {
+                            self.metrics.send_drops.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
                 }
                 Ok(Output::Timeout(t)) => {
                     self.next_timeout = t;
@@ -167,6 +193,24 @@ impl Session {
                 // Forwarded when the source is a WHIP publisher; a TS source cannot make a
                 // keyframe on demand (the GOP cache covers new viewers).
                 self.keyframe_wanted = true;
+            }
+            Event::MediaEgressStats(st) => {
+                let now = [st.nacks, st.plis, st.firs];
+                let prev = match self.feedback.iter_mut().find(|(m, _)| *m == st.mid) {
+                    Some((_, prev)) => prev,
+                    None => {
+                        self.feedback.push((st.mid, [0; 3]));
+                        &mut self.feedback.last_mut().expect("just pushed").1
+                    }
+                };
+                let m = &self.metrics;
+                for (i, counter) in [&m.nacks_received, &m.plis_received, &m.firs_received]
+                    .into_iter()
+                    .enumerate()
+                {
+                    counter.fetch_add(now[i].saturating_sub(prev[i]), Ordering::Relaxed);
+                }
+                *prev = now;
             }
             Event::MediaData(d) => {
                 let kind = match (self.video, self.audio) {
@@ -255,9 +299,22 @@ impl Session {
         };
         let time = MediaTime::new(f.rtp_time, freq);
         if let Err(e) = writer.write(pt, f.wallclock, time, f.data.clone()) {
-            debug!(error = %e, "write frame");
+            // This viewer cannot take more now: drop it back to the next keyframe rather
+            // than feed its decoder a broken reference chain.
+            debug!(error = %e, "write frame; viewer skips to the next keyframe");
+            if f.kind == Kind::Video {
+                self.video_started = false;
+                self.metrics
+                    .slow_viewer_skips
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            return;
         }
         self.last_seq = Some(f.seq);
+        if f.kind == Kind::Video && !self.first_frame_sent {
+            self.first_frame_sent = true;
+            self.metrics.first_frame(self.created.elapsed());
+        }
     }
 
     /// Trickle ICE candidates, or an ICE restart when the remote credentials change.
