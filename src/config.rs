@@ -156,6 +156,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_MAX_WAITING", default_value_t = 1000)]
     pub max_waiting: usize,
 
+    /// AAC or MPEG audio (which browsers cannot play over WebRTC) is transcoded to Opus once
+    /// per stream: `auto` does it when a program has such audio and no Opus track.
+    #[arg(long, env = "TSBRIDGE_AUDIO_TRANSCODE", value_enum, default_value_t = AudioTranscode::Auto)]
+    pub audio_transcode: AudioTranscode,
+
     /// Per-stream TS ring buffer size in bytes (how far a slow reader may lag).
     #[arg(long, env = "TSBRIDGE_RING_BYTES", default_value_t = 8 << 20)]
     pub ring_bytes: usize,
@@ -183,6 +188,7 @@ impl ServeArgs {
             whep_wait: Duration::from_secs(15),
             demo: false,
             pipeline: None,
+            audio_transcode: AudioTranscode::Auto,
             publish_token: None,
             view_token: None,
             max_sessions: 2000,
@@ -194,6 +200,12 @@ impl ServeArgs {
             ice_timeout: Duration::from_secs(15),
         }
     }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AudioTranscode {
+    Auto,
+    Off,
 }
 
 #[derive(Debug, Clone, Args)]

@@ -124,6 +124,8 @@ pub struct LoadReport {
     pub loss_pct: f64,
     /// From the start of the POST to the HTTP answer.
     pub time_to_answer_ms: Option<Percentiles>,
+    /// From the start of the POST to ICE connected (a nominated pair).
+    pub time_to_ice_ms: Option<Percentiles>,
     /// From the start of the POST to ICE+DTLS connected.
     pub time_to_connected_ms: Option<Percentiles>,
     /// From the start of the POST to the first RTP packet.
@@ -180,6 +182,11 @@ pub struct Steady {
     /// CPU time of this process in the window, and as percent of one core.
     pub client_cpu_s: f64,
     pub client_cpu_pct: f64,
+    /// CPU busy on the whole host in the window (every process, from /proc/stat; 100 = one
+    /// core), and the host's CPU count: what neither the server nor this tool used is
+    /// interference from elsewhere.
+    pub host_cpu_pct: Option<f64>,
+    pub host_cpus: usize,
     /// The server's figures over the window (with `--server-pid`).
     pub server: Option<ServerSample>,
 }
@@ -218,6 +225,7 @@ impl LoadReport {
             self.loss_pct
         );
         s += &format!("answer:        {}\n", p(&self.time_to_answer_ms));
+        s += &format!("ICE:           {}\n", p(&self.time_to_ice_ms));
         s += &format!("connected:     {}\n", p(&self.time_to_connected_ms));
         s += &format!("first RTP:     {}\n", p(&self.time_to_first_rtp_ms));
         s += &format!(
@@ -227,8 +235,14 @@ impl LoadReport {
         );
         let st = &self.steady;
         s += &format!(
-            "steady {:.1} s: {} viewers, {:.0} packets/s, loss {:.3} %, client CPU {:.0} %\n",
-            st.seconds, st.viewers, st.packets_per_s, st.loss_pct, st.client_cpu_pct
+            "steady {:.1} s: {} viewers, {:.0} packets/s, loss {:.3} %, client CPU {:.0} %, host CPU {} % of {}00 %\n",
+            st.seconds,
+            st.viewers,
+            st.packets_per_s,
+            st.loss_pct,
+            st.client_cpu_pct,
+            st.host_cpu_pct.map_or("-".into(), |p| format!("{p:.0}")),
+            st.host_cpus
         );
         if let Some(srv) = &st.server {
             s += &format!(
@@ -306,6 +320,7 @@ struct Stats {
     t0: Instant,
     location: Option<String>,
     answered: Option<Duration>,
+    ice: Option<Duration>,
     connected: Option<Duration>,
     first_rtp: Option<Duration>,
     first_key: Option<Duration>,
@@ -328,6 +343,7 @@ impl Stats {
             t0,
             location: None,
             answered: None,
+            ice: None,
             connected: None,
             first_rtp: None,
             first_key: None,
@@ -368,7 +384,7 @@ impl Stats {
         match self.key_ts {
             // The keyframe's access unit ends at its marker bit, or when a later one starts
             // (its last packet was lost).
-            Some(ts) if (ts == h.timestamp && h.marker) || ts != h.timestamp => {
+            Some(ts) if ts != h.timestamp || h.marker => {
                 self.first_key = Some(now - self.t0);
             }
             Some(_) => {}
@@ -511,7 +527,9 @@ impl EventLoop {
                 ctrl = self.rx.recv() => match ctrl {
                     Some(Ctrl::Add(n)) => {
                         let idx = self.add(*n);
-                        self.process(idx);
+                        if let Some(t) = self.process(idx) {
+                            deadline = deadline.min(t);
+                        }
                     }
                     Some(Ctrl::Mark(done)) => {
                         for v in &mut self.viewers {
@@ -537,19 +555,15 @@ impl EventLoop {
 
             std::mem::swap(&mut ready, &mut *self.queue.ready.lock());
             for idx in ready.drain(..) {
-                self.process(idx);
+                // A viewer may want an earlier timeout than the last scan found.
+                if let Some(t) = self.process(idx) {
+                    deadline = deadline.min(t);
+                }
             }
 
             let now = Instant::now();
             if now >= deadline {
                 deadline = self.scan(now);
-            } else {
-                // Viewers processed above may want an earlier timeout than the scan's.
-                for v in &self.viewers {
-                    if v.live.is_some() && v.next_timeout < deadline {
-                        deadline = v.next_timeout;
-                    }
-                }
             }
             let deadline_clamped = deadline.max(now + MIN_SCAN_INTERVAL);
             if sleep.deadline() != deadline_clamped.into() {
@@ -564,13 +578,14 @@ impl EventLoop {
         }
     }
 
+    /// Take a viewer on and send its first output (STUN checks).
     fn add(&mut self, n: NewViewer) -> u32 {
         let idx = u32::try_from(self.viewers.len()).unwrap_or(u32::MAX);
         let waker = Waker::from(Arc::new(ViewerWaker {
             idx,
             queue: self.queue.clone(),
         }));
-        self.viewers.push(Viewer {
+        let mut v = Viewer {
             live: Some(Live {
                 rtc: n.rtc,
                 socket: n.socket,
@@ -580,23 +595,22 @@ impl EventLoop {
             next_timeout: Instant::now(),
             deadline: n.deadline,
             stats: n.stats,
-        });
+        };
+        if let Some(live) = &mut v.live {
+            drain(live, &mut v.stats, &mut v.next_timeout, &self.progress);
+        }
+        self.viewers.push(v);
         idx
     }
 
     /// Read what the viewer's socket holds (registering its waker when drained) and feed it in.
-    fn process(&mut self, idx: u32) {
-        let Some(v) = self.viewers.get_mut(idx as usize) else {
-            return;
-        };
-        let Some(live) = &mut v.live else {
-            return;
-        };
+    /// Returns when the viewer's `Rtc` wants its next timeout, if it is still alive.
+    fn process(&mut self, idx: u32) -> Option<Instant> {
+        let v = self.viewers.get_mut(idx as usize)?;
+        let live = v.live.as_mut()?;
         let mut cx = Context::from_waker(&v.waker);
         let mut taken = 0;
         let mut failed = false;
-        // Output first: a new viewer's Rtc has its first STUN checks to send.
-        drain(live, &mut v.stats, &mut v.next_timeout, &self.progress);
         while taken < RECV_BATCH {
             let mut rb = tokio::io::ReadBuf::new(&mut self.buf);
             match live.socket.poll_recv_from(&mut cx, &mut rb) {
@@ -634,11 +648,14 @@ impl EventLoop {
         }
         if failed {
             end(v, "WebRTC error", &self.progress);
-        } else if taken >= RECV_BATCH {
+            return None;
+        }
+        if taken >= RECV_BATCH {
             // Not drained, so the waker is not registered: come back on the next turn.
             self.queue.ready.lock().push(idx);
             self.queue.notify.notify_one();
         }
+        Some(v.next_timeout)
     }
 
     /// Drive timeouts, enforce connect deadlines, notice dead sessions. Returns the next scan.
@@ -681,14 +698,19 @@ fn drain(live: &mut Live, stats: &mut Stats, next_timeout: &mut Instant, progres
             }
             Ok(Output::Event(e)) => match e {
                 Event::RtpPacket(p) => stats.on_rtp(&p, p.timestamp),
-                Event::Connected => {
-                    if stats.connected.is_none() {
-                        stats.connected = Some(stats.t0.elapsed());
-                        progress.connected.fetch_add(1, Ordering::Relaxed);
-                    }
+                Event::Connected if stats.connected.is_none() => {
+                    stats.connected = Some(stats.t0.elapsed());
+                    progress.connected.fetch_add(1, Ordering::Relaxed);
                 }
                 Event::IceConnectionStateChange(s) => {
                     stats.ice_disconnected = s == IceConnectionState::Disconnected;
+                    if matches!(
+                        s,
+                        IceConnectionState::Connected | IceConnectionState::Completed
+                    ) && stats.ice.is_none()
+                    {
+                        stats.ice = Some(stats.t0.elapsed());
+                    }
                 }
                 _ => {}
             },
@@ -973,6 +995,26 @@ fn proc_rss_kb(pid: &str) -> Option<u64> {
         .ok()
 }
 
+/// Busy and total time of all CPUs, in seconds, from the first line of /proc/stat.
+fn host_cpu_s() -> Option<(f64, f64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().next()?.strip_prefix("cpu ")?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .take(8)
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    // user nice system idle iowait irq softirq steal
+    let [user, nice, system, idle, iowait, irq, softirq, steal] = v[..] else {
+        return None;
+    };
+    let busy = user + nice + system + irq + softirq + steal;
+    Some((
+        busy as f64 / clk_tck(),
+        (busy + idle + iowait) as f64 / clk_tck(),
+    ))
+}
+
 /// Open-file limit (soft), from /proc/self/limits.
 fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -1005,7 +1047,7 @@ fn min_p50(mut v: Vec<u64>) -> Option<MinP50> {
     v.sort_unstable();
     Some(MinP50 {
         min: v[0],
-        p50: v[(v.len() + 1) / 2 - 1],
+        p50: v[v.len().div_ceil(2) - 1],
     })
 }
 
@@ -1107,7 +1149,8 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     let mut assigned = 0usize;
     let mut next_start = Some(start);
     let mut settled_since: Option<Instant> = None;
-    let mut window: Option<(Instant, f64, Option<(f64, u64)>)> = None;
+    type Sample = (Instant, f64, Option<(f64, u64)>, Option<(f64, f64)>);
+    let mut window: Option<Sample> = None;
     let mut ramp_end: Option<Instant> = None;
     let mut report_at = start + Duration::from_secs(1);
     let mut last_packets = 0u64;
@@ -1198,9 +1241,9 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
                         args.seconds.as_secs_f64()
                     );
                 }
-                window = Some((Instant::now(), client, server));
+                window = Some((Instant::now(), client, server, host_cpu_s()));
             }
-            Some((w0, _, _)) => {
+            Some((w0, _, _, _)) => {
                 if now >= w0 + args.seconds {
                     break;
                 }
@@ -1211,6 +1254,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     // End of the window: sample first, then stop the loops, then clean up on the server.
     let w_end = Instant::now();
     let client_end = proc_cpu_s("self").unwrap_or(0.0);
+    let host_end = host_cpu_s();
     let server_end = server_pid
         .as_deref()
         .and_then(|pid| Some((proc_cpu_s(pid)?, proc_rss_kb(pid).unwrap_or(0))));
@@ -1277,7 +1321,8 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     let (mut bytes, mut expected) = (0u64, 0u64);
     let mut steady = Steady::default();
     let mut steady_expected = 0u64;
-    let (mut answer, mut conn, mut rtp, mut key) = (vec![], vec![], vec![], vec![]);
+    let (mut answer, mut ice, mut conn) = (vec![], vec![], vec![]);
+    let (mut rtp, mut key) = (vec![], vec![]);
     let (mut per_viewer, mut per_viewer_steady) = (vec![], vec![]);
     let (mut connected, mut dropped) = (0, 0);
     for s in &stats {
@@ -1289,6 +1334,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
         bytes += s.bytes;
         expected += s.expected();
         answer.extend(s.answered.map(ms));
+        ice.extend(s.ice.map(ms));
         rtp.extend(s.first_rtp.map(ms));
         key.extend(s.first_key.map(ms));
         if s.mark.set {
@@ -1319,7 +1365,8 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     }
     let received = packets.video + packets.audio;
     let steady_received = steady.packets;
-    if let Some((w0, client0, server0)) = window {
+    steady.host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if let Some((w0, client0, server0, host0)) = window {
         let secs = (w_end - w0).as_secs_f64();
         steady.start_s = (w0 - start).as_secs_f64();
         steady.seconds = secs;
@@ -1339,6 +1386,9 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
         } else {
             0.0
         };
+        if let (Some((busy0, _)), Some((busy1, _))) = (host0, host_end) {
+            steady.host_cpu_pct = (secs > 0.0).then(|| (busy1 - busy0) / secs * 100.0);
+        }
         if let (Some(pid), Some((cpu0, rss0)), Some((cpu1, rss1))) =
             (args.server_pid, server0, server_end)
         {
@@ -1364,6 +1414,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
         bytes,
         loss_pct: pct(expected.saturating_sub(received), expected),
         time_to_answer_ms: percentiles(answer),
+        time_to_ice_ms: percentiles(ice),
         time_to_connected_ms: percentiles(conn),
         time_to_first_rtp_ms: percentiles(rtp),
         with_keyframe: key.len(),

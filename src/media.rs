@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::h264::{AccessUnit, H264Assembler};
 use crate::codec::opus::{self, OpusPacket};
+use crate::codec::transcode::{SourceCodec, Transcoder};
 use crate::stream::ring::Read;
 use crate::stream::{Stream, VideoInfo};
 use crate::time::{self, ClockRate, Timeline};
@@ -93,6 +94,10 @@ pub struct MediaState {
     audio_offset: u64,
     logged: HashSet<&'static str>,
     next_seq: u64,
+    /// Transcode AAC/MPEG audio when there is no Opus (`--audio-transcode auto`).
+    transcode: bool,
+    transcoder: Option<(Pid, Transcoder)>,
+    last_transcoded: Option<u64>,
 }
 
 impl Default for MediaState {
@@ -102,6 +107,13 @@ impl Default for MediaState {
 }
 
 impl MediaState {
+    /// With the audio transcoder on (AAC/MPEG audio → Opus when there is no Opus track).
+    pub fn with_transcoding(mut self, on: bool) -> Self {
+        self.transcode = on;
+        self.demux.set_transcodable_audio(on);
+        self
+    }
+
     pub fn new() -> Self {
         MediaState {
             demux: Demuxer::new(),
@@ -115,6 +127,9 @@ impl MediaState {
             audio_offset: u64::from(rand::random::<u32>()),
             logged: HashSet::new(),
             next_seq: 0,
+            transcode: false,
+            transcoder: None,
+            last_transcoded: None,
         }
     }
 
@@ -133,6 +148,11 @@ impl MediaState {
         self.demux.flush(&mut events);
         self.handle_events(&mut events, stream, sink, now);
         self.events = events;
+        if let Some((_, tc)) = self.transcoder.as_mut() {
+            let mut frames = Vec::new();
+            tc.flush(&mut frames);
+            tc.reset();
+        }
         self.demux.reset();
         self.h264.reset();
         stream.gop.lock().clear();
@@ -182,8 +202,26 @@ impl MediaState {
     }
 
     fn on_tracks(&mut self, tracks: TrackSet, stream: &Stream) {
+        let transcode = self
+            .transcode
+            .then(|| crate::ts::transcodable_audio(&tracks))
+            .flatten()
+            .and_then(|pid| {
+                let t = tracks.track(pid)?;
+                Some((pid, SourceCodec::from_stream_type(t.stream_type)?))
+            });
+        match (&self.transcoder, transcode) {
+            (Some((old, _)), Some((pid, _))) if *old == pid => {}
+            (_, Some((pid, codec))) => {
+                info!(stream = %stream.name, %pid, source = codec.name(), "transcoding audio to Opus for WebRTC");
+                self.transcoder = Some((pid, Transcoder::new(codec)));
+            }
+            (_, None) => self.transcoder = None,
+        }
+        let transcoding = transcode.map(|(_, c)| c.name());
         for t in &tracks.tracks {
             match &t.codec {
+                Codec::Unsupported { .. } if transcode.is_some_and(|(pid, _)| pid == t.pid) => {}
                 Codec::Unsupported { reason } => warn!(
                     stream = %stream.name, pid = %t.pid, stream_type = t.stream_type.0,
                     codec = t.stream_type.name(), "track not playable over WebRTC: {reason}"
@@ -196,7 +234,72 @@ impl MediaState {
         }
         let tracks = Arc::new(tracks);
         self.tracks = Some(tracks.clone());
-        stream.update_status(|s| s.tracks = Some(tracks));
+        stream.update_status(|s| {
+            s.tracks = Some(tracks);
+            s.transcoding = transcoding;
+        });
+    }
+
+    /// AAC/MPEG audio → Opus frames on the stream's timeline (the transcoder compensates its
+    /// own delays, so frame times are source times).
+    fn on_transcoded_audio(
+        &mut self,
+        pes: &Pes,
+        pts: u64,
+        stream: &Arc<Stream>,
+        sink: &dyn FrameSink,
+        now: Instant,
+    ) {
+        let t = self.timeline.map(pts, 1800);
+        let Some((_, tc)) = self.transcoder.as_mut() else {
+            return;
+        };
+        if pes.discontinuity {
+            tc.discontinuity();
+        }
+        let mut frames = Vec::new();
+        let started = Instant::now();
+        let errors_before = tc.stats().decode_errors;
+        let result = tc.push(&pes.data, Some(t), &mut frames);
+        let st = &stream.stats;
+        st.transcode_us
+            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+        st.transcode_errors.fetch_add(
+            tc.stats().decode_errors.saturating_sub(errors_before),
+            Ordering::Relaxed,
+        );
+        if let Err(e) = result {
+            if self.logged.insert("transcode_unsupported") {
+                warn!(stream = %stream.name, error = %e, "audio cannot be transcoded; video plays without it");
+            }
+        }
+        for f in frames {
+            // A re-anchored transcoder (a source restart, a loop point) may start a frame
+            // that overlaps the last one: keep the Opus clock moving forward by 20 ms.
+            let mut rtp_time = time::rescale(f.pts_90k, ClockRate::OPUS) + self.audio_offset;
+            if let Some(last) = self.last_transcoded {
+                if rtp_time < last + 960 && last + 960 - rtp_time < 48_000 {
+                    rtp_time = last + 960;
+                }
+            }
+            self.last_transcoded = Some(rtp_time);
+            let wallclock = self.clock.wallclock(f.pts_90k, now);
+            st.audio_packets.fetch_add(1, Ordering::Relaxed);
+            st.audio_bytes
+                .fetch_add(f.data.len() as u64, Ordering::Relaxed);
+            self.emit(
+                stream,
+                sink,
+                Frame {
+                    seq: 0,
+                    kind: Kind::Audio,
+                    rtp_time,
+                    wallclock,
+                    data: Arc::from(&f.data[..]),
+                    keyframe: true,
+                },
+            );
+        }
     }
 
     fn on_pes(&mut self, pes: &Pes, stream: &Arc<Stream>, sink: &dyn FrameSink, now: Instant) {
@@ -210,6 +313,12 @@ impl MediaState {
             self.on_video(pes, stream, sink, now);
         } else if Some(pes.pid) == self.audio_pid() {
             self.on_audio(pes, pts, stream, sink, now);
+        } else if self
+            .transcoder
+            .as_ref()
+            .is_some_and(|(pid, _)| *pid == pes.pid)
+        {
+            self.on_transcoded_audio(pes, pts, stream, sink, now);
         }
     }
 
@@ -296,8 +405,8 @@ impl MediaState {
 }
 
 /// Runs for the life of the stream: reads its ring and feeds the sink.
-pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>) {
-    let mut state = MediaState::new();
+pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, transcode: bool) {
+    let mut state = MediaState::new().with_transcoding(transcode);
     let mut reader = stream.ring.reader_from_oldest();
     let mut buf = vec![0u8; 188 * 512];
     loop {

@@ -67,8 +67,9 @@ impl Server {
         }
         let engine = Engine::start(cfg.ice_udp, &cfg.ice_hosts, cfg.ice_timeout).await?;
         let sink: Arc<dyn FrameSink> = Arc::new(engine.clone());
+        let transcode = cfg.audio_transcode == crate::config::AudioTranscode::Auto;
         let registry = Arc::new(Registry::new(cfg.ring_bytes, move |stream| {
-            tokio::spawn(media::run(stream.clone(), sink.clone()));
+            tokio::spawn(media::run(stream.clone(), sink.clone(), transcode));
         }));
         let listener = TcpListener::bind(cfg.listen).await?;
         let http_addr = listener.local_addr()?;

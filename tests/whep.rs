@@ -291,7 +291,11 @@ async fn answer_holds_exactly_the_tracks_that_exist() {
 /// AAC is listed with the reason it does not play; the video plays anyway.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aac_track_is_listed_as_unsupported_and_video_plays() {
-    let s = serve(&[("aac", "h264_aac.ts")], |_| {}).await;
+    // With the transcoder off (tests/transcode.rs covers it on).
+    let s = serve(&[("aac", "h264_aac.ts")], |a| {
+        a.audio_transcode = tsbridge::config::AudioTranscode::Off
+    })
+    .await;
     let r = whep_receive(
         &url(&s, "/whep/aac"),
         WhepOptions {

@@ -1598,7 +1598,6 @@ mod tests {
                 })
                 .fold((0, f32::MIN), |a, b| if b.1 > a.1 { b } else { a })
                 .0;
-            eprintln!("{rate} Hz: lag {lag}");
             assert!(
                 lag.abs() <= 1,
                 "{rate} Hz: decoded output is {lag} samples off"

@@ -52,8 +52,9 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
     let tracks: Vec<Value> = st
         .tracks
         .as_ref()
-        .map(|t| {
-            t.tracks
+        .map(|t_set| {
+            t_set
+                .tracks
                 .iter()
                 .map(|t| {
                     let mut v = json!({
@@ -75,6 +76,20 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
                             v["kind"] = "audio".into();
                             v["playable"] = true.into();
                             v["channels"] = (*channels).into();
+                        }
+                        Codec::Unsupported { .. }
+                            if st.transcoding.is_some()
+                                && crate::ts::transcodable_audio(t_set) == Some(t.pid) =>
+                        {
+                            let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                            let media_us = r(&s.stats.audio_packets) * 20_000;
+                            let cpu =
+                                r(&s.stats.transcode_us) as f64 * 100.0 / media_us.max(1) as f64;
+                            v["kind"] = "audio".into();
+                            v["playable"] = true.into();
+                            v["transcoded_to"] = "Opus".into();
+                            v["transcoder_cpu_pct"] = ((cpu * 100.0).round() / 100.0).into();
+                            v["transcode_errors"] = r(&s.stats.transcode_errors).into();
                         }
                         Codec::Unsupported { reason } => {
                             v["playable"] = false.into();

@@ -140,7 +140,6 @@ pub async fn post(
             "stream {name:?} has {viewers} viewers, the most allowed (--max-viewers); retry later"
         )));
     }
-    let tracks = status.tracks.clone().expect("a ready stream has tracks");
     let id = session_id();
     let location = format!("/whep/{name}/{id}");
     let Answered {
@@ -149,7 +148,7 @@ pub async fn post(
         ufrag,
     } = app
         .engine
-        .accept(id, stream, offer, &tracks, status.video)
+        .accept(id, stream, offer, &status)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     app.engine.add(session);
     info!(stream = %name, wait_ms = posted.elapsed().as_millis() as u64, "WHEP session answered");

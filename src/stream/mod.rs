@@ -37,8 +37,17 @@ pub struct Status {
     pub tracks: Option<Arc<TrackSet>>,
     /// From the latest SPS.
     pub video: Option<VideoInfo>,
+    /// Audio the stream transcodes to Opus: the source codec's name.
+    pub transcoding: Option<&'static str>,
     /// Viewers can be answered: a playable track exists and, for video, its SPS is known.
     pub ready: bool,
+}
+
+impl Status {
+    /// Whether viewers get an Opus track (native or transcoded).
+    pub fn has_audio(&self) -> bool {
+        self.transcoding.is_some() || self.tracks.as_ref().is_some_and(|t| t.audio().is_some())
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +63,7 @@ impl Status {
             source: SourceState::Waiting,
             tracks: None,
             video: None,
+            transcoding: None,
             ready: false,
         }
     }
@@ -75,6 +85,9 @@ pub struct Stats {
     /// Datagrams and bytes sent to this stream's viewers.
     pub packets_sent: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Audio transcoder: frames it could not decode, and microseconds spent.
+    pub transcode_errors: AtomicU64,
+    pub transcode_us: AtomicU64,
 }
 
 pub struct Stream {
@@ -121,10 +134,7 @@ impl Stream {
     pub fn update_status(&self, f: impl FnOnce(&mut Status)) {
         self.status.send_modify(|s| {
             f(s);
-            let playable = s
-                .tracks
-                .as_ref()
-                .is_some_and(|t| t.video().is_some() || t.audio().is_some());
+            let playable = s.has_audio() || s.tracks.as_ref().is_some_and(|t| t.video().is_some());
             let video_known = s
                 .tracks
                 .as_ref()

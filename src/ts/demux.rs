@@ -2,6 +2,7 @@
 
 use super::packet::{self, Header, Pid, PACKET_SIZE, SYNC_BYTE};
 use super::pes::{Pes, PesAssembler, MAX_PES_SIZE};
+use super::psi::StreamType;
 use super::psi::{self, SectionBuf, SectionStep, TrackSet};
 
 /// What the demuxer found in its input.
@@ -140,6 +141,9 @@ pub struct Demuxer {
     pids: Vec<PidState>,
     /// Complete PSI sections of the current packet.
     sections: Vec<u8>,
+    /// Also reassemble the first AAC/MPEG-audio track of a program without Opus (for the
+    /// audio transcoder).
+    transcodable_audio: bool,
 }
 
 impl Default for Demuxer {
@@ -148,7 +152,33 @@ impl Default for Demuxer {
     }
 }
 
+/// The track the audio transcoder takes: the first AAC (ADTS/LATM) or MPEG-1/2 audio track
+/// of a program that has no Opus track.
+pub fn transcodable_audio(tracks: &TrackSet) -> Option<Pid> {
+    if tracks.audio().is_some() {
+        return None;
+    }
+    tracks
+        .tracks
+        .iter()
+        .find(|t| {
+            matches!(
+                t.stream_type,
+                StreamType::AAC_ADTS
+                    | StreamType::AAC_LATM
+                    | StreamType::MPEG1_AUDIO
+                    | StreamType::MPEG2_AUDIO
+            )
+        })
+        .map(|t| t.pid)
+}
+
 impl Demuxer {
+    /// Reassemble PES of the transcodable audio track too (see [`transcodable_audio`]).
+    pub fn set_transcodable_audio(&mut self, on: bool) {
+        self.transcodable_audio = on;
+    }
+
     pub fn new() -> Self {
         Self {
             carry: Vec::with_capacity(RESYNC_CARRY),
@@ -159,6 +189,7 @@ impl Demuxer {
             last_pmt: Vec::new(),
             pids: vec![PidState::new(Pid::PAT, Role::Pat(SectionBuf::default()))],
             sections: Vec::new(),
+            transcodable_audio: false,
         }
     }
 
@@ -466,7 +497,12 @@ impl Demuxer {
         };
         self.pids
             .retain(|s| !matches!(s.role, Role::Es(_)) || same_codec(s.pid));
-        for track in tracks.tracks.iter().filter(|t| t.codec.is_supported()) {
+        let transcoded = transcodable_audio(&tracks).filter(|_| self.transcodable_audio);
+        for track in tracks
+            .tracks
+            .iter()
+            .filter(|t| t.codec.is_supported() || Some(t.pid) == transcoded)
+        {
             if !self.pids.iter().any(|s| s.pid == track.pid) {
                 self.pids.push(PidState::new(
                     track.pid,

@@ -22,7 +22,7 @@ mod testdata;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use demux::{DemuxEvent, DemuxProblem, Demuxer};
+pub use demux::{transcodable_audio, DemuxEvent, DemuxProblem, Demuxer};
 pub use mux::{MuxConfig, MuxError, Muxer};
 pub use packet::{Pid, PACKET_SIZE, SYNC_BYTE};
 pub use pes::{Pes, MAX_PES_SIZE};

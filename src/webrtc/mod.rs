@@ -215,9 +215,13 @@ impl Engine {
         id: String,
         stream: Arc<Stream>,
         offer: Offer,
-        tracks: &crate::ts::TrackSet,
-        video: Option<crate::stream::VideoInfo>,
+        status: &crate::stream::Status,
     ) -> Result<Answered, OfferError> {
+        let tracks = status
+            .tracks
+            .as_deref()
+            .ok_or_else(|| OfferError::Rejected("the stream has no tracks yet".into()))?;
+        let video = status.video;
         let mut cfg = RtcConfig::new()
             .clear_codecs()
             .set_dtls_cert(self.dtls_cert.clone())
@@ -239,7 +243,7 @@ impl Engine {
                 }
             }
         }
-        if tracks.audio().is_some() {
+        if status.has_audio() {
             cfg = cfg.enable_opus(true, false);
         }
         let mut rtc = cfg.build(Instant::now());
