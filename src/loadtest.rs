@@ -187,6 +187,12 @@ pub struct Steady {
     /// interference from elsewhere.
     pub host_cpu_pct: Option<f64>,
     pub host_cpus: usize,
+    /// UDP datagrams the host's kernel dropped in the window because a socket's receive
+    /// buffer was full (IPv4, every socket: /proc/net/snmp RcvbufErrors). Loss with these is
+    /// a receiver (often this tool) not keeping up, not the server's doing.
+    pub udp_rcvbuf_errors: Option<u64>,
+    /// Same for full send buffers (SndbufErrors).
+    pub udp_sndbuf_errors: Option<u64>,
     /// The server's figures over the window (with `--server-pid`).
     pub server: Option<ServerSample>,
 }
@@ -244,6 +250,9 @@ impl LoadReport {
             st.host_cpu_pct.map_or("-".into(), |p| format!("{p:.0}")),
             st.host_cpus
         );
+        if let Some(n) = st.udp_rcvbuf_errors.filter(|n| *n > 0) {
+            s += &format!("host UDP receive-buffer drops in the window: {n}\n");
+        }
         if let Some(srv) = &st.server {
             s += &format!(
                 "server: CPU {:.0} %, {} µs per delivered packet, RSS {} → {} KB\n",
@@ -492,7 +501,6 @@ struct Viewer {
 /// Counters every loop publishes for the coordinator's progress and settle checks.
 #[derive(Default)]
 struct Progress {
-    started: AtomicUsize,
     connected: AtomicUsize,
     failed: AtomicUsize,
     packets: AtomicU64,
@@ -771,9 +779,7 @@ impl SetupError {
 async fn start_viewer(setup: Arc<Setup>) -> Result<NewViewer, SetupError> {
     let t0 = Instant::now();
     let deadline = t0 + setup.connect_timeout;
-    let socket = std::net::UdpSocket::bind(SocketAddr::new(setup.local_ip, 0))
-        .and_then(|s| s.set_nonblocking(true).map(|()| s))
-        .and_then(UdpSocket::from_std)
+    let socket = viewer_socket(setup.local_ip)
         .map_err(|e| SetupError::new(format!("UDP socket: {:?}", e.kind()), e))?;
     let local = socket
         .local_addr()
@@ -843,6 +849,22 @@ async fn start_viewer(setup: Arc<Setup>) -> Result<NewViewer, SetupError> {
         stats,
         deadline,
     })
+}
+
+/// Receive buffer per viewer socket: ~2 s of a 2 Mbit/s stream, so that a client briefly
+/// starved of CPU (it shares the machine with the server) does not turn that into loss.
+const VIEWER_RCVBUF: usize = 512 << 10;
+
+/// A viewer's own UDP socket on an ephemeral port.
+fn viewer_socket(ip: IpAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let addr = SocketAddr::new(ip, 0);
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    // Capped by net.core.rmem_max; best effort.
+    let _ = socket.set_recv_buffer_size(VIEWER_RCVBUF);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// A response: status, `Location`, body.
@@ -1015,6 +1037,19 @@ fn host_cpu_s() -> Option<(f64, f64)> {
     ))
 }
 
+/// The host's UDP (IPv4) RcvbufErrors and SndbufErrors counters, from /proc/net/snmp.
+fn udp_buf_errors() -> Option<(u64, u64)> {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = snmp.lines().filter(|l| l.starts_with("Udp:"));
+    let names: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let values: Vec<&str> = udp.next()?.split_whitespace().collect();
+    let get = |name: &str| -> Option<u64> {
+        let i = names.iter().position(|n| *n == name)?;
+        values.get(i)?.parse().ok()
+    };
+    Some((get("RcvbufErrors")?, get("SndbufErrors")?))
+}
+
 /// Open-file limit (soft), from /proc/self/limits.
 fn open_files_limit() -> Option<u64> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
@@ -1149,13 +1184,21 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     let mut assigned = 0usize;
     let mut next_start = Some(start);
     let mut settled_since: Option<Instant> = None;
-    type Sample = (Instant, f64, Option<(f64, u64)>, Option<(f64, f64)>);
+    type Sample = (
+        Instant,
+        f64,
+        Option<(f64, u64)>,
+        Option<(f64, f64)>,
+        Option<(u64, u64)>,
+    );
     let mut window: Option<Sample> = None;
     let mut ramp_end: Option<Instant> = None;
     let mut report_at = start + Duration::from_secs(1);
     let mut last_packets = 0u64;
     let mut logged_reasons: HashMap<String, ()> = HashMap::new();
     let tick = Duration::from_millis(50);
+    let interrupted = tokio::signal::ctrl_c();
+    tokio::pin!(interrupted);
 
     loop {
         tokio::select! {
@@ -1165,7 +1208,6 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
                     starting.spawn(start_viewer(setup.clone()));
                     started += 1;
                 }
-                progress.started.store(started, Ordering::Relaxed);
                 next_start = if started < args.viewers {
                     Some(start + ramp_step * started as u32)
                 } else {
@@ -1191,6 +1233,13 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
                 }
             },
             _ = tokio::time::sleep(tick) => {}
+            _ = &mut interrupted => {
+                // Ctrl-C: stop now, but still report and DELETE the sessions.
+                if !args.quiet {
+                    eprintln!("loadtest: interrupted");
+                }
+                break;
+            }
         }
 
         let now = Instant::now();
@@ -1217,6 +1266,10 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
                 if !settled {
                     continue;
                 }
+                if connected == 0 {
+                    // Nobody to measure (the errors say why).
+                    break;
+                }
                 let since = *settled_since.get_or_insert(now);
                 if now < since + Duration::from_secs(1) {
                     continue;
@@ -1241,9 +1294,15 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
                         args.seconds.as_secs_f64()
                     );
                 }
-                window = Some((Instant::now(), client, server, host_cpu_s()));
+                window = Some((
+                    Instant::now(),
+                    client,
+                    server,
+                    host_cpu_s(),
+                    udp_buf_errors(),
+                ));
             }
-            Some((w0, _, _, _)) => {
+            Some((w0, ..)) => {
                 if now >= w0 + args.seconds {
                     break;
                 }
@@ -1255,6 +1314,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     let w_end = Instant::now();
     let client_end = proc_cpu_s("self").unwrap_or(0.0);
     let host_end = host_cpu_s();
+    let udp_end = udp_buf_errors();
     let server_end = server_pid
         .as_deref()
         .and_then(|pid| Some((proc_cpu_s(pid)?, proc_rss_kb(pid).unwrap_or(0))));
@@ -1366,7 +1426,11 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     let received = packets.video + packets.audio;
     let steady_received = steady.packets;
     steady.host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if let Some((w0, client0, server0, host0)) = window {
+    if let Some((w0, client0, server0, host0, udp0)) = window {
+        if let (Some((rcv0, snd0)), Some((rcv1, snd1))) = (udp0, udp_end) {
+            steady.udp_rcvbuf_errors = Some(rcv1.saturating_sub(rcv0));
+            steady.udp_sndbuf_errors = Some(snd1.saturating_sub(snd0));
+        }
         let secs = (w_end - w0).as_secs_f64();
         steady.start_s = (w0 - start).as_secs_f64();
         steady.seconds = secs;

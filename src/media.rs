@@ -11,6 +11,7 @@ use tracing::{debug, info, warn};
 use crate::codec::h264::{AccessUnit, H264Assembler};
 use crate::codec::opus::{self, OpusPacket};
 use crate::codec::transcode::{SourceCodec, Transcoder};
+use crate::rtp::{H264Packetizer, OpusPacketizer, Payload};
 use crate::stream::ring::Read;
 use crate::stream::{Stream, VideoInfo};
 use crate::time::{self, ClockRate, Timeline};
@@ -37,6 +38,9 @@ pub struct Frame {
     pub wallclock: Instant,
     pub data: Arc<[u8]>,
     pub keyframe: bool,
+    /// The frame as RTP payloads, made once per stream and shared by every viewer (each only
+    /// adds its own header, SRTP and the send).
+    pub payloads: Arc<[Payload]>,
 }
 
 /// Where frames go (the WebRTC engine).
@@ -98,6 +102,9 @@ pub struct MediaState {
     transcode: bool,
     transcoder: Option<(Pid, Transcoder)>,
     last_transcoded: Option<u64>,
+    h264_rtp: H264Packetizer,
+    opus_rtp: OpusPacketizer,
+    payloads: Vec<Payload>,
 }
 
 impl Default for MediaState {
@@ -130,6 +137,9 @@ impl MediaState {
             transcode: false,
             transcoder: None,
             last_transcoded: None,
+            h264_rtp: H264Packetizer::default(),
+            opus_rtp: OpusPacketizer::new(),
+            payloads: Vec::new(),
         }
     }
 
@@ -195,6 +205,12 @@ impl MediaState {
 
     /// Number the frame, keep it for late joiners, hand it to the viewers.
     fn emit(&mut self, stream: &Arc<Stream>, sink: &dyn FrameSink, mut frame: Frame) {
+        self.payloads.clear();
+        match frame.kind {
+            Kind::Video => self.h264_rtp.packetize(&frame.data, &mut self.payloads),
+            Kind::Audio => self.opus_rtp.packetize(&frame.data, &mut self.payloads),
+        }
+        frame.payloads = Arc::from(&self.payloads[..]);
         frame.seq = self.next_seq;
         self.next_seq += 1;
         stream.gop.lock().push(&frame);
@@ -297,6 +313,7 @@ impl MediaState {
                     wallclock,
                     data: Arc::from(&f.data[..]),
                     keyframe: true,
+                    payloads: Arc::from([]),
                 },
             );
         }
@@ -356,6 +373,7 @@ impl MediaState {
                     wallclock,
                     data: Arc::from(&au.data[..]),
                     keyframe: au.keyframe,
+                    payloads: Arc::from([]),
                 },
             );
         }
@@ -398,6 +416,7 @@ impl MediaState {
                     wallclock: wallclock + Duration::from_micros(offset * 1_000 / 48),
                     data: Arc::from(p.data),
                     keyframe: true,
+                    payloads: Arc::from([]),
                 },
             );
         }

@@ -28,6 +28,11 @@ pub struct App {
 }
 
 impl App {
+    /// Whether stream `name`'s pipeline command is running (so `name` is fed by it).
+    pub fn pipeline_running(&self, name: &str) -> bool {
+        self.pipelines.lock().contains(name)
+    }
+
     /// Start the pipeline command for stream `name` once (it then runs for the stream's life).
     pub fn ensure_pipeline(&self, name: &str, input: &Arc<crate::stream::Stream>) {
         let Some(cmd) = &self.cfg.pipeline else {

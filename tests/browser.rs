@@ -135,3 +135,183 @@ async fn chromium_decodes_video_and_receives_audio() {
     assert_eq!(seen.frame_width, 640, "{seen:?}");
     assert!(seen.audio_samples > 0, "audio samples received: {seen:?}");
 }
+
+/// A headless Chromium publishing the server's own `/publish/{s}` page: what it logs as
+/// `TSBRIDGE_PUBLISH {json}` (once a second), the latest kept.
+struct PublisherPage {
+    child: tokio::process::Child,
+    latest: std::sync::Arc<std::sync::Mutex<Option<serde_json::Value>>>,
+    profile: PathBuf,
+}
+
+impl PublisherPage {
+    /// Opens `url` with a fake camera and microphone (no permission prompt).
+    fn start(browser: &PathBuf, url: &str) -> PublisherPage {
+        let profile = tempdir();
+        let mut child = Command::new(browser)
+            .args([
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-quic",
+                "--no-first-run",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--use-fake-device-for-media-stream",
+                "--use-fake-ui-for-media-stream",
+                "--autoplay-policy=no-user-gesture-required",
+                "--enable-logging=stderr",
+                "--log-level=0",
+                "--remote-debugging-port=0",
+            ])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg(url)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start chromium (publisher)");
+        let latest = std::sync::Arc::new(std::sync::Mutex::new(None));
+        let mut lines = BufReader::new(child.stderr.take().expect("piped stderr")).lines();
+        let seen = std::sync::Arc::clone(&latest);
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                if line.contains("tsbridge:") {
+                    // The page's own error report (e.g. a refused WHIP offer).
+                    eprintln!("[publisher page] {line}");
+                }
+                let Some(at) = line.find("TSBRIDGE_PUBLISH ") else {
+                    continue;
+                };
+                let json = &line[at + "TSBRIDGE_PUBLISH ".len()..];
+                let json = json.split("\", source").next().unwrap_or(json);
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(json) {
+                    *seen.lock().unwrap() = Some(v);
+                }
+            }
+        });
+        PublisherPage {
+            child,
+            latest,
+            profile,
+        }
+    }
+
+    fn latest(&self) -> serde_json::Value {
+        self.latest.lock().unwrap().clone().unwrap_or_default()
+    }
+
+    /// Waits until the page reports `pred`, or `timeout`; returns the last report.
+    async fn wait(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if pred(&self.latest()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.latest()
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        let _ = std::fs::remove_dir_all(&self.profile);
+    }
+}
+
+/// Chromium publishes its (fake) camera and microphone with WHIP from `/publish/{s}` (H.264 by
+/// OpenH264, Opus); a second Chromium plays `/play/{s}` and decodes frames and audio samples.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_publishes_with_whip_and_chromium_plays_it() {
+    let Some(browser) = chromium() else {
+        if std::env::var_os("TSBRIDGE_REQUIRE_BROWSER").is_some() {
+            panic!("Chromium is required (TSBRIDGE_REQUIRE_BROWSER is set) but was not found");
+        }
+        eprintln!(
+            "\n*** SKIPPED chromium_publishes_with_whip_and_chromium_plays_it: no Chromium found ***"
+        );
+        eprintln!(
+            "*** install it (apt-get install chromium) or set CHROMIUM=/path/to/chrome ***\n"
+        );
+        return;
+    };
+    let server = Server::start(ServeArgs::loopback())
+        .await
+        .expect("server starts");
+    let base = format!("http://{}", server.http_addr);
+    let publisher = PublisherPage::start(&browser, &format!("{base}/publish/cam?stats=1"));
+    let sent = |v: &serde_json::Value, kind: &str| v[kind]["packetsSent"].as_u64().unwrap_or(0);
+    let report = publisher
+        .wait(Duration::from_secs(30), |v| {
+            v["state"] == "connected" && sent(v, "video") > 0 && sent(v, "audio") > 0
+        })
+        .await;
+    eprintln!("chromium publisher: {report}");
+    assert_eq!(report["state"], "connected", "publisher page: {report}");
+    assert!(sent(&report, "video") > 0, "{report}");
+    assert!(sent(&report, "audio") > 0, "{report}");
+
+    let seen = watch_page(
+        &browser,
+        &format!("{base}/play/cam?stats=1"),
+        Duration::from_secs(45),
+        |s| s.frames_decoded >= 60 && s.audio_samples > 0,
+    )
+    .await;
+    eprintln!("chromium player saw: {seen:?}");
+    let stream: serde_json::Value = {
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            http_get_body(&format!("{}/streams/cam", server.http_addr)),
+        )
+        .await
+        .expect("GET /streams/cam in time");
+        serde_json::from_str(&r).expect("JSON")
+    };
+    eprintln!("stream: {stream}");
+    let report = publisher.latest();
+    publisher.stop().await;
+
+    assert!(seen.frames_decoded >= 60, "video frames decoded: {seen:?}");
+    assert!(seen.frame_width > 0, "{seen:?}");
+    assert!(seen.audio_samples > 0, "audio samples received: {seen:?}");
+    assert!(
+        report["video"]["framesEncoded"].as_u64().unwrap_or(0) >= 60,
+        "{report}"
+    );
+    let tracks = stream["tracks"].as_array().cloned().unwrap_or_default();
+    assert!(
+        tracks.iter().any(|t| t["codec"] == "H.264"),
+        "the published video is H.264: {stream}"
+    );
+    assert!(
+        tracks.iter().any(|t| t["codec"] == "Opus"),
+        "the published audio is Opus: {stream}"
+    );
+}
+
+/// `GET http://{authority}{path}` over a plain TCP connection (HTTP/1.0, read to EOF); the body.
+async fn http_get_body(authority_path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (authority, path) = authority_path
+        .split_once('/')
+        .map(|(a, p)| (a.to_owned(), format!("/{p}")))
+        .expect("authority/path");
+    let mut s = tokio::net::TcpStream::connect(&authority)
+        .await
+        .expect("connect");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n").as_bytes())
+        .await
+        .expect("write");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await.expect("read");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}

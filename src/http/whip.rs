@@ -48,8 +48,12 @@ pub async fn post(
         Some(_) => crate::pipeline::input_name(&name),
         None => name.clone(),
     };
+    // With a pipeline, the output name must not be fed by something else either.
+    let output_taken = app.cfg.pipeline.is_some()
+        && !app.pipeline_running(&name)
+        && app.registry.get(&name).is_some_and(|s| s.has_source());
     let stream = app.registry.get_or_create(&input_name);
-    if stream.has_source() {
+    if stream.has_source() || output_taken {
         return Err(ApiError::Conflict(format!(
             "stream {name:?} already has a publisher (or another source); DELETE that session \
              first, or publish under another name"

@@ -82,6 +82,7 @@ mod tests {
             wallclock: Instant::now(),
             data: Arc::from(vec![0u8; len]),
             keyframe,
+            payloads: Arc::from([]),
         }
     }
 

@@ -225,6 +225,7 @@ impl Engine {
         let mut cfg = RtcConfig::new()
             .clear_codecs()
             .set_dtls_cert(self.dtls_cert.clone())
+            .set_rtp_mode(true)
             .set_stats_interval(Some(Duration::from_secs(1)));
         if tracks.video().is_some() {
             cfg = cfg.enable_h264(true);
@@ -619,6 +620,9 @@ impl EventLoop {
             if s.next_timeout <= now {
                 s.handle_input(Input::Timeout(now));
                 s.poll(&self.socket);
+                if s.has_queue() {
+                    s.drain_queue(&self.socket);
+                }
             }
             if let Some(why) = s.end_reason(now) {
                 dead.push((s.id.clone(), why));

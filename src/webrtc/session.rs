@@ -5,8 +5,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use str0m::format::Codec as RtcCodec;
-use str0m::media::{Frequency, KeyframeRequestKind, MediaKind, MediaTime, Mid, Pt};
+use str0m::format::{Codec as RtcCodec, PayloadParams};
+use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
+use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
@@ -44,18 +45,29 @@ pub(super) struct Session {
     /// Cumulative (NACK, PLI, FIR) counts str0m last reported per mid.
     feedback: Vec<(Mid, [u64; 3])>,
     first_frame_sent: bool,
+    /// Next RTP sequence number per kind (video, audio); random start below 2^15.
+    seq: [u64; 2],
+    /// Frames waiting to be sent: the GOP backlog, then live frames behind it.
+    queued: std::collections::VecDeque<Frame>,
+    /// When the peer last sent anything (STUN, DTLS, RTP, RTCP).
+    last_received: Instant,
 }
+
+/// The GOP backlog goes out at most this many bytes per tick (8 MB/s: a 5 s GOP of a
+/// 2 Mbit/s stream in about 160 ms).
+const BACKLOG_BYTES_PER_TICK: usize = 16 << 10;
+const BACKLOG_TICK: Duration = Duration::from_millis(2);
 
 /// Keyframe requests to a publisher are sent at most this often.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Session {
     pub fn new(n: NewSession, ice_timeout: Duration, metrics: Arc<Metrics>) -> Self {
-        n.stream.stats.viewers.fetch_add(1, Ordering::Relaxed);
-        n.stream
-            .stats
-            .sessions_total
-            .fetch_add(1, Ordering::Relaxed);
+        if n.ingest.is_none() {
+            let st = &n.stream.stats;
+            st.viewers.fetch_add(1, Ordering::Relaxed);
+            st.sessions_total.fetch_add(1, Ordering::Relaxed);
+        }
         Session {
             id: n.id,
             stream: n.stream,
@@ -77,6 +89,12 @@ impl Session {
             metrics,
             feedback: Vec::new(),
             first_frame_sent: false,
+            seq: [
+                u64::from(rand::random::<u16>() >> 1),
+                u64::from(rand::random::<u16>() >> 1),
+            ],
+            queued: Default::default(),
+            last_received: Instant::now(),
         }
     }
 
@@ -122,6 +140,9 @@ impl Session {
     }
 
     pub fn handle_input(&mut self, input: Input) {
+        if let Input::Receive(at, _) = &input {
+            self.last_received = *at;
+        }
         if let Err(e) = self.rtc.handle_input(input) {
             debug!(error = %e, "session input");
             self.rtc.disconnect();
@@ -150,7 +171,11 @@ impl Session {
                     }
                 }
                 Ok(Output::Timeout(t)) => {
-                    self.next_timeout = t;
+                    self.next_timeout = if self.queued.is_empty() {
+                        t
+                    } else {
+                        t.min(Instant::now() + BACKLOG_TICK)
+                    };
                     if self.backlog_due {
                         self.backlog_due = false;
                         self.send_backlog(socket);
@@ -235,6 +260,11 @@ impl Session {
         if !self.connected && now.duration_since(self.created) > self.ice_timeout {
             return Some("ICE/DTLS setup timed out");
         }
+        // A live peer sends RTCP or consent checks every few seconds: silence for longer than
+        // the ICE timeout means it is gone (str0m's own ICE verdict takes ~20 s longer).
+        if self.connected && now.duration_since(self.last_received) > self.ice_timeout {
+            return Some("ICE timeout (peer silent)");
+        }
         if self
             .disconnected_since
             .is_some_and(|t| now.duration_since(t) > self.ice_timeout)
@@ -253,27 +283,60 @@ impl Session {
         let Some(last) = backlog.last() else { return };
         let (live_time, live_clock) = (last.rtp_time, last.wallclock);
         let n = backlog.len() as u64;
-        for (i, f) in backlog.iter().enumerate() {
-            let behind = n - 1 - i as u64;
-            let squeezed = Frame {
-                rtp_time: live_time - behind,
-                wallclock: live_clock - Duration::from_nanos(behind * 11_111),
-                ..f.clone()
-            };
-            self.write_frame(&squeezed);
-            // str0m queues at most 512 payloads between polls.
-            self.poll(socket);
-        }
-        debug!(stream = %self.stream.name, frames = n, "GOP backlog sent");
+        self.queued = backlog
+            .into_iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let behind = n - 1 - i as u64;
+                Frame {
+                    rtp_time: live_time - behind,
+                    wallclock: live_clock - Duration::from_nanos(behind * 11_111),
+                    ..f
+                }
+            })
+            .collect();
+        debug!(stream = %self.stream.name, frames = n, "sending the GOP backlog");
+        self.drain_queue(socket);
     }
 
+    /// Write queued frames (the backlog, then live frames that came meanwhile) up to a byte
+    /// budget per tick: fast enough that the backlog takes tens of milliseconds, paced enough
+    /// that neither our socket buffer nor the viewer's overflows.
+    pub fn drain_queue(&mut self, socket: &UdpSocket) {
+        let mut budget = BACKLOG_BYTES_PER_TICK;
+        while budget > 0 {
+            let Some(f) = self.queued.pop_front() else {
+                return;
+            };
+            budget = budget.saturating_sub(f.data.len());
+            self.write_now(&f);
+            self.poll(socket);
+        }
+        if !self.queued.is_empty() {
+            self.next_timeout = self.next_timeout.min(Instant::now() + BACKLOG_TICK);
+        }
+    }
+
+    pub fn has_queue(&self) -> bool {
+        !self.queued.is_empty()
+    }
+
+    /// A frame from the stream: sent now, or after what is still queued.
     pub fn write_frame(&mut self, f: &Frame) {
+        if self.queued.is_empty() {
+            self.write_now(f);
+        } else if self.connected {
+            self.queued.push_back(f.clone());
+        }
+    }
+
+    fn write_now(&mut self, f: &Frame) {
         if !self.connected || self.last_seq.is_some_and(|s| f.seq <= s) {
             return;
         }
-        let (slot, freq) = match f.kind {
-            Kind::Video => (&mut self.video, Frequency::NINETY_KHZ),
-            Kind::Audio => (&mut self.audio, Frequency::FORTY_EIGHT_KHZ),
+        let slot = match f.kind {
+            Kind::Video => &mut self.video,
+            Kind::Audio => &mut self.audio,
         };
         let Some((mid, pt)) = slot else { return };
         let mid = *mid;
@@ -283,32 +346,42 @@ impl Session {
             }
             self.video_started = true;
         }
-        let Some(writer) = self.rtc.writer(mid) else {
-            return;
-        };
         let pt = match pt {
             Some(pt) => *pt,
             None => {
                 let profile = self.stream.status().video.map(|v| v.profile_level_id);
-                let Some(chosen) = choose_pt(&writer, f.kind, profile) else {
+                let offered = self.rtc.media(mid).map(|m| m.remote_pts().to_vec());
+                let offered = offered.unwrap_or_default();
+                let params = self
+                    .rtc
+                    .codec_config()
+                    .params()
+                    .iter()
+                    .filter(|p| offered.contains(&p.pt()));
+                let Some(chosen) = choose_pt(params, f.kind, profile) else {
                     return;
                 };
                 *pt = Some(chosen);
                 chosen
             }
         };
-        let time = MediaTime::new(f.rtp_time, freq);
-        if let Err(e) = writer.write(pt, f.wallclock, time, f.data.clone()) {
-            // This viewer cannot take more now: drop it back to the next keyframe rather
-            // than feed its decoder a broken reference chain.
-            debug!(error = %e, "write frame; viewer skips to the next keyframe");
-            if f.kind == Kind::Video {
-                self.video_started = false;
-                self.metrics
-                    .slow_viewer_skips
-                    .fetch_add(1, Ordering::Relaxed);
-            }
+        // RTP mode: the stream packetized the frame once; this viewer adds its header (SSRC,
+        // sequence number, timestamp), and str0m the SRTP and its NACK/RTX history.
+        let mut api = self.rtc.direct_api();
+        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             return;
+        };
+        let seq = match f.kind {
+            Kind::Video => &mut self.seq[0],
+            Kind::Audio => &mut self.seq[1],
+        };
+        let time = f.rtp_time as u32; // wraps like the 64-bit timeline: see time.rs
+        for p in f.payloads.iter() {
+            let write = RtpWrite::new(pt, (*seq).into(), time, f.wallclock, p.data.clone())
+                .marker(p.marker)
+                .nackable(f.kind == Kind::Video);
+            tx.write_rtp(write);
+            *seq += 1;
         }
         self.last_seq = Some(f.seq);
         if f.kind == Kind::Video && !self.first_frame_sent {
@@ -364,8 +437,8 @@ impl Session {
 /// stream's SPS: the same profile if the viewer took it, else the closest it decodes (any H.264
 /// decoder in a browser decodes High even when it negotiated Baseline/Main, so a High source
 /// still plays where only those were offered).
-fn choose_pt(
-    writer: &str0m::media::Writer<'_>,
+fn choose_pt<'a>(
+    params: impl Iterator<Item = &'a PayloadParams>,
     kind: Kind,
     profile: Option<ProfileLevelId>,
 ) -> Option<Pt> {
@@ -373,8 +446,7 @@ fn choose_pt(
         Kind::Video => RtcCodec::H264,
         Kind::Audio => RtcCodec::Opus,
     };
-    writer
-        .payload_params()
+    params
         .filter(|p| p.spec().codec == want)
         .max_by_key(|p| {
             let fmt = p.spec().format;

@@ -7,6 +7,8 @@
 //! - [`runtime`]: the Tokio runtime for webrtc-rs with a fix for its SRTP-key race (the first
 //!   RTP packets after the DTLS handshake were dropped).
 //! - [`server`]: start the `tsbridge` binary on ephemeral loopback ports, killed on drop.
+//! - [`whip`]: a WHIP publisher on the same stack: a testdata TS file demuxed by tsbridge's own
+//!   demuxer, sent in real time (looping), keyframe requests counted.
 //! - [`h264`]: an RFC 6184 depacketizer that reports what a sender did (NAL types, marker
 //!   placement, gaps).
 //!
@@ -18,6 +20,7 @@ pub mod http;
 pub mod runtime;
 pub mod server;
 pub mod whep;
+pub mod whip;
 
 pub use h264::{h264_access_units, sps_profile_level_id, Au};
 pub use http::{request, HttpResponse};
@@ -25,6 +28,7 @@ pub use server::TsbridgeProcess;
 pub use whep::{
     offer_sdp, sdp_codecs, whep_receive, SdpCodec, StopWhen, WhepOptions, WhepResult, WhepSession,
 };
+pub use whip::{whip_offer_sdp, whip_publish, FileMedia, OfferCodec, WhipOptions, WhipPublisher};
 
 use std::time::Instant;
 

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
 };
@@ -174,6 +175,8 @@ struct Shared {
     collected: Mutex<Collected>,
     changed: Notify,
     gathered: watch::Sender<bool>,
+    /// The remote video track, once it has started (to send it RTCP such as a PLI).
+    video_track: Mutex<Option<Arc<dyn TrackRemote>>>,
 }
 
 impl Shared {
@@ -182,6 +185,7 @@ impl Shared {
             collected: Mutex::new(Collected::default()),
             changed: Notify::new(),
             gathered: watch::Sender::new(false),
+            video_track: Mutex::new(None),
         })
     }
 
@@ -258,6 +262,9 @@ impl PeerConnectionEventHandler for Handler {
 async fn read_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
     let kind = track.kind().await;
     let is_video = kind == RtpCodecKind::Video;
+    if is_video {
+        *shared.video_track.lock().unwrap() = Some(Arc::clone(&track));
+    }
     let mut codec_known = false;
     while let Some(evt) = track.poll().await {
         match evt {
@@ -561,6 +568,31 @@ impl WhepSession {
                 return pred(&self.shared.collected.lock().unwrap());
             }
         }
+    }
+
+    /// Sends a PLI (RFC 4585 picture loss indication) for the received video, as a decoder that
+    /// lost its reference would. Fails when no video has arrived yet.
+    pub async fn send_pli(&self) -> Result<(), String> {
+        let track = self
+            .shared
+            .video_track
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or("no video track yet")?;
+        let media_ssrc = *track
+            .ssrcs()
+            .await
+            .first()
+            .ok_or("video track has no SSRC")?;
+        let pli = PictureLossIndication {
+            sender_ssrc: 0,
+            media_ssrc,
+        };
+        track
+            .write_rtcp(vec![Box::new(pli)])
+            .await
+            .map_err(|e| format!("write PLI: {e}"))
     }
 
     /// Waits for `Connected`; returns when it was reached.
