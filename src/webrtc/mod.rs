@@ -583,15 +583,27 @@ impl EventLoop {
                 contents,
             },
         );
-        let id = match self.by_addr.get(&source) {
-            Some(id) if self.sessions.get(id).is_some_and(|s| s.rtc.accepts(&input)) => id.clone(),
-            _ => {
-                let Some(s) = self.sessions.values().find(|s| s.rtc.accepts(&input)) else {
-                    return;
-                };
-                self.by_addr.insert(source, s.id.clone());
-                s.id.clone()
-            }
+        // The session this address belongs to; a STUN check with another session's ufrag moves
+        // the address. DTLS from a known address goes to its session even before str0m's own
+        // ICE check has nominated the pair (else the first ClientHello is lost: +1 s start-up).
+        let mapped = self
+            .by_addr
+            .get(&source)
+            .filter(|id| self.sessions.contains_key(*id))
+            .cloned();
+        let id = match mapped {
+            Some(id) if self.sessions[&id].rtc.accepts(&input) => id,
+            mapped => match self.sessions.values().find(|s| s.rtc.accepts(&input)) {
+                Some(s) => {
+                    let id = s.id.clone();
+                    self.by_addr.insert(source, id.clone());
+                    id
+                }
+                None => match mapped {
+                    Some(id) => id,
+                    None => return,
+                },
+            },
         };
         if let Some(s) = self.sessions.get_mut(&id) {
             s.handle_input(input);
