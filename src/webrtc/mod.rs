@@ -248,20 +248,7 @@ impl Engine {
             cfg = cfg.enable_opus(true, false);
         }
         let mut rtc = cfg.build(Instant::now());
-        for addr in self.candidates.iter() {
-            if let Ok(c) = Candidate::host(*addr, "udp") {
-                rtc.add_local_candidate(c);
-            }
-        }
-        // The offer is network input: a panic inside the WebRTC stack must not take the
-        // server's task down with it.
-        let accepted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rtc.sdp_api().accept_offer(offer.sdp)
-        }))
-        .map_err(|_| OfferError::Rejected("the WebRTC stack could not process it".into()))?;
-        let answer = accepted
-            .map_err(|e| OfferError::Rejected(e.to_string()))?
-            .to_sdp_string();
+        let answer = self.answer(&mut rtc, offer.sdp)?;
         if !answer.lines().any(|l| l.trim() == "a=sendonly") {
             let has: Vec<&str> = tracks.tracks.iter().map(|t| t.codec_name()).collect();
             return Err(OfferError::NoCommonMedia {
@@ -282,6 +269,24 @@ impl Engine {
         })
     }
 
+    /// Our host candidates, then the answer to `offer`.
+    fn answer(&self, rtc: &mut Rtc, offer: SdpOffer) -> Result<String, OfferError> {
+        for addr in self.candidates.iter() {
+            if let Ok(c) = Candidate::host(*addr, "udp") {
+                rtc.add_local_candidate(c);
+            }
+        }
+        // The offer is network input: a panic inside the WebRTC stack must not take the
+        // server's task down with it.
+        let accepted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rtc.sdp_api().accept_offer(offer)
+        }))
+        .map_err(|_| OfferError::Rejected("the WebRTC stack could not process it".into()))?;
+        Ok(accepted
+            .map_err(|e| OfferError::Rejected(e.to_string()))?
+            .to_sdp_string())
+    }
+
     /// Answer a WHIP publisher's offer: receive H.264 (any profile it offers,
     /// packetization-mode 1) and Opus, muxed into TS through `guard`.
     pub fn accept_publisher(
@@ -298,18 +303,7 @@ impl Engine {
             .enable_h264(true)
             .enable_opus(true, false)
             .build(Instant::now());
-        for addr in self.candidates.iter() {
-            if let Ok(c) = Candidate::host(*addr, "udp") {
-                rtc.add_local_candidate(c);
-            }
-        }
-        let accepted = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            rtc.sdp_api().accept_offer(offer.sdp)
-        }))
-        .map_err(|_| OfferError::Rejected("the WebRTC stack could not process it".into()))?;
-        let answer = accepted
-            .map_err(|e| OfferError::Rejected(e.to_string()))?
-            .to_sdp_string();
+        let answer = self.answer(&mut rtc, offer.sdp)?;
         let receives = |kind: &str| sdp_media_receives(&answer, kind);
         let (video, audio) = (receives("video"), receives("audio"));
         if !video && !audio {
