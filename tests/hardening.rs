@@ -319,3 +319,59 @@ async fn session_churn_leaves_nothing_behind() {
     eprintln!("RSS after 100 sessions: {warm} kB; after 300: +{grown} kB");
     assert!(grown < 20_000, "RSS grew by {grown} kB over 200 sessions");
 }
+
+/// A PMT change mid-stream (the audio track vanishes, the video changes profile): the viewer
+/// keeps receiving video, gets the new SPS/PPS before the new IDR, and the API shows the new
+/// track set.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pmt_change_keeps_viewers_and_updates_tracks() {
+    let s = Server::start(ServeArgs::loopback()).await.unwrap();
+    let mut joined = std::fs::read(common::testdata("h264_opus.ts")).unwrap();
+    joined.extend(std::fs::read(common::testdata("h264_only.ts")).unwrap());
+    let path = std::env::temp_dir().join(format!("tsbridge-pmt-{}.ts", std::process::id()));
+    std::fs::write(&path, &joined).unwrap();
+    let ingest = url(&s, "/ingest/pmt");
+    let p2 = path.clone();
+    let pusher =
+        tokio::spawn(async move { tsbridge::ingest::replay::push(&p2, &ingest, false).await });
+    let viewer = common::WhepSession::start(&url(&s, "/whep/pmt"), &WhepOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(viewer.status, 201);
+    let baseline_sps = |c: &common::whep::Collected| {
+        common::h264_access_units(&c.video)
+            .iter()
+            .filter_map(|a| a.sps().and_then(common::sps_profile_level_id))
+            .any(|p| p.starts_with("42"))
+    };
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(15), baseline_sps)
+            .await,
+        "the second program's SPS reached the viewer"
+    );
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(5), |c| c.video.len() > 600)
+            .await
+    );
+    pusher.await.unwrap().unwrap();
+    let _ = std::fs::remove_file(&path);
+    let aus = common::h264_access_units(&viewer.collected().video);
+    for w in aus.windows(2) {
+        assert!(
+            w[1].ts.wrapping_sub(w[0].ts) < 90_000 * 2,
+            "RTP time moves forward"
+        );
+    }
+    let j: serde_json::Value = serde_json::from_slice(
+        &request("GET", &url(&s, "/streams/pmt"), &[], b"")
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    let tracks = j["tracks"].as_array().unwrap();
+    assert_eq!(tracks.len(), 1, "the new PMT has video only: {j}");
+    assert_eq!(tracks[0]["profile_level_id"], "42c01e");
+}
