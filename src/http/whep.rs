@@ -110,14 +110,8 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    check_name(&name)?;
-    authorize(&app, &headers, Role::View)?;
-    require_content_type(&headers, SDP)?;
-    let sdp = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::BadRequest("SDP offer is not UTF-8".into()))?;
     // Fail fast on a bad offer, before waiting for the stream.
-    let offer = Offer::parse(sdp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    check_session_limit(&app)?;
+    let (offer, _) = read_offer(&app, &name, &headers, &body, Role::View)?;
 
     let posted = Instant::now();
     let stream = app.registry.get_or_create(&name);
@@ -177,6 +171,24 @@ pub(super) fn header_value(s: &str) -> HeaderValue {
 pub(super) fn session_id() -> String {
     let v: u128 = rand::random();
     format!("{v:032x}")
+}
+
+/// The checks every WHEP/WHIP POST starts with, then its parsed offer (and the SDP text).
+pub(super) fn read_offer<'a>(
+    app: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+    body: &'a [u8],
+    role: Role,
+) -> Result<(Offer, &'a str), ApiError> {
+    check_name(name)?;
+    authorize(app, headers, role)?;
+    require_content_type(headers, SDP)?;
+    let sdp = std::str::from_utf8(body)
+        .map_err(|_| ApiError::BadRequest("SDP offer is not UTF-8".into()))?;
+    let offer = Offer::parse(sdp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    check_session_limit(app)?;
+    Ok((offer, sdp))
 }
 
 /// 503 when the server holds as many sessions as `--max-sessions` allows.

@@ -8,11 +8,9 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::info;
 
-use super::whep::{
-    check_session_limit, delete_session, header_value, patch_session, session_id, SDP,
-};
-use super::{authorize, check_name, require_content_type, ApiError, AppState, Role};
-use crate::webrtc::{Answered, Offer, OfferError};
+use super::whep::{delete_session, header_value, patch_session, read_offer, session_id, SDP};
+use super::{authorize, ApiError, AppState, Role};
+use crate::webrtc::{Answered, OfferError};
 
 pub async fn options() -> Response {
     (
@@ -36,14 +34,7 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    check_name(&name)?;
-    authorize(&app, &headers, Role::Publish)?;
-    require_content_type(&headers, SDP)?;
-    let sdp = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::BadRequest("SDP offer is not UTF-8".into()))?;
-    let offer = Offer::parse(sdp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-
-    check_session_limit(&app)?;
+    let (offer, sdp) = read_offer(&app, &name, &headers, &body, Role::Publish)?;
     let input_name = match app.cfg.pipeline {
         Some(_) => crate::pipeline::input_name(&name),
         None => name.clone(),
