@@ -280,8 +280,10 @@ async fn chromium_publishes_with_whip_and_chromium_plays_it() {
     assert!(seen.frames_decoded >= 60, "video frames decoded: {seen:?}");
     assert!(seen.frame_width > 0, "{seen:?}");
     assert!(seen.audio_samples > 0, "audio samples received: {seen:?}");
+    // The publisher's stats line comes once a second and the player may already be done
+    // (the GOP backlog gets it 60 frames at once): only check that it is encoding.
     assert!(
-        report["video"]["framesEncoded"].as_u64().unwrap_or(0) >= 60,
+        report["video"]["framesEncoded"].as_u64().unwrap_or(0) > 0,
         "{report}"
     );
     let tracks = stream["tracks"].as_array().cloned().unwrap_or_default();
