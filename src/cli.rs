@@ -1,6 +1,15 @@
 //! `tsbridge serve`: start, print where to look, run until Ctrl-C / SIGTERM.
 
 use crate::config::ServeArgs;
+
+/// `println!` that ignores a closed stdout (`tsbridge serve | head`, a parent that stopped
+/// reading): the server must not panic over its banner.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
 use crate::server::Server;
 
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
@@ -19,13 +28,13 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         a if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
         a => format!("http://{a}"),
     };
-    println!("tsbridge is running: dashboard {base}/");
+    say!("tsbridge is running: dashboard {base}/");
     for n in &names {
-        println!("  stream {n}: player {base}/play/{n}   WHEP {base}/whep/{n}");
+        say!("  stream {n}: player {base}/play/{n}   WHEP {base}/whep/{n}");
     }
-    println!("  push TS:  ffmpeg -re -i INPUT -c copy -f mpegts -method PUT {base}/ingest/NAME");
+    say!("  push TS:  ffmpeg -re -i INPUT -c copy -f mpegts -method PUT {base}/ingest/NAME");
     shutdown_signal().await;
-    println!("tsbridge: shutting down");
+    say!("tsbridge: shutting down");
     // Say goodbye to every peer (DTLS close); pipeline commands are killed and reaped when
     // the runtime drops their tasks. Bounded: exit within a few seconds whatever happens.
     let _ = tokio::time::timeout(

@@ -102,6 +102,9 @@ pub struct MediaState {
     transcode: bool,
     transcoder: Option<(Pid, Transcoder)>,
     last_transcoded: Option<u64>,
+    /// The latest SPS's details as published in the stream status (compared per PES without
+    /// cloning the status).
+    video_info: Option<VideoInfo>,
     h264_rtp: H264Packetizer,
     opus_rtp: OpusPacketizer,
     payloads: Vec<Payload>,
@@ -137,6 +140,7 @@ impl MediaState {
             transcode: false,
             transcoder: None,
             last_transcoded: None,
+            video_info: None,
             h264_rtp: H264Packetizer::default(),
             opus_rtp: OpusPacketizer::new(),
             payloads: Vec::new(),
@@ -348,7 +352,8 @@ impl MediaState {
                 width: sps.width,
                 height: sps.height,
             };
-            if stream.status().video != Some(info) {
+            if self.video_info != Some(info) {
+                self.video_info = Some(info);
                 info!(stream = %stream.name, profile_level_id = %info.profile_level_id,
                     width = info.width, height = info.height, "video");
                 stream.update_status(|s| s.video = Some(info));

@@ -2,11 +2,9 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::{request, WhepOptions};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tsbridge::config::{Named, ServeArgs};
 use tsbridge::server::Server;
 
@@ -133,35 +131,14 @@ async fn session_limits_answer_503_with_retry_after() {
 /// SIGTERM: the binary ends its sessions and exits 0 within 5 s.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_exits_cleanly_and_quickly() {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tsbridge"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ice-udp",
-            "127.0.0.1:0",
-            "--replay",
-        ])
-        .arg(format!(
-            "cam={}",
-            common::testdata("h264_opus.ts").display()
-        ))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the server prints its URL");
-        if let Some(at) = line.find("http://") {
-            break line[at..].trim_end_matches('/').to_string();
-        }
-    };
+    let (mut child, base) = common::server::serve_async(
+        &[
+            "--replay".into(),
+            format!("cam={}", common::testdata("h264_opus.ts").display()),
+        ],
+        false,
+    )
+    .await;
     let viewer = common::WhepSession::start(&format!("{base}/whep/cam"), &WhepOptions::default())
         .await
         .unwrap();

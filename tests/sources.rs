@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use common::{h264_access_units, request, whep_receive, StopWhen, WhepOptions};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tsbridge::config::{Named, ServeArgs};
 use tsbridge::ingest::replay::Replayer;
 use tsbridge::server::Server;
@@ -65,33 +64,8 @@ async fn udp_source_plays() {
 /// The binary, as a user runs it: `serve --stdin NAME` with TS piped in.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdin_source_plays_in_the_real_binary() {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tsbridge"))
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--ice-udp",
-            "127.0.0.1:0",
-            "--stdin",
-            "pipe",
-        ])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let base = loop {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("the server prints its URL");
-        if let Some(at) = line.find("http://") {
-            break line[at..].trim_end_matches('/').to_string();
-        }
-    };
+    let (mut child, base) =
+        common::server::serve_async(&["--stdin".into(), "pipe".into()], true).await;
     let stdin = std::sync::Arc::new(tokio::sync::Mutex::new(child.stdin.take().unwrap()));
     let feeder = tokio::spawn(async move {
         let r = Replayer::open(&common::testdata("h264_opus.ts"), true).unwrap();

@@ -96,3 +96,36 @@ impl Drop for TsbridgeProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Start `tsbridge serve` on 127.0.0.1 ephemeral ports with `extra` arguments, as a tokio child
+/// (stdin piped when asked, killed on drop); returns it and the base URL it printed.
+#[allow(dead_code)] // not every test binary uses it
+pub async fn serve_async(extra: &[String], stdin: bool) -> (tokio::process::Child, String) {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_tsbridge"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--ice-udp",
+            "127.0.0.1:0",
+        ])
+        .args(extra)
+        .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start tsbridge");
+    let mut lines = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
+    loop {
+        let line = lines
+            .next_line()
+            .await
+            .expect("read the server's stdout")
+            .expect("the server prints its URL");
+        if let Some(at) = line.find("http://") {
+            return (child, line[at..].trim_end_matches('/').to_string());
+        }
+    }
+}
