@@ -172,6 +172,11 @@ pub struct ServeArgs {
     /// ICE/DTLS setup deadline and disconnect timeout for WebRTC sessions, in seconds.
     #[arg(long, env = "TSBRIDGE_ICE_TIMEOUT", default_value = "15", value_parser = parse_secs)]
     pub ice_timeout: Duration,
+
+    /// Media threads: each has its own socket on the --ice-udp port (SO_REUSEPORT) and its
+    /// share of the WebRTC sessions. 0: one per CPU core.
+    #[arg(long, env = "TSBRIDGE_MEDIA_THREADS", default_value_t = 0)]
+    pub media_threads: usize,
 }
 
 impl ServeArgs {
@@ -198,6 +203,7 @@ impl ServeArgs {
             ring_bytes: 8 << 20,
             max_body: 64 << 10,
             ice_timeout: Duration::from_secs(15),
+            media_threads: 0,
         }
     }
 }

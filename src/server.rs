@@ -70,7 +70,13 @@ impl Server {
                 value: demo_file(),
             });
         }
-        let engine = Engine::start(cfg.ice_udp, &cfg.ice_hosts, cfg.ice_timeout).await?;
+        let engine = Engine::start(
+            cfg.ice_udp,
+            &cfg.ice_hosts,
+            cfg.ice_timeout,
+            cfg.media_threads,
+        )
+        .await?;
         let sink: Arc<dyn FrameSink> = Arc::new(engine.clone());
         let transcode = cfg.audio_transcode == crate::config::AudioTranscode::Auto;
         let registry = Arc::new(Registry::new(cfg.ring_bytes, move |stream| {

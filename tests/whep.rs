@@ -524,3 +524,33 @@ async fn late_joiner_starts_at_cached_idr_without_waiting_for_the_next() {
     // Audio is live: it starts right away too.
     assert!(r.first_audio_at().unwrap().duration_since(connected) < Duration::from_millis(500));
 }
+
+/// With several media threads, sessions are spread over them and every viewer plays: datagrams
+/// that the kernel hands to another thread's socket reach their session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewers_spread_over_media_threads_all_play() {
+    let s = serve(&[("cam", "h264_opus.ts")], |a| a.media_threads = 4).await;
+    assert_eq!(s.app.engine.threads(), 4);
+    let viewers: Vec<_> = (0..6)
+        .map(|_| {
+            let u = url(&s, "/whep/cam");
+            tokio::spawn(async move {
+                let opts = WhepOptions {
+                    seconds: 2.5,
+                    ..Default::default()
+                };
+                whep_receive(&u, opts).await.expect("WHEP")
+            })
+        })
+        .collect();
+    for v in viewers {
+        let r = v.await.unwrap();
+        assert_eq!(r.status, 201, "{:?}", r.error_body);
+        let aus = h264_access_units(&r.video);
+        assert!(aus.len() >= 30, "only {} access units", aus.len());
+        assert!(aus[0].is_keyframe(), "first AU: {:?}", aus[0].nal_types);
+        assert!(!r.audio.is_empty(), "no audio");
+        assert_eq!(r.delete_status, Some(200));
+    }
+    assert_eq!(s.app.engine.session_count().await, 0);
+}

@@ -1,15 +1,17 @@
-//! WebRTC sessions (str0m), all on one UDP socket, driven by one event-loop task.
+//! WebRTC sessions (str0m), all on one UDP port, driven by one event loop per core.
 //!
-//! The HTTP side builds each session's `Rtc` from the offer and hands it over as a command; the
-//! loop owns every `Rtc`, routes datagrams to them by source address (or by ICE credentials for
-//! the first packet from an address), writes the stream's frames into each and sends what they
-//! produce. Nothing here blocks: the socket is non-blocking and every session is sans-IO.
+//! The HTTP side builds each session's `Rtc` from the offer and hands it to a shard (see
+//! `shard`) as a command; the shard owns the `Rtc`, routes datagrams to it by source address
+//! (or by ICE ufrag for the first packet from an address), writes the stream's frames into it
+//! and sends what it produces. Nothing here blocks: sockets are non-blocking and every session
+//! is sans-IO.
 
+mod outbox;
 pub mod publish;
 pub mod sdpfrag;
 mod session;
+mod shard;
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,17 +19,17 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
-use str0m::net::{Protocol, Receive};
-use str0m::{Candidate, Input, Rtc, RtcConfig};
+use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use crate::media::{Frame, FrameSink};
 use crate::metrics::Metrics;
 use crate::stream::{SourceGuard, Stream};
+use outbox::Outbox;
 pub use sdpfrag::{SdpFrag, SdpFragError};
-use session::Session;
+use shard::{Router, Shard};
 
 /// A session ready to join the loop.
 pub struct NewSession {
@@ -144,6 +146,10 @@ pub type PatchReply = Result<Option<String>, PatchError>;
 enum Cmd {
     Add(Box<NewSession>),
     Frame(Arc<Stream>, Frame),
+    /// A datagram that reached another shard's socket.
+    Datagram(SocketAddr, Vec<u8>, Instant),
+    /// A viewer on another shard wants a keyframe from this stream's publisher.
+    KeyframeWanted(u64),
     Patch(String, SdpFrag, oneshot::Sender<PatchReply>),
     Delete(String, oneshot::Sender<bool>),
     Count(oneshot::Sender<usize>),
@@ -154,7 +160,9 @@ enum Cmd {
 /// Handle to the engine: cheap to clone, used by HTTP handlers and media tasks.
 #[derive(Clone)]
 pub struct Engine {
-    tx: mpsc::UnboundedSender<Cmd>,
+    /// Each shard's command queue.
+    shards: Arc<[mpsc::UnboundedSender<Cmd>]>,
+    router: Arc<Router>,
     local: SocketAddr,
     candidates: Arc<[SocketAddr]>,
     /// One certificate for every session: generating one per session costs milliseconds.
@@ -165,12 +173,14 @@ pub struct Engine {
 }
 
 impl Engine {
-    /// Bind the UDP socket and start the loop. `hosts` are the addresses to announce (IPs or
-    /// DNS names); empty means the bound address (loopback + primary address for a wildcard).
+    /// Bind the UDP sockets and start the shards, `threads` of them (0: one per core).
+    /// `hosts` are the addresses to announce (IPs or DNS names); empty means the bound address
+    /// (loopback + primary address for a wildcard).
     pub async fn start(
         bind: SocketAddr,
         hosts: &[String],
         ice_timeout: Duration,
+        threads: usize,
     ) -> std::io::Result<Engine> {
         let provider = str0m::crypto::from_feature_flags();
         let dtls_cert = provider
@@ -178,34 +188,52 @@ impl Engine {
             .generate_certificate()
             .ok_or_else(|| std::io::Error::other("cannot generate a DTLS certificate"))?;
         provider.install_process_default();
-        let socket = bind_media_socket(bind)?;
-        let local = socket.local_addr()?;
-        let candidates = announce_addresses(local, hosts).await;
-        info!(udp = %local, candidates = ?candidates, "WebRTC media socket");
-        let (tx, rx) = mpsc::unbounded_channel();
-        let candidates: Arc<[SocketAddr]> = candidates.into();
-        let live = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let metrics = Arc::new(Metrics::default());
-        let ev = EventLoop {
-            live: live.clone(),
-            metrics: metrics.clone(),
-            socket,
-            rx,
-            sessions: HashMap::new(),
-            by_addr: HashMap::new(),
-            publishers: HashMap::new(),
-            candidates: candidates.clone(),
-            ice_timeout,
+        let threads = match threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
         };
-        tokio::spawn(ev.run());
-        Ok(Engine {
-            tx,
+        let first = bind_media_socket(bind)?;
+        let local = first
+            .local_addr()?
+            .as_socket()
+            .expect("a UDP socket has an IP address");
+        let mut sockets = vec![first];
+        for _ in 1..threads {
+            sockets.push(bind_media_socket(local)?);
+        }
+        let candidates = announce_addresses(local, hosts).await;
+        info!(udp = %local, candidates = ?candidates, threads, "WebRTC media socket");
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
+        let peers: Arc<[_]> = txs.iter().map(|tx| tx.downgrade()).collect();
+        let engine = Engine {
+            shards: txs.into(),
+            router: Arc::new(Router::new(threads)),
             local,
-            candidates,
+            candidates: candidates.into(),
             dtls_cert,
-            live,
-            metrics,
-        })
+            live: Default::default(),
+            metrics: Default::default(),
+        };
+        for (index, (socket, rx)) in sockets.into_iter().zip(rxs).enumerate() {
+            let (router, peers) = (engine.router.clone(), peers.clone());
+            let metrics = engine.metrics.clone();
+            let shard = |socket| {
+                let out = Outbox::new(Arc::new(socket), metrics);
+                Shard::new(index, router, peers, rx, out, &engine, ice_timeout)
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            // The socket joins the shard's own runtime (its reactor), so it is made there.
+            let shard = {
+                let _in_rt = rt.enter();
+                shard(UdpSocket::from_std(socket.into())?)
+            };
+            std::thread::Builder::new()
+                .name(format!("tsbridge-media-{index}"))
+                .spawn(move || rt.block_on(shard.run()))?;
+        }
+        Ok(engine)
     }
 
     /// Answer `offer` for a viewer of `stream`, sending exactly the tracks in `tracks`: an
@@ -334,9 +362,23 @@ impl Engine {
         &self.candidates
     }
 
-    pub fn add(&self, s: NewSession) {
+    pub fn add(&self, mut s: NewSession) {
         self.live.fetch_add(1, Ordering::Relaxed);
-        let _ = self.tx.send(Cmd::Add(Box::new(s)));
+        let ufrag = s.rtc.direct_api().local_ice_credentials().ufrag;
+        let shard = self.router.place(&s.id, &ufrag);
+        let _ = self.shards[shard].send(Cmd::Add(Box::new(s)));
+    }
+
+    /// Send a command to every shard.
+    fn broadcast(&self, mut cmd: impl FnMut() -> Cmd) {
+        for tx in self.shards.iter() {
+            let _ = tx.send(cmd());
+        }
+    }
+
+    /// The shard holding session `id`.
+    fn shard_of(&self, id: &str) -> Option<&mpsc::UnboundedSender<Cmd>> {
+        self.router.shard_of(id).map(|i| &self.shards[i])
     }
 
     /// Sessions alive (viewers and publishers), without asking the loop.
@@ -346,55 +388,83 @@ impl Engine {
 
     /// Close every session (server shutdown); returns when they are closed.
     pub async fn shutdown(&self) {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Cmd::Shutdown(tx));
-        let _ = rx.await;
+        let mut replies = Vec::new();
+        self.broadcast(|| {
+            let (tx, rx) = oneshot::channel();
+            replies.push(rx);
+            Cmd::Shutdown(tx)
+        });
+        for rx in replies {
+            let _ = rx.await;
+        }
     }
 
     pub async fn patch(&self, id: &str, frag: SdpFrag) -> PatchReply {
+        let Some(shard) = self.shard_of(id) else {
+            return Err(PatchError::NotFound);
+        };
         let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Cmd::Patch(id.to_string(), frag, tx));
+        let _ = shard.send(Cmd::Patch(id.to_string(), frag, tx));
         rx.await.unwrap_or(Err(PatchError::NotFound))
     }
 
     /// End a session; false if it did not exist.
     pub async fn delete(&self, id: &str) -> bool {
+        let Some(shard) = self.shard_of(id) else {
+            return false;
+        };
         let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Cmd::Delete(id.to_string(), tx));
+        let _ = shard.send(Cmd::Delete(id.to_string(), tx));
         rx.await.unwrap_or(false)
     }
 
     /// Close every viewer of a stream (its source is gone for good).
     pub fn end_viewers(&self, stream: &Stream) {
-        let _ = self.tx.send(Cmd::EndViewers(stream.id));
+        self.broadcast(|| Cmd::EndViewers(stream.id));
     }
 
-    /// Sessions alive in the loop.
+    /// Sessions alive in the shards.
     pub async fn session_count(&self) -> usize {
-        let (tx, rx) = oneshot::channel();
-        let _ = self.tx.send(Cmd::Count(tx));
-        rx.await.unwrap_or(0)
+        let mut replies = Vec::new();
+        self.broadcast(|| {
+            let (tx, rx) = oneshot::channel();
+            replies.push(rx);
+            Cmd::Count(tx)
+        });
+        let mut n = 0;
+        for rx in replies {
+            n += rx.await.unwrap_or(0);
+        }
+        n
+    }
+
+    /// How many media threads (shards) run.
+    pub fn threads(&self) -> usize {
+        self.router.shards()
     }
 }
 
 impl FrameSink for Engine {
     fn frame(&self, stream: &Arc<Stream>, frame: Frame) {
         if stream.stats.viewers.load(Ordering::Relaxed) > 0 {
-            let _ = self.tx.send(Cmd::Frame(stream.clone(), frame));
+            self.broadcast(|| Cmd::Frame(stream.clone(), frame.clone()));
         }
     }
 }
 
-/// The shared media socket, with room for bursts (a new viewer's GOP backlog, many viewers).
-fn bind_media_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// One shard's media socket, with room for bursts (a new viewer's GOP backlog, many viewers).
+/// Every shard binds the same address (`SO_REUSEPORT`).
+fn bind_media_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     // The kernel may cap these at net.core.{w,r}mem_max; best effort.
     let _ = socket.set_send_buffer_size(8 << 20);
     let _ = socket.set_recv_buffer_size(4 << 20);
+    #[cfg(unix)]
+    socket.set_reuse_port(true)?;
     socket.bind(&addr.into())?;
     socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket)
 }
 
 /// Host candidate addresses for a socket bound to `local`.
@@ -430,234 +500,6 @@ fn primary_ip() -> Option<IpAddr> {
     s.connect("192.0.2.1:9").ok()?;
     let ip = s.local_addr().ok()?.ip();
     (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
-}
-
-struct EventLoop {
-    live: Arc<std::sync::atomic::AtomicUsize>,
-    metrics: Arc<Metrics>,
-    socket: UdpSocket,
-    rx: mpsc::UnboundedReceiver<Cmd>,
-    sessions: HashMap<String, Session>,
-    by_addr: HashMap<SocketAddr, String>,
-    /// Stream id → its WHIP publisher's session, for keyframe requests.
-    publishers: HashMap<u64, String>,
-    candidates: Arc<[SocketAddr]>,
-    ice_timeout: Duration,
-}
-
-impl EventLoop {
-    async fn run(mut self) {
-        let mut buf = vec![0u8; 2048];
-        loop {
-            let next = self
-                .sessions
-                .values()
-                .map(|s| s.next_timeout)
-                .min()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(1));
-            tokio::select! {
-                cmd = self.rx.recv() => {
-                    let Some(cmd) = cmd else { break };
-                    self.on_cmd(cmd);
-                    // Take whatever else is queued before the next timeout scan.
-                    while let Ok(cmd) = self.rx.try_recv() {
-                        self.on_cmd(cmd);
-                    }
-                }
-                r = self.socket.recv_from(&mut buf) => match r {
-                    Ok((n, source)) => self.on_datagram(&buf[..n], source),
-                    Err(e) => debug!(error = %e, "UDP receive"),
-                },
-                _ = tokio::time::sleep_until(next.into()) => {}
-            }
-            self.on_timeouts(Instant::now());
-            self.forward_keyframe_requests();
-        }
-    }
-
-    /// Viewers' PLI/FIR go to the stream's WHIP publisher, if it has one (rate-limited there).
-    fn forward_keyframe_requests(&mut self) {
-        let mut wanted = Vec::new();
-        for s in self.sessions.values_mut() {
-            if s.take_keyframe_request() {
-                wanted.push(s.stream.id);
-            }
-        }
-        for stream in wanted {
-            let Some(id) = self.publishers.get(&stream) else {
-                continue;
-            };
-            if let Some(p) = self.sessions.get_mut(id) {
-                if p.request_keyframe() {
-                    self.metrics
-                        .keyframes_requested_upstream
-                        .fetch_add(1, Ordering::Relaxed);
-                }
-                p.poll(&self.socket);
-            }
-        }
-    }
-
-    fn on_cmd(&mut self, cmd: Cmd) {
-        match cmd {
-            Cmd::Add(n) => {
-                let n = *n;
-                let counter = match n.ingest {
-                    Some(_) => &self.metrics.publishers_created,
-                    None => &self.metrics.viewers_created,
-                };
-                counter.fetch_add(1, Ordering::Relaxed);
-                if n.ingest.is_some() {
-                    info!(stream = %n.stream.name, session = %short(&n.id), "publisher session created");
-                    self.publishers.insert(n.stream.id, n.id.clone());
-                } else {
-                    info!(stream = %n.stream.name, session = %short(&n.id), "viewer session created");
-                }
-                let mut s = Session::new(n, self.ice_timeout, self.metrics.clone());
-                s.poll(&self.socket);
-                self.sessions.insert(s.id.clone(), s);
-            }
-            Cmd::Frame(stream, frame) => {
-                for s in self.sessions.values_mut() {
-                    if s.stream.id == stream.id && !s.is_publisher() {
-                        s.write_frame(&frame);
-                        s.poll(&self.socket);
-                    }
-                }
-            }
-            Cmd::Patch(id, frag, reply) => {
-                let r = match self.sessions.get_mut(&id) {
-                    Some(s) => {
-                        let r = s.patch(frag, &self.candidates);
-                        s.poll(&self.socket);
-                        r
-                    }
-                    None => Err(PatchError::NotFound),
-                };
-                let _ = reply.send(r);
-            }
-            Cmd::Delete(id, reply) => {
-                let found = self.remove(&id, "deleted by client");
-                let _ = reply.send(found);
-            }
-            Cmd::Count(reply) => {
-                let _ = reply.send(self.sessions.len());
-            }
-            Cmd::Shutdown(reply) => {
-                let ids: Vec<String> = self.sessions.keys().cloned().collect();
-                for id in ids {
-                    self.remove(&id, "server shutting down");
-                }
-                let _ = reply.send(());
-            }
-            Cmd::EndViewers(stream) => {
-                let ids: Vec<String> = self
-                    .sessions
-                    .values()
-                    .filter(|s| s.stream.id == stream && !s.is_publisher())
-                    .map(|s| s.id.clone())
-                    .collect();
-                for id in ids {
-                    self.remove(&id, "the stream's source ended");
-                }
-            }
-        }
-    }
-
-    fn on_datagram(&mut self, data: &[u8], source: SocketAddr) {
-        let Ok(contents) = data.try_into() else {
-            return;
-        };
-        let input = Input::Receive(
-            Instant::now(),
-            Receive {
-                proto: Protocol::Udp,
-                source,
-                destination: self.destination_for(source),
-                contents,
-            },
-        );
-        // The session this address belongs to; a STUN check with another session's ufrag moves
-        // the address. DTLS from a known address goes to its session even before str0m's own
-        // ICE check has nominated the pair (else the first ClientHello is lost: +1 s start-up).
-        let mapped = self
-            .by_addr
-            .get(&source)
-            .filter(|id| self.sessions.contains_key(*id))
-            .cloned();
-        let id = match mapped {
-            Some(id) if self.sessions[&id].rtc.accepts(&input) => id,
-            mapped => match self.sessions.values().find(|s| s.rtc.accepts(&input)) {
-                Some(s) => {
-                    let id = s.id.clone();
-                    self.by_addr.insert(source, id.clone());
-                    id
-                }
-                None => match mapped {
-                    Some(id) => id,
-                    None => return,
-                },
-            },
-        };
-        if let Some(s) = self.sessions.get_mut(&id) {
-            s.handle_input(input);
-            s.poll(&self.socket);
-        }
-    }
-
-    /// Which of our announced addresses a datagram was sent to (the socket may be a wildcard).
-    fn destination_for(&self, source: SocketAddr) -> SocketAddr {
-        let want_loopback = source.ip().is_loopback();
-        self.candidates
-            .iter()
-            .find(|c| c.ip().is_loopback() == want_loopback)
-            .or(self.candidates.first())
-            .copied()
-            .unwrap_or_else(|| {
-                self.socket
-                    .local_addr()
-                    .expect("bound socket has an address")
-            })
-    }
-
-    fn on_timeouts(&mut self, now: Instant) {
-        let mut dead = Vec::new();
-        for s in self.sessions.values_mut() {
-            if s.next_timeout <= now {
-                s.handle_input(Input::Timeout(now));
-                s.poll(&self.socket);
-                if s.has_queue() {
-                    s.drain_queue(&self.socket);
-                }
-            }
-            if let Some(why) = s.end_reason(now) {
-                dead.push((s.id.clone(), why));
-            }
-        }
-        for (id, why) in dead {
-            self.remove(&id, why);
-        }
-    }
-
-    fn remove(&mut self, id: &str, why: &'static str) -> bool {
-        let Some(mut s) = self.sessions.remove(id) else {
-            return false;
-        };
-        self.live.fetch_sub(1, Ordering::Relaxed);
-        self.metrics.session_closed(why);
-        s.close(&self.socket);
-        self.by_addr.retain(|_, v| v != id);
-        if self.publishers.get(&s.stream.id).is_some_and(|p| p == id) {
-            self.publishers.remove(&s.stream.id);
-        }
-        let role = if s.is_publisher() {
-            "publisher"
-        } else {
-            "viewer"
-        };
-        info!(stream = %s.stream.name, session = %short(id), reason = why, "{role} session closed");
-        true
-    }
 }
 
 /// Session ids are secrets; logs show only a prefix.

@@ -9,9 +9,9 @@ use str0m::format::{Codec as RtcCodec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
 use str0m::rtp::RtpWrite;
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
-use tokio::net::UdpSocket;
 use tracing::{debug, info, warn};
 
+use super::outbox::Outbox;
 use super::publish::Ingest;
 use super::{NewSession, PatchError, PatchReply, SdpFrag};
 use crate::codec::h264::ProfileLevelId;
@@ -24,6 +24,13 @@ pub(super) struct Session {
     pub stream: Arc<Stream>,
     pub rtc: Rtc,
     pub next_timeout: Instant,
+    /// The deadline this session has in its shard's timer heap, if any.
+    pub armed: Option<Instant>,
+    /// Our ICE ufrag: a STUN check naming it belongs to this session.
+    pub local_ufrag: String,
+    /// Peer addresses we sent STUN/DTLS to since the shard last looked (ICE checks go out to
+    /// candidates before the peer's own checks arrive from them).
+    pub peer_addrs: Vec<SocketAddr>,
     remote_ufrag: Option<String>,
     video: Option<(Mid, Option<Pt>)>,
     audio: Option<(Mid, Option<Pt>)>,
@@ -68,11 +75,16 @@ impl Session {
             st.viewers.fetch_add(1, Ordering::Relaxed);
             st.sessions_total.fetch_add(1, Ordering::Relaxed);
         }
+        let mut rtc = n.rtc;
+        let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         Session {
             id: n.id,
             stream: n.stream,
-            rtc: n.rtc,
+            rtc,
             next_timeout: Instant::now(),
+            armed: None,
+            local_ufrag,
+            peer_addrs: Vec::new(),
             remote_ufrag: n.remote_ufrag,
             video: None,
             audio: None,
@@ -150,25 +162,30 @@ impl Session {
     }
 
     /// Drain the `Rtc`'s output: send datagrams, handle events, note the next timeout.
-    pub fn poll(&mut self, socket: &UdpSocket) {
+    pub fn poll(&mut self, out: &mut Outbox) {
+        let (mut packets, mut bytes) = (0, 0);
+        self.poll_counting(out, &mut packets, &mut bytes);
+        // One update of the stream's shared counters per poll, not per packet.
+        if packets > 0 {
+            let st = &self.stream.stats;
+            st.packets_sent.fetch_add(packets, Ordering::Relaxed);
+            st.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn poll_counting(&mut self, out: &mut Outbox, packets: &mut u64, bytes: &mut u64) {
         while self.rtc.is_alive() {
             match self.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
-                    // UDP: a full send buffer drops the datagram, as the network would.
-                    match socket.try_send_to(&t.contents, t.destination) {
-                        Ok(n) => {
-                            self.metrics.packets_sent.fetch_add(1, Ordering::Relaxed);
-                            self.metrics
-                                .bytes_sent
-                                .fetch_add(n as u64, Ordering::Relaxed);
-                            let st = &self.stream.stats;
-                            st.packets_sent.fetch_add(1, Ordering::Relaxed);
-                            st.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
-                        }
-                        Err(_) => {
-                            self.metrics.send_drops.fetch_add(1, Ordering::Relaxed);
-                        }
+                    // RTP/RTCP start at 128 (RFC 7983); below is STUN or DTLS.
+                    if t.contents.first().is_some_and(|&b| b < 128)
+                        && self.peer_addrs.last() != Some(&t.destination)
+                    {
+                        self.peer_addrs.push(t.destination);
                     }
+                    *packets += 1;
+                    *bytes += t.contents.len() as u64;
+                    out.push(t);
                 }
                 Ok(Output::Timeout(t)) => {
                     self.next_timeout = if self.queued.is_empty() {
@@ -178,7 +195,7 @@ impl Session {
                     };
                     if self.backlog_due {
                         self.backlog_due = false;
-                        self.send_backlog(socket);
+                        self.send_backlog(out);
                         continue;
                     }
                     return;
@@ -278,7 +295,7 @@ impl Session {
     /// Its timestamps are squeezed to end at the live frame, one tick apart: the decoder runs
     /// through them at once and playout continues at live pace, with no added delay. Audio
     /// starts live.
-    fn send_backlog(&mut self, socket: &UdpSocket) {
+    fn send_backlog(&mut self, out: &mut Outbox) {
         let backlog = self.stream.gop.lock().snapshot();
         let Some(last) = backlog.last() else { return };
         let (live_time, live_clock) = (last.rtp_time, last.wallclock);
@@ -296,13 +313,13 @@ impl Session {
             })
             .collect();
         debug!(stream = %self.stream.name, frames = n, "sending the GOP backlog");
-        self.drain_queue(socket);
+        self.drain_queue(out);
     }
 
     /// Write queued frames (the backlog, then live frames that came meanwhile) up to a byte
     /// budget per tick: fast enough that the backlog takes tens of milliseconds, paced enough
     /// that neither our socket buffer nor the viewer's overflows.
-    pub fn drain_queue(&mut self, socket: &UdpSocket) {
+    pub fn drain_queue(&mut self, out: &mut Outbox) {
         let mut budget = BACKLOG_BYTES_PER_TICK;
         while budget > 0 {
             let Some(f) = self.queued.pop_front() else {
@@ -310,7 +327,7 @@ impl Session {
             };
             budget = budget.saturating_sub(f.data.len());
             self.write_now(&f);
-            self.poll(socket);
+            self.poll(out);
         }
         if !self.queued.is_empty() {
             self.next_timeout = self.next_timeout.min(Instant::now() + BACKLOG_TICK);
@@ -411,6 +428,7 @@ impl Session {
                 pass,
             });
             api.set_local_ice_credentials(ours.clone());
+            self.local_ufrag = ours.ufrag.clone();
             self.remote_ufrag = Some(ufrag);
             info!(stream = %self.stream.name, session = %super::short(&self.id), "ICE restart");
             reply = Some(SdpFrag::answer(&ours, local));
@@ -424,9 +442,9 @@ impl Session {
         Ok(reply)
     }
 
-    pub fn close(&mut self, socket: &UdpSocket) {
+    pub fn close(&mut self, out: &mut Outbox) {
         self.rtc.disconnect();
-        self.poll(socket);
+        self.poll(out);
         if !self.is_publisher() {
             self.stream.stats.viewers.fetch_sub(1, Ordering::Relaxed);
         }
