@@ -90,6 +90,16 @@ pub struct LoadtestArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
+
+    /// Make the first N viewers lossy: they throw away `--drop` percent of the RTP they
+    /// receive, like a viewer on a bad link (RTCP, STUN and DTLS pass). Their loss is reported
+    /// apart (`lossy_loss_pct`); `loss_pct` counts the others.
+    #[arg(long, default_value_t = 0)]
+    pub lossy: usize,
+
+    /// Percent of RTP the lossy viewers throw away.
+    #[arg(long, default_value_t = 30.0)]
+    pub drop: f64,
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -120,8 +130,11 @@ pub struct LoadReport {
     pub packets: Packets,
     /// RTP header + payload bytes received over the whole run.
     pub bytes: u64,
-    /// Sequence-number gaps / expected packets, over the whole run, in percent.
+    /// Sequence-number gaps / expected packets, over the whole run, in percent (viewers not
+    /// made lossy).
     pub loss_pct: f64,
+    /// The same for the `--lossy` viewers.
+    pub lossy_loss_pct: Option<f64>,
     /// From the start of the POST to the HTTP answer.
     pub time_to_answer_ms: Option<Percentiles>,
     /// From the start of the POST to ICE connected (a nominated pair).
@@ -230,6 +243,9 @@ impl LoadReport {
             self.bytes as f64 / 1e6,
             self.loss_pct
         );
+        if let Some(l) = self.lossy_loss_pct {
+            s += &format!("lossy viewers: loss {l:.1} % (after retransmissions)\n");
+        }
         s += &format!("answer:        {}\n", p(&self.time_to_answer_ms));
         s += &format!("ICE:           {}\n", p(&self.time_to_ice_ms));
         s += &format!("connected:     {}\n", p(&self.time_to_connected_ms));
@@ -344,6 +360,8 @@ struct Stats {
     /// Connected, then lost the session before the end.
     dropped: bool,
     ice_disconnected: bool,
+    /// Share of received RTP to throw away (a lossy viewer), 0..1.
+    drop: f64,
 }
 
 impl Stats {
@@ -364,6 +382,7 @@ impl Stats {
             error: None,
             dropped: false,
             ice_disconnected: false,
+            drop: 0.0,
         }
     }
 
@@ -625,6 +644,12 @@ impl EventLoop {
                 Poll::Ready(Ok(source)) => {
                     taken += 1;
                     let now = Instant::now();
+                    if v.stats.drop > 0.0
+                        && is_rtp(rb.filled())
+                        && rand::random::<f64>() < v.stats.drop
+                    {
+                        continue; // a lossy viewer's bad link
+                    }
                     let Ok(contents) = rb.filled().try_into() else {
                         continue;
                     };
@@ -690,6 +715,12 @@ impl EventLoop {
         }
         next
     }
+}
+
+/// An RTP (not RTCP) packet: first byte 128..=191 (RFC 7983), payload type not 64..=95
+/// (where RTCP's 192..=223 packet types fall with the marker bit, RFC 5761).
+fn is_rtp(d: &[u8]) -> bool {
+    d.len() >= 12 && (128..=191).contains(&d[0]) && !(64..=95).contains(&(d[1] & 0x7f))
 }
 
 /// Poll the viewer's `Rtc` until it wants time to pass: send, count, note the next timeout.
@@ -776,7 +807,7 @@ impl SetupError {
     }
 }
 
-async fn start_viewer(setup: Arc<Setup>) -> Result<NewViewer, SetupError> {
+async fn start_viewer(setup: Arc<Setup>, drop: f64) -> Result<NewViewer, SetupError> {
     let t0 = Instant::now();
     let deadline = t0 + setup.connect_timeout;
     let socket = viewer_socket(setup.local_ip)
@@ -840,6 +871,7 @@ async fn start_viewer(setup: Arc<Setup>) -> Result<NewViewer, SetupError> {
     .map_err(|e| fail("answer not accepted", e.to_string()))?;
 
     let mut stats = Stats::new(t0);
+    stats.drop = drop;
     stats.location = location;
     stats.answered = Some(answered);
     Ok(NewViewer {
@@ -1205,7 +1237,8 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
             _ = sleep_until_opt(next_start) => {
                 let now = Instant::now();
                 while started < args.viewers && start + ramp_step * started as u32 <= now {
-                    starting.spawn(start_viewer(setup.clone()));
+                    let drop = if started < args.lossy { args.drop / 100.0 } else { 0.0 };
+                    starting.spawn(start_viewer(setup.clone(), drop));
                     started += 1;
                 }
                 next_start = if started < args.viewers {
@@ -1379,8 +1412,9 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     }
     let mut packets = Packets::default();
     let (mut bytes, mut expected) = (0u64, 0u64);
+    let (mut lossy_received, mut lossy_expected) = (0u64, 0u64);
     let mut steady = Steady::default();
-    let mut steady_expected = 0u64;
+    let (mut steady_received, mut steady_expected) = (0u64, 0u64);
     let (mut answer, mut ice, mut conn) = (vec![], vec![], vec![]);
     let (mut rtp, mut key) = (vec![], vec![]);
     let (mut per_viewer, mut per_viewer_steady) = (vec![], vec![]);
@@ -1392,7 +1426,12 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
         packets.video += s.video.received;
         packets.audio += s.audio.received;
         bytes += s.bytes;
-        expected += s.expected();
+        if s.drop > 0.0 {
+            lossy_received += s.packets();
+            lossy_expected += s.expected();
+        } else {
+            expected += s.expected();
+        }
         answer.extend(s.answered.map(ms));
         ice.extend(s.ice.map(ms));
         rtp.extend(s.first_rtp.map(ms));
@@ -1400,7 +1439,10 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
         if s.mark.set {
             steady.packets += s.packets() - s.mark.packets;
             steady.bytes += s.bytes - s.mark.bytes;
-            steady_expected += s.expected() - s.mark.expected;
+            if s.drop == 0.0 {
+                steady_received += s.packets() - s.mark.packets;
+                steady_expected += s.expected() - s.mark.expected;
+            }
         }
         let Some(c) = s.connected else { continue };
         connected += 1;
@@ -1423,8 +1465,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
             per_viewer_steady.push(s.packets() - s.mark.packets);
         }
     }
-    let received = packets.video + packets.audio;
-    let steady_received = steady.packets;
+    let received = packets.video + packets.audio - lossy_received;
     steady.host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     if let Some((w0, client0, server0, host0, udp0)) = window {
         if let (Some((rcv0, snd0)), Some((rcv1, snd1))) = (udp0, udp_end) {
@@ -1477,6 +1518,12 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
         packets,
         bytes,
         loss_pct: pct(expected.saturating_sub(received), expected),
+        lossy_loss_pct: (args.lossy > 0).then(|| {
+            pct(
+                lossy_expected.saturating_sub(lossy_received),
+                lossy_expected,
+            )
+        }),
         time_to_answer_ms: percentiles(answer),
         time_to_ice_ms: percentiles(ice),
         time_to_connected_ms: percentiles(conn),

@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::h264::nal;
@@ -553,4 +554,46 @@ async fn viewers_spread_over_media_threads_all_play() {
         assert_eq!(r.delete_status, Some(200));
     }
     assert_eq!(s.app.engine.session_count().await, 0);
+}
+
+/// A viewer on a bad link (the load tool's lossy viewer throws away half of its RTP) is moved
+/// on to the next keyframe and counted; the viewers beside it lose nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lossy_viewer_skips_to_keyframes_and_others_lose_nothing() {
+    let s = serve(&[("cam", "h264_opus.ts")], |_| {}).await;
+    let args = tsbridge::loadtest::LoadtestArgs {
+        url: url(&s, "/whep/cam"),
+        viewers: 4,
+        seconds: Duration::from_secs(4),
+        ramp: 50.0,
+        json: false,
+        connect_timeout: Duration::from_secs(10),
+        tasks: 1,
+        server_pid: None,
+        bind: None,
+        quiet: true,
+        lossy: 1,
+        drop: 50.0,
+    };
+    let report = tsbridge::loadtest::run(&args).await.expect("load tool");
+    assert_eq!(report.connected, 4, "{}", report.text());
+    assert_eq!(report.with_keyframe, 4, "{}", report.text());
+    assert!(report.loss_pct < 0.5, "{}", report.text());
+    assert!(report.lossy_loss_pct.unwrap() > 5.0, "{}", report.text());
+    let skips = s
+        .app
+        .engine
+        .metrics
+        .slow_viewer_skips
+        .load(Ordering::Relaxed);
+    assert!(skips >= 1, "no skip counted: {}", report.text());
+    let r = request("GET", &url(&s, "/metrics"), &[], b"")
+        .await
+        .unwrap();
+    let line = r
+        .text()
+        .lines()
+        .find(|l| l.starts_with("tsbridge_stream_slow_viewer_skips_total{stream=\"cam\"}"))
+        .map(str::to_string);
+    assert!(line.is_some_and(|l| !l.ends_with(" 0")), "{}", r.text());
 }

@@ -251,6 +251,12 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
     );
     counter(
         &mut out,
+        "tsbridge_stream_slow_viewer_skips_total",
+        "times a viewer of the stream fell behind and was moved on to the next keyframe",
+        &per(&|s| r(&s.stats.slow_viewer_skips)),
+    );
+    counter(
+        &mut out,
         "tsbridge_viewer_sessions_total",
         "viewer sessions created",
         &per(&|s| r(&s.stats.sessions_total)),

@@ -85,6 +85,8 @@ pub struct Stats {
     /// Datagrams and bytes sent to this stream's viewers.
     pub packets_sent: AtomicU64,
     pub bytes_sent: AtomicU64,
+    /// Times a viewer fell behind and was moved on to the next keyframe.
+    pub slow_viewer_skips: AtomicU64,
     /// Audio transcoder: frames it could not decode, and microseconds spent.
     pub transcode_errors: AtomicU64,
     pub transcode_us: AtomicU64,

@@ -58,12 +58,24 @@ pub(super) struct Session {
     queued: std::collections::VecDeque<Frame>,
     /// When the peer last sent anything (STUN, DTLS, RTP, RTCP).
     last_received: Instant,
+    /// Since when `queued` has not been empty.
+    queued_since: Option<Instant>,
+    /// Times this viewer was moved on to the next keyframe.
+    skips: u64,
 }
 
 /// The GOP backlog goes out at most this many bytes per tick (8 MB/s: a 5 s GOP of a
 /// 2 Mbit/s stream in about 160 ms).
 const BACKLOG_BYTES_PER_TICK: usize = 16 << 10;
 const BACKLOG_TICK: Duration = Duration::from_millis(2);
+
+/// A viewer whose receiver reports say it lost more than this share of the video (after
+/// retransmissions) cannot take the stream's rate: it skips to the next keyframe, which gives
+/// its link the rest of the GOP to drain and shows a frozen picture instead of a broken one.
+const SLOW_LOSS: f32 = 0.10;
+/// A viewer whose queue (backlog, then live frames behind it) has not emptied for this long
+/// has fallen behind: the queue is dropped and it goes on at the next live keyframe.
+const SLOW_QUEUE: Duration = Duration::from_secs(2);
 
 /// Keyframe requests to a publisher are sent at most this often.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -107,6 +119,8 @@ impl Session {
             ],
             queued: Default::default(),
             last_received: Instant::now(),
+            queued_since: None,
+            skips: 0,
         }
     }
 
@@ -237,6 +251,10 @@ impl Session {
                 self.keyframe_wanted = true;
             }
             Event::MediaEgressStats(st) => {
+                let is_video = self.video.is_some_and(|(mid, _)| mid == st.mid);
+                if let Some(loss) = st.loss.filter(|&l| is_video && l > SLOW_LOSS) {
+                    self.skip_to_keyframe(&format!("it reports {:.0} % video loss", loss * 100.0));
+                }
                 let now = [st.nacks, st.plis, st.firs];
                 let prev = match self.feedback.iter_mut().find(|(m, _)| *m == st.mid) {
                     Some((_, prev)) => prev,
@@ -341,9 +359,39 @@ impl Session {
     /// A frame from the stream: sent now, or after what is still queued.
     pub fn write_frame(&mut self, f: &Frame) {
         if self.queued.is_empty() {
+            self.queued_since = None;
             self.write_now(f);
         } else if self.connected {
-            self.queued.push_back(f.clone());
+            let since = *self.queued_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > SLOW_QUEUE {
+                self.queued.clear();
+                self.skip_to_keyframe("its queue has not drained for 2 s");
+                self.write_now(f);
+            } else {
+                self.queued.push_back(f.clone());
+            }
+        }
+    }
+
+    /// This viewer cannot keep up: send it no more video until the next keyframe (audio goes
+    /// on). RTP sequence numbers stay continuous: the viewer sees a jump in time, not loss.
+    fn skip_to_keyframe(&mut self, why: &str) {
+        if !self.video_started {
+            return; // already waiting for one
+        }
+        self.video_started = false;
+        self.skips += 1;
+        self.metrics
+            .slow_viewer_skips
+            .fetch_add(1, Ordering::Relaxed);
+        let st = &self.stream.stats;
+        st.slow_viewer_skips.fetch_add(1, Ordering::Relaxed);
+        if self.skips == 1 {
+            info!(stream = %self.stream.name, session = %super::short(&self.id), why,
+                "slow viewer: skipping to the next keyframe");
+        } else {
+            debug!(stream = %self.stream.name, session = %super::short(&self.id), why,
+                skips = self.skips, "slow viewer: skipping to the next keyframe");
         }
     }
 
