@@ -12,6 +12,25 @@ macro_rules! say {
 }
 use crate::server::Server;
 
+/// Every HTTP connection costs a file descriptor: lift the soft limit (often 1024) to the hard
+/// one, as servers do, so `--max-connections` and not the limit decides.
+fn raise_fd_limit() {
+    #[cfg(unix)]
+    {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit/setrlimit read/write the one struct passed.
+        unsafe {
+            if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+                lim.rlim_cur = lim.rlim_max;
+                libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+            }
+        }
+    }
+}
+
 pub async fn serve(args: ServeArgs) -> Result<(), String> {
     let names: Vec<String> = args
         .replays
@@ -21,6 +40,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         .chain(args.stdin.clone())
         .chain(args.demo.then(|| "demo".to_string()))
         .collect();
+    raise_fd_limit();
     let server = Server::start(args)
         .await
         .map_err(|e| format!("cannot start: {e}"))?;

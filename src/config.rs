@@ -165,6 +165,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_RING_BYTES", default_value_t = 8 << 20)]
     pub ring_bytes: usize,
 
+    /// Seconds an HTTP client has to send its request head, and then its body (TS ingest
+    /// excepted); also how long an idle keep-alive connection is kept. Slower: 408 / closed.
+    #[arg(long, env = "TSBRIDGE_HTTP_TIMEOUT", default_value = "10", value_parser = parse_secs)]
+    pub http_timeout: Duration,
+
+    /// Most HTTP connections open at once (each costs a file descriptor); more are answered
+    /// 503 + Retry-After and closed.
+    #[arg(long, env = "TSBRIDGE_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+
     /// Largest accepted SDP / trickle body in bytes.
     #[arg(long, env = "TSBRIDGE_MAX_BODY", default_value_t = 64 << 10)]
     pub max_body: usize,
@@ -202,6 +212,8 @@ impl ServeArgs {
             source_grace: Duration::from_secs(10),
             ring_bytes: 8 << 20,
             max_body: 64 << 10,
+            http_timeout: Duration::from_secs(10),
+            max_connections: 4096,
             ice_timeout: Duration::from_secs(15),
             media_threads: 0,
         }

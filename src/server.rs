@@ -112,11 +112,8 @@ impl Server {
         tokio::spawn(housekeeping(app.clone()));
 
         let router = crate::http::router(app.clone());
-        tokio::spawn(async move {
-            if let Err(e) = axum::serve(listener, router).await {
-                warn!(error = %e, "HTTP server stopped");
-            }
-        });
+        let limits = crate::http::serve::HttpLimits::from(&cfg);
+        tokio::spawn(crate::http::serve::serve(listener, router, limits));
         info!(http = %http_addr, "tsbridge listening");
         Ok(Server {
             http_addr,

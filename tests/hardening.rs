@@ -352,3 +352,88 @@ async fn pmt_change_keeps_viewers_and_updates_tracks() {
     assert_eq!(tracks.len(), 1, "the new PMT has video only: {j}");
     assert_eq!(tracks[0]["profile_level_id"], "42c01e");
 }
+
+/// Hundreds of idle and slow TCP clients: a real request is still answered at once; past
+/// --max-connections a new connection gets 503 + Retry-After; after --http-timeout the idle
+/// and slow ones are closed and the server accepts again; a body that does not arrive is 408.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_and_slow_http_clients_neither_starve_nor_pile_up() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+    let s = serve(|a| {
+        a.http_timeout = Duration::from_secs(1);
+        a.max_connections = 300;
+    })
+    .await;
+    let mut held = Vec::new();
+    for i in 0..250 {
+        let mut c = TcpStream::connect(s.http_addr).await.unwrap();
+        if i % 5 == 0 {
+            // Slow: half a request head, then nothing.
+            c.write_all(b"GET /streams HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        held.push(c);
+    }
+    let t = Instant::now();
+    let r = request("GET", &url(&s, "/streams"), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        t.elapsed()
+    );
+
+    // 250 held + 60 more: the last ones are over the limit of 300.
+    let mut extra = Vec::new();
+    for _ in 0..60 {
+        extra.push(TcpStream::connect(s.http_addr).await.unwrap());
+    }
+    let mut head = vec![0u8; 512];
+    let last = extra.last_mut().unwrap();
+    let n = tokio::time::timeout(Duration::from_secs(2), last.read(&mut head))
+        .await
+        .expect("an answer, not a hang")
+        .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 503"), "{head}");
+    assert!(head.contains("Retry-After: 1"), "{head}");
+
+    // After the timeout every held connection is closed by the server.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for c in held.iter_mut().chain(extra.iter_mut()) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut buf = [0u8; 256];
+        loop {
+            match tokio::time::timeout(left, c.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => break,
+                Ok(Ok(_)) => continue, // a 503 or 408 head first
+                Err(_) => panic!("a connection is still open after the HTTP timeout"),
+            }
+        }
+    }
+    drop((held, extra));
+    let r = request("GET", &url(&s, "/streams"), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200);
+
+    // A body announced and not sent: 408, not a handler waiting forever.
+    let mut c = TcpStream::connect(s.http_addr).await.unwrap();
+    c.write_all(
+        b"POST /whep/cam HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\n\
+          Content-Length: 1000\r\n\r\nv=0\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(Duration::from_secs(3), c.read(&mut buf))
+        .await
+        .expect("408, not a hang")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+}

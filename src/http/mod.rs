@@ -4,6 +4,7 @@ mod api;
 pub mod client;
 mod ingest;
 mod pages;
+pub mod serve;
 mod whep;
 mod whip;
 
@@ -21,6 +22,7 @@ pub type AppState = Arc<App>;
 
 pub fn router(app: AppState) -> Router {
     let max_body = app.cfg.max_body;
+    let limits = serve::HttpLimits::from(&app.cfg);
     Router::new()
         .route("/", get(pages::index))
         .route("/play/{stream}", get(pages::play))
@@ -45,6 +47,10 @@ pub fn router(app: AppState) -> Router {
         .route("/streams/{stream}", get(api::get))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            limits,
+            serve::read_body_in_time,
+        ))
         .layer(axum::middleware::map_response(cors))
         .with_state(app)
 }

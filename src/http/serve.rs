@@ -1,0 +1,145 @@
+//! The HTTP accept loop: HTTP/1.1 per connection, with the limits a server facing the internet
+//! needs. A client has `--http-timeout` to send its request head and then its body (TS ingest
+//! excepted: it streams for as long as its source runs); an idle keep-alive connection is
+//! closed after the same time. At most `--max-connections` are open at once; past that a new
+//! connection is answered 503 with Retry-After and closed, so idle or slow clients can hold
+//! neither file descriptors nor memory without bound, and never delay anybody else's request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use http_body_util::BodyExt;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+/// The limits of the HTTP side.
+#[derive(Debug, Clone, Copy)]
+pub struct HttpLimits {
+    pub max_connections: usize,
+    /// For the request head and for a (non-streaming) body.
+    pub timeout: Duration,
+    pub max_body: usize,
+}
+
+impl From<&crate::config::ServeArgs> for HttpLimits {
+    fn from(cfg: &crate::config::ServeArgs) -> Self {
+        HttpLimits {
+            max_connections: cfg.max_connections.max(1),
+            timeout: cfg.http_timeout,
+            max_body: cfg.max_body,
+        }
+    }
+}
+
+/// Serve `router` on `listener` until the process ends.
+pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut full_logged = false;
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors, most likely: wait for some to be freed.
+                warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            if !full_logged {
+                warn!(max = limits.max_connections, %peer,
+                    "HTTP connection limit reached (--max-connections): answering 503");
+                full_logged = true;
+            }
+            tokio::spawn(refuse(tcp));
+            continue;
+        };
+        full_logged = false;
+        let _ = tcp.set_nodelay(true);
+        let router = router.clone();
+        tokio::spawn(async move {
+            connection(tcp, peer, router, limits.timeout).await;
+            drop(permit);
+        });
+    }
+}
+
+async fn connection(tcp: TcpStream, peer: SocketAddr, router: Router, timeout: Duration) {
+    let service = TowerToHyperService::new(router);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(tcp), service)
+        .with_upgrades();
+    if let Err(e) = conn.await {
+        debug!(%peer, error = %e, "HTTP connection ended");
+    }
+}
+
+/// Past the connection limit: a short 503 and close (never a hang in the accept queue).
+async fn refuse(mut tcp: TcpStream) {
+    let body = "too many HTTP connections (--max-connections); retry later\n";
+    let head = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    let write = async {
+        tcp.write_all(head.as_bytes()).await?;
+        tcp.write_all(body.as_bytes()).await?;
+        tcp.shutdown().await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+}
+
+/// Middleware: read a request's body within the time limit (408 when it does not arrive, 413
+/// when it is too large), so a handler never waits on a slow client. TS ingest streams its
+/// body and is left alone.
+pub async fn read_body_in_time(
+    limits: axum::extract::State<HttpLimits>,
+    req: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path().starts_with("/ingest/") {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let limited = http_body_util::Limited::new(body, limits.max_body);
+    let bytes = match tokio::time::timeout(limits.timeout, limited.collect()).await {
+        Ok(Ok(collected)) => collected.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            let msg = format!(
+                "request body larger than {} bytes (--max-body)\n",
+                limits.max_body
+            );
+            return (StatusCode::PAYLOAD_TOO_LARGE, msg).into_response();
+        }
+        Ok(Err(e)) => {
+            return (StatusCode::BAD_REQUEST, format!("reading the body: {e}\n")).into_response();
+        }
+        Err(_) => {
+            let msg = format!(
+                "the request body did not arrive within {} s (--http-timeout)\n",
+                limits.timeout.as_secs_f64()
+            );
+            let mut res = (StatusCode::REQUEST_TIMEOUT, msg).into_response();
+            res.headers_mut().insert(
+                axum::http::header::CONNECTION,
+                axum::http::HeaderValue::from_static("close"),
+            );
+            return res;
+        }
+    };
+    next.run(Request::from_parts(parts, Body::from(bytes)))
+        .await
+}
