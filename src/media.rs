@@ -46,6 +46,9 @@ pub struct Frame {
 /// Where frames go (the WebRTC engine).
 pub trait FrameSink: Send + Sync + 'static {
     fn frame(&self, stream: &Arc<Stream>, frame: Frame);
+
+    /// A new PMT changed the stream's track set (the new one is in its status).
+    fn tracks_changed(&self, _stream: &Arc<Stream>) {}
 }
 
 /// One media-time → wall-clock mapping per stream, so audio and video sender reports agree.
@@ -189,7 +192,7 @@ impl MediaState {
     ) {
         for ev in events.drain(..) {
             match ev {
-                DemuxEvent::Tracks(t) => self.on_tracks(t, stream),
+                DemuxEvent::Tracks(t) => self.on_tracks(t, stream, sink),
                 DemuxEvent::Pes(pes) => self.on_pes(&pes, stream, sink, now),
                 DemuxEvent::Pcr { .. } => {}
                 // Lost packets or a flagged discontinuity: the timeline re-anchors by itself
@@ -221,7 +224,7 @@ impl MediaState {
         sink.frame(stream, frame);
     }
 
-    fn on_tracks(&mut self, tracks: TrackSet, stream: &Stream) {
+    fn on_tracks(&mut self, tracks: TrackSet, stream: &Arc<Stream>, sink: &dyn FrameSink) {
         let transcode = self
             .transcode
             .then(|| crate::ts::transcodable_audio(&tracks))
@@ -249,7 +252,8 @@ impl MediaState {
                 codec => info!(stream = %stream.name, pid = %t.pid, ?codec, "track"),
             }
         }
-        if self.tracks.as_deref().is_some_and(|old| old != &tracks) {
+        let changed = self.tracks.as_deref().is_some_and(|old| old != &tracks);
+        if changed {
             info!(stream = %stream.name, "PMT changed");
         }
         let tracks = Arc::new(tracks);
@@ -258,6 +262,9 @@ impl MediaState {
             s.tracks = Some(tracks);
             s.transcoding = transcoding;
         });
+        if changed {
+            sink.tracks_changed(stream);
+        }
     }
 
     /// AAC/MPEG audio → Opus frames on the stream's timeline (the transcoder compensates its

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use common::{request, WhepOptions};
 use tsbridge::config::{Named, ServeArgs};
 use tsbridge::server::Server;
+use webrtc::peer_connection::RTCPeerConnectionState;
 
 async fn serve(tweak: impl FnOnce(&mut ServeArgs)) -> Server {
     let mut args = ServeArgs::loopback();
@@ -299,7 +300,9 @@ async fn session_churn_leaves_nothing_behind() {
 
 /// A PMT change mid-stream (the audio track vanishes, the video changes profile): the viewer
 /// keeps receiving video, gets the new SPS/PPS before the new IDR, and the API shows the new
-/// track set.
+/// track set. A viewer that played only the audio is ended by the server (RTCP BYE + DTLS
+/// close_notify, then its ICE checks go unanswered), not left waiting for packets that will
+/// never come; the a/v viewer is kept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pmt_change_keeps_viewers_and_updates_tracks() {
     let s = Server::start(ServeArgs::loopback()).await.unwrap();
@@ -315,6 +318,20 @@ async fn pmt_change_keeps_viewers_and_updates_tracks() {
         .await
         .unwrap();
     assert_eq!(viewer.status, 201);
+    let audio_only = WhepOptions {
+        video: false,
+        ..WhepOptions::default()
+    };
+    let listener = common::WhepSession::start(&url(&s, "/whep/pmt"), &audio_only)
+        .await
+        .unwrap();
+    assert_eq!(listener.status, 201);
+    assert!(
+        listener
+            .wait_until(Duration::from_secs(5), |c| c.audio.len() > 10)
+            .await,
+        "the audio-only viewer plays the first program's audio"
+    );
     let baseline_sps = |c: &common::whep::Collected| {
         common::h264_access_units(&c.video)
             .iter()
@@ -331,6 +348,41 @@ async fn pmt_change_keeps_viewers_and_updates_tracks() {
         viewer
             .wait_until(Duration::from_secs(5), |c| c.video.len() > 600)
             .await
+    );
+    let ended = |c: &common::whep::Collected| {
+        c.states.iter().any(|s| {
+            matches!(
+                s,
+                RTCPeerConnectionState::Closed
+                    | RTCPeerConnectionState::Failed
+                    | RTCPeerConnectionState::Disconnected
+            )
+        })
+    };
+    let j: serde_json::Value = serde_json::from_slice(
+        &request("GET", &url(&s, "/streams/pmt"), &[], b"")
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(
+        j["viewers"], 1,
+        "the server ended the audio-only viewer: {j}"
+    );
+    assert!(
+        listener.wait_until(Duration::from_secs(10), ended).await,
+        "the audio-only viewer's connection ended when its track left: {:?}",
+        listener.collected().states
+    );
+    assert!(!ended(&viewer.collected()), "the a/v viewer goes on");
+    let metrics = request("GET", &url(&s, "/metrics"), &[], b"")
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains("its tracks left the stream"),
+        "the close is counted with its cause"
     );
     pusher.await.unwrap().unwrap();
     let _ = std::fs::remove_file(&path);

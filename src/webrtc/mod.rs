@@ -154,6 +154,8 @@ enum Cmd {
     Delete(String, oneshot::Sender<bool>),
     Count(oneshot::Sender<usize>),
     EndViewers(u64),
+    /// A new PMT changed the stream's tracks.
+    TracksChanged(Arc<Stream>),
     Shutdown(oneshot::Sender<()>),
 }
 
@@ -448,6 +450,12 @@ impl FrameSink for Engine {
     fn frame(&self, stream: &Arc<Stream>, frame: Frame) {
         if stream.stats.viewers.load(Ordering::Relaxed) > 0 {
             self.broadcast(|| Cmd::Frame(stream.clone(), frame.clone()));
+        }
+    }
+
+    fn tracks_changed(&self, stream: &Arc<Stream>) {
+        if stream.stats.viewers.load(Ordering::Relaxed) > 0 {
+            self.broadcast(|| Cmd::TracksChanged(stream.clone()));
         }
     }
 }

@@ -490,8 +490,42 @@ impl Session {
         Ok(reply)
     }
 
+    /// The stream's track set changed (a new PMT). The viewer keeps what is still there (a new
+    /// SPS/PPS reaches it ahead of the next IDR, and a track that comes back resumes on its
+    /// m-line); false when none of the tracks it plays is left: the session should end, which
+    /// tells the peer at once (see `close`), so it can reconnect and get the new track set.
+    pub fn tracks_changed(&mut self, status: &crate::stream::Status) -> bool {
+        if self.is_publisher() {
+            return true;
+        }
+        let has_video = status.tracks.as_ref().is_some_and(|t| t.video().is_some());
+        let plays = |slot: Option<(Mid, Option<Pt>)>, rtc: &Rtc| {
+            slot.and_then(|(mid, _)| rtc.media(mid))
+                .is_some_and(|m| m.direction().is_sending())
+        };
+        let (video, audio) = (plays(self.video, &self.rtc), plays(self.audio, &self.rtc));
+        let gone: Vec<&str> = [
+            (video && !has_video, "video"),
+            (audio && !status.has_audio(), "audio"),
+        ]
+        .into_iter()
+        .filter_map(|(gone, kind)| gone.then_some(kind))
+        .collect();
+        let keeps = (video && has_video) || (audio && status.has_audio());
+        if !gone.is_empty() && keeps {
+            info!(stream = %self.stream.name, session = %super::short(&self.id), gone = ?gone,
+                "a track this viewer plays left the stream; the rest continues");
+        }
+        keeps
+    }
+
+    /// End the session and tell the peer: RTCP BYE and a DTLS close_notify, so a browser sees
+    /// the connection close at once instead of waiting for its consent checks to fail.
     pub fn close(&mut self, out: &mut Outbox) {
-        self.rtc.disconnect();
+        if let Err(e) = self.rtc.close() {
+            debug!(error = %e, "closing the session");
+            self.rtc.disconnect();
+        }
         self.poll(out);
         if !self.is_publisher() {
             self.stream.stats.viewers.fetch_sub(1, Ordering::Relaxed);

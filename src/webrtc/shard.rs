@@ -285,6 +285,15 @@ impl Shard {
                 self.out.flush();
                 let _ = reply.send(());
             }
+            Cmd::TracksChanged(stream) => {
+                let status = stream.status();
+                for slot in self.by_stream.get(&stream.id).cloned().unwrap_or_default() {
+                    let keep = self.session(slot).is_none_or(|s| s.tracks_changed(&status));
+                    if !keep {
+                        self.remove(slot, "its tracks left the stream (PMT change)");
+                    }
+                }
+            }
             Cmd::EndViewers(stream) => {
                 for slot in self.by_stream.remove(&stream).unwrap_or_default() {
                     self.remove(slot, "the stream's source ended");
