@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use str0m::change::SdpOffer;
 use str0m::config::DtlsCert;
+use str0m::rtp::Extension;
 use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -256,7 +257,13 @@ impl Engine {
             .clear_codecs()
             .set_dtls_cert(self.dtls_cert.clone())
             .set_rtp_mode(true)
-            .set_stats_interval(Some(Duration::from_secs(1)));
+            .set_stats_interval(Some(Duration::from_secs(1)))
+            // Only the MID extension (BUNDLE demux). Transport-wide sequence numbers and
+            // abs-send-time feed a sender's bandwidth estimate; a TS source cannot change its
+            // bitrate, so they would cost a header write and a TWCC register entry per packet
+            // per viewer (and the viewers' feedback) for nothing.
+            .clear_extension_map()
+            .set_extension(4, Extension::RtpMid);
         if tracks.video().is_some() {
             cfg = cfg.enable_h264(true);
             // str0m's defaults cover Baseline, Constrained Baseline, Main and High; add
