@@ -26,6 +26,22 @@ fn chromium() -> Option<PathBuf> {
         .find(|p| p.exists())
 }
 
+/// Chromium, or `None` after saying loudly that `test` is skipped (a panic instead when
+/// `TSBRIDGE_REQUIRE_BROWSER` is set, as in CI).
+fn chromium_or_skip(test: &str) -> Option<PathBuf> {
+    let found = chromium();
+    if found.is_none() {
+        if std::env::var_os("TSBRIDGE_REQUIRE_BROWSER").is_some() {
+            panic!("Chromium is required (TSBRIDGE_REQUIRE_BROWSER is set) but was not found");
+        }
+        eprintln!("\n*** SKIPPED {test}: no Chromium found ***");
+        eprintln!(
+            "*** install it (apt-get install chromium) or set CHROMIUM=/path/to/chrome ***\n"
+        );
+    }
+    found
+}
+
 fn testdata(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("testdata")
@@ -38,6 +54,8 @@ struct Seen {
     frame_width: u64,
     audio_samples: u64,
     first_frame_ms: Option<u64>,
+    /// Sessions the page saw the server end (its DTLS transport turned "closed").
+    ended_by_server: u64,
     last: String,
 }
 
@@ -46,7 +64,7 @@ async fn watch_page(
     browser: &PathBuf,
     url: &str,
     timeout: Duration,
-    done: impl Fn(&Seen) -> bool,
+    mut done: impl FnMut(&Seen) -> bool,
 ) -> Seen {
     let profile = tempdir();
     let mut child = Command::new(browser)
@@ -86,6 +104,7 @@ async fn watch_page(
             seen.frames_decoded = v["video"]["framesDecoded"].as_u64().unwrap_or(0);
             seen.frame_width = v["video"]["frameWidth"].as_u64().unwrap_or(0);
             seen.audio_samples = v["audio"]["totalSamplesReceived"].as_u64().unwrap_or(0);
+            seen.ended_by_server = v["endedByServer"].as_u64().unwrap_or(0);
             if seen.frames_decoded > 0 && seen.first_frame_ms.is_none() {
                 seen.first_frame_ms = v["ms"].as_u64();
             }
@@ -109,14 +128,7 @@ fn tempdir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_decodes_video_and_receives_audio() {
-    let Some(browser) = chromium() else {
-        if std::env::var_os("TSBRIDGE_REQUIRE_BROWSER").is_some() {
-            panic!("Chromium is required (TSBRIDGE_REQUIRE_BROWSER is set) but was not found");
-        }
-        eprintln!("\n*** SKIPPED chromium_decodes_video_and_receives_audio: no Chromium found ***");
-        eprintln!(
-            "*** install it (apt-get install chromium) or set CHROMIUM=/path/to/chrome ***\n"
-        );
+    let Some(browser) = chromium_or_skip("chromium_decodes_video_and_receives_audio") else {
         return;
     };
     let mut args = ServeArgs::loopback();
@@ -134,6 +146,44 @@ async fn chromium_decodes_video_and_receives_audio() {
     assert!(seen.frames_decoded >= 60, "video frames decoded: {seen:?}");
     assert_eq!(seen.frame_width, 640, "{seen:?}");
     assert!(seen.audio_samples > 0, "audio samples received: {seen:?}");
+}
+
+/// The server ends a session by telling the browser (RTCP BYE + DTLS close_notify): when the
+/// source is gone past `--source-grace`, Chromium's DTLS transport turns "closed" at once, and
+/// the player page reconnects instead of waiting ~30 s for the connection to fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_learns_at_once_that_the_server_ended_its_session() {
+    let Some(browser) =
+        chromium_or_skip("chromium_learns_at_once_that_the_server_ended_its_session")
+    else {
+        return;
+    };
+    let mut args = ServeArgs::loopback();
+    args.source_grace = Duration::from_secs(1);
+    let server = Server::start(args).await.expect("server starts");
+    let ingest = format!("http://{}/ingest/cam", server.http_addr);
+    let source = tokio::spawn(async move {
+        tsbridge::ingest::replay::push(&testdata("h264_opus.ts"), &ingest, false).await
+    });
+    let url = format!("http://{}/play/cam?stats=1", server.http_addr);
+    let (mut played_at, mut ended_at) = (None, None);
+    let t0 = std::time::Instant::now();
+    let seen = watch_page(&browser, &url, Duration::from_secs(40), |s| {
+        if s.frames_decoded > 0 && played_at.is_none() {
+            played_at = Some(t0.elapsed());
+        }
+        if source.is_finished() && ended_at.is_none() {
+            ended_at = Some(t0.elapsed());
+        }
+        s.ended_by_server > 0
+    })
+    .await;
+    eprintln!("chromium saw: {seen:?}; source ended at {ended_at:?}, played at {played_at:?}");
+    assert!(played_at.is_some(), "it played before the end: {seen:?}");
+    assert!(
+        seen.ended_by_server > 0,
+        "the page saw the server end the session: {seen:?}"
+    );
 }
 
 /// A headless Chromium publishing the server's own `/publish/{s}` page: what it logs as
@@ -228,16 +278,8 @@ impl PublisherPage {
 /// OpenH264, Opus); a second Chromium plays `/play/{s}` and decodes frames and audio samples.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_publishes_with_whip_and_chromium_plays_it() {
-    let Some(browser) = chromium() else {
-        if std::env::var_os("TSBRIDGE_REQUIRE_BROWSER").is_some() {
-            panic!("Chromium is required (TSBRIDGE_REQUIRE_BROWSER is set) but was not found");
-        }
-        eprintln!(
-            "\n*** SKIPPED chromium_publishes_with_whip_and_chromium_plays_it: no Chromium found ***"
-        );
-        eprintln!(
-            "*** install it (apt-get install chromium) or set CHROMIUM=/path/to/chrome ***\n"
-        );
+    let Some(browser) = chromium_or_skip("chromium_publishes_with_whip_and_chromium_plays_it")
+    else {
         return;
     };
     let server = Server::start(ServeArgs::loopback())
