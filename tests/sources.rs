@@ -219,3 +219,245 @@ async fn probe_reports_tracks_profile_and_gop() {
     assert_eq!(tracks[1]["playable"], false);
     assert!(tracks[1]["reason"].as_str().unwrap().contains("AAC"));
 }
+
+/// Byte surgery on whole 188-byte TS packets, for hostile-stream tests.
+mod surgery {
+    pub fn pid(p: &[u8]) -> u16 {
+        u16::from_be_bytes([p[1] & 0x1f, p[2]])
+    }
+
+    /// The adaptation field's flags byte, if the packet has one with flags.
+    fn af_flags(p: &mut [u8]) -> Option<&mut u8> {
+        (p[3] & 0x20 != 0 && p[4] > 0).then(|| &mut p[5])
+    }
+
+    pub fn set_discontinuity(p: &mut [u8]) -> bool {
+        af_flags(p).map(|f| *f |= 0x80).is_some()
+    }
+
+    fn payload_start(p: &[u8]) -> usize {
+        if p[3] & 0x20 != 0 {
+            5 + usize::from(p[4])
+        } else {
+            4
+        }
+    }
+
+    fn read_ts(b: &[u8]) -> u64 {
+        (u64::from(b[0] >> 1) & 7) << 30
+            | u64::from(b[1]) << 22
+            | u64::from(b[2] >> 1) << 15
+            | u64::from(b[3]) << 7
+            | u64::from(b[4] >> 1)
+    }
+
+    fn write_ts(b: &mut [u8], v: u64) {
+        b[0] = (b[0] & 0xf0) | ((v >> 29) as u8 & 0x0e) | 1;
+        b[1] = (v >> 22) as u8;
+        b[2] = ((v >> 14) as u8 & 0xfe) | 1;
+        b[3] = (v >> 7) as u8;
+        b[4] = ((v << 1) as u8 & 0xfe) | 1;
+    }
+
+    /// The PTS of the PES that starts in this packet.
+    pub fn pes_pts(p: &[u8]) -> Option<u64> {
+        let at = payload_start(p);
+        (p[1] & 0x40 != 0
+            && at + 14 <= p.len()
+            && p[at..at + 3] == [0, 0, 1]
+            && p[at + 7] & 0x80 != 0)
+            .then(|| read_ts(&p[at + 9..at + 14]))
+    }
+
+    /// Moves the PCR and a PES header's PTS/DTS in this packet by `delta` (90 kHz, mod 2^33).
+    pub fn shift_time(p: &mut [u8], delta: i64) {
+        let wrap = |v: u64| (v as i64 + delta).rem_euclid(1 << 33) as u64;
+        if af_flags(p).is_some_and(|f| *f & 0x10 != 0) {
+            let b = &mut p[6..12];
+            let base = u64::from(b[0]) << 25
+                | u64::from(b[1]) << 17
+                | u64::from(b[2]) << 9
+                | u64::from(b[3]) << 1
+                | u64::from(b[4] >> 7);
+            let base = wrap(base);
+            b[0] = (base >> 25) as u8;
+            b[1] = (base >> 17) as u8;
+            b[2] = (base >> 9) as u8;
+            b[3] = (base >> 1) as u8;
+            b[4] = (b[4] & 0x7f) | ((base as u8 & 1) << 7);
+        }
+        let at = payload_start(p);
+        let pusi = p[1] & 0x40 != 0;
+        if !pusi || at + 14 > p.len() || p[at..at + 3] != [0, 0, 1] {
+            return;
+        }
+        let flags = p[at + 7] >> 6;
+        for (present, off) in [(flags & 2 != 0, 9), (flags == 3, 14)] {
+            if present && at + off + 5 <= p.len() {
+                let b = &mut p[at + off..at + off + 5];
+                let v = wrap(read_ts(b));
+                write_ts(b, v);
+            }
+        }
+    }
+}
+
+/// A hostile source, one stream: duplicated packets, lost packets (continuity errors), PAT and
+/// PMT missing for 2 s, then every timestamp jumping 20 s forward without a flag, then back to
+/// the start flagged by `discontinuity_indicator`. Problems are counted, and the viewer (an
+/// independent WebRTC stack) keeps getting video and audio whose RTP time runs on without a
+/// jump: the timeline re-anchors.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_ts_keeps_viewers_playing_on_one_timeline() {
+    let s = Server::start(ServeArgs::loopback()).await.unwrap();
+    let clean = std::fs::read(common::testdata("h264_opus.ts")).unwrap();
+    let pmt_pid = 0x1000;
+    let mut hostile = Vec::new();
+    for copy in 0..3 {
+        let mut first_of_pid = std::collections::HashSet::new();
+        for (i, pkt) in clean.chunks(188).enumerate() {
+            let mut p = pkt.to_vec();
+            let pid = surgery::pid(&p);
+            let psi = pid == 0 || pid == pmt_pid;
+            match copy {
+                0 => {
+                    // 2 s to 4 s of the first copy (about packets 790–1580): no PAT/PMT.
+                    if psi && (790..1580).contains(&i) {
+                        continue;
+                    }
+                    if i % 300 == 150 && !psi {
+                        continue; // lost: a continuity-counter gap
+                    }
+                    if i % 50 == 25 {
+                        hostile.extend_from_slice(&p); // duplicate (same CC)
+                    }
+                }
+                1 => surgery::shift_time(&mut p, 20 * 90_000),
+                _ => {
+                    if first_of_pid.insert(pid) {
+                        surgery::set_discontinuity(&mut p);
+                    }
+                }
+            }
+            hostile.extend_from_slice(&p);
+        }
+    }
+    // The surgery took: the first PTS of the second copy is 20 s after the first copy's.
+    let copy_len = hostile.len() - 2 * clean.len();
+    let first_pts = |bytes: &[u8]| bytes.chunks(188).find_map(surgery::pes_pts).unwrap();
+    let (a, b) = (
+        first_pts(&hostile[..copy_len]),
+        first_pts(&hostile[copy_len..]),
+    );
+    assert_eq!(b - a, 20 * 90_000, "PTS {a} then {b}");
+    let path = std::env::temp_dir().join(format!("tsbridge-hostile-{}.ts", std::process::id()));
+    std::fs::write(&path, &hostile).unwrap();
+    let ingest = url(&s, "/ingest/hostile");
+    let p2 = path.clone();
+    let pusher =
+        tokio::spawn(async move { tsbridge::ingest::replay::push(&p2, &ingest, false).await });
+    let opts = WhepOptions {
+        seconds: 25.0,
+        ..Default::default()
+    };
+    let viewer = common::WhepSession::start(&url(&s, "/whep/hostile"), &opts)
+        .await
+        .unwrap();
+    assert_eq!(viewer.status, 201);
+    pusher.await.unwrap().unwrap();
+    // What is in flight when the source ends.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let got = viewer.collected();
+    let _ = std::fs::remove_file(&path);
+
+    let aus = h264_access_units(&got.video);
+    let complete = aus.iter().filter(|a| a.complete).count();
+    assert!(
+        complete >= 400,
+        "{complete} complete AUs of 540 sent over 18 s"
+    );
+    for w in aus.windows(2) {
+        let step = w[1].ts.wrapping_sub(w[0].ts);
+        assert!(
+            step < 90_000,
+            "video RTP time steps {step} ticks at seq {}: the jumps must not reach the viewer",
+            w[1].first_seq
+        );
+    }
+    assert!(
+        got.audio.len() >= 600,
+        "{} audio packets of 900",
+        got.audio.len()
+    );
+    let mut audio = got.audio.clone();
+    audio.sort_by_key(|p| p.seq);
+    for w in audio.windows(2) {
+        let step = w[1].ts.wrapping_sub(w[0].ts);
+        assert!(step < 48_000, "audio RTP time steps {step} ticks");
+    }
+    let j: serde_json::Value = serde_json::from_slice(
+        &request("GET", &url(&s, "/streams/hostile"), &[], b"")
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert!(j["ts_problems"].as_u64().unwrap() > 0, "{j}");
+}
+
+/// Random bytes pushed as a stream: counted as TS problems, never "ready"; a WHEP viewer is
+/// answered with a status that says why after `--whep-wait`, never left hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_bytes_never_become_ready() {
+    let mut args = ServeArgs::loopback();
+    args.whep_wait = Duration::from_secs(2);
+    let s = Server::start(args).await.unwrap();
+    // xorshift64*: deterministic noise, with a 0x47 every 188 bytes now and then to tempt the
+    // resync.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut noise: Vec<u8> = (0..2_000_000)
+        .map(|_| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
+        })
+        .collect();
+    for i in (0..noise.len()).step_by(188 * 7) {
+        noise[i] = 0x47;
+    }
+    let r = request(
+        "PUT",
+        &url(&s, "/ingest/noise"),
+        &[("Content-Type", "video/mp2t")],
+        &noise,
+    )
+    .await
+    .unwrap();
+    assert!(r.status < 300, "ingest: {} {}", r.status, r.text());
+    let offer = common::offer_sdp(&WhepOptions::default()).await.unwrap();
+    let r = request(
+        "POST",
+        &url(&s, "/whep/noise"),
+        &[("Content-Type", "application/sdp")],
+        offer.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+    assert!(
+        r.text().contains("no PAT/PMT"),
+        "the answer says why: {}",
+        r.text()
+    );
+    let j: serde_json::Value = serde_json::from_slice(
+        &request("GET", &url(&s, "/streams/noise"), &[], b"")
+            .await
+            .unwrap()
+            .body,
+    )
+    .unwrap();
+    assert_eq!(j["ready"], false, "{j}");
+    assert!(j["ts_problems"].as_u64().unwrap() > 0, "{j}");
+    eprintln!("WHEP on noise: {} {}", r.status, r.text().trim());
+}

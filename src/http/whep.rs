@@ -77,13 +77,20 @@ async fn wait_ready(stream: &Arc<Stream>, deadline: Duration) -> Result<Status, 
     let waited = tokio::time::timeout(deadline, rx.wait_for(|s| s.ready)).await;
     match waited {
         Ok(Ok(status)) => Ok(status.clone()),
-        _ => Err(not_ready(&stream.status(), &stream.name, deadline)),
+        _ => Err(not_ready(stream, deadline)),
     }
 }
 
 /// The 404 after the wait, saying why.
-fn not_ready(status: &Status, name: &str, waited: Duration) -> ApiError {
+fn not_ready(stream: &Stream, waited: Duration) -> ApiError {
+    let (status, name) = (stream.status(), &stream.name);
+    let received = stream.stats.ingest_bytes.load(Ordering::Relaxed);
+    let problems = stream.stats.ts_problems.load(Ordering::Relaxed);
     let why = match &status.tracks {
+        None if received > 0 => format!(
+            "stream {name:?} received {received} bytes but no PAT/PMT in them ({problems} TS \
+             problems): is the source sending MPEG-TS?"
+        ),
         None if !status.source.eq(&crate::stream::SourceState::Live) => {
             format!("no source is sending stream {name:?}")
         }
