@@ -284,13 +284,7 @@ async fn session_churn_leaves_nothing_behind() {
             warm = rss();
         }
     }
-    let j: serde_json::Value = serde_json::from_slice(
-        &request("GET", &url(&s, "/streams/cam"), &[], b"")
-            .await
-            .unwrap()
-            .body,
-    )
-    .unwrap();
+    let j = common::stream_json(s.http_addr, "cam").await;
     assert_eq!(j["viewers"], 0);
     assert_eq!(j["sessions_total"], 300);
     let grown = rss().saturating_sub(warm);
@@ -359,13 +353,7 @@ async fn pmt_change_keeps_viewers_and_updates_tracks() {
             )
         })
     };
-    let j: serde_json::Value = serde_json::from_slice(
-        &request("GET", &url(&s, "/streams/pmt"), &[], b"")
-            .await
-            .unwrap()
-            .body,
-    )
-    .unwrap();
+    let j = common::stream_json(s.http_addr, "pmt").await;
     assert_eq!(
         j["viewers"], 1,
         "the server ended the audio-only viewer: {j}"
@@ -393,13 +381,7 @@ async fn pmt_change_keeps_viewers_and_updates_tracks() {
             "RTP time moves forward"
         );
     }
-    let j: serde_json::Value = serde_json::from_slice(
-        &request("GET", &url(&s, "/streams/pmt"), &[], b"")
-            .await
-            .unwrap()
-            .body,
-    )
-    .unwrap();
+    let j = common::stream_json(s.http_addr, "pmt").await;
     let tracks = j["tracks"].as_array().unwrap();
     assert_eq!(tracks.len(), 1, "the new PMT has video only: {j}");
     assert_eq!(tracks[0]["profile_level_id"], "42c01e");

@@ -121,13 +121,7 @@ async fn damaged_ts_over_http_keeps_playing() {
         "{complete} of {} complete",
         aus.len()
     );
-    let j: serde_json::Value = serde_json::from_slice(
-        &request("GET", &url(&s, "/streams/bad"), &[], b"")
-            .await
-            .unwrap()
-            .body,
-    )
-    .unwrap();
+    let j = common::stream_json(s.http_addr, "bad").await;
     assert!(j["ts_problems"].as_u64().unwrap() > 0, "{j}");
     assert_eq!(j["ready"], true);
 }
@@ -395,13 +389,7 @@ async fn hostile_ts_keeps_viewers_playing_on_one_timeline() {
         let step = w[1].ts.wrapping_sub(w[0].ts);
         assert!(step < 48_000, "audio RTP time steps {step} ticks");
     }
-    let j: serde_json::Value = serde_json::from_slice(
-        &request("GET", &url(&s, "/streams/hostile"), &[], b"")
-            .await
-            .unwrap()
-            .body,
-    )
-    .unwrap();
+    let j = common::stream_json(s.http_addr, "hostile").await;
     assert!(j["ts_problems"].as_u64().unwrap() > 0, "{j}");
 }
 
@@ -450,13 +438,7 @@ async fn random_bytes_never_become_ready() {
         "the answer says why: {}",
         r.text()
     );
-    let j: serde_json::Value = serde_json::from_slice(
-        &request("GET", &url(&s, "/streams/noise"), &[], b"")
-            .await
-            .unwrap()
-            .body,
-    )
-    .unwrap();
+    let j = common::stream_json(s.http_addr, "noise").await;
     assert_eq!(j["ready"], false, "{j}");
     assert!(j["ts_problems"].as_u64().unwrap() > 0, "{j}");
     eprintln!("WHEP on noise: {} {}", r.status, r.text().trim());

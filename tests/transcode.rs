@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{request, whep_receive, StopWhen, WhepOptions};
+use common::{whep_receive, StopWhen, WhepOptions};
 use tsbridge::config::{AudioTranscode, Named, ServeArgs};
 use tsbridge::server::Server;
 
@@ -101,18 +101,7 @@ async fn plays_tone(file: &str, tone: f32) {
         "dominant {f} Hz, want {tone} Hz"
     );
 
-    let j: serde_json::Value = serde_json::from_slice(
-        &request(
-            "GET",
-            &format!("http://{}/streams/a", s.http_addr),
-            &[],
-            b"",
-        )
-        .await
-        .unwrap()
-        .body,
-    )
-    .unwrap();
+    let j = common::stream_json(s.http_addr, "a").await;
     let audio = j["tracks"]
         .as_array()
         .unwrap()
@@ -158,18 +147,7 @@ async fn transcoding_off_leaves_aac_unsupported() {
     assert_eq!(r.status, 201);
     assert!(r.audio.is_empty());
     tokio::time::sleep(Duration::from_millis(100)).await;
-    let j: serde_json::Value = serde_json::from_slice(
-        &request(
-            "GET",
-            &format!("http://{}/streams/a", s.http_addr),
-            &[],
-            b"",
-        )
-        .await
-        .unwrap()
-        .body,
-    )
-    .unwrap();
+    let j = common::stream_json(s.http_addr, "a").await;
     let aac = j["tracks"]
         .as_array()
         .unwrap()

@@ -28,11 +28,7 @@ fn url(s: &Server, path: &str) -> String {
 }
 
 async fn stream_json(s: &Server, name: &str) -> serde_json::Value {
-    let r = request("GET", &url(s, &format!("/streams/{name}")), &[], b"")
-        .await
-        .expect("GET stream");
-    assert_eq!(r.status, 200, "{}", r.text());
-    serde_json::from_slice(&r.body).expect("JSON")
+    common::stream_json(s.http_addr, name).await
 }
 
 /// The RTP of a viewer of an H.264 + Opus file is what RFC 6184/7587 say, from the first IDR on.

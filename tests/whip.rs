@@ -46,11 +46,7 @@ async fn publish(s: &Server, name: &str) -> WhipPublisher {
 }
 
 async fn stream_json(s: &Server, name: &str) -> serde_json::Value {
-    let r = request("GET", &url(s, &format!("/streams/{name}")), &[], b"")
-        .await
-        .expect("GET stream");
-    assert_eq!(r.status, 200, "{}", r.text());
-    serde_json::from_slice(&r.body).expect("JSON")
+    common::stream_json(s.http_addr, name).await
 }
 
 /// Waits until `/streams/{name}` satisfies `pred`; returns the last JSON seen.

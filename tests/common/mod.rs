@@ -65,3 +65,17 @@ pub fn testdata(name: &str) -> std::path::PathBuf {
         .join("testdata")
         .join(name)
 }
+
+/// `GET /streams/{name}` on the server at `http_addr`, as JSON (asserting 200).
+pub async fn stream_json(http_addr: std::net::SocketAddr, name: &str) -> serde_json::Value {
+    let r = request(
+        "GET",
+        &format!("http://{http_addr}/streams/{name}"),
+        &[],
+        b"",
+    )
+    .await
+    .expect("GET /streams/{name}");
+    assert_eq!(r.status, 200, "{}", r.text());
+    serde_json::from_slice(&r.body).expect("JSON")
+}
