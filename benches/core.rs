@@ -15,6 +15,8 @@
 //! - `payload_handoff`: what each viewer costs to get one RTP payload of the file's video in
 //!   the form str0m's RTP mode takes (`Arc<[u8]>`): a clone of our `Arc<[u8]>` payload vs. a
 //!   copy out of a `Bytes` slice (payloads/s).
+//! - `srtp_1200B`: one 1,200-byte RTP packet through each SRTP profile with str0m's crypto
+//!   provider (AES-128-GCM, AES-256-GCM, AES-128-CM + HMAC-SHA1-80), the per-viewer crypto.
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -265,5 +267,38 @@ fn payload_handoff(c: &mut Criterion, data: &Data) {
     g.finish();
 }
 
-criterion_group!(core_benches, benches);
+/// Per-viewer SRTP of one 1,200-byte RTP packet in each profile str0m can negotiate (its
+/// crypto provider, as the engine uses it): which profile a viewer gets is a per-packet cost.
+/// AES-CM-SHA1 includes its HMAC-SHA1 tag (RFC 3711), the GCM profiles their GHASH tag.
+fn srtp_profiles(c: &mut Criterion) {
+    let provider = str0m::crypto::from_feature_flags();
+    let srtp = provider.srtp_provider;
+    let header = [
+        0x90, 0x66, 0x12, 0x34, 0, 1, 0x5f, 0x90, 0xde, 0xad, 0xbe, 0xef,
+    ];
+    let payload = vec![0x5a_u8; 1200 - header.len()];
+    let mut out = vec![0_u8; 1200 + 16];
+    let mut g = c.benchmark_group("srtp_1200B");
+    g.throughput(Throughput::Elements(1));
+    let mut gcm128 = srtp.aead_aes_128_gcm().create_cipher([7; 16], true);
+    g.bench_function("aead_aes_128_gcm", |b| {
+        b.iter(|| gcm128.encrypt(&[1; 12], &header, black_box(&payload), &mut out))
+    });
+    let mut gcm256 = srtp.aead_aes_256_gcm().create_cipher([7; 32], true);
+    g.bench_function("aead_aes_256_gcm", |b| {
+        b.iter(|| gcm256.encrypt(&[1; 12], &header, black_box(&payload), &mut out))
+    });
+    let mut cm = srtp.aes_128_cm_sha1_80().create_cipher([7; 16], true);
+    let hmac = provider.sha1_hmac_provider;
+    g.bench_function("aes_128_cm_hmac_sha1_80", |b| {
+        b.iter(|| {
+            let r = cm.encrypt(&[1; 16], black_box(&payload), &mut out[..payload.len()]);
+            let tag = hmac.sha1_hmac(&[3; 20], &[&header, &out[..payload.len()], &[0; 4]]);
+            (r, tag)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(core_benches, benches, srtp_profiles);
 criterion_main!(core_benches);
