@@ -20,16 +20,17 @@ for t in "${TARGETS[@]}"; do
     extra=()
     [ "$t" = transcode ] && extra=(-O --target-dir target-o)
     log=$(mktemp)
+    since=$(mktemp) # crashes are the artifacts written after this
     cargo fuzz run "${extra[@]}" "$t" "corpus/$t" "seeds/$t" -- \
         -max_total_time="$SECONDS_EACH" -print_final_stats=1 >"$log" 2>&1
     rc=$?
     execs=$(grep -m1 'stat::number_of_executed_units' "$log" | awk '{print $2}')
     rate=$(grep -m1 'stat::average_exec_per_sec' "$log" | awk '{print $2}')
     cov=$(grep -E '^#[0-9]+.*(DONE|pulse|NEW|REDUCE)' "$log" | tail -1 | sed -E 's/.*cov: ([0-9]+) ft: ([0-9]+).*/\1 \/ \2/')
-    crashes=$(find "artifacts/$t" -type f -newer "$log" | wc -l)
+    crashes=$(find "artifacts/$t" -type f -newer "$since" | wc -l)
     corpus=$(find "corpus/$t" -type f | wc -l)
     printf '| `%s` | %s s | %s | %s | %s%s | %s | %s |\n' "$t" "$SECONDS_EACH" "${execs:-?}" \
         "${rate:-?}" "$crashes" "$([ $rc -ne 0 ] && echo " (exit $rc)")" "${cov:-?}" "$corpus"
     [ $rc -ne 0 ] && tail -30 "$log" >&2
-    rm -f "$log"
+    rm -f "$log" "$since"
 done

@@ -191,7 +191,10 @@ fn skip_scaling_list(r: &mut BitReader<'_>, size: usize) -> Option<()> {
     let (mut last, mut next) = (8i32, 8i32);
     for _ in 0..size {
         if next != 0 {
-            next = (last + r.se()? + 256).rem_euclid(256);
+            // delta_scale is -128..=127 (H.264 7.4.2.1.1.1); more is a broken SPS (and the sum
+            // could overflow).
+            let delta = r.se().filter(|d| (-128..=127).contains(d))?;
+            next = (last + delta + 256).rem_euclid(256);
         }
         if next != 0 {
             last = next;
@@ -508,6 +511,47 @@ mod tests {
             (pli.profile_idc(), pli.constraint_flags(), pli.level_idc()),
             (100, 0, 30)
         );
+    }
+
+    /// Found by the `h264` fuzz target: a scaling list whose delta_scale is near i32::MAX
+    /// overflowed the running sum. Out-of-range deltas now make the SPS invalid.
+    #[test]
+    fn sps_with_huge_scaling_delta_is_rejected_not_a_panic() {
+        let mut bits = String::from("01100111"); // NAL header: SPS
+        bits += "01100100"; // profile_idc 100 (High): chroma and scaling fields follow
+        bits += "00000000"; // constraint flags
+        bits += "00011111"; // level_idc 31
+        bits += "1"; // seq_parameter_set_id ue 0
+        bits += "010"; // chroma_format_idc ue 1
+        bits += "11"; // bit depths ue 0, ue 0
+        bits += "0"; // qpprime_y_zero_transform_bypass_flag
+        bits += "1"; // seq_scaling_matrix_present_flag
+        bits += "1"; // seq_scaling_list_present_flag[0]
+                     // delta_scale se = 2^31 - 1, i.e. ue k = 2^32 - 3 (odd: positive): 31 zeros, a 1, then
+                     // the 31 bits of k - (2^31 - 1).
+        bits += &"0".repeat(31);
+        bits += "1";
+        bits += &format!("{:031b}", (1u64 << 31) - 2);
+        bits += &"1".repeat(64);
+        let mut nal: Vec<u8> = bits
+            .as_bytes()
+            .chunks(8)
+            .map(|c| {
+                let s = std::str::from_utf8(c).unwrap();
+                u8::from_str_radix(&format!("{s:0<8}"), 2).unwrap()
+            })
+            .collect();
+        assert_eq!(parse_sps(&nal), None);
+        // A legal delta (se 1: ue 1, "010") parses on through the list.
+        let at = 8 + 24 + 1 + 3 + 2 + 1 + 1 + 1;
+        let mut legal = bits[..at].to_string() + "010" + &"1".repeat(200);
+        legal.truncate(legal.len() / 8 * 8);
+        nal = legal
+            .as_bytes()
+            .chunks(8)
+            .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 2).unwrap())
+            .collect();
+        let _ = parse_sps(&nal);
     }
 
     #[test]
