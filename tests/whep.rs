@@ -570,6 +570,7 @@ async fn lossy_viewer_skips_to_keyframes_and_others_lose_nothing() {
         quiet: true,
         lossy: 1,
         drop: 50.0,
+        decrypt_all: false,
     };
     let report = tsbridge::loadtest::run(&args).await.expect("load tool");
     assert_eq!(report.connected, 4, "{}", report.text());
