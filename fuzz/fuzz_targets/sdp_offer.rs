@@ -13,6 +13,7 @@ use std::time::Instant;
 use libfuzzer_sys::fuzz_target;
 use str0m::change::{SdpAnswer, SdpOffer};
 use str0m::config::DtlsCert;
+use str0m::rtp::Extension;
 use str0m::{Candidate, RtcConfig};
 
 /// One certificate for every run, as the engine does (generating one costs milliseconds).
@@ -35,6 +36,9 @@ fn viewer_config(own: Option<u32>) -> RtcConfig {
     let mut cfg = RtcConfig::new()
         .clear_codecs()
         .set_dtls_cert(cert())
+        .set_rtp_mode(true)
+        .clear_extension_map()
+        .set_extension(4, Extension::RtpMid)
         .enable_h264(true);
     let codecs = cfg.codec_config();
     for (pt, rtx, plid) in [(37u8, 38u8, own), (39, 40, Some(0x640c1f))] {

@@ -109,10 +109,50 @@ fn offered_codecs(sdp: &str) -> String {
     }
 }
 
+/// A payload type must mean one thing in the whole offer (RFC 8843 §7.5: bundled m-lines may
+/// share a payload type only for the same codec configuration). str0m assumes so and panics
+/// ("Pt locked multiple times") on an offer that breaks it: found by the `sdp_offer` fuzz
+/// target, answered 400 here.
+fn check_payload_types(sdp: &str) -> Result<(), OfferError> {
+    use std::collections::HashMap;
+    // PT → (media kind, attribute, value) as first declared.
+    let mut seen: HashMap<(&str, &str), (&str, &str)> = HashMap::new();
+    let mut kind = "";
+    for line in sdp.lines().map(str::trim) {
+        if let Some(m) = line.strip_prefix("m=") {
+            kind = m.split_whitespace().next().unwrap_or("");
+            continue;
+        }
+        for attr in ["rtpmap", "fmtp"] {
+            let Some(rest) = line.strip_prefix("a=").and_then(|l| l.strip_prefix(attr)) else {
+                continue;
+            };
+            let Some((pt, value)) = rest.strip_prefix(':').and_then(|r| r.split_once(' ')) else {
+                continue;
+            };
+            let value = value.trim();
+            match seen.get(&(pt, attr)) {
+                Some(&(k, v)) if k != kind || !v.eq_ignore_ascii_case(value) => {
+                    return Err(OfferError::Malformed(format!(
+                        "payload type {pt} is declared twice with different meanings \
+                         ({k} a={attr}:{pt} {v}, then {kind} a={attr}:{pt} {value})"
+                    )));
+                }
+                Some(_) => {}
+                None => {
+                    seen.insert((pt, attr), (kind, value));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Offer {
     pub fn parse(sdp: &str) -> Result<Offer, OfferError> {
         let parsed =
             SdpOffer::from_sdp_string(sdp).map_err(|e| OfferError::Malformed(e.to_string()))?;
+        check_payload_types(sdp)?;
         let remote_ufrag = sdp
             .lines()
             .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
@@ -520,4 +560,28 @@ fn primary_ip() -> Option<IpAddr> {
 /// Session ids are secrets; logs show only a prefix.
 fn short(id: &str) -> &str {
     &id[..id.len().min(8)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHROMIUM_OFFER: &str = include_str!("../../fuzz/seeds/sdp_offer/chromium_whep_recvonly");
+
+    #[test]
+    fn a_payload_type_with_two_meanings_is_a_bad_offer_not_a_panic() {
+        assert!(Offer::parse(CHROMIUM_OFFER).is_ok());
+        // The audio section also claims video's PT 102 (the fuzzer's find: str0m panicked).
+        let twice = CHROMIUM_OFFER.replace(
+            "a=rtpmap:111 opus/48000/2",
+            "a=rtpmap:111 opus/48000/2\r\na=rtpmap:102 H264/90000",
+        );
+        match Offer::parse(&twice) {
+            Err(OfferError::Malformed(why)) => assert!(why.contains("payload type 102"), "{why}"),
+            other => panic!("{:?}", other.err()),
+        }
+        // The fuzzer's own input.
+        let found = include_bytes!("../../fuzz/seeds/sdp_offer/regression-pt-in-two-sections");
+        assert!(Offer::parse(&String::from_utf8_lossy(found)).is_err());
+    }
 }
