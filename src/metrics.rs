@@ -22,6 +22,8 @@ pub struct Metrics {
     /// Datagrams dropped because the socket's send buffer was full.
     pub send_drops: AtomicU64,
     pub nacks_received: AtomicU64,
+    /// RTP packets sent again (RTX) in answer to NACKs.
+    pub retransmissions: AtomicU64,
     pub plis_received: AtomicU64,
     pub firs_received: AtomicU64,
     pub keyframes_requested_upstream: AtomicU64,
@@ -93,6 +95,11 @@ impl Metrics {
                 "tsbridge_nacks_received_total",
                 "NACKs received from viewers",
                 &self.nacks_received,
+            ),
+            (
+                "tsbridge_retransmissions_total",
+                "RTP packets retransmitted (RTX) in answer to NACKs",
+                &self.retransmissions,
             ),
             (
                 "tsbridge_plis_received_total",

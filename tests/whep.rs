@@ -552,8 +552,9 @@ async fn viewers_spread_over_media_threads_all_play() {
     assert_eq!(s.app.engine.session_count().await, 0);
 }
 
-/// A viewer on a bad link (the load tool's lossy viewer throws away half of its RTP) is moved
-/// on to the next keyframe and counted; the viewers beside it lose nothing.
+/// A viewer on a bad link (the load tool's lossy viewer throws away half of its RTP) gets
+/// retransmissions for its NACKs, is moved on to the next keyframe, and both are counted; the
+/// viewers beside it lose nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_viewer_skips_to_keyframes_and_others_lose_nothing() {
     let s = serve(&[("cam", "h264_opus.ts")], |_| {}).await;
@@ -593,4 +594,10 @@ async fn lossy_viewer_skips_to_keyframes_and_others_lose_nothing() {
         .find(|l| l.starts_with("tsbridge_stream_slow_viewer_skips_total{stream=\"cam\"}"))
         .map(str::to_string);
     assert!(line.is_some_and(|l| !l.ends_with(" 0")), "{}", r.text());
+    let m = &s.app.engine.metrics;
+    let (nacks, rtx) = (
+        m.nacks_received.load(Ordering::Relaxed),
+        m.retransmissions.load(Ordering::Relaxed),
+    );
+    assert!(nacks > 0 && rtx > 0, "NACKs {nacks}, retransmissions {rtx}");
 }

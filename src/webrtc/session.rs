@@ -62,6 +62,8 @@ pub(super) struct Session {
     queued_since: Option<Instant>,
     /// Times this viewer was moved on to the next keyframe.
     skips: u64,
+    /// The RTX payload type of the video PT this viewer gets: its packets are retransmissions.
+    rtx_pt: Option<u8>,
 }
 
 /// The GOP backlog goes out at most this many bytes per tick (8 MB/s: a 5 s GOP of a
@@ -121,6 +123,7 @@ impl Session {
             last_received: Instant::now(),
             queued_since: None,
             skips: 0,
+            rtx_pt: None,
         }
     }
 
@@ -191,11 +194,16 @@ impl Session {
         while self.rtc.is_alive() {
             match self.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
-                    // RTP/RTCP start at 128 (RFC 7983); below is STUN or DTLS.
-                    if t.contents.first().is_some_and(|&b| b < 128)
-                        && self.peer_addrs.last() != Some(&t.destination)
-                    {
+                    // RTP/RTCP start at 128 (RFC 7983); below is STUN or DTLS. The RTP header is
+                    // clear text in SRTP: its payload type tells a retransmission.
+                    let first = t.contents.first().copied().unwrap_or(0);
+                    if first < 128 && self.peer_addrs.last() != Some(&t.destination) {
                         self.peer_addrs.push(t.destination);
+                    } else if first >= 128
+                        && self.rtx_pt.is_some()
+                        && t.contents.get(1).map(|b| b & 0x7f) == self.rtx_pt
+                    {
+                        self.metrics.retransmissions.fetch_add(1, Ordering::Relaxed);
                     }
                     *packets += 1;
                     *bytes += t.contents.len() as u64;
@@ -427,6 +435,16 @@ impl Session {
                     return;
                 };
                 *pt = Some(chosen);
+                if f.kind == Kind::Video {
+                    self.rtx_pt = self
+                        .rtc
+                        .codec_config()
+                        .params()
+                        .iter()
+                        .find(|p| p.pt() == chosen)
+                        .and_then(|p| p.resend())
+                        .map(|rtx| *rtx);
+                }
                 chosen
             }
         };
