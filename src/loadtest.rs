@@ -102,10 +102,12 @@ pub struct LoadtestArgs {
     pub drop: f64,
 
     /// Put every RTP packet through SRTP and str0m. By default a viewer does so until its first
-    /// keyframe has arrived whole (that checks the media), then counts RTP by its clear-text
-    /// header (SSRC, sequence number: loss is still exact), which costs a fraction of the CPU
-    /// so the tool can run beside the server. Such a viewer sends no NACKs and no longer feeds
-    /// its receiver reports. Lossy viewers always decrypt everything.
+    /// keyframe has arrived whole (that checks the media), then counts video RTP by its
+    /// clear-text header (SSRC, sequence number: loss is still exact), which costs a fraction
+    /// of the CPU so the tool can run beside the server. Audio still goes through str0m, so the
+    /// viewer keeps sending receiver reports like a real one (str0m stops reporting a stream
+    /// it gets nothing on, and the server frees a silent peer); it sends no video NACKs.
+    /// Lossy viewers always decrypt everything.
     #[arg(long)]
     pub decrypt_all: bool,
 }
@@ -437,7 +439,7 @@ impl Stats {
         }
     }
 
-    /// Whether this viewer counts RTP by header now (see `--decrypt-all`).
+    /// Whether this viewer counts video RTP by header now (see `--decrypt-all`).
     fn counts_headers(&self, decrypt_all: bool) -> bool {
         !decrypt_all && self.drop == 0.0 && self.first_key.is_some()
     }
@@ -699,7 +701,10 @@ impl EventLoop {
                     {
                         continue; // a lossy viewer's bad link
                     }
-                    if is_rtp(rb.filled()) && v.stats.counts_headers(self.decrypt_all) {
+                    if is_rtp(rb.filled())
+                        && is_video_pt(rb.filled()[1] & 0x7f)
+                        && v.stats.counts_headers(self.decrypt_all)
+                    {
                         v.stats.on_rtp_header(rb.filled());
                         self.unpublished += 1;
                         continue;
