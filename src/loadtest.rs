@@ -105,8 +105,7 @@ pub struct LoadtestArgs {
     /// keyframe has arrived whole (that checks the media), then counts video RTP by its
     /// clear-text header (SSRC, sequence number: loss is still exact), which costs a fraction
     /// of the CPU so the tool can run beside the server. Audio still goes through str0m, so the
-    /// viewer keeps sending receiver reports like a real one (str0m stops reporting a stream
-    /// it gets nothing on, and the server frees a silent peer); it sends no video NACKs.
+    /// viewer keeps receiving and reporting a stream like a real one; it sends no video NACKs.
     /// Lossy viewers always decrypt everything.
     #[arg(long)]
     pub decrypt_all: bool,
