@@ -425,22 +425,21 @@ impl Stats {
         self.video.expected() + self.audio.expected()
     }
 
-    /// Count an SRTP packet by its clear-text header (RFC 3711: the header is not encrypted).
+    /// Count a video SRTP packet by its clear-text header (RFC 3711 does not encrypt it), if
+    /// this viewer counts video that way by now (see `--decrypt-all`). False: decrypt it.
     #[inline]
-    fn on_rtp_header(&mut self, d: &[u8]) {
-        let ssrc = Ssrc::from(u32::from_be_bytes([d[8], d[9], d[10], d[11]]));
-        let seq = u16::from_be_bytes([d[2], d[3]]);
-        self.bytes += d.len() as u64;
-        if is_video_pt(d[1] & 0x7f) {
-            self.video.on_header(ssrc, seq);
-        } else {
-            self.audio.on_header(ssrc, seq);
+    fn counted_by_header(&mut self, d: &[u8], decrypt_all: bool) -> bool {
+        let by_header = !decrypt_all
+            && self.drop == 0.0
+            && self.first_key.is_some()
+            && is_rtp(d)
+            && is_video_pt(d[1] & 0x7f);
+        if by_header {
+            let ssrc = Ssrc::from(u32::from_be_bytes([d[8], d[9], d[10], d[11]]));
+            self.bytes += d.len() as u64;
+            self.video.on_header(ssrc, u16::from_be_bytes([d[2], d[3]]));
         }
-    }
-
-    /// Whether this viewer counts video RTP by header now (see `--decrypt-all`).
-    fn counts_headers(&self, decrypt_all: bool) -> bool {
-        !decrypt_all && self.drop == 0.0 && self.first_key.is_some()
+        by_header
     }
 
     #[inline]
@@ -700,11 +699,7 @@ impl EventLoop {
                     {
                         continue; // a lossy viewer's bad link
                     }
-                    if is_rtp(rb.filled())
-                        && is_video_pt(rb.filled()[1] & 0x7f)
-                        && v.stats.counts_headers(self.decrypt_all)
-                    {
-                        v.stats.on_rtp_header(rb.filled());
+                    if v.stats.counted_by_header(rb.filled(), self.decrypt_all) {
                         self.unpublished += 1;
                         continue;
                     }

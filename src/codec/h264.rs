@@ -527,31 +527,27 @@ mod tests {
         bits += "0"; // qpprime_y_zero_transform_bypass_flag
         bits += "1"; // seq_scaling_matrix_present_flag
         bits += "1"; // seq_scaling_list_present_flag[0]
-                     // delta_scale se = 2^31 - 1, i.e. ue k = 2^32 - 3 (odd: positive): 31 zeros, a 1, then
-                     // the 31 bits of k - (2^31 - 1).
+        let at = bits.len();
+        // delta_scale se = 2^31 - 1, i.e. ue k = 2^32 - 3 (odd: positive): 31 zeros, a 1, then
+        // the 31 bits of k - (2^31 - 1).
         bits += &"0".repeat(31);
         bits += "1";
         bits += &format!("{:031b}", (1u64 << 31) - 2);
         bits += &"1".repeat(64);
-        let mut nal: Vec<u8> = bits
-            .as_bytes()
-            .chunks(8)
-            .map(|c| {
-                let s = std::str::from_utf8(c).unwrap();
-                u8::from_str_radix(&format!("{s:0<8}"), 2).unwrap()
-            })
-            .collect();
-        assert_eq!(parse_sps(&nal), None);
+        // '0'/'1' text to bytes, the last one padded with zeros.
+        let bytes = |bits: &str| -> Vec<u8> {
+            bits.as_bytes()
+                .chunks(8)
+                .map(|c| {
+                    let s = std::str::from_utf8(c).unwrap();
+                    u8::from_str_radix(&format!("{s:0<8}"), 2).unwrap()
+                })
+                .collect()
+        };
+        assert_eq!(parse_sps(&bytes(&bits)), None);
         // A legal delta (se 1: ue 1, "010") parses on through the list.
-        let at = 8 + 24 + 1 + 3 + 2 + 1 + 1 + 1;
-        let mut legal = bits[..at].to_string() + "010" + &"1".repeat(200);
-        legal.truncate(legal.len() / 8 * 8);
-        nal = legal
-            .as_bytes()
-            .chunks(8)
-            .map(|c| u8::from_str_radix(std::str::from_utf8(c).unwrap(), 2).unwrap())
-            .collect();
-        let _ = parse_sps(&nal);
+        let legal = bits[..at].to_string() + "010" + &"1".repeat(200);
+        let _ = parse_sps(&bytes(&legal));
     }
 
     #[test]

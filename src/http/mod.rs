@@ -10,7 +10,6 @@ mod whip;
 
 use std::sync::Arc;
 
-use axum::extract::DefaultBodyLimit;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -21,7 +20,6 @@ use crate::server::App;
 pub type AppState = Arc<App>;
 
 pub fn router(app: AppState) -> Router {
-    let max_body = app.cfg.max_body;
     let limits = serve::HttpLimits::from(&app.cfg);
     Router::new()
         .route("/", get(pages::index))
@@ -46,7 +44,7 @@ pub fn router(app: AppState) -> Router {
         .route("/streams", get(api::list))
         .route("/streams/{stream}", get(api::get))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
-        .layer(DefaultBodyLimit::max(max_body))
+        // Every body but TS ingest is read here, within --http-timeout and --max-body.
         .layer(axum::middleware::from_fn_with_state(
             limits,
             serve::read_body_in_time,

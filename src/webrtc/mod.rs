@@ -115,7 +115,7 @@ fn offered_codecs(sdp: &str) -> String {
 /// target, answered 400 here.
 fn check_payload_types(sdp: &str) -> Result<(), OfferError> {
     use std::collections::HashMap;
-    // PT → (media kind, attribute, value) as first declared.
+    // (PT, "rtpmap" | "fmtp") → (media kind, value) as first declared.
     let mut seen: HashMap<(&str, &str), (&str, &str)> = HashMap::new();
     let mut kind = "";
     for line in sdp.lines().map(str::trim) {

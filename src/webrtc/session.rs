@@ -516,23 +516,25 @@ impl Session {
         if self.is_publisher() {
             return true;
         }
-        let has_video = status.tracks.as_ref().is_some_and(|t| t.video().is_some());
-        let plays = |slot: Option<(Mid, Option<Pt>)>, rtc: &Rtc| {
-            slot.and_then(|(mid, _)| rtc.media(mid))
+        let plays = |slot: Option<(Mid, Option<Pt>)>| {
+            slot.and_then(|(mid, _)| self.rtc.media(mid))
                 .is_some_and(|m| m.direction().is_sending())
         };
-        let (video, audio) = (plays(self.video, &self.rtc), plays(self.audio, &self.rtc));
-        let gone: Vec<&str> = [
-            (video && !has_video, "video"),
-            (audio && !status.has_audio(), "audio"),
-        ]
-        .into_iter()
-        .filter_map(|(gone, kind)| gone.then_some(kind))
-        .collect();
-        let keeps = (video && has_video) || (audio && status.has_audio());
-        if !gone.is_empty() && keeps {
-            info!(stream = %self.stream.name, session = %super::short(&self.id), gone = ?gone,
-                "a track this viewer plays left the stream; the rest continues");
+        // (kind, this viewer plays it, the stream still has it)
+        let kinds = [
+            (
+                "video",
+                plays(self.video),
+                status.tracks.as_ref().is_some_and(|t| t.video().is_some()),
+            ),
+            ("audio", plays(self.audio), status.has_audio()),
+        ];
+        let keeps = kinds.iter().any(|&(_, plays, has)| plays && has);
+        for (kind, _, _) in kinds.iter().filter(|&&(_, plays, has)| plays && !has) {
+            if keeps {
+                info!(stream = %self.stream.name, session = %super::short(&self.id), kind,
+                    "a track this viewer plays left the stream; the rest continues");
+            }
         }
         keeps
     }
