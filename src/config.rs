@@ -187,6 +187,12 @@ pub struct ServeArgs {
     /// share of the WebRTC sessions. 0: one per CPU core.
     #[arg(long, env = "TSBRIDGE_MEDIA_THREADS", default_value_t = 0)]
     pub media_threads: usize,
+
+    /// Send every RTP packet through str0m, as before the direct path: slower (about twice
+    /// the CPU per packet); for comparison and troubleshooting. By default, viewers with an
+    /// AES-GCM SRTP profile get their video written and encrypted by tsbridge directly.
+    #[arg(long, env = "TSBRIDGE_NO_DIRECT_SEND")]
+    pub no_direct_send: bool,
 }
 
 impl ServeArgs {
@@ -216,6 +222,7 @@ impl ServeArgs {
             max_connections: 4096,
             ice_timeout: Duration::from_secs(15),
             media_threads: 0,
+            no_direct_send: false,
         }
     }
 }

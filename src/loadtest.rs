@@ -144,6 +144,8 @@ pub struct LoadReport {
     pub loss_pct: f64,
     /// The same for the `--lossy` viewers.
     pub lossy_loss_pct: Option<f64>,
+    /// The `--lossy` viewers' video alone: what retransmissions repair (Opus is not resent).
+    pub lossy_video_loss_pct: Option<f64>,
     /// From the start of the POST to the HTTP answer.
     pub time_to_answer_ms: Option<Percentiles>,
     /// From the start of the POST to ICE connected (a nominated pair).
@@ -252,8 +254,8 @@ impl LoadReport {
             self.bytes as f64 / 1e6,
             self.loss_pct
         );
-        if let Some(l) = self.lossy_loss_pct {
-            s += &format!("lossy viewers: loss {l:.1} % (after retransmissions)\n");
+        if let (Some(l), Some(v)) = (self.lossy_loss_pct, self.lossy_video_loss_pct) {
+            s += &format!("lossy viewers: loss {l:.1} % (video {v:.1} %, after retransmissions)\n");
         }
         s += &format!("answer:        {}\n", p(&self.time_to_answer_ms));
         s += &format!("ICE:           {}\n", p(&self.time_to_ice_ms));
@@ -1467,6 +1469,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     let mut packets = Packets::default();
     let (mut bytes, mut expected) = (0u64, 0u64);
     let (mut lossy_received, mut lossy_expected) = (0u64, 0u64);
+    let (mut lossy_video_received, mut lossy_video_expected) = (0u64, 0u64);
     let mut steady = Steady::default();
     let (mut steady_received, mut steady_expected) = (0u64, 0u64);
     let (mut answer, mut ice, mut conn) = (vec![], vec![], vec![]);
@@ -1483,6 +1486,8 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
         if s.drop > 0.0 {
             lossy_received += s.packets();
             lossy_expected += s.expected();
+            lossy_video_received += s.video.received;
+            lossy_video_expected += s.video.expected();
         } else {
             expected += s.expected();
         }
@@ -1576,6 +1581,12 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
             pct(
                 lossy_expected.saturating_sub(lossy_received),
                 lossy_expected,
+            )
+        }),
+        lossy_video_loss_pct: (args.lossy > 0).then(|| {
+            pct(
+                lossy_video_expected.saturating_sub(lossy_video_received),
+                lossy_video_expected,
             )
         }),
         time_to_answer_ms: percentiles(answer),

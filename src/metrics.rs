@@ -24,6 +24,8 @@ pub struct Metrics {
     pub nacks_received: AtomicU64,
     /// RTP packets sent again (RTX) in answer to NACKs.
     pub retransmissions: AtomicU64,
+    /// RTP packets written and protected by the direct send path rather than str0m.
+    pub direct_packets: AtomicU64,
     pub plis_received: AtomicU64,
     pub firs_received: AtomicU64,
     pub keyframes_requested_upstream: AtomicU64,
@@ -100,6 +102,11 @@ impl Metrics {
                 "tsbridge_retransmissions_total",
                 "RTP packets retransmitted (RTX) in answer to NACKs",
                 &self.retransmissions,
+            ),
+            (
+                "tsbridge_direct_packets_total",
+                "video RTP packets protected and sent by the direct path (not through str0m)",
+                &self.direct_packets,
             ),
             (
                 "tsbridge_plis_received_total",

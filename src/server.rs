@@ -75,6 +75,7 @@ impl Server {
             &cfg.ice_hosts,
             cfg.ice_timeout,
             cfg.media_threads,
+            !cfg.no_direct_send,
         )
         .await?;
         let sink: Arc<dyn FrameSink> = Arc::new(engine.clone());

@@ -558,22 +558,7 @@ async fn viewers_spread_over_media_threads_all_play() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lossy_viewer_skips_to_keyframes_and_others_lose_nothing() {
     let s = serve(&[("cam", "h264_opus.ts")], |_| {}).await;
-    let args = tsbridge::loadtest::LoadtestArgs {
-        url: url(&s, "/whep/cam"),
-        viewers: 4,
-        seconds: Duration::from_secs(4),
-        ramp: 50.0,
-        json: false,
-        connect_timeout: Duration::from_secs(10),
-        tasks: 1,
-        server_pid: None,
-        bind: None,
-        quiet: true,
-        lossy: 1,
-        drop: 50.0,
-        decrypt_all: false,
-    };
-    let report = tsbridge::loadtest::run(&args).await.expect("load tool");
+    let report = load_with_one_lossy_viewer(&s, 4, 50.0).await;
     assert_eq!(report.connected, 4, "{}", report.text());
     assert_eq!(report.with_keyframe, 4, "{}", report.text());
     assert!(report.loss_pct < 0.5, "{}", report.text());
@@ -600,4 +585,108 @@ async fn lossy_viewer_skips_to_keyframes_and_others_lose_nothing() {
         m.retransmissions.load(Ordering::Relaxed),
     );
     assert!(nacks > 0 && rtx > 0, "NACKs {nacks}, retransmissions {rtx}");
+}
+
+/// Each SRTP profile a viewer may negotiate plays through to an independent WebRTC stack
+/// (webrtc-rs): both AES-GCM profiles by the direct path (tsbridge's own RTP and SRTP), and
+/// AES-CM + HMAC-SHA1 through str0m alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_srtp_profile_plays_and_gcm_goes_the_direct_way() {
+    use common::whep::SrtpProtectionProfile as P;
+    let s = serve(&[("cam", "h264_opus.ts")], |_| {}).await;
+    let direct = || s.app.engine.metrics.direct_packets.load(Ordering::Relaxed);
+    for (profile, is_direct) in [
+        (P::Srtp_Aead_Aes_128_Gcm, true),
+        (P::Srtp_Aead_Aes_256_Gcm, true),
+        (P::Srtp_Aes128_Cm_Hmac_Sha1_80, false),
+    ] {
+        let before = direct();
+        let r = whep_receive(
+            &url(&s, "/whep/cam"),
+            WhepOptions {
+                seconds: 3.0,
+                srtp_profiles: vec![profile],
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("WHEP");
+        assert_eq!(r.status, 201, "{profile:?}: {:?}", r.error_body);
+        let aus = h264_access_units(&r.video);
+        assert!(
+            aus.len() >= 45,
+            "{profile:?}: only {} access units",
+            aus.len()
+        );
+        assert!(aus[0].is_keyframe(), "{profile:?}: {:?}", aus[0].nal_types);
+        let broken = aus[..aus.len() - 1]
+            .iter()
+            .filter(|au| !au.complete)
+            .count();
+        assert_eq!(broken, 0, "{profile:?}: incomplete access units");
+        assert!(!r.audio.is_empty(), "{profile:?}: no audio");
+        let sent = direct() - before;
+        assert_eq!(
+            sent > 50,
+            is_direct,
+            "{profile:?}: {sent} packets sent directly"
+        );
+    }
+}
+
+/// `--no-direct-send` puts every packet through str0m (for comparison and troubleshooting).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_direct_send_sends_everything_through_str0m() {
+    let s = serve(&[("cam", "h264_opus.ts")], |c| c.no_direct_send = true).await;
+    let r = whep_receive(&url(&s, "/whep/cam"), WhepOptions::default())
+        .await
+        .expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    assert!(h264_access_units(&r.video).len() >= 45);
+    let m = &s.app.engine.metrics;
+    assert_eq!(m.direct_packets.load(Ordering::Relaxed), 0);
+}
+
+/// `viewers` load-tool viewers of /whep/cam, the first of which throws away `drop` percent of
+/// the RTP it receives (and decrypts everything, retransmissions included, through str0m).
+async fn load_with_one_lossy_viewer(
+    s: &Server,
+    viewers: usize,
+    drop: f64,
+) -> tsbridge::loadtest::LoadReport {
+    let args = tsbridge::loadtest::LoadtestArgs {
+        url: url(s, "/whep/cam"),
+        viewers,
+        seconds: Duration::from_secs(4),
+        ramp: 50.0,
+        json: false,
+        connect_timeout: Duration::from_secs(10),
+        tasks: 1,
+        server_pid: None,
+        bind: None,
+        quiet: true,
+        lossy: 1,
+        drop,
+        decrypt_all: false,
+    };
+    tsbridge::loadtest::run(&args).await.expect("load tool")
+}
+
+/// Video goes the direct way (tsbridge writes and encrypts it; see src/webrtc/direct.rs) and
+/// its retransmissions repair a lossy link: with 5 % of its packets lost, a viewer ends up
+/// missing far fewer video packets once its NACKs are answered. The viewer is the load tool's str0m, a
+/// separate SRTP implementation that decrypts every packet, retransmissions included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_path_retransmissions_repair_a_lossy_viewer() {
+    let s = serve(&[("cam", "h264_opus.ts")], |_| {}).await;
+    let report = load_with_one_lossy_viewer(&s, 2, 5.0).await;
+    assert_eq!(report.with_keyframe, 2, "{}", report.text());
+    let lossy = report.lossy_video_loss_pct.unwrap();
+    assert!(lossy < 1.5, "after retransmissions: {}", report.text());
+    let m = &s.app.engine.metrics;
+    let direct = m.direct_packets.load(Ordering::Relaxed);
+    let rtx = m.retransmissions.load(Ordering::Relaxed);
+    assert!(direct > 100, "{direct} packets went the direct way");
+    assert!(rtx > 10, "{rtx} retransmissions");
+    assert_eq!(m.slow_viewer_skips.load(Ordering::Relaxed), 0);
 }

@@ -6,11 +6,13 @@
 //! and sends what it produces. Nothing here blocks: sockets are non-blocking and every session
 //! is sans-IO.
 
+mod direct;
 mod outbox;
 pub mod publish;
 pub mod sdpfrag;
 mod session;
 mod shard;
+mod srtp;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -40,6 +42,8 @@ pub struct NewSession {
     pub remote_ufrag: Option<String>,
     /// Set for a WHIP publisher.
     pub ingest: Option<publish::Ingest>,
+    /// A viewer's SRTP keys, for the direct send path.
+    pub keys: Option<srtp::KeySlot>,
 }
 
 /// A parsed SDP offer, with what we need from it besides str0m's view.
@@ -213,6 +217,8 @@ pub struct Engine {
     /// Sessions handed to the loop and not yet closed.
     live: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: Arc<Metrics>,
+    /// Viewers' video goes the direct way (see `direct`).
+    direct_send: bool,
 }
 
 impl Engine {
@@ -224,6 +230,7 @@ impl Engine {
         hosts: &[String],
         ice_timeout: Duration,
         threads: usize,
+        direct_send: bool,
     ) -> std::io::Result<Engine> {
         let provider = str0m::crypto::from_feature_flags();
         let dtls_cert = provider
@@ -256,6 +263,7 @@ impl Engine {
             dtls_cert,
             live: Default::default(),
             metrics: Default::default(),
+            direct_send,
         };
         for (index, (socket, rx)) in sockets.into_iter().zip(rxs).enumerate() {
             let (router, peers) = (engine.router.clone(), peers.clone());
@@ -324,7 +332,11 @@ impl Engine {
         if status.has_audio() {
             cfg = cfg.enable_opus(true, false);
         }
-        let mut rtc = cfg.build(Instant::now());
+        // The direct path answers NACKs itself: it reads them from str0m's raw RTCP events.
+        let (mut rtc, keys) = match self.direct_send {
+            true => srtp::build(cfg.enable_raw_packets(true), Instant::now()),
+            false => (cfg.build(Instant::now()), None),
+        };
         let answer = self.answer(&mut rtc, offer.sdp)?;
         if !answer.lines().any(|l| l.trim() == "a=sendonly") {
             let has: Vec<&str> = tracks.tracks.iter().map(|t| t.codec_name()).collect();
@@ -340,6 +352,7 @@ impl Engine {
                 rtc,
                 remote_ufrag: offer.remote_ufrag,
                 ingest: None,
+                keys,
             },
             answer,
             ufrag,
@@ -396,6 +409,7 @@ impl Engine {
                 rtc,
                 remote_ufrag: offer.remote_ufrag,
                 ingest: Some(publish::Ingest::new(guard, video, audio)),
+                keys: None,
             },
             answer,
             ufrag,

@@ -6,8 +6,13 @@
 //! a frame's FU-A packets to a viewer cross the socket layer once instead of once per packet.
 //! The kernel cuts the segments; peers see ordinary datagrams. Where GSO is refused the outbox
 //! falls back to one message per datagram for good.
+//!
+//! Queued datagrams live end to end in one buffer that is kept between flushes, so queueing
+//! allocates nothing: the direct send path (`direct`) writes and encrypts its packets in place
+//! there, and str0m's datagrams are copied in.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -21,7 +26,9 @@ const FLUSH_AT: usize = 1024;
 
 pub(super) struct Outbox {
     socket: Arc<UdpSocket>,
-    queue: Vec<(SocketAddr, Vec<u8>)>,
+    /// Destination and byte range in `bytes` of each queued datagram.
+    queue: Vec<(SocketAddr, Range<usize>)>,
+    bytes: Vec<u8>,
     metrics: Arc<Metrics>,
     /// Whether UDP GSO may be used (cleared after the kernel refuses it once).
     gso: bool,
@@ -32,6 +39,7 @@ impl Outbox {
         Outbox {
             socket,
             queue: Vec::with_capacity(FLUSH_AT),
+            bytes: Vec::with_capacity(FLUSH_AT * 1300),
             metrics,
             gso: cfg!(target_os = "linux"),
         }
@@ -41,9 +49,27 @@ impl Outbox {
         &self.socket
     }
 
-    /// Queue a datagram; a full queue is flushed.
+    /// Queue a datagram from str0m; a full queue is flushed.
     pub fn push(&mut self, t: Transmit) {
-        self.queue.push((t.destination, t.contents.into()));
+        self.push_with(t.destination, t.contents.len(), |buf| {
+            buf.copy_from_slice(&t.contents);
+            buf.len()
+        });
+    }
+
+    /// Queue a datagram of at most `max` bytes that `write` makes in place, returning its
+    /// length; a full queue is flushed.
+    pub fn push_with(
+        &mut self,
+        to: SocketAddr,
+        max: usize,
+        write: impl FnOnce(&mut [u8]) -> usize,
+    ) {
+        let start = self.bytes.len();
+        self.bytes.resize(start + max, 0);
+        let len = write(&mut self.bytes[start..]).min(max);
+        self.bytes.truncate(start + len);
+        self.queue.push((to, start..start + len));
         if self.queue.len() >= FLUSH_AT {
             self.flush();
         }
@@ -58,6 +84,7 @@ impl Outbox {
         let (sent, bytes) = self.send_queue();
         let dropped = self.queue.len() - sent;
         self.queue.clear();
+        self.bytes.clear();
         let m = &self.metrics;
         m.packets_sent.fetch_add(sent as u64, Ordering::Relaxed);
         m.bytes_sent.fetch_add(bytes as u64, Ordering::Relaxed);
@@ -70,8 +97,8 @@ impl Outbox {
     #[cfg(not(target_os = "linux"))]
     fn send_queue(&mut self) -> (usize, usize) {
         let mut sent = (0, 0);
-        for (to, data) in &self.queue {
-            if let Ok(n) = self.socket.try_send_to(data, *to) {
+        for (to, range) in &self.queue {
+            if let Ok(n) = self.socket.try_send_to(&self.bytes[range.clone()], *to) {
                 sent = (sent.0 + 1, sent.1 + n);
             }
         }
@@ -81,13 +108,14 @@ impl Outbox {
     #[cfg(target_os = "linux")]
     fn send_queue(&mut self) -> (usize, usize) {
         let runs = runs(&self.queue, self.gso);
-        match linux::send_runs(&self.socket, &self.queue, &runs) {
+        match linux::send_runs(&self.socket, &self.queue, &self.bytes, &runs) {
             Ok(sent) => sent,
             Err(linux::GsoRefused { sent, from }) => {
                 tracing::warn!("the kernel refused UDP GSO; sending one datagram per message");
                 self.gso = false;
                 let rest = runs_without_gso(from..self.queue.len());
-                let more = linux::send_runs(&self.socket, &self.queue, &rest).unwrap_or_default();
+                let more = linux::send_runs(&self.socket, &self.queue, &self.bytes, &rest)
+                    .unwrap_or_default();
                 (sent.0 + more.0, sent.1 + more.1)
             }
         }
@@ -108,7 +136,7 @@ const GSO_MAX_SEGMENTS: usize = 64;
 const GSO_MAX_BYTES: usize = 65_000;
 
 /// Split the queue into GSO runs (or single datagrams when `gso` is off).
-fn runs(queue: &[(SocketAddr, Vec<u8>)], gso: bool) -> Vec<Run> {
+fn runs(queue: &[(SocketAddr, Range<usize>)], gso: bool) -> Vec<Run> {
     if !gso {
         return runs_without_gso(0..queue.len());
     }
@@ -154,6 +182,7 @@ mod linux {
 
     use std::io;
     use std::net::SocketAddr;
+    use std::ops::Range;
     use std::os::fd::AsRawFd;
 
     use socket2::SockAddr;
@@ -179,7 +208,8 @@ mod linux {
     /// Send the runs; returns (datagrams sent, bytes sent), or where the kernel refused GSO.
     pub fn send_runs(
         socket: &UdpSocket,
-        queue: &[(SocketAddr, Vec<u8>)],
+        queue: &[(SocketAddr, Range<usize>)],
+        bytes: &[u8],
         runs: &[Run],
     ) -> Result<(usize, usize), GsoRefused> {
         let fd = socket.as_raw_fd();
@@ -189,9 +219,9 @@ mod linux {
             let iovs: Vec<libc::iovec> = batch
                 .iter()
                 .flat_map(|r| &queue[r.start..r.end])
-                .map(|(_, d)| libc::iovec {
-                    iov_base: d.as_ptr() as *mut libc::c_void,
-                    iov_len: d.len(),
+                .map(|(_, range)| libc::iovec {
+                    iov_base: bytes[range.clone()].as_ptr() as *mut libc::c_void,
+                    iov_len: range.len(),
                 })
                 .collect();
             let mut cmsgs = vec![Cmsg([0; 32]); batch.len()];
@@ -275,10 +305,14 @@ mod linux {
 mod tests {
     use super::*;
 
-    fn q(items: &[(u16, usize)]) -> Vec<(SocketAddr, Vec<u8>)> {
+    fn q(items: &[(u16, usize)]) -> Vec<(SocketAddr, Range<usize>)> {
+        let mut at = 0;
         items
             .iter()
-            .map(|&(port, len)| (SocketAddr::from(([127, 0, 0, 1], port)), vec![0; len]))
+            .map(|&(port, len)| {
+                at += len;
+                (SocketAddr::from(([127, 0, 0, 1], port)), at - len..at)
+            })
             .collect()
     }
 
@@ -326,7 +360,10 @@ mod tests {
         let mut out = Outbox::new(tx, metrics.clone());
         let sizes = [1200, 1200, 1200, 345, 1200, 17, 17, 1200];
         for (i, &n) in sizes.iter().enumerate() {
-            out.queue.push((to, vec![i as u8; n]));
+            out.push_with(to, n + 10, |buf| {
+                buf[..n].fill(i as u8);
+                n
+            });
         }
         out.flush();
         assert!(out.gso, "this kernel refused UDP GSO");

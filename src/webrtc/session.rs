@@ -7,12 +7,15 @@ use std::time::{Duration, Instant};
 
 use str0m::format::{Codec as RtcCodec, PayloadParams};
 use str0m::media::{KeyframeRequestKind, MediaKind, Mid, Pt};
-use str0m::rtp::RtpWrite;
+use str0m::rtp::rtcp::{Nack, Rtcp};
+use str0m::rtp::{Extension, RawPacket, RtpWrite, Ssrc};
 use str0m::{Candidate, Event, IceConnectionState, IceCreds, Input, Output, Rtc};
 use tracing::{debug, info, warn};
 
+use super::direct::Direct;
 use super::outbox::Outbox;
 use super::publish::Ingest;
+use super::srtp::{KeySlot, RtpProtector};
 use super::{NewSession, PatchError, PatchReply, SdpFrag};
 use crate::codec::h264::ProfileLevelId;
 use crate::media::{Frame, Kind};
@@ -64,6 +67,14 @@ pub(super) struct Session {
     skips: u64,
     /// The RTX payload type of the video PT this viewer gets: its packets are retransmissions.
     rtx_pt: Option<u8>,
+    /// The SRTP keys, once DTLS is done (for viewers; see `srtp`).
+    keys: Option<KeySlot>,
+    /// The direct send path for video, when the SRTP profile allows it (see `direct`).
+    direct: Option<Direct>,
+    /// Whether the direct path was considered (at the first video frame).
+    direct_decided: bool,
+    /// Where str0m last sent DTLS, RTP or RTCP: the peer's address on the selected pair.
+    media_dest: Option<SocketAddr>,
 }
 
 /// The GOP backlog goes out at most this many bytes per tick (8 MB/s: a 5 s GOP of a
@@ -124,6 +135,10 @@ impl Session {
             queued_since: None,
             skips: 0,
             rtx_pt: None,
+            keys: n.keys,
+            direct: None,
+            direct_decided: false,
+            media_dest: None,
         }
     }
 
@@ -194,9 +209,12 @@ impl Session {
         while self.rtc.is_alive() {
             match self.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
-                    // RTP/RTCP start at 128 (RFC 7983); below is STUN or DTLS. The RTP header is
-                    // clear text in SRTP: its payload type tells a retransmission.
+                    // RTP/RTCP start at 128 (RFC 7983); DTLS at 20-63, below is STUN. The RTP
+                    // header is clear text in SRTP: its payload type tells a retransmission.
                     let first = t.contents.first().copied().unwrap_or(0);
+                    if first >= 20 {
+                        self.media_dest = Some(t.destination);
+                    }
                     if first < 128 && self.peer_addrs.last() != Some(&t.destination) {
                         self.peer_addrs.push(t.destination);
                     } else if first >= 128
@@ -222,6 +240,11 @@ impl Session {
                     }
                     return;
                 }
+                Ok(Output::Event(Event::RawPacket(p))) => {
+                    if let RawPacket::RtcpRx(Rtcp::Nack(nack)) = *p {
+                        self.on_nack(&nack, out);
+                    }
+                }
                 Ok(Output::Event(e)) => self.on_event(e),
                 Err(e) => {
                     warn!(stream = %self.stream.name, error = %e, "session failed");
@@ -230,6 +253,30 @@ impl Session {
             }
         }
         self.next_timeout = Instant::now();
+    }
+
+    /// A viewer reports lost video: retransmit what the direct path sent (str0m answers for
+    /// what it sent itself when the direct path is off).
+    fn on_nack(&mut self, nack: &Nack, out: &mut Outbox) {
+        let (Some(d), Some(to)) = (self.direct.as_mut(), self.media_dest) else {
+            return;
+        };
+        if *nack.ssrc != d.ssrc() {
+            return;
+        }
+        let mut resent = 0;
+        for e in nack.reports.iter() {
+            // RFC 4585 §6.2.1: PID, and a bit for each of the 16 packets after it.
+            let lost = (0..16)
+                .filter(|i| e.blp >> i & 1 == 1)
+                .map(|i| e.pid.wrapping_add(i + 1));
+            for seq in std::iter::once(e.pid).chain(lost) {
+                resent += u64::from(d.resend(out, to, seq, self.seq[0]));
+            }
+        }
+        self.metrics
+            .retransmissions
+            .fetch_add(resent, Ordering::Relaxed);
     }
 
     fn on_event(&mut self, e: Event) {
@@ -352,7 +399,7 @@ impl Session {
                 return;
             };
             budget = budget.saturating_sub(f.data.len());
-            self.write_now(&f);
+            self.write_now(&f, out);
             self.poll(out);
         }
         if !self.queued.is_empty() {
@@ -365,16 +412,16 @@ impl Session {
     }
 
     /// A frame from the stream: sent now, or after what is still queued.
-    pub fn write_frame(&mut self, f: &Frame) {
+    pub fn write_frame(&mut self, f: &Frame, out: &mut Outbox) {
         if self.queued.is_empty() {
             self.queued_since = None;
-            self.write_now(f);
+            self.write_now(f, out);
         } else if self.connected {
             let since = *self.queued_since.get_or_insert_with(Instant::now);
             if since.elapsed() > SLOW_QUEUE {
                 self.queued.clear();
                 self.skip_to_keyframe("its queue has not drained for 2 s");
-                self.write_now(f);
+                self.write_now(f, out);
             } else {
                 self.queued.push_back(f.clone());
             }
@@ -403,7 +450,7 @@ impl Session {
         }
     }
 
-    fn write_now(&mut self, f: &Frame) {
+    fn write_now(&mut self, f: &Frame, out: &mut Outbox) {
         if !self.connected || self.last_seq.is_some_and(|s| f.seq <= s) {
             return;
         }
@@ -448,8 +495,19 @@ impl Session {
                 chosen
             }
         };
+        if f.kind == Kind::Video && !self.direct_decided {
+            self.direct_decided = true;
+            self.direct = self.start_direct(mid);
+        }
         // RTP mode: the stream packetized the frame once; this viewer adds its header (SSRC,
-        // sequence number, timestamp), and str0m the SRTP and its NACK/RTX history.
+        // sequence number, timestamp) and the SRTP. Video goes the direct way but for each
+        // frame's last packet; the rest, and everything when the direct path is off, through
+        // str0m (with its NACK/RTX history when it is the only path).
+        let nackable = f.kind == Kind::Video && self.direct.is_none();
+        let mut direct = match f.kind {
+            Kind::Video => self.direct.as_mut().zip(self.media_dest),
+            Kind::Audio => None,
+        };
         let mut api = self.rtc.direct_api();
         let Some(tx) = api.stream_tx_by_mid(mid, None) else {
             return;
@@ -459,18 +517,61 @@ impl Session {
             Kind::Audio => &mut self.seq[1],
         };
         let time = f.rtp_time as u32; // wraps like the 64-bit timeline: see time.rs
-        for p in f.payloads.iter() {
-            let write = RtpWrite::new(pt, (*seq).into(), time, f.wallclock, p.data.clone())
-                .marker(p.marker)
-                .nackable(f.kind == Kind::Video);
-            tx.write_rtp(write);
+        let (first, last) = (*seq, f.payloads.len().saturating_sub(1));
+        let (mut packets, mut bytes) = (0, 0);
+        for (i, p) in f.payloads.iter().enumerate() {
+            match direct {
+                Some((ref mut d, to)) if i < last => {
+                    bytes += d.send(out, to, (*pt, *seq, time), p) as u64;
+                    packets += 1;
+                }
+                _ => {
+                    let write = RtpWrite::new(pt, (*seq).into(), time, f.wallclock, p.data.clone())
+                        .marker(p.marker)
+                        .nackable(nackable);
+                    tx.write_rtp(write);
+                }
+            }
             *seq += 1;
+        }
+        if let Some(d) = self.direct.as_mut().filter(|_| f.kind == Kind::Video) {
+            d.remember(first, *pt, time, f.payloads.clone());
+        }
+        if packets > 0 {
+            let st = &self.stream.stats;
+            st.packets_sent.fetch_add(packets, Ordering::Relaxed);
+            st.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+            self.metrics
+                .direct_packets
+                .fetch_add(packets, Ordering::Relaxed);
         }
         self.last_seq = Some(f.seq);
         if f.kind == Kind::Video && !self.first_frame_sent {
             self.first_frame_sent = true;
             self.metrics.first_frame(self.created.elapsed());
         }
+    }
+
+    /// The direct send path for this viewer's video, if its SRTP profile is AEAD-AES-GCM.
+    fn start_direct(&mut self, mid: Mid) -> Option<Direct> {
+        let keying = self.keys.as_ref()?.get()?;
+        let Some(srtp) = RtpProtector::new(keying) else {
+            debug!(stream = %self.stream.name, session = %super::short(&self.id),
+                profile = %keying.profile, "SRTP profile: every packet goes through str0m");
+            return None;
+        };
+        let mut api = self.rtc.direct_api();
+        let tx = api.stream_tx_by_mid(mid, None)?;
+        let (ssrc, rtx) = (tx.ssrc(), tx.rtx());
+        let ext_id = self
+            .rtc
+            .media(mid)?
+            .remote_extmap()
+            .id_of(Extension::RtpMid);
+        let rtx = rtx
+            .zip(self.rtx_pt)
+            .map(|(ssrc, pt): (Ssrc, u8)| (*ssrc, pt));
+        Some(Direct::new(srtp, *ssrc, rtx, ext_id.map(|id| (id, &*mid))))
     }
 
     /// Trickle ICE candidates, or an ICE restart when the remote credentials change.

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::mdns::MulticastDnsMode;
 use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
@@ -89,6 +90,9 @@ pub struct WhepOptions {
     /// Use webrtc-rs's plain Tokio runtime instead of [`DtlsGatedRuntime`]; the first RTP
     /// packets after the DTLS handshake may then be lost (see `runtime.rs`). Default false.
     pub plain_runtime: bool,
+    /// The SRTP protection profiles the DTLS handshake offers; empty: webrtc-rs's default
+    /// (AES-128-GCM, AES-256-GCM, AES-CM + HMAC-SHA1).
+    pub srtp_profiles: Vec<SrtpProtectionProfile>,
 }
 
 impl Default for WhepOptions {
@@ -104,6 +108,7 @@ impl Default for WhepOptions {
             headers: Vec::new(),
             post_timeout: http::DEFAULT_TIMEOUT,
             plain_runtime: false,
+            srtp_profiles: Vec::new(),
         }
     }
 }
@@ -383,9 +388,12 @@ async fn build_pc(
     }
     let registry =
         register_default_interceptors(Registry::new(), &mut media).map_err(err("interceptors"))?;
-    let settings = SettingEngineBuilder::new()
-        .with_multicast_dns_mode(MulticastDnsMode::Disabled)
-        .build();
+    let mut settings =
+        SettingEngineBuilder::new().with_multicast_dns_mode(MulticastDnsMode::Disabled);
+    if !opts.srtp_profiles.is_empty() {
+        settings = settings.with_srtp_protection_profiles(opts.srtp_profiles.clone());
+    }
+    let settings = settings.build();
     let config = RTCConfigurationBuilder::new()
         .with_bundle_policy(RTCBundlePolicy::MaxBundle)
         .build();

@@ -1,0 +1,198 @@
+//! The direct send path: a viewer's video RTP written, protected and queued by tsbridge itself.
+//!
+//! Through str0m, every packet for every viewer is queued in its send queue, polled out of it
+//! into a fresh buffer, copied into its retransmission cache, and then encrypted into another
+//! fresh buffer: about half of the server's CPU per packet at hundreds of viewers. Here, the
+//! header is written straight into the outbox, and the shared payload is encrypted after it in
+//! place: no allocation, one pass over the bytes.
+//!
+//! str0m still does everything else. The last packet of every frame goes through it, so its
+//! RTCP sender reports keep the stream's RTP/NTP time mapping (their packet and octet counts
+//! then cover only those packets). Audio (one packet per frame) goes through it entirely. NACKs
+//! are answered here, from the frames sent (str0m's packets are written non-nackable, so it
+//! never sends on the RTX SSRC, whose sequence numbers, and so SRTP indexes, are ours alone).
+//! Primary-SSRC sequence numbers are the session's for both paths, so no SRTP index is ever
+//! used twice.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::outbox::Outbox;
+use super::srtp::{RtpProtector, TAG_LEN};
+use crate::rtp::Payload;
+
+/// Frames kept for retransmission: 3 s at 30 fps, as str0m's own RTX cache.
+const HISTORY_FRAMES: usize = 90;
+
+/// Retransmissions may add this share to what a viewer is sent (str0m's cap too): on a link
+/// that loses more, resending everything would only congest it further; such a viewer is
+/// moved on to the next keyframe instead (see `session`).
+const RTX_SHARE: f32 = 0.15;
+/// Most retransmission bytes saved up for a burst of NACKs.
+const RTX_BURST: f32 = 64_000.0;
+
+pub(super) struct Direct {
+    srtp: RtpProtector,
+    ssrc: u32,
+    /// The RTX SSRC and payload type (RFC 4588), when the viewer negotiated RTX.
+    rtx: Option<(u32, u8)>,
+    /// Next RTX sequence number; random start below 2^15.
+    rtx_seq: u64,
+    /// The header extension block with the MID (RFC 8285 one-byte form), or empty.
+    ext: Vec<u8>,
+    /// Recently sent frames: (first sequence number, RTP time, payload type, payloads).
+    history: VecDeque<(u64, u32, u8, Arc<[Payload]>)>,
+    /// Where an RTX packet is put together before it is encrypted.
+    scratch: Vec<u8>,
+    /// Bytes retransmissions may use now: `RTX_SHARE` of every packet sent, up to
+    /// `RTX_BURST`.
+    rtx_budget: f32,
+}
+
+impl Direct {
+    /// `mid`: the negotiated extension id of the MID header extension, and the MID.
+    pub fn new(
+        srtp: RtpProtector,
+        ssrc: u32,
+        rtx: Option<(u32, u8)>,
+        mid: Option<(u8, &str)>,
+    ) -> Self {
+        Direct {
+            srtp,
+            ssrc,
+            rtx,
+            rtx_seq: u64::from(rand::random::<u16>() >> 1),
+            ext: mid
+                .map(|(id, mid)| mid_extension(id, mid))
+                .unwrap_or_default(),
+            history: VecDeque::with_capacity(HISTORY_FRAMES),
+            scratch: Vec::new(),
+            rtx_budget: 0.0,
+        }
+    }
+
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// Queue one packet of a frame; returns its size on the wire.
+    pub fn send(
+        &mut self,
+        out: &mut Outbox,
+        to: SocketAddr,
+        (pt, seq, time): (u8, u64, u32),
+        p: &Payload,
+    ) -> usize {
+        let len = self.write(out, to, (pt, seq, time, self.ssrc), p.marker, &p.data);
+        self.rtx_budget = (self.rtx_budget + len as f32 * RTX_SHARE).min(RTX_BURST);
+        len
+    }
+
+    /// Keep a frame sent from `first_seq` on for retransmission.
+    pub fn remember(&mut self, first_seq: u64, pt: u8, time: u32, payloads: Arc<[Payload]>) {
+        if self.history.len() == HISTORY_FRAMES {
+            self.history.pop_front();
+        }
+        self.history.push_back((first_seq, time, pt, payloads));
+    }
+
+    /// Retransmit the packet with sequence number `seq` (16 bits, as a NACK names it), if it
+    /// is still kept and the budget allows; `next_seq` is the next one to be sent. True if it
+    /// was sent.
+    pub fn resend(&mut self, out: &mut Outbox, to: SocketAddr, seq: u16, next_seq: u64) -> bool {
+        let mut ext = (next_seq & !0xffff) | u64::from(seq);
+        if ext >= next_seq {
+            let Some(earlier) = ext.checked_sub(1 << 16) else {
+                return false;
+            };
+            ext = earlier;
+        }
+        let Some((first, time, pt, payloads)) = self
+            .history
+            .iter()
+            .find(|(first, _, _, p)| (*first..*first + p.len() as u64).contains(&ext))
+        else {
+            return false;
+        };
+        let (time, pt, p) = (*time, *pt, payloads[(ext - first) as usize].clone());
+        if self.rtx_budget < p.data.len() as f32 {
+            return false;
+        }
+        self.rtx_budget -= p.data.len() as f32;
+        match self.rtx {
+            Some((ssrc, rtx_pt)) => {
+                // RFC 4588 §4: the original sequence number, then the original payload.
+                let mut body = std::mem::take(&mut self.scratch);
+                body.clear();
+                body.extend_from_slice(&seq.to_be_bytes());
+                body.extend_from_slice(&p.data);
+                let rtx_seq = self.rtx_seq;
+                self.rtx_seq += 1;
+                self.write(out, to, (rtx_pt, rtx_seq, time, ssrc), p.marker, &body);
+                self.scratch = body;
+            }
+            // Without RTX the packet goes again as it was (same index, same bytes).
+            None => {
+                self.write(out, to, (pt, ext, time, self.ssrc), p.marker, &p.data);
+            }
+        }
+        true
+    }
+
+    fn write(
+        &mut self,
+        out: &mut Outbox,
+        to: SocketAddr,
+        (pt, index, time, ssrc): (u8, u64, u32, u32),
+        marker: bool,
+        payload: &[u8],
+    ) -> usize {
+        let header_len = 12 + self.ext.len();
+        let len = header_len + payload.len() + TAG_LEN;
+        let (ext, srtp) = (&self.ext, &mut self.srtp);
+        out.push_with(to, len, |buf| {
+            buf[0] = 0x80 | if ext.is_empty() { 0 } else { 0x10 };
+            buf[1] = pt & 0x7f | u8::from(marker) << 7;
+            buf[2..4].copy_from_slice(&(index as u16).to_be_bytes());
+            buf[4..8].copy_from_slice(&time.to_be_bytes());
+            buf[8..12].copy_from_slice(&ssrc.to_be_bytes());
+            buf[12..header_len].copy_from_slice(ext);
+            srtp.protect(buf, header_len, payload, index);
+            len
+        });
+        len
+    }
+}
+
+/// The header extension block carrying `mid` (RFC 8285 §4.2, one-byte form; RFC 8843 §15),
+/// zero-padded to 32 bits. Empty when it does not fit the one-byte form.
+fn mid_extension(id: u8, mid: &str) -> Vec<u8> {
+    let n = mid.len();
+    if !(1..=14).contains(&id) || !(1..=16).contains(&n) {
+        return Vec::new();
+    }
+    let words = (1 + n).div_ceil(4);
+    let mut ext = vec![0xbe, 0xde];
+    ext.extend_from_slice(&(words as u16).to_be_bytes());
+    ext.push(id << 4 | (n - 1) as u8);
+    ext.extend_from_slice(mid.as_bytes());
+    ext.resize(4 + words * 4, 0);
+    ext
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mid_extension_is_the_one_byte_form_padded_to_words() {
+        assert_eq!(mid_extension(4, "0"), [0xbe, 0xde, 0, 1, 0x40, b'0', 0, 0]);
+        assert_eq!(
+            mid_extension(1, "abcd"),
+            [0xbe, 0xde, 0, 2, 0x13, b'a', b'b', b'c', b'd', 0, 0, 0]
+        );
+        assert!(mid_extension(15, "0").is_empty(), "15 is reserved");
+        assert!(mid_extension(1, &"x".repeat(17)).is_empty());
+    }
+}
