@@ -1,18 +1,18 @@
-//! The direct send path: a viewer's video RTP written, protected and queued by tsbridge itself.
+//! The direct send path: a viewer's RTP written, protected and queued by tsbridge itself.
 //!
 //! Through str0m, every packet for every viewer is queued in its send queue, polled out of it
 //! into a fresh buffer, copied into its retransmission cache, and then encrypted into another
-//! fresh buffer: about half of the server's CPU per packet at hundreds of viewers. Here, the
-//! header is written straight into the outbox, and the shared payload is encrypted after it in
-//! place: no allocation, one pass over the bytes.
+//! fresh buffer, with a timer turn and a walk of the whole `Rtc` per packet: about half of the
+//! server's CPU per packet at hundreds of viewers. Here, the header is written straight into
+//! the outbox, and the shared payload is encrypted after it in place: no allocation, one pass
+//! over the bytes.
 //!
-//! str0m still does everything else. The last packet of every frame goes through it, so its
-//! RTCP sender reports keep the stream's RTP/NTP time mapping (their packet and octet counts
-//! then cover only those packets). Audio (one packet per frame) goes through it entirely. NACKs
-//! are answered here, from the frames sent (str0m's packets are written non-nackable, so it
-//! never sends on the RTX SSRC, whose sequence numbers, and so SRTP indexes, are ours alone).
-//! Primary-SSRC sequence numbers are the session's for both paths, so no SRTP index is ever
-//! used twice.
+//! str0m still does everything else: ICE, DTLS, RTCP. Once a second a packet of each kind goes
+//! through it (see `session`), so its sender reports keep the RTP/NTP time mapping that lip
+//! sync needs; their packet and octet counts then cover only those packets. NACKs are answered
+//! here, from the frames sent (str0m's packets are written non-nackable, so it never sends on
+//! the RTX SSRC, whose sequence numbers, and so SRTP indexes, are ours alone). Primary-SSRC
+//! sequence numbers are the session's for both paths, so no SRTP index is used twice.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

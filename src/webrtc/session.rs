@@ -69,10 +69,15 @@ pub(super) struct Session {
     rtx_pt: Option<u8>,
     /// The SRTP keys, once DTLS is done (for viewers; see `srtp`).
     keys: Option<KeySlot>,
-    /// The direct send path for video, when the SRTP profile allows it (see `direct`).
-    direct: Option<Direct>,
-    /// Whether the direct path was considered (at the first video frame).
-    direct_decided: bool,
+    /// The direct send path per kind (video, audio), when the SRTP profile allows it (see
+    /// `direct`); decided at the kind's first frame.
+    direct: [Option<Direct>; 2],
+    direct_decided: [bool; 2],
+    /// Per kind: the wall-clock time of the last frame str0m sent a packet of, which is the
+    /// RTP/NTP mapping of its sender reports.
+    str0m_mapped: [Option<Instant>; 2],
+    /// str0m was given a packet to send since it was last polled.
+    str0m_pending: bool,
     /// Where str0m last sent DTLS, RTP or RTCP: the peer's address on the selected pair.
     media_dest: Option<SocketAddr>,
 }
@@ -89,6 +94,10 @@ const SLOW_LOSS: f32 = 0.10;
 /// A viewer whose queue (backlog, then live frames behind it) has not emptied for this long
 /// has fallen behind: the queue is dropped and it goes on at the next live keyframe.
 const SLOW_QUEUE: Duration = Duration::from_secs(2);
+
+/// str0m sends a packet of each kind at least this often (its sender reports' RTP/NTP
+/// mapping); the rest goes the direct way.
+const STR0M_MAPPING: Duration = Duration::from_secs(1);
 
 /// Keyframe requests to a publisher are sent at most this often.
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -136,8 +145,10 @@ impl Session {
             skips: 0,
             rtx_pt: None,
             keys: n.keys,
-            direct: None,
-            direct_decided: false,
+            direct: [None, None],
+            direct_decided: [false; 2],
+            str0m_mapped: [None; 2],
+            str0m_pending: false,
             media_dest: None,
         }
     }
@@ -258,7 +269,7 @@ impl Session {
     /// A viewer reports lost video: retransmit what the direct path sent (str0m answers for
     /// what it sent itself when the direct path is off).
     fn on_nack(&mut self, nack: &Nack, out: &mut Outbox) {
-        let (Some(d), Some(to)) = (self.direct.as_mut(), self.media_dest) else {
+        let (Some(d), Some(to)) = (self.direct[0].as_mut(), self.media_dest) else {
             return;
         };
         if *nack.ssrc != d.ssrc() {
@@ -400,7 +411,6 @@ impl Session {
             };
             budget = budget.saturating_sub(f.data.len());
             self.write_now(&f, out);
-            self.poll(out);
         }
         if !self.queued.is_empty() {
             self.next_timeout = self.next_timeout.min(Instant::now() + BACKLOG_TICK);
@@ -495,46 +505,47 @@ impl Session {
                 chosen
             }
         };
-        if f.kind == Kind::Video && !self.direct_decided {
-            self.direct_decided = true;
-            self.direct = self.start_direct(mid);
+        let k = kind_index(f.kind);
+        if !self.direct_decided[k] {
+            self.direct_decided[k] = true;
+            self.direct[k] = self.start_direct(mid, f.kind);
         }
         // RTP mode: the stream packetized the frame once; this viewer adds its header (SSRC,
-        // sequence number, timestamp) and the SRTP. Video goes the direct way but for each
-        // frame's last packet; the rest, and everything when the direct path is off, through
-        // str0m (with its NACK/RTX history when it is the only path).
-        let nackable = f.kind == Kind::Video && self.direct.is_none();
-        let mut direct = match f.kind {
-            Kind::Video => self.direct.as_mut().zip(self.media_dest),
-            Kind::Audio => None,
-        };
-        let mut api = self.rtc.direct_api();
-        let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-            return;
-        };
-        let seq = match f.kind {
-            Kind::Video => &mut self.seq[0],
-            Kind::Audio => &mut self.seq[1],
-        };
+        // sequence number, timestamp) and the SRTP. That is the direct path's, but for the
+        // last packet of a frame a second after the last one str0m sent (its sender reports
+        // need the RTP/NTP mapping that gives it); everything goes through str0m when the
+        // direct path is off (with its NACK/RTX history then).
+        let nackable = f.kind == Kind::Video && self.direct[k].is_none();
+        let mut direct = self.direct[k].as_mut().zip(self.media_dest);
+        let refresh = direct.is_none()
+            || self.str0m_mapped[k]
+                .is_none_or(|t| f.wallclock.saturating_duration_since(t) >= STR0M_MAPPING);
+        let seq = &mut self.seq[k];
         let time = f.rtp_time as u32; // wraps like the 64-bit timeline: see time.rs
         let (first, last) = (*seq, f.payloads.len().saturating_sub(1));
         let (mut packets, mut bytes) = (0, 0);
         for (i, p) in f.payloads.iter().enumerate() {
             match direct {
-                Some((ref mut d, to)) if i < last => {
+                Some((ref mut d, to)) if i < last || !refresh => {
                     bytes += d.send(out, to, (*pt, *seq, time), p) as u64;
                     packets += 1;
                 }
                 _ => {
+                    let mut api = self.rtc.direct_api();
+                    let Some(tx) = api.stream_tx_by_mid(mid, None) else {
+                        return;
+                    };
                     let write = RtpWrite::new(pt, (*seq).into(), time, f.wallclock, p.data.clone())
                         .marker(p.marker)
                         .nackable(nackable);
                     tx.write_rtp(write);
+                    self.str0m_mapped[k] = Some(f.wallclock);
+                    self.str0m_pending = true;
                 }
             }
             *seq += 1;
         }
-        if let Some(d) = self.direct.as_mut().filter(|_| f.kind == Kind::Video) {
+        if let Some(d) = self.direct[k].as_mut().filter(|_| f.kind == Kind::Video) {
             d.remember(first, *pt, time, f.payloads.clone());
         }
         if packets > 0 {
@@ -550,10 +561,16 @@ impl Session {
             self.first_frame_sent = true;
             self.metrics.first_frame(self.created.elapsed());
         }
+        if std::mem::take(&mut self.str0m_pending) {
+            // str0m releases a written packet on its next timeout: make that now, so the
+            // packet goes out in order with the direct ones around it.
+            self.handle_input(Input::Timeout(Instant::now()));
+            self.poll(out);
+        }
     }
 
-    /// The direct send path for this viewer's video, if its SRTP profile is AEAD-AES-GCM.
-    fn start_direct(&mut self, mid: Mid) -> Option<Direct> {
+    /// The direct send path for this viewer's `kind`, if its SRTP profile is AEAD-AES-GCM.
+    fn start_direct(&mut self, mid: Mid, kind: Kind) -> Option<Direct> {
         let keying = self.keys.as_ref()?.get()?;
         let Some(srtp) = RtpProtector::new(keying) else {
             debug!(stream = %self.stream.name, session = %super::short(&self.id),
@@ -568,8 +585,10 @@ impl Session {
             .media(mid)?
             .remote_extmap()
             .id_of(Extension::RtpMid);
+        // Opus is not retransmitted (str0m's rule too): late audio is as good as lost.
         let rtx = rtx
             .zip(self.rtx_pt)
+            .filter(|_| kind == Kind::Video)
             .map(|(ssrc, pt): (Ssrc, u8)| (*ssrc, pt));
         Some(Direct::new(srtp, *ssrc, rtx, ext_id.map(|id| (id, &*mid))))
     }
@@ -651,6 +670,14 @@ impl Session {
         if !self.is_publisher() {
             self.stream.stats.viewers.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Index of per-kind session state.
+fn kind_index(kind: Kind) -> usize {
+    match kind {
+        Kind::Video => 0,
+        Kind::Audio => 1,
     }
 }
 

@@ -242,7 +242,6 @@ impl Shard {
                 for &slot in &viewers {
                     if let Some(s) = self.sessions.get_mut(slot).and_then(Option::as_mut) {
                         s.write_frame(&frame, &mut self.out);
-                        s.poll(&mut self.out);
                     }
                     self.settle(slot);
                 }
