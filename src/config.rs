@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clap::builder::FalseyValueParser;
 use clap::{Args, Parser, Subcommand};
 
 /// MPEG-TS in, WebRTC (WHEP) out: sub-second browser playback of live TS streams.
@@ -121,7 +122,7 @@ pub struct ServeArgs {
     pub whep_wait: Duration,
 
     /// Serve a built-in looping demo stream named "demo" from testdata/ and print its URLs.
-    #[arg(long, env = "TSBRIDGE_DEMO")]
+    #[arg(long, env = "TSBRIDGE_DEMO", value_parser = FalseyValueParser::new())]
     pub demo: bool,
 
     /// Run this command for each WHIP stream: the publisher's TS on its stdin, its stdout TS
@@ -188,10 +189,10 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_MEDIA_THREADS", default_value_t = 0)]
     pub media_threads: usize,
 
-    /// Send every RTP packet through str0m, as before the direct path: slower (about twice
-    /// the CPU per packet); for comparison and troubleshooting. By default, viewers with an
-    /// AES-GCM SRTP profile get their video written and encrypted by tsbridge directly.
-    #[arg(long, env = "TSBRIDGE_NO_DIRECT_SEND")]
+    /// Send every RTP packet through str0m (the WebRTC library): slower (~1.5x the CPU per
+    /// packet); for comparison and troubleshooting. By default, the RTP to viewers with an
+    /// AES-GCM SRTP profile (all browsers) is written and encrypted by tsbridge directly.
+    #[arg(long, env = "TSBRIDGE_NO_DIRECT_SEND", value_parser = FalseyValueParser::new())]
     pub no_direct_send: bool,
 }
 

@@ -252,7 +252,8 @@ impl Engine {
             sockets.push(bind_media_socket(local)?);
         }
         let candidates = announce_addresses(local, hosts).await;
-        info!(udp = %local, candidates = ?candidates, threads, "WebRTC media socket");
+        info!(udp = %local, candidates = ?candidates, threads, direct_send,
+            "WebRTC media socket");
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
         let peers: Arc<[_]> = txs.iter().map(|tx| tx.downgrade()).collect();
         let engine = Engine {

@@ -562,9 +562,12 @@ impl Session {
             self.metrics.first_frame(self.created.elapsed());
         }
         if std::mem::take(&mut self.str0m_pending) {
-            // str0m releases a written packet on its next timeout: make that now, so the
-            // packet goes out in order with the direct ones around it.
-            self.handle_input(Input::Timeout(Instant::now()));
+            // str0m releases a written packet on its next timeout. Beside the direct path,
+            // make that now, so the packet goes out in order with the direct ones around it
+            // (on its own, str0m keeps its order, and a timer turn per frame costs more).
+            if self.direct[k].is_some() {
+                self.handle_input(Input::Timeout(Instant::now()));
+            }
             self.poll(out);
         }
     }
