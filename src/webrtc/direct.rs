@@ -184,6 +184,85 @@ fn mid_extension(id: u8, mid: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::Metrics;
+    use crate::webrtc::srtp::unprotect_aes_128_gcm;
+
+    const KEY: [u8; 16] = [7; 16];
+    const SALT: [u8; 12] = [9; 12];
+
+    fn payload(marker: bool, byte: u8, len: usize) -> Payload {
+        Payload {
+            marker,
+            data: vec![byte; len].into(),
+        }
+    }
+
+    /// Sends a frame across the 16-bit sequence number wrap, then answers NACKs for it: by
+    /// RTX (RFC 4588: own SSRC and sequence numbers, the original one first in the payload),
+    /// within the budget, and not for what it never sent.
+    #[tokio::test]
+    async fn nacks_are_answered_by_rtx_across_the_sequence_wrap() {
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let mut out = Outbox::new(tx, Arc::new(Metrics::default()));
+        let srtp = RtpProtector::aes_128_gcm(KEY, SALT);
+        let mut d = Direct::new(srtp, 0x1111, Some((0x2222, 97)), Some((4, "0")));
+        let start = 0xffff; // the frame's packets are 65535, 65536 (seq 0, ROC 1), 65537
+        let frame: Arc<[Payload]> = vec![
+            payload(false, 1, 1000),
+            payload(false, 2, 1000),
+            payload(true, 3, 300),
+        ]
+        .into();
+        // Earlier packets (not kept) that earn the retransmission budget.
+        let filler = payload(true, 0, 1000);
+        for seq in start - 7..start {
+            d.send(&mut out, to, (96, seq, 87_000), &filler);
+        }
+        for (i, p) in frame.iter().enumerate() {
+            d.send(&mut out, to, (96, start + i as u64, 90_000), p);
+        }
+        d.remember(start, 96, 90_000, frame.clone());
+        let next = start + 3;
+        assert!(d.resend(&mut out, to, 0, next), "seq 0 is 65536, sent");
+        assert!(!d.resend(&mut out, to, 5, next), "seq 5 was never sent");
+        assert!(!d.resend(&mut out, to, 0xfff0, next), "nor 65520");
+        out.flush();
+
+        let mut buf = [0u8; 1500];
+        let mut packets = Vec::new();
+        for _ in 0..11 {
+            let n = rx.recv(&mut buf).await.unwrap();
+            packets.push(buf[..n].to_vec());
+        }
+        let packets = &packets[7..];
+        let header_len = 12 + 8; // the MID extension: one word of header, one of data
+        for (i, p) in packets[..3].iter().enumerate() {
+            let seq = u16::from_be_bytes([p[2], p[3]]);
+            assert_eq!(u64::from(seq), (start + i as u64) & 0xffff);
+            assert_eq!(p[0], 0x90, "V=2, X=1");
+            assert_eq!(p[1] & 0x80 != 0, i == 2, "marker on the last");
+            assert_eq!(&p[12..20], [0xbe, 0xde, 0, 1, 0x40, b'0', 0, 0]);
+            let plain = unprotect_aes_128_gcm(KEY, SALT, p, header_len, start + i as u64);
+            assert_eq!(plain.as_deref(), Some(&frame[i].data[..]), "packet {i}");
+        }
+        let rtx = &packets[3];
+        assert_eq!(rtx[1] & 0x7f, 97);
+        assert_eq!(&rtx[8..12], 0x2222u32.to_be_bytes());
+        let rtx_seq = u64::from(u16::from_be_bytes([rtx[2], rtx[3]]));
+        assert_eq!(rtx_seq, d.rtx_seq - 1);
+        let plain = unprotect_aes_128_gcm(KEY, SALT, rtx, header_len, rtx_seq).unwrap();
+        assert_eq!(plain[..2], [0, 0], "original sequence number");
+        assert_eq!(plain[2..], frame[1].data[..]);
+
+        // The budget is 15 % of what was sent (~1,450 bytes here): spent.
+        assert!(!d.resend(&mut out, to, 0, next), "past the budget");
+        for seq in next..next + 7 {
+            d.send(&mut out, to, (96, seq, 93_000), &filler);
+        }
+        assert!(d.resend(&mut out, to, 0, next + 7), "earned again");
+    }
 
     #[test]
     fn mid_extension_is_the_one_byte_form_padded_to_words() {

@@ -214,6 +214,43 @@ impl RtpProtector {
     }
 }
 
+#[cfg(test)]
+impl RtpProtector {
+    /// AEAD_AES_128_GCM with the given session key and salt (no key derivation).
+    pub fn aes_128_gcm(key: [u8; 16], salt: [u8; 12]) -> Self {
+        let cipher = srtp_provider().aead_aes_128_gcm().create_cipher(key, true);
+        RtpProtector {
+            salt,
+            cipher: Cipher::Aes128(cipher),
+        }
+    }
+}
+
+/// Undo `RtpProtector::protect` (AEAD_AES_128_GCM): the payload of `packet`, or `None` if it
+/// does not authenticate.
+#[cfg(test)]
+pub fn unprotect_aes_128_gcm(
+    key: [u8; 16],
+    salt: [u8; 12],
+    packet: &[u8],
+    header_len: usize,
+    index: u64,
+) -> Option<Vec<u8>> {
+    let mut iv = [0u8; 12];
+    iv[2..6].copy_from_slice(&packet[8..12]);
+    iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
+    iv[10..12].copy_from_slice(&(index as u16).to_be_bytes());
+    for (b, s) in iv.iter_mut().zip(salt) {
+        *b ^= s;
+    }
+    let mut cipher = srtp_provider().aead_aes_128_gcm().create_cipher(key, false);
+    let (header, body) = packet.split_at(header_len);
+    let mut out = vec![0u8; body.len()];
+    let n = cipher.decrypt(&iv, &[header], body, &mut out).ok()?;
+    out.truncate(n);
+    Some(out)
+}
+
 /// Our master key and 12-byte master salt from the DTLS export, laid out as
 /// client key, server key, client salt, server salt (RFC 5764 §4.2).
 fn split<const KEY: usize>(k: &Keying) -> Option<([u8; KEY], [u8; 12])> {
@@ -306,14 +343,13 @@ mod tests {
             0xd1, 0x9b, 0x36, 0xde, 0x3a, 0xdf, 0x88, 0x33, 0x89, 0x9d, 0x7f, 0x27, 0xbe, 0xb1,
             0x6a, 0x91, 0x52, 0xcf, 0x76, 0x5e, 0xe4, 0x39, 0x0c, 0xce,
         ];
-        let mut p = RtpProtector {
-            salt,
-            cipher: Cipher::Aes128(srtp_provider().aead_aes_128_gcm().create_cipher(key, true)),
-        };
+        let mut p = RtpProtector::aes_128_gcm(key, salt);
         let mut out = vec![0u8; plain.len() + TAG_LEN];
         out[..12].copy_from_slice(&plain[..12]);
         p.protect(&mut out, 12, &plain[12..], 0xf17b);
         assert_eq!(out, protected);
+        let payload = unprotect_aes_128_gcm(key, salt, &out, 12, 0xf17b);
+        assert_eq!(payload.as_deref(), Some(&plain[12..]));
         // The roll-over counter is part of the nonce: the same packet one wrap later differs.
         p.protect(&mut out, 12, &plain[12..], 0x1_f17b);
         assert_ne!(out, protected);
