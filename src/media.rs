@@ -52,20 +52,35 @@ pub trait FrameSink: Send + Sync + 'static {
 }
 
 /// One media-time → wall-clock mapping per stream, so audio and video sender reports agree.
+///
+/// It never puts a frame after its arrival: a sender report extrapolates the RTP time from the
+/// last frame's wall-clock time, and one still to come gives str0m nothing to extrapolate from
+/// (it then reports RTP time 0, and a browser's lip sync stalls the video to follow it). A TS
+/// mux sends each track ahead of its presentation time by its own margin, video usually more
+/// than audio: the mapping moves back to the frame with the largest margin, so every frame maps
+/// at or before the moment it came in.
 struct Clock {
     anchor: Option<(u64, Instant)>,
 }
 
 impl Clock {
     fn wallclock(&mut self, t90k: u64, now: Instant) -> Instant {
-        let at = |(t0, i0): (u64, Instant)| {
-            let dt = t90k.saturating_sub(t0);
-            i0 + Duration::from_micros(dt.saturating_mul(1_000) / 90)
+        let ticks = |d: u64| Duration::from_micros(d.saturating_mul(1_000) / 90);
+        let at = |(t0, i0): (u64, Instant)| match t90k.checked_sub(t0) {
+            Some(d) => Some(i0 + ticks(d)),
+            None => i0.checked_sub(ticks(t0 - t90k)),
         };
-        match self.anchor {
+        match self.anchor.and_then(|a| Some((a, at(a)?))) {
             // Re-anchor when the source drifts away from real time by more than a second
             // (a burst, a stall, a loop of a replayed file).
-            Some(a) if t90k >= a.0 && at(a).abs_diff_instant(now) < Duration::from_secs(1) => at(a),
+            Some(((t0, i0), w)) if w.abs_diff_instant(now) < Duration::from_secs(1) => {
+                if w > now {
+                    self.anchor = i0.checked_sub(w - now).map(|i| (t0, i));
+                    now
+                } else {
+                    w
+                }
+            }
             _ => {
                 self.anchor = Some((t90k, now));
                 now
@@ -410,7 +425,6 @@ impl MediaState {
         // 20 ms: the step used when the timeline has to re-anchor.
         let t = self.timeline.map(pts, 1800);
         let base = time::rescale(t, ClockRate::OPUS);
-        let wallclock = self.clock.wallclock(t, now);
         for p in packets {
             stream.stats.audio_packets.fetch_add(1, Ordering::Relaxed);
             stream
@@ -418,6 +432,8 @@ impl MediaState {
                 .audio_bytes
                 .fetch_add(p.data.len() as u64, Ordering::Relaxed);
             let offset = u64::from(p.offset_samples);
+            // Opus frames are multiples of 2.5 ms (120 samples): exact in 90 kHz ticks.
+            let wallclock = self.clock.wallclock(t + offset * 15 / 8, now);
             self.emit(
                 stream,
                 sink,
@@ -425,7 +441,7 @@ impl MediaState {
                     seq: 0,
                     kind: Kind::Audio,
                     rtp_time: base + offset + self.audio_offset,
-                    wallclock: wallclock + Duration::from_micros(offset * 1_000 / 48),
+                    wallclock,
                     data: Arc::from(p.data),
                     keyframe: true,
                     payloads: Arc::from([]),
@@ -459,4 +475,42 @@ pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, transcode: bool)
         }
     }
     debug!(stream = %stream.name, "media task ended");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Video that arrives 600 ms ahead of its presentation time and audio 100 ms ahead (as a
+    /// TS mux sends them): no frame maps after its arrival, and once the mapping has settled,
+    /// both tracks lie on one line.
+    #[test]
+    fn wall_clock_never_maps_a_frame_after_its_arrival() {
+        let start = Instant::now();
+        let secs = |t90k: u64| Duration::from_micros(t90k * 1_000 / 90);
+        // (arrival, media time): 50 Hz audio over 10 s, and 30 fps video from the second on
+        // (so the mapping starts from audio, the track with the smaller margin).
+        let mut events: Vec<(Instant, u64)> = (30..300u64)
+            .map(|i| i * 3000)
+            .map(|t| (start + secs(t) + Duration::from_millis(400), t))
+            .chain(
+                (0..500u64)
+                    .map(|i| i * 1800)
+                    .map(|t| (start + secs(t) + Duration::from_millis(900), t)),
+            )
+            .collect();
+        events.sort();
+        let mut clock = Clock { anchor: None };
+        for (n, &(arrival, t)) in events.iter().enumerate() {
+            let w = clock.wallclock(t, arrival);
+            assert!(w <= arrival, "frame {n} mapped after its arrival");
+            if n >= 40 {
+                let line = start + secs(t) + Duration::from_millis(400);
+                assert!(
+                    w.abs_diff_instant(line) < Duration::from_millis(1),
+                    "frame {n}"
+                );
+            }
+        }
+    }
 }
