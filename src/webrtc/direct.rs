@@ -41,6 +41,9 @@ pub(super) struct Direct {
     rtx_seq: u64,
     /// The header extension block with the MID (RFC 8285 one-byte form), or empty.
     ext: Vec<u8>,
+    /// The viewer reported on our SSRC: it has bound it to the MID, which our packets then
+    /// leave out (as libwebrtc and str0m do; RFC 8843 §9.2). Retransmissions keep it.
+    ssrc_bound: bool,
     /// Recently sent frames: (first sequence number, RTP time, payload type, payloads).
     history: VecDeque<(u64, u32, u8, Arc<[Payload]>)>,
     /// Where an RTX packet is put together before it is encrypted.
@@ -69,6 +72,7 @@ impl Direct {
             history: VecDeque::with_capacity(HISTORY_FRAMES),
             scratch: Vec::new(),
             rtx_budget: 0.0,
+            ssrc_bound: false,
         }
     }
 
@@ -87,6 +91,11 @@ impl Direct {
         let len = self.write(out, to, (pt, seq, time, self.ssrc), p.marker, &p.data);
         self.rtx_budget = (self.rtx_budget + len as f32 * RTX_SHARE).min(RTX_BURST);
         len
+    }
+
+    /// The viewer sent a reception report on `ssrc`.
+    pub fn reported(&mut self, ssrc: u32) {
+        self.ssrc_bound |= ssrc == self.ssrc;
     }
 
     /// Keep a frame sent from `first_seq` on for retransmission.
@@ -148,9 +157,13 @@ impl Direct {
         marker: bool,
         payload: &[u8],
     ) -> usize {
-        let header_len = 12 + self.ext.len();
+        let ext: &[u8] = match self.ssrc_bound && ssrc == self.ssrc {
+            true => &[],
+            false => &self.ext,
+        };
+        let header_len = 12 + ext.len();
         let len = header_len + payload.len() + TAG_LEN;
-        let (ext, srtp) = (&self.ext, &mut self.srtp);
+        let srtp = &mut self.srtp;
         out.push_with(to, len, |buf| {
             buf[0] = 0x80 | if ext.is_empty() { 0 } else { 0x10 };
             buf[1] = pt & 0x7f | u8::from(marker) << 7;
@@ -262,6 +275,28 @@ mod tests {
             d.send(&mut out, to, (96, seq, 93_000), &filler);
         }
         assert!(d.resend(&mut out, to, 0, next + 7), "earned again");
+
+        // Once the viewer reports on the SSRC, it has bound it to the MID: media packets
+        // leave the extension out; retransmissions (another SSRC) keep it.
+        d.reported(0x3333);
+        d.reported(0x1111);
+        for seq in next + 7..next + 14 {
+            d.send(&mut out, to, (96, seq, 96_000), &filler);
+        }
+        assert!(d.resend(&mut out, to, 0, next + 14));
+        out.flush();
+        for _ in 0..8 {
+            rx.recv(&mut buf).await.unwrap(); // the fillers and the RTX sent above
+        }
+        for seq in next + 7..next + 14 {
+            let n = rx.recv(&mut buf).await.unwrap();
+            assert_eq!((buf[0], n), (0x80, 12 + 1000 + TAG_LEN), "no extension");
+            let plain = unprotect_aes_128_gcm(KEY, SALT, &buf[..n], 12, seq);
+            assert_eq!(plain.as_deref(), Some(&filler.data[..]));
+        }
+        let n = rx.recv(&mut buf).await.unwrap();
+        assert_eq!((buf[0], &buf[8..12]), (0x90, &0x2222u32.to_be_bytes()[..]));
+        assert_eq!(n, header_len + 2 + 1000 + TAG_LEN);
     }
 
     #[test]
