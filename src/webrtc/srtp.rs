@@ -195,14 +195,7 @@ impl RtpProtector {
     /// data) and has room for `payload` and the tag after it: those are written there,
     /// encrypted. `index` is the packet's SRTP index (roll-over counter and sequence number).
     pub fn protect(&mut self, packet: &mut [u8], header_len: usize, payload: &[u8], index: u64) {
-        let ssrc = &packet[8..12];
-        let mut iv = [0u8; 12];
-        iv[2..6].copy_from_slice(ssrc);
-        iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
-        iv[10..12].copy_from_slice(&(index as u16).to_be_bytes());
-        for (b, s) in iv.iter_mut().zip(self.salt) {
-            *b ^= s;
-        }
+        let iv = rtp_nonce(&self.salt, packet, index);
         let (header, body) = packet.split_at_mut(header_len);
         let body = &mut body[..payload.len() + TAG_LEN];
         let r = match &mut self.cipher {
@@ -236,6 +229,18 @@ pub fn unprotect_aes_128_gcm(
     header_len: usize,
     index: u64,
 ) -> Option<Vec<u8>> {
+    let iv = rtp_nonce(&salt, packet, index);
+    let mut cipher = srtp_provider().aead_aes_128_gcm().create_cipher(key, false);
+    let (header, body) = packet.split_at(header_len);
+    let mut out = vec![0u8; body.len()];
+    let n = cipher.decrypt(&iv, &[header], body, &mut out).ok()?;
+    out.truncate(n);
+    Some(out)
+}
+
+/// The GCM nonce of an RTP packet (RFC 7714 §8.1): its SSRC, roll-over counter and sequence
+/// number (the 48-bit SRTP `index`), XORed with the session salt.
+fn rtp_nonce(salt: &[u8; 12], packet: &[u8], index: u64) -> [u8; 12] {
     let mut iv = [0u8; 12];
     iv[2..6].copy_from_slice(&packet[8..12]);
     iv[6..10].copy_from_slice(&((index >> 16) as u32).to_be_bytes());
@@ -243,12 +248,7 @@ pub fn unprotect_aes_128_gcm(
     for (b, s) in iv.iter_mut().zip(salt) {
         *b ^= s;
     }
-    let mut cipher = srtp_provider().aead_aes_128_gcm().create_cipher(key, false);
-    let (header, body) = packet.split_at(header_len);
-    let mut out = vec![0u8; body.len()];
-    let n = cipher.decrypt(&iv, &[header], body, &mut out).ok()?;
-    out.truncate(n);
-    Some(out)
+    iv
 }
 
 /// Our master key and 12-byte master salt from the DTLS export, laid out as
