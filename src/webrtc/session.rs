@@ -631,6 +631,8 @@ impl Session {
             self.local_ufrag = ours.ufrag.clone();
             self.remote_ufrag = Some(ufrag);
             info!(stream = %self.stream.name, session = %super::short(&self.id), "ICE restart");
+            // The peer may move: media goes through str0m until it sends on the new pair.
+            self.media_dest = None;
             reply = Some(SdpFrag::answer(&ours, local));
         }
         for c in &frag.candidates {
