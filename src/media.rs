@@ -67,7 +67,7 @@ impl Clock {
     fn wallclock(&mut self, t90k: u64, now: Instant) -> Instant {
         let ticks = |d: u64| Duration::from_micros(d.saturating_mul(1_000) / 90);
         let at = |(t0, i0): (u64, Instant)| match t90k.checked_sub(t0) {
-            Some(d) => Some(i0 + ticks(d)),
+            Some(d) => i0.checked_add(ticks(d)),
             None => i0.checked_sub(ticks(t0 - t90k)),
         };
         match self.anchor.and_then(|a| Some((a, at(a)?))) {
