@@ -76,8 +76,6 @@ pub(super) struct Session {
     /// Per kind: the wall-clock time of the last frame str0m sent a packet of, which is the
     /// RTP/NTP mapping of its sender reports.
     str0m_mapped: [Option<Instant>; 2],
-    /// str0m was given a packet to send since it was last polled.
-    str0m_pending: bool,
     /// Where str0m last sent DTLS, RTP or RTCP: the peer's address on the selected pair.
     media_dest: Option<SocketAddr>,
 }
@@ -152,7 +150,6 @@ impl Session {
             direct: [None, None],
             direct_decided: [false; 2],
             str0m_mapped: [None; 2],
-            str0m_pending: false,
             media_dest: None,
         }
     }
@@ -415,14 +412,16 @@ impl Session {
     /// budget per tick: fast enough that the backlog takes tens of milliseconds, paced enough
     /// that neither our socket buffer nor the viewer's overflows.
     pub fn drain_queue(&mut self, out: &mut Outbox) {
-        let mut budget = BACKLOG_BYTES_PER_TICK;
+        let (mut budget, mut sent) = (BACKLOG_BYTES_PER_TICK, (0, 0));
         while budget > 0 {
             let Some(f) = self.queued.pop_front() else {
-                return;
+                break;
             };
             budget = budget.saturating_sub(f.data.len());
-            self.write_now(&f, out);
+            let (p, b) = self.write_now(&f, out);
+            sent = (sent.0 + p, sent.1 + b);
         }
+        count_direct(&self.stream, &self.metrics, sent);
         if !self.queued.is_empty() {
             self.next_timeout = self.next_timeout.min(Instant::now() + BACKLOG_TICK);
         }
@@ -432,21 +431,22 @@ impl Session {
         !self.queued.is_empty()
     }
 
-    /// A frame from the stream: sent now, or after what is still queued.
-    pub fn write_frame(&mut self, f: &Frame, out: &mut Outbox) {
+    /// A frame from the stream: sent now, or after what is still queued. Returns the
+    /// (packets, bytes) sent the direct way (see `write_now`).
+    pub fn write_frame(&mut self, f: &Frame, out: &mut Outbox) -> (u64, u64) {
         if self.queued.is_empty() {
             self.queued_since = None;
-            self.write_now(f, out);
+            return self.write_now(f, out);
         } else if self.connected {
             let since = *self.queued_since.get_or_insert_with(Instant::now);
             if since.elapsed() > SLOW_QUEUE {
                 self.queued.clear();
                 self.skip_to_keyframe("its queue has not drained for 2 s");
-                self.write_now(f, out);
-            } else {
-                self.queued.push_back(f.clone());
+                return self.write_now(f, out);
             }
+            self.queued.push_back(f.clone());
         }
+        (0, 0)
     }
 
     /// This viewer cannot keep up: send it no more video until the next keyframe (audio goes
@@ -471,19 +471,23 @@ impl Session {
         }
     }
 
-    fn write_now(&mut self, f: &Frame, out: &mut Outbox) {
+    /// Returns the (packets, bytes) sent the direct way, for the caller to count (once per
+    /// frame or tick for all its viewers, not per viewer: the counters are shared by cores).
+    fn write_now(&mut self, f: &Frame, out: &mut Outbox) -> (u64, u64) {
         if !self.connected || self.last_seq.is_some_and(|s| f.seq <= s) {
-            return;
+            return (0, 0);
         }
         let slot = match f.kind {
             Kind::Video => &mut self.video,
             Kind::Audio => &mut self.audio,
         };
-        let Some((mid, pt)) = slot else { return };
+        let Some((mid, pt)) = slot else {
+            return (0, 0);
+        };
         let mid = *mid;
         if f.kind == Kind::Video && !self.video_started {
             if !f.keyframe {
-                return;
+                return (0, 0);
             }
             self.video_started = true;
         }
@@ -500,7 +504,7 @@ impl Session {
                     .iter()
                     .filter(|p| offered.contains(&p.pt()));
                 let Some(chosen) = choose_pt(params, f.kind, profile) else {
-                    return;
+                    return (0, 0);
                 };
                 *pt = Some(chosen);
                 if f.kind == Kind::Video {
@@ -534,7 +538,7 @@ impl Session {
         let seq = &mut self.seq[k];
         let time = f.rtp_time as u32; // wraps like the 64-bit timeline: see time.rs
         let (first, last) = (*seq, f.payloads.len().saturating_sub(1));
-        let (mut packets, mut bytes) = (0, 0);
+        let (mut packets, mut bytes, mut to_str0m) = (0, 0, false);
         for (i, p) in f.payloads.iter().enumerate() {
             match direct {
                 Some((ref mut d, to)) if i < last || !refresh => {
@@ -544,14 +548,14 @@ impl Session {
                 _ => {
                     let mut api = self.rtc.direct_api();
                     let Some(tx) = api.stream_tx_by_mid(mid, None) else {
-                        return;
+                        return (packets, bytes);
                     };
                     let write = RtpWrite::new(pt, (*seq).into(), time, f.wallclock, p.data.clone())
                         .marker(p.marker)
                         .nackable(nackable);
                     tx.write_rtp(write);
                     self.str0m_mapped[k] = Some(f.wallclock);
-                    self.str0m_pending = true;
+                    to_str0m = true;
                 }
             }
             *seq += 1;
@@ -559,20 +563,12 @@ impl Session {
         if let Some(d) = self.direct[k].as_mut().filter(|_| f.kind == Kind::Video) {
             d.remember(first, *pt, time, f.payloads.clone());
         }
-        if packets > 0 {
-            let st = &self.stream.stats;
-            st.packets_sent.fetch_add(packets, Ordering::Relaxed);
-            st.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
-            self.metrics
-                .direct_packets
-                .fetch_add(packets, Ordering::Relaxed);
-        }
         self.last_seq = Some(f.seq);
         if f.kind == Kind::Video && !self.first_frame_sent {
             self.first_frame_sent = true;
             self.metrics.first_frame(self.created.elapsed());
         }
-        if std::mem::take(&mut self.str0m_pending) {
+        if to_str0m {
             // str0m releases a written packet on its next timeout. Beside the direct path,
             // make that now, so the packet goes out in order with the direct ones around it
             // (on its own, str0m keeps its order, and a timer turn per frame costs more).
@@ -581,6 +577,7 @@ impl Session {
             }
             self.poll(out);
         }
+        (packets, bytes)
     }
 
     /// The direct send path for this viewer's `kind`, if its SRTP profile is AEAD-AES-GCM.
@@ -686,6 +683,17 @@ impl Session {
         if !self.is_publisher() {
             self.stream.stats.viewers.fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// Count what the direct path sent to a stream's viewers (str0m's packets are counted as they
+/// are polled).
+pub(super) fn count_direct(stream: &Stream, metrics: &Metrics, (packets, bytes): (u64, u64)) {
+    if packets > 0 {
+        let st = &stream.stats;
+        st.packets_sent.fetch_add(packets, Ordering::Relaxed);
+        st.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
+        metrics.direct_packets.fetch_add(packets, Ordering::Relaxed);
     }
 }
 

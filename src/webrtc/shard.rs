@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info};
 
 use super::outbox::Outbox;
-use super::session::Session;
+use super::session::{self, Session};
 use super::{short, Cmd, NewSession, PatchError};
 use crate::metrics::Metrics;
 
@@ -239,12 +239,15 @@ impl Shard {
                     return;
                 };
                 let viewers = std::mem::take(viewers);
+                let mut sent = (0, 0);
                 for &slot in &viewers {
                     if let Some(s) = self.sessions.get_mut(slot).and_then(Option::as_mut) {
-                        s.write_frame(&frame, &mut self.out);
+                        let (p, b) = s.write_frame(&frame, &mut self.out);
+                        sent = (sent.0 + p, sent.1 + b);
                     }
                     self.settle(slot);
                 }
+                session::count_direct(&stream, &self.metrics, sent);
                 self.by_stream.insert(stream.id, viewers);
             }
             Cmd::Datagram(source, data, at) => self.on_datagram(&data, source, at),

@@ -166,29 +166,20 @@ impl RtpProtector {
     /// Our sending side of `k`; `None` for AES-CM + HMAC-SHA1, which stays with str0m.
     pub fn new(k: &Keying) -> Option<Self> {
         let srtp = srtp_provider();
-        match k.profile {
+        let (salt, cipher) = match k.profile {
             SrtpProfile::AEAD_AES_128_GCM => {
-                let (master, master_salt) = split::<16>(k)?;
-                let key = derive(&master, &master_salt, LABEL_RTP_KEY);
-                let salt = derive(&master, &master_salt, LABEL_RTP_SALT);
+                let (key, salt) = session_keys::<16>(k)?;
                 let cipher = srtp.aead_aes_128_gcm().create_cipher(key, true);
-                Some(RtpProtector {
-                    salt,
-                    cipher: Cipher::Aes128(cipher),
-                })
+                (salt, Cipher::Aes128(cipher))
             }
             SrtpProfile::AEAD_AES_256_GCM => {
-                let (master, master_salt) = split::<32>(k)?;
-                let key = derive(&master, &master_salt, LABEL_RTP_KEY);
-                let salt = derive(&master, &master_salt, LABEL_RTP_SALT);
+                let (key, salt) = session_keys::<32>(k)?;
                 let cipher = srtp.aead_aes_256_gcm().create_cipher(key, true);
-                Some(RtpProtector {
-                    salt,
-                    cipher: Cipher::Aes256(cipher),
-                })
+                (salt, Cipher::Aes256(cipher))
             }
-            _ => None,
-        }
+            _ => return None,
+        };
+        Some(RtpProtector { salt, cipher })
     }
 
     /// `packet` starts with an RTP header of `header_len` bytes (the additional authenticated
@@ -249,6 +240,13 @@ fn rtp_nonce(salt: &[u8; 12], packet: &[u8], index: u64) -> [u8; 12] {
         *b ^= s;
     }
     iv
+}
+
+/// Our RTP session key and salt: derived from our half of the DTLS export.
+fn session_keys<const KEY: usize>(k: &Keying) -> Option<([u8; KEY], [u8; 12])> {
+    let (master, master_salt) = split::<KEY>(k)?;
+    let key = derive(&master, &master_salt, LABEL_RTP_KEY);
+    Some((key, derive(&master, &master_salt, LABEL_RTP_SALT)))
 }
 
 /// Our master key and 12-byte master salt from the DTLS export, laid out as
