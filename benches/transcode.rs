@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, Criterion, Throughput};
 use tsbridge::codec::transcode::{SourceCodec, Transcoder};
-use tsbridge::ts::{DemuxEvent, Demuxer};
+use tsbridge::ts::{transcodable_audio, DemuxEvent, Demuxer};
 
 const SECONDS: u64 = 5;
 
@@ -26,51 +26,22 @@ fn audio_pes(name: &str) -> Option<(SourceCodec, Pes)> {
         .join(name);
     let data = std::fs::read(&path).ok()?;
     let mut demuxer = Demuxer::new();
+    demuxer.set_transcodable_audio(true);
     let mut events = Vec::new();
     demuxer.push(&data, &mut events);
-    let tracks = events.iter().find_map(|e| match e {
-        DemuxEvent::Tracks(t) => Some(t.clone()),
-        _ => None,
-    })?;
-    let (pid, codec) = tracks
+    demuxer.flush(&mut events);
+    let tracks = demuxer.tracks()?;
+    let pid = transcodable_audio(tracks)?;
+    let codec = tracks
         .tracks
         .iter()
-        .find_map(|t| SourceCodec::from_stream_type(t.stream_type).map(|c| (t.pid.0, c)))?;
-    let mut pes: Vec<Vec<u8>> = Vec::new();
-    for pkt in data.chunks_exact(188) {
-        let this = (u16::from(pkt[1] & 0x1F) << 8) | u16::from(pkt[2]);
-        if pkt[0] != 0x47 || this != pid {
-            continue;
-        }
-        let control = (pkt[3] >> 4) & 3;
-        let start = if control & 2 != 0 {
-            5 + usize::from(pkt[4])
-        } else {
-            4
-        };
-        if control & 1 == 0 || start >= 188 {
-            continue;
-        }
-        if pkt[1] & 0x40 != 0 {
-            pes.push(Vec::new());
-        }
-        if let Some(p) = pes.last_mut() {
-            p.extend_from_slice(&pkt[start..]);
-        }
-    }
-    let one: Pes = pes
+        .find(|t| t.pid == pid)
+        .and_then(|t| SourceCodec::from_stream_type(t.stream_type))?;
+    let one: Pes = events
         .into_iter()
-        .filter(|p| p.len() >= 9 && p[..3] == [0, 0, 1])
-        .map(|p| {
-            let pts = (p[7] & 0x80 != 0).then(|| {
-                let b = &p[9..14];
-                (u64::from(b[0] >> 1) & 7) << 30
-                    | u64::from(b[1]) << 22
-                    | u64::from(b[2] >> 1) << 15
-                    | u64::from(b[3]) << 7
-                    | u64::from(b[4] >> 1)
-            });
-            (p[9 + usize::from(p[8])..].to_vec(), pts)
+        .filter_map(|e| match e {
+            DemuxEvent::Pes(p) if p.pid == pid => Some((p.data.to_vec(), p.pts)),
+            _ => None,
         })
         .collect();
     let stamps: Vec<u64> = one.iter().filter_map(|p| p.1).collect();

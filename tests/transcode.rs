@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use common::tone::{dominant_frequency, rms};
 use common::{whep_receive, StopWhen, WhepOptions};
 use tsbridge::config::{AudioTranscode, Named, ServeArgs};
 use tsbridge::server::Server;
@@ -17,31 +18,6 @@ async fn serve(name: &str, file: &str, tweak: impl FnOnce(&mut ServeArgs)) -> Se
     });
     tweak(&mut args);
     Server::start(args).await.expect("server starts")
-}
-
-/// Goertzel power at `freq`.
-fn power(x: &[f32], rate: f32, freq: f32) -> f32 {
-    let w = 2.0 * std::f32::consts::PI * freq / rate;
-    let coeff = 2.0 * w.cos();
-    let (mut s1, mut s2) = (0.0f32, 0.0f32);
-    for &v in x {
-        let s = v + coeff * s1 - s2;
-        s2 = s1;
-        s1 = s;
-    }
-    s1 * s1 + s2 * s2 - coeff * s1 * s2
-}
-
-/// The strongest frequency between 50 Hz and 5 kHz.
-fn dominant_frequency(x: &[f32], rate: f32) -> f32 {
-    let best = |freqs: &mut dyn Iterator<Item = f32>| {
-        freqs
-            .map(|f| (f, power(x, rate, f)))
-            .fold((0.0, -1.0), |a, b| if b.1 > a.1 { b } else { a })
-            .0
-    };
-    let coarse = best(&mut (5..500).map(|i| i as f32 * 10.0));
-    best(&mut (0..=40).map(|i| coarse - 20.0 + i as f32))
 }
 
 /// Receive ~3 s of a stream and check its Opus: 960 ticks per packet, decodes (with a decoder
@@ -93,7 +69,7 @@ async fn plays_tone(file: &str, tone: f32) {
         left.extend(pcm[..n * 2].iter().step_by(2));
     }
     let x = &left[9600..]; // skip the first 200 ms
-    let rms = (x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32).sqrt();
+    let rms = rms(x);
     assert!(rms > 0.05, "audible: rms {rms}");
     let f = dominant_frequency(x, 48_000.0);
     assert!(

@@ -1304,9 +1304,14 @@ fn gcd(mut a: u64, mut b: u64) -> u64 {
 }
 
 #[cfg(test)]
+#[path = "../../tests/common/tone.rs"]
+mod tone;
+
+#[cfg(test)]
 mod tests {
     use std::path::PathBuf;
 
+    use super::tone::{dominant_frequency, rms};
     use super::*;
     use crate::time::Timeline;
     use crate::ts::{DemuxEvent, Demuxer};
@@ -1328,65 +1333,31 @@ mod tests {
         pts: Option<u64>,
     }
 
-    /// The transcodable audio track of a TS file: the PMT through the project's `Demuxer`, the
-    /// PES of that PID cut here (the demuxer reassembles only tracks it can play), PTS through
-    /// a `Timeline` (so the first one maps to 0).
+    /// The transcodable audio track of a TS file, as the media task gets it: the project's
+    /// `Demuxer` with transcodable audio on, PTS through a `Timeline` (so the first maps to 0).
     fn audio_track(data: &[u8]) -> (SourceCodec, Vec<AudioPes>) {
         let mut demuxer = Demuxer::new();
+        demuxer.set_transcodable_audio(true);
         let mut events = Vec::new();
         demuxer.push(data, &mut events);
         demuxer.flush(&mut events);
-        let tracks = events
-            .iter()
-            .find_map(|e| match e {
-                DemuxEvent::Tracks(t) => Some(t.clone()),
-                _ => None,
-            })
-            .expect("a PMT");
-        let (pid, codec) = tracks
+        let tracks = demuxer.tracks().expect("a PMT");
+        let pid = crate::ts::transcodable_audio(tracks).expect("an AAC or MPEG audio track");
+        let codec = tracks
             .tracks
             .iter()
-            .find_map(|t| SourceCodec::from_stream_type(t.stream_type).map(|c| (t.pid.0, c)))
-            .expect("an AAC or MPEG audio track");
-        let mut pes: Vec<Vec<u8>> = Vec::new();
-        for pkt in data.chunks_exact(188) {
-            let this = (u16::from(pkt[1] & 0x1F) << 8) | u16::from(pkt[2]);
-            if pkt[0] != 0x47 || this != pid {
-                continue;
-            }
-            let control = (pkt[3] >> 4) & 3;
-            let start = if control & 2 != 0 {
-                5 + usize::from(pkt[4])
-            } else {
-                4
-            };
-            if control & 1 == 0 || start >= 188 {
-                continue;
-            }
-            if pkt[1] & 0x40 != 0 {
-                pes.push(Vec::new());
-            }
-            if let Some(p) = pes.last_mut() {
-                p.extend_from_slice(&pkt[start..]);
-            }
-        }
+            .find(|t| t.pid == pid)
+            .and_then(|t| SourceCodec::from_stream_type(t.stream_type))
+            .expect("a transcodable codec");
         let mut timeline = Timeline::new();
-        let out = pes
+        let out = events
             .into_iter()
-            .filter(|p| p.len() >= 9 && p[..3] == [0, 0, 1])
-            .map(|p| {
-                let pts = (p[7] & 0x80 != 0).then(|| {
-                    let b = &p[9..14];
-                    (u64::from(b[0] >> 1) & 7) << 30
-                        | u64::from(b[1]) << 22
-                        | u64::from(b[2] >> 1) << 15
-                        | u64::from(b[3]) << 7
-                        | u64::from(b[4] >> 1)
-                });
-                AudioPes {
-                    data: p[9 + usize::from(p[8])..].to_vec(),
-                    pts: pts.map(|pts| timeline.map(pts, 1920)),
-                }
+            .filter_map(|e| match e {
+                DemuxEvent::Pes(p) if p.pid == pid => Some(AudioPes {
+                    data: p.data.to_vec(),
+                    pts: p.pts.map(|pts| timeline.map(pts, 1920)),
+                }),
+                _ => None,
             })
             .collect();
         (codec, out)
@@ -1421,35 +1392,6 @@ mod tests {
 
     fn channel(pcm: &[f32], channels: usize, c: usize) -> Vec<f32> {
         pcm.iter().skip(c).step_by(channels).copied().collect()
-    }
-
-    fn rms(x: &[f32]) -> f32 {
-        (x.iter().map(|v| v * v).sum::<f32>() / x.len().max(1) as f32).sqrt()
-    }
-
-    /// Goertzel power at `freq`.
-    fn power(x: &[f32], rate: f32, freq: f32) -> f32 {
-        let w = 2.0 * std::f32::consts::PI * freq / rate;
-        let coeff = 2.0 * w.cos();
-        let (mut s1, mut s2) = (0.0f32, 0.0f32);
-        for &v in x {
-            let s = v + coeff * s1 - s2;
-            s2 = s1;
-            s1 = s;
-        }
-        s1 * s1 + s2 * s2 - coeff * s1 * s2
-    }
-
-    /// The strongest frequency between 50 Hz and 5 kHz: a coarse scan, then 1 Hz steps.
-    fn dominant_frequency(x: &[f32], rate: f32) -> f32 {
-        let best = |freqs: &mut dyn Iterator<Item = f32>| {
-            freqs
-                .map(|f| (f, power(x, rate, f)))
-                .fold((0.0, -1.0), |a, b| if b.1 > a.1 { b } else { a })
-                .0
-        };
-        let coarse = best(&mut (5..500).map(|i| i as f32 * 10.0));
-        best(&mut (0..=40).map(|i| coarse - 20.0 + i as f32))
     }
 
     /// Frames are 960 samples, 1800 ticks apart without a gap, from the first PTS.

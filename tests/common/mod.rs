@@ -9,6 +9,7 @@
 //! - [`server`]: start the `tsbridge` binary on ephemeral loopback ports, killed on drop.
 //! - [`whip`]: a WHIP publisher on the same stack: a testdata TS file demuxed by tsbridge's own
 //!   demuxer, sent in real time (looping), keyframe requests counted.
+//! - [`tone`]: RMS and dominant frequency of decoded audio.
 //! - [`h264`]: an RFC 6184 depacketizer that reports what a sender did (NAL types, marker
 //!   placement, gaps).
 //!
@@ -19,6 +20,7 @@ pub mod h264;
 pub mod http;
 pub mod runtime;
 pub mod server;
+pub mod tone;
 pub mod whep;
 pub mod whip;
 
