@@ -146,6 +146,8 @@ pub struct LoadReport {
     pub lossy_loss_pct: Option<f64>,
     /// The `--lossy` viewers' video alone: what retransmissions repair (Opus is not resent).
     pub lossy_video_loss_pct: Option<f64>,
+    /// Video packets the `--lossy` viewers threw away (retransmissions not counted).
+    pub lossy_video_thrown: Option<u64>,
     /// From the start of the POST to the HTTP answer.
     pub time_to_answer_ms: Option<Percentiles>,
     /// From the start of the POST to ICE connected (a nominated pair).
@@ -254,8 +256,14 @@ impl LoadReport {
             self.bytes as f64 / 1e6,
             self.loss_pct
         );
-        if let (Some(l), Some(v)) = (self.lossy_loss_pct, self.lossy_video_loss_pct) {
-            s += &format!("lossy viewers: loss {l:.1} % (video {v:.1} %, after retransmissions)\n");
+        if let (Some(l), Some(v), Some(t)) = (
+            self.lossy_loss_pct,
+            self.lossy_video_loss_pct,
+            self.lossy_video_thrown,
+        ) {
+            s += &format!(
+                "lossy viewers: threw away {t} video packets; loss {l:.1} % (video {v:.1} %, after retransmissions)\n"
+            );
         }
         s += &format!("answer:        {}\n", p(&self.time_to_answer_ms));
         s += &format!("ICE:           {}\n", p(&self.time_to_ice_ms));
@@ -395,6 +403,8 @@ struct Stats {
     ice_disconnected: bool,
     /// Share of received RTP to throw away (a lossy viewer), 0..1.
     drop: f64,
+    /// Video packets (original payload type, not RTX) a lossy viewer threw away.
+    thrown_video: u64,
 }
 
 impl Stats {
@@ -416,6 +426,7 @@ impl Stats {
             dropped: false,
             ice_disconnected: false,
             drop: 0.0,
+            thrown_video: 0,
         }
     }
 
@@ -699,6 +710,8 @@ impl EventLoop {
                         && is_rtp(rb.filled())
                         && rand::random::<f64>() < v.stats.drop
                     {
+                        let d = rb.filled();
+                        v.stats.thrown_video += u64::from(is_video_pt(d[1] & 0x7f));
                         continue; // a lossy viewer's bad link
                     }
                     if v.stats.counted_by_header(rb.filled(), self.decrypt_all) {
@@ -1470,6 +1483,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     let (mut bytes, mut expected) = (0u64, 0u64);
     let (mut lossy_received, mut lossy_expected) = (0u64, 0u64);
     let (mut lossy_video_received, mut lossy_video_expected) = (0u64, 0u64);
+    let mut lossy_video_thrown = 0;
     let mut steady = Steady::default();
     let (mut steady_received, mut steady_expected) = (0u64, 0u64);
     let (mut answer, mut ice, mut conn) = (vec![], vec![], vec![]);
@@ -1488,6 +1502,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
             lossy_expected += s.expected();
             lossy_video_received += s.video.received;
             lossy_video_expected += s.video.expected();
+            lossy_video_thrown += s.thrown_video;
         } else {
             expected += s.expected();
         }
@@ -1589,6 +1604,7 @@ pub async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
                 lossy_video_expected,
             )
         }),
+        lossy_video_thrown: (args.lossy > 0).then_some(lossy_video_thrown),
         time_to_answer_ms: percentiles(answer),
         time_to_ice_ms: percentiles(ice),
         time_to_connected_ms: percentiles(conn),
