@@ -14,7 +14,7 @@ use crate::config::ServeArgs;
 use crate::ingest;
 use crate::media::{self, FrameSink};
 use crate::stream::Registry;
-use crate::webrtc::Engine;
+use crate::webrtc::{Engine, EngineOptions};
 
 /// Shared state of a running server.
 pub struct App {
@@ -73,9 +73,12 @@ impl Server {
         let engine = Engine::start(
             cfg.ice_udp,
             &cfg.ice_hosts,
-            cfg.ice_timeout,
-            cfg.media_threads,
-            !cfg.no_direct_send,
+            EngineOptions {
+                ice_timeout: cfg.ice_timeout,
+                threads: cfg.media_threads,
+                direct_send: !cfg.no_direct_send,
+                backlog_rate: (cfg.backlog_rate * 1e6 / 8.0) as u64,
+            },
         )
         .await?;
         let sink: Arc<dyn FrameSink> = Arc::new(engine.clone());

@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::h264::nal;
-use common::{h264_access_units, request, sdp_codecs, whep_receive, StopWhen, WhepOptions};
+use common::{
+    h264_access_units, live_start, request, sdp_codecs, whep_receive, StopWhen, WhepOptions,
+};
 use tsbridge::config::{Named, ServeArgs};
 use tsbridge::server::Server;
 
@@ -88,18 +90,10 @@ async fn viewer_gets_idr_first_then_slices_with_exact_timestamps() {
             assert_eq!(au.nal_types, vec![nal::SLICE]);
         }
     }
-    // The cached GOP comes first, squeezed (1 tick apart); then live frames at 30 fps.
-    let live = aus
-        .windows(2)
-        .position(|w| w[1].ts.wrapping_sub(w[0].ts) != 1)
-        .unwrap_or(0);
-    for w in aus[live..].windows(2) {
-        assert_eq!(
-            w[1].ts.wrapping_sub(w[0].ts),
-            3000,
-            "30 fps = 3000 ticks per frame"
-        );
-    }
+    // The cached GOP (at most a 1 s GOP) comes first, stamped by the sending pace; then live
+    // frames at 30 fps, 3000 ticks apart.
+    let live = live_start(&aus, 3000, 30);
+    assert!(aus.len() - live >= 30, "{} live frames", aus.len() - live);
 
     assert!(r.audio.len() >= 100, "only {} Opus packets", r.audio.len());
     for w in r.audio.windows(2) {
@@ -456,7 +450,7 @@ async fn patch_trickles_candidates_and_restarts_ice() {
 }
 
 /// Instant start: a viewer joining mid-GOP of a 5 s-GOP source gets the cached GOP at once,
-/// IDR (with SPS/PPS) first, its timestamps squeezed to end at live, then live frames.
+/// IDR (with SPS/PPS) first, its timestamps fast-forwarded to end at live, then live frames.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn late_joiner_starts_at_cached_idr_without_waiting_for_the_next() {
     let s = serve(&[("long", "long_gop.ts")], |_| {}).await;
@@ -495,18 +489,18 @@ async fn late_joiner_starts_at_cached_idr_without_waiting_for_the_next() {
         .windows(2)
         .map(|w| w[1].ts.wrapping_sub(w[0].ts))
         .collect();
-    // The backlog: one tick apart; then live frames 3000 apart. This client (webrtc-rs) can
-    // lose a few packets of the backlog burst (it has no RTX; the server does retransmit on
-    // NACK, and Chromium loses none), so gaps of whole frames are allowed, never a step back.
+    // The backlog: stamped by the sending pace, at least 4x the stream's rate, so in at most a
+    // quarter of its real time (and a tick a frame); then live frames 3000 apart. This client
+    // (webrtc-rs) can lose a few packets of the backlog burst (it has no RTX; the server does
+    // retransmit on NACK, and Chromium loses none), so gaps of whole frames are allowed, never
+    // a step back.
     assert!(steps.iter().all(|&d| d > 0), "{steps:?}");
     let backlog = steps.iter().take_while(|&&d| d < 3000).count();
+    assert!(backlog >= 40, "backlog of {backlog} frames: {steps:?}");
+    let stamped: u32 = steps[..backlog].iter().sum();
     assert!(
-        backlog >= 40,
-        "squeezed backlog of {backlog} frames: {steps:?}"
-    );
-    assert!(
-        steps[..backlog].iter().all(|&d| d < 100),
-        "squeezed backlog: {steps:?}"
+        stamped as usize <= backlog * (3000 / 4 + 1),
+        "backlog stamped over {stamped} ticks: {steps:?}"
     );
     assert!(
         steps[backlog + 1..].iter().all(|&d| d % 3000 == 0),
@@ -520,6 +514,68 @@ async fn late_joiner_starts_at_cached_idr_without_waiting_for_the_next() {
     );
     // Audio is live: it starts right away too.
     assert!(r.first_audio_at().unwrap().duration_since(connected) < Duration::from_millis(500));
+}
+
+/// `--backlog-rate` paces the instant-start burst (for viewers behind slower links): at
+/// 2 Mbit/s, the cached GOP's bytes take their time to arrive, their timestamps follow the
+/// sending (so the browser's jitter estimate sees no spread), and the viewer still gets the
+/// IDR first and goes on with live frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backlog_rate_paces_the_start_burst() {
+    const RATE: f64 = 2e6 / 8.0; // bytes per second (the stream's 400 kbit/s x 4 is less)
+    let s = serve(&[("long", "long_gop.ts")], |a| a.backlog_rate = 2.0).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let r = whep_receive(
+        &url(&s, "/whep/long"),
+        WhepOptions {
+            seconds: 2.5,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let aus = h264_access_units(&r.video);
+    assert!(aus[0].is_keyframe(), "first AU: {:?}", aus[0].nal_types);
+    let steps: Vec<u32> = aus
+        .windows(2)
+        .map(|w| w[1].ts.wrapping_sub(w[0].ts))
+        .collect();
+    assert!(steps.iter().all(|&d| d > 0 && d < 90_000), "{steps:?}");
+    // Live frames are 3000 ticks apart; the backlog's steps follow its sending.
+    let backlog = 1 + steps.iter().rposition(|d| d % 3000 != 0).unwrap_or(0);
+    assert!(backlog >= 40, "a backlog of {backlog} frames: {steps:?}");
+    assert!(
+        aus.len() - backlog >= 20,
+        "{} live frames",
+        aus.len() - backlog
+    );
+    let stamps: Vec<u32> = aus[..backlog].iter().map(|a| a.ts).collect();
+    let packets: Vec<_> = r.video.iter().filter(|p| stamps.contains(&p.ts)).collect();
+    let bytes: usize = packets.iter().map(|p| p.payload.len()).sum();
+    let biggest = stamps
+        .iter()
+        .map(|ts| {
+            let frame = packets.iter().filter(|p| p.ts == *ts);
+            frame.map(|p| p.payload.len()).sum::<usize>()
+        })
+        .max()
+        .unwrap();
+    // Frames go whole: all but the largest one are paced.
+    let paced = Duration::from_secs_f64((bytes - biggest) as f64 / RATE);
+    let first = packets.iter().map(|p| p.at).min().unwrap();
+    let last = packets.iter().map(|p| p.at).max().unwrap();
+    assert!(
+        last - first >= paced.mul_f64(0.8),
+        "{bytes} bytes of backlog in {:?}; paced, at least {paced:?}",
+        last - first
+    );
+    let stamped = Duration::from_secs_f64(f64::from(stamps[backlog - 1] - stamps[0]) / 90e3);
+    let most = Duration::from_secs_f64(bytes as f64 / RATE);
+    assert!(
+        stamped >= paced.mul_f64(0.8) && stamped <= most.mul_f64(1.1),
+        "backlog stamped over {stamped:?}, sent over {paced:?} to {most:?}"
+    );
 }
 
 /// With several media threads, sessions are spread over them and every viewer plays: datagrams

@@ -44,6 +44,21 @@ pub struct NewSession {
     pub ingest: Option<publish::Ingest>,
     /// A viewer's SRTP keys, for the direct send path.
     pub keys: Option<srtp::KeySlot>,
+    /// A viewer's GOP backlog pace, bytes per second.
+    pub backlog_rate: u64,
+}
+
+/// How the engine runs its sessions (from `serve`'s flags).
+#[derive(Clone, Copy, Debug)]
+pub struct EngineOptions {
+    /// ICE/DTLS setup deadline and disconnect timeout.
+    pub ice_timeout: Duration,
+    /// Media threads (shards); 0: one per core.
+    pub threads: usize,
+    /// Viewers' video goes the direct way (see `direct`).
+    pub direct_send: bool,
+    /// A new viewer's GOP backlog (instant start) is paced at this many bytes per second.
+    pub backlog_rate: u64,
 }
 
 /// A parsed SDP offer, with what we need from it besides str0m's view.
@@ -217,20 +232,17 @@ pub struct Engine {
     /// Sessions handed to the loop and not yet closed.
     live: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: Arc<Metrics>,
-    /// Viewers' video goes the direct way (see `direct`).
-    direct_send: bool,
+    opts: EngineOptions,
 }
 
 impl Engine {
-    /// Bind the UDP sockets and start the shards, `threads` of them (0: one per core).
+    /// Bind the UDP sockets and start the shards, `opts.threads` of them (0: one per core).
     /// `hosts` are the addresses to announce (IPs or DNS names); empty means the bound address
     /// (loopback + primary address for a wildcard).
     pub async fn start(
         bind: SocketAddr,
         hosts: &[String],
-        ice_timeout: Duration,
-        threads: usize,
-        direct_send: bool,
+        mut opts: EngineOptions,
     ) -> std::io::Result<Engine> {
         let provider = str0m::crypto::from_feature_flags();
         let dtls_cert = provider
@@ -238,7 +250,7 @@ impl Engine {
             .generate_certificate()
             .ok_or_else(|| std::io::Error::other("cannot generate a DTLS certificate"))?;
         provider.install_process_default();
-        let threads = match threads {
+        let threads = match opts.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
@@ -252,8 +264,9 @@ impl Engine {
             sockets.push(bind_media_socket(local)?);
         }
         let candidates = announce_addresses(local, hosts).await;
-        info!(udp = %local, candidates = ?candidates, threads, direct_send,
-            "WebRTC media socket");
+        opts.threads = threads;
+        info!(udp = %local, candidates = ?candidates, threads, direct_send = opts.direct_send,
+            backlog_mbit_s = opts.backlog_rate * 8 / 1_000_000, "WebRTC media socket");
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
         let peers: Arc<[_]> = txs.iter().map(|tx| tx.downgrade()).collect();
         let engine = Engine {
@@ -264,14 +277,14 @@ impl Engine {
             dtls_cert,
             live: Default::default(),
             metrics: Default::default(),
-            direct_send,
+            opts,
         };
         for (index, (socket, rx)) in sockets.into_iter().zip(rxs).enumerate() {
             let (router, peers) = (engine.router.clone(), peers.clone());
             let metrics = engine.metrics.clone();
             let shard = |socket| {
                 let out = Outbox::new(Arc::new(socket), metrics);
-                Shard::new(index, router, peers, rx, out, &engine, ice_timeout)
+                Shard::new(index, router, peers, rx, out, &engine, opts.ice_timeout)
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -334,7 +347,7 @@ impl Engine {
             cfg = cfg.enable_opus(true, false);
         }
         // The direct path answers NACKs itself: it reads them from str0m's raw RTCP events.
-        let (mut rtc, keys) = match self.direct_send {
+        let (mut rtc, keys) = match self.opts.direct_send {
             true => srtp::build(cfg.enable_raw_packets(true), Instant::now()),
             false => (cfg.build(Instant::now()), None),
         };
@@ -354,6 +367,7 @@ impl Engine {
                 remote_ufrag: offer.remote_ufrag,
                 ingest: None,
                 keys,
+                backlog_rate: self.opts.backlog_rate,
             },
             answer,
             ufrag,
@@ -411,6 +425,7 @@ impl Engine {
                 remote_ufrag: offer.remote_ufrag,
                 ingest: Some(publish::Ingest::new(guard, video, audio)),
                 keys: None,
+                backlog_rate: 0,
             },
             answer,
             ufrag,
