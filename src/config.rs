@@ -276,3 +276,17 @@ pub struct ProbeArgs {
     #[arg(long, default_value = "10", value_parser = parse_secs)]
     pub seconds: Duration,
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backlog_rate_is_checked_with_a_useful_message() {
+        assert_eq!(parse_backlog_rate("25"), Ok(25.0));
+        assert_eq!(parse_backlog_rate("2.5"), Ok(2.5));
+        let too_low = parse_backlog_rate("0.5").unwrap_err();
+        assert!(too_low.contains("between 1 and 100000 Mbit/s"), "{too_low}");
+        assert!(parse_backlog_rate("fast").unwrap_err().contains("\"fast\""));
+    }
+}

@@ -449,7 +449,9 @@ impl Session {
             .zip(plan)
             .map(|(f, behind)| Frame {
                 rtp_time: live_time.saturating_sub(behind),
-                wallclock: live_clock - Duration::from_nanos(behind * 11_111),
+                wallclock: live_clock
+                    .checked_sub(Duration::from_nanos(behind * 11_111))
+                    .unwrap_or(live_clock),
                 ..f
             })
             .collect();
@@ -880,7 +882,7 @@ mod tests {
             p.credit, 2000,
             "an idle second banks one tick, not a second's worth"
         );
-        // The default, 1000 Mbit/s: 250 kB a tick.
+        // 1000 Mbit/s: 250 kB a tick.
         assert_eq!(Pace::new(125_000_000).tick_bytes(), 250_000);
     }
 
