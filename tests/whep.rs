@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::h264::nal;
 use common::{
-    h264_access_units, live_start, request, sdp_codecs, whep_receive, StopWhen, WhepOptions,
+    h264_access_units, live_start, request, sdp_codecs, ts_steps, whep_receive, StopWhen,
+    WhepOptions,
 };
 use tsbridge::config::{Named, ServeArgs};
 use tsbridge::server::Server;
@@ -449,19 +450,19 @@ async fn patch_trickles_candidates_and_restarts_ice() {
     assert!(r.header("etag").is_some());
 }
 
-/// Instant start: a viewer joining mid-GOP of a 5 s-GOP source gets the cached GOP at once,
-/// IDR (with SPS/PPS) first, its timestamps fast-forwarded to end at live, then live frames.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn late_joiner_starts_at_cached_idr_without_waiting_for_the_next() {
-    let s = serve(&[("long", "long_gop.ts")], |_| {}).await;
-    // Join 2.5 s into the first 5 s GOP.
+/// A server replaying `long_gop.ts` (5 s GOP), 2.5 s into its first GOP.
+async fn long_gop_half_way(tweak: impl FnOnce(&mut ServeArgs)) -> Server {
+    let s = serve(&[("long", "long_gop.ts")], tweak).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let j = stream_json(&s, "long").await;
-    assert!(j["gop_cache"]["frames"].as_u64().unwrap() >= 60, "{j}");
+    s
+}
+
+/// Watch /whep/long for `seconds`: the answer, and the video's access units, an IDR first.
+async fn view_long(s: &Server, seconds: f64) -> (common::WhepResult, Vec<common::Au>) {
     let r = whep_receive(
-        &url(&s, "/whep/long"),
+        &url(s, "/whep/long"),
         WhepOptions {
-            seconds: 2.0,
+            seconds,
             ..Default::default()
         },
     )
@@ -470,6 +471,17 @@ async fn late_joiner_starts_at_cached_idr_without_waiting_for_the_next() {
     assert_eq!(r.status, 201, "{:?}", r.error_body);
     let aus = h264_access_units(&r.video);
     assert!(aus[0].is_keyframe(), "first AU: {:?}", aus[0].nal_types);
+    (r, aus)
+}
+
+/// Instant start: a viewer joining mid-GOP of a 5 s-GOP source gets the cached GOP at once,
+/// IDR (with SPS/PPS) first, its timestamps fast-forwarded to end at live, then live frames.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_joiner_starts_at_cached_idr_without_waiting_for_the_next() {
+    let s = long_gop_half_way(|_| {}).await;
+    let j = stream_json(&s, "long").await;
+    assert!(j["gop_cache"]["frames"].as_u64().unwrap() >= 60, "{j}");
+    let (r, aus) = view_long(&s, 2.0).await;
     assert_eq!(
         &aus[0].nal_types[..2],
         &[nal::SPS, nal::PPS][..],
@@ -485,10 +497,7 @@ async fn late_joiner_starts_at_cached_idr_without_waiting_for_the_next() {
     );
     // ~75 cached frames, then ~60 live ones; every frame complete and in order.
     assert!(aus.len() >= 100, "{} AUs", aus.len());
-    let steps: Vec<u32> = aus
-        .windows(2)
-        .map(|w| w[1].ts.wrapping_sub(w[0].ts))
-        .collect();
+    let steps = ts_steps(&aus);
     // The backlog: stamped by the sending pace, at least 4x the stream's rate, so in at most a
     // quarter of its real time (and a tick a frame); then live frames 3000 apart. This client
     // (webrtc-rs) can lose a few packets of the backlog burst (it has no RTX; the server does
@@ -523,24 +532,9 @@ async fn late_joiner_starts_at_cached_idr_without_waiting_for_the_next() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backlog_rate_paces_the_start_burst() {
     const RATE: f64 = 2e6 / 8.0; // bytes per second (the stream's 400 kbit/s x 4 is less)
-    let s = serve(&[("long", "long_gop.ts")], |a| a.backlog_rate = 2.0).await;
-    tokio::time::sleep(Duration::from_millis(2500)).await;
-    let r = whep_receive(
-        &url(&s, "/whep/long"),
-        WhepOptions {
-            seconds: 2.5,
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 201, "{:?}", r.error_body);
-    let aus = h264_access_units(&r.video);
-    assert!(aus[0].is_keyframe(), "first AU: {:?}", aus[0].nal_types);
-    let steps: Vec<u32> = aus
-        .windows(2)
-        .map(|w| w[1].ts.wrapping_sub(w[0].ts))
-        .collect();
+    let s = long_gop_half_way(|a| a.backlog_rate = 2.0).await;
+    let (r, aus) = view_long(&s, 2.5).await;
+    let steps = ts_steps(&aus);
     assert!(steps.iter().all(|&d| d > 0 && d < 90_000), "{steps:?}");
     // Live frames are 3000 ticks apart; the backlog's steps follow its sending.
     let backlog = 1 + steps.iter().rposition(|d| d % 3000 != 0).unwrap_or(0);

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use common::h264::nal;
 use common::http;
 use common::{
-    h264_access_units, live_start, request, whep_receive, whip_publish, OfferCodec, RtpPkt,
-    StopWhen, WhepOptions, WhepResult, WhepSession, WhipOptions, WhipPublisher,
+    h264_access_units, live_start, request, ts_steps, whep_receive, whip_publish, OfferCodec,
+    RtpPkt, StopWhen, WhepOptions, WhepResult, WhepSession, WhipOptions, WhipPublisher,
 };
 use tsbridge::codec::h264::H264Assembler;
 use tsbridge::codec::opus;
@@ -115,10 +115,7 @@ fn check_viewer_of_h264_opus(r: &WhepResult, min_aus: usize, min_audio: usize) {
         }
     }
     let live = live_start(&aus, 3000, 30);
-    let steps: Vec<u32> = aus[live..]
-        .windows(2)
-        .map(|w| w[1].ts.wrapping_sub(w[0].ts))
-        .collect();
+    let steps = ts_steps(&aus[live..]);
     assert!(
         steps.iter().all(|&d| d == 3000),
         "30 fps = 3000 ticks per frame once live (backlog of {live}): {steps:?}"

@@ -44,8 +44,6 @@ pub struct NewSession {
     pub ingest: Option<publish::Ingest>,
     /// A viewer's SRTP keys, for the direct send path.
     pub keys: Option<srtp::KeySlot>,
-    /// A viewer's GOP backlog pace, bytes per second.
-    pub backlog_rate: u64,
 }
 
 /// How the engine runs its sessions (from `serve`'s flags).
@@ -242,7 +240,7 @@ impl Engine {
     pub async fn start(
         bind: SocketAddr,
         hosts: &[String],
-        mut opts: EngineOptions,
+        opts: EngineOptions,
     ) -> std::io::Result<Engine> {
         let provider = str0m::crypto::from_feature_flags();
         let dtls_cert = provider
@@ -264,7 +262,6 @@ impl Engine {
             sockets.push(bind_media_socket(local)?);
         }
         let candidates = announce_addresses(local, hosts).await;
-        opts.threads = threads;
         info!(udp = %local, candidates = ?candidates, threads, direct_send = opts.direct_send,
             backlog_mbit_s = opts.backlog_rate * 8 / 1_000_000, "WebRTC media socket");
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
@@ -284,7 +281,7 @@ impl Engine {
             let metrics = engine.metrics.clone();
             let shard = |socket| {
                 let out = Outbox::new(Arc::new(socket), metrics);
-                Shard::new(index, router, peers, rx, out, &engine, opts.ice_timeout)
+                Shard::new(index, router, peers, rx, out, &engine)
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -367,7 +364,6 @@ impl Engine {
                 remote_ufrag: offer.remote_ufrag,
                 ingest: None,
                 keys,
-                backlog_rate: self.opts.backlog_rate,
             },
             answer,
             ufrag,
@@ -425,7 +421,6 @@ impl Engine {
                 remote_ufrag: offer.remote_ufrag,
                 ingest: Some(publish::Ingest::new(guard, video, audio)),
                 keys: None,
-                backlog_rate: 0,
             },
             answer,
             ufrag,

@@ -16,7 +16,7 @@ use super::direct::Direct;
 use super::outbox::Outbox;
 use super::publish::Ingest;
 use super::srtp::{KeySlot, RtpProtector};
-use super::{NewSession, PatchError, PatchReply, SdpFrag};
+use super::{EngineOptions, NewSession, PatchError, PatchReply, SdpFrag};
 use crate::codec::h264::ProfileLevelId;
 use crate::media::{Frame, Kind};
 use crate::metrics::Metrics;
@@ -146,7 +146,7 @@ const STR0M_MAPPING: Duration = Duration::from_secs(1);
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Session {
-    pub fn new(n: NewSession, ice_timeout: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(n: NewSession, opts: &EngineOptions, metrics: Arc<Metrics>) -> Self {
         if n.ingest.is_none() {
             let st = &n.stream.stats;
             st.viewers.fetch_add(1, Ordering::Relaxed);
@@ -171,7 +171,7 @@ impl Session {
             last_seq: None,
             created: Instant::now(),
             disconnected_since: None,
-            ice_timeout,
+            ice_timeout: opts.ice_timeout,
             ingest: n.ingest,
             keyframe_wanted: false,
             last_keyframe_request: None,
@@ -185,7 +185,7 @@ impl Session {
             queued: Default::default(),
             last_received: Instant::now(),
             queued_since: None,
-            pace: Pace::new(n.backlog_rate),
+            pace: Pace::new(opts.backlog_rate),
             skips: 0,
             rtx_pt: None,
             keys: n.keys,

@@ -25,7 +25,7 @@ use tracing::{debug, info};
 
 use super::outbox::Outbox;
 use super::session::{self, Session};
-use super::{short, Cmd, NewSession, PatchError};
+use super::{short, Cmd, EngineOptions, NewSession, PatchError};
 use crate::metrics::Metrics;
 
 /// How often every session is checked for its end (ICE timeout, closed) and keyframe
@@ -108,7 +108,8 @@ pub(super) struct Shard {
     pub out: Outbox,
     pub rx: mpsc::UnboundedReceiver<Cmd>,
     pub candidates: Arc<[SocketAddr]>,
-    pub ice_timeout: Duration,
+    /// The engine's settings the sessions here run with.
+    pub opts: EngineOptions,
     /// Sessions by slot; freed slots are reused.
     pub sessions: Vec<Option<Session>>,
     pub free: Vec<usize>,
@@ -131,7 +132,6 @@ impl Shard {
         rx: mpsc::UnboundedReceiver<Cmd>,
         out: Outbox,
         engine: &super::Engine,
-        ice_timeout: Duration,
     ) -> Self {
         Shard {
             index,
@@ -142,7 +142,7 @@ impl Shard {
             out,
             rx,
             candidates: engine.candidates.clone(),
-            ice_timeout,
+            opts: engine.opts,
             sessions: Vec::new(),
             free: Vec::new(),
             ids: HashMap::new(),
@@ -314,7 +314,7 @@ impl Shard {
         let role = if publisher { "publisher" } else { "viewer" };
         info!(stream = %n.stream.name, session = %short(&n.id), shard = self.index,
             "{role} session created");
-        let s = Session::new(n, self.ice_timeout, self.metrics.clone());
+        let s = Session::new(n, &self.opts, self.metrics.clone());
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {

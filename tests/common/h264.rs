@@ -260,16 +260,20 @@ fn depacketize(payload: &[u8], seq: u16, fu: &mut Option<Vec<u8>>, au: &mut Au) 
     }
 }
 
+/// RTP timestamp steps from each access unit to the next.
+pub fn ts_steps(aus: &[Au]) -> Vec<u32> {
+    aus.windows(2)
+        .map(|w| w[1].ts.wrapping_sub(w[0].ts))
+        .collect()
+}
+
 /// Index of the first live AU of a viewer's video, for a source with frames `frame` ticks
 /// apart. The cached GOP (instant start) comes first, stamped by the server's sending pace:
 /// faster than real time, ending at the newest cached frame; live frames follow. Checks that
 /// the backlog's steps are forward and below `frame`, and that it is at most `max_backlog`
 /// frames (a GOP).
 pub fn live_start(aus: &[Au], frame: u32, max_backlog: usize) -> usize {
-    let steps: Vec<u32> = aus
-        .windows(2)
-        .map(|w| w[1].ts.wrapping_sub(w[0].ts))
-        .collect();
+    let steps = ts_steps(aus);
     let live = steps.iter().rposition(|&d| d != frame).map_or(0, |i| i + 1);
     assert!(
         steps[..live].iter().all(|&d| d > 0 && d < frame),

@@ -24,7 +24,7 @@ pub mod tone;
 pub mod whep;
 pub mod whip;
 
-pub use h264::{h264_access_units, live_start, sps_profile_level_id, Au};
+pub use h264::{h264_access_units, live_start, sps_profile_level_id, ts_steps, Au};
 pub use http::{request, HttpResponse};
 pub use server::TsbridgeProcess;
 pub use whep::{
