@@ -407,7 +407,8 @@ async fn ice_host_addresses_are_announced() {
     let _ = request("DELETE", &url(&s, &loc), &[], b"").await;
 }
 
-/// PATCH adds trickled candidates (204) and answers an ICE restart with new credentials.
+/// PATCH adds trickled candidates (204) and answers an ICE restart with new credentials;
+/// `If-Match` is checked against the session's ETag, and required for a restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn patch_trickles_candidates_and_restarts_ice() {
     let s = serve(&[("cam", "h264_opus.ts")], |_| {}).await;
@@ -432,8 +433,25 @@ async fn patch_trickles_candidates_and_restarts_ice() {
         .unwrap();
     assert_eq!(r.status, 400, "{}", r.text());
 
+    // If-Match (WHEP/WHIP): another ETag is 412; an ICE restart without one is 428.
+    let etag = session.response.header("etag").unwrap().to_string();
+    let wrong = [frag[0], ("If-Match", "\"not-the-etag\"")];
+    let r = request("PATCH", &loc, &wrong, trickle.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 412, "{}", r.text());
+    let right = [frag[0], ("If-Match", etag.as_str())];
+    let r = request("PATCH", &loc, &right, trickle.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 204, "{}", r.text());
     let restart = "a=ice-ufrag:newufrag\r\na=ice-pwd:newpasswordnewpassword12\r\n";
     let r = request("PATCH", &loc, &frag, restart.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 428, "{}", r.text());
+    let any = [frag[0], ("If-Match", "*")];
+    let r = request("PATCH", &loc, &any, restart.as_bytes())
         .await
         .unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
@@ -447,7 +465,22 @@ async fn patch_trickles_candidates_and_restarts_ice() {
         "{body}"
     );
     assert!(body.contains("typ host"), "{body}");
-    assert!(r.header("etag").is_some());
+    let new_etag = r.header("etag").expect("a new ETag").to_string();
+    assert_ne!(new_etag, etag, "the ETag changes with the ICE credentials");
+    // The old ETag no longer matches; the new one does.
+    let r = request("PATCH", &loc, &right, trickle.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 412, "{}", r.text());
+    let r = request(
+        "PATCH",
+        &loc,
+        &[frag[0], ("If-Match", &new_etag)],
+        trickle.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.text());
 }
 
 /// A server replaying `long_gop.ts` (5 s GOP), 2.5 s into its first GOP.

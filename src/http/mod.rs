@@ -24,14 +24,20 @@ pub fn router(app: AppState) -> Router {
     Router::new()
         .route("/", get(pages::index))
         .route("/play/{stream}", get(pages::play))
-        .route("/whep/{stream}", post(whep::post).options(whep::options))
+        .route(
+            "/whep/{stream}",
+            post(whep::post).head(whep::head).options(whep::options),
+        )
         .route(
             "/whep/{stream}/{session}",
             axum::routing::patch(whep::patch)
                 .delete(whep::delete)
                 .options(whep::options_session),
         )
-        .route("/whip/{stream}", post(whip::post).options(whip::options))
+        .route(
+            "/whip/{stream}",
+            post(whip::post).head(whep::head).options(whip::options),
+        )
         .route(
             "/whip/{stream}/{session}",
             axum::routing::patch(whip::patch)
@@ -82,6 +88,13 @@ pub enum ApiError {
     UnsupportedMediaType { got: String, want: &'static str },
     #[error("{0}")]
     Unavailable(String),
+    /// The stream is known but not live (its source ended): 409 + Retry-After.
+    #[error("{0}")]
+    NotLive(String),
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{0}")]
+    PreconditionRequired(String),
     #[error("missing or wrong bearer token: send Authorization: Bearer <{0} token>")]
     Unauthorized(&'static str),
 }
@@ -95,6 +108,9 @@ impl IntoResponse for ApiError {
             ApiError::NotAcceptable(_) => StatusCode::NOT_ACCEPTABLE,
             ApiError::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::NotLive(_) => StatusCode::CONFLICT,
+            ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
+            ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
         };
         let mut res = (status, format!("{self}\n")).into_response();
@@ -104,7 +120,7 @@ impl IntoResponse for ApiError {
                 HeaderValue::from_static("Bearer realm=\"tsbridge\""),
             );
         }
-        if status == StatusCode::SERVICE_UNAVAILABLE {
+        if matches!(self, ApiError::Unavailable(_) | ApiError::NotLive(_)) {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from_static("2"));
         }

@@ -12,7 +12,7 @@ use tracing::{debug, info};
 
 use super::{authorize, check_name, require_content_type, ApiError, AppState, Role};
 use crate::stream::{Status, Stream};
-use crate::webrtc::{Answered, Offer, PatchError, SdpFrag};
+use crate::webrtc::{Answered, Offer, OfferError, Patch, PatchError, SdpFrag, SessionUrl};
 
 pub(super) const SDP: &str = "application/sdp";
 const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
@@ -71,10 +71,21 @@ impl Drop for Waiting {
 }
 
 /// Wait, without holding a thread, until the stream can be answered or the deadline passes.
-async fn wait_ready(stream: &Arc<Stream>, deadline: Duration) -> Result<Status, ApiError> {
+/// A stream whose source ended longer than `grace` ago is not answered until a source is
+/// back: its viewers would be ended at once.
+async fn wait_ready(
+    stream: &Arc<Stream>,
+    deadline: Duration,
+    grace: Duration,
+) -> Result<Status, ApiError> {
     let _waiting = Waiting::new(stream.clone());
     let mut rx = stream.subscribe();
-    let waited = tokio::time::timeout(deadline, rx.wait_for(|s| s.ready)).await;
+    let live = |s: &Status| {
+        s.ready
+            && (s.source != crate::stream::SourceState::Ended
+                || stream.ended_for().is_none_or(|t| t <= grace))
+    };
+    let waited = tokio::time::timeout(deadline, rx.wait_for(live)).await;
     match waited {
         Ok(Ok(status)) => Ok(status.clone()),
         _ => Err(not_ready(stream, deadline)),
@@ -91,7 +102,10 @@ fn not_ready(stream: &Stream, waited: Duration) -> ApiError {
             "stream {name:?} received {received} bytes but no PAT/PMT in them ({problems} TS \
              problems): is the source sending MPEG-TS?"
         ),
-        None if !status.source.eq(&crate::stream::SourceState::Live) => {
+        None if status.source == crate::stream::SourceState::Ended => {
+            format!("stream {name:?} is not live: its source ended; retry when it is back")
+        }
+        None if status.source != crate::stream::SourceState::Live => {
             format!("no source is sending stream {name:?}")
         }
         None => format!("stream {name:?} has a source but no PAT/PMT was seen yet"),
@@ -106,9 +120,19 @@ fn not_ready(stream: &Stream, waited: Duration) -> ApiError {
                 kinds.join(", ")
             )
         }
+        Some(_) if status.source == crate::stream::SourceState::Ended => {
+            format!("stream {name:?} is not live: its source ended; retry when it is back")
+        }
         Some(_) => format!("stream {name:?} has not sent an H.264 SPS/keyframe yet"),
     };
-    ApiError::NotFound(format!("{why} (waited {:.1} s)", waited.as_secs_f64()))
+    let why = format!("{why} (waited {:.1} s)", waited.as_secs_f64());
+    // A stream that had a source, which has ended: known but not live (WHEP: 409 +
+    // Retry-After). A name nothing ever fed stays 404.
+    if status.source == crate::stream::SourceState::Ended {
+        ApiError::NotLive(why)
+    } else {
+        ApiError::NotFound(why)
+    }
 }
 
 pub async fn post(
@@ -118,7 +142,7 @@ pub async fn post(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     // Fail fast on a bad offer, before waiting for the stream.
-    let (offer, _) = read_offer(&app, &name, &headers, &body, Role::View)?;
+    let offer = read_offer(&app, &name, &headers, &body, Role::View)?;
 
     let posted = Instant::now();
     let stream = app.registry.get_or_create(&name);
@@ -133,7 +157,7 @@ pub async fn post(
             "{waiting} WHEP requests are already waiting for their streams (--max-waiting); retry later"
         )));
     }
-    let status = wait_ready(&stream, app.cfg.whep_wait).await?;
+    let status = wait_ready(&stream, app.cfg.whep_wait, app.cfg.source_grace).await?;
     check_session_limit(&app)?;
     let viewers = stream.stats.viewers.load(Ordering::Relaxed);
     if viewers >= app.cfg.max_viewers {
@@ -143,14 +167,22 @@ pub async fn post(
     }
     let id = session_id();
     let location = format!("/whep/{name}/{id}");
+    let url = SessionUrl {
+        id,
+        stream: name.clone(),
+        publisher: false,
+    };
     let Answered {
         session,
         answer,
         ufrag,
     } = app
         .engine
-        .accept(id, stream, offer, &status)
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+        .accept(url, stream, offer, &status)
+        .map_err(|e| match e {
+            OfferError::NoCommonMedia { .. } => ApiError::NotAcceptable(e.to_string()),
+            e => ApiError::BadRequest(e.to_string()),
+        })?;
     app.engine.add(session);
     info!(stream = %name, wait_ms = posted.elapsed().as_millis() as u64, "WHEP session answered");
     debug!(answer = %answer, "SDP answer");
@@ -180,14 +212,14 @@ pub(super) fn session_id() -> String {
     format!("{v:032x}")
 }
 
-/// The checks every WHEP/WHIP POST starts with, then its parsed offer (and the SDP text).
-pub(super) fn read_offer<'a>(
+/// The checks every WHEP/WHIP POST starts with, then its parsed offer.
+pub(super) fn read_offer(
     app: &AppState,
     name: &str,
     headers: &HeaderMap,
-    body: &'a [u8],
+    body: &[u8],
     role: Role,
-) -> Result<(Offer, &'a str), ApiError> {
+) -> Result<Offer, ApiError> {
     check_name(name)?;
     authorize(app, headers, role)?;
     require_content_type(headers, SDP)?;
@@ -195,7 +227,7 @@ pub(super) fn read_offer<'a>(
         .map_err(|_| ApiError::BadRequest("SDP offer is not UTF-8".into()))?;
     let offer = Offer::parse(sdp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     check_session_limit(app)?;
-    Ok((offer, sdp))
+    Ok(offer)
 }
 
 /// 503 when the server holds as many sessions as `--max-sessions` allows.
@@ -216,7 +248,7 @@ pub async fn patch(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers, Role::View)?;
-    patch_session(&app, &name, &id, &headers, body).await
+    patch_session(&app, session_url(name, id, false), &headers, body).await
 }
 
 pub async fn delete(
@@ -225,23 +257,39 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     authorize(&app, &headers, Role::View)?;
-    delete_session(&app, &name, &id).await
+    delete_session(&app, session_url(name, id, false)).await
+}
+
+pub(super) fn session_url(stream: String, id: String, publisher: bool) -> SessionUrl {
+    SessionUrl {
+        id,
+        stream,
+        publisher,
+    }
+}
+
+/// `HEAD` on a WHEP or WHIP endpoint: 200 with the media type a POST takes
+/// (draft-ietf-wish-whep §4.1, RFC 9725 §4.2).
+pub async fn head() -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, SDP)]).into_response()
 }
 
 /// PATCH on a WHEP or WHIP session (the caller checked the token of the session's role).
 pub(super) async fn patch_session(
     app: &AppState,
-    name: &str,
-    id: &str,
+    url: SessionUrl,
     headers: &HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    check_name(name)?;
+    check_name(&url.stream)?;
     require_content_type(headers, SDPFRAG)?;
     let text = std::str::from_utf8(&body)
         .map_err(|_| ApiError::BadRequest("sdpfrag is not UTF-8".into()))?;
     let frag = SdpFrag::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    match app.engine.patch(id, frag).await {
+    let if_match = headers
+        .get(header::IF_MATCH)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    match app.engine.patch(url, Patch { frag, if_match }).await {
         Ok(None) => Ok(StatusCode::NO_CONTENT.into_response()),
         Ok(Some(answer)) => {
             let etag = answer
@@ -256,7 +304,13 @@ pub(super) async fn patch_session(
                 .insert(header::ETAG, header_value(&format!("\"{etag}\"")));
             Ok(res)
         }
-        Err(PatchError::NotFound) => Err(ApiError::NotFound("no such WHEP session".into())),
+        Err(PatchError::NotFound) => Err(ApiError::NotFound("no such session".into())),
+        Err(e @ PatchError::PreconditionFailed(_)) => {
+            Err(ApiError::PreconditionFailed(e.to_string()))
+        }
+        Err(e @ PatchError::PreconditionRequired) => {
+            Err(ApiError::PreconditionRequired(e.to_string()))
+        }
         Err(PatchError::Bad(why)) => Err(ApiError::BadRequest(why)),
     }
 }
@@ -264,13 +318,12 @@ pub(super) async fn patch_session(
 /// DELETE of a WHEP or WHIP session.
 pub(super) async fn delete_session(
     app: &AppState,
-    name: &str,
-    id: &str,
+    url: SessionUrl,
 ) -> Result<StatusCode, ApiError> {
-    check_name(name)?;
-    if app.engine.delete(id).await {
+    check_name(&url.stream)?;
+    if app.engine.delete(url).await {
         Ok(StatusCode::OK)
     } else {
-        Err(ApiError::NotFound("no such WHEP session".into()))
+        Err(ApiError::NotFound("no such session".into()))
     }
 }

@@ -8,7 +8,9 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::info;
 
-use super::whep::{delete_session, header_value, patch_session, read_offer, session_id, SDP};
+use super::whep::{
+    delete_session, header_value, patch_session, read_offer, session_id, session_url, SDP,
+};
 use super::{authorize, ApiError, AppState, Role};
 use crate::webrtc::{Answered, OfferError};
 
@@ -34,7 +36,7 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (offer, sdp) = read_offer(&app, &name, &headers, &body, Role::Publish)?;
+    let offer = read_offer(&app, &name, &headers, &body, Role::Publish)?;
     let input_name = match app.cfg.pipeline {
         Some(_) => crate::pipeline::input_name(&name),
         None => name.clone(),
@@ -58,7 +60,7 @@ pub async fn post(
         ufrag,
     } = app
         .engine
-        .accept_publisher(id.clone(), guard, offer, sdp)
+        .accept_publisher(session_url(name.clone(), id.clone(), true), guard, offer)
         .map_err(|e| match e {
             OfferError::NoPublishableMedia { .. } => ApiError::NotAcceptable(e.to_string()),
             e => ApiError::BadRequest(e.to_string()),
@@ -102,7 +104,7 @@ pub async fn patch(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     authorize(&app, &headers, Role::Publish)?;
-    patch_session(&app, &name, &id, &headers, body).await
+    patch_session(&app, session_url(name, id, true), &headers, body).await
 }
 
 pub async fn delete(
@@ -111,5 +113,5 @@ pub async fn delete(
     headers: HeaderMap,
 ) -> Result<StatusCode, ApiError> {
     authorize(&app, &headers, Role::Publish)?;
-    delete_session(&app, &name, &id).await
+    delete_session(&app, session_url(name, id, true)).await
 }

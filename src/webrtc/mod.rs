@@ -9,6 +9,7 @@
 mod direct;
 mod outbox;
 pub mod publish;
+mod sdp;
 pub mod sdpfrag;
 mod session;
 mod shard;
@@ -34,9 +35,21 @@ use outbox::Outbox;
 pub use sdpfrag::{SdpFrag, SdpFragError};
 use shard::{Router, Shard};
 
+/// A session's URL: `/whep/{stream}/{id}` for a viewer, `/whip/{stream}/{id}` for a
+/// publisher. A session answers only under the URL it was created with.
+#[derive(Debug, Clone)]
+pub struct SessionUrl {
+    pub id: String,
+    /// The stream name in the URL (a publisher with a pipeline writes into another stream).
+    pub stream: String,
+    pub publisher: bool,
+}
+
 /// A session ready to join the loop.
 pub struct NewSession {
     pub id: String,
+    /// The stream name of its URL (see [`SessionUrl`]).
+    pub url_stream: String,
     pub stream: Arc<Stream>,
     pub rtc: Rtc,
     pub remote_ufrag: Option<String>,
@@ -44,6 +57,9 @@ pub struct NewSession {
     pub ingest: Option<publish::Ingest>,
     /// A viewer's SRTP keys, for the direct send path.
     pub keys: Option<srtp::KeySlot>,
+    /// A viewer's mids that carry media (one per kind at most); its other sections were
+    /// answered inactive. Empty for a publisher (it sends on what it negotiated).
+    pub active: Vec<String>,
 }
 
 /// How the engine runs its sessions (from `serve`'s flags).
@@ -62,6 +78,7 @@ pub struct EngineOptions {
 /// A parsed SDP offer, with what we need from it besides str0m's view.
 pub struct Offer {
     sdp: SdpOffer,
+    text: String,
     remote_ufrag: Option<String>,
 }
 
@@ -73,10 +90,10 @@ pub enum OfferError {
     #[error("cannot answer this offer: {0}")]
     Rejected(String),
     #[error(
-        "the offer has no media this stream can send (it has {has}); offer recvonly H.264 \
-         (packetization-mode=1) and/or Opus"
+        "the offer has no media this stream can send: the stream has {has}, the offer has \
+         {offered}; offer recvonly H.264 (packetization-mode=1) and/or Opus"
     )]
-    NoCommonMedia { has: String },
+    NoCommonMedia { has: String, offered: String },
     #[error(
         "tsbridge takes H.264 (packetization-mode=1) and Opus; the offer has {has}: \
          send H.264 and/or Opus"
@@ -84,98 +101,18 @@ pub enum OfferError {
     NoPublishableMedia { has: String },
 }
 
-/// Whether the answer has an active `m=` section of `kind` that we receive on.
-fn sdp_media_receives(answer: &str, kind: &str) -> bool {
-    let mut in_kind = false;
-    let mut active = false;
-    for line in answer.lines().map(str::trim) {
-        if let Some(m) = line.strip_prefix("m=") {
-            if in_kind && active {
-                return true;
-            }
-            let mut it = m.split_whitespace();
-            in_kind = it.next() == Some(kind);
-            active = it.next().is_some_and(|port| port != "0");
-        } else if in_kind && (line == "a=inactive" || line == "a=sendonly") {
-            active = false;
-        }
-    }
-    in_kind && active
-}
-
-/// The codec names an SDP offers (`a=rtpmap:PT NAME/…`), for error messages.
-fn offered_codecs(sdp: &str) -> String {
-    let mut names: Vec<&str> = sdp
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("a=rtpmap:"))
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .filter_map(|c| c.split('/').next())
-        .filter(|c| {
-            !matches!(
-                c.to_ascii_lowercase().as_str(),
-                "rtx" | "red" | "ulpfec" | "flexfec-03"
-            )
-        })
-        .collect();
-    names.sort_unstable();
-    names.dedup();
-    if names.is_empty() {
-        "no codecs".into()
-    } else {
-        names.join(", ")
-    }
-}
-
-/// A payload type must mean one thing in the whole offer (RFC 8843 §7.5: bundled m-lines may
-/// share a payload type only for the same codec configuration). str0m assumes so and panics
-/// ("Pt locked multiple times") on an offer that breaks it: found by the `sdp_offer` fuzz
-/// target, answered 400 here.
-fn check_payload_types(sdp: &str) -> Result<(), OfferError> {
-    use std::collections::HashMap;
-    // (PT, "rtpmap" | "fmtp") → (media kind, value) as first declared.
-    let mut seen: HashMap<(&str, &str), (&str, &str)> = HashMap::new();
-    let mut kind = "";
-    for line in sdp.lines().map(str::trim) {
-        if let Some(m) = line.strip_prefix("m=") {
-            kind = m.split_whitespace().next().unwrap_or("");
-            continue;
-        }
-        for attr in ["rtpmap", "fmtp"] {
-            let Some(rest) = line.strip_prefix("a=").and_then(|l| l.strip_prefix(attr)) else {
-                continue;
-            };
-            let Some((pt, value)) = rest.strip_prefix(':').and_then(|r| r.split_once(' ')) else {
-                continue;
-            };
-            let value = value.trim();
-            match seen.get(&(pt, attr)) {
-                Some(&(k, v)) if k != kind || !v.eq_ignore_ascii_case(value) => {
-                    return Err(OfferError::Malformed(format!(
-                        "payload type {pt} is declared twice with different meanings \
-                         ({k} a={attr}:{pt} {v}, then {kind} a={attr}:{pt} {value})"
-                    )));
-                }
-                Some(_) => {}
-                None => {
-                    seen.insert((pt, attr), (kind, value));
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
 impl Offer {
     pub fn parse(sdp: &str) -> Result<Offer, OfferError> {
         let parsed =
             SdpOffer::from_sdp_string(sdp).map_err(|e| OfferError::Malformed(e.to_string()))?;
-        check_payload_types(sdp)?;
+        sdp::check_payload_types(sdp)?;
         let remote_ufrag = sdp
             .lines()
             .find_map(|l| l.trim().strip_prefix("a=ice-ufrag:"))
             .map(str::to_string);
         Ok(Offer {
             sdp: parsed,
+            text: sdp.to_string(),
             remote_ufrag,
         })
     }
@@ -189,6 +126,14 @@ pub struct Answered {
     pub ufrag: String,
 }
 
+/// A PATCH of a session: the sdpfrag and the request's `If-Match` (the session's ETag is its
+/// current ICE ufrag, quoted).
+#[derive(Debug)]
+pub struct Patch {
+    pub frag: SdpFrag,
+    pub if_match: Option<String>,
+}
+
 /// Why a PATCH failed.
 #[derive(Debug, thiserror::Error)]
 pub enum PatchError {
@@ -196,6 +141,12 @@ pub enum PatchError {
     NotFound,
     #[error("{0}")]
     Bad(String),
+    /// `If-Match` names another ETag than the session's (RFC 9725 §4.3.1).
+    #[error("If-Match {0} does not match the session's ETag (it changes at every ICE restart)")]
+    PreconditionFailed(String),
+    /// An ICE restart must say which session state it restarts (`If-Match: *` or the ETag).
+    #[error("an ICE restart needs If-Match (the session's ETag, or *)")]
+    PreconditionRequired,
 }
 
 /// The answer to a PATCH: nothing (trickle) or an sdpfrag (ICE restart).
@@ -208,8 +159,8 @@ enum Cmd {
     Datagram(SocketAddr, Vec<u8>, Instant),
     /// A viewer on another shard wants a keyframe from this stream's publisher.
     KeyframeWanted(u64),
-    Patch(String, SdpFrag, oneshot::Sender<PatchReply>),
-    Delete(String, oneshot::Sender<bool>),
+    Patch(SessionUrl, Patch, oneshot::Sender<PatchReply>),
+    Delete(SessionUrl, oneshot::Sender<bool>),
     Count(oneshot::Sender<usize>),
     EndViewers(u64),
     /// A new PMT changed the stream's tracks.
@@ -302,7 +253,7 @@ impl Engine {
     /// offered m-line the stream has no track for is rejected in the answer.
     pub fn accept(
         &self,
-        id: String,
+        url: SessionUrl,
         stream: Arc<Stream>,
         offer: Offer,
         status: &crate::stream::Status,
@@ -349,21 +300,33 @@ impl Engine {
             false => (cfg.build(Instant::now()), None),
         };
         let answer = self.answer(&mut rtc, offer.sdp)?;
-        if !answer.lines().any(|l| l.trim() == "a=sendonly") {
+        let wanted = |kind: &str| match kind {
+            "video" => tracks.video().is_some(),
+            _ => status.has_audio(),
+        };
+        let shaped = sdp::shape_answer(&answer, &offer.text, wanted);
+        if shaped.active.is_empty() {
             let has: Vec<&str> = tracks.tracks.iter().map(|t| t.codec_name()).collect();
             return Err(OfferError::NoCommonMedia {
                 has: has.join(", "),
+                offered: sdp::offered_codecs(&offer.text),
             });
         }
+        if !shaped.idle.is_empty() {
+            info!(stream = %stream.name, idle = ?shaped.idle, "the viewer gets no media on some of its offered sections (the stream has no such track): answered inactive");
+        }
+        let answer = shaped.answer;
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         Ok(Answered {
             session: NewSession {
-                id,
+                id: url.id,
+                url_stream: url.stream,
                 stream,
                 rtc,
                 remote_ufrag: offer.remote_ufrag,
                 ingest: None,
                 keys,
+                active: shaped.active,
             },
             answer,
             ufrag,
@@ -392,12 +355,12 @@ impl Engine {
     /// packetization-mode 1) and Opus, muxed into TS through `guard`.
     pub fn accept_publisher(
         &self,
-        id: String,
+        url: SessionUrl,
         guard: SourceGuard,
         offer: Offer,
-        offered: &str,
     ) -> Result<Answered, OfferError> {
         let stream = guard.stream().clone();
+        let offer_text = offer.text;
         let mut rtc = RtcConfig::new()
             .clear_codecs()
             .set_dtls_cert(self.dtls_cert.clone())
@@ -405,22 +368,27 @@ impl Engine {
             .enable_opus(true, false)
             .build(Instant::now());
         let answer = self.answer(&mut rtc, offer.sdp)?;
-        let receives = |kind: &str| sdp_media_receives(&answer, kind);
+        // Sections str0m rejected (a codec it does not take) are answered inactive, as for
+        // viewers, so that every stack accepts the answer.
+        let answer = sdp::shape_answer(&answer, &offer_text, |_| true).answer;
+        let receives = |kind: &str| sdp::media_receives(&answer, kind);
         let (video, audio) = (receives("video"), receives("audio"));
         if !video && !audio {
             return Err(OfferError::NoPublishableMedia {
-                has: offered_codecs(offered),
+                has: sdp::offered_codecs(&offer_text),
             });
         }
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         Ok(Answered {
             session: NewSession {
-                id,
+                id: url.id,
+                url_stream: url.stream,
                 stream,
                 rtc,
                 remote_ufrag: offer.remote_ufrag,
                 ingest: Some(publish::Ingest::new(guard, video, audio)),
                 keys: None,
+                active: Vec::new(),
             },
             answer,
             ufrag,
@@ -473,22 +441,22 @@ impl Engine {
         }
     }
 
-    pub async fn patch(&self, id: &str, frag: SdpFrag) -> PatchReply {
-        let Some(shard) = self.shard_of(id) else {
+    pub async fn patch(&self, url: SessionUrl, patch: Patch) -> PatchReply {
+        let Some(shard) = self.shard_of(&url.id) else {
             return Err(PatchError::NotFound);
         };
         let (tx, rx) = oneshot::channel();
-        let _ = shard.send(Cmd::Patch(id.to_string(), frag, tx));
+        let _ = shard.send(Cmd::Patch(url, patch, tx));
         rx.await.unwrap_or(Err(PatchError::NotFound))
     }
 
-    /// End a session; false if it did not exist.
-    pub async fn delete(&self, id: &str) -> bool {
-        let Some(shard) = self.shard_of(id) else {
+    /// End a session; false if it does not exist under that URL.
+    pub async fn delete(&self, url: SessionUrl) -> bool {
+        let Some(shard) = self.shard_of(&url.id) else {
             return false;
         };
         let (tx, rx) = oneshot::channel();
-        let _ = shard.send(Cmd::Delete(id.to_string(), tx));
+        let _ = shard.send(Cmd::Delete(url, tx));
         rx.await.unwrap_or(false)
     }
 

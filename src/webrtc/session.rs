@@ -24,6 +24,8 @@ use crate::stream::Stream;
 
 pub(super) struct Session {
     pub id: String,
+    /// The stream name of the session's URL (see `SessionUrl`).
+    pub url_stream: String,
     pub stream: Arc<Stream>,
     pub rtc: Rtc,
     pub next_timeout: Instant,
@@ -35,6 +37,8 @@ pub(super) struct Session {
     /// candidates before the peer's own checks arrive from them).
     pub peer_addrs: Vec<SocketAddr>,
     remote_ufrag: Option<String>,
+    /// The viewer's mids that carry media (see `NewSession::active`).
+    active: Vec<String>,
     video: Option<(Mid, Option<Pt>)>,
     audio: Option<(Mid, Option<Pt>)>,
     connected: bool,
@@ -156,6 +160,7 @@ impl Session {
         let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         Session {
             id: n.id,
+            url_stream: n.url_stream,
             stream: n.stream,
             rtc,
             next_timeout: Instant::now(),
@@ -163,6 +168,7 @@ impl Session {
             local_ufrag,
             peer_addrs: Vec::new(),
             remote_ufrag: n.remote_ufrag,
+            active: n.active,
             video: None,
             audio: None,
             connected: false,
@@ -357,6 +363,9 @@ impl Session {
                 }
                 _ => {}
             },
+            // A viewer's sections answered inactive get nothing (see `sdp::shape_answer`).
+            Event::MediaAdded(m)
+                if !self.is_publisher() && !self.active.iter().any(|a| **a == *m.mid) => {}
             Event::MediaAdded(m) => match m.kind {
                 MediaKind::Video => self.video = Some((m.mid, None)),
                 MediaKind::Audio => self.audio = Some((m.mid, None)),
@@ -663,13 +672,23 @@ impl Session {
         Some(Direct::new(srtp, *ssrc, rtx, ext_id.map(|id| (id, &*mid))))
     }
 
-    /// Trickle ICE candidates, or an ICE restart when the remote credentials change.
-    pub fn patch(&mut self, frag: SdpFrag, local: &[SocketAddr]) -> PatchReply {
+    /// Trickle ICE candidates, or an ICE restart when the remote credentials change. The
+    /// request's `If-Match` must name the session's ETag (its ICE ufrag) or `*` when present,
+    /// and is required for a restart (RFC 9725 §4.3.1, draft-ietf-wish-whep §4.3).
+    pub fn patch(&mut self, patch: super::Patch, local: &[SocketAddr]) -> PatchReply {
+        let frag = patch.frag;
         let restart = match (&frag.ufrag, &self.remote_ufrag) {
             (Some(new), Some(old)) => new != old,
             (Some(_), None) => true,
             _ => false,
         };
+        match patch.if_match.as_deref() {
+            None if restart => return Err(PatchError::PreconditionRequired),
+            Some(tags) if !etag_matches(tags, &self.local_ufrag) => {
+                return Err(PatchError::PreconditionFailed(tags.to_string()))
+            }
+            _ => {}
+        }
         let mut reply = None;
         if restart {
             let (Some(ufrag), Some(pass)) = (frag.ufrag.clone(), frag.pwd.clone()) else {
@@ -743,6 +762,15 @@ impl Session {
             self.stream.stats.viewers.fetch_sub(1, Ordering::Relaxed);
         }
     }
+}
+
+/// Whether an `If-Match` value (`*`, or a list of entity tags, weak or strong) names the
+/// session's ETag, which is its ICE ufrag in quotes.
+fn etag_matches(if_match: &str, ufrag: &str) -> bool {
+    if_match
+        .split(',')
+        .map(str::trim)
+        .any(|tag| tag == "*" || tag.trim_start_matches("W/").trim_matches('"') == ufrag)
 }
 
 /// How far behind the live frame (in 90 kHz ticks) each backlog frame is stamped: by when it
@@ -841,6 +869,16 @@ fn h264_fit(src: ProfileLevelId, offered: u32) -> u8 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn if_match_names_the_session_etag_or_anything() {
+        assert!(etag_matches("\"abc\"", "abc"));
+        assert!(etag_matches("W/\"abc\"", "abc"));
+        assert!(etag_matches("*", "abc"));
+        assert!(etag_matches("\"x\", \"abc\"", "abc"));
+        assert!(!etag_matches("\"abd\"", "abc"));
+        assert!(!etag_matches("", "abc"));
+    }
 
     #[test]
     fn backlog_is_stamped_by_when_each_frame_goes() {

@@ -25,7 +25,7 @@ use tracing::{debug, info};
 
 use super::outbox::Outbox;
 use super::session::{self, Session};
-use super::{short, Cmd, EngineOptions, NewSession, PatchError};
+use super::{short, Cmd, EngineOptions, NewSession, PatchError, SessionUrl};
 use crate::metrics::Metrics;
 
 /// How often every session is checked for its end (ICE timeout, closed) and keyframe
@@ -252,15 +252,15 @@ impl Shard {
             }
             Cmd::Datagram(source, data, at) => self.on_datagram(&data, source, at),
             Cmd::KeyframeWanted(stream) => self.request_keyframe(stream, false),
-            Cmd::Patch(id, frag, reply) => {
-                let Some(&slot) = self.ids.get(&id) else {
+            Cmd::Patch(url, patch, reply) => {
+                let Some(slot) = self.slot_of(&url) else {
                     let _ = reply.send(Err(PatchError::NotFound));
                     return;
                 };
                 let candidates = self.candidates.clone();
                 let Some(s) = self.session(slot) else { return };
                 let old_ufrag = s.local_ufrag.clone();
-                let r = s.patch(frag, &candidates);
+                let r = s.patch(patch, &candidates);
                 let new_ufrag = s.local_ufrag.clone();
                 if new_ufrag != old_ufrag {
                     self.by_ufrag.remove(&old_ufrag);
@@ -272,8 +272,11 @@ impl Shard {
                 self.poll(slot);
                 let _ = reply.send(r);
             }
-            Cmd::Delete(id, reply) => {
-                let found = self.remove_id(&id, "deleted by client");
+            Cmd::Delete(url, reply) => {
+                let found = match self.slot_of(&url) {
+                    Some(slot) => self.remove(slot, "deleted by client"),
+                    None => false,
+                };
                 let _ = reply.send(found);
             }
             Cmd::Count(reply) => {
@@ -468,6 +471,13 @@ impl Shard {
                 }
             }
         }
+    }
+
+    /// The slot of the session at `url`: its id, under the stream and role it was created with.
+    fn slot_of(&self, url: &SessionUrl) -> Option<usize> {
+        let &slot = self.ids.get(&url.id)?;
+        let s = self.sessions.get(slot)?.as_ref()?;
+        (s.url_stream == url.stream && s.is_publisher() == url.publisher).then_some(slot)
     }
 
     fn remove_id(&mut self, id: &str, why: &'static str) -> bool {

@@ -1,0 +1,397 @@
+//! Every stream plays for every WebRTC stack: streams with one kind of track, codecs a viewer
+//! cannot take, answered so that stacks other than Chromium accept them. The viewer is the
+//! `webrtc` crate (an independent stack) offering audio + video, and, where installed, aiortc
+//! (`../shared/peers/whep_client_aiortc.py`; required in CI by `TSBRIDGE_REQUIRE_PEERS`).
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::{h264_access_units, whep_receive, StopWhen, WhepOptions};
+use tsbridge::config::{Named, ServeArgs};
+use tsbridge::server::Server;
+
+async fn serve(replays: &[(&str, &str)]) -> Server {
+    let mut args = ServeArgs::loopback();
+    for (name, file) in replays {
+        args.replays.push(Named {
+            name: name.to_string(),
+            value: common::testdata(file),
+        });
+    }
+    Server::start(args).await.expect("server starts")
+}
+
+fn url(s: &Server, path: &str) -> String {
+    format!("http://{}{}", s.http_addr, path)
+}
+
+/// The lines of the answer's first m-section of `kind`.
+fn section<'a>(sdp: &'a str, kind: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut inside = false;
+    for line in sdp.lines().map(str::trim) {
+        if line.starts_with("m=") {
+            if inside {
+                break;
+            }
+            inside = line.starts_with(&format!("m={kind} "));
+        }
+        if inside {
+            out.push(line);
+        }
+    }
+    assert!(!out.is_empty(), "no {kind} section in\n{sdp}");
+    out
+}
+
+/// A section the viewer gets nothing on, answered so every stack takes it: kept (port 9, in
+/// the BUNDLE group), `a=inactive`, with a payload type the offer listed and its rtpmap.
+fn assert_idle(answer: &str, offer: &str, kind: &str) {
+    let s = section(answer, kind);
+    let m: Vec<&str> = s[0].split_whitespace().collect();
+    assert_eq!(
+        m[1], "9",
+        "{kind} kept, not rejected with port 0:\n{answer}"
+    );
+    assert_eq!(m.len(), 4, "one payload type: {}", s[0]);
+    let offered = section(offer, kind)[0].to_string();
+    assert!(
+        offered.split_whitespace().skip(3).any(|pt| pt == m[3]),
+        "{kind}: answered payload type {} was offered ({offered})",
+        m[3]
+    );
+    assert!(s.contains(&"a=inactive"), "{kind} inactive:\n{answer}");
+    assert!(
+        !s.iter()
+            .any(|l| matches!(*l, "a=sendonly" | "a=sendrecv" | "a=recvonly")),
+        "{kind}: only a=inactive as direction:\n{answer}"
+    );
+    assert!(
+        s.iter()
+            .any(|l| l.starts_with(&format!("a=rtpmap:{} ", m[3]))),
+        "{kind}: rtpmap of the answered payload type:\n{answer}"
+    );
+    let mid = s
+        .iter()
+        .find_map(|l| l.strip_prefix("a=mid:"))
+        .expect("a=mid");
+    let bundle = answer
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("a=group:BUNDLE "))
+        .expect("a BUNDLE group");
+    assert!(
+        bundle.split_whitespace().any(|m| m == mid),
+        "{kind} (mid {mid}) in BUNDLE {bundle}"
+    );
+}
+
+/// An Opus-only TS: the offered video section is answered inactive, and the Opus plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audio_only_stream_answers_video_inactive_and_plays_opus() {
+    let s = serve(&[("radio", "opus_only.ts")]).await;
+    let r = whep_receive(
+        &url(&s, "/whep/radio"),
+        WhepOptions {
+            seconds: 4.0,
+            stop: StopWhen::AudioPackets(100),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    assert_idle(&r.answer_sdp, &r.offer_sdp, "video");
+    assert!(r.video.is_empty(), "no video sent");
+    assert!(
+        r.audio.len() >= 100,
+        "Opus plays: {} packets; {:?} {:?}\n{}",
+        r.audio.len(),
+        r.setup_error,
+        r.states,
+        r.answer_sdp
+    );
+    assert_eq!(r.audio_mime.as_deref(), Some("audio/opus"));
+    // One Opus packet of 20 ms per RTP packet: timestamps 960 apart.
+    for w in r.audio.windows(2).take(50) {
+        assert_eq!(w[1].seq, w[0].seq.wrapping_add(1));
+        assert_eq!(w[1].ts.wrapping_sub(w[0].ts), 960);
+    }
+}
+
+/// A video-only TS: the offered audio section is answered inactive, and the video plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn video_only_stream_answers_audio_inactive_and_plays_h264() {
+    let s = serve(&[("v", "h264_only.ts")]).await;
+    let r = whep_receive(
+        &url(&s, "/whep/v"),
+        WhepOptions {
+            seconds: 4.0,
+            stop: StopWhen::VideoAus(30),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    assert_idle(&r.answer_sdp, &r.offer_sdp, "audio");
+    assert!(r.audio.is_empty());
+    let aus = h264_access_units(&r.video);
+    assert!(aus.len() >= 30, "{} access units", aus.len());
+    assert!(aus[0].is_keyframe(), "starts at a keyframe");
+}
+
+/// H.264 + AC-3: AC-3 does not play in WebRTC (and is not transcoded): video plays, the audio
+/// section is inactive, and the API says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h264_with_ac3_plays_video_and_says_why_audio_does_not() {
+    let s = serve(&[("ac3", "h264_ac3.ts")]).await;
+    let r = whep_receive(
+        &url(&s, "/whep/ac3"),
+        WhepOptions {
+            seconds: 4.0,
+            stop: StopWhen::VideoAus(20),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    assert_idle(&r.answer_sdp, &r.offer_sdp, "audio");
+    assert!(h264_access_units(&r.video).len() >= 20);
+    let j = common::stream_json(s.http_addr, "ac3").await;
+    let ac3 = j["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["stream_type"] == 0x81)
+        .expect("AC-3 listed")
+        .clone();
+    assert_eq!(ac3["playable"], false, "{ac3}");
+    assert!(ac3["reason"].as_str().unwrap().contains("AC-3"), "{ac3}");
+}
+
+/// A stream whose PMT drops its audio: a viewer who joins after the change gets the audio
+/// section inactive (and the video), not a rejected section.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_after_a_pmt_change_to_video_only_gets_audio_inactive() {
+    let s = Server::start(ServeArgs::loopback()).await.unwrap();
+    let mut joined = std::fs::read(common::testdata("h264_opus.ts")).unwrap();
+    joined.extend(std::fs::read(common::testdata("h264_only.ts")).unwrap());
+    let path = std::env::temp_dir().join(format!("tsbridge-pmt-idle-{}.ts", std::process::id()));
+    std::fs::write(&path, &joined).unwrap();
+    let ingest = url(&s, "/ingest/pmt");
+    let p2 = path.clone();
+    let pusher =
+        tokio::spawn(async move { tsbridge::ingest::replay::push(&p2, &ingest, false).await });
+    // Wait for the second PMT (video only).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = common::request("GET", &url(&s, "/streams/pmt"), &[], b"")
+            .await
+            .unwrap();
+        if r.status == 200 {
+            let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+            if j["tracks"].as_array().is_some_and(|t| t.len() == 1) {
+                break;
+            }
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no PMT change seen");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = whep_receive(
+        &url(&s, "/whep/pmt"),
+        WhepOptions {
+            seconds: 3.0,
+            stop: StopWhen::VideoAus(10),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    assert_idle(&r.answer_sdp, &r.offer_sdp, "audio");
+    assert!(h264_access_units(&r.video).len() >= 10);
+    pusher.abort();
+    let _ = std::fs::remove_file(&path);
+}
+
+/// An offer that can take nothing the stream has (audio only, against a video-only stream):
+/// 406 saying what the stream has and what was offered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offer_that_can_take_nothing_is_406_saying_why() {
+    let s = serve(&[("v", "h264_only.ts")]).await;
+    let r = whep_receive(
+        &url(&s, "/whep/v"),
+        WhepOptions {
+            video: false,
+            seconds: 1.0,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 406, "{:?}", r.error_body);
+    let why = r.error_body.unwrap_or_default();
+    assert!(why.contains("H.264") && why.contains("opus"), "{why}");
+}
+
+// ---- outside peers ------------------------------------------------------------------------
+
+/// `../shared/peers` (or `TSBRIDGE_PEERS`), when aiortc is importable; else `None` after saying
+/// loudly that `test` is skipped (a panic when `TSBRIDGE_REQUIRE_PEERS` is set, as in CI).
+fn aiortc_or_skip(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("TSBRIDGE_PEERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/peers"));
+    let script = dir.join("whep_client_aiortc.py");
+    let importable = std::process::Command::new("python3")
+        .args(["-c", "import aiortc"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if script.exists() && importable {
+        return Some(dir);
+    }
+    let why = format!("{} (aiortc importable: {importable})", script.display());
+    if std::env::var_os("TSBRIDGE_REQUIRE_PEERS").is_some() {
+        panic!("aiortc is required (TSBRIDGE_REQUIRE_PEERS is set) but missing: {why}");
+    }
+    eprintln!("\n*** SKIPPED {test}: no aiortc peer: {why} ***");
+    eprintln!("*** pip install -r ../shared/peers/requirements.txt ***\n");
+    None
+}
+
+/// Runs the aiortc WHEP viewer for `seconds`; its one JSON line.
+async fn aiortc_view(peers: &std::path::Path, url: &str, seconds: f64) -> serde_json::Value {
+    let out = tokio::process::Command::new("python3")
+        .arg(peers.join("whep_client_aiortc.py"))
+        .arg(url)
+        .args(["--seconds", &seconds.to_string()])
+        .output()
+        .await
+        .expect("run aiortc");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{'));
+    let Some(line) = line else {
+        panic!(
+            "aiortc printed no JSON (exit {:?}); stderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    serde_json::from_str(line).expect("aiortc JSON")
+}
+
+/// aiortc (the Python stack most AI pipelines use) plays an audio-only and a video-only
+/// stream: it used to fail on the rejected section ("Failed to set remote … description").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aiortc_plays_audio_only_and_video_only_streams() {
+    let Some(peers) = aiortc_or_skip("aiortc_plays_audio_only_and_video_only_streams") else {
+        return;
+    };
+    let s = serve(&[("radio", "opus_only.ts"), ("v", "h264_only.ts")]).await;
+    let (radio, v) = (url(&s, "/whep/radio"), url(&s, "/whep/v"));
+    let (audio, video) = tokio::join!(
+        aiortc_view(&peers, &radio, 4.0),
+        aiortc_view(&peers, &v, 4.0),
+    );
+    assert_eq!(audio["http_status"], 201, "{audio}");
+    assert!(
+        audio["audio_samples"].as_u64().unwrap_or(0) > 48_000,
+        "aiortc decoded audio of the Opus-only stream: {audio}"
+    );
+    assert!(audio["audio_rms"].as_f64().unwrap_or(0.0) > 0.0, "{audio}");
+    assert_eq!(video["http_status"], 201, "{video}");
+    assert!(
+        video["video_frames_decoded"].as_u64().unwrap_or(0) >= 30,
+        "aiortc decoded frames of the video-only stream: {video}"
+    );
+    assert!(
+        video["video_distinct_samples"].as_u64().unwrap_or(0) > 1,
+        "{video}"
+    );
+}
+
+// ---- WHEP conformance (draft-ietf-wish-whep-04, RFC 9725) ----------------------------------
+
+/// A session answers only under its own stream and role; HEAD on an endpoint is 200 with the
+/// SDP media type.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_answer_only_under_their_own_stream_and_role() {
+    let s = serve(&[("cam", "h264_opus.ts")]).await;
+    let mut viewer = common::WhepSession::start(&url(&s, "/whep/cam"), &WhepOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(viewer.status, 201);
+    let loc = viewer.location.clone().unwrap();
+    let id = loc.rsplit('/').next().unwrap().to_string();
+    for wrong in [
+        format!("/whip/cam/{id}"),
+        format!("/whep/other/{id}"),
+        format!("/whip/other/{id}"),
+    ] {
+        let r = common::request("DELETE", &url(&s, &wrong), &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404, "DELETE {wrong}: {}", r.text());
+        let frag = [("Content-Type", "application/trickle-ice-sdpfrag")];
+        let body = b"a=mid:0\r\na=candidate:2 1 udp 2130706431 127.0.0.1 40000 typ host\r\n";
+        let r = common::request("PATCH", &url(&s, &wrong), &frag, body)
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404, "PATCH {wrong}: {}", r.text());
+    }
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(5), |c| c.video.len() > 10)
+            .await,
+        "the session is untouched"
+    );
+    assert_eq!(viewer.delete().await, Some(200));
+
+    for endpoint in ["/whep/cam", "/whip/cam", "/whep/not-yet-there"] {
+        let r = common::request("HEAD", &url(&s, endpoint), &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 200, "HEAD {endpoint}");
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/sdp"),
+            "{endpoint}"
+        );
+    }
+}
+
+/// A stream that is known but not live (its source ended, past --source-grace) is 409 +
+/// Retry-After after the wait; a name nothing ever fed stays 404.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_whose_source_ended_is_409_an_unknown_one_404() {
+    let mut args = ServeArgs::loopback();
+    args.whep_wait = Duration::from_millis(500);
+    args.source_grace = Duration::from_millis(300);
+    let s = Server::start(args).await.unwrap();
+    let ts = std::fs::read(common::testdata("h264_only.ts")).unwrap();
+    let r = common::request(
+        "PUT",
+        &url(&s, "/ingest/gone"),
+        &[("Content-Type", "video/mp2t")],
+        &ts,
+    )
+    .await
+    .unwrap();
+    assert!(r.status < 300, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let offer = common::offer_sdp(&WhepOptions::default()).await.unwrap();
+    let sdp = [("Content-Type", "application/sdp")];
+    let r = common::request("POST", &url(&s, "/whep/gone"), &sdp, offer.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert!(r.text().contains("not live"), "{}", r.text());
+    let r = common::request("POST", &url(&s, "/whep/never"), &sdp, offer.as_bytes())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "{}", r.text());
+}
