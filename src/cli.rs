@@ -52,7 +52,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
     for n in &names {
         say!("  stream {n}: player {base}/play/{n}   WHEP {base}/whep/{n}");
     }
-    say!("  push TS:  ffmpeg -re -i INPUT -c copy -f mpegts -method PUT {base}/ingest/NAME");
+    say!(
+        "  push TS:  ffmpeg -re -i INPUT -c:v libx264 -bf 0 -c:a libopus -f mpegts -method PUT \
+         {base}/ingest/NAME   (no B-frames: browsers cannot play them)"
+    );
     shutdown_signal().await;
     say!("tsbridge: shutting down");
     // Say goodbye to every peer (DTLS close); pipeline commands are killed and reaped when

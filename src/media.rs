@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::h264::{AccessUnit, H264Assembler};
 use crate::codec::opus::{self, OpusPacket};
+use crate::codec::reorder::{ReorderDetector, B_FRAMES_ADVICE};
 use crate::codec::transcode::{SourceCodec, Transcoder};
 use crate::rtp::{H264Packetizer, OpusPacketizer, Payload};
 use crate::stream::ring::Read;
@@ -126,6 +127,8 @@ pub struct MediaState {
     h264_rtp: H264Packetizer,
     opus_rtp: OpusPacketizer,
     payloads: Vec<Payload>,
+    /// B-frames in the video (reported, not fixed).
+    reorder: ReorderDetector,
 }
 
 impl Default for MediaState {
@@ -162,6 +165,7 @@ impl MediaState {
             h264_rtp: H264Packetizer::default(),
             opus_rtp: OpusPacketizer::new(),
             payloads: Vec::new(),
+            reorder: ReorderDetector::new(),
         }
     }
 
@@ -187,6 +191,10 @@ impl MediaState {
         }
         self.demux.reset();
         self.h264.reset();
+        if self.reorder.has_b_frames() {
+            stream.update_status(|s| s.b_frames = false);
+        }
+        self.reorder.reset();
         stream.gop.lock().clear();
         self.timeline.discontinuity();
     }
@@ -382,6 +390,10 @@ impl MediaState {
             }
         }
         for au in aus.drain(..) {
+            if self.reorder.push(au.pts) {
+                warn!(stream = %stream.name, "{B_FRAMES_ADVICE}");
+                stream.update_status(|s| s.b_frames = true);
+            }
             // ~1 frame at 30 fps: the step used when the timeline has to re-anchor.
             let t = self.timeline.map(au.pts, 3000);
             stream.stats.video_frames.fetch_add(1, Ordering::Relaxed);

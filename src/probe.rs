@@ -8,6 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 
 use crate::codec::h264::H264Assembler;
 use crate::codec::opus;
+use crate::codec::reorder::{ReorderDetector, B_FRAMES_ADVICE};
 use crate::ts::{Codec, DemuxEvent, Demuxer, TrackSet};
 
 #[derive(Debug, Default, Serialize)]
@@ -43,6 +44,12 @@ pub struct TrackReport {
     pub gop_s: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fps: Option<f64>,
+    /// For video: whether pictures came out of presentation order (B-frames).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub b_frames: Option<bool>,
+    /// What to do about a problem with a playable track.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Accumulates a report from TS bytes (sans-IO).
@@ -54,6 +61,7 @@ pub struct Prober {
     report: Report,
     video_pts: Vec<u64>,
     key_pts: Vec<u64>,
+    reorder: ReorderDetector,
     audio_packets: u64,
     first_pts: Option<u64>,
     last_pts: Option<u64>,
@@ -75,6 +83,7 @@ impl Prober {
             report: Report::default(),
             video_pts: Vec::new(),
             key_pts: Vec::new(),
+            reorder: ReorderDetector::new(),
             audio_packets: 0,
             first_pts: None,
             last_pts: None,
@@ -112,6 +121,7 @@ impl Prober {
                         let mut aus = Vec::new();
                         self.h264.push(&pes, &mut aus);
                         for au in aus {
+                            self.reorder.push(au.pts);
                             self.video_pts.push(au.pts);
                             if au.keyframe {
                                 self.key_pts.push(au.pts);
@@ -158,6 +168,10 @@ impl Prober {
                     }
                     tr.frames = self.video_pts.len() as u64;
                     tr.keyframes = self.key_pts.len() as u64;
+                    tr.b_frames = Some(self.reorder.has_b_frames());
+                    if self.reorder.has_b_frames() {
+                        tr.warning = Some(B_FRAMES_ADVICE.to_string());
+                    }
                     if self.key_pts.len() > 1 {
                         let span = self.key_pts[self.key_pts.len() - 1] - self.key_pts[0];
                         tr.gop_s = Some(span as f64 / 90_000.0 / (self.key_pts.len() - 1) as f64);
@@ -216,10 +230,16 @@ impl Report {
             if let Some(c) = t.channels {
                 s.push_str(&format!(" {c} ch, {} packets", t.frames));
             }
+            if t.b_frames == Some(true) {
+                s.push_str(" B-frames");
+            }
             if let Some(r) = &t.reason {
                 s.push_str(&format!(" NOT PLAYABLE: {r}"));
             }
             s.push('\n');
+            if let Some(w) = &t.warning {
+                s.push_str(&format!("    WARNING: {w}\n"));
+            }
         }
         s.push_str(&format!(
             "{} bytes, {:.2} s, {} kbit/s, {} TS problems\n",
@@ -304,5 +324,33 @@ async fn read_chunked(
         buf.resize(n + 2, 0);
         r.read_exact(&mut buf).await?;
         p.push(&buf[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn probe(file: &str) -> Report {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(file);
+        let mut p = Prober::new();
+        for chunk in std::fs::read(path).expect("testdata").chunks(188 * 64) {
+            p.push(chunk);
+        }
+        p.finish()
+    }
+
+    #[test]
+    fn b_frames_are_reported_with_what_to_do() {
+        let r = probe("h264_bframes.ts");
+        let v = &r.tracks[0];
+        assert_eq!(v.b_frames, Some(true));
+        assert!(v.warning.as_deref().unwrap_or("").contains("-bf 0"));
+        assert!(r.text().contains("WARNING"), "{}", r.text());
+        let r = probe("h264_opus.ts");
+        assert_eq!(r.tracks[0].b_frames, Some(false));
+        assert!(r.tracks[0].warning.is_none());
     }
 }

@@ -395,3 +395,35 @@ async fn a_stream_whose_source_ended_is_409_an_unknown_one_404() {
         .unwrap();
     assert_eq!(r.status, 404, "{}", r.text());
 }
+
+// ---- B-frames ------------------------------------------------------------------------------
+
+/// libx264's defaults (B-frames) are reported where a user looks: the video track in the API
+/// says so with what to do; a source without B-frames says `b_frames: false`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_frames_are_reported_on_the_track_with_what_to_do() {
+    let s = serve(&[("bf", "h264_bframes.ts"), ("ok", "h264_opus.ts")]).await;
+    let video = |j: &serde_json::Value| {
+        j["tracks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["kind"] == "video"))
+            .cloned()
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let bf = loop {
+        let j = common::stream_json(s.http_addr, "bf").await;
+        if let Some(v) = video(&j).filter(|v| v["b_frames"] == true) {
+            break v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no B-frame report: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let warning = bf["warning"].as_str().unwrap_or("");
+    assert!(warning.contains("-bf 0"), "{bf}");
+    let ok = video(&common::stream_json(s.http_addr, "ok").await).expect("video track");
+    assert_eq!(ok["b_frames"], false, "{ok}");
+    assert!(ok.get("warning").is_none(), "{ok}");
+}

@@ -430,7 +430,9 @@ async fn random_bytes_never_become_ready() {
     )
     .await
     .unwrap();
-    assert_eq!(r.status, 404, "{}", r.text());
+    // The PUT has ended: the stream is known but not live (WHEP: 409 + Retry-After).
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
     assert!(
         r.text().contains("no PAT/PMT"),
         "the answer says why: {}",

@@ -4,4 +4,5 @@ pub mod aac;
 pub mod h264;
 pub mod mpa;
 pub mod opus;
+pub mod reorder;
 pub mod transcode;

@@ -11,6 +11,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{authorize, check_name, ApiError, AppState, Role};
+use crate::codec::reorder::B_FRAMES_ADVICE;
 use crate::stream::ring::Read;
 use crate::stream::Stream;
 use crate::ts::start::StartPoint;
@@ -70,6 +71,10 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
                                 v["profile_level_id"] = vi.profile_level_id.to_string().into();
                                 v["width"] = vi.width.into();
                                 v["height"] = vi.height.into();
+                            }
+                            v["b_frames"] = st.b_frames.into();
+                            if st.b_frames {
+                                v["warning"] = B_FRAMES_ADVICE.into();
                             }
                         }
                         Codec::Opus { channels } => {

@@ -41,6 +41,8 @@ pub struct Status {
     pub transcoding: Option<&'static str>,
     /// Viewers can be answered: a playable track exists and, for video, its SPS is known.
     pub ready: bool,
+    /// The video has B-frames (see `codec::reorder`): reported, since browsers play it badly.
+    pub b_frames: bool,
 }
 
 impl Status {
@@ -65,6 +67,7 @@ impl Status {
             video: None,
             transcoding: None,
             ready: false,
+            b_frames: false,
         }
     }
 }
