@@ -315,6 +315,69 @@ const PTS_MASK: u64 = (1 << 33) - 1;
 /// Frame duration assumed until two PES timestamps were seen (30 fps).
 const DEFAULT_FRAME_TICKS: u64 = 3000;
 
+/// Cuts the PES packets of a video track into access units and times them; shared by the
+/// H.264 and H.265 assemblers, which differ in what an AUD is and in how they rebuild an
+/// access unit.
+///
+/// TS carries one access unit per PES; a PES holding several (several AUDs) is split at each
+/// AUD, the later ones timed one frame duration apart (the duration estimated from the PTS
+/// steps between PES packets).
+#[derive(Debug, Default)]
+pub(crate) struct AuSplitter {
+    /// PTS and access-unit count of the previous PES, for the frame duration.
+    prev: Option<(u64, u64)>,
+    frame_ticks: Option<u64>,
+}
+
+impl AuSplitter {
+    /// Calls `emit(annexb, pts, dts)` for each access unit of `pes`, in order. `annexb` starts
+    /// at the start code of the access unit's first NAL unit (its AUD, after the first one).
+    /// A PES without PTS gives nothing: its time is unknown.
+    pub(crate) fn split(
+        &mut self,
+        pes: &Pes,
+        is_aud: impl Fn(&[u8]) -> bool,
+        mut emit: impl FnMut(&[u8], u64, u64),
+    ) {
+        let Some(pts) = pes.pts else { return };
+        let dts = pes.dts.unwrap_or(pts);
+        let data = &pes.data[..];
+        let step = self.frame_ticks.unwrap_or(DEFAULT_FRAME_TICKS);
+        let mut count = 0u64;
+        let mut emit_at = |annexb: &[u8], count: u64| {
+            let delta = count * step;
+            emit(annexb, (pts + delta) & PTS_MASK, (dts + delta) & PTS_MASK);
+        };
+        // Offset of the start code of the current access unit's first NAL unit.
+        let mut au_start = None;
+        for nal in nal_units(data) {
+            // `nal` is a sub-slice of `data` right after a 3-byte start code.
+            let start_code = (nal.as_ptr() as usize - data.as_ptr() as usize).saturating_sub(3);
+            match au_start {
+                None => au_start = Some(start_code),
+                Some(start) if is_aud(nal) => {
+                    emit_at(&data[start..start_code], count);
+                    count += 1;
+                    au_start = Some(start_code);
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(start) = au_start {
+            emit_at(&data[start..], count);
+            count += 1;
+        }
+        if let Some((prev_pts, prev_count)) = self.prev {
+            let diff = pts.wrapping_sub(prev_pts) & PTS_MASK;
+            let per_frame = diff / prev_count.max(1);
+            if (1..=90_000).contains(&per_frame) {
+                self.frame_ticks = Some(per_frame);
+            }
+        }
+        self.prev = Some((pts, count.max(1)));
+    }
+}
+
 /// Turns H.264 PES packets into access units.
 ///
 /// TS carries one access unit per PES; a PES holding several (several AUDs) is split at each
@@ -326,9 +389,7 @@ pub struct H264Assembler {
     sps: Vec<u8>,
     pps: Vec<u8>,
     sps_info: Option<SpsInfo>,
-    /// PTS and access-unit count of the previous PES, for the frame duration.
-    prev: Option<(u64, u64)>,
-    frame_ticks: Option<u64>,
+    splitter: AuSplitter,
     /// Output buffer; each access unit is split off it, so its capacity is reused.
     buf: BytesMut,
 }
@@ -349,50 +410,14 @@ impl H264Assembler {
 
     /// One PES in, its access units out.
     pub fn push(&mut self, pes: &Pes, out: &mut Vec<AccessUnit>) {
-        let Some(pts) = pes.pts else { return };
-        let dts = pes.dts.unwrap_or(pts);
-        let data = &pes.data[..];
-        let step = self.frame_ticks.unwrap_or(DEFAULT_FRAME_TICKS);
-        let mut count = 0u64;
-        // Offset of the start code of the current access unit's first NAL unit.
-        let mut au_start = None;
-        for nal in nal_units(data) {
-            // `nal` is a sub-slice of `data` right after a 3-byte start code.
-            let start_code = (nal.as_ptr() as usize - data.as_ptr() as usize).saturating_sub(3);
-            match au_start {
-                None => au_start = Some(start_code),
-                Some(start) if NalType::of(nal) == Some(NalType::AUD) => {
-                    let delta = count * step;
-                    self.emit(
-                        &data[start..start_code],
-                        (pts + delta) & PTS_MASK,
-                        (dts + delta) & PTS_MASK,
-                        out,
-                    );
-                    count += 1;
-                    au_start = Some(start_code);
-                }
-                Some(_) => {}
-            }
-        }
-        if let Some(start) = au_start {
-            let delta = count * step;
-            self.emit(
-                &data[start..],
-                (pts + delta) & PTS_MASK,
-                (dts + delta) & PTS_MASK,
-                out,
-            );
-            count += 1;
-        }
-        if let Some((prev_pts, prev_count)) = self.prev {
-            let diff = pts.wrapping_sub(prev_pts) & PTS_MASK;
-            let per_frame = diff / prev_count.max(1);
-            if (1..=90_000).contains(&per_frame) {
-                self.frame_ticks = Some(per_frame);
-            }
-        }
-        self.prev = Some((pts, count.max(1)));
+        // `emit` needs `self` while the splitter runs: it is taken out for the call.
+        let mut splitter = std::mem::take(&mut self.splitter);
+        splitter.split(
+            pes,
+            |nal| NalType::of(nal) == Some(NalType::AUD),
+            |annexb, pts, dts| self.emit(annexb, pts, dts, out),
+        );
+        self.splitter = splitter;
     }
 
     /// Builds one access unit from the Annex B bytes `annexb` (may start with a start code).
