@@ -117,7 +117,8 @@ pub struct SpsInfo {
 }
 
 /// Reads RBSP bits from a NAL payload, skipping emulation prevention bytes (`00 00 03`).
-struct BitReader<'a> {
+/// Shared with the H.265 SPS parser (same RBSP rules, ITU-T H.265 §7.4.2).
+pub(crate) struct BitReader<'a> {
     data: &'a [u8],
     pos: usize,
     /// Bits left in `cur`.
@@ -127,7 +128,7 @@ struct BitReader<'a> {
 }
 
 impl<'a> BitReader<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
         Self {
             data,
             pos: 0,
@@ -137,7 +138,7 @@ impl<'a> BitReader<'a> {
         }
     }
 
-    fn bit(&mut self) -> Option<u32> {
+    pub(crate) fn bit(&mut self) -> Option<u32> {
         if self.bits == 0 {
             let mut byte = *self.data.get(self.pos)?;
             self.pos += 1;
@@ -158,16 +159,21 @@ impl<'a> BitReader<'a> {
         Some(u32::from(self.cur >> self.bits) & 1)
     }
 
-    fn bits(&mut self, n: u32) -> Option<u32> {
+    pub(crate) fn bits(&mut self, n: u32) -> Option<u32> {
         (0..n).try_fold(0, |acc, _| Some(acc << 1 | self.bit()?))
     }
 
-    fn flag(&mut self) -> Option<bool> {
+    pub(crate) fn flag(&mut self) -> Option<bool> {
         self.bit().map(|b| b == 1)
     }
 
+    /// Skips `n` bits.
+    pub(crate) fn skip(&mut self, n: u32) -> Option<()> {
+        (0..n).try_for_each(|_| self.bit().map(drop))
+    }
+
     /// ue(v), up to 32 bits.
-    fn ue(&mut self) -> Option<u32> {
+    pub(crate) fn ue(&mut self) -> Option<u32> {
         let mut zeros = 0;
         while self.bit()? == 0 {
             zeros += 1;
@@ -180,7 +186,7 @@ impl<'a> BitReader<'a> {
     }
 
     /// se(v).
-    fn se(&mut self) -> Option<i32> {
+    pub(crate) fn se(&mut self) -> Option<i32> {
         let k = i64::from(self.ue()?);
         let v = if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) };
         i32::try_from(v).ok()
@@ -296,21 +302,23 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
     })
 }
 
-/// One coded picture, ready for packetization.
+/// One coded picture, ready for packetization (H.264, and H.265 from
+/// [`H265Assembler`](super::h265::H265Assembler)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessUnit {
     /// 33-bit 90 kHz PTS, as in the PES (map it through the program's `time::Timeline`).
     pub pts: u64,
     /// 33-bit 90 kHz DTS (the PTS when the PES has none).
     pub dts: u64,
-    /// Contains an IDR slice.
+    /// Contains an IDR slice (H.265: an IRAP picture).
     pub keyframe: bool,
     /// Annex B with 4-byte start codes; AUD and filler removed; before an IDR, the latest SPS
-    /// and PPS are present (prepended when the access unit lacked them).
+    /// and PPS are present (prepended when the access unit lacked them; H.265: VPS, SPS, PPS
+    /// before an IRAP picture).
     pub data: Bytes,
 }
 
-const START_CODE: [u8; 4] = [0, 0, 0, 1];
+pub(crate) const START_CODE: [u8; 4] = [0, 0, 0, 1];
 const PTS_MASK: u64 = (1 << 33) - 1;
 /// Frame duration assumed until two PES timestamps were seen (30 fps).
 const DEFAULT_FRAME_TICKS: u64 = 3000;
