@@ -272,6 +272,12 @@ impl MediaState {
                     stream = %stream.name, pid = %t.pid, stream_type = t.stream_type.0,
                     codec = t.stream_type.name(), "track not playable over WebRTC: {reason}"
                 ),
+                // TODO(hevc): assemble and send it (its PES already arrive, and are ignored).
+                Codec::H265 => warn!(
+                    stream = %stream.name, pid = %t.pid, stream_type = t.stream_type.0,
+                    codec = "H.265", "track not playable over WebRTC: {}",
+                    crate::ts::H265_NOT_PLAYABLE_YET
+                ),
                 codec => info!(stream = %stream.name, pid = %t.pid, ?codec, "track"),
             }
         }

@@ -191,6 +191,8 @@ impl Prober {
                     tr.channels = Some(*channels);
                     tr.frames = self.audio_packets;
                 }
+                // TODO(hevc): profile, size and GOP from `H265Assembler` once H.265 is played.
+                Codec::H265 => tr.reason = Some(crate::ts::H265_NOT_PLAYABLE_YET.to_string()),
                 Codec::Unsupported { reason } => tr.reason = Some(reason.to_string()),
             }
             r.tracks.push(tr);

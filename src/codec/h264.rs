@@ -117,7 +117,8 @@ pub struct SpsInfo {
 }
 
 /// Reads RBSP bits from a NAL payload, skipping emulation prevention bytes (`00 00 03`).
-struct BitReader<'a> {
+/// Shared with the H.265 SPS parser (same RBSP rules, ITU-T H.265 §7.4.2).
+pub(crate) struct BitReader<'a> {
     data: &'a [u8],
     pos: usize,
     /// Bits left in `cur`.
@@ -127,7 +128,7 @@ struct BitReader<'a> {
 }
 
 impl<'a> BitReader<'a> {
-    fn new(data: &'a [u8]) -> Self {
+    pub(crate) fn new(data: &'a [u8]) -> Self {
         Self {
             data,
             pos: 0,
@@ -137,7 +138,7 @@ impl<'a> BitReader<'a> {
         }
     }
 
-    fn bit(&mut self) -> Option<u32> {
+    pub(crate) fn bit(&mut self) -> Option<u32> {
         if self.bits == 0 {
             let mut byte = *self.data.get(self.pos)?;
             self.pos += 1;
@@ -158,16 +159,21 @@ impl<'a> BitReader<'a> {
         Some(u32::from(self.cur >> self.bits) & 1)
     }
 
-    fn bits(&mut self, n: u32) -> Option<u32> {
+    pub(crate) fn bits(&mut self, n: u32) -> Option<u32> {
         (0..n).try_fold(0, |acc, _| Some(acc << 1 | self.bit()?))
     }
 
-    fn flag(&mut self) -> Option<bool> {
+    pub(crate) fn flag(&mut self) -> Option<bool> {
         self.bit().map(|b| b == 1)
     }
 
+    /// Skips `n` bits.
+    pub(crate) fn skip(&mut self, n: u32) -> Option<()> {
+        (0..n).try_for_each(|_| self.bit().map(drop))
+    }
+
     /// ue(v), up to 32 bits.
-    fn ue(&mut self) -> Option<u32> {
+    pub(crate) fn ue(&mut self) -> Option<u32> {
         let mut zeros = 0;
         while self.bit()? == 0 {
             zeros += 1;
@@ -180,7 +186,7 @@ impl<'a> BitReader<'a> {
     }
 
     /// se(v).
-    fn se(&mut self) -> Option<i32> {
+    pub(crate) fn se(&mut self) -> Option<i32> {
         let k = i64::from(self.ue()?);
         let v = if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) };
         i32::try_from(v).ok()
@@ -296,24 +302,89 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
     })
 }
 
-/// One coded picture, ready for packetization.
+/// One coded picture, ready for packetization (H.264, and H.265 from
+/// [`H265Assembler`](super::h265::H265Assembler)).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AccessUnit {
     /// 33-bit 90 kHz PTS, as in the PES (map it through the program's `time::Timeline`).
     pub pts: u64,
     /// 33-bit 90 kHz DTS (the PTS when the PES has none).
     pub dts: u64,
-    /// Contains an IDR slice.
+    /// Contains an IDR slice (H.265: an IRAP picture).
     pub keyframe: bool,
     /// Annex B with 4-byte start codes; AUD and filler removed; before an IDR, the latest SPS
-    /// and PPS are present (prepended when the access unit lacked them).
+    /// and PPS are present (prepended when the access unit lacked them; H.265: VPS, SPS, PPS
+    /// before an IRAP picture).
     pub data: Bytes,
 }
 
-const START_CODE: [u8; 4] = [0, 0, 0, 1];
+pub(crate) const START_CODE: [u8; 4] = [0, 0, 0, 1];
 const PTS_MASK: u64 = (1 << 33) - 1;
 /// Frame duration assumed until two PES timestamps were seen (30 fps).
 const DEFAULT_FRAME_TICKS: u64 = 3000;
+
+/// Cuts the PES packets of a video track into access units and times them; shared by the
+/// H.264 and H.265 assemblers, which differ in what an AUD is and in how they rebuild an
+/// access unit.
+///
+/// TS carries one access unit per PES; a PES holding several (several AUDs) is split at each
+/// AUD, the later ones timed one frame duration apart (the duration estimated from the PTS
+/// steps between PES packets).
+#[derive(Debug, Default)]
+pub(crate) struct AuSplitter {
+    /// PTS and access-unit count of the previous PES, for the frame duration.
+    prev: Option<(u64, u64)>,
+    frame_ticks: Option<u64>,
+}
+
+impl AuSplitter {
+    /// Calls `emit(annexb, pts, dts)` for each access unit of `pes`, in order. `annexb` starts
+    /// at the start code of the access unit's first NAL unit (its AUD, after the first one).
+    /// A PES without PTS gives nothing: its time is unknown.
+    pub(crate) fn split(
+        &mut self,
+        pes: &Pes,
+        is_aud: impl Fn(&[u8]) -> bool,
+        mut emit: impl FnMut(&[u8], u64, u64),
+    ) {
+        let Some(pts) = pes.pts else { return };
+        let dts = pes.dts.unwrap_or(pts);
+        let data = &pes.data[..];
+        let step = self.frame_ticks.unwrap_or(DEFAULT_FRAME_TICKS);
+        let mut count = 0u64;
+        let mut emit_at = |annexb: &[u8], count: u64| {
+            let delta = count * step;
+            emit(annexb, (pts + delta) & PTS_MASK, (dts + delta) & PTS_MASK);
+        };
+        // Offset of the start code of the current access unit's first NAL unit.
+        let mut au_start = None;
+        for nal in nal_units(data) {
+            // `nal` is a sub-slice of `data` right after a 3-byte start code.
+            let start_code = (nal.as_ptr() as usize - data.as_ptr() as usize).saturating_sub(3);
+            match au_start {
+                None => au_start = Some(start_code),
+                Some(start) if is_aud(nal) => {
+                    emit_at(&data[start..start_code], count);
+                    count += 1;
+                    au_start = Some(start_code);
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(start) = au_start {
+            emit_at(&data[start..], count);
+            count += 1;
+        }
+        if let Some((prev_pts, prev_count)) = self.prev {
+            let diff = pts.wrapping_sub(prev_pts) & PTS_MASK;
+            let per_frame = diff / prev_count.max(1);
+            if (1..=90_000).contains(&per_frame) {
+                self.frame_ticks = Some(per_frame);
+            }
+        }
+        self.prev = Some((pts, count.max(1)));
+    }
+}
 
 /// Turns H.264 PES packets into access units.
 ///
@@ -326,9 +397,7 @@ pub struct H264Assembler {
     sps: Vec<u8>,
     pps: Vec<u8>,
     sps_info: Option<SpsInfo>,
-    /// PTS and access-unit count of the previous PES, for the frame duration.
-    prev: Option<(u64, u64)>,
-    frame_ticks: Option<u64>,
+    splitter: AuSplitter,
     /// Output buffer; each access unit is split off it, so its capacity is reused.
     buf: BytesMut,
 }
@@ -349,50 +418,14 @@ impl H264Assembler {
 
     /// One PES in, its access units out.
     pub fn push(&mut self, pes: &Pes, out: &mut Vec<AccessUnit>) {
-        let Some(pts) = pes.pts else { return };
-        let dts = pes.dts.unwrap_or(pts);
-        let data = &pes.data[..];
-        let step = self.frame_ticks.unwrap_or(DEFAULT_FRAME_TICKS);
-        let mut count = 0u64;
-        // Offset of the start code of the current access unit's first NAL unit.
-        let mut au_start = None;
-        for nal in nal_units(data) {
-            // `nal` is a sub-slice of `data` right after a 3-byte start code.
-            let start_code = (nal.as_ptr() as usize - data.as_ptr() as usize).saturating_sub(3);
-            match au_start {
-                None => au_start = Some(start_code),
-                Some(start) if NalType::of(nal) == Some(NalType::AUD) => {
-                    let delta = count * step;
-                    self.emit(
-                        &data[start..start_code],
-                        (pts + delta) & PTS_MASK,
-                        (dts + delta) & PTS_MASK,
-                        out,
-                    );
-                    count += 1;
-                    au_start = Some(start_code);
-                }
-                Some(_) => {}
-            }
-        }
-        if let Some(start) = au_start {
-            let delta = count * step;
-            self.emit(
-                &data[start..],
-                (pts + delta) & PTS_MASK,
-                (dts + delta) & PTS_MASK,
-                out,
-            );
-            count += 1;
-        }
-        if let Some((prev_pts, prev_count)) = self.prev {
-            let diff = pts.wrapping_sub(prev_pts) & PTS_MASK;
-            let per_frame = diff / prev_count.max(1);
-            if (1..=90_000).contains(&per_frame) {
-                self.frame_ticks = Some(per_frame);
-            }
-        }
-        self.prev = Some((pts, count.max(1)));
+        // `emit` needs `self` while the splitter runs: it is taken out for the call.
+        let mut splitter = std::mem::take(&mut self.splitter);
+        splitter.split(
+            pes,
+            |nal| NalType::of(nal) == Some(NalType::AUD),
+            |annexb, pts, dts| self.emit(annexb, pts, dts, out),
+        );
+        self.splitter = splitter;
     }
 
     /// Builds one access unit from the Annex B bytes `annexb` (may start with a start code).

@@ -96,6 +96,13 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
                             v["transcoder_cpu_pct"] = ((cpu * 100.0).round() / 100.0).into();
                             v["transcode_errors"] = r(&s.stats.transcode_errors).into();
                         }
+                        // TODO(hevc): playable, with its profile and size, once the media path
+                        // sends H.265.
+                        Codec::H265 => {
+                            v["kind"] = "video".into();
+                            v["playable"] = false.into();
+                            v["reason"] = crate::ts::H265_NOT_PLAYABLE_YET.into();
+                        }
                         Codec::Unsupported { reason } => {
                             v["playable"] = false.into();
                             v["reason"] = (*reason).into();

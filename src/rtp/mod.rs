@@ -3,9 +3,11 @@
 //!
 //! ```text
 //!  H.264 access unit (Annex B) ─► H264Packetizer ─┐                 per viewer (str0m RTP mode):
-//!                                  (RFC 6184)     ├─► [Payload] ──►  SSRC, seq, timestamp, SRTP
-//!  Opus packet ──────────────────► OpusPacketizer ┘   Arc<[u8]>      RtpWrite::new(.., data.clone())
-//!                                  (RFC 7587)         + marker
+//!                                  (RFC 6184)     │
+//!  H.265 access unit (Annex B) ─► H265Packetizer ─┼─► [Payload] ──►  SSRC, seq, timestamp, SRTP
+//!                                  (RFC 7798)     │   Arc<[u8]>      RtpWrite::new(.., data.clone())
+//!  Opus packet ──────────────────► OpusPacketizer ┘   + marker
+//!                                  (RFC 7587)
 //! ```
 //!
 //! # Why a payload is one `Arc<[u8]>`
@@ -22,11 +24,13 @@
 //! allocating.
 
 pub mod h264;
+pub mod h265;
 pub mod opus;
 
 use std::sync::Arc;
 
 pub use h264::H264Packetizer;
+pub use h265::H265Packetizer;
 pub use opus::OpusPacketizer;
 
 /// Largest RTP payload the packetizers produce by default.
@@ -51,14 +55,17 @@ pub struct Payload {
 #[derive(Clone, Debug)]
 pub enum Packetizer {
     H264(H264Packetizer),
+    H265(H265Packetizer),
     Opus(OpusPacketizer),
 }
 
 impl Packetizer {
-    /// One H.264 access unit (Annex B) or one Opus packet in; its payloads are appended to `out`.
+    /// One H.264 / H.265 access unit (Annex B) or one Opus packet in; its payloads are appended
+    /// to `out`.
     pub fn packetize(&mut self, data: &[u8], out: &mut Vec<Payload>) {
         match self {
             Packetizer::H264(p) => p.packetize(data, out),
+            Packetizer::H265(p) => p.packetize(data, out),
             Packetizer::Opus(p) => p.packetize(data, out),
         }
     }

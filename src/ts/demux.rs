@@ -11,7 +11,7 @@ pub enum DemuxEvent {
     /// The program's tracks: on its first PMT, and whenever the PMT changes (version, PIDs,
     /// types). A PMT repeated unchanged is not reported again.
     Tracks(TrackSet),
-    /// A complete PES of a supported track (H.264 or Opus).
+    /// A complete PES of a supported track (H.264, H.265 or Opus).
     Pes(Pes),
     /// A PCR on the program's PCR PID.
     Pcr { pid: Pid, pcr_27mhz: u64 },

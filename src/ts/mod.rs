@@ -8,7 +8,7 @@
 //! ```
 //!
 //! One [`Demuxer`] follows one program (the first of the PAT). Tracks are discovered from the
-//! PMT alone; only H.264 and Opus tracks are reassembled, the others are listed as
+//! PMT alone; only H.264, H.265 and Opus tracks are reassembled, the others are listed as
 //! [`Codec::Unsupported`] with a reason.
 
 mod demux;
@@ -26,4 +26,4 @@ pub use demux::{transcodable_audio, DemuxEvent, DemuxProblem, Demuxer};
 pub use mux::{MuxConfig, MuxError, Muxer};
 pub use packet::{Pid, PACKET_SIZE, SYNC_BYTE};
 pub use pes::{Pes, MAX_PES_SIZE};
-pub use psi::{crc32_mpeg2, Codec, StreamType, TrackInfo, TrackSet};
+pub use psi::{crc32_mpeg2, Codec, StreamType, TrackInfo, TrackSet, H265_NOT_PLAYABLE_YET};

@@ -61,6 +61,10 @@ impl fmt::Display for StreamType {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Codec {
     H264,
+    /// HEVC: reassembled (PES) and parsed, not yet sent to viewers.
+    // TODO(hevc): the media path (SDP, RTP) takes it; until then probe, API and media treat it
+    // as not playable.
+    H265,
     /// Single-stream Opus, mono or stereo.
     Opus {
         channels: u8,
@@ -71,7 +75,12 @@ pub enum Codec {
     },
 }
 
+/// Why an H.265 track is listed but not played, for logs, the API and `probe`.
+// TODO(hevc): gone once the media path sends H.265.
+pub const H265_NOT_PLAYABLE_YET: &str = "H.265 is not sent to viewers yet";
+
 impl Codec {
+    /// The demuxer reassembles its PES (H.264, H.265, Opus).
     pub fn is_supported(&self) -> bool {
         !matches!(self, Codec::Unsupported { .. })
     }
@@ -90,6 +99,7 @@ impl TrackInfo {
     pub fn codec_name(&self) -> &'static str {
         match self.codec {
             Codec::H264 => "H.264",
+            Codec::H265 => "H.265",
             Codec::Opus { .. } => "Opus",
             Codec::Unsupported { .. } => self.stream_type.name(),
         }
@@ -113,6 +123,11 @@ impl TrackSet {
     /// The first H.264 track.
     pub fn video(&self) -> Option<&TrackInfo> {
         self.tracks.iter().find(|t| t.codec == Codec::H264)
+    }
+
+    /// The first H.265 track.
+    pub fn hevc(&self) -> Option<&TrackInfo> {
+        self.tracks.iter().find(|t| t.codec == Codec::H265)
     }
 
     /// The first Opus track.
@@ -397,7 +412,7 @@ pub(crate) fn classify(stream_type: StreamType, es_info: &[u8]) -> Codec {
         StreamType::MPEG1_AUDIO | StreamType::MPEG2_AUDIO => {
             unsupported("MPEG audio is not playable in WebRTC")
         }
-        StreamType::HEVC => unsupported("HEVC is not supported (H.264 only)"),
+        StreamType::HEVC => Codec::H265,
         StreamType::VVC => unsupported("H.266 is not supported (H.264 only)"),
         StreamType::MPEG1_VIDEO | StreamType::MPEG2_VIDEO => {
             unsupported("MPEG-1/2 video is not playable in WebRTC")
@@ -483,7 +498,7 @@ mod tests {
     }
 
     #[test]
-    fn aac_and_hevc_are_listed_as_unsupported() {
+    fn aac_is_listed_as_unsupported_and_hevc_as_h265() {
         assert_eq!(
             classify(StreamType::AAC_ADTS, &[]),
             Codec::Unsupported {
@@ -491,7 +506,8 @@ mod tests {
             }
         );
         assert!(!classify(StreamType::AAC_LATM, &[]).is_supported());
-        assert!(!classify(StreamType::HEVC, &[]).is_supported());
+        assert_eq!(classify(StreamType::HEVC, &[]), Codec::H265);
+        assert!(classify(StreamType::HEVC, &[]).is_supported());
         assert_eq!(
             classify(StreamType(0x99), &[]),
             Codec::Unsupported {

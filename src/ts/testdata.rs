@@ -184,3 +184,52 @@ fn testdata_survives_damage() {
     assert!(s.aus.len() >= 176, "{}", s.aus.len());
     assert!(s.opus_packets >= 290);
 }
+
+#[test]
+fn testdata_hevc_opus() {
+    use crate::codec::h265::{H265Assembler, ProfileTierLevel, SpsInfo};
+
+    let Some(data) = read("hevc_opus.ts") else {
+        return;
+    };
+    let (events, s) = demux(&data, 1316);
+    assert_eq!(s.problems, 0);
+    assert_eq!(s.tracks.len(), 1);
+    let t = &s.tracks[0];
+    assert_eq!(t.video(), None, "video() is the H.264 track only");
+    let hevc = t.hevc().unwrap();
+    assert_eq!(
+        (hevc.pid, hevc.stream_type, &hevc.codec, hevc.codec_name()),
+        (Pid(0x100), StreamType::HEVC, &Codec::H265, "H.265")
+    );
+    assert_eq!(t.audio().unwrap().codec, Codec::Opus { channels: 2 });
+    assert_eq!(s.opus_packets, 301);
+    let mut h265 = H265Assembler::new();
+    let mut aus = Vec::new();
+    for e in &events {
+        if let DemuxEvent::Pes(pes) = e {
+            if pes.pid == hevc.pid {
+                h265.push(pes, &mut aus);
+            }
+        }
+    }
+    assert_eq!(aus.len(), 180);
+    assert_eq!(aus.iter().filter(|au| au.keyframe).count(), 6);
+    assert!(aus.iter().step_by(30).all(|au| au.keyframe));
+    // 30 fps, no B-frames.
+    assert!(aus.windows(2).all(|w| w[1].pts - w[0].pts == 3000));
+    assert_eq!(
+        h265.sps(),
+        Some(&SpsInfo {
+            ptl: ProfileTierLevel {
+                profile_id: 1,
+                tier_flag: false,
+                level_id: 63,
+            },
+            width: 640,
+            height: 360,
+            chroma_format_idc: 1,
+            bit_depth: 8,
+        })
+    );
+}
