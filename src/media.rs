@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info, warn};
 
-use crate::codec::h264::{AccessUnit, H264Assembler};
+use crate::codec::h264::AccessUnit;
 use crate::codec::opus::{self, OpusPacket};
 use crate::codec::reorder::{ReorderDetector, B_FRAMES_ADVICE};
 use crate::codec::transcode::{SourceCodec, Transcoder};
-use crate::rtp::{H264Packetizer, OpusPacketizer, Payload};
+use crate::codec::{VideoAssembler, VideoCodec};
+use crate::rtp::{H264Packetizer, H265Packetizer, OpusPacketizer, Packetizer, Payload};
 use crate::stream::ring::Read;
 use crate::stream::{Stream, VideoInfo};
 use crate::time::{self, ClockRate, Timeline};
@@ -107,7 +108,8 @@ impl AbsDiff for Instant {
 /// The sans-IO part of the task: demuxed events in, frames out.
 pub struct MediaState {
     demux: Demuxer,
-    h264: H264Assembler,
+    /// The video track's assembler (its codec follows the PMT).
+    video: VideoAssembler,
     events: Vec<DemuxEvent>,
     aus: Vec<AccessUnit>,
     tracks: Option<Arc<TrackSet>>,
@@ -124,7 +126,7 @@ pub struct MediaState {
     /// The latest SPS's details as published in the stream status (compared per PES without
     /// cloning the status).
     video_info: Option<VideoInfo>,
-    h264_rtp: H264Packetizer,
+    video_rtp: Packetizer,
     opus_rtp: OpusPacketizer,
     payloads: Vec<Payload>,
     /// B-frames in the video (reported, not fixed).
@@ -148,7 +150,7 @@ impl MediaState {
     pub fn new() -> Self {
         MediaState {
             demux: Demuxer::new(),
-            h264: H264Assembler::new(),
+            video: VideoAssembler::new(VideoCodec::H264),
             events: Vec::new(),
             aus: Vec::new(),
             tracks: None,
@@ -162,7 +164,7 @@ impl MediaState {
             transcoder: None,
             last_transcoded: None,
             video_info: None,
-            h264_rtp: H264Packetizer::default(),
+            video_rtp: Packetizer::H264(H264Packetizer::default()),
             opus_rtp: OpusPacketizer::new(),
             payloads: Vec::new(),
             reorder: ReorderDetector::new(),
@@ -190,7 +192,7 @@ impl MediaState {
             tc.reset();
         }
         self.demux.reset();
-        self.h264.reset();
+        self.video.reset();
         if self.reorder.has_b_frames() {
             stream.update_status(|s| s.b_frames = false);
         }
@@ -237,7 +239,7 @@ impl MediaState {
     fn emit(&mut self, stream: &Arc<Stream>, sink: &dyn FrameSink, mut frame: Frame) {
         self.payloads.clear();
         match frame.kind {
-            Kind::Video => self.h264_rtp.packetize(&frame.data, &mut self.payloads),
+            Kind::Video => self.video_rtp.packetize(&frame.data, &mut self.payloads),
             Kind::Audio => self.opus_rtp.packetize(&frame.data, &mut self.payloads),
         }
         frame.payloads = Arc::from(&self.payloads[..]);
@@ -272,14 +274,22 @@ impl MediaState {
                     stream = %stream.name, pid = %t.pid, stream_type = t.stream_type.0,
                     codec = t.stream_type.name(), "track not playable over WebRTC: {reason}"
                 ),
-                // TODO(hevc): assemble and send it (its PES already arrive, and are ignored).
-                Codec::H265 => warn!(
-                    stream = %stream.name, pid = %t.pid, stream_type = t.stream_type.0,
-                    codec = "H.265", "track not playable over WebRTC: {}",
-                    crate::ts::H265_NOT_PLAYABLE_YET
-                ),
                 codec => info!(stream = %stream.name, pid = %t.pid, ?codec, "track"),
             }
+        }
+        let codec = tracks.video().and_then(|t| match t.codec {
+            Codec::H264 => Some(VideoCodec::H264),
+            Codec::H265 => Some(VideoCodec::H265),
+            _ => None,
+        });
+        if let Some(codec) = codec.filter(|&c| c != self.video.codec()) {
+            self.video = VideoAssembler::new(codec);
+            self.video_rtp = match codec {
+                VideoCodec::H264 => Packetizer::H264(H264Packetizer::default()),
+                VideoCodec::H265 => Packetizer::H265(H265Packetizer::default()),
+            };
+            self.video_info = None;
+            stream.update_status(|s| s.video = None);
         }
         let changed = self.tracks.as_deref().is_some_and(|old| old != &tracks);
         if changed {
@@ -381,17 +391,12 @@ impl MediaState {
 
     fn on_video(&mut self, pes: &Pes, stream: &Arc<Stream>, sink: &dyn FrameSink, now: Instant) {
         let mut aus = std::mem::take(&mut self.aus);
-        self.h264.push(pes, &mut aus);
-        if let Some(sps) = self.h264.sps() {
-            let info = VideoInfo {
-                profile_level_id: sps.profile_level_id,
-                width: sps.width,
-                height: sps.height,
-            };
+        self.video.push(pes, &mut aus);
+        if let Some(info) = self.video.info() {
             if self.video_info != Some(info) {
                 self.video_info = Some(info);
-                info!(stream = %stream.name, profile_level_id = %info.profile_level_id,
-                    width = info.width, height = info.height, "video");
+                info!(stream = %stream.name, codec = info.profile.codec().name(),
+                    profile = %info.profile, width = info.width, height = info.height, "video");
                 stream.update_status(|s| s.video = Some(info));
             }
         }

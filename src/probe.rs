@@ -6,9 +6,9 @@ use std::time::Duration;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
 
-use crate::codec::h264::H264Assembler;
 use crate::codec::opus;
 use crate::codec::reorder::{ReorderDetector, B_FRAMES_ADVICE};
+use crate::codec::{VideoAssembler, VideoCodec, VideoProfile};
 use crate::ts::{Codec, DemuxEvent, Demuxer, TrackSet};
 
 #[derive(Debug, Default, Serialize)]
@@ -30,8 +30,12 @@ pub struct TrackReport {
     pub playable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// H.264: from the SPS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile_level_id: Option<String>,
+    /// H.265: `profile-id=…;tier-flag=…;level-id=…` from the SPS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub width: Option<u32>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -55,7 +59,7 @@ pub struct TrackReport {
 /// Accumulates a report from TS bytes (sans-IO).
 pub struct Prober {
     demux: Demuxer,
-    h264: H264Assembler,
+    video: Option<VideoAssembler>,
     events: Vec<DemuxEvent>,
     tracks: Option<TrackSet>,
     report: Report,
@@ -77,7 +81,7 @@ impl Prober {
     pub fn new() -> Self {
         Prober {
             demux: Demuxer::new(),
-            h264: H264Assembler::new(),
+            video: None,
             events: Vec::new(),
             tracks: None,
             report: Report::default(),
@@ -109,7 +113,17 @@ impl Prober {
     fn handle(&mut self, events: &mut Vec<DemuxEvent>) {
         for ev in events.drain(..) {
             match ev {
-                DemuxEvent::Tracks(t) => self.tracks = Some(t),
+                DemuxEvent::Tracks(t) => {
+                    let codec = t.video().and_then(|v| match v.codec {
+                        Codec::H264 => Some(VideoCodec::H264),
+                        Codec::H265 => Some(VideoCodec::H265),
+                        _ => None,
+                    });
+                    if codec != self.video.as_ref().map(VideoAssembler::codec) {
+                        self.video = codec.map(VideoAssembler::new);
+                    }
+                    self.tracks = Some(t);
+                }
                 DemuxEvent::Problem(_) => self.report.problems += 1,
                 DemuxEvent::Pes(pes) => {
                     let Some(t) = &self.tracks else { continue };
@@ -119,7 +133,9 @@ impl Prober {
                     }
                     if t.video().is_some_and(|v| v.pid == pes.pid) {
                         let mut aus = Vec::new();
-                        self.h264.push(&pes, &mut aus);
+                        if let Some(v) = self.video.as_mut() {
+                            v.push(&pes, &mut aus);
+                        }
                         for au in aus {
                             self.reorder.push(au.pts);
                             self.video_pts.push(au.pts);
@@ -159,12 +175,15 @@ impl Prober {
                 ..Default::default()
             };
             match &t.codec {
-                Codec::H264 => {
+                Codec::H264 | Codec::H265 if ts.video().is_some_and(|v| v.pid == t.pid) => {
                     tr.playable = true;
-                    if let Some(sps) = self.h264.sps() {
-                        tr.profile_level_id = Some(sps.profile_level_id.to_string());
-                        tr.width = Some(sps.width);
-                        tr.height = Some(sps.height);
+                    if let Some(info) = self.video.as_ref().and_then(VideoAssembler::info) {
+                        match info.profile {
+                            VideoProfile::H264(p) => tr.profile_level_id = Some(p.to_string()),
+                            VideoProfile::H265(p) => tr.profile = Some(p.to_string()),
+                        }
+                        tr.width = Some(info.width);
+                        tr.height = Some(info.height);
                     }
                     tr.frames = self.video_pts.len() as u64;
                     tr.keyframes = self.key_pts.len() as u64;
@@ -191,8 +210,9 @@ impl Prober {
                     tr.channels = Some(*channels);
                     tr.frames = self.audio_packets;
                 }
-                // TODO(hevc): profile, size and GOP from `H265Assembler` once H.265 is played.
-                Codec::H265 => tr.reason = Some(crate::ts::H265_NOT_PLAYABLE_YET.to_string()),
+                Codec::H264 | Codec::H265 => {
+                    tr.reason = Some("another video track of the program is sent".to_string())
+                }
                 Codec::Unsupported { reason } => tr.reason = Some(reason.to_string()),
             }
             r.tracks.push(tr);
@@ -216,9 +236,14 @@ impl Report {
                 "  PID {:>5} type 0x{:02x} {:<12}",
                 t.pid, t.stream_type, t.codec
             ));
-            if let Some(p) = &t.profile_level_id {
+            let profile = t
+                .profile_level_id
+                .as_ref()
+                .map(|p| format!("profile-level-id {p}"))
+                .or_else(|| t.profile.clone());
+            if let Some(p) = profile {
                 s.push_str(&format!(
-                    " profile-level-id {p} {}x{}",
+                    " {p} {}x{}",
                     t.width.unwrap_or(0),
                     t.height.unwrap_or(0)
                 ));

@@ -153,7 +153,13 @@ async fn housekeeping(app: Arc<App>) {
             }
         }
         // Viewers of a stream whose source ended and did not come back in time end too.
-        for s in app.registry.list() {
+        // (The programs of an MPTS that viewers watch on their own share their stream's source.)
+        for s in app
+            .registry
+            .list()
+            .into_iter()
+            .flat_map(|s| std::iter::once(s.clone()).chain(s.programs()))
+        {
             if s.ended_for().is_some_and(|t| t > app.cfg.source_grace)
                 && s.stats.viewers.load(Ordering::Relaxed) > 0
             {

@@ -427,3 +427,101 @@ async fn b_frames_are_reported_on_the_track_with_what_to_do() {
     assert_eq!(ok["b_frames"], false, "{ok}");
     assert!(ok.get("warning").is_none(), "{ok}");
 }
+
+// ---- H.265 ---------------------------------------------------------------------------------
+
+/// HEVC + Opus to a viewer that offers H.265 (as Chrome with a hardware decoder does): H.265
+/// is negotiated at the source's profile, and the video arrives as RFC 7798 access units, an
+/// IRAP with VPS/SPS/PPS first (instant start), timestamps 3000 apart; the Opus plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hevc_plays_to_a_viewer_that_offers_h265() {
+    let s = serve(&[("hevc", "hevc_opus.ts")]).await;
+    let r = whep_receive(
+        &url(&s, "/whep/hevc"),
+        WhepOptions {
+            h265: true,
+            seconds: 4.0,
+            stop: StopWhen::VideoAus(40),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let video = section(&r.answer_sdp, "video");
+    assert!(
+        video.iter().any(|l| l.contains("H265/90000")),
+        "H.265 negotiated:\n{}",
+        r.answer_sdp
+    );
+    assert!(
+        video.iter().any(|l| l.contains("profile-id=1")),
+        "{video:?}"
+    );
+    assert_eq!(r.video_pt_mime.as_deref(), Some("video/H265"));
+    let aus = common::h265::hevc_access_units(&r.video);
+    assert!(aus.len() >= 40, "{} access units", aus.len());
+    let first = aus[0].types();
+    assert!(aus[0].is_irap(), "starts at an IRAP: {first:?}");
+    for t in [32, 33, 34] {
+        assert!(
+            first.contains(&t),
+            "VPS/SPS/PPS before the first IRAP: {first:?}"
+        );
+    }
+    let live = &aus[aus.len() - 20..];
+    for w in live.windows(2) {
+        assert_eq!(
+            w[1].ts.wrapping_sub(w[0].ts),
+            3000,
+            "30 fps on the 90 kHz clock"
+        );
+    }
+    assert!(r.audio.len() > 50, "the Opus plays too");
+    let j = common::stream_json(s.http_addr, "hevc").await;
+    let v = j["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "video")
+        .cloned()
+        .unwrap();
+    assert_eq!(v["codec"], "H.265", "{v}");
+    assert_eq!(v["playable"], true, "{v}");
+    assert_eq!(v["profile_id"], 1, "{v}");
+    assert_eq!(v["width"], 640, "{v}");
+}
+
+/// HEVC + Opus to a viewer that offers only H.264: it gets the Opus and its video section
+/// inactive; an offer of H.264 video alone can take nothing: 406 saying H.265.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hevc_to_an_h264_only_viewer_plays_its_audio_or_is_406() {
+    let s = serve(&[("hevc", "hevc_opus.ts")]).await;
+    let r = whep_receive(
+        &url(&s, "/whep/hevc"),
+        WhepOptions {
+            seconds: 3.0,
+            stop: StopWhen::AudioPackets(50),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    assert_idle(&r.answer_sdp, &r.offer_sdp, "video");
+    assert!(r.video.is_empty());
+    assert!(r.audio.len() >= 50, "{} audio packets", r.audio.len());
+    let r = whep_receive(
+        &url(&s, "/whep/hevc"),
+        WhepOptions {
+            audio: false,
+            seconds: 1.0,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 406, "{:?}", r.error_body);
+    let why = r.error_body.unwrap_or_default();
+    assert!(why.contains("H.265"), "{why}");
+}

@@ -1,4 +1,4 @@
-//! Elementary stream parsing, sans-IO: H.264 and H.265 access units and Opus packets out of PES
+//! Elementary stream parsing, sans-IO: H.264/H.265 access units and Opus packets out of PES
 //! payloads.
 
 pub mod aac;
@@ -8,3 +8,109 @@ pub mod mpa;
 pub mod opus;
 pub mod reorder;
 pub mod transcode;
+
+use h264::{AccessUnit, H264Assembler, ProfileLevelId};
+use h265::{H265Assembler, ProfileTierLevel};
+
+use crate::ts::Pes;
+
+/// The video codecs viewers get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoCodec {
+    H264,
+    H265,
+}
+
+impl VideoCodec {
+    pub fn name(self) -> &'static str {
+        match self {
+            VideoCodec::H264 => "H.264",
+            VideoCodec::H265 => "H.265",
+        }
+    }
+}
+
+/// The video's profile as its SPS says (what the answer negotiates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VideoProfile {
+    H264(ProfileLevelId),
+    H265(ProfileTierLevel),
+}
+
+impl VideoProfile {
+    pub fn codec(self) -> VideoCodec {
+        match self {
+            VideoProfile::H264(_) => VideoCodec::H264,
+            VideoProfile::H265(_) => VideoCodec::H265,
+        }
+    }
+}
+
+impl std::fmt::Display for VideoProfile {
+    /// As the SDP `fmtp` says it: `profile-level-id=64001e`, or `profile-id=1;tier-flag=0;…`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VideoProfile::H264(p) => write!(f, "profile-level-id={p}"),
+            VideoProfile::H265(p) => write!(f, "{p}"),
+        }
+    }
+}
+
+/// What viewers need to know of the video, from its latest SPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VideoInfo {
+    pub profile: VideoProfile,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The access-unit assembler of a video track, by codec.
+#[derive(Debug)]
+pub enum VideoAssembler {
+    H264(H264Assembler),
+    H265(H265Assembler),
+}
+
+impl VideoAssembler {
+    pub fn new(codec: VideoCodec) -> Self {
+        match codec {
+            VideoCodec::H264 => VideoAssembler::H264(H264Assembler::new()),
+            VideoCodec::H265 => VideoAssembler::H265(H265Assembler::new()),
+        }
+    }
+
+    pub fn codec(&self) -> VideoCodec {
+        match self {
+            VideoAssembler::H264(_) => VideoCodec::H264,
+            VideoAssembler::H265(_) => VideoCodec::H265,
+        }
+    }
+
+    /// One PES in, its access units out (see the codec's assembler).
+    pub fn push(&mut self, pes: &Pes, out: &mut Vec<AccessUnit>) {
+        match self {
+            VideoAssembler::H264(a) => a.push(pes, out),
+            VideoAssembler::H265(a) => a.push(pes, out),
+        }
+    }
+
+    /// From the latest SPS that parsed.
+    pub fn info(&self) -> Option<VideoInfo> {
+        match self {
+            VideoAssembler::H264(a) => a.sps().map(|s| VideoInfo {
+                profile: VideoProfile::H264(s.profile_level_id),
+                width: s.width,
+                height: s.height,
+            }),
+            VideoAssembler::H265(a) => a.sps().map(|s| VideoInfo {
+                profile: VideoProfile::H265(s.ptl),
+                width: s.width,
+                height: s.height,
+            }),
+        }
+    }
+
+    pub fn reset(&mut self) {
+        *self = Self::new(self.codec());
+    }
+}

@@ -13,9 +13,9 @@ use serde_json::{json, Value};
 use super::{authorize, check_name, ApiError, AppState, Role};
 use crate::codec::reorder::B_FRAMES_ADVICE;
 use crate::stream::ring::Read;
-use crate::stream::Stream;
+use crate::stream::{Status, Stream, VideoProfile};
 use crate::ts::start::StartPoint;
-use crate::ts::Codec;
+use crate::ts::{Codec, ProgramChoice, TrackInfo, TrackSet};
 
 pub async fn list(
     State(app): State<AppState>,
@@ -48,6 +48,124 @@ pub async fn get(
     Ok(Json(describe(&app, &stream)).into_response())
 }
 
+/// Who plays H.265, for the API.
+const H265_NOTE: &str = "H.265 goes to viewers whose offer has H.265 (Chrome 136+ with a \
+     hardware decoder, Safari, GStreamer); other viewers get the stream's other tracks";
+
+/// One track of a PMT as JSON; codec details come from `st`, the status of the stream that
+/// demuxes its program (none for a program nobody watches).
+fn track_json(s: &Stream, st: &Status, t_set: &TrackSet, t: &TrackInfo) -> Value {
+    let mut v = json!({
+        "pid": t.pid.0,
+        "stream_type": t.stream_type.0,
+        "codec": t.codec_name(),
+    });
+    match &t.codec {
+        Codec::H264 | Codec::H265 => {
+            v["kind"] = "video".into();
+            // A program may have both; viewers get the first H.264 track, else H.265.
+            let sent = t_set.video().is_some_and(|sent| sent.pid == t.pid);
+            v["playable"] = sent.into();
+            if !sent {
+                v["reason"] = "another video track of the program is sent".into();
+                return v;
+            }
+            match st.video.map(|vi| (vi, vi.profile)) {
+                Some((vi, VideoProfile::H264(p))) => {
+                    v["profile_level_id"] = p.to_string().into();
+                    v["width"] = vi.width.into();
+                    v["height"] = vi.height.into();
+                }
+                Some((vi, VideoProfile::H265(p))) => {
+                    v["profile_id"] = p.profile_id.into();
+                    v["tier_flag"] = u8::from(p.tier_flag).into();
+                    v["level_id"] = p.level_id.into();
+                    v["width"] = vi.width.into();
+                    v["height"] = vi.height.into();
+                }
+                None => {}
+            }
+            if t.codec == Codec::H265 {
+                v["note"] = H265_NOTE.into();
+            }
+            v["b_frames"] = st.b_frames.into();
+            if st.b_frames {
+                v["warning"] = B_FRAMES_ADVICE.into();
+            }
+        }
+        Codec::Opus { channels } => {
+            v["kind"] = "audio".into();
+            v["playable"] = true.into();
+            v["channels"] = (*channels).into();
+        }
+        Codec::Unsupported { .. }
+            if st.transcoding.is_some() && crate::ts::transcodable_audio(t_set) == Some(t.pid) =>
+        {
+            let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+            let media_us = r(&s.stats.audio_packets) * 20_000;
+            let cpu = r(&s.stats.transcode_us) as f64 * 100.0 / media_us.max(1) as f64;
+            v["kind"] = "audio".into();
+            v["playable"] = true.into();
+            v["transcoded_to"] = "Opus".into();
+            v["transcoder_cpu_pct"] = ((cpu * 100.0).round() / 100.0).into();
+            v["transcode_errors"] = r(&s.stats.transcode_errors).into();
+        }
+        Codec::Unsupported { reason } => {
+            v["playable"] = false.into();
+            v["reason"] = (*reason).into();
+        }
+    }
+    v
+}
+
+/// Every program of the stream's TS: its tracks, viewers, and the URLs that play it.
+fn programs_json(s: &Arc<Stream>, st: &Status) -> Vec<Value> {
+    let Some(programs) = &st.programs else {
+        return Vec::new();
+    };
+    let demuxed = s.programs();
+    let n = &s.name;
+    programs
+        .iter()
+        .map(|t_set| {
+            let number = t_set.program_number;
+            let followed = st
+                .tracks
+                .as_ref()
+                .is_some_and(|t| t.program_number == number);
+            let own = demuxed
+                .iter()
+                .find(|p| p.program_choice() == ProgramChoice::Number(number));
+            let (src, src_status) = match own {
+                _ if followed => (s, st.clone()),
+                Some(p) => (p, p.status()),
+                None => (s, Status::unknown()),
+            };
+            let tracks: Vec<Value> = t_set
+                .tracks
+                .iter()
+                .map(|t| track_json(src, &src_status, t_set, t))
+                .collect();
+            let viewers = match own {
+                _ if followed => s.stats.viewers.load(Ordering::Relaxed),
+                Some(p) => p.stats.viewers.load(Ordering::Relaxed),
+                None => 0,
+            };
+            json!({
+                "number": number,
+                "pmt_pid": t_set.pmt_pid.0,
+                "followed": followed,
+                "tracks": tracks,
+                "viewers": viewers,
+                "urls": {
+                    "whep": format!("/whep/{n}?program={number}"),
+                    "play": format!("/play/{n}?program={number}"),
+                },
+            })
+        })
+        .collect()
+}
+
 fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
     let st = s.status();
     let tracks: Vec<Value> = st
@@ -57,62 +175,16 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
             t_set
                 .tracks
                 .iter()
-                .map(|t| {
-                    let mut v = json!({
-                        "pid": t.pid.0,
-                        "stream_type": t.stream_type.0,
-                        "codec": t.codec_name(),
-                    });
-                    match &t.codec {
-                        Codec::H264 => {
-                            v["kind"] = "video".into();
-                            v["playable"] = true.into();
-                            if let Some(vi) = st.video {
-                                v["profile_level_id"] = vi.profile_level_id.to_string().into();
-                                v["width"] = vi.width.into();
-                                v["height"] = vi.height.into();
-                            }
-                            v["b_frames"] = st.b_frames.into();
-                            if st.b_frames {
-                                v["warning"] = B_FRAMES_ADVICE.into();
-                            }
-                        }
-                        Codec::Opus { channels } => {
-                            v["kind"] = "audio".into();
-                            v["playable"] = true.into();
-                            v["channels"] = (*channels).into();
-                        }
-                        Codec::Unsupported { .. }
-                            if st.transcoding.is_some()
-                                && crate::ts::transcodable_audio(t_set) == Some(t.pid) =>
-                        {
-                            let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-                            let media_us = r(&s.stats.audio_packets) * 20_000;
-                            let cpu =
-                                r(&s.stats.transcode_us) as f64 * 100.0 / media_us.max(1) as f64;
-                            v["kind"] = "audio".into();
-                            v["playable"] = true.into();
-                            v["transcoded_to"] = "Opus".into();
-                            v["transcoder_cpu_pct"] = ((cpu * 100.0).round() / 100.0).into();
-                            v["transcode_errors"] = r(&s.stats.transcode_errors).into();
-                        }
-                        // TODO(hevc): playable, with its profile and size, once the media path
-                        // sends H.265.
-                        Codec::H265 => {
-                            v["kind"] = "video".into();
-                            v["playable"] = false.into();
-                            v["reason"] = crate::ts::H265_NOT_PLAYABLE_YET.into();
-                        }
-                        Codec::Unsupported { reason } => {
-                            v["playable"] = false.into();
-                            v["reason"] = (*reason).into();
-                        }
-                    }
-                    v
-                })
+                .map(|t| track_json(s, &st, t_set, t))
                 .collect()
         })
         .unwrap_or_default();
+    let programs = programs_json(s, &st);
+    let viewers = s.stats.viewers.load(Ordering::Relaxed)
+        + s.programs()
+            .iter()
+            .map(|p| p.stats.viewers.load(Ordering::Relaxed))
+            .sum::<usize>();
     let n = &s.name;
     let gop = {
         let g = s.gop.lock();
@@ -126,8 +198,10 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
         "name": n,
         "source": st.source,
         "ready": st.ready,
+        "program": st.tracks.as_ref().map(|t| t.program_number),
         "tracks": tracks,
-        "viewers": s.stats.viewers.load(Ordering::Relaxed),
+        "programs": programs,
+        "viewers": viewers,
         "waiting_viewers": s.stats.waiting_viewers.load(Ordering::Relaxed),
         "sessions_total": s.stats.sessions_total.load(Ordering::Relaxed),
         "ingest_bytes": s.stats.ingest_bytes.load(Ordering::Relaxed),

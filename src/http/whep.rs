@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::{debug, info};
@@ -116,7 +116,7 @@ fn not_ready(stream: &Stream, waited: Duration) -> ApiError {
                 .map(|t| format!("{} (PID {})", t.codec_name(), t.pid))
                 .collect();
             format!(
-                "stream {name:?} has no WebRTC-playable track (H.264 or Opus); it has: {}",
+                "stream {name:?} has no WebRTC-playable track (H.264, H.265 or Opus); it has: {}",
                 kinds.join(", ")
             )
         }
@@ -135,9 +135,61 @@ fn not_ready(stream: &Stream, waited: Duration) -> ApiError {
     }
 }
 
+/// `POST /whep/{s}?program=N`: a program of an MPTS other than the one the stream follows.
+#[derive(Debug, serde::Deserialize)]
+pub struct WhepQuery {
+    program: Option<u16>,
+}
+
+/// The stream a viewer of program `number` of `parent` is served from: `parent` itself when
+/// it follows that program, else the program demuxed on its own. Waits (within `deadline`)
+/// for the parent's PAT and PMTs to list it.
+async fn program_stream(
+    app: &AppState,
+    parent: Arc<Stream>,
+    number: u16,
+    deadline: Duration,
+) -> Result<Arc<Stream>, ApiError> {
+    let _waiting = Waiting::new(parent.clone());
+    let mut rx = parent.subscribe();
+    let listed = |s: &Status| {
+        s.programs
+            .as_ref()
+            .is_some_and(|p| p.iter().any(|t| t.program_number == number))
+    };
+    let waited = tokio::time::timeout(deadline, rx.wait_for(listed)).await;
+    let status = match waited {
+        Ok(Ok(status)) => status.clone(),
+        _ => {
+            let status = parent.status();
+            return Err(match status.programs {
+                Some(p) if !p.is_empty() => {
+                    let numbers: Vec<String> =
+                        p.iter().map(|t| t.program_number.to_string()).collect();
+                    ApiError::NotFound(format!(
+                        "stream {:?} has no program {number}; its programs are {}",
+                        parent.name,
+                        numbers.join(", ")
+                    ))
+                }
+                _ => not_ready(&parent, deadline),
+            });
+        }
+    };
+    if status
+        .tracks
+        .as_ref()
+        .is_some_and(|t| t.program_number == number)
+    {
+        return Ok(parent);
+    }
+    Ok(app.registry.program(&parent, number))
+}
+
 pub async fn post(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<WhepQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -146,18 +198,19 @@ pub async fn post(
 
     let posted = Instant::now();
     let stream = app.registry.get_or_create(&name);
-    let waiting: usize = app
-        .registry
-        .list()
-        .iter()
-        .map(|s| s.stats.waiting_viewers.load(Ordering::Relaxed))
-        .sum();
+    let waiting = app.registry.waiting();
     if waiting >= app.cfg.max_waiting {
         return Err(ApiError::Unavailable(format!(
             "{waiting} WHEP requests are already waiting for their streams (--max-waiting); retry later"
         )));
     }
-    let status = wait_ready(&stream, app.cfg.whep_wait, app.cfg.source_grace).await?;
+    let stream = match query.program {
+        None => stream,
+        Some(n) => program_stream(&app, stream, n, app.cfg.whep_wait).await?,
+    };
+    let waited = posted.elapsed();
+    let left = app.cfg.whep_wait.saturating_sub(waited);
+    let status = wait_ready(&stream, left, app.cfg.source_grace).await?;
     check_session_limit(&app)?;
     let viewers = stream.stats.viewers.load(Ordering::Relaxed);
     if viewers >= app.cfg.max_viewers {

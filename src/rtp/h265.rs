@@ -550,7 +550,7 @@ mod tests {
         demuxer.push(&ts, &mut events);
         demuxer.flush(&mut events);
         let tracks = demuxer.tracks().expect("PMT");
-        assert!(tracks.video().is_none(), "video() is H.264 only");
+        assert!(tracks.h264().is_none());
         let hevc = tracks.hevc().map(|t| t.pid);
         assert!(hevc.is_some());
         let mut assembler = H265Assembler::new();

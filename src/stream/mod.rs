@@ -9,10 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 
-use crate::codec::h264::ProfileLevelId;
-use crate::ts::TrackSet;
+use crate::ts::{ProgramChoice, TrackSet};
 use gop::GopCache;
 use ring::Ring;
 
@@ -37,6 +36,8 @@ pub struct Status {
     pub tracks: Option<Arc<TrackSet>>,
     /// From the latest SPS.
     pub video: Option<VideoInfo>,
+    /// Every program of the TS (an MPTS has several), in PAT order, once their PMTs were seen.
+    pub programs: Option<Arc<[TrackSet]>>,
     /// Audio the stream transcodes to Opus: the source codec's name.
     pub transcoding: Option<&'static str>,
     /// Viewers can be answered: a playable track exists and, for video, its SPS is known.
@@ -52,18 +53,19 @@ impl Status {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct VideoInfo {
-    pub profile_level_id: ProfileLevelId,
-    pub width: u32,
-    pub height: u32,
-}
+pub use crate::codec::{VideoInfo, VideoProfile};
 
 impl Status {
+    /// Nothing known yet (also: a program nobody demuxes).
+    pub fn unknown() -> Self {
+        Self::initial()
+    }
+
     fn initial() -> Self {
         Status {
             source: SourceState::Waiting,
             tracks: None,
+            programs: None,
             video: None,
             transcoding: None,
             ready: false,
@@ -98,34 +100,71 @@ pub struct Stats {
 pub struct Stream {
     pub name: String,
     pub id: u64,
-    pub ring: Ring,
+    /// Shared with the stream's programs (see [`Stream::program`]).
+    pub ring: Arc<Ring>,
     pub stats: Stats,
     /// Video since the last IDR, for instant start (written by the media task).
     pub gop: Mutex<GopCache>,
     status: watch::Sender<Status>,
-    created: Instant,
     /// Number of sources currently attached (a new one replaces the old).
     sources: AtomicUsize,
     /// Last time something happened (source wrote, viewer joined), for idle cleanup.
     touched: Mutex<Instant>,
     /// When the last source ended (None while one is attached), for the viewers' grace period.
     ended_at: Mutex<Option<Instant>>,
+    /// The program the media task follows: the stream's choice, or a fixed one for a program
+    /// of an MPTS that is not the stream's own.
+    choice: ProgramChoice,
+    /// For such a program: the stream whose ring it reads (its source state is the parent's).
+    parent: Option<Arc<Stream>>,
+    /// The programs of this stream that viewers asked for by number, each demuxed once.
+    programs: Mutex<HashMap<u16, Arc<Stream>>>,
+    /// Since when nobody watches or waits for this program (for removing it).
+    unwatched_since: Mutex<Option<Instant>>,
+    /// Wakes the media task of a removed program.
+    stop: Notify,
 }
 
 impl Stream {
-    fn new(name: String, id: u64, ring_bytes: usize) -> Self {
+    fn new(name: String, id: u64, ring: Arc<Ring>) -> Self {
         Stream {
             name,
             id,
-            ring: Ring::new(ring_bytes),
+            ring,
             stats: Stats::default(),
             gop: Mutex::new(GopCache::default()),
             status: watch::Sender::new(Status::initial()),
-            created: Instant::now(),
             sources: AtomicUsize::new(0),
             touched: Mutex::new(Instant::now()),
             ended_at: Mutex::new(None),
+            choice: ProgramChoice::Auto,
+            parent: None,
+            programs: Mutex::new(HashMap::new()),
+            unwatched_since: Mutex::new(None),
+            stop: Notify::new(),
         }
+    }
+
+    /// Which program of the TS the media task follows.
+    pub fn program_choice(&self) -> ProgramChoice {
+        self.choice
+    }
+
+    /// For a program of an MPTS read from another stream: that stream.
+    pub fn parent(&self) -> Option<&Arc<Stream>> {
+        self.parent.as_ref()
+    }
+
+    /// The programs viewers asked for by number (not the one the stream follows itself).
+    pub fn programs(&self) -> Vec<Arc<Stream>> {
+        let mut v: Vec<_> = self.programs.lock().values().cloned().collect();
+        v.sort_by_key(|p| p.id);
+        v
+    }
+
+    /// Resolves when the stream is removed (a program nobody watches any more).
+    pub async fn stopped(&self) {
+        self.stop.notified().await
     }
 
     pub fn status(&self) -> Status {
@@ -152,10 +191,6 @@ impl Stream {
         *self.touched.lock() = Instant::now();
     }
 
-    pub fn age(&self) -> Duration {
-        self.created.elapsed()
-    }
-
     /// A source attaches: the ring opens for it.
     pub fn attach_source(self: &Arc<Self>) -> SourceGuard {
         self.sources.fetch_add(1, Ordering::SeqCst);
@@ -170,7 +205,10 @@ impl Stream {
 
     /// How long ago the last source ended, if none has attached since.
     pub fn ended_for(&self) -> Option<Duration> {
-        self.ended_at.lock().map(|t| t.elapsed())
+        match &self.parent {
+            Some(p) => p.ended_for(),
+            None => self.ended_at.lock().map(|t| t.elapsed()),
+        }
     }
 
     /// The media task saw the input end with no other source attached.
@@ -181,8 +219,26 @@ impl Stream {
         }
     }
 
+    /// The media task read data: a program read from another stream follows that stream's
+    /// source state (a source attaches to the parent, not to it).
+    pub fn mark_data(&self) {
+        if self.parent.is_some() && self.status.borrow().source != SourceState::Live {
+            *self.ended_at.lock() = None;
+            self.update_status(|s| s.source = SourceState::Live);
+        }
+    }
+
     pub fn has_source(&self) -> bool {
-        self.sources.load(Ordering::SeqCst) > 0
+        match &self.parent {
+            Some(p) => p.has_source(),
+            None => self.sources.load(Ordering::SeqCst) > 0,
+        }
+    }
+
+    /// Whether viewers use it (connected or waiting).
+    fn watched(&self) -> bool {
+        self.stats.viewers.load(Ordering::Relaxed) > 0
+            || self.stats.waiting_viewers.load(Ordering::Relaxed) > 0
     }
 }
 
@@ -246,11 +302,41 @@ impl Registry {
             return s.clone();
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let stream = Arc::new(Stream::new(name.to_string(), id, self.ring_bytes));
+        let ring = Arc::new(Ring::new(self.ring_bytes));
+        let stream = Arc::new(Stream::new(name.to_string(), id, ring));
         map.insert(name.to_string(), stream.clone());
         drop(map);
         (self.on_new)(&stream);
         stream
+    }
+
+    /// Program `number` of `parent`'s TS, demuxed on its own (once, however many viewers it
+    /// has), for viewers who asked for a program the stream does not follow itself.
+    pub fn program(&self, parent: &Arc<Stream>, number: u16) -> Arc<Stream> {
+        let mut programs = parent.programs.lock();
+        if let Some(p) = programs.get(&number) {
+            return p.clone();
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut stream = Stream::new(format!("{}#{number}", parent.name), id, parent.ring.clone());
+        stream.choice = ProgramChoice::Number(number);
+        stream.parent = Some(parent.clone());
+        let source = parent.status().source;
+        stream.status.send_modify(|s| s.source = source);
+        let stream = Arc::new(stream);
+        programs.insert(number, stream.clone());
+        drop(programs);
+        (self.on_new)(&stream);
+        stream
+    }
+
+    /// WHEP POSTs waiting for their stream (or program), all streams together.
+    pub fn waiting(&self) -> usize {
+        self.list()
+            .iter()
+            .flat_map(|s| std::iter::once(s.clone()).chain(s.programs()))
+            .map(|s| s.stats.waiting_viewers.load(Ordering::Relaxed))
+            .sum()
     }
 
     pub fn list(&self) -> Vec<Arc<Stream>> {
@@ -259,24 +345,38 @@ impl Registry {
         v
     }
 
-    /// Drop streams nobody uses: no source, no viewers, no one waiting, idle for `idle`.
-    /// Returns the removed streams (their rings are shut down).
+    /// Drop streams nobody uses: no source, no viewers, no one waiting, idle for `idle`; and
+    /// programs of an MPTS nobody has watched for `idle`. Returns the removed streams (their
+    /// rings are shut down; removed programs' media tasks are stopped).
     pub fn sweep(&self, idle: Duration) -> Vec<Arc<Stream>> {
         let mut map = self.streams.lock();
         let dead: Vec<String> = map
             .values()
-            .filter(|s| {
-                !s.has_source()
-                    && s.stats.viewers.load(Ordering::Relaxed) == 0
-                    && s.stats.waiting_viewers.load(Ordering::Relaxed) == 0
-                    && s.touched.lock().elapsed() >= idle
-            })
+            .filter(|s| !s.has_source() && !s.watched() && s.touched.lock().elapsed() >= idle)
             .map(|s| s.name.clone())
             .collect();
-        let removed: Vec<_> = dead.iter().filter_map(|n| map.remove(n)).collect();
+        let mut removed: Vec<_> = dead.iter().filter_map(|n| map.remove(n)).collect();
+        let parents: Vec<Arc<Stream>> = map.values().cloned().collect();
         drop(map);
         for s in &removed {
             s.ring.shutdown();
+        }
+        let now = Instant::now();
+        for parent in parents.iter().chain(&removed.clone()) {
+            parent.programs.lock().retain(|_, p| {
+                let mut since = p.unwatched_since.lock();
+                let gone = if p.watched() {
+                    *since = None;
+                    false
+                } else {
+                    now.duration_since(*since.get_or_insert(now)) >= idle || parent.ring.is_shut()
+                };
+                if gone {
+                    p.stop.notify_one();
+                    removed.push(p.clone());
+                }
+                !gone
+            });
         }
         removed
     }

@@ -26,4 +26,11 @@ pub use demux::{transcodable_audio, DemuxEvent, DemuxProblem, Demuxer};
 pub use mux::{MuxConfig, MuxError, Muxer};
 pub use packet::{Pid, PACKET_SIZE, SYNC_BYTE};
 pub use pes::{Pes, MAX_PES_SIZE};
-pub use psi::{crc32_mpeg2, Codec, StreamType, TrackInfo, TrackSet, H265_NOT_PLAYABLE_YET};
+
+/// Which program of the TS to follow. (Placeholder until the demuxer follows a choice.)
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProgramChoice {
+    Auto,
+    Number(u16),
+}
+pub use psi::{crc32_mpeg2, Codec, StreamType, TrackInfo, TrackSet};

@@ -889,7 +889,7 @@ mod tests {
                 DemuxEvent::Discontinuity { .. } => r.discontinuities += 1,
                 DemuxEvent::Pes(p) => {
                     let t = r.tracks.last().expect("PES after the PMT");
-                    if Some(p.pid) == t.video().map(|v| v.pid) {
+                    if Some(p.pid) == t.h264().map(|v| v.pid) {
                         h264.push(&p, &mut r.aus);
                         r.video_pes.push(p);
                     } else if Some(p.pid) == t.audio().map(|a| a.pid) {

@@ -61,9 +61,7 @@ impl fmt::Display for StreamType {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Codec {
     H264,
-    /// HEVC: reassembled (PES) and parsed, not yet sent to viewers.
-    // TODO(hevc): the media path (SDP, RTP) takes it; until then probe, API and media treat it
-    // as not playable.
+    /// HEVC: sent to viewers whose offer has H.265 (RFC 7798).
     H265,
     /// Single-stream Opus, mono or stereo.
     Opus {
@@ -74,10 +72,6 @@ pub enum Codec {
         reason: &'static str,
     },
 }
-
-/// Why an H.265 track is listed but not played, for logs, the API and `probe`.
-// TODO(hevc): gone once the media path sends H.265.
-pub const H265_NOT_PLAYABLE_YET: &str = "H.265 is not sent to viewers yet";
 
 impl Codec {
     /// The demuxer reassembles its PES (H.264, H.265, Opus).
@@ -120,8 +114,14 @@ pub struct TrackSet {
 }
 
 impl TrackSet {
-    /// The first H.264 track.
+    /// The video track viewers get: the first H.264 track (every WebRTC stack plays it),
+    /// else the first H.265 one.
     pub fn video(&self) -> Option<&TrackInfo> {
+        self.h264().or_else(|| self.hevc())
+    }
+
+    /// The first H.264 track.
+    pub fn h264(&self) -> Option<&TrackInfo> {
         self.tracks.iter().find(|t| t.codec == Codec::H264)
     }
 

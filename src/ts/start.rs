@@ -207,7 +207,7 @@ mod tests {
         let mut aus: Vec<AccessUnit> = Vec::new();
         for e in &ev {
             if let DemuxEvent::Pes(p) = e {
-                if Some(p.pid) == tracks.video().map(|t| t.pid) {
+                if Some(p.pid) == tracks.h264().map(|t| t.pid) {
                     h.push(p, &mut aus);
                 }
             }

@@ -46,7 +46,7 @@ fn demux(data: &[u8], chunk: usize) -> (Vec<DemuxEvent>, Summary) {
             DemuxEvent::Problem(_) => s.problems += 1,
             DemuxEvent::Pes(pes) => {
                 let t = s.tracks.last().expect("PES only after tracks");
-                if t.video().map(|v| v.pid) == Some(pes.pid) {
+                if t.h264().map(|v| v.pid) == Some(pes.pid) {
                     let first = s.aus.len();
                     h264.push(pes, &mut s.aus);
                     for au in &s.aus[first..] {
@@ -196,7 +196,12 @@ fn testdata_hevc_opus() {
     assert_eq!(s.problems, 0);
     assert_eq!(s.tracks.len(), 1);
     let t = &s.tracks[0];
-    assert_eq!(t.video(), None, "video() is the H.264 track only");
+    assert_eq!(t.h264(), None);
+    assert_eq!(
+        t.video(),
+        t.hevc(),
+        "video() is the H.265 track without H.264"
+    );
     let hevc = t.hevc().unwrap();
     assert_eq!(
         (hevc.pid, hevc.stream_type, &hevc.codec, hevc.codec_name()),

@@ -28,9 +28,11 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
+use crate::codec::VideoProfile;
 use crate::media::{Frame, FrameSink};
 use crate::metrics::Metrics;
 use crate::stream::{SourceGuard, Stream};
+use crate::ts::Codec;
 use outbox::Outbox;
 pub use sdpfrag::{SdpFrag, SdpFragError};
 use shard::{Router, Shard};
@@ -43,6 +45,16 @@ pub struct SessionUrl {
     /// The stream name in the URL (a publisher with a pipeline writes into another stream).
     pub stream: String,
     pub publisher: bool,
+}
+
+/// The payload types of H.265 and its retransmissions in our answers (str0m's defaults).
+const H265_PT: u8 = 102;
+const H265_RTX_PT: u8 = 103;
+
+/// Whether `mid` is a video section str0m accepted (it then sends the stream's video).
+fn rtc_sends_video(rtc: &Rtc, mid: &str) -> bool {
+    rtc.media(mid.into())
+        .is_some_and(|m| m.kind() == str0m::media::MediaKind::Video)
 }
 
 /// A session ready to join the loop.
@@ -90,10 +102,15 @@ pub enum OfferError {
     #[error("cannot answer this offer: {0}")]
     Rejected(String),
     #[error(
-        "the offer has no media this stream can send: the stream has {has}, the offer has \
-         {offered}; offer recvonly H.264 (packetization-mode=1) and/or Opus"
+        "the offer has no media this stream can send ({why}): the stream has {has}, the offer \
+         has {offered}; offer recvonly H.264 (packetization-mode=1), H.265 for an H.265 \
+         stream, and/or Opus"
     )]
-    NoCommonMedia { has: String, offered: String },
+    NoCommonMedia {
+        has: String,
+        offered: String,
+        why: String,
+    },
     #[error(
         "tsbridge takes H.264 (packetization-mode=1) and Opus; the offer has {has}: \
          send H.264 and/or Opus"
@@ -274,22 +291,40 @@ impl Engine {
             // per viewer (and the viewers' feedback) for nothing.
             .clear_extension_map()
             .set_extension(4, Extension::RtpMid);
-        if tracks.video().is_some() {
-            cfg = cfg.enable_h264(true);
-            // str0m's defaults cover Baseline, Constrained Baseline, Main and High; add
-            // Constrained High (Safari) and the source's own profile when it is none of those,
-            // so such an offer is answered with it rather than with a lesser profile. (Two
-            // configs of one profile class would claim the same offered PT: str0m panics.)
-            let own = video.and_then(|v| {
-                let [p, c, l] = v.profile_level_id.0;
-                (![0x42, 0x4d, 0x64].contains(&p)).then(|| u32::from_be_bytes([0, p, c, l]))
-            });
-            let codecs = cfg.codec_config();
-            for (pt, rtx, plid) in [(37, 38, own), (39, 40, Some(0x640c1f))] {
-                if let Some(plid) = plid {
-                    codecs.add_h264(pt.into(), Some(rtx.into()), true, plid);
+        match (tracks.video().map(|t| &t.codec), video.map(|v| v.profile)) {
+            (Some(Codec::H264), profile) => {
+                cfg = cfg.enable_h264(true);
+                // str0m's defaults cover Baseline, Constrained Baseline, Main and High; add
+                // Constrained High (Safari) and the source's own profile when it is none of
+                // those, so such an offer is answered with it rather than with a lesser
+                // profile. (Two configs of one profile class would claim the same offered PT:
+                // str0m panics.)
+                let own = match profile {
+                    Some(VideoProfile::H264(plid)) => {
+                        let [p, c, l] = plid.0;
+                        (![0x42, 0x4d, 0x64].contains(&p)).then(|| u32::from_be_bytes([0, p, c, l]))
+                    }
+                    _ => None,
+                };
+                let codecs = cfg.codec_config();
+                for (pt, rtx, plid) in [(37, 38, own), (39, 40, Some(0x640c1f))] {
+                    if let Some(plid) = plid {
+                        codecs.add_h264(pt.into(), Some(rtx.into()), true, plid);
+                    }
                 }
             }
+            // The source's profile and tier (RFC 7798 §7.2.2: used symmetrically); str0m
+            // answers the lower of its level and the viewer's.
+            (Some(Codec::H265), Some(VideoProfile::H265(ptl))) => {
+                cfg.codec_config().add_h265(
+                    H265_PT.into(),
+                    Some(H265_RTX_PT.into()),
+                    ptl.profile_id,
+                    u8::from(ptl.tier_flag),
+                    ptl.level_id,
+                );
+            }
+            _ => {}
         }
         if status.has_audio() {
             cfg = cfg.enable_opus(true, false);
@@ -305,15 +340,30 @@ impl Engine {
             _ => status.has_audio(),
         };
         let shaped = sdp::shape_answer(&answer, &offer.text, wanted);
+        // A viewer that did not take the stream's H.265 video gets its other tracks.
+        let h265_refused = tracks.video().is_some_and(|t| t.codec == Codec::H265)
+            && !shaped.active.iter().any(|mid| rtc_sends_video(&rtc, mid));
+        let why = match h265_refused {
+            true => match video.map(|v| v.profile) {
+                Some(p) => format!(
+                    "the stream's video is H.265 ({p}) and the offer has no H.265 of that \
+                     profile and tier (Chrome 136+ with a hardware decoder, Safari and \
+                     GStreamer offer it)"
+                ),
+                None => "the stream's video is H.265".into(),
+            },
+            false => "the stream has no such track".into(),
+        };
         if shaped.active.is_empty() {
             let has: Vec<&str> = tracks.tracks.iter().map(|t| t.codec_name()).collect();
             return Err(OfferError::NoCommonMedia {
                 has: has.join(", "),
                 offered: sdp::offered_codecs(&offer.text),
+                why,
             });
         }
         if !shaped.idle.is_empty() {
-            info!(stream = %stream.name, idle = ?shaped.idle, "the viewer gets no media on some of its offered sections (the stream has no such track): answered inactive");
+            info!(stream = %stream.name, idle = ?shaped.idle, "the viewer gets no media on some of its offered sections ({why}): answered inactive");
         }
         let answer = shaped.answer;
         let ufrag = rtc.direct_api().local_ice_credentials().ufrag;

@@ -18,6 +18,7 @@ use super::publish::Ingest;
 use super::srtp::{KeySlot, RtpProtector};
 use super::{EngineOptions, NewSession, PatchError, PatchReply, SdpFrag};
 use crate::codec::h264::ProfileLevelId;
+use crate::codec::VideoProfile;
 use crate::media::{Frame, Kind};
 use crate::metrics::Metrics;
 use crate::stream::Stream;
@@ -562,7 +563,7 @@ impl Session {
         let pt = match pt {
             Some(pt) => *pt,
             None => {
-                let profile = self.stream.status().video.map(|v| v.profile_level_id);
+                let profile = self.stream.status().video.map(|v| v.profile);
                 let offered = self.rtc.media(mid).map(|m| m.remote_pts().to_vec());
                 let offered = offered.unwrap_or_default();
                 let params = self
@@ -816,15 +817,21 @@ fn kind_index(kind: Kind) -> usize {
 /// The negotiated payload type to send with. For H.264, the one whose profile best fits the
 /// stream's SPS: the same profile if the viewer took it, else the closest it decodes (any H.264
 /// decoder in a browser decodes High even when it negotiated Baseline/Main, so a High source
-/// still plays where only those were offered).
+/// still plays where only those were offered). H.265 was negotiated for the source's profile
+/// and tier only.
 fn choose_pt<'a>(
     params: impl Iterator<Item = &'a PayloadParams>,
     kind: Kind,
-    profile: Option<ProfileLevelId>,
+    profile: Option<VideoProfile>,
 ) -> Option<Pt> {
-    let want = match kind {
-        Kind::Video => RtcCodec::H264,
-        Kind::Audio => RtcCodec::Opus,
+    let want = match (kind, profile) {
+        (Kind::Video, Some(VideoProfile::H265(_))) => RtcCodec::H265,
+        (Kind::Video, _) => RtcCodec::H264,
+        (Kind::Audio, _) => RtcCodec::Opus,
+    };
+    let profile = match profile {
+        Some(VideoProfile::H264(p)) => Some(p),
+        _ => None,
     };
     params
         .filter(|p| p.spec().codec == want)

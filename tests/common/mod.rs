@@ -10,6 +10,7 @@
 //! - [`whip`]: a WHIP publisher on the same stack: a testdata TS file demuxed by tsbridge's own
 //!   demuxer, sent in real time (looping), keyframe requests counted.
 //! - [`tone`]: RMS and dominant frequency of decoded audio.
+//! - [`h265`]: an RFC 7798 depacketizer (access units and their NAL unit types).
 //! - [`h264`]: an RFC 6184 depacketizer that reports what a sender did (NAL types, marker
 //!   placement, gaps).
 //!
@@ -17,6 +18,7 @@
 #![allow(dead_code, unused_imports)]
 
 pub mod h264;
+pub mod h265;
 pub mod http;
 pub mod runtime;
 pub mod server;

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 pub use rtc::dtls::extension::extension_use_srtp::SrtpProtectionProfile;
 use rtc::ice::mdns::MulticastDnsMode;
-use rtc::peer_connection::configuration::media_engine::{MIME_TYPE_H264, MIME_TYPE_OPUS};
+use rtc::peer_connection::configuration::media_engine::{
+    MIME_TYPE_H264, MIME_TYPE_HEVC, MIME_TYPE_OPUS,
+};
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
@@ -46,6 +48,8 @@ pub const SAFARI_H264_PROFILES: [&str; 4] = ["640c1f", "42e01f", "640c34", "42e0
 pub const H264_FIRST_PT: u8 = 102;
 /// Payload type offered for Opus.
 pub const OPUS_PT: u8 = 111;
+/// The payload type of H.265 in offers with [`WhepOptions::h265`].
+pub const H265_PT: u8 = 49;
 
 /// How long to wait for ICE gathering (loopback only, so it should be instant).
 const GATHER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,6 +82,9 @@ pub struct WhepOptions {
     /// Offered H.264 `profile-level-id`s, one payload type each, packetization-mode=1,
     /// level-asymmetry-allowed=1. Default [`CHROMIUM_H264_PROFILES`].
     pub h264_profiles: Vec<&'static str>,
+    /// Offer H.265 too, first (as Chrome with a hardware HEVC decoder does: Main profile,
+    /// Main tier, level-id 180, tx-mode SRST), payload type [`H265_PT`].
+    pub h265: bool,
     /// Stop early on a condition.
     pub stop: StopWhen,
     /// Send `DELETE {Location}` at the end (default true). `false` simulates a viewer that
@@ -103,6 +110,7 @@ impl Default for WhepOptions {
             seconds: 3.0,
             token: None,
             h264_profiles: CHROMIUM_H264_PROFILES.to_vec(),
+            h265: false,
             stop: StopWhen::Elapsed,
             delete: true,
             headers: Vec::new(),
@@ -338,6 +346,23 @@ fn h264_codec(profile: &str, pt: u8) -> RTCRtpCodecParameters {
     }
 }
 
+fn h265_codec() -> RTCRtpCodecParameters {
+    let fb = |typ: &str, parameter: &str| RTCPFeedback {
+        typ: typ.to_owned(),
+        parameter: parameter.to_owned(),
+    };
+    RTCRtpCodecParameters {
+        rtp_codec: RTCRtpCodec {
+            mime_type: MIME_TYPE_HEVC.to_owned(),
+            clock_rate: 90000,
+            channels: 0,
+            sdp_fmtp_line: "level-id=180;profile-id=1;tier-flag=0;tx-mode=SRST".to_owned(),
+            rtcp_feedback: vec![fb("nack", ""), fb("nack", "pli"), fb("ccm", "fir")],
+        },
+        payload_type: H265_PT,
+    }
+}
+
 fn opus_codec() -> RTCRtpCodecParameters {
     RTCRtpCodecParameters {
         rtp_codec: RTCRtpCodec {
@@ -369,6 +394,11 @@ async fn build_pc(
         return Err("WhepOptions: neither video nor audio".into());
     }
     let mut media = MediaEngine::default();
+    if opts.video && opts.h265 {
+        media
+            .register_codec(h265_codec(), RtpCodecKind::Video)
+            .map_err(err("register H265"))?;
+    }
     if opts.video {
         let mut pt = H264_FIRST_PT;
         for profile in &opts.h264_profiles {
