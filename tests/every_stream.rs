@@ -525,3 +525,78 @@ async fn hevc_to_an_h264_only_viewer_plays_its_audio_or_is_406() {
     let why = r.error_body.unwrap_or_default();
     assert!(why.contains("H.265"), "{why}");
 }
+
+/// GStreamer's webrtcbin (`../shared/peers/whep_client_gst.py`, Debian's python3-gi), when
+/// installed; else `None` after saying so loudly (a panic with `TSBRIDGE_REQUIRE_PEERS`).
+fn gstreamer_or_skip(test: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("TSBRIDGE_PEERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/peers"));
+    let script = dir.join("whep_client_gst.py");
+    let check = "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0'); \
+                 from gi.repository import Gst; Gst.init(None); \
+                 assert Gst.ElementFactory.find('webrtcbin') and Gst.ElementFactory.find('avdec_h265')";
+    let importable = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", check])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if script.exists() && importable {
+        return Some(dir);
+    }
+    let why = format!(
+        "{} (GStreamer webrtcbin + avdec_h265 usable: {importable})",
+        script.display()
+    );
+    if std::env::var_os("TSBRIDGE_REQUIRE_PEERS").is_some() {
+        panic!("GStreamer is required (TSBRIDGE_REQUIRE_PEERS is set) but missing: {why}");
+    }
+    eprintln!("\n*** SKIPPED {test}: no GStreamer peer: {why} ***");
+    eprintln!("*** apt-get install python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-bad gstreamer1.0-nice gstreamer1.0-libav gstreamer1.0-plugins-good ***\n");
+    None
+}
+
+async fn gst_view(peers: &std::path::Path, url: &str, codec: &str) -> serde_json::Value {
+    let out = tokio::process::Command::new("/usr/bin/python3")
+        .arg(peers.join("whep_client_gst.py"))
+        .arg(url)
+        .args(["--seconds", "4", "--video-codec", codec])
+        .output()
+        .await
+        .expect("run the GStreamer viewer");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let Some(line) = stdout.lines().rev().find(|l| l.starts_with('{')) else {
+        panic!(
+            "GStreamer viewer printed no JSON (exit {:?}); stderr:\n{}",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    serde_json::from_str(line).expect("GStreamer viewer JSON")
+}
+
+/// GStreamer decodes H.265 from an HEVC stream, and plays an audio-only stream whose idle
+/// video section is the first (BUNDLE-tag) one: it used to stall in ICE checking on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gstreamer_decodes_hevc_and_plays_an_audio_only_stream() {
+    let Some(peers) = gstreamer_or_skip("gstreamer_decodes_hevc_and_plays_an_audio_only_stream")
+    else {
+        return;
+    };
+    let s = serve(&[("hevc", "hevc_opus.ts"), ("radio", "opus_only.ts")]).await;
+    let (hevc, radio) = (url(&s, "/whep/hevc"), url(&s, "/whep/radio"));
+    let (h, a) = tokio::join!(
+        gst_view(&peers, &hevc, "H265"),
+        gst_view(&peers, &radio, "H264")
+    );
+    assert_eq!(h["http_status"], 201, "{h}");
+    assert!(
+        h["video_frames_decoded"].as_u64().unwrap_or(0) >= 30,
+        "GStreamer decoded H.265: {h}"
+    );
+    assert!(h["audio_samples"].as_u64().unwrap_or(0) > 48_000, "{h}");
+    assert_eq!(a["http_status"], 201, "{a}");
+    assert!(
+        a["audio_samples"].as_u64().unwrap_or(0) > 48_000,
+        "GStreamer played the audio-only stream: {a}"
+    );
+}
