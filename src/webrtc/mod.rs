@@ -6,6 +6,7 @@
 //! and sends what it produces. Nothing here blocks: sockets are non-blocking and every session
 //! is sans-IO.
 
+mod codecs;
 mod direct;
 mod outbox;
 pub mod publish;
@@ -28,7 +29,6 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
-use crate::codec::VideoProfile;
 use crate::media::{Frame, FrameSink};
 use crate::metrics::Metrics;
 use crate::stream::{SourceGuard, Stream};
@@ -46,10 +46,6 @@ pub struct SessionUrl {
     pub stream: String,
     pub publisher: bool,
 }
-
-/// The payload types of H.265 and its retransmissions in our answers (str0m's defaults).
-const H265_PT: u8 = 102;
-const H265_RTX_PT: u8 = 103;
 
 /// Whether `mid` is a video section str0m accepted (it then sends the stream's video).
 fn rtc_sends_video(rtc: &Rtc, mid: &str) -> bool {
@@ -291,44 +287,7 @@ impl Engine {
             // per viewer (and the viewers' feedback) for nothing.
             .clear_extension_map()
             .set_extension(4, Extension::RtpMid);
-        match (tracks.video().map(|t| &t.codec), video.map(|v| v.profile)) {
-            (Some(Codec::H264), profile) => {
-                cfg = cfg.enable_h264(true);
-                // str0m's defaults cover Baseline, Constrained Baseline, Main and High; add
-                // Constrained High (Safari) and the source's own profile when it is none of
-                // those, so such an offer is answered with it rather than with a lesser
-                // profile. (Two configs of one profile class would claim the same offered PT:
-                // str0m panics.)
-                let own = match profile {
-                    Some(VideoProfile::H264(plid)) => {
-                        let [p, c, l] = plid.0;
-                        (![0x42, 0x4d, 0x64].contains(&p)).then(|| u32::from_be_bytes([0, p, c, l]))
-                    }
-                    _ => None,
-                };
-                let codecs = cfg.codec_config();
-                for (pt, rtx, plid) in [(37, 38, own), (39, 40, Some(0x640c1f))] {
-                    if let Some(plid) = plid {
-                        codecs.add_h264(pt.into(), Some(rtx.into()), true, plid);
-                    }
-                }
-            }
-            // The source's profile and tier (RFC 7798 §7.2.2: used symmetrically); str0m
-            // answers the lower of its level and the viewer's.
-            (Some(Codec::H265), Some(VideoProfile::H265(ptl))) => {
-                cfg.codec_config().add_h265(
-                    H265_PT.into(),
-                    Some(H265_RTX_PT.into()),
-                    ptl.profile_id,
-                    u8::from(ptl.tier_flag),
-                    ptl.level_id,
-                );
-            }
-            _ => {}
-        }
-        if status.has_audio() {
-            cfg = cfg.enable_opus(true, false);
-        }
+        cfg = codecs::viewer_codecs(cfg, tracks, video, status.has_audio());
         // The direct path answers NACKs itself: it reads them from str0m's raw RTCP events.
         let (mut rtc, keys) = match self.opts.direct_send {
             true => srtp::build(cfg.enable_raw_packets(true), Instant::now()),
