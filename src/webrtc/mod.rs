@@ -14,9 +14,10 @@ mod sdp;
 pub mod sdpfrag;
 mod session;
 mod shard;
+mod socket;
 mod srtp;
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,7 +28,7 @@ use str0m::rtp::Extension;
 use str0m::{Candidate, Rtc, RtcConfig};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::media::{Frame, FrameSink};
 use crate::metrics::Metrics;
@@ -216,16 +217,16 @@ impl Engine {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let first = bind_media_socket(bind)?;
+        let first = socket::bind_media_socket(bind)?;
         let local = first
             .local_addr()?
             .as_socket()
             .expect("a UDP socket has an IP address");
         let mut sockets = vec![first];
         for _ in 1..threads {
-            sockets.push(bind_media_socket(local)?);
+            sockets.push(socket::bind_media_socket(local)?);
         }
-        let candidates = announce_addresses(local, hosts).await;
+        let candidates = socket::announce_addresses(local, hosts).await;
         info!(udp = %local, candidates = ?candidates, threads, direct_send = opts.direct_send,
             backlog_mbit_s = opts.backlog_rate * 8 / 1_000_000, "WebRTC media socket");
         let (txs, rxs): (Vec<_>, Vec<_>) = (0..threads).map(|_| mpsc::unbounded_channel()).unzip();
@@ -240,12 +241,19 @@ impl Engine {
             metrics: Default::default(),
             opts,
         };
+        let shared = shard::Shared {
+            router: engine.router.clone(),
+            peers,
+            live: engine.live.clone(),
+            metrics: engine.metrics.clone(),
+            candidates: engine.candidates.clone(),
+            opts,
+        };
         for (index, (socket, rx)) in sockets.into_iter().zip(rxs).enumerate() {
-            let (router, peers) = (engine.router.clone(), peers.clone());
-            let metrics = engine.metrics.clone();
+            let shared = shared.clone();
             let shard = |socket| {
-                let out = Outbox::new(Arc::new(socket), metrics);
-                Shard::new(index, router, peers, rx, out, &engine)
+                let out = Outbox::new(Arc::new(socket), shared.metrics.clone());
+                Shard::new(index, shared, rx, out)
             };
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -507,56 +515,6 @@ impl FrameSink for Engine {
             self.broadcast(|| Cmd::TracksChanged(stream.clone()));
         }
     }
-}
-
-/// One shard's media socket, with room for bursts (a new viewer's GOP backlog, many viewers).
-/// Every shard binds the same address (`SO_REUSEPORT`).
-fn bind_media_socket(addr: SocketAddr) -> std::io::Result<socket2::Socket> {
-    use socket2::{Domain, Protocol, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    // The kernel may cap these at net.core.{w,r}mem_max; best effort.
-    let _ = socket.set_send_buffer_size(8 << 20);
-    let _ = socket.set_recv_buffer_size(4 << 20);
-    #[cfg(unix)]
-    socket.set_reuse_port(true)?;
-    socket.bind(&addr.into())?;
-    socket.set_nonblocking(true)?;
-    Ok(socket)
-}
-
-/// Host candidate addresses for a socket bound to `local`.
-async fn announce_addresses(local: SocketAddr, hosts: &[String]) -> Vec<SocketAddr> {
-    let port = local.port();
-    let mut out = Vec::new();
-    for h in hosts {
-        match h.parse::<IpAddr>() {
-            Ok(ip) => out.push(SocketAddr::new(ip, port)),
-            Err(_) => match tokio::net::lookup_host((h.as_str(), port)).await {
-                Ok(addrs) => out.extend(addrs.filter(|a| a.is_ipv4())),
-                Err(e) => warn!(host = %h, error = %e, "--ice-host name does not resolve; skipped"),
-            },
-        }
-    }
-    if out.is_empty() {
-        if local.ip().is_unspecified() {
-            out.push(SocketAddr::new(Ipv4Addr::LOCALHOST.into(), port));
-            if let Some(ip) = primary_ip() {
-                out.push(SocketAddr::new(ip, port));
-            }
-        } else {
-            out.push(local);
-        }
-    }
-    out.dedup();
-    out
-}
-
-/// The address of the default route (no packet is sent: connect() on UDP only picks a route).
-fn primary_ip() -> Option<IpAddr> {
-    let s = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    s.connect("192.0.2.1:9").ok()?;
-    let ip = s.local_addr().ok()?.ip();
-    (!ip.is_unspecified() && !ip.is_loopback()).then_some(ip)
 }
 
 /// Session ids are secrets; logs show only a prefix.

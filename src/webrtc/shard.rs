@@ -98,51 +98,64 @@ fn stun_local_ufrag(d: &[u8]) -> Option<&str> {
     None
 }
 
-pub(super) struct Shard {
-    pub index: usize,
+/// What every shard shares with the engine and the other shards (the engine's handle is not
+/// among it: a shard needs only these).
+#[derive(Clone)]
+pub(super) struct Shared {
     pub router: Arc<Router>,
     /// Every shard's command queue (weak: the loops end when the engine is dropped).
     pub peers: Arc<[mpsc::WeakUnboundedSender<Cmd>]>,
+    /// Sessions alive in all shards (the engine's count for --max-sessions).
     pub live: Arc<AtomicUsize>,
     pub metrics: Arc<Metrics>,
-    pub out: Outbox,
-    pub rx: mpsc::UnboundedReceiver<Cmd>,
+    /// Our host candidates (answers to an ICE restart carry them).
     pub candidates: Arc<[SocketAddr]>,
-    /// The engine's settings the sessions here run with.
+    /// The engine's settings the sessions run with.
     pub opts: EngineOptions,
+}
+
+pub(super) struct Shard {
+    index: usize,
+    router: Arc<Router>,
+    peers: Arc<[mpsc::WeakUnboundedSender<Cmd>]>,
+    live: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
+    out: Outbox,
+    rx: mpsc::UnboundedReceiver<Cmd>,
+    candidates: Arc<[SocketAddr]>,
+    opts: EngineOptions,
     /// Sessions by slot; freed slots are reused.
-    pub sessions: Vec<Option<Session>>,
-    pub free: Vec<usize>,
-    pub ids: HashMap<String, usize>,
-    pub by_addr: HashMap<SocketAddr, usize>,
-    pub by_ufrag: HashMap<String, usize>,
+    sessions: Vec<Option<Session>>,
+    free: Vec<usize>,
+    ids: HashMap<String, usize>,
+    by_addr: HashMap<SocketAddr, usize>,
+    by_ufrag: HashMap<String, usize>,
     /// Stream id → its viewers' slots here.
-    pub by_stream: HashMap<u64, Vec<usize>>,
+    by_stream: HashMap<u64, Vec<usize>>,
     /// Stream id → its WHIP publisher's slot, when the publisher is on this shard.
-    pub publishers: HashMap<u64, usize>,
-    pub timers: BinaryHeap<Reverse<(Instant, usize)>>,
-    pub next_sweep: Instant,
+    publishers: HashMap<u64, usize>,
+    timers: BinaryHeap<Reverse<(Instant, usize)>>,
+    next_sweep: Instant,
 }
 
 impl Shard {
+    /// Shard `index`, sending on `out`'s socket, taking commands from `rx`.
     pub fn new(
         index: usize,
-        router: Arc<Router>,
-        peers: Arc<[mpsc::WeakUnboundedSender<Cmd>]>,
+        shared: Shared,
         rx: mpsc::UnboundedReceiver<Cmd>,
         out: Outbox,
-        engine: &super::Engine,
     ) -> Self {
         Shard {
             index,
-            router,
-            peers,
-            live: engine.live.clone(),
-            metrics: engine.metrics.clone(),
+            router: shared.router,
+            peers: shared.peers,
+            live: shared.live,
+            metrics: shared.metrics,
             out,
             rx,
-            candidates: engine.candidates.clone(),
-            opts: engine.opts,
+            candidates: shared.candidates,
+            opts: shared.opts,
             sessions: Vec::new(),
             free: Vec::new(),
             ids: HashMap::new(),
