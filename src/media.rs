@@ -14,44 +14,11 @@ use crate::codec::reorder::{ReorderDetector, B_FRAMES_ADVICE};
 use crate::codec::transcode::{SourceCodec, Transcoder};
 use crate::codec::{VideoAssembler, VideoCodec};
 use crate::rtp::{H264Packetizer, H265Packetizer, OpusPacketizer, Packetizer, Payload};
+use crate::stream::frame::{Frame, FrameSink, Kind};
 use crate::stream::ring::Read;
 use crate::stream::{Stream, VideoInfo};
 use crate::time::{self, ClockRate, Timeline};
 use crate::ts::{Codec, DemuxEvent, Demuxer, Pes, Pid, TrackSet};
-
-/// Video or audio.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Kind {
-    Video,
-    Audio,
-}
-
-/// One unit for the viewers: an H.264 access unit (Annex B, SPS/PPS before IDRs) or one Opus
-/// packet. Shared by reference between every viewer.
-#[derive(Debug, Clone)]
-pub struct Frame {
-    /// Counts the stream's frames (both kinds): lets a viewer skip what it already got.
-    pub seq: u64,
-    pub kind: Kind,
-    /// In the track's RTP clock (90 kHz video, 48 kHz Opus), random offset included; viewers
-    /// cut it to 32 bits.
-    pub rtp_time: u64,
-    /// The wall-clock instant this media time maps to (one mapping per stream, for RTCP SR).
-    pub wallclock: Instant,
-    pub data: Arc<[u8]>,
-    pub keyframe: bool,
-    /// The frame as RTP payloads, made once per stream and shared by every viewer (each only
-    /// adds its own header, SRTP and the send).
-    pub payloads: Arc<[Payload]>,
-}
-
-/// Where frames go (the WebRTC engine).
-pub trait FrameSink: Send + Sync + 'static {
-    fn frame(&self, stream: &Arc<Stream>, frame: Frame);
-
-    /// A new PMT changed the stream's track set (the new one is in its status).
-    fn tracks_changed(&self, _stream: &Arc<Stream>) {}
-}
 
 /// One media-time → wall-clock mapping per stream, so audio and video sender reports agree.
 ///

@@ -12,7 +12,8 @@ use tracing::{info, warn};
 
 use crate::config::ServeArgs;
 use crate::ingest;
-use crate::media::{self, FrameSink};
+use crate::media;
+use crate::stream::frame::FrameSink;
 use crate::stream::Registry;
 use crate::webrtc::{Engine, EngineOptions};
 

@@ -1,7 +1,7 @@
 //! The GOP cache: the video frames since the last IDR, so a new viewer starts at once with a
 //! picture instead of waiting for the source's next keyframe (a TS source cannot make one).
 
-use crate::media::{Frame, Kind};
+use super::frame::{Frame, Kind};
 
 /// Bounds: a GOP longer or larger than this is not cached (viewers then wait for an IDR).
 pub const MAX_FRAMES: usize = 600;

@@ -1,5 +1,6 @@
 //! Streams: the per-name ring buffer, the ready state WHEP waits on, and the registry.
 
+pub mod frame;
 pub mod gop;
 pub mod ring;
 

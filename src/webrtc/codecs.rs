@@ -8,7 +8,7 @@ use str0m::RtcConfig;
 
 use crate::codec::h264::ProfileLevelId;
 use crate::codec::{VideoInfo, VideoProfile};
-use crate::media::Kind;
+use crate::stream::frame::Kind;
 use crate::ts::{Codec, TrackSet};
 
 /// The payload types of H.265 and its retransmissions in our answers (str0m's defaults).

@@ -30,8 +30,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tracing::info;
 
-use crate::media::{Frame, FrameSink};
 use crate::metrics::Metrics;
+use crate::stream::frame::{Frame, FrameSink};
 use crate::stream::{SourceGuard, Stream};
 use crate::ts::Codec;
 use outbox::Outbox;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
 use super::{count_direct, Session};
-use crate::media::Frame;
+use crate::stream::frame::Frame;
 use crate::webrtc::outbox::Outbox;
 
 /// The GOP backlog is paced (`--backlog-rate`, 25 Mbit/s by default) in slices this far
@@ -194,7 +194,7 @@ fn backlog_plan(backlog: &[Frame], rate: u64, tick: u64) -> Vec<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::media::Kind;
+    use crate::stream::frame::Kind;
     use std::sync::Arc;
 
     #[test]

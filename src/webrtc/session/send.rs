@@ -12,8 +12,8 @@ use str0m::Input;
 use tracing::debug;
 
 use super::Session;
-use crate::media::{Frame, Kind};
 use crate::metrics::Metrics;
+use crate::stream::frame::{Frame, Kind};
 use crate::stream::Stream;
 use crate::webrtc::codecs::choose_pt;
 use crate::webrtc::direct::Direct;
