@@ -16,8 +16,7 @@ pub enum Kind {
 }
 
 /// One unit for the viewers: an H.264/H.265 access unit (Annex B, parameter sets before
-/// keyframes) or one Opus
-/// packet. Shared by reference between every viewer.
+/// keyframes) or one Opus packet. Shared by reference between every viewer.
 #[derive(Debug, Clone)]
 pub struct Frame {
     /// Counts the stream's frames (both kinds): lets a viewer skip what it already got.
