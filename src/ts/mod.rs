@@ -8,15 +8,15 @@
 //! ```
 //!
 //! Packets are found in one place, [`Aligner`], for every consumer of TS bytes (the demuxer,
-//! the join point of a TS pull), whatever the packet stride. One [`Demuxer`] follows one
+//! the join point of a TS pull, the file replayer), whatever the packet stride. One [`Demuxer`] follows one
 //! program (the first of the PAT). Tracks are discovered from the PMT alone; only H.264 and
 //! Opus tracks are reassembled, the others are listed as [`Codec::Unsupported`] with a reason.
 
 mod align;
 mod demux;
 pub mod mux;
-mod packet;
-mod pes;
+pub(crate) mod packet;
+pub(crate) mod pes;
 mod psi;
 pub mod start;
 #[cfg(test)]
