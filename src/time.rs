@@ -16,9 +16,11 @@ impl ClockRate {
     pub const OPUS: Self = Self(48_000);
 }
 
-/// PTS/DTS values are 33 bits and wrap here (about 26.5 hours at 90 kHz).
+/// PTS, DTS and the PCR base are 33-bit 90 kHz values and wrap here (about 26.5 hours): the
+/// one definition in the crate.
 pub const PTS_WRAP: u64 = 1 << 33;
-const PTS_MASK: u64 = PTS_WRAP - 1;
+/// The 33 bits of a PTS/DTS/PCR base.
+pub const PTS_MASK: u64 = PTS_WRAP - 1;
 
 /// Unwraps 33-bit PTS values into a 64-bit timeline that starts at the first value: each step
 /// is taken modulo 2^33, and a step above 2^32 is a step backwards.

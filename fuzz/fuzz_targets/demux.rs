@@ -6,7 +6,9 @@
 //! Properties checked besides "no panic":
 //! - the demuxer's events do not depend on how the input is split (its documented promise):
 //!   the chunked run gives the same events as one `push` of everything;
-//! - once `StartPoint` has started, every later byte passes through untouched;
+//! - once `StartPoint` has started on 188-byte packets, every later byte passes through
+//!   untouched; started on 192/204-byte packets (M2TS, FEC), it outputs whole 188-byte packets
+//!   only (the input's packets without their headers/parity);
 //! - RTP payloads never exceed the payloader's `max_payload`.
 #![no_main]
 
@@ -119,10 +121,10 @@ fuzz_target!(|input: &[u8]| {
     let mut out = Vec::new();
     let mut fed = 0usize;
     for p in &pieces {
-        let was_started = sp.started();
+        let passing = sp.passes_through();
         let before = out.len();
         sp.push(p, &mut out);
-        if was_started {
+        if passing {
             assert_eq!(
                 &out[before..],
                 *p,
@@ -134,6 +136,12 @@ fuzz_target!(|input: &[u8]| {
     if sp.started() {
         // What it sends after the held-back PAT/PMT is the input from the start packet on.
         assert!(out.len() <= fed + 2 * 188);
+        if !sp.passes_through() {
+            assert!(
+                out.len() % 188 == 0 && out.chunks(188).all(|p| p[0] == 0x47),
+                "StartPoint output on 192/204-byte input is not whole 188-byte packets"
+            );
+        }
     } else {
         assert!(out.is_empty());
     }

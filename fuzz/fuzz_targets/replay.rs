@@ -3,14 +3,18 @@
 //! continuity counters of whatever the file holds).
 //!
 //! Properties:
-//! - the first pass is the file unchanged (from the first aligned packet on);
+//! - for a file of 188-byte packets (as the crate's `Aligner` finds them), the first pass is
+//!   the file unchanged from the first packet on; for 192/204-byte packets it is 188-byte TS;
 //! - for a clean file (whole aligned packets, continuity counters in order on every PID), the
 //!   looped output keeps every PID's counters in order too: they are carried across the loop
 //!   point.
 #![no_main]
 
+use std::ops::ControlFlow;
+
 use libfuzzer_sys::fuzz_target;
 use tsbridge::ingest::replay::Replayer;
+use tsbridge::ts::{Aligned, Aligner, Stride};
 
 const TS: usize = 188;
 
@@ -19,14 +23,28 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(r.duration_90k() > 0);
-    // Where the replayer starts (its rule: a sync byte in step with the next two packets).
-    let start = (0..TS.min(data.len()))
-        .find(|&i| {
-            data[i] == 0x47
-                && data.get(i + TS).is_none_or(|&b| b == 0x47)
-                && data.get(i + 2 * TS).is_none_or(|&b| b == 0x47)
-        })
-        .expect("Replayer::new accepted a file without a start");
+    // Where the replayer starts: the first packet the aligner finds; and whether every packet
+    // is a plain 188-byte one.
+    let (mut start, mut plain) = (None, true);
+    let mut on = |item: Aligned<'_>| {
+        if let Aligned::Packet { offset, stride, .. } = item {
+            start.get_or_insert(offset as usize);
+            plain &= stride == Stride::Ts188;
+        }
+        ControlFlow::Continue(())
+    };
+    let mut aligner = Aligner::new();
+    let _ = aligner.push(data, &mut on);
+    let _ = aligner.flush(&mut on);
+    let start = start.expect("Replayer::new accepted a file without a packet");
+    if !plain {
+        // 192/204-byte packets: the output is 188-byte packets (and any garbage as it was).
+        for _ in 0..200 {
+            let Some(chunk) = r.next_chunk() else { break };
+            assert!(!chunk.data.is_empty(), "empty chunk");
+        }
+        return;
+    }
     let file = &data[start..];
 
     let mut out = Vec::new();

@@ -5,6 +5,7 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
+use crate::time::PTS_MASK;
 use crate::ts::Pes;
 
 /// nal_unit_type.
@@ -319,7 +320,6 @@ pub struct AccessUnit {
 }
 
 pub(crate) const START_CODE: [u8; 4] = [0, 0, 0, 1];
-const PTS_MASK: u64 = (1 << 33) - 1;
 /// Frame duration assumed until two PES timestamps were seen (30 fps).
 const DEFAULT_FRAME_TICKS: u64 = 3000;
 
@@ -725,7 +725,10 @@ mod tests {
         );
         // Across the 33-bit wrap.
         a.push(
-            &pes((1 << 33) - 100, annexb(&[AUD, SLICE, AUD, SLICE])),
+            &pes(
+                crate::time::PTS_WRAP - 100,
+                annexb(&[AUD, SLICE, AUD, SLICE]),
+            ),
             &mut out,
         );
         assert_eq!(out[6].pts, 3500);

@@ -1,6 +1,10 @@
-//! The demuxer: packet alignment and resync, continuity, PSI, PES reassembly.
+//! The demuxer: continuity, PSI, PES reassembly, on packets from the [`Aligner`] (any of the
+//! 188/192/204-byte layouts).
 
-use super::packet::{self, Header, Pid, PACKET_SIZE, SYNC_BYTE};
+use std::ops::ControlFlow;
+
+use super::align::{AlignProblem, Aligned, Aligner};
+use super::packet::{self, Header, Pid, PACKET_SIZE};
 use super::pes::{Pes, PesAssembler, MAX_PES_SIZE};
 use super::psi::StreamType;
 use super::psi::{self, SectionBuf, SectionStep, TrackSet};
@@ -65,12 +69,14 @@ impl DemuxProblem {
     }
 }
 
-/// Bytes needed to accept a packet start while resyncing: it and the next two sync bytes.
-const RESYNC_WINDOW: usize = 2 * PACKET_SIZE + 1;
-/// While no sync is found, a `Resync` problem is reported every this many skipped bytes.
-const RESYNC_REPORT: usize = 1 << 20;
-/// How far the carry buffer is topped up while resyncing across `push` calls.
-const RESYNC_CARRY: usize = 4 * PACKET_SIZE;
+impl From<AlignProblem> for DemuxProblem {
+    fn from(p: AlignProblem) -> Self {
+        match p {
+            AlignProblem::Resync { skipped } => Self::Resync { skipped },
+            AlignProblem::Truncated { bytes } => Self::Truncated { bytes },
+        }
+    }
+}
 
 #[derive(Debug)]
 enum Role {
@@ -122,18 +128,17 @@ struct Program {
     pmt_pid: Pid,
 }
 
-/// Sans-IO MPEG-TS demuxer for one program: bytes in (any split, garbage allowed), events out.
+/// Sans-IO MPEG-TS demuxer for one program: bytes in (any split, any packet stride, garbage
+/// allowed), events out.
 ///
-/// Alignment: a packet start is accepted while resyncing when it and the bytes 188 and 376
-/// further on are sync bytes (waiting for them if needed, so events do not depend on how the
-/// input is split); once in sync, each following packet only has to start with a sync byte.
-/// Only the tail of a partial packet is copied between `push` calls.
+/// Alignment is the [`Aligner`]'s: a packet start is accepted while resyncing when the sync
+/// byte repeats one and two strides (188, 192 or 204 bytes) further on (waiting for them if
+/// needed, so events do not depend on how the input is split); once in sync, each following
+/// packet only has to start with a sync byte. Only the tail of a partial packet is copied
+/// between `push` calls.
 #[derive(Debug)]
 pub struct Demuxer {
-    carry: Vec<u8>,
-    locked: bool,
-    /// Bytes skipped so far in the current resync.
-    skipped: usize,
+    align: Aligner,
     program: Option<Program>,
     tracks: Option<TrackSet>,
     /// The last PMT section applied, to skip unchanged repetitions cheaply.
@@ -181,9 +186,7 @@ impl Demuxer {
 
     pub fn new() -> Self {
         Self {
-            carry: Vec::with_capacity(RESYNC_CARRY),
-            locked: false,
-            skipped: 0,
+            align: Aligner::new(),
             program: None,
             tracks: None,
             last_pmt: Vec::new(),
@@ -204,48 +207,20 @@ impl Demuxer {
     }
 
     /// Feeds any chunk of bytes; events of every packet completed by it go to `out`.
-    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<DemuxEvent>) {
-        while !self.carry.is_empty() && !data.is_empty() {
-            // Top up the partial packet just enough to decide, then carry on from `data`.
-            let target = if self.locked {
-                PACKET_SIZE
-            } else {
-                RESYNC_CARRY
-            };
-            let take = target.saturating_sub(self.carry.len()).min(data.len());
-            self.carry.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            let carry = std::mem::take(&mut self.carry);
-            let used = self.process(&carry, false, out);
-            self.carry = carry;
-            self.carry.drain(..used);
-        }
-        if self.carry.is_empty() {
-            let used = self.process(data, false, out);
-            self.carry.extend_from_slice(&data[used..]);
-        }
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<DemuxEvent>) {
+        let mut align = std::mem::take(&mut self.align);
+        // `aligned` never stops the aligner.
+        let _ = align.push(data, &mut |item| self.aligned(item, out));
+        self.align = align;
     }
 
     /// End of input: decides the last packets with whatever lookahead there is, and emits each
     /// pending PES that has no PES_packet_length (one whose length was not reached is dropped).
     /// Tracks are kept; the next `push` starts by resyncing.
     pub fn flush(&mut self, out: &mut Vec<DemuxEvent>) {
-        let mut carry = std::mem::take(&mut self.carry);
-        let used = self.process(&carry, true, out);
-        if self.skipped > 0 {
-            out.push(DemuxEvent::Problem(DemuxProblem::Resync {
-                skipped: self.skipped,
-            }));
-            self.skipped = 0;
-        }
-        if used < carry.len() {
-            out.push(DemuxEvent::Problem(DemuxProblem::Truncated {
-                bytes: carry.len() - used,
-            }));
-        }
-        carry.clear();
-        self.carry = carry;
-        self.locked = false;
+        let mut align = std::mem::take(&mut self.align);
+        let _ = align.flush(&mut |item| self.aligned(item, out));
+        self.align = align;
         for state in &mut self.pids {
             if let Role::Es(pes) = &mut state.role {
                 pes.flush(out);
@@ -253,47 +228,12 @@ impl Demuxer {
         }
     }
 
-    /// Handles every packet that can be decided in `buf`; returns the bytes used.
-    fn process(&mut self, buf: &[u8], eof: bool, out: &mut Vec<DemuxEvent>) -> usize {
-        let mut pos = 0;
-        loop {
-            if self.locked {
-                let Some(pkt) = buf
-                    .get(pos..pos + PACKET_SIZE)
-                    .and_then(|p| <&[u8; PACKET_SIZE]>::try_from(p).ok())
-                else {
-                    return pos;
-                };
-                if pkt[0] == SYNC_BYTE {
-                    self.packet(pkt, out);
-                    pos += PACKET_SIZE;
-                    continue;
-                }
-                self.locked = false;
-            }
-            match find_sync(&buf[pos..], eof) {
-                Ok(skip) => {
-                    pos += skip;
-                    self.skipped += skip;
-                    if self.skipped > 0 {
-                        out.push(DemuxEvent::Problem(DemuxProblem::Resync {
-                            skipped: self.skipped,
-                        }));
-                        self.skipped = 0;
-                    }
-                    self.locked = true;
-                }
-                Err(skip) => {
-                    self.skipped += skip;
-                    // Input that is not TS at all: say so now and then, not only at the end.
-                    if self.skipped >= RESYNC_REPORT {
-                        let skipped = std::mem::take(&mut self.skipped);
-                        out.push(DemuxEvent::Problem(DemuxProblem::Resync { skipped }));
-                    }
-                    return pos + skip;
-                }
-            }
+    fn aligned(&mut self, item: Aligned<'_>, out: &mut Vec<DemuxEvent>) -> ControlFlow<()> {
+        match item {
+            Aligned::Packet { packet, .. } => self.packet(packet, out),
+            Aligned::Problem(p) => out.push(DemuxEvent::Problem(p.into())),
         }
+        ControlFlow::Continue(())
     }
 
     fn problem(out: &mut Vec<DemuxEvent>, problem: DemuxProblem) {
@@ -515,26 +455,6 @@ impl Demuxer {
     }
 }
 
-/// Finds the next packet start in `rest`: `Ok(offset)`, or `Err(bytes that can be skipped)`
-/// when no start can be decided yet. Without `eof`, a start needs both lookahead sync bytes.
-fn find_sync(rest: &[u8], eof: bool) -> Result<usize, usize> {
-    let is_sync = |at: usize| rest.get(at).is_none_or(|&b| b == SYNC_BYTE);
-    for i in 0..rest.len() {
-        let undecided = if eof {
-            i + PACKET_SIZE > rest.len()
-        } else {
-            i + RESYNC_WINDOW > rest.len()
-        };
-        if undecided {
-            return Err(i);
-        }
-        if rest[i] == SYNC_BYTE && is_sync(i + PACKET_SIZE) && is_sync(i + 2 * PACKET_SIZE) {
-            return Ok(i);
-        }
-    }
-    Err(rest.len())
-}
-
 /// Splits one packet's PSI payload into complete sections, appended to `sections`.
 fn collect_sections(
     buf: &mut SectionBuf,
@@ -587,7 +507,7 @@ fn collect_sections(
 mod tests {
     use super::*;
     use crate::ts::testutil::*;
-    use crate::ts::{Codec, StreamType};
+    use crate::ts::{Codec, StreamType, Stride};
 
     const PMT_PID: u16 = 0x1000;
     const VIDEO: u16 = 0x100;
@@ -1141,5 +1061,49 @@ mod tests {
             .to_string(),
             "PID 0x0020: bad PSI section (CRC mismatch)"
         );
+    }
+
+    #[test]
+    fn m2ts_and_fec_strides_demux_to_the_same_events_in_any_split() {
+        let m = av_stream(4);
+        let whole = demux_all(&[&m.out]);
+        assert!(problems(&whole).is_empty());
+        for stride in [Stride::M2ts192, Stride::Fec204] {
+            let data = restride(&m.out, stride);
+            assert_eq!(demux_all(&[&data]), whole, "{stride:?}");
+            for split in 1..3 * stride.unit_len() {
+                let (a, b) = data.split_at(split);
+                assert_eq!(demux_all(&[a, b]), whole, "{stride:?} split at {split}");
+            }
+            let bytewise: Vec<&[u8]> = data.chunks(1).collect();
+            assert_eq!(demux_all(&bytewise), whole, "{stride:?} bytewise");
+            let odd: Vec<&[u8]> = data.chunks(191).collect();
+            assert_eq!(demux_all(&odd), whole, "{stride:?} in 191-byte chunks");
+        }
+    }
+
+    #[test]
+    fn stride_change_after_garbage_resyncs() {
+        let m = av_stream(4);
+        let n = m.out.len() / PACKET_SIZE;
+        let (a, b) = (5 * PACKET_SIZE, (n - 6) * PACKET_SIZE);
+        let mut stream = restride(&m.out[..a], Stride::M2ts192);
+        stream.extend([0x00; 9]);
+        stream.extend_from_slice(&m.out[a..b]);
+        stream.extend([0x01, 0x02, 0x03]);
+        stream.extend(restride(&m.out[b..], Stride::Fec204));
+        let events = demux_all(&[&stream]);
+        assert_eq!(
+            problems(&events),
+            [
+                DemuxProblem::Resync { skipped: 9 },
+                DemuxProblem::Resync { skipped: 3 }
+            ]
+        );
+        assert_eq!(pes_events(&events), pes_events(&demux_all(&[&m.out])));
+        for split in (1..stream.len()).step_by(97) {
+            let (x, y) = stream.split_at(split);
+            assert_eq!(demux_all(&[x, y]), events, "split at {split}");
+        }
     }
 }

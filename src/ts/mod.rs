@@ -2,19 +2,22 @@
 //!
 //! ```text
 //! bytes ─► align/resync ─► packet header, adaptation field ─► continuity per PID
-//!            (demux.rs)        (packet.rs)                        │
+//!  188/192/204  (align.rs)      (packet.rs)                       │   (demux.rs)
 //!                                   PAT ─► PMT ─► TrackSet ◄──────┤ (psi.rs)
 //!                                   PES of supported tracks ◄─────┘ (pes.rs)
 //! ```
 //!
-//! One [`Demuxer`] follows one program (the first of the PAT). Tracks are discovered from the
-//! PMT alone; only H.264, H.265 and Opus tracks are reassembled, the others are listed as
+//! Packets are found in one place, [`Aligner`], for every consumer of TS bytes (the demuxer,
+//! the join point of a TS pull, the file replayer), whatever the packet stride. One
+//! [`Demuxer`] follows one program (the first of the PAT). Tracks are discovered from the PMT
+//! alone; only H.264, H.265 and Opus tracks are reassembled, the others are listed as
 //! [`Codec::Unsupported`] with a reason.
 
+mod align;
 mod demux;
 pub mod mux;
-mod packet;
-mod pes;
+pub(crate) mod packet;
+pub(crate) mod pes;
 mod psi;
 pub mod start;
 #[cfg(test)]
@@ -22,6 +25,7 @@ mod testdata;
 #[cfg(test)]
 pub(crate) mod testutil;
 
+pub use align::{AlignProblem, Aligned, Aligner, Stride};
 pub use demux::{transcodable_audio, DemuxEvent, DemuxProblem, Demuxer};
 pub use mux::{MuxConfig, MuxError, Muxer};
 pub use packet::{Pid, PACKET_SIZE, SYNC_BYTE};

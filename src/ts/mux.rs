@@ -25,13 +25,12 @@
 //! and whenever [`PSI_PERIOD`] has passed on the video or the audio timeline.
 
 use super::packet::{Pid, PACKET_SIZE, SYNC_BYTE};
+use super::pes::timestamp_bytes;
 use super::psi::{crc32_mpeg2, StreamType};
 use crate::codec::h264::{nal_units, NalType};
 use crate::codec::opus::packet_samples;
+use crate::time::{PTS_MASK, PTS_WRAP};
 
-/// PTS, DTS and PCR base are 33-bit 90 kHz values.
-const WRAP: u64 = 1 << 33;
-const MASK: u64 = WRAP - 1;
 /// PCR = media time minus this (100 ms at 90 kHz): every PES arrives before its DTS, with room
 /// for audio/video jitter, at little latency for players that pace by the PCR.
 pub const PCR_DELAY: u64 = 9_000;
@@ -176,7 +175,7 @@ impl FirstPacket {
 
 /// The 6 PCR bytes: 33-bit base, 6 reserved bits, 9-bit extension (0: 90 kHz precision).
 fn pcr_bytes(base: u64) -> [u8; 6] {
-    let base = base & MASK;
+    let base = base & PTS_MASK;
     [
         (base >> 25) as u8,
         (base >> 17) as u8,
@@ -187,22 +186,10 @@ fn pcr_bytes(base: u64) -> [u8; 6] {
     ]
 }
 
-/// The 5-byte PTS/DTS field: 4-bit prefix, 33 bits in 3/15/15 with marker bits.
-fn timestamp_bytes(prefix: u8, ts: u64) -> [u8; 5] {
-    let ts = ts & MASK;
-    [
-        prefix << 4 | ((ts >> 29) & 0x0E) as u8 | 1,
-        (ts >> 22) as u8,
-        ((ts >> 14) & 0xFE) as u8 | 1,
-        (ts >> 7) as u8,
-        ((ts << 1) & 0xFE) as u8 | 1,
-    ]
-}
-
 /// A PES header with data_alignment_indicator, PTS and (when it differs) DTS. PES_packet_length
 /// is exact, or 0 (unbounded) when `payload_len` does not fit it.
 fn pes_header(stream_id: u8, pts: u64, dts: u64, payload_len: usize) -> ([u8; 19], usize) {
-    let (pts, dts) = (pts & MASK, dts & MASK);
+    let (pts, dts) = (pts & PTS_MASK, dts & PTS_MASK);
     let mut h = [0u8; 19];
     h[..4].copy_from_slice(&[0, 0, 1, stream_id]);
     h[6] = 0x84; // '10', not scrambled, data_alignment_indicator
@@ -352,9 +339,9 @@ fn pmt_packet(cfg: &MuxConfig) -> [u8; PACKET_SIZE] {
 /// `to - from` on the 33-bit clock, in (-2^32, 2^32]: a step above 2^32 is a step back.
 fn diff(from: u64, to: u64) -> i64 {
     // Below 2^33: fits i64.
-    let d = (to.wrapping_sub(from) & MASK) as i64;
-    if d > (WRAP / 2) as i64 {
-        d - WRAP as i64
+    let d = (to.wrapping_sub(from) & PTS_MASK) as i64;
+    if d > (PTS_WRAP / 2) as i64 {
+        d - PTS_WRAP as i64
     } else {
         d
     }
@@ -503,9 +490,9 @@ impl Muxer {
         // last audio packet allows.
         let audio_now = self.last_audio.map(|(apts, duration)| {
             let into = diff(apts, dts).clamp(0, duration as i64);
-            (apts + into.unsigned_abs()) & MASK
+            (apts + into.unsigned_abs()) & PTS_MASK
         });
-        self.pcr_ref = Some((dts.wrapping_sub(PCR_DELAY) & MASK, audio_now));
+        self.pcr_ref = Some((dts.wrapping_sub(PCR_DELAY) & PTS_MASK, audio_now));
         self.pcr_audio_at = audio_now;
         self.video_anchor = audio_now;
         if let Some(step) = self.last_video_dts.map(|prev| diff(prev, dts)) {
@@ -553,7 +540,7 @@ impl Muxer {
             .extend(std::iter::repeat_n(0xFF, len / 255));
         self.opus_header.push((len % 255) as u8);
 
-        let pts = pts & MASK;
+        let pts = pts & PTS_MASK;
         // 48 kHz samples to 90 kHz: at most 5760 * 15 / 8.
         let duration = u64::from(samples) * 15 / 8;
         self.last_audio = Some((pts, duration));
@@ -640,7 +627,7 @@ impl Muxer {
 
     /// The PCR for a PES timed `ts`, and whether it starts a new timeline.
     fn next_pcr(&self, ts: u64) -> (u64, bool) {
-        let candidate = ts.wrapping_sub(PCR_DELAY) & MASK;
+        let candidate = ts.wrapping_sub(PCR_DELAY) & PTS_MASK;
         match self.pcr {
             None => (candidate, false),
             Some(last) => match diff(last, candidate) {
@@ -657,7 +644,7 @@ impl Muxer {
     fn audio_keepalive(&mut self, pts: u64, duration: u64) -> Option<u64> {
         let (Some(last), Some((base, base_at))) = (self.pcr, self.pcr_ref) else {
             // No PCR yet: the audio starts the clock.
-            let pcr = pts.wrapping_sub(PCR_DELAY) & MASK;
+            let pcr = pts.wrapping_sub(PCR_DELAY) & PTS_MASK;
             self.pcr = Some(pcr);
             self.pcr_ref = Some((pcr, Some(pts)));
             self.pcr_audio_at = Some(pts);
@@ -687,7 +674,7 @@ impl Muxer {
         }
         // Never back: while the video's own time is behind the PCR (audio started it ahead),
         // the PCR waits for it.
-        let value = base.wrapping_add_signed(elapsed) & MASK;
+        let value = base.wrapping_add_signed(elapsed) & PTS_MASK;
         let pcr = if diff(last, value) > 0 { value } else { last };
         self.pcr = Some(pcr);
         self.pcr_audio_at = Some(pts);
@@ -814,8 +801,8 @@ mod tests {
     fn pes(data: &[u8], pts: u64, dts: u64) -> Pes {
         Pes {
             pid: Pid(0x100),
-            pts: Some(pts & MASK),
-            dts: (pts != dts).then_some(dts & MASK),
+            pts: Some(pts & PTS_MASK),
+            dts: (pts != dts).then_some(dts & PTS_MASK),
             random_access: false,
             discontinuity: false,
             data: data.to_vec().into(),
@@ -1091,7 +1078,7 @@ mod tests {
             return;
         };
         // Shift so the 33-bit wrap falls in the middle; the muxer takes u64 modulo 2^33.
-        let shift = WRAP - video[90].pts;
+        let shift = PTS_WRAP - video[90].pts;
         let video: Vec<_> = video
             .into_iter()
             .map(|v| VideoIn {
@@ -1112,7 +1099,7 @@ mod tests {
         assert_eq!(d.problems, []);
         assert_eq!(d.discontinuities, 0, "a wrap is not a discontinuity");
         let pts: Vec<_> = d.aus.iter().map(|au| au.pts).collect();
-        let want: Vec<_> = video.iter().map(|v| v.pts & MASK).collect();
+        let want: Vec<_> = video.iter().map(|v| v.pts & PTS_MASK).collect();
         assert_eq!(pts, want);
         assert_eq!(d.aus[90].pts, 0);
         assert!(d
@@ -1121,7 +1108,7 @@ mod tests {
             .zip(&video)
             .all(|(au, v)| au.keyframe == v.keyframe));
         let opus: Vec<_> = d.opus.iter().map(|a| (a.pts, &a.data)).collect();
-        let want: Vec<_> = audio.iter().map(|a| (a.pts & MASK, &a.data)).collect();
+        let want: Vec<_> = audio.iter().map(|a| (a.pts & PTS_MASK, &a.data)).collect();
         assert_eq!(opus, want);
         // The PCR steps forward across the wrap too.
         let pcrs: Vec<u64> = d.pcrs.iter().map(|p| p / 300).collect();
@@ -1342,7 +1329,7 @@ mod tests {
         // Adaptation field: RAI and PCR (dts - 100 ms), then the PES header.
         assert_eq!(p[3] & 0x30, 0x30);
         assert_eq!(&p[4..6], &[7, 0x50]);
-        assert_eq!(pcr_of(p), Some(WRAP + 6000 - PCR_DELAY));
+        assert_eq!(pcr_of(p), Some(PTS_WRAP + 6000 - PCR_DELAY));
         let pes = &p[12..];
         assert_eq!(&pes[..9], &[0, 0, 1, 0xE0, 0, 0, 0x84, 0xC0, 10]);
         assert_eq!(&pes[9..14], &timestamp_bytes(0b0011, 9000));

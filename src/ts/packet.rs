@@ -1,6 +1,11 @@
-//! One 188-byte transport packet: header and adaptation field (ISO/IEC 13818-1 §2.4.3).
+//! One 188-byte transport packet: header, adaptation field (ISO/IEC 13818-1 §2.4.3), and the
+//! clock fields a packet can carry (PCR, and the PTS/DTS of a PES starting in it), found in
+//! place so they can be read or rewritten without copying the packet.
 
 use std::fmt;
+
+use super::pes::{has_optional_header, read_timestamp, timestamp_bytes};
+use crate::time::PTS_MASK;
 
 /// Size of a transport stream packet.
 pub const PACKET_SIZE: usize = 188;
@@ -84,14 +89,11 @@ pub(crate) fn split<'a>(
             af.discontinuity = flags & 0x80 != 0;
             af.random_access = flags & 0x40 != 0;
             if flags & 0x10 != 0 {
-                let b = field.get(1..7).ok_or("PCR beyond adaptation field")?;
-                let base = u64::from(b[0]) << 25
-                    | u64::from(b[1]) << 17
-                    | u64::from(b[2]) << 9
-                    | u64::from(b[3]) << 1
-                    | u64::from(b[4] >> 7);
-                let ext = u64::from(b[4] & 0x01) << 8 | u64::from(b[5]);
-                af.pcr = Some(base * 300 + ext);
+                let b = field
+                    .get(1..7)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or("PCR beyond adaptation field")?;
+                af.pcr = Some(read_pcr(b));
             }
         }
         1 + len
@@ -104,6 +106,114 @@ pub(crate) fn split<'a>(
         &[][..]
     };
     Ok((af, payload))
+}
+
+/// A PCR field: 33-bit base (90 kHz) and 9-bit extension, in 27 MHz units.
+fn read_pcr(b: &[u8; 6]) -> u64 {
+    let ext = u64::from(b[4] & 0x01) << 8 | u64::from(b[5]);
+    read_pcr_base(b) * 300 + ext
+}
+
+/// The 33-bit base (90 kHz) of a PCR field.
+fn read_pcr_base(b: &[u8; 6]) -> u64 {
+    u64::from(b[0]) << 25
+        | u64::from(b[1]) << 17
+        | u64::from(b[2]) << 9
+        | u64::from(b[3]) << 1
+        | u64::from(b[4] >> 7)
+}
+
+/// Offset of the PCR field in the packet: bytes 6..12 when the adaptation field has one.
+const PCR_AT: usize = 6;
+/// Offsets in a PES header of the PTS and the DTS fields.
+const PES_PTS_AT: usize = 9;
+const PES_DTS_AT: usize = 14;
+
+/// Where a packet's clock fields sit: the PCR, and the PTS and DTS of a PES whose header
+/// starts in this packet (and fits in it). Found once; read or rewritten in place (the
+/// replay loop shifts them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Timestamps {
+    pcr: Option<usize>,
+    pts: Option<usize>,
+    dts: Option<usize>,
+}
+
+impl Timestamps {
+    /// Finds the fields; a malformed packet has none.
+    pub fn find(pkt: &[u8; PACKET_SIZE]) -> Timestamps {
+        let header = Header::parse(pkt);
+        let Ok((af, payload)) = split(pkt, &header) else {
+            return Timestamps::default();
+        };
+        let mut t = Timestamps {
+            pcr: af.pcr.map(|_| PCR_AT),
+            ..Timestamps::default()
+        };
+        // A PES header with the optional fields: 00 00 01 id len len 10xxxxxx flags hdr_len.
+        let pes = match payload {
+            [0, 0, 1, id, _, _, b6, flags, len, ..]
+                if header.pusi && has_optional_header(*id) && b6 & 0xC0 == 0x80 =>
+            {
+                Some((*flags >> 6, usize::from(*len)))
+            }
+            _ => None,
+        };
+        let at = PACKET_SIZE - payload.len();
+        let fits = |field: usize, need: usize, hdr_len: usize| {
+            (hdr_len >= need && at + field + 5 <= PACKET_SIZE).then_some(at + field)
+        };
+        match pes {
+            Some((0b10, hdr_len)) => t.pts = fits(PES_PTS_AT, 5, hdr_len),
+            Some((0b11, hdr_len)) => {
+                t.pts = fits(PES_PTS_AT, 5, hdr_len);
+                t.dts = t.pts.and(fits(PES_DTS_AT, 10, hdr_len));
+            }
+            _ => {}
+        }
+        t
+    }
+
+    /// The PCR in 27 MHz units.
+    pub fn pcr(&self, pkt: &[u8; PACKET_SIZE]) -> Option<u64> {
+        let at = self.pcr?;
+        pkt.get(at..at + 6)
+            .and_then(|b| b.try_into().ok())
+            .map(read_pcr)
+    }
+
+    /// The PES PTS (33 bits, 90 kHz).
+    pub fn pts(&self, pkt: &[u8; PACKET_SIZE]) -> Option<u64> {
+        let at = self.pts?;
+        pkt.get(at..at + 5)
+            .and_then(|b| b.try_into().ok())
+            .map(read_timestamp)
+    }
+
+    /// Adds `delta_90k` (modulo 2^33) to the PCR base and to the PTS and DTS; the PCR
+    /// extension and the fields' prefixes are kept.
+    pub fn shift(&self, pkt: &mut [u8; PACKET_SIZE], delta_90k: u64) {
+        if let Some(b) = self
+            .pcr
+            .and_then(|at| pkt.get_mut(at..at + 6))
+            .and_then(|b| <&mut [u8; 6]>::try_from(b).ok())
+        {
+            let base = (read_pcr_base(b) + delta_90k) & PTS_MASK;
+            b[0] = (base >> 25) as u8;
+            b[1] = (base >> 17) as u8;
+            b[2] = (base >> 9) as u8;
+            b[3] = (base >> 1) as u8;
+            b[4] = (b[4] & 0x7F) | ((base & 1) as u8) << 7;
+        }
+        for at in [self.pts, self.dts].into_iter().flatten() {
+            if let Some(b) = pkt
+                .get_mut(at..at + 5)
+                .and_then(|b| <&mut [u8; 5]>::try_from(b).ok())
+            {
+                *b = timestamp_bytes(b[0] >> 4, read_timestamp(b) + delta_90k);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -147,5 +257,45 @@ mod tests {
         let p = packet(0x01, 0x00, 0x20, &[183, 0x40]);
         let (af, payload) = split(&p, &Header::parse(&p)).unwrap();
         assert!(af.random_access && payload.is_empty());
+    }
+
+    #[test]
+    fn timestamps_are_read_and_shifted_in_place_across_the_wrap() {
+        let base = PTS_MASK - 2;
+        let mut rest = vec![
+            7,
+            0x10,
+            (base >> 25) as u8,
+            (base >> 17) as u8,
+            (base >> 9) as u8,
+            (base >> 1) as u8,
+            ((base & 1) as u8) << 7 | 0x7E | 0x01,
+            0x01,
+        ];
+        rest.extend([0, 0, 1, 0xE0, 0, 0, 0x80, 0xC0, 10]);
+        rest.extend(timestamp_bytes(0b0011, PTS_MASK - 5));
+        rest.extend(timestamp_bytes(0b0001, PTS_MASK - 3005));
+        let mut p = packet(0x41, 0x00, 0x30, &rest);
+        let t = Timestamps::find(&p);
+        assert_eq!(t.pcr(&p), Some(base * 300 + 0x101));
+        assert_eq!(t.pts(&p), Some(PTS_MASK - 5));
+        t.shift(&mut p, 10);
+        assert_eq!(
+            t.pcr(&p),
+            Some(7 * 300 + 0x101),
+            "base wraps, extension kept"
+        );
+        assert_eq!(t.pts(&p), Some(4));
+        assert_eq!(
+            read_timestamp(p[26..31].try_into().unwrap()),
+            PTS_MASK - 2995
+        );
+        assert_eq!((p[21] >> 4, p[26] >> 4), (0b0011, 0b0001), "prefixes kept");
+        assert_eq!(Timestamps::find(&p), t);
+        // No PES start, or a PES header without room for its PTS: nothing to find.
+        let p = packet(0x01, 0x00, 0x10, &[0, 0, 1, 0xE0, 0, 0, 0x80, 0x80, 5]);
+        assert_eq!(Timestamps::find(&p), Timestamps::default());
+        let p = packet(0x41, 0x00, 0x10, &[0, 0, 1, 0xE0, 0, 0, 0x80, 0x80, 2]);
+        assert_eq!(Timestamps::find(&p).pts(&p), None);
     }
 }

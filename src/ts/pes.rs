@@ -4,6 +4,7 @@ use bytes::Bytes;
 
 use super::demux::{DemuxEvent, DemuxProblem};
 use super::packet::Pid;
+use crate::time::PTS_MASK;
 
 /// A complete PES packet of a supported track.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -34,6 +35,18 @@ pub(crate) fn read_timestamp(b: &[u8; 5]) -> u64 {
         | u64::from(b[4] >> 1)
 }
 
+/// The 5-byte PTS/DTS field: 4-bit prefix, the 33 bits (masked) in 3/15/15 with marker bits.
+pub(crate) fn timestamp_bytes(prefix: u8, ts: u64) -> [u8; 5] {
+    let ts = ts & PTS_MASK;
+    [
+        prefix << 4 | ((ts >> 29) & 0x0E) as u8 | 1,
+        (ts >> 22) as u8,
+        ((ts >> 14) & 0xFE) as u8 | 1,
+        (ts >> 7) as u8,
+        ((ts << 1) & 0xFE) as u8 | 1,
+    ]
+}
+
 /// The parsed fixed part of a PES header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct PesHeader {
@@ -47,7 +60,7 @@ struct PesHeader {
 
 /// Stream ids without the optional PES header (program_stream_map, padding, private_stream_2,
 /// ECM, EMM, directory, DSMCC, H.222.1 type E).
-fn has_optional_header(stream_id: u8) -> bool {
+pub(crate) fn has_optional_header(stream_id: u8) -> bool {
     !matches!(
         stream_id,
         0xBC | 0xBE | 0xBF | 0xF0 | 0xF1 | 0xFF | 0xF2 | 0xF8
@@ -270,7 +283,7 @@ mod tests {
 
     #[test]
     fn pts_parse_ignores_marker_bits() {
-        let pts = 0x1_2345_6789 & ((1 << 33) - 1);
+        let pts = 0x1_2345_6789 & PTS_MASK;
         let b = pts_bytes(0b0010, pts);
         assert_eq!(read_timestamp(&b), pts);
         let mut bad = b;
@@ -278,10 +291,7 @@ mod tests {
         bad[2] &= !1;
         bad[4] &= !1;
         assert_eq!(read_timestamp(&bad), pts);
-        assert_eq!(
-            read_timestamp(&pts_bytes(0b0010, (1 << 33) - 1)),
-            (1 << 33) - 1
-        );
+        assert_eq!(read_timestamp(&pts_bytes(0b0010, PTS_MASK)), PTS_MASK);
     }
 
     #[test]

@@ -1,18 +1,37 @@
 //! Where a TS reader that joins mid-stream should start: at the latest PAT and PMT, then the
 //! first packet of an IDR access unit (or, without video, the next audio PES). Everything
-//! before is held back; from there on bytes pass through untouched. Sans-IO.
+//! before is held back. Sans-IO.
+//!
+//! Packets are found by the crate's one [`Aligner`], so 192-byte (M2TS) and 204-byte input
+//! joins too. The reader gets 188-byte TS: for 188-byte input, bytes after the start pass
+//! through untouched (damage included, as the source sent it); for other strides, the
+//! aligned 188-byte packets are passed on.
 
-use super::packet::{PACKET_SIZE, SYNC_BYTE};
+use std::ops::ControlFlow;
+
+use super::align::{Aligned, Aligner, Stride};
+use super::packet::{self, Header, PACKET_SIZE};
 use super::psi::StreamType;
 
+/// How far the join has got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    /// Learning PAT and PMT, waiting for the start packet.
+    Searching,
+    /// Started on 188-byte input: every byte passes through.
+    PassThrough,
+    /// Started on 192/204-byte input: aligned packets pass through.
+    Packets,
+}
+
 pub struct StartPoint {
-    carry: Vec<u8>,
+    align: Aligner,
     pat: Option<[u8; PACKET_SIZE]>,
     pmt_pid: Option<u16>,
     pmt: Option<[u8; PACKET_SIZE]>,
     video_pid: Option<u16>,
     audio_pid: Option<u16>,
-    started: bool,
+    state: State,
 }
 
 impl Default for StartPoint {
@@ -24,59 +43,73 @@ impl Default for StartPoint {
 impl StartPoint {
     pub fn new() -> Self {
         StartPoint {
-            carry: Vec::new(),
+            align: Aligner::new(),
             pat: None,
             pmt_pid: None,
             pmt: None,
             video_pid: None,
             audio_pid: None,
-            started: false,
+            state: State::Searching,
         }
     }
 
     pub fn started(&self) -> bool {
-        self.started
+        self.state != State::Searching
+    }
+
+    /// Whether, from the start on, input bytes pass through untouched (188-byte input); else
+    /// the output is the input's packets, 188 bytes each.
+    pub fn passes_through(&self) -> bool {
+        self.state == State::PassThrough
     }
 
     /// Feed bytes; append what the reader should get to `out`.
     pub fn push(&mut self, data: &[u8], out: &mut Vec<u8>) {
-        if self.started {
+        if self.state == State::PassThrough {
             out.extend_from_slice(data);
             return;
         }
-        self.carry.extend_from_slice(data);
-        let mut at = 0;
-        while at + PACKET_SIZE <= self.carry.len() {
-            if self.carry[at] != SYNC_BYTE {
-                at += 1;
-                continue;
-            }
-            let mut pkt = [0u8; PACKET_SIZE];
-            pkt.copy_from_slice(&self.carry[at..at + PACKET_SIZE]);
-            if self.is_start(&pkt) {
-                for psi in [self.pat, self.pmt].into_iter().flatten() {
-                    out.extend_from_slice(&psi);
+        let mut align = std::mem::take(&mut self.align);
+        let flow = align.push(data, &mut |item| {
+            let Aligned::Packet { packet, stride, .. } = item else {
+                return ControlFlow::Continue(());
+            };
+            match self.state {
+                State::Searching if self.is_start(packet) => {
+                    for psi in [self.pat, self.pmt].into_iter().flatten() {
+                        out.extend_from_slice(&psi);
+                    }
+                    out.extend_from_slice(packet);
+                    if stride == Stride::Ts188 {
+                        // The rest of the input as it is: `take_pending` below.
+                        self.state = State::PassThrough;
+                        return ControlFlow::Break(());
+                    }
+                    self.state = State::Packets;
                 }
-                out.extend_from_slice(&self.carry[at..]);
-                self.carry = Vec::new();
-                self.started = true;
-                return;
+                State::Searching => self.learn(packet),
+                State::Packets | State::PassThrough => out.extend_from_slice(packet),
             }
-            self.learn(&pkt);
-            at += PACKET_SIZE;
+            ControlFlow::Continue(())
+        });
+        if flow.is_break() {
+            out.extend_from_slice(&align.take_pending());
         }
-        self.carry.drain(..at);
+        self.align = align;
     }
 
     fn is_start(&self, pkt: &[u8; PACKET_SIZE]) -> bool {
-        if self.pmt.is_none() || pkt[1] & 0x40 == 0 {
+        let header = Header::parse(pkt);
+        if self.pmt.is_none() || !header.pusi {
             return false;
         }
-        let pid = pid_of(pkt);
+        let pid = header.pid.0;
         match self.video_pid {
             Some(v) if v == pid => {
-                let rai = pkt[3] & 0x20 != 0 && pkt[4] > 0 && pkt[5] & 0x40 != 0;
-                rai || payload(pkt).is_some_and(starts_idr)
+                let Ok((af, payload)) = packet::split(pkt, &header) else {
+                    return false;
+                };
+                af.random_access || starts_idr(payload)
             }
             Some(_) => false,
             None => self.audio_pid == Some(pid),
@@ -85,11 +118,12 @@ impl StartPoint {
 
     /// Remember the latest PAT and PMT and the PIDs they give.
     fn learn(&mut self, pkt: &[u8; PACKET_SIZE]) {
-        let pid = pid_of(pkt);
-        if pkt[1] & 0x40 == 0 {
+        let header = Header::parse(pkt);
+        let pid = header.pid.0;
+        if !header.pusi {
             return;
         }
-        let Some(section) = payload(pkt).and_then(|p| {
+        let Some(section) = packet::split(pkt, &header).ok().and_then(|(_, p)| {
             let pointer = usize::from(*p.first()?);
             p.get(1 + pointer..)
         }) else {
@@ -136,24 +170,11 @@ impl StartPoint {
     }
 }
 
-fn pid_of(pkt: &[u8; PACKET_SIZE]) -> u16 {
-    u16::from_be_bytes([pkt[1], pkt[2]]) & 0x1FFF
-}
-
 fn section_len(section: &[u8]) -> usize {
     match section {
         [_, a, b, ..] => usize::from(u16::from_be_bytes([*a, *b]) & 0x0FFF),
         _ => 0,
     }
-}
-
-fn payload(pkt: &[u8; PACKET_SIZE]) -> Option<&[u8]> {
-    let start = match pkt[3] & 0x30 {
-        0x10 => 4,
-        0x30 => 5 + usize::from(pkt[4]),
-        _ => return None,
-    };
-    pkt.get(start..)
 }
 
 /// Whether a PES start's first bytes hold an SPS or IDR NAL (x264 puts AUD, SPS, PPS, … first).
@@ -172,6 +193,7 @@ fn starts_idr(pes: &[u8]) -> bool {
 mod tests {
     use super::*;
     use crate::codec::h264::{AccessUnit, H264Assembler};
+    use crate::ts::packet::SYNC_BYTE;
     use crate::ts::{DemuxEvent, Demuxer};
 
     fn file() -> Vec<u8> {
@@ -180,6 +202,29 @@ mod tests {
             "/testdata/h264_opus.ts"
         ))
         .unwrap()
+    }
+
+    fn pid_of(pkt: &[u8; PACKET_SIZE]) -> u16 {
+        Header::parse(pkt).pid.0
+    }
+
+    /// The first access unit of the output is an IDR, and the output demuxes cleanly.
+    fn check_output(out: &[u8]) {
+        let mut d = Demuxer::new();
+        let mut ev = Vec::new();
+        d.push(out, &mut ev);
+        let tracks = d.tracks().expect("tracks from the first packets").clone();
+        let mut h = H264Assembler::new();
+        let mut aus: Vec<AccessUnit> = Vec::new();
+        for e in &ev {
+            if let DemuxEvent::Pes(p) = e {
+                if Some(p.pid) == tracks.video().map(|t| t.pid) {
+                    h.push(p, &mut aus);
+                }
+            }
+        }
+        assert!(aus[0].keyframe, "the first access unit is an IDR");
+        assert!(!ev.iter().any(|e| matches!(e, DemuxEvent::Problem(_))));
     }
 
     #[test]
@@ -199,21 +244,45 @@ mod tests {
             0x1000,
             "then the PMT"
         );
-        let mut d = Demuxer::new();
-        let mut ev = Vec::new();
-        d.push(&out, &mut ev);
-        let tracks = d.tracks().expect("tracks from the first packets").clone();
-        let mut h = H264Assembler::new();
-        let mut aus: Vec<AccessUnit> = Vec::new();
-        for e in &ev {
-            if let DemuxEvent::Pes(p) = e {
-                if Some(p.pid) == tracks.h264().map(|t| t.pid) {
-                    h.push(p, &mut aus);
-                }
-            }
+        check_output(&out);
+        // 188-byte input: from the start packet on, the input passes through as it is.
+        assert!(sp.passes_through());
+        let at = f
+            .windows(PACKET_SIZE)
+            .position(|w| w == &out[376..564])
+            .unwrap();
+        assert_eq!(out[376..], f[at..]);
+    }
+
+    #[test]
+    fn joins_m2ts_input_and_outputs_188_byte_packets() {
+        let Ok(m2ts) = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/h264_opus.m2ts"
+        )) else {
+            return eprintln!("skipping: testdata/h264_opus.m2ts not found");
+        };
+        // Join in the middle of a unit, fed in chunks that are no multiple of anything.
+        let mut sp = StartPoint::new();
+        let mut out = Vec::new();
+        for chunk in m2ts[50_003..].chunks(777) {
+            sp.push(chunk, &mut out);
         }
-        assert!(aus[0].keyframe, "the first access unit is an IDR");
-        assert!(!ev.iter().any(|e| matches!(e, DemuxEvent::Problem(_))));
+        assert!(sp.started() && !sp.passes_through());
+        assert_eq!(out.len() % PACKET_SIZE, 0);
+        assert!(out.chunks(PACKET_SIZE).all(|p| p[0] == SYNC_BYTE));
+        assert_eq!(pid_of(out[..188].try_into().unwrap()), 0, "PAT first");
+        assert_eq!(
+            pid_of(out[188..376].try_into().unwrap()),
+            0x100,
+            "then the PMT"
+        );
+        check_output(&out);
+        // Every packet of the input after the start is there, in order, without its header.
+        let units: Vec<&[u8]> = m2ts.chunks(192).map(|u| &u[4..]).collect();
+        let first = units.iter().position(|u| *u == &out[376..564]).unwrap();
+        let rest: Vec<u8> = units[first..].concat();
+        assert!(out[376..] == rest[..]);
     }
 
     #[test]

@@ -238,3 +238,28 @@ fn testdata_hevc_opus() {
         })
     );
 }
+
+#[test]
+fn testdata_h264_opus_m2ts() {
+    let (Some(data), Some(ts)) = (read("h264_opus.m2ts"), read("h264_opus.ts")) else {
+        return;
+    };
+    assert_eq!(data.len() % 192, 0);
+    let (events, s) = demux(&data, 1316);
+    assert_eq!(s.problems, 0, "the 4-byte headers are no garbage");
+    assert_eq!(s.tracks.len(), 1);
+    let t = &s.tracks[0];
+    assert_eq!(
+        (t.program_number, t.pmt_pid, t.pcr_pid),
+        (1, Pid(0x100), Pid(0x1011))
+    );
+    assert_eq!(t.video().unwrap().pid, Pid(0x1011));
+    assert_eq!(t.audio().unwrap().codec, Codec::Opus { channels: 2 });
+    check_video(&s, 90, 3, "64001e");
+    // The first 3 s of h264_opus.ts, remuxed: the same access units.
+    let (_, s188) = demux(&ts, 1316);
+    assert!(s.aus[..] == s188.aus[..90]);
+    for chunk in [1, 191, 192, 193, 4096] {
+        assert_eq!(demux(&data, chunk).0, events, "chunk {chunk}");
+    }
+}

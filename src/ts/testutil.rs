@@ -76,6 +76,18 @@ pub fn pat(program: u16, pmt_pid: u16, version: u8) -> Vec<u8> {
     section(0x00, 1, version, &body)
 }
 
+/// The packets of a 188-byte stream laid out in `stride` (M2TS headers or FEC parity filled
+/// with bytes that are never sync bytes).
+pub fn restride(ts: &[u8], stride: crate::ts::Stride) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in ts.chunks(PACKET_SIZE) {
+        out.extend(std::iter::repeat_n(0x11, stride.prefix()));
+        out.extend_from_slice(p);
+        out.extend(std::iter::repeat_n(0x22, stride.suffix()));
+    }
+    out
+}
+
 /// `streams`: (stream_type, pid, ES_info descriptors).
 pub fn pmt(program: u16, version: u8, pcr_pid: u16, streams: &[(u8, u16, &[u8])]) -> Vec<u8> {
     let mut body = (0xE000 | pcr_pid).to_be_bytes().to_vec();
