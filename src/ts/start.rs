@@ -29,7 +29,8 @@ pub struct StartPoint {
     pat: Option<[u8; PACKET_SIZE]>,
     pmt_pid: Option<u16>,
     pmt: Option<[u8; PACKET_SIZE]>,
-    video_pid: Option<u16>,
+    /// The video PID, and whether it is H.265 (else H.264).
+    video_pid: Option<(u16, bool)>,
     audio_pid: Option<u16>,
     state: State,
 }
@@ -105,11 +106,11 @@ impl StartPoint {
         }
         let pid = header.pid.0;
         match self.video_pid {
-            Some(v) if v == pid => {
+            Some((v, hevc)) if v == pid => {
                 let Ok((af, payload)) = packet::split(pkt, &header) else {
                     return false;
                 };
-                af.random_access || starts_idr(payload)
+                af.random_access || starts_keyframe(payload, hevc)
             }
             Some(_) => false,
             None => self.audio_pid == Some(pid),
@@ -156,8 +157,8 @@ impl StartPoint {
                 let es = u16::from_be_bytes([section[i + 1], section[i + 2]]) & 0x1FFF;
                 let es_len =
                     usize::from(u16::from_be_bytes([section[i + 3], section[i + 4]]) & 0x0FFF);
-                if st == StreamType::H264 {
-                    video.get_or_insert(es);
+                if st == StreamType::H264 || st == StreamType::HEVC {
+                    video.get_or_insert((es, st == StreamType::HEVC));
                 } else if audio.is_none() {
                     audio = Some(es);
                 }
@@ -177,16 +178,22 @@ fn section_len(section: &[u8]) -> usize {
     }
 }
 
-/// Whether a PES start's first bytes hold an SPS or IDR NAL (x264 puts AUD, SPS, PPS, … first).
-fn starts_idr(pes: &[u8]) -> bool {
+/// Whether a PES start's first bytes hold parameter sets or a keyframe: for H.264 an SPS or
+/// IDR NAL unit (x264 puts AUD, SPS, PPS, … first), for H.265 a VPS/SPS/PPS or IRAP one.
+fn starts_keyframe(pes: &[u8], hevc: bool) -> bool {
     let Some(&hdr_len) = pes.get(8) else {
         return false;
     };
     let Some(es) = pes.get(9 + usize::from(hdr_len)..) else {
         return false;
     };
-    es.windows(4)
-        .any(|w| w[..3] == [0, 0, 1] && matches!(w[3] & 0x1F, 5 | 7))
+    es.windows(4).any(|w| {
+        w[..3] == [0, 0, 1]
+            && match hevc {
+                false => matches!(w[3] & 0x1F, 5 | 7),
+                true => matches!((w[3] >> 1) & 0x3F, 16..=23 | 32..=34),
+            }
+    })
 }
 
 #[cfg(test)]
@@ -283,6 +290,42 @@ mod tests {
         let first = units.iter().position(|u| *u == &out[376..564]).unwrap();
         let rest: Vec<u8> = units[first..].concat();
         assert!(out[376..] == rest[..]);
+    }
+
+    #[test]
+    fn joins_hevc_at_an_irap_with_its_parameter_sets() {
+        use crate::codec::h265::H265Assembler;
+        let Ok(f) = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/hevc_opus.ts"
+        )) else {
+            return eprintln!("skipping: testdata/hevc_opus.ts not found");
+        };
+        let mut sp = StartPoint::new();
+        let mut out = Vec::new();
+        for chunk in f[150_001..].chunks(1000) {
+            sp.push(chunk, &mut out);
+        }
+        assert!(sp.started());
+        let mut d = Demuxer::new();
+        let mut ev = Vec::new();
+        d.push(&out, &mut ev);
+        let hevc = d
+            .tracks()
+            .and_then(|t| t.hevc())
+            .expect("the H.265 track")
+            .pid;
+        let mut h = H265Assembler::new();
+        let mut aus: Vec<AccessUnit> = Vec::new();
+        for e in &ev {
+            if let DemuxEvent::Pes(p) = e {
+                if p.pid == hevc {
+                    h.push(p, &mut aus);
+                }
+            }
+        }
+        assert!(aus[0].keyframe, "the first access unit is an IRAP");
+        assert!(h.sps().is_some(), "with its SPS");
     }
 
     #[test]
