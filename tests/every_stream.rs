@@ -600,3 +600,56 @@ async fn gstreamer_decodes_hevc_and_plays_an_audio_only_stream() {
         "GStreamer played the audio-only stream: {a}"
     );
 }
+
+// ---- 192-byte packets ----------------------------------------------------------------------
+
+/// M2TS (192-byte packets, as cameras and Blu-ray write), replayed by `--replay` and pushed
+/// over HTTP: both play, through the one packet aligner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn m2ts_plays_when_replayed_and_when_pushed() {
+    let s = serve(&[("cam", "h264_opus.m2ts")]).await;
+    let m2ts = std::fs::read(common::testdata("h264_opus.m2ts")).unwrap();
+    let ingest = url(&s, "/ingest/pushed");
+    // Pushed about as fast as it plays (3 s), in pieces that are no multiple of 192.
+    let pusher = tokio::spawn(async move {
+        let mut up =
+            common::http::ChunkedUpload::start("PUT", &ingest, &[("Content-Type", "video/mp2t")])
+                .await?;
+        let pieces: Vec<&[u8]> = m2ts.chunks(7777).collect();
+        let pause = Duration::from_secs(3) / pieces.len() as u32;
+        for piece in pieces {
+            up.send(piece).await?;
+            tokio::time::sleep(pause).await;
+        }
+        up.finish().await
+    });
+    for name in ["cam", "pushed"] {
+        let r = whep_receive(
+            &url(&s, &format!("/whep/{name}")),
+            WhepOptions {
+                seconds: 3.0,
+                stop: match name {
+                    "cam" => StopWhen::AudioPackets(50),
+                    _ => StopWhen::VideoAus(5),
+                },
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 201, "{name}: {:?}", r.error_body);
+        let aus = h264_access_units(&r.video);
+        assert!(aus.len() >= 5, "{name}: {} access units", aus.len());
+        assert!(aus[0].is_keyframe(), "{name}");
+        if name == "cam" {
+            assert!(aus.len() >= 20 && r.audio.len() >= 50, "{name}: audio too");
+        }
+    }
+    let j = common::stream_json(s.http_addr, "cam").await;
+    assert_eq!(
+        j["ts_problems"], 0,
+        "the 4-byte headers are no garbage: {j}"
+    );
+    let pushed = pusher.await.unwrap().unwrap();
+    assert!(pushed.status < 300, "{}", pushed.text());
+}
