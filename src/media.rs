@@ -187,6 +187,8 @@ impl MediaState {
                 DemuxEvent::Tracks(t) => self.on_tracks(t, stream, sink),
                 DemuxEvent::Pes(pes) => self.on_pes(&pes, stream, sink, now),
                 DemuxEvent::Pcr { .. } => {}
+                // The other programs of an MPTS: this task plays the followed one (`Tracks`).
+                DemuxEvent::Programs(_) => {}
                 // Lost packets or a flagged discontinuity: the timeline re-anchors by itself
                 // when the timestamps really jump (> 1 s); small gaps are kept as they are.
                 DemuxEvent::Discontinuity { pid } => {

@@ -1,5 +1,9 @@
-//! `tsbridge probe FILE|URL`: what a TS holds, from its PMT (no guessing), plus codec details,
+//! `tsbridge probe FILE|URL`: what a TS holds, from its PMTs (no guessing), plus codec details,
 //! GOP and bitrate measured over the first seconds.
+//!
+//! Every program of the PAT is listed; the one a stream would play ([`ProgramChoice::Auto`])
+//! is marked, and its tracks are measured and also reported at the top level, where readers
+//! of single-program reports look for them.
 
 use std::time::Duration;
 
@@ -9,20 +13,36 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufRead
 use crate::codec::opus;
 use crate::codec::reorder::{ReorderDetector, B_FRAMES_ADVICE};
 use crate::codec::{VideoAssembler, VideoCodec, VideoProfile};
-use crate::ts::{Codec, DemuxEvent, Demuxer, TrackSet};
+#[cfg(doc)]
+use crate::ts::ProgramChoice;
+use crate::ts::{Codec, DemuxEvent, Demuxer, TrackInfo, TrackSet};
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
+    /// The followed program (see `programs`): its number, PMT PID and tracks.
     pub program_number: Option<u16>,
     pub pmt_pid: Option<u16>,
     pub tracks: Vec<TrackReport>,
+    /// Every program whose PMT was seen, in PAT order.
+    pub programs: Vec<ProgramReport>,
     pub bytes: u64,
     pub duration_s: f64,
     pub bitrate_kbps: f64,
     pub problems: u64,
 }
 
+/// One program of the PAT.
 #[derive(Debug, Default, Serialize)]
+pub struct ProgramReport {
+    pub number: u16,
+    pub pmt_pid: u16,
+    /// The program a stream plays (the first with H.264/Opus, see `ProgramChoice::Auto`);
+    /// only its tracks are measured.
+    pub followed: bool,
+    pub tracks: Vec<TrackReport>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct TrackReport {
     pub pid: u16,
     pub stream_type: u8,
@@ -60,12 +80,13 @@ pub struct TrackReport {
 pub struct Prober {
     demux: Demuxer,
     video: Option<VideoAssembler>,
+    reorder: ReorderDetector,
     events: Vec<DemuxEvent>,
     tracks: Option<TrackSet>,
+    programs: Vec<TrackSet>,
     report: Report,
     video_pts: Vec<u64>,
     key_pts: Vec<u64>,
-    reorder: ReorderDetector,
     audio_packets: u64,
     first_pts: Option<u64>,
     last_pts: Option<u64>,
@@ -82,12 +103,13 @@ impl Prober {
         Prober {
             demux: Demuxer::new(),
             video: None,
+            reorder: ReorderDetector::new(),
             events: Vec::new(),
             tracks: None,
+            programs: Vec::new(),
             report: Report::default(),
             video_pts: Vec::new(),
             key_pts: Vec::new(),
-            reorder: ReorderDetector::new(),
             audio_packets: 0,
             first_pts: None,
             last_pts: None,
@@ -124,6 +146,7 @@ impl Prober {
                     }
                     self.tracks = Some(t);
                 }
+                DemuxEvent::Programs(list) => self.programs = list,
                 DemuxEvent::Problem(_) => self.report.problems += 1,
                 DemuxEvent::Pes(pes) => {
                     let Some(t) = &self.tracks else { continue };
@@ -164,19 +187,24 @@ impl Prober {
         if secs > 0.0 {
             r.bitrate_kbps = (r.bytes as f64 * 8.0 / secs / 1000.0 * 10.0).round() / 10.0;
         }
+        let followed = self.tracks.as_ref().map(|t| t.program_number);
+        r.programs = self
+            .programs
+            .iter()
+            .map(|p| ProgramReport {
+                number: p.program_number,
+                pmt_pid: p.pmt_pid.0,
+                followed: Some(p.program_number) == followed,
+                tracks: p.tracks.iter().map(track_report).collect(),
+            })
+            .collect();
         let Some(ts) = self.tracks else { return r };
         r.program_number = Some(ts.program_number);
         r.pmt_pid = Some(ts.pmt_pid.0);
         for t in &ts.tracks {
-            let mut tr = TrackReport {
-                pid: t.pid.0,
-                stream_type: t.stream_type.0,
-                codec: t.codec_name().to_string(),
-                ..Default::default()
-            };
+            let mut tr = track_report(t);
             match &t.codec {
                 Codec::H264 | Codec::H265 if ts.video().is_some_and(|v| v.pid == t.pid) => {
-                    tr.playable = true;
                     if let Some(info) = self.video.as_ref().and_then(VideoAssembler::info) {
                         match info.profile {
                             VideoProfile::H264(p) => tr.profile_level_id = Some(p.to_string()),
@@ -205,67 +233,68 @@ impl Prober {
                         }
                     }
                 }
-                Codec::Opus { channels } => {
-                    tr.playable = true;
-                    tr.channels = Some(*channels);
-                    tr.frames = self.audio_packets;
-                }
                 Codec::H264 | Codec::H265 => {
-                    tr.reason = Some("another video track of the program is sent".to_string())
+                    tr.playable = false;
+                    tr.reason = Some("another video track of the program is sent".to_string());
                 }
-                Codec::Unsupported { reason } => tr.reason = Some(reason.to_string()),
+                Codec::Opus { .. } => tr.frames = self.audio_packets,
+                Codec::Unsupported { .. } => {}
             }
             r.tracks.push(tr);
+        }
+        // The followed program's entry gets the measured tracks too.
+        if let Some(p) = r.programs.iter_mut().find(|p| p.followed) {
+            p.tracks.clone_from(&r.tracks);
         }
         r
     }
 }
 
+/// What the PMT alone says about a track.
+fn track_report(t: &TrackInfo) -> TrackReport {
+    let mut tr = TrackReport {
+        pid: t.pid.0,
+        stream_type: t.stream_type.0,
+        codec: t.codec_name().to_string(),
+        ..Default::default()
+    };
+    match &t.codec {
+        Codec::H264 | Codec::H265 => tr.playable = true,
+        Codec::Opus { channels } => {
+            tr.playable = true;
+            tr.channels = Some(*channels);
+        }
+        Codec::Unsupported { reason } => tr.reason = Some(reason.to_string()),
+    }
+    tr
+}
+
 impl Report {
     pub fn text(&self) -> String {
         let mut s = String::new();
-        match self.program_number {
-            Some(p) => s.push_str(&format!(
-                "program {p}, PMT PID {}\n",
-                self.pmt_pid.unwrap_or(0)
-            )),
-            None => s.push_str("no PAT/PMT found: not an MPEG-TS stream, or too short\n"),
-        }
-        for t in &self.tracks {
-            s.push_str(&format!(
-                "  PID {:>5} type 0x{:02x} {:<12}",
-                t.pid, t.stream_type, t.codec
-            ));
-            let profile = t
-                .profile_level_id
-                .as_ref()
-                .map(|p| format!("profile-level-id {p}"))
-                .or_else(|| t.profile.clone());
-            if let Some(p) = profile {
-                s.push_str(&format!(
-                    " {p} {}x{}",
-                    t.width.unwrap_or(0),
-                    t.height.unwrap_or(0)
-                ));
-            }
-            if let Some(fps) = t.fps {
-                s.push_str(&format!(" {fps} fps"));
-            }
-            if let Some(g) = t.gop_s {
-                s.push_str(&format!(" GOP {g:.2} s"));
-            }
-            if let Some(c) = t.channels {
-                s.push_str(&format!(" {c} ch, {} packets", t.frames));
-            }
-            if t.b_frames == Some(true) {
-                s.push_str(" B-frames");
-            }
-            if let Some(r) = &t.reason {
-                s.push_str(&format!(" NOT PLAYABLE: {r}"));
+        let several = self.programs.len() > 1;
+        for p in &self.programs {
+            s.push_str(&format!("program {}, PMT PID {}", p.number, p.pmt_pid));
+            match (several, p.followed) {
+                (true, true) => s.push_str(" (followed)"),
+                (true, false) => s.push_str(" (not followed, not measured)"),
+                (false, _) => {}
             }
             s.push('\n');
-            if let Some(w) = &t.warning {
-                s.push_str(&format!("    WARNING: {w}\n"));
+            for t in &p.tracks {
+                track_line(&mut s, t, p.followed);
+            }
+        }
+        if self.programs.is_empty() {
+            match self.program_number {
+                Some(p) => s.push_str(&format!(
+                    "program {p}, PMT PID {}\n",
+                    self.pmt_pid.unwrap_or(0)
+                )),
+                None => s.push_str("no PAT/PMT found: not an MPEG-TS stream, or too short\n"),
+            }
+            for t in &self.tracks {
+                track_line(&mut s, t, true);
             }
         }
         s.push_str(&format!(
@@ -273,6 +302,48 @@ impl Report {
             self.bytes, self.duration_s, self.bitrate_kbps, self.problems
         ));
         s
+    }
+}
+
+/// One track's line of the text report; `measured`: with its packet count.
+fn track_line(s: &mut String, t: &TrackReport, measured: bool) {
+    s.push_str(&format!(
+        "  PID {:>5} type 0x{:02x} {:<12}",
+        t.pid, t.stream_type, t.codec
+    ));
+    let profile = t
+        .profile_level_id
+        .as_ref()
+        .map(|p| format!("profile-level-id {p}"))
+        .or_else(|| t.profile.clone());
+    if let Some(p) = profile {
+        s.push_str(&format!(
+            " {p} {}x{}",
+            t.width.unwrap_or(0),
+            t.height.unwrap_or(0)
+        ));
+    }
+    if let Some(fps) = t.fps {
+        s.push_str(&format!(" {fps} fps"));
+    }
+    if let Some(g) = t.gop_s {
+        s.push_str(&format!(" GOP {g:.2} s"));
+    }
+    if let Some(c) = t.channels {
+        s.push_str(&format!(" {c} ch"));
+        if measured {
+            s.push_str(&format!(", {} packets", t.frames));
+        }
+    }
+    if t.b_frames == Some(true) {
+        s.push_str(" B-frames");
+    }
+    if let Some(r) = &t.reason {
+        s.push_str(&format!(" NOT PLAYABLE: {r}"));
+    }
+    s.push('\n');
+    if let Some(w) = &t.warning {
+        s.push_str(&format!("    WARNING: {w}\n"));
     }
 }
 
@@ -358,26 +429,96 @@ async fn read_chunked(
 mod tests {
     use super::*;
 
-    fn probe(file: &str) -> Report {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+    fn probe(name: &str) -> Option<Report> {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("testdata")
-            .join(file);
+            .join(name);
+        let Ok(data) = std::fs::read(&path) else {
+            eprintln!("skipping: {} not found", path.display());
+            return None;
+        };
         let mut p = Prober::new();
-        for chunk in std::fs::read(path).expect("testdata").chunks(188 * 64) {
+        for chunk in data.chunks(188 * 256) {
             p.push(chunk);
         }
-        p.finish()
+        Some(p.finish())
+    }
+
+    #[test]
+    fn probe_lists_every_program_and_marks_the_followed_one() {
+        let Some(r) = probe("mpts.ts") else { return };
+        // The top level is the followed program, as for a single-program stream.
+        assert_eq!((r.program_number, r.pmt_pid), (Some(2), Some(0x1001)));
+        assert_eq!(r.tracks.len(), 2);
+        assert_eq!(r.tracks[0].profile_level_id.as_deref(), Some("42c00d"));
+        assert_eq!(r.tracks[0].frames, 120);
+        let summary: Vec<_> = r
+            .programs
+            .iter()
+            .map(|p| (p.number, p.pmt_pid, p.followed, p.tracks.len()))
+            .collect();
+        assert_eq!(summary, [(1, 0x1000, false, 1), (2, 0x1001, true, 2)]);
+        let hevc = &r.programs[0].tracks[0];
+        assert_eq!(
+            (hevc.pid, hevc.stream_type, hevc.playable),
+            (0x100, 0x24, true)
+        );
+        assert_eq!(r.programs[1].tracks[1].channels, Some(2));
+        assert_eq!(r.programs[1].tracks[0].fps, Some(30.0));
+        let text = r.text();
+        assert!(
+            text.contains("program 1, PMT PID 4096 (not followed, not measured)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("program 2, PMT PID 4097 (followed)\n"),
+            "{text}"
+        );
+        assert!(text.contains("H.265"), "{text}");
+        let json = serde_json::to_value(&r).unwrap();
+        assert_eq!(json["programs"][1]["number"], 2);
+        assert_eq!(json["programs"][1]["followed"], true);
+        assert_eq!(json["programs"][0]["tracks"][0]["codec"], "H.265");
+        assert_eq!(json["program_number"], 2);
+    }
+
+    #[test]
+    fn single_program_report_keeps_its_shape() {
+        let Some(r) = probe("h264_opus.ts") else {
+            return;
+        };
+        assert_eq!((r.program_number, r.pmt_pid), (Some(1), Some(0x1000)));
+        assert_eq!(r.programs.len(), 1);
+        assert!(r.programs[0].followed);
+        assert_eq!(r.tracks[1].frames, 301);
+        let text = r.text();
+        assert!(text.starts_with("program 1, PMT PID 4096\n"), "{text}");
+        assert!(text.contains("2 ch, 301 packets"), "{text}");
     }
 
     #[test]
     fn b_frames_are_reported_with_what_to_do() {
-        let r = probe("h264_bframes.ts");
+        let Some(r) = probe("h264_bframes.ts") else {
+            return;
+        };
         let v = &r.tracks[0];
         assert_eq!(v.b_frames, Some(true));
         assert!(v.warning.as_deref().unwrap_or("").contains("-bf 0"));
         assert!(r.text().contains("WARNING"), "{}", r.text());
-        let r = probe("h264_opus.ts");
+        let Some(r) = probe("h264_opus.ts") else {
+            return;
+        };
         assert_eq!(r.tracks[0].b_frames, Some(false));
         assert!(r.tracks[0].warning.is_none());
+    }
+
+    #[test]
+    fn m2ts_is_probed() {
+        let Some(r) = probe("h264_opus.m2ts") else {
+            return;
+        };
+        assert_eq!(r.problems, 0);
+        assert_eq!(r.tracks[0].frames, 90);
+        assert_eq!(r.tracks[0].gop_s, Some(1.0));
     }
 }

@@ -173,6 +173,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(audio, want);
                 assert_eq!(t.pcr_pid, cfg.pcr_pid());
             }
+            DemuxEvent::Programs(_) => {}
             DemuxEvent::Pes(p) => pes.push(p),
             DemuxEvent::Discontinuity { pid } if *pid == cfg.pcr_pid() => discontinuity = true,
             DemuxEvent::Discontinuity { .. } => {}

@@ -1,20 +1,29 @@
-//! The demuxer: continuity, PSI, PES reassembly, on packets from the [`Aligner`] (any of the
-//! 188/192/204-byte layouts).
+//! The demuxer: continuity, PSI of every program, PES reassembly of the followed program.
+//!
+//! Packets come from the [`Aligner`] (any of the 188/192/204-byte layouts). The PAT and the
+//! PMT of every program it lists are parsed, so a multi-program TS (MPTS) is listed whole
+//! ([`DemuxEvent::Programs`]); one program is followed ([`ProgramChoice`]): its tracks are
+//! [`DemuxEvent::Tracks`], and only its supported tracks are reassembled. Watching several
+//! programs takes one `Demuxer` per program, each with its own [`ProgramChoice::Number`].
 
 use std::ops::ControlFlow;
 
 use super::align::{AlignProblem, Aligned, Aligner};
 use super::packet::{self, Header, Pid, PACKET_SIZE};
 use super::pes::{Pes, PesAssembler, MAX_PES_SIZE};
-use super::psi::StreamType;
 use super::psi::{self, SectionBuf, SectionStep, TrackSet};
+use super::psi::{Codec, StreamType};
 
 /// What the demuxer found in its input.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DemuxEvent {
-    /// The program's tracks: on its first PMT, and whenever the PMT changes (version, PIDs,
-    /// types). A PMT repeated unchanged is not reported again.
+    /// The followed program's tracks: on its first PMT, and whenever the PMT changes (version,
+    /// PIDs, types). A PMT repeated unchanged is not reported again.
     Tracks(TrackSet),
+    /// Every program whose PMT has been seen, in PAT order, whenever that list changes (a new
+    /// or changed PMT, a program gone from the PAT). Comes before the `Tracks` it leads to; a
+    /// single-program stream gets one alongside its first `Tracks`.
+    Programs(Vec<TrackSet>),
     /// A complete PES of a supported track (H.264, H.265 or Opus).
     Pes(Pes),
     /// A PCR on the program's PCR PID.
@@ -78,6 +87,53 @@ impl From<AlignProblem> for DemuxProblem {
     }
 }
 
+/// Which program of the PAT a [`Demuxer`] follows.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProgramChoice {
+    /// The first program (PAT order) with a track every WebRTC stack plays
+    /// ([`plays_everywhere`]), else the first with any supported track, else the first whose
+    /// PMT was seen. Decided once the PMTs of all programs in the PAT have been seen, or one
+    /// PMT twice (a whole PSI repetition cycle went by without the others), so a PMT arriving
+    /// late cannot flip the choice back and forth; decided again only when the followed
+    /// program leaves the PAT. A single-program stream is followed as soon as its PMT arrives.
+    #[default]
+    Auto,
+    /// This program_number only: no `Tracks` until its PMT arrives, nothing new while it is
+    /// not in the PAT.
+    Number(u16),
+}
+
+/// Whether a program has a track every WebRTC stack plays: H.264, Opus, or audio the
+/// transcoder turns into Opus ([`transcodable_audio`]).
+pub fn plays_everywhere(tracks: &TrackSet) -> bool {
+    tracks
+        .tracks
+        .iter()
+        .any(|t| matches!(t.codec, Codec::H264 | Codec::Opus { .. }))
+        || transcodable_audio(tracks).is_some()
+}
+
+/// The track the audio transcoder takes: the first AAC (ADTS/LATM) or MPEG-1/2 audio track
+/// of a program that has no Opus track.
+pub fn transcodable_audio(tracks: &TrackSet) -> Option<Pid> {
+    if tracks.audio().is_some() {
+        return None;
+    }
+    tracks
+        .tracks
+        .iter()
+        .find(|t| {
+            matches!(
+                t.stream_type,
+                StreamType::AAC_ADTS
+                    | StreamType::AAC_LATM
+                    | StreamType::MPEG1_AUDIO
+                    | StreamType::MPEG2_AUDIO
+            )
+        })
+        .map(|t| t.pid)
+}
+
 #[derive(Debug)]
 enum Role {
     Pat(SectionBuf),
@@ -85,7 +141,7 @@ enum Role {
     Es(PesAssembler),
 }
 
-/// Per-PID state of the PIDs the demuxer follows (PAT, the PMT, supported tracks).
+/// Per-PID state of the PIDs the demuxer follows (PAT, the PMTs, supported tracks).
 #[derive(Debug)]
 struct PidState {
     pid: Pid,
@@ -122,14 +178,33 @@ impl PidState {
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// One program of the PAT.
+#[derive(Debug)]
 struct Program {
     number: u16,
     pmt_pid: Pid,
+    /// Its tracks, once its PMT was seen.
+    tracks: Option<TrackSet>,
+    /// The last PMT section applied, to skip unchanged repetitions cheaply.
+    last_pmt: Vec<u8>,
+    /// PMT sections seen since the PAT last changed, repetitions included (saturating).
+    pmts_seen: u8,
 }
 
-/// Sans-IO MPEG-TS demuxer for one program: bytes in (any split, any packet stride, garbage
-/// allowed), events out.
+impl Program {
+    fn new(number: u16, pmt_pid: Pid) -> Self {
+        Self {
+            number,
+            pmt_pid,
+            tracks: None,
+            last_pmt: Vec::new(),
+            pmts_seen: 0,
+        }
+    }
+}
+
+/// Sans-IO MPEG-TS demuxer: bytes in (any split, any packet stride, garbage allowed), events
+/// out.
 ///
 /// Alignment is the [`Aligner`]'s: a packet start is accepted while resyncing when the sync
 /// byte repeats one and two strides (188, 192 or 204 bytes) further on (waiting for them if
@@ -139,10 +214,19 @@ struct Program {
 #[derive(Debug)]
 pub struct Demuxer {
     align: Aligner,
-    program: Option<Program>,
+    choice: ProgramChoice,
+    /// The programs of the PAT, in PAT order.
+    programs: Vec<Program>,
+    /// The program_number followed; `None` while undecided or (with `Number`) not in the PAT.
+    followed: Option<u16>,
+    /// The followed program's tracks as last reported. They stay, their PIDs reassembled,
+    /// until another PMT replaces them (there is no "no tracks" event): a program gone from
+    /// the PAT normally stops sending on its PIDs anyway.
     tracks: Option<TrackSet>,
-    /// The last PMT section applied, to skip unchanged repetitions cheaply.
-    last_pmt: Vec<u8>,
+    /// The programs as last reported in `Programs`.
+    reported: Vec<TrackSet>,
+    /// The last single-section PAT applied, to skip unchanged repetitions cheaply.
+    last_pat: Vec<u8>,
     pids: Vec<PidState>,
     /// Complete PSI sections of the current packet.
     sections: Vec<u8>,
@@ -157,53 +241,49 @@ impl Default for Demuxer {
     }
 }
 
-/// The track the audio transcoder takes: the first AAC (ADTS/LATM) or MPEG-1/2 audio track
-/// of a program that has no Opus track.
-pub fn transcodable_audio(tracks: &TrackSet) -> Option<Pid> {
-    if tracks.audio().is_some() {
-        return None;
-    }
-    tracks
-        .tracks
-        .iter()
-        .find(|t| {
-            matches!(
-                t.stream_type,
-                StreamType::AAC_ADTS
-                    | StreamType::AAC_LATM
-                    | StreamType::MPEG1_AUDIO
-                    | StreamType::MPEG2_AUDIO
-            )
-        })
-        .map(|t| t.pid)
-}
-
 impl Demuxer {
     /// Reassemble PES of the transcodable audio track too (see [`transcodable_audio`]).
     pub fn set_transcodable_audio(&mut self, on: bool) {
         self.transcodable_audio = on;
     }
 
+    /// Follows the first program of the PAT ([`ProgramChoice::Auto`]).
     pub fn new() -> Self {
+        Self::with_program(ProgramChoice::Auto)
+    }
+
+    /// Follows the program `choice` names.
+    pub fn with_program(choice: ProgramChoice) -> Self {
         Self {
             align: Aligner::new(),
-            program: None,
+            choice,
+            programs: Vec::new(),
+            followed: None,
             tracks: None,
-            last_pmt: Vec::new(),
+            reported: Vec::new(),
+            last_pat: Vec::new(),
             pids: vec![PidState::new(Pid::PAT, Role::Pat(SectionBuf::default()))],
             sections: Vec::new(),
             transcodable_audio: false,
         }
     }
 
-    /// The program's current tracks, once a PMT was seen.
+    /// The followed program's current tracks, once a PMT was seen.
     pub fn tracks(&self) -> Option<&TrackSet> {
         self.tracks.as_ref()
     }
 
-    /// Forgets all state (a new source on the same stream).
+    /// The program_number followed, once decided.
+    pub fn followed(&self) -> Option<u16> {
+        self.followed
+    }
+
+    /// Forgets all input state (a new source on the same stream); the program choice and
+    /// the transcodable-audio setting are kept.
     pub fn reset(&mut self) {
-        *self = Self::new();
+        let transcodable_audio = self.transcodable_audio;
+        *self = Self::with_program(self.choice);
+        self.transcodable_audio = transcodable_audio;
     }
 
     /// Feeds any chunk of bytes; events of every packet completed by it go to `out`.
@@ -343,7 +423,7 @@ impl Demuxer {
                 Ok((header, _)) if !header.current_next => {}
                 Ok((header, body)) if pid == Pid::PAT => {
                     if header.table_id == psi::TABLE_PAT {
-                        self.on_pat(&header, body, out);
+                        self.on_pat(&header, section, body, out);
                     } else {
                         let reason = "table_id is not PAT on PID 0";
                         Self::problem(out, DemuxProblem::BadPsi { pid, reason });
@@ -356,42 +436,78 @@ impl Demuxer {
         self.sections.clear();
     }
 
-    /// Follows the first program of the PAT (program_number != 0).
-    fn on_pat(&mut self, header: &psi::SectionHeader, body: &[u8], out: &mut Vec<DemuxEvent>) {
-        let current = self.program;
-        let listed =
-            current.and_then(|cur| psi::pat_programs(body).find(|&(n, _)| n == cur.number));
-        let chosen = match (current, listed) {
-            (_, Some(found)) => Some(found),
-            // Our program is gone from a single-section PAT (or we have none yet): take the first.
-            (None, None) => psi::pat_programs(body).next(),
-            (Some(_), None) if header.last_section_number == 0 => psi::pat_programs(body).next(),
-            (Some(_), None) => None,
-        };
-        let Some((number, pmt_pid)) = chosen else {
-            return;
-        };
-        let program = Program { number, pmt_pid };
-        if Some(program) == current {
+    /// Takes the PAT's programs (program_number != 0) in its order. A single-section PAT is
+    /// the whole list: programs it no longer lists are gone. A section of a PAT in several
+    /// sections only adds programs (or moves one to another PMT PID).
+    fn on_pat(
+        &mut self,
+        header: &psi::SectionHeader,
+        section: &[u8],
+        body: &[u8],
+        out: &mut Vec<DemuxEvent>,
+    ) {
+        let whole = header.section_number == 0 && header.last_section_number == 0;
+        if whole && section == self.last_pat {
             return;
         }
-        if pmt_pid == Pid::PAT || pmt_pid == Pid::NULL {
-            let reason = "PMT on a reserved PID";
-            return Self::problem(
-                out,
-                DemuxProblem::BadPsi {
-                    pid: Pid::PAT,
-                    reason,
-                },
-            );
+        // A new whole PAT replaces the list (it may drop or reorder programs); a section of a
+        // PAT in several sections only adds programs or moves one to another PMT PID.
+        let mut changed = whole;
+        let (mut programs, mut old) = if whole {
+            self.last_pat.clear();
+            self.last_pat.extend_from_slice(section);
+            (Vec::new(), std::mem::take(&mut self.programs))
+        } else {
+            (std::mem::take(&mut self.programs), Vec::new())
+        };
+        for (number, pmt_pid) in psi::pat_programs(body) {
+            if pmt_pid == Pid::PAT || pmt_pid == Pid::NULL {
+                let (pid, reason) = (Pid::PAT, "PMT on a reserved PID");
+                Self::problem(out, DemuxProblem::BadPsi { pid, reason });
+                continue;
+            }
+            if let Some(p) = programs.iter_mut().find(|p| p.number == number) {
+                // Listed twice in one PAT: the first entry wins.
+                if !whole && p.pmt_pid != pmt_pid {
+                    *p = Program::new(number, pmt_pid);
+                    changed = true;
+                }
+                continue;
+            }
+            let kept = old
+                .iter()
+                .position(|p| p.number == number && p.pmt_pid == pmt_pid)
+                .map(|i| old.remove(i));
+            changed |= kept.is_none();
+            programs.push(kept.unwrap_or_else(|| Program::new(number, pmt_pid)));
         }
-        // Keep the tracks until the new PMT arrives; follow the new PMT PID from now on.
+        self.programs = programs;
+        if !changed {
+            return;
+        }
+        for p in &mut self.programs {
+            p.pmts_seen = 0;
+        }
+        // Follow the PMT PIDs of the programs listed now, and only those.
+        let pmt_pids: Vec<Pid> = self.programs.iter().map(|p| p.pmt_pid).collect();
         self.pids
-            .retain(|s| !matches!(s.role, Role::Pmt(_)) && s.pid != pmt_pid);
-        self.pids
-            .push(PidState::new(pmt_pid, Role::Pmt(SectionBuf::default())));
-        self.program = Some(program);
-        self.last_pmt.clear();
+            .retain(|s| !matches!(s.role, Role::Pmt(_)) || pmt_pids.contains(&s.pid));
+        for &pid in &pmt_pids {
+            let is_pmt = |s: &PidState| s.pid == pid && matches!(s.role, Role::Pmt(_));
+            if !self.pids.iter().any(is_pmt) {
+                self.pids.retain(|s| s.pid != pid);
+                self.pids
+                    .push(PidState::new(pid, Role::Pmt(SectionBuf::default())));
+            }
+        }
+        if self
+            .followed
+            .is_some_and(|n| !self.programs.iter().any(|p| p.number == n))
+        {
+            self.followed = None;
+        }
+        self.report_programs(out);
+        self.follow(out);
     }
 
     fn on_pmt(
@@ -402,28 +518,92 @@ impl Demuxer {
         body: &[u8],
         out: &mut Vec<DemuxEvent>,
     ) {
-        let Some(program) = self.program.filter(|p| p.pmt_pid == pid) else {
-            return;
-        };
-        if header.table_id != psi::TABLE_PMT || header.id != program.number {
-            return; // another table or another program's PMT on the same PID
+        if header.table_id != psi::TABLE_PMT {
+            return; // another table on a PMT PID
         }
+        let Some(i) = self
+            .programs
+            .iter()
+            .position(|p| p.number == header.id && p.pmt_pid == pid)
+        else {
+            return; // the PMT of a program not in the PAT (or not on this PID)
+        };
         if header.section_number != 0 || header.last_section_number != 0 {
             let reason = "PMT in more than one section";
             return Self::problem(out, DemuxProblem::BadPsi { pid, reason });
         }
-        if section == self.last_pmt {
+        let program = &mut self.programs[i];
+        program.pmts_seen = program.pmts_seen.saturating_add(1);
+        if section != program.last_pmt {
+            let tracks = match psi::parse_pmt(header, pid, body) {
+                Ok(tracks) => tracks,
+                Err(reason) => return Self::problem(out, DemuxProblem::BadPsi { pid, reason }),
+            };
+            program.last_pmt.clear();
+            program.last_pmt.extend_from_slice(section);
+            if program.tracks.as_ref() != Some(&tracks) {
+                program.tracks = Some(tracks);
+                self.report_programs(out);
+            }
+        }
+        self.follow(out);
+    }
+
+    /// Emits `Programs` if the list of programs with a PMT differs from the last one reported.
+    fn report_programs(&mut self, out: &mut Vec<DemuxEvent>) {
+        let mut seen = self.programs.iter().filter_map(|p| p.tracks.as_ref());
+        let same = seen.clone().count() == self.reported.len()
+            && seen.by_ref().zip(&self.reported).all(|(a, b)| a == b);
+        if same {
             return;
         }
-        let tracks = match psi::parse_pmt(header, pid, body) {
-            Ok(tracks) => tracks,
-            Err(reason) => return Self::problem(out, DemuxProblem::BadPsi { pid, reason }),
-        };
-        self.last_pmt.clear();
-        self.last_pmt.extend_from_slice(section);
-        if self.tracks.as_ref() != Some(&tracks) {
-            self.apply_tracks(tracks, out);
+        self.reported = self
+            .programs
+            .iter()
+            .filter_map(|p| p.tracks.clone())
+            .collect();
+        out.push(DemuxEvent::Programs(self.reported.clone()));
+    }
+
+    /// Decides which program to follow if that is still open, and applies its tracks when
+    /// they differ from the ones reported.
+    fn follow(&mut self, out: &mut Vec<DemuxEvent>) {
+        if self.followed.is_none() {
+            self.followed = match self.choice {
+                ProgramChoice::Number(n) => {
+                    self.programs.iter().any(|p| p.number == n).then_some(n)
+                }
+                ProgramChoice::Auto => self.auto_choice(),
+            };
         }
+        let Some(n) = self.followed else { return };
+        let tracks = self
+            .programs
+            .iter()
+            .find(|p| p.number == n)
+            .and_then(|p| p.tracks.as_ref());
+        if let Some(tracks) = tracks.filter(|&t| self.tracks.as_ref() != Some(t)) {
+            self.apply_tracks(tracks.clone(), out);
+        }
+    }
+
+    /// The `Auto` choice, once it can be made (see [`ProgramChoice::Auto`]).
+    fn auto_choice(&self) -> Option<u16> {
+        let all_seen = self.programs.iter().all(|p| p.tracks.is_some());
+        let cycle = self.programs.iter().any(|p| p.pmts_seen >= 2);
+        if !all_seen && !cycle {
+            return None;
+        }
+        let seen = || {
+            self.programs
+                .iter()
+                .filter_map(|p| Some((p.number, p.tracks.as_ref()?)))
+        };
+        seen()
+            .find(|(_, t)| plays_everywhere(t))
+            .or_else(|| seen().find(|(_, t)| t.tracks.iter().any(|t| t.codec.is_supported())))
+            .or_else(|| seen().next())
+            .map(|(number, _)| number)
     }
 
     /// Follows the supported tracks of a new PMT; PES state of a PID whose track is gone (or
@@ -581,6 +761,19 @@ mod tests {
             .filter_map(|e| {
                 if let DemuxEvent::Problem(p) = e {
                     Some(*p)
+                } else {
+                    None
+                }
+            })
+            .collect()
+    }
+
+    fn programs_events(events: &[DemuxEvent]) -> Vec<Vec<u16>> {
+        events
+            .iter()
+            .filter_map(|e| {
+                if let DemuxEvent::Programs(list) = e {
+                    Some(list.iter().map(|t| t.program_number).collect())
                 } else {
                     None
                 }
@@ -1105,5 +1298,286 @@ mod tests {
             let (x, y) = stream.split_at(split);
             assert_eq!(demux_all(&[x, y]), events, "split at {split}");
         }
+    }
+
+    // ---- programs of an MPTS --------------------------------------------------------------
+
+    const HEVC_PMT: u16 = 0x1000;
+    const AV_PMT: u16 = 0x1001;
+    const H264_PMT: u16 = 0x1002;
+
+    /// Program 1: HEVC only; program 2: H.264 + Opus; program 3: H.264 only.
+    fn mpts_pmt(program: u16) -> Vec<u8> {
+        match program {
+            1 => pmt(1, 0, 0x100, &[(0x24, 0x100, &[])]),
+            2 => pmt(
+                2,
+                0,
+                0x200,
+                &[(0x1B, 0x200, &[]), (0x06, 0x201, OPUS_STEREO)],
+            ),
+            _ => pmt(3, 0, 0x300, &[(0x1B, 0x300, &[])]),
+        }
+    }
+
+    /// PSI for three programs, `cycles` times, then one video PES on each program's video PID.
+    fn mpts(cycles: usize) -> Mux {
+        let mut m = Mux::default();
+        for _ in 0..cycles {
+            m.psi(0, &pat_of(0, &[(1, HEVC_PMT), (2, AV_PMT), (3, H264_PMT)]));
+            m.psi(HEVC_PMT, &mpts_pmt(1));
+            m.psi(AV_PMT, &mpts_pmt(2));
+            m.psi(H264_PMT, &mpts_pmt(3));
+        }
+        for (i, pid) in [0x100, 0x200, 0x300].into_iter().enumerate() {
+            let pes = pes_bytes(0xE0, Some(i as u64), None, &[i as u8; 50], true);
+            m.pes(pid, &pes, &[]);
+        }
+        m
+    }
+
+    fn demux_with(choice: ProgramChoice, data: &[u8]) -> (Demuxer, Vec<DemuxEvent>) {
+        let mut d = Demuxer::with_program(choice);
+        let mut out = Vec::new();
+        d.push(data, &mut out);
+        d.flush(&mut out);
+        (d, out)
+    }
+
+    #[test]
+    fn mpts_auto_follows_first_program_with_h264_or_opus() {
+        let m = mpts(2);
+        let (d, events) = demux_with(ProgramChoice::Auto, &m.out);
+        assert!(problems(&events).is_empty(), "{events:?}");
+        let t = tracks_events(&events);
+        assert_eq!(t.len(), 1, "decided once, when every PMT was seen");
+        assert_eq!((t[0].program_number, t[0].pmt_pid), (2, Pid(AV_PMT)));
+        assert_eq!(d.followed(), Some(2));
+        assert_eq!(d.tracks(), Some(t[0]));
+        // Only the followed program's supported tracks are reassembled.
+        let pids: Vec<Pid> = pes_events(&events).iter().map(|p| p.pid).collect();
+        assert_eq!(pids, [Pid(0x200)]);
+        // Nothing plays everywhere: the first program with a supported track; none: the first.
+        let mut m = Mux::default();
+        m.psi(0, &pat_of(0, &[(1, 0x1000), (2, 0x1001), (3, 0x1002)]));
+        m.psi(0x1000, &pmt(1, 0, 0x100, &[(0x02, 0x100, &[])]));
+        m.psi(0x1001, &pmt(2, 0, 0x200, &[(0x24, 0x200, &[])]));
+        m.psi(0x1002, &pmt(3, 0, 0x300, &[(0x0F, 0x300, &[])]));
+        let (d, _) = demux_with(ProgramChoice::Auto, &m.out);
+        assert_eq!(d.followed(), Some(3), "AAC goes through the transcoder");
+        // HEVC is supported (for viewers that offer H.265), MPEG-2 video is not.
+        let mut m = Mux::default();
+        m.psi(0, &pat_of(0, &[(1, 0x1000), (2, 0x1001)]));
+        m.psi(0x1000, &pmt(1, 0, 0x100, &[(0x02, 0x100, &[])]));
+        m.psi(0x1001, &pmt(2, 0, 0x200, &[(0x24, 0x200, &[])]));
+        let (d, _) = demux_with(ProgramChoice::Auto, &m.out);
+        assert_eq!(d.followed(), Some(2));
+        let mut m = Mux::default();
+        m.psi(0, &pat_of(0, &[(1, 0x1000), (2, 0x1001)]));
+        m.psi(0x1000, &pmt(1, 0, 0x100, &[(0x02, 0x100, &[])]));
+        m.psi(0x1001, &pmt(2, 0, 0x200, &[(0x81, 0x200, &[])]));
+        let (d, events) = demux_with(ProgramChoice::Auto, &m.out);
+        assert_eq!(d.followed(), Some(1));
+        assert_eq!(tracks_events(&events)[0].program_number, 1);
+    }
+
+    #[test]
+    fn plays_everywhere_means_h264_opus_or_transcodable_audio() {
+        let set = |streams: &[(u8, u16, &[u8])]| {
+            let section = pmt(1, 0, 0x100, streams);
+            let (h, body) = psi::check_section(&section).unwrap();
+            psi::parse_pmt(&h, Pid(0x1000), body).unwrap()
+        };
+        assert!(plays_everywhere(&set(&[(0x1B, 0x100, &[])])));
+        assert!(plays_everywhere(&set(&[(0x06, 0x101, OPUS_MONO)])));
+        assert!(plays_everywhere(&set(&[
+            (0x24, 0x100, &[]),
+            (0x0F, 0x101, &[])
+        ])));
+        assert!(!plays_everywhere(&set(&[(0x24, 0x100, &[])])));
+        assert!(!plays_everywhere(&set(&[
+            (0x02, 0x100, &[]),
+            (0x81, 0x101, &[])
+        ])));
+    }
+
+    #[test]
+    fn mpts_number_follows_the_chosen_program() {
+        let m = mpts(1);
+        let (d, events) = demux_with(ProgramChoice::Number(3), &m.out);
+        let t = tracks_events(&events);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].program_number, 3);
+        assert_eq!(d.followed(), Some(3));
+        let pids: Vec<Pid> = pes_events(&events).iter().map(|p| p.pid).collect();
+        assert_eq!(pids, [Pid(0x300)]);
+        // No Tracks before its PMT: its PMT comes last in each cycle.
+        let at = |pred: &dyn Fn(&DemuxEvent) -> bool| events.iter().position(pred).unwrap();
+        let tracks_at = at(&|e| matches!(e, DemuxEvent::Tracks(_)));
+        let all_programs_at = at(&|e| matches!(e, DemuxEvent::Programs(l) if l.len() == 3));
+        assert_eq!(tracks_at, all_programs_at + 1);
+        // A number the PAT does not list: programs are listed, nothing is followed.
+        let (d, events) = demux_with(ProgramChoice::Number(9), &m.out);
+        assert!(tracks_events(&events).is_empty() && pes_events(&events).is_empty());
+        assert_eq!(programs_events(&events).last().unwrap(), &[1, 2, 3]);
+        assert_eq!((d.followed(), d.tracks()), (None, None));
+    }
+
+    #[test]
+    fn programs_event_lists_every_pmt() {
+        let mut m = Mux::default();
+        m.psi(0, &pat_of(0, &[(1, HEVC_PMT), (2, AV_PMT)]));
+        m.psi(HEVC_PMT, &mpts_pmt(1));
+        m.psi(AV_PMT, &mpts_pmt(2));
+        m.psi(0, &pat_of(0, &[(1, HEVC_PMT), (2, AV_PMT)]));
+        m.psi(HEVC_PMT, &mpts_pmt(1));
+        m.psi(AV_PMT, &mpts_pmt(2));
+        // Program 2's PMT changes; then program 1 leaves the PAT.
+        let v1 = pmt(2, 1, 0x200, &[(0x1B, 0x200, &[])]);
+        m.psi(AV_PMT, &v1);
+        m.psi(0, &pat_of(1, &[(2, AV_PMT)]));
+        m.psi(HEVC_PMT, &mpts_pmt(1)); // no longer listed: ignored
+        m.psi(AV_PMT, &v1);
+        let events = demux_all(&[&m.out]);
+        assert!(problems(&events).is_empty(), "{events:?}");
+        assert_eq!(
+            programs_events(&events),
+            [vec![1], vec![1, 2], vec![1, 2], vec![2]]
+        );
+        let lists: Vec<&Vec<TrackSet>> = events
+            .iter()
+            .filter_map(|e| match e {
+                DemuxEvent::Programs(l) => Some(l),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(lists[1][1].version, 0);
+        assert_eq!(lists[2][1].version, 1);
+        assert_eq!(lists[3][0].version, 1);
+        // Program 2 is followed throughout: its Tracks follow its PMT.
+        let t = tracks_events(&events);
+        assert_eq!(
+            t.iter()
+                .map(|t| (t.program_number, t.version))
+                .collect::<Vec<_>>(),
+            [(2, 0), (2, 1)]
+        );
+    }
+
+    #[test]
+    fn single_program_stream_gets_one_programs_event_before_its_tracks() {
+        let m = av_stream(3);
+        let events = demux_all(&[&m.out]);
+        let t = tracks_events(&events);
+        assert_eq!(t.len(), 1);
+        let at = events
+            .iter()
+            .position(|e| matches!(e, DemuxEvent::Tracks(_)))
+            .unwrap();
+        assert_eq!(events[at - 1], DemuxEvent::Programs(vec![t[0].clone()]));
+        assert_eq!(programs_events(&events).len(), 1);
+        // As soon as its PMT arrives (and the aligner's lookahead of two packets): before the
+        // first PES, without waiting for a second PSI cycle.
+        let mut d = Demuxer::new();
+        let mut out = Vec::new();
+        d.push(&m.out[..4 * PACKET_SIZE + 1], &mut out);
+        assert_eq!(d.tracks(), Some(t[0]));
+        assert!(pes_events(&out).is_empty());
+        // The events without `Programs` are what they were before programs were listed.
+        let rest: Vec<&DemuxEvent> = events
+            .iter()
+            .filter(|e| !matches!(e, DemuxEvent::Programs(_)))
+            .collect();
+        assert!(matches!(rest[0], DemuxEvent::Tracks(_)));
+        assert_eq!(rest.len(), events.len() - 1);
+    }
+
+    #[test]
+    fn late_pmt_does_not_flip_the_choice() {
+        let mut m = Mux::default();
+        // Program 2's PMT (H.264) is missing from the first two cycles.
+        for _ in 0..2 {
+            m.psi(0, &pat_of(0, &[(1, HEVC_PMT), (2, AV_PMT)]));
+            m.psi(HEVC_PMT, &mpts_pmt(1));
+        }
+        m.psi(0, &pat_of(0, &[(1, HEVC_PMT), (2, AV_PMT)]));
+        m.psi(HEVC_PMT, &mpts_pmt(1));
+        m.psi(AV_PMT, &mpts_pmt(2));
+        let (d, events) = demux_with(ProgramChoice::Auto, &m.out);
+        // Decided on the second sight of program 1's PMT, and kept.
+        let t = tracks_events(&events);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].program_number, 1);
+        assert_eq!(d.followed(), Some(1));
+        assert_eq!(programs_events(&events), [vec![1], vec![1, 2]]);
+        // With one sight only, the choice waits for the other PMT.
+        let mut m = Mux::default();
+        m.psi(0, &pat_of(0, &[(1, HEVC_PMT), (2, AV_PMT)]));
+        m.psi(HEVC_PMT, &mpts_pmt(1));
+        m.psi(AV_PMT, &mpts_pmt(2));
+        let (d, _) = demux_with(ProgramChoice::Auto, &m.out);
+        assert_eq!(d.followed(), Some(2));
+    }
+
+    #[test]
+    fn followed_program_leaving_the_pat() {
+        let mut m = Mux::default();
+        m.psi(0, &pat_of(0, &[(2, AV_PMT), (3, H264_PMT)]));
+        m.psi(AV_PMT, &mpts_pmt(2));
+        m.psi(H264_PMT, &mpts_pmt(3));
+        m.psi(0, &pat_of(1, &[(3, H264_PMT)]));
+        m.psi(H264_PMT, &mpts_pmt(3));
+        m.pes(0x300, &pes_bytes(0xE0, Some(1), None, &[3; 50], true), &[]);
+
+        // Auto: decided again among the programs left; program 3's PMT is known already.
+        let (d, events) = demux_with(ProgramChoice::Auto, &m.out);
+        let t = tracks_events(&events);
+        assert_eq!(
+            t.iter().map(|t| t.program_number).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        assert_eq!(d.followed(), Some(3));
+        assert_eq!(pes_events(&events).len(), 1);
+        assert_eq!(programs_events(&events), [vec![2], vec![2, 3], vec![3]]);
+
+        // Number: nothing is followed any more; the last tracks stay until a PMT replaces them.
+        let (mut d, events) = demux_with(ProgramChoice::Number(2), &m.out);
+        assert_eq!(tracks_events(&events).len(), 1);
+        assert_eq!(d.followed(), None);
+        assert_eq!(d.tracks().map(|t| t.program_number), Some(2));
+        assert!(pes_events(&events).is_empty());
+        // It comes back: followed again, same tracks, no new Tracks event.
+        let mut back = Mux {
+            cc: m.cc.clone(),
+            ..Mux::default()
+        };
+        back.psi(0, &pat_of(2, &[(2, AV_PMT), (3, H264_PMT)]));
+        back.psi(AV_PMT, &mpts_pmt(2));
+        let mut out = Vec::new();
+        d.push(&back.out, &mut out);
+        d.flush(&mut out);
+        assert_eq!(d.followed(), Some(2));
+        assert!(tracks_events(&out).is_empty());
+    }
+
+    #[test]
+    fn reset_keeps_the_program_choice_and_transcoding() {
+        let mut d = Demuxer::with_program(ProgramChoice::Number(3));
+        d.set_transcodable_audio(true);
+        let mut out = Vec::new();
+        d.push(&mpts(1).out, &mut out);
+        d.reset();
+        assert_eq!((d.followed(), d.tracks()), (None, None));
+        let mut m = Mux::default();
+        m.psi(0, &pat_of(0, &[(1, HEVC_PMT), (3, H264_PMT)]));
+        m.psi(
+            H264_PMT,
+            &pmt(3, 0, 0x300, &[(0x1B, 0x300, &[]), (0x0F, 0x301, &[])]),
+        );
+        m.pes(0x301, &pes_bytes(0xC0, Some(1), None, &[1; 50], true), &[]);
+        let mut out = Vec::new();
+        d.push(&m.out, &mut out);
+        assert_eq!(d.followed(), Some(3));
+        assert_eq!(pes_events(&out).len(), 1, "the AAC track is reassembled");
     }
 }

@@ -3,14 +3,14 @@
 //! ```text
 //! bytes ─► align/resync ─► packet header, adaptation field ─► continuity per PID
 //!  188/192/204  (align.rs)      (packet.rs)                       │   (demux.rs)
-//!                                   PAT ─► PMT ─► TrackSet ◄──────┤ (psi.rs)
-//!                                   PES of supported tracks ◄─────┘ (pes.rs)
+//!                          PAT ─► PMT of every program ─► TrackSets ◄─┤ (psi.rs)
+//!                          PES of the followed program's tracks ◄─────┘ (pes.rs)
 //! ```
 //!
-//! Packets are found in one place, [`Aligner`], for every consumer of TS bytes (the demuxer,
-//! the join point of a TS pull, the file replayer), whatever the packet stride. One
-//! [`Demuxer`] follows one program (the first of the PAT). Tracks are discovered from the PMT
-//! alone; only H.264, H.265 and Opus tracks are reassembled, the others are listed as
+//! Packets are found in one place, [`Aligner`], for every consumer of TS bytes (demuxer, the
+//! join point of a TS pull, the file replayer), whatever the packet stride. One [`Demuxer`]
+//! lists every program of the PAT and follows one ([`ProgramChoice`]). Tracks are discovered
+//! from the PMT alone; only H.264, H.265 and Opus tracks are reassembled, the others are listed as
 //! [`Codec::Unsupported`] with a reason.
 
 mod align;
@@ -26,15 +26,10 @@ mod testdata;
 pub(crate) mod testutil;
 
 pub use align::{AlignProblem, Aligned, Aligner, Stride};
-pub use demux::{transcodable_audio, DemuxEvent, DemuxProblem, Demuxer};
+pub use demux::{
+    plays_everywhere, transcodable_audio, DemuxEvent, DemuxProblem, Demuxer, ProgramChoice,
+};
 pub use mux::{MuxConfig, MuxError, Muxer};
 pub use packet::{Pid, PACKET_SIZE, SYNC_BYTE};
 pub use pes::{Pes, MAX_PES_SIZE};
-
-/// Which program of the TS to follow. (Placeholder until the demuxer follows a choice.)
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProgramChoice {
-    Auto,
-    Number(u16),
-}
 pub use psi::{crc32_mpeg2, Codec, StreamType, TrackInfo, TrackSet};

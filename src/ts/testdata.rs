@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use crate::codec::h264::{nal_units, AccessUnit, H264Assembler, NalType};
 use crate::codec::opus;
 use crate::time::Timeline;
-use crate::ts::{Codec, DemuxEvent, Demuxer, Pid, StreamType, TrackSet};
+use crate::ts::{Codec, DemuxEvent, Demuxer, Pid, ProgramChoice, StreamType, TrackSet};
 
 fn read(name: &str) -> Option<Vec<u8>> {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -31,7 +31,11 @@ struct Summary {
 }
 
 fn demux(data: &[u8], chunk: usize) -> (Vec<DemuxEvent>, Summary) {
-    let mut d = Demuxer::new();
+    demux_program(data, chunk, ProgramChoice::Auto)
+}
+
+fn demux_program(data: &[u8], chunk: usize, choice: ProgramChoice) -> (Vec<DemuxEvent>, Summary) {
+    let mut d = Demuxer::with_program(choice);
     let mut events = Vec::new();
     for c in data.chunks(chunk) {
         d.push(c, &mut events);
@@ -71,6 +75,10 @@ fn demux(data: &[u8], chunk: usize) -> (Vec<DemuxEvent>, Summary) {
 }
 
 fn check_video(s: &Summary, frames: usize, keyframes: usize, pli: &str) {
+    check_video_size(s, frames, keyframes, pli, (640, 360));
+}
+
+fn check_video_size(s: &Summary, frames: usize, keyframes: usize, pli: &str, size: (u32, u32)) {
     assert_eq!(s.aus.len(), frames);
     assert_eq!(s.aus.iter().filter(|au| au.keyframe).count(), keyframes);
     assert!(s.aus[0].keyframe);
@@ -85,7 +93,7 @@ fn check_video(s: &Summary, frames: usize, keyframes: usize, pli: &str) {
         assert_eq!(&au.data[..4], &[0, 0, 0, 1]);
     }
     assert_eq!(s.profile_level_id.as_deref(), Some(pli));
-    assert_eq!(s.size, Some((640, 360)));
+    assert_eq!(s.size, Some(size));
     // 30 fps, no B-frames: the timeline starts at 0 and steps by 3000.
     assert_eq!(s.video_times[0], 0);
     assert!(s.video_times.windows(2).all(|w| w[1] - w[0] == 3000));
@@ -262,4 +270,58 @@ fn testdata_h264_opus_m2ts() {
     for chunk in [1, 191, 192, 193, 4096] {
         assert_eq!(demux(&data, chunk).0, events, "chunk {chunk}");
     }
+}
+
+#[test]
+fn testdata_mpts_auto_follows_the_h264_opus_program() {
+    let Some(data) = read("mpts.ts") else {
+        return;
+    };
+    let (events, s) = demux(&data, 1316);
+    assert_eq!(s.problems, 0);
+    let programs: Vec<&Vec<TrackSet>> = events
+        .iter()
+        .filter_map(|e| match e {
+            DemuxEvent::Programs(l) => Some(l),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        programs.len(),
+        2,
+        "one per new PMT, repetitions not reported"
+    );
+    let all = programs[1];
+    assert_eq!(
+        all.iter()
+            .map(|t| (t.program_number, t.pmt_pid, t.pcr_pid))
+            .collect::<Vec<_>>(),
+        [(1, Pid(0x1000), Pid(0x100)), (2, Pid(0x1001), Pid(0x101))]
+    );
+    assert_eq!(all[0].tracks.len(), 1);
+    assert_eq!(all[0].tracks[0].stream_type, StreamType::HEVC);
+    // Program 1 is HEVC only: Auto follows program 2, once both PMTs were seen.
+    assert_eq!(s.tracks.len(), 1);
+    let t = &s.tracks[0];
+    assert_eq!(t, &all[1]);
+    assert_eq!(t.video().unwrap().pid, Pid(0x101));
+    assert_eq!(t.audio().unwrap().pid, Pid(0x102));
+    check_video_size(&s, 120, 4, "42c00d", (320, 180));
+    assert_eq!(s.opus_packets, 201);
+    // The same events whatever the chunking.
+    for chunk in [1, 187, 4096] {
+        assert_eq!(demux(&data, chunk).0, events, "chunk {chunk}");
+    }
+    // Following program 1 by number: its tracks (H.265), and only its PES.
+    let (events, s) = demux_program(&data, 1316, ProgramChoice::Number(1));
+    assert_eq!(s.tracks.len(), 1);
+    assert_eq!(s.tracks[0].program_number, 1);
+    assert_eq!(s.tracks[0].tracks[0].codec, Codec::H265);
+    let hevc = s.tracks[0].tracks[0].pid;
+    assert!(events
+        .iter()
+        .any(|e| matches!(e, DemuxEvent::Pes(p) if p.pid == hevc)));
+    assert!(events
+        .iter()
+        .all(|e| !matches!(e, DemuxEvent::Pes(p) if p.pid != hevc)));
 }

@@ -71,8 +71,16 @@ pub fn section(table_id: u8, id: u16, version: u8, body: &[u8]) -> Vec<u8> {
 }
 
 pub fn pat(program: u16, pmt_pid: u16, version: u8) -> Vec<u8> {
-    let mut body = program.to_be_bytes().to_vec();
-    body.extend((0xE000 | pmt_pid).to_be_bytes());
+    pat_of(version, &[(program, pmt_pid)])
+}
+
+/// A PAT listing several programs: `(program_number, pmt_pid)` in order.
+pub fn pat_of(version: u8, programs: &[(u16, u16)]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for &(program, pmt_pid) in programs {
+        body.extend(program.to_be_bytes());
+        body.extend((0xE000 | pmt_pid).to_be_bytes());
+    }
     section(0x00, 1, version, &body)
 }
 
