@@ -18,7 +18,7 @@ use crate::stream::frame::{Frame, FrameSink, Kind};
 use crate::stream::ring::Read;
 use crate::stream::{Stream, VideoInfo};
 use crate::time::{self, ClockRate, Timeline};
-use crate::ts::{Codec, DemuxEvent, Demuxer, Pes, Pid, TrackSet};
+use crate::ts::{Codec, DemuxEvent, Demuxer, Pes, Pid, ProgramChoice, TrackSet};
 
 /// One media-time → wall-clock mapping per stream, so audio and video sender reports agree.
 ///
@@ -108,6 +108,14 @@ impl Default for MediaState {
 
 impl MediaState {
     /// With the audio transcoder on (AAC/MPEG audio → Opus when there is no Opus track).
+    /// Following `choice` of the TS's programs (an MPTS).
+    pub fn with_program(mut self, choice: ProgramChoice) -> Self {
+        let transcode = self.transcode;
+        self.demux = Demuxer::with_program(choice);
+        self.demux.set_transcodable_audio(transcode);
+        self
+    }
+
     pub fn with_transcoding(mut self, on: bool) -> Self {
         self.transcode = on;
         self.demux.set_transcodable_audio(on);
@@ -188,7 +196,14 @@ impl MediaState {
                 DemuxEvent::Pes(pes) => self.on_pes(&pes, stream, sink, now),
                 DemuxEvent::Pcr { .. } => {}
                 // The other programs of an MPTS: this task plays the followed one (`Tracks`).
-                DemuxEvent::Programs(_) => {}
+                DemuxEvent::Programs(list) => {
+                    if list.len() > 1 && self.logged.insert("mpts") {
+                        let numbers: Vec<u16> = list.iter().map(|t| t.program_number).collect();
+                        info!(stream = %stream.name, programs = ?numbers,
+                            "several programs in the TS: viewers pick one with ?program=N");
+                    }
+                    stream.update_status(|s| s.programs = Some(list.into()));
+                }
                 // Lost packets or a flagged discontinuity: the timeline re-anchors by itself
                 // when the timestamps really jump (> 1 s); small gaps are kept as they are.
                 DemuxEvent::Discontinuity { pid } => {
@@ -445,13 +460,21 @@ impl MediaState {
 
 /// Runs for the life of the stream: reads its ring and feeds the sink.
 pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, transcode: bool) {
-    let mut state = MediaState::new().with_transcoding(transcode);
+    let mut state = MediaState::new()
+        .with_transcoding(transcode)
+        .with_program(stream.program_choice());
     let mut reader = stream.ring.reader_from_oldest();
     let mut buf = vec![0u8; 188 * 512];
     loop {
-        match reader.read(&mut buf).await {
+        // A program demuxed on its own (see `Registry::program`) stops when nobody watches it.
+        let read = tokio::select! {
+            read = reader.read(&mut buf) => read,
+            () = stream.stopped() => break,
+        };
+        match read {
             Read::Data(n) => {
                 stream.touch();
+                stream.mark_data();
                 state.push(&buf[..n], &stream, sink.as_ref(), Instant::now());
             }
             Read::Lapped(skipped) => {

@@ -653,3 +653,77 @@ async fn m2ts_plays_when_replayed_and_when_pushed() {
     let pushed = pusher.await.unwrap().unwrap();
     assert!(pushed.status < 300, "{}", pushed.text());
 }
+
+// ---- MPTS ----------------------------------------------------------------------------------
+
+/// A TS with two programs (1: HEVC only, 2: H.264 + Opus): the API lists both with the URLs
+/// that play them; the stream follows program 2 (the first that plays everywhere); a viewer
+/// picks program 1 with `?program=1` and gets its H.265; every program is demuxed once however
+/// many viewers it has; an unknown program is 404 naming the ones there are.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mpts_programs_are_listed_and_each_plays_by_its_url() {
+    let s = serve(&[("mpts", "mpts.ts")]).await;
+    let av = WhepOptions {
+        seconds: 3.0,
+        stop: StopWhen::AudioPackets(30),
+        ..Default::default()
+    };
+    // The default: program 2, H.264 + Opus.
+    let r = whep_receive(&url(&s, "/whep/mpts"), av.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    assert!(!h264_access_units(&r.video).is_empty() && r.audio.len() >= 30);
+
+    let j = common::stream_json(s.http_addr, "mpts").await;
+    assert_eq!(j["program"], 2, "{j}");
+    let programs = j["programs"].as_array().expect("programs");
+    assert_eq!(programs.len(), 2, "{j}");
+    assert_eq!(programs[0]["number"], 1);
+    assert_eq!(programs[0]["followed"], false);
+    assert_eq!(programs[0]["tracks"][0]["codec"], "H.265");
+    assert_eq!(programs[0]["urls"]["whep"], "/whep/mpts?program=1");
+    assert_eq!(programs[0]["urls"]["play"], "/play/mpts?program=1");
+    assert_eq!(programs[1]["followed"], true);
+    assert_eq!(programs[1]["tracks"].as_array().unwrap().len(), 2);
+
+    // Program 1 by the URL the API gives, twice: H.265 to both, one demux of it.
+    let hevc = WhepOptions {
+        h265: true,
+        audio: false,
+        seconds: 5.0,
+        ..Default::default()
+    };
+    let whep1 = url(&s, "/whep/mpts?program=1");
+    let a = common::WhepSession::start(&whep1, &hevc).await.unwrap();
+    let b = common::WhepSession::start(&whep1, &hevc).await.unwrap();
+    assert_eq!((a.status, b.status), (201, 201), "{:?}", a.error_body);
+    for v in [&a, &b] {
+        assert!(
+            v.wait_until(Duration::from_secs(5), |c| {
+                common::h265::hevc_access_units(&c.video).len() >= 10
+            })
+            .await,
+            "program 1's H.265 plays"
+        );
+        let aus = common::h265::hevc_access_units(&v.collected().video);
+        assert!(aus[0].is_irap(), "{:?}", aus[0].types());
+    }
+    let j = common::stream_json(s.http_addr, "mpts").await;
+    assert_eq!(j["programs"][0]["viewers"], 2, "{j}");
+    assert_eq!(j["programs"][0]["tracks"][0]["width"], 320, "{j}");
+    assert_eq!(j["viewers"], 2, "{j}");
+    // Program 2 by number is the stream's own.
+    let r = whep_receive(&url(&s, "/whep/mpts?program=2"), av)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    assert!(r.audio.len() >= 30);
+    // No program 9.
+    let r = whep_receive(&url(&s, "/whep/mpts?program=9"), WhepOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 404, "{:?}", r.error_body);
+    let why = r.error_body.unwrap_or_default();
+    assert!(why.contains("1, 2"), "{why}");
+}

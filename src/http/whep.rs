@@ -157,9 +157,12 @@ async fn program_stream(
             .as_ref()
             .is_some_and(|p| p.iter().any(|t| t.program_number == number))
     };
-    let waited = tokio::time::timeout(deadline, rx.wait_for(listed)).await;
+    // Once the stream follows a program, every PMT of its PAT has been seen (or one twice):
+    // a program not listed by then is not there.
+    let known = |s: &Status| listed(s) || (s.tracks.is_some() && s.programs.is_some());
+    let waited = tokio::time::timeout(deadline, rx.wait_for(known)).await;
     let status = match waited {
-        Ok(Ok(status)) => status.clone(),
+        Ok(Ok(status)) if listed(&status) => status.clone(),
         _ => {
             let status = parent.status();
             return Err(match status.programs {
