@@ -15,6 +15,7 @@
 
 mod align;
 mod demux;
+mod event;
 pub mod mux;
 pub(crate) mod packet;
 pub(crate) mod pes;
@@ -26,9 +27,8 @@ mod testdata;
 pub(crate) mod testutil;
 
 pub use align::{AlignProblem, Aligned, Aligner, Stride};
-pub use demux::{
-    plays_everywhere, transcodable_audio, DemuxEvent, DemuxProblem, Demuxer, ProgramChoice,
-};
+pub use demux::{plays_everywhere, transcodable_audio, Demuxer, ProgramChoice};
+pub use event::{DemuxEvent, DemuxProblem};
 pub use mux::{MuxConfig, MuxError, Muxer};
 pub use packet::{Pid, PACKET_SIZE, SYNC_BYTE};
 pub use pes::{Pes, MAX_PES_SIZE};

@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::demux::{DemuxEvent, DemuxProblem};
+use super::event::{DemuxEvent, DemuxProblem};
 use super::packet::Pid;
 use crate::time::PTS_MASK;
 

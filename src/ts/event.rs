@@ -1,0 +1,71 @@
+//! What the demuxer reports: its events and the defects of its input, as data (each defect
+//! with a stable cause key, so logging once per cause and metrics need no string matching).
+//! Shared by the demuxer and the PES assembler without either importing the other.
+
+use super::packet::Pid;
+use super::pes::{Pes, MAX_PES_SIZE};
+use super::psi::TrackSet;
+
+/// What the demuxer found in its input.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DemuxEvent {
+    /// The followed program's tracks: on its first PMT, and whenever the PMT changes (version,
+    /// PIDs, types). A PMT repeated unchanged is not reported again.
+    Tracks(TrackSet),
+    /// Every program whose PMT has been seen, in PAT order, whenever that list changes (a new
+    /// or changed PMT, a program gone from the PAT). Comes before the `Tracks` it leads to; a
+    /// single-program stream gets one alongside its first `Tracks`.
+    Programs(Vec<TrackSet>),
+    /// A complete PES of a supported track (H.264, H.265 or Opus).
+    Pes(Pes),
+    /// A PCR on the program's PCR PID.
+    Pcr { pid: Pid, pcr_27mhz: u64 },
+    /// A discontinuity_indicator on a track or the PCR PID, or lost packets (continuity error)
+    /// on a track, whose partial PES is then dropped.
+    Discontinuity { pid: Pid },
+    /// Something wrong in the input; see [`DemuxProblem::cause`] for logging once per cause.
+    Problem(DemuxProblem),
+}
+
+/// Defects in the input. None of them stops the demuxer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DemuxProblem {
+    #[error("lost packet sync, skipped {skipped} bytes")]
+    Resync { skipped: usize },
+    #[error("input ended with {bytes} bytes of a partial packet")]
+    Truncated { bytes: usize },
+    #[error("PID {pid}: transport_error_indicator set, packet dropped")]
+    TransportError { pid: Pid },
+    #[error("PID {pid}: bad packet ({reason}), dropped")]
+    BadPacket { pid: Pid, reason: &'static str },
+    #[error("PID {pid}: scrambled packet, dropped")]
+    Scrambled { pid: Pid },
+    #[error("PID {pid}: continuity counter error, packets lost")]
+    ContinuityError { pid: Pid },
+    #[error("PID {pid}: bad PSI section ({reason})")]
+    BadPsi { pid: Pid, reason: &'static str },
+    #[error("PID {pid}: PES larger than {} bytes, dropped", MAX_PES_SIZE)]
+    PesTooLarge { pid: Pid },
+    #[error("PID {pid}: bad PES header, dropped")]
+    BadPes { pid: Pid },
+    #[error("PID {pid}: PES data does not match PES_packet_length")]
+    PesLengthMismatch { pid: Pid },
+}
+
+impl DemuxProblem {
+    /// A stable key per kind of problem, for "log once per cause".
+    pub fn cause(&self) -> &'static str {
+        match self {
+            Self::Resync { .. } => "resync",
+            Self::Truncated { .. } => "truncated",
+            Self::TransportError { .. } => "transport_error",
+            Self::BadPacket { .. } => "bad_packet",
+            Self::Scrambled { .. } => "scrambled",
+            Self::ContinuityError { .. } => "continuity_error",
+            Self::BadPsi { .. } => "bad_psi",
+            Self::PesTooLarge { .. } => "pes_too_large",
+            Self::BadPes { .. } => "bad_pes",
+            Self::PesLengthMismatch { .. } => "pes_length_mismatch",
+        }
+    }
+}
