@@ -500,6 +500,163 @@ impl H264Assembler {
     }
 }
 
+// ---- access units for a TS mux (WHIP → TS) ----------------------------------------------
+
+/// An access unit delimiter (type 9, primary_pic_type 7: any slice type), with start code.
+pub(crate) const AUD: [u8; 6] = [0, 0, 0, 1, 0x09, 0xF0];
+
+/// Where the NAL units of an access unit are, for [`AuFixup`].
+#[derive(Clone, Copy, Debug)]
+struct AuLayout {
+    /// The first start code (bytes before it are dropped).
+    start: usize,
+    /// The first NAL unit is an AUD.
+    aud: bool,
+    sps: bool,
+    pps: bool,
+    idr: bool,
+    /// Where the parameter sets go when the access unit has no SPS: after its AUD.
+    after_aud: usize,
+    /// Where the PPS goes when the access unit has an SPS but no PPS: after the SPS.
+    after_sps: usize,
+}
+
+/// The start code before the NAL unit at `nal_at` (4 bytes when a zero byte precedes it).
+fn start_code_before(au: &[u8], nal_at: usize) -> usize {
+    let three = nal_at.saturating_sub(3);
+    match three.checked_sub(1) {
+        Some(four) if au.get(four) == Some(&0) => four,
+        _ => three,
+    }
+}
+
+/// Makes H.264 access units what a TS carries (ISO/IEC 13818-1 §2.14): an AUD first, and
+/// before a keyframe that lacks them the latest SPS and PPS seen in earlier access units (a
+/// WebRTC publisher sends them once, or out of band). Sans-IO; it keeps those parameter sets
+/// and one scratch buffer.
+#[derive(Debug, Default)]
+pub struct AuFixup {
+    /// The latest SPS and PPS seen (NAL units without start code).
+    sps: Vec<u8>,
+    pps: Vec<u8>,
+    /// Parameter sets put into the current access unit.
+    inserted: Vec<u8>,
+}
+
+/// How [`AuFixup::fix`] changes one access unit: its bytes are [`AuFixup::parts`].
+#[derive(Clone, Copy, Debug)]
+pub struct FixedAu {
+    /// An IDR slice, or the caller said so.
+    pub keyframe: bool,
+    aud: bool,
+    start: usize,
+    /// Where the inserted parameter sets go.
+    at: usize,
+}
+
+impl FixedAu {
+    /// The fixed access unit's length.
+    pub fn len(&self, au: &[u8], fixup: &AuFixup) -> usize {
+        fixup.parts(au, self).iter().map(|p| p.len()).sum()
+    }
+}
+
+impl AuFixup {
+    /// Looks at `au` (Annex B; bytes before the first start code are dropped) and notes its
+    /// parameter sets; `None` when it has no NAL unit.
+    pub fn fix(&mut self, au: &[u8], keyframe: bool) -> Option<FixedAu> {
+        let layout = self.scan(au)?;
+        let keyframe = keyframe || layout.idr;
+        self.inserted.clear();
+        let mut at = layout.start;
+        if keyframe && !layout.sps {
+            for (ps, missing) in [(&self.sps, true), (&self.pps, !layout.pps)] {
+                if missing && !ps.is_empty() {
+                    self.inserted.extend_from_slice(&START_CODE);
+                    self.inserted.extend_from_slice(ps);
+                }
+            }
+            at = layout.after_aud;
+        } else if keyframe && !layout.pps && !self.pps.is_empty() {
+            self.inserted.extend_from_slice(&START_CODE);
+            self.inserted.extend_from_slice(&self.pps);
+            at = layout.after_sps;
+        }
+        Some(FixedAu {
+            keyframe,
+            aud: layout.aud,
+            start: layout.start,
+            at,
+        })
+    }
+
+    /// The fixed access unit as four slices, in order: an AUD if it lacked one, its bytes up
+    /// to where parameter sets go, those, the rest.
+    pub fn parts<'a>(&'a self, au: &'a [u8], fixed: &FixedAu) -> [&'a [u8]; 4] {
+        let aud: &[u8] = if fixed.aud { &[] } else { &AUD };
+        // start <= at <= au.len(): both come from NAL positions in `au`.
+        let (head, tail) = au.split_at(fixed.at.min(au.len()));
+        let head = head.get(fixed.start..).unwrap_or_default();
+        [aud, head, &self.inserted, tail]
+    }
+
+    /// Finds the NAL units of `au` and caches its SPS and PPS. `None`: no NAL unit.
+    fn scan(&mut self, au: &[u8]) -> Option<AuLayout> {
+        let base = au.as_ptr() as usize;
+        let mut layout: Option<AuLayout> = None;
+        let mut prev = None;
+        for nal in nal_units(au) {
+            // `nal` is a sub-slice of `au`, right after a start code.
+            let start_code = start_code_before(au, (nal.as_ptr() as usize).saturating_sub(base));
+            let kind = NalType::of(nal);
+            let l = match &mut layout {
+                Some(l) => {
+                    if l.aud && l.after_aud == au.len() {
+                        l.after_aud = start_code; // the NAL unit after the leading AUD
+                    }
+                    if prev == Some(NalType::SPS) && l.after_sps == au.len() {
+                        l.after_sps = start_code; // the NAL unit after the first SPS
+                    }
+                    l
+                }
+                None => layout.insert(AuLayout {
+                    start: start_code,
+                    aud: kind == Some(NalType::AUD),
+                    sps: false,
+                    pps: false,
+                    idr: false,
+                    after_aud: if kind == Some(NalType::AUD) {
+                        au.len()
+                    } else {
+                        start_code
+                    },
+                    after_sps: au.len(),
+                }),
+            };
+            match kind {
+                Some(NalType::SPS) => {
+                    l.sps = true;
+                    if self.sps != nal {
+                        self.sps.clear();
+                        self.sps.extend_from_slice(nal);
+                    }
+                }
+                Some(NalType::PPS) => {
+                    l.pps = true;
+                    if self.pps != nal {
+                        self.pps.clear();
+                        self.pps.extend_from_slice(nal);
+                    }
+                }
+                Some(NalType::IDR) => l.idr = true,
+                _ => {}
+            }
+            prev = kind;
+        }
+        layout
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

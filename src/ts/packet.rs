@@ -11,6 +11,8 @@ use crate::time::PTS_MASK;
 pub const PACKET_SIZE: usize = 188;
 /// First byte of every packet.
 pub const SYNC_BYTE: u8 = 0x47;
+/// Bytes after the 4-byte header: adaptation field and payload.
+pub(crate) const PAYLOAD_SIZE: usize = PACKET_SIZE - 4;
 
 /// A 13-bit packet identifier.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug)]
@@ -214,6 +216,83 @@ impl Timestamps {
             }
         }
     }
+}
+
+// ---- writing (the muxer) ----------------------------------------------------------------
+
+/// Writes packet headers of one PID, with its continuity counter.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PidWriter {
+    pid: Pid,
+    /// The counter of the next payload-bearing packet.
+    cc: u8,
+}
+
+impl PidWriter {
+    pub(crate) fn new(pid: Pid) -> Self {
+        Self {
+            pid: Pid(pid.0 & 0x1FFF),
+            cc: 0,
+        }
+    }
+
+    pub(crate) fn take_cc(&mut self) -> u8 {
+        let cc = self.cc;
+        self.cc = (cc + 1) & 0x0F;
+        cc
+    }
+
+    /// The counter of the last payload-bearing packet (adaptation-field-only packets repeat it).
+    pub(crate) fn last_cc(&self) -> u8 {
+        self.cc.wrapping_sub(1) & 0x0F
+    }
+
+    /// Sync byte, PID with the payload_unit_start_indicator; byte 3 is left to the caller.
+    pub(crate) fn header(&self, pkt: &mut [u8; PACKET_SIZE], pusi: bool) {
+        pkt[0] = SYNC_BYTE;
+        pkt[1] = u8::from(pusi) << 6 | (self.pid.0 >> 8) as u8 & 0x1F;
+        pkt[2] = self.pid.0 as u8;
+    }
+}
+
+/// Adaptation field contents of the first packet of a PES.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct FirstPacket {
+    /// PCR base (90 kHz, 33 bits).
+    pub(crate) pcr: Option<u64>,
+    pub(crate) random_access: bool,
+    pub(crate) discontinuity: bool,
+}
+
+impl FirstPacket {
+    /// The adaptation field after its length byte (flags, PCR); empty when nothing is set.
+    pub(crate) fn fields(&self) -> ([u8; 7], usize) {
+        let mut f = [0u8; 7];
+        f[0] = u8::from(self.discontinuity) << 7
+            | u8::from(self.random_access) << 6
+            | u8::from(self.pcr.is_some()) << 4;
+        if let Some(pcr) = self.pcr {
+            f[1..7].copy_from_slice(&pcr_bytes(pcr));
+            (f, 7)
+        } else if f[0] != 0 {
+            (f, 1)
+        } else {
+            (f, 0)
+        }
+    }
+}
+
+/// The 6 PCR bytes: 33-bit base, 6 reserved bits, 9-bit extension (0: 90 kHz precision).
+pub(crate) fn pcr_bytes(base: u64) -> [u8; 6] {
+    let base = base & PTS_MASK;
+    [
+        (base >> 25) as u8,
+        (base >> 17) as u8,
+        (base >> 9) as u8,
+        (base >> 1) as u8,
+        ((base & 1) as u8) << 7 | 0x7E,
+        0,
+    ]
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 use bytes::Bytes;
 
 use super::event::{DemuxEvent, DemuxProblem};
-use super::packet::Pid;
+use super::packet::{FirstPacket, Pid, PidWriter, PACKET_SIZE, PAYLOAD_SIZE};
 use crate::time::PTS_MASK;
 
 /// A complete PES packet of a supported track.
@@ -273,6 +273,110 @@ impl PesAssembler {
             }));
         }
         self.buf.clear();
+    }
+}
+
+// ---- writing (the muxer) ----------------------------------------------------------------
+
+/// Largest PES_packet_length; a longer PES (video) is written with 0 (unbounded).
+pub(crate) const MAX_PES_LENGTH: usize = 0xFFFF;
+
+/// A PES header with data_alignment_indicator, PTS and (when it differs) DTS. PES_packet_length
+/// is exact, or 0 (unbounded) when `payload_len` does not fit it.
+pub(crate) fn pes_header(
+    stream_id: u8,
+    pts: u64,
+    dts: u64,
+    payload_len: usize,
+) -> ([u8; 19], usize) {
+    let (pts, dts) = (pts & PTS_MASK, dts & PTS_MASK);
+    let mut h = [0u8; 19];
+    h[..4].copy_from_slice(&[0, 0, 1, stream_id]);
+    h[6] = 0x84; // '10', not scrambled, data_alignment_indicator
+    let data_len: usize = if pts == dts {
+        h[7] = 0x80;
+        h[9..14].copy_from_slice(&timestamp_bytes(0b0010, pts));
+        5
+    } else {
+        h[7] = 0xC0;
+        h[9..14].copy_from_slice(&timestamp_bytes(0b0011, pts));
+        h[14..19].copy_from_slice(&timestamp_bytes(0b0001, dts));
+        10
+    };
+    h[8] = data_len as u8;
+    let length = (3 + data_len).saturating_add(payload_len);
+    let length = if length > MAX_PES_LENGTH { 0 } else { length };
+    h[4..6].copy_from_slice(&(length as u16).to_be_bytes());
+    (h, 9 + data_len)
+}
+
+/// Reads consecutive bytes out of several slices.
+struct Gather<'a> {
+    parts: &'a [&'a [u8]],
+    index: usize,
+    offset: usize,
+}
+
+impl Gather<'_> {
+    /// Fills `dst` (or as much as the parts hold).
+    fn fill(&mut self, mut dst: &mut [u8]) {
+        while !dst.is_empty() {
+            let Some(part) = self.parts.get(self.index) else {
+                return;
+            };
+            let rest = part.get(self.offset..).unwrap_or_default();
+            let n = rest.len().min(dst.len());
+            let (head, tail) = std::mem::take(&mut dst).split_at_mut(n);
+            head.copy_from_slice(&rest[..n]);
+            dst = tail;
+            self.offset += n;
+            if self.offset >= part.len() {
+                self.index += 1;
+                self.offset = 0;
+            }
+        }
+    }
+}
+
+/// Splits one PES (the concatenation of `parts`, header first) into packets on `output`'s PID.
+/// The first packet carries `first`'s adaptation field; the last is filled up with
+/// adaptation-field stuffing, never with payload bytes.
+pub(crate) fn write_pes(
+    out: &mut Vec<u8>,
+    output: &mut PidWriter,
+    first: FirstPacket,
+    parts: &[&[u8]],
+) {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    out.reserve((total / PAYLOAD_SIZE + 2) * PACKET_SIZE);
+    let mut gather = Gather {
+        parts,
+        index: 0,
+        offset: 0,
+    };
+    let mut remaining = total;
+    let mut af = Some(first);
+    while remaining > 0 {
+        let mut pkt = [0xFFu8; PACKET_SIZE];
+        output.header(&mut pkt, af.is_some());
+        let (fields, fields_len) = af.take().map_or(([0; 7], 0), |f| f.fields());
+        let af_min = if fields_len > 0 { 1 + fields_len } else { 0 };
+        let payload = remaining.min(PAYLOAD_SIZE - af_min);
+        // Adaptation field bytes, length byte included.
+        let af_len = PAYLOAD_SIZE - payload;
+        let afc = if af_len > 0 { 0x30 } else { 0x10 };
+        pkt[3] = afc | output.take_cc();
+        if af_len > 0 {
+            pkt[4] = (af_len - 1) as u8;
+            if af_len > 1 {
+                // Flags (0 when only stuffing), the PCR, then 0xFF stuffing already in place.
+                pkt[5] = 0;
+                pkt[5..5 + fields_len].copy_from_slice(&fields[..fields_len]);
+            }
+        }
+        gather.fill(&mut pkt[4 + af_len..]);
+        out.extend_from_slice(&pkt);
+        remaining -= payload;
     }
 }
 

@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use super::packet::Pid;
+use super::packet::{Pid, PidWriter, PACKET_SIZE};
 
 /// An elementary stream_type from the PMT.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -425,6 +425,35 @@ pub(crate) fn classify(stream_type: StreamType, es_info: &[u8]) -> Codec {
         }
         _ => unsupported("unknown stream type"),
     }
+}
+
+// ---- writing (the muxer) ----------------------------------------------------------------
+
+/// One PSI section in one packet (pointer_field 0, 0xFF stuffing); CC set when written.
+pub(crate) fn psi_packet(pid: Pid, table_id: u8, id: u16, body: &[u8]) -> [u8; PACKET_SIZE] {
+    let mut pkt = [0xFFu8; PACKET_SIZE];
+    PidWriter::new(pid).header(&mut pkt, true);
+    pkt[3] = 0x10;
+    pkt[4] = 0; // pointer_field
+    let section_length = 5 + body.len() + 4;
+    let s = &mut pkt[5..];
+    s[0] = table_id;
+    s[1] = 0xB0 | (section_length >> 8) as u8 & 0x0F; // syntax indicator, '0', reserved
+    s[2] = section_length as u8;
+    s[3..5].copy_from_slice(&id.to_be_bytes());
+    s[5] = 0xC1; // reserved, version 0, current_next_indicator
+    s[6] = 0; // section_number
+    s[7] = 0; // last_section_number
+    s[8..8 + body.len()].copy_from_slice(body);
+    let crc_at = 8 + body.len();
+    let crc = crc32_mpeg2(&s[..crc_at]);
+    s[crc_at..crc_at + 4].copy_from_slice(&crc.to_be_bytes());
+    pkt
+}
+
+/// 13-bit PID with the 3 reserved bits set, as PAT and PMT write it.
+pub(crate) fn reserved_pid(pid: Pid) -> [u8; 2] {
+    (0xE000 | pid.0 & 0x1FFF).to_be_bytes()
 }
 
 #[cfg(test)]
