@@ -5,6 +5,8 @@
 //! bits survives the PTS wrap only because 2^32 divides 2^33; scaling the raw 33-bit value to
 //! 48 kHz does not (it jumps at every wrap).
 
+#![forbid(unsafe_code)]
+
 /// A clock rate in Hz.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub struct ClockRate(pub u32);

@@ -5,8 +5,8 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
+use super::EsUnit;
 use crate::time::PTS_MASK;
-use crate::ts::Pes;
 
 /// nal_unit_type.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -343,13 +343,13 @@ impl AuSplitter {
     /// A PES without PTS gives nothing: its time is unknown.
     pub(crate) fn split(
         &mut self,
-        pes: &Pes,
+        pes: EsUnit<'_>,
         is_aud: impl Fn(&[u8]) -> bool,
         mut emit: impl FnMut(&[u8], u64, u64),
     ) {
         let Some(pts) = pes.pts else { return };
         let dts = pes.dts.unwrap_or(pts);
-        let data = &pes.data[..];
+        let data = pes.data;
         let step = self.frame_ticks.unwrap_or(DEFAULT_FRAME_TICKS);
         let mut count = 0u64;
         let mut emit_at = |annexb: &[u8], count: u64| {
@@ -417,7 +417,8 @@ impl H264Assembler {
     }
 
     /// One PES in, its access units out.
-    pub fn push(&mut self, pes: &Pes, out: &mut Vec<AccessUnit>) {
+    pub fn push<'a>(&mut self, pes: impl Into<EsUnit<'a>>, out: &mut Vec<AccessUnit>) {
+        let pes = pes.into();
         // `emit` needs `self` while the splitter runs: it is taken out for the call.
         let mut splitter = std::mem::take(&mut self.splitter);
         splitter.split(
@@ -660,7 +661,7 @@ impl AuFixup {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ts::Pid;
+    use crate::ts::{Pes, Pid};
 
     fn hex(s: &str) -> Vec<u8> {
         s.split_whitespace()

@@ -12,7 +12,7 @@ use std::fmt;
 use bytes::BytesMut;
 
 use super::h264::{nal_units, AccessUnit, AuSplitter, BitReader, START_CODE};
-use crate::ts::Pes;
+use super::EsUnit;
 
 /// nal_unit_type: the 6 bits after the forbidden_zero_bit of the 2-byte NAL unit header
 /// (ITU-T H.265 Table 7-1).
@@ -262,7 +262,8 @@ impl H265Assembler {
     }
 
     /// One PES in, its access units out.
-    pub fn push(&mut self, pes: &Pes, out: &mut Vec<AccessUnit>) {
+    pub fn push<'a>(&mut self, pes: impl Into<EsUnit<'a>>, out: &mut Vec<AccessUnit>) {
+        let pes = pes.into();
         // `emit` needs `self` while the splitter runs: it is taken out for the call.
         let mut splitter = std::mem::take(&mut self.splitter);
         splitter.split(
@@ -351,7 +352,7 @@ impl H265Assembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ts::Pid;
+    use crate::ts::{Pes, Pid};
 
     fn hex(s: &str) -> Vec<u8> {
         s.split_whitespace()

@@ -1,6 +1,8 @@
 //! Elementary stream parsing, sans-IO: H.264/H.265 access units and Opus packets out of PES
 //! payloads.
 
+#![forbid(unsafe_code)]
+
 pub mod aac;
 pub mod h264;
 pub mod h265;
@@ -12,7 +14,15 @@ pub mod transcode;
 use h264::{AccessUnit, H264Assembler, ProfileLevelId};
 use h265::{H265Assembler, ProfileTierLevel};
 
-use crate::ts::Pes;
+/// One PES's worth of elementary stream: its payload and 33-bit 90 kHz timestamps. What the
+/// codec layer takes, so it needs nothing of the TS layer (`ts::Pes` converts into it).
+#[derive(Clone, Copy, Debug)]
+pub struct EsUnit<'a> {
+    pub data: &'a [u8],
+    pub pts: Option<u64>,
+    /// When it differs from the PTS.
+    pub dts: Option<u64>,
+}
 
 /// The video codecs viewers get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,7 +97,7 @@ impl VideoAssembler {
     }
 
     /// One PES in, its access units out (see the codec's assembler).
-    pub fn push(&mut self, pes: &Pes, out: &mut Vec<AccessUnit>) {
+    pub fn push<'a>(&mut self, pes: impl Into<EsUnit<'a>>, out: &mut Vec<AccessUnit>) {
         match self {
             VideoAssembler::H264(a) => a.push(pes, out),
             VideoAssembler::H265(a) => a.push(pes, out),

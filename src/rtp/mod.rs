@@ -23,6 +23,8 @@
 //! (own SRTP, `sendmmsg`) can equally write `header ‖ data` into one datagram per viewer without
 //! allocating.
 
+#![forbid(unsafe_code)]
+
 pub mod h264;
 pub mod h265;
 pub mod opus;

@@ -67,11 +67,6 @@ impl Ring {
         self.state.lock().written
     }
 
-    /// Whether a source is currently writing.
-    pub fn is_open(&self) -> bool {
-        self.state.lock().open
-    }
-
     /// Whether [`Ring::shutdown`] was called.
     pub fn is_shut(&self) -> bool {
         self.state.lock().shut

@@ -13,6 +13,8 @@
 //! from the PMT alone; only H.264, H.265 and Opus tracks are reassembled, the others are listed as
 //! [`Codec::Unsupported`] with a reason.
 
+#![forbid(unsafe_code)]
+
 mod align;
 mod demux;
 mod event;

@@ -23,6 +23,16 @@ pub struct Pes {
     pub data: Bytes,
 }
 
+impl<'a> From<&'a Pes> for crate::codec::EsUnit<'a> {
+    fn from(pes: &'a Pes) -> Self {
+        crate::codec::EsUnit {
+            data: &pes.data,
+            pts: pes.pts,
+            dts: pes.dts,
+        }
+    }
+}
+
 /// Largest PES the demuxer reassembles (a 4K intra frame fits comfortably).
 pub const MAX_PES_SIZE: usize = 4 << 20;
 
