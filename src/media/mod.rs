@@ -1,0 +1,180 @@
+//! The per-stream media task: ring → demux → tracks and access units → timed frames for the
+//! WebRTC engine. One per stream (and per program of an MPTS that viewers watch on its own),
+//! however many viewers.
+//!
+//! ```text
+//!  ring ─► MediaState (state.rs, sans-IO) ─► MediaEvent ─► run(): status, GOP cache,
+//!            demux, access units, time,                    counters, logs ─► FrameSink
+//!            transcode, packetize once                                       (the engine)
+//! ```
+
+mod clock;
+mod state;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Instant;
+
+use tracing::{debug, info, warn};
+
+use crate::codec::reorder::B_FRAMES_ADVICE;
+use crate::stream::frame::{FrameSink, Kind};
+use crate::stream::ring::Read;
+use crate::stream::Stream;
+use crate::ts::Codec;
+pub use state::{MediaEvent, MediaProblem, MediaState};
+
+/// Applies what the state machine reported to the stream and hands frames to the viewers.
+struct Apply<'a> {
+    stream: &'a Arc<Stream>,
+    sink: &'a dyn FrameSink,
+    /// Problem causes already logged (each is logged once).
+    logged: HashSet<&'static str>,
+}
+
+impl Apply<'_> {
+    fn events(&mut self, events: &mut Vec<MediaEvent>) {
+        for ev in events.drain(..) {
+            self.event(ev);
+        }
+    }
+
+    fn event(&mut self, ev: MediaEvent) {
+        let (stream, st) = (self.stream, &self.stream.stats);
+        match ev {
+            MediaEvent::Frame(frame) => {
+                let (frames, bytes) = match frame.kind {
+                    Kind::Video => (&st.video_frames, &st.video_bytes),
+                    Kind::Audio => (&st.audio_packets, &st.audio_bytes),
+                };
+                frames.fetch_add(1, Ordering::Relaxed);
+                bytes.fetch_add(frame.data.len() as u64, Ordering::Relaxed);
+                stream.gop.lock().push(&frame);
+                self.sink.frame(stream, frame);
+            }
+            MediaEvent::Tracks {
+                tracks,
+                transcoding,
+                changed,
+            } => {
+                for t in &tracks.tracks {
+                    match &t.codec {
+                        Codec::Unsupported { .. }
+                            if transcoding.is_some()
+                                && crate::ts::transcodable_audio(&tracks) == Some(t.pid) =>
+                        {
+                            info!(stream = %stream.name, pid = %t.pid, source = t.stream_type.name(),
+                                "transcoding audio to Opus for WebRTC");
+                        }
+                        Codec::Unsupported { reason } => warn!(
+                            stream = %stream.name, pid = %t.pid, stream_type = t.stream_type.0,
+                            codec = t.stream_type.name(), "track not playable over WebRTC: {reason}"
+                        ),
+                        codec => info!(stream = %stream.name, pid = %t.pid, ?codec, "track"),
+                    }
+                }
+                if changed {
+                    info!(stream = %stream.name, "PMT changed");
+                }
+                stream.update_status(|s| {
+                    s.tracks = Some(tracks);
+                    s.transcoding = transcoding;
+                });
+                if changed {
+                    self.sink.tracks_changed(stream);
+                }
+            }
+            MediaEvent::Programs(list) => {
+                if list.len() > 1 && self.logged.insert("mpts") {
+                    let numbers: Vec<u16> = list.iter().map(|t| t.program_number).collect();
+                    info!(stream = %stream.name, programs = ?numbers,
+                        "several programs in the TS: viewers pick one with ?program=N");
+                }
+                stream.update_status(|s| s.programs = Some(list));
+            }
+            MediaEvent::Video(info) => {
+                if let Some(i) = info {
+                    info!(stream = %stream.name, codec = i.profile.codec().name(),
+                        profile = %i.profile, width = i.width, height = i.height, "video");
+                }
+                stream.update_status(|s| s.video = info);
+            }
+            MediaEvent::BFrames(on) => {
+                if on {
+                    warn!(stream = %stream.name, "{B_FRAMES_ADVICE}");
+                }
+                stream.update_status(|s| s.b_frames = on);
+            }
+            MediaEvent::Transcoded { errors, micros } => {
+                st.transcode_us.fetch_add(micros, Ordering::Relaxed);
+                st.transcode_errors.fetch_add(errors, Ordering::Relaxed);
+            }
+            MediaEvent::Discontinuity(pid) => {
+                debug!(stream = %stream.name, %pid, "discontinuity");
+            }
+            MediaEvent::Problem(p) => {
+                if p.is_ts_problem() {
+                    st.ts_problems.fetch_add(1, Ordering::Relaxed);
+                }
+                if self.logged.insert(p.cause()) {
+                    match p {
+                        MediaProblem::Ts(p) => warn!(stream = %stream.name, problem = ?p,
+                            "bad TS input (logged once per cause); resyncing and carrying on"),
+                        MediaProblem::PesWithoutPts(pid) => {
+                            warn!(stream = %stream.name, %pid, "PES without PTS dropped")
+                        }
+                        MediaProblem::OpusHeader(e) => warn!(stream = %stream.name, error = %e,
+                            "bad Opus access unit (logged once); keeping the good ones"),
+                        MediaProblem::TranscodeUnsupported(e) => warn!(stream = %stream.name,
+                            error = %e, "audio cannot be transcoded; video plays without it"),
+                    }
+                }
+            }
+            MediaEvent::Ended => stream.gop.lock().clear(),
+        }
+    }
+}
+
+/// Runs for the life of the stream: reads its ring, feeds the state machine, applies what it
+/// reports.
+pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, transcode: bool) {
+    let mut state = MediaState::new()
+        .with_transcoding(transcode)
+        .with_program(stream.program_choice());
+    let mut apply = Apply {
+        stream: &stream,
+        sink: sink.as_ref(),
+        logged: HashSet::new(),
+    };
+    let mut events = Vec::new();
+    let mut reader = stream.ring.reader_from_oldest();
+    let mut buf = vec![0u8; 188 * 512];
+    loop {
+        // A program demuxed on its own (see `Registry::program`) stops when nobody watches it.
+        let read = tokio::select! {
+            read = reader.read(&mut buf) => read,
+            () = stream.stopped() => break,
+        };
+        match read {
+            Read::Data(n) => {
+                stream.touch();
+                stream.mark_data();
+                state.push(&buf[..n], Instant::now(), &mut events);
+                apply.events(&mut events);
+            }
+            Read::Lapped(skipped) => {
+                stream.stats.lapped.fetch_add(1, Ordering::Relaxed);
+                warn!(stream = %stream.name, skipped, "demux fell behind the ring; resuming at the live edge");
+            }
+            Read::EndOfInput => {
+                info!(stream = %stream.name, "source ended; waiting for a new one");
+                state.end_of_input(Instant::now(), &mut events);
+                apply.events(&mut events);
+                stream.mark_ended();
+            }
+            Read::Shutdown => break,
+        }
+    }
+    debug!(stream = %stream.name, "media task ended");
+}

@@ -1,0 +1,521 @@
+//! The media state machine, sans-IO: TS bytes and `now` in, [`MediaEvent`]s out. It demuxes
+//! the followed program, assembles access units, maps time, transcodes audio when it must,
+//! and packetizes each frame once; the task around it (`media::run`) applies the events to the
+//! stream (status, GOP cache, counters, logs) and hands frames to the viewers.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::clock::Clock;
+use crate::codec::h264::AccessUnit;
+use crate::codec::opus::{self, OpusError, OpusPacket};
+use crate::codec::reorder::ReorderDetector;
+use crate::codec::transcode::{SourceCodec, Transcoder};
+use crate::codec::{VideoAssembler, VideoCodec, VideoInfo};
+use crate::rtp::{H264Packetizer, H265Packetizer, OpusPacketizer, Packetizer, Payload};
+use crate::stream::frame::{Frame, Kind};
+use crate::time::{self, ClockRate, Timeline};
+use crate::ts::{Codec, DemuxEvent, DemuxProblem, Demuxer, Pes, Pid, ProgramChoice, TrackSet};
+
+/// What the state machine reports, in order.
+#[derive(Debug, Clone)]
+pub enum MediaEvent {
+    /// A frame for the viewers: numbered, timed, packetized.
+    Frame(Frame),
+    /// The followed program's PMT: its tracks, the audio codec transcoded to Opus (if any),
+    /// and whether it changed a track set viewers already have.
+    Tracks {
+        tracks: Arc<TrackSet>,
+        transcoding: Option<&'static str>,
+        changed: bool,
+    },
+    /// Every program of the TS (an MPTS has several).
+    Programs(Arc<[TrackSet]>),
+    /// The video's details from a new SPS; `None` when the video codec changed (nothing is
+    /// known of the new one yet).
+    Video(Option<VideoInfo>),
+    /// B-frames were seen (`true`), or forgotten with the source (`false`).
+    BFrames(bool),
+    /// The audio transcoder took one PES: its decode errors, and its CPU time.
+    Transcoded { errors: u64, micros: u64 },
+    /// A discontinuity on a track (lost packets, a flagged discontinuity).
+    Discontinuity(Pid),
+    /// Something wrong in the input; the stream carries on.
+    Problem(MediaProblem),
+    /// The source ended: what was complete has been reported; the GOP cache is stale.
+    Ended,
+}
+
+/// Defects of the input beyond the TS layer's, each with a stable [`MediaProblem::cause`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MediaProblem {
+    Ts(DemuxProblem),
+    /// A PES without PTS: its time is unknown, it is dropped.
+    PesWithoutPts(Pid),
+    /// A bad Opus access unit; the good ones of its PES are kept.
+    OpusHeader(OpusError),
+    /// The transcoder cannot take the audio (e.g. HE-AAC); the video plays without it.
+    TranscodeUnsupported(String),
+}
+
+impl MediaProblem {
+    /// A stable key per kind of problem, for "log once per cause".
+    pub fn cause(&self) -> &'static str {
+        match self {
+            MediaProblem::Ts(p) => p.cause(),
+            MediaProblem::PesWithoutPts(_) => "pes_without_pts",
+            MediaProblem::OpusHeader(_) => "opus_control_header",
+            MediaProblem::TranscodeUnsupported(_) => "transcode_unsupported",
+        }
+    }
+
+    /// Whether it counts among the stream's TS problems (the API's `ts_problems`).
+    pub fn is_ts_problem(&self) -> bool {
+        matches!(self, MediaProblem::Ts(_) | MediaProblem::OpusHeader(_))
+    }
+}
+
+/// The sans-IO part of the media task.
+pub struct MediaState {
+    demux: Demuxer,
+    /// The video track's assembler (its codec follows the PMT).
+    video: VideoAssembler,
+    events: Vec<DemuxEvent>,
+    aus: Vec<AccessUnit>,
+    tracks: Option<Arc<TrackSet>>,
+    timeline: Timeline,
+    clock: Clock,
+    video_offset: u64,
+    audio_offset: u64,
+    next_seq: u64,
+    /// Transcode AAC/MPEG audio when there is no Opus (`--audio-transcode auto`).
+    transcode: bool,
+    transcoder: Option<(Pid, Transcoder)>,
+    last_transcoded: Option<u64>,
+    /// The transcoder's CPU time is measured with this (instrumentation, not logic: tests
+    /// and benches may pass a fixed clock).
+    stopwatch: fn() -> Instant,
+    /// The latest SPS's details as reported.
+    video_info: Option<VideoInfo>,
+    video_rtp: Packetizer,
+    opus_rtp: OpusPacketizer,
+    payloads: Vec<Payload>,
+    /// B-frames in the video (reported, not fixed).
+    reorder: ReorderDetector,
+}
+
+impl Default for MediaState {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MediaState {
+    pub fn new() -> Self {
+        MediaState {
+            demux: Demuxer::new(),
+            video: VideoAssembler::new(VideoCodec::H264),
+            events: Vec::new(),
+            aus: Vec::new(),
+            tracks: None,
+            timeline: Timeline::new(),
+            clock: Clock::default(),
+            video_offset: u64::from(rand::random::<u32>()),
+            audio_offset: u64::from(rand::random::<u32>()),
+            next_seq: 0,
+            transcode: false,
+            transcoder: None,
+            last_transcoded: None,
+            stopwatch: Instant::now,
+            video_info: None,
+            video_rtp: Packetizer::H264(H264Packetizer::default()),
+            opus_rtp: OpusPacketizer::new(),
+            payloads: Vec::new(),
+            reorder: ReorderDetector::new(),
+        }
+    }
+
+    /// With the audio transcoder on (AAC/MPEG audio → Opus when there is no Opus track).
+    pub fn with_transcoding(mut self, on: bool) -> Self {
+        self.transcode = on;
+        self.demux.set_transcodable_audio(on);
+        self
+    }
+
+    /// Following `choice` of the TS's programs (an MPTS).
+    pub fn with_program(mut self, choice: ProgramChoice) -> Self {
+        self.demux = Demuxer::with_program(choice);
+        self.demux.set_transcodable_audio(self.transcode);
+        self
+    }
+
+    /// Bytes of the stream's TS (any split), arriving at `now`.
+    pub fn push(&mut self, data: &[u8], now: Instant, out: &mut Vec<MediaEvent>) {
+        let mut events = std::mem::take(&mut self.events);
+        self.demux.push(data, &mut events);
+        self.handle_events(&mut events, now, out);
+        self.events = events;
+    }
+
+    /// A source ended: flush what is complete, forget the input's PIDs and timing. The
+    /// timeline re-anchors so viewers' RTP time stays continuous into the next source.
+    pub fn end_of_input(&mut self, now: Instant, out: &mut Vec<MediaEvent>) {
+        let mut events = std::mem::take(&mut self.events);
+        self.demux.flush(&mut events);
+        self.handle_events(&mut events, now, out);
+        self.events = events;
+        if let Some((_, tc)) = self.transcoder.as_mut() {
+            let mut frames = Vec::new();
+            tc.flush(&mut frames);
+            tc.reset();
+        }
+        self.demux.reset();
+        self.video.reset();
+        if self.reorder.has_b_frames() {
+            out.push(MediaEvent::BFrames(false));
+        }
+        self.reorder.reset();
+        self.timeline.discontinuity();
+        out.push(MediaEvent::Ended);
+    }
+
+    fn video_pid(&self) -> Option<Pid> {
+        self.tracks.as_ref()?.video().map(|t| t.pid)
+    }
+
+    fn audio_pid(&self) -> Option<Pid> {
+        self.tracks.as_ref()?.audio().map(|t| t.pid)
+    }
+
+    fn handle_events(
+        &mut self,
+        events: &mut Vec<DemuxEvent>,
+        now: Instant,
+        out: &mut Vec<MediaEvent>,
+    ) {
+        for ev in events.drain(..) {
+            match ev {
+                DemuxEvent::Tracks(t) => self.on_tracks(t, out),
+                DemuxEvent::Pes(pes) => self.on_pes(&pes, now, out),
+                DemuxEvent::Pcr { .. } => {}
+                DemuxEvent::Programs(list) => out.push(MediaEvent::Programs(list.into())),
+                // Lost packets or a flagged discontinuity: the timeline re-anchors by itself
+                // when the timestamps really jump (> 1 s); small gaps are kept as they are.
+                DemuxEvent::Discontinuity { pid } => out.push(MediaEvent::Discontinuity(pid)),
+                DemuxEvent::Problem(p) => out.push(MediaEvent::Problem(MediaProblem::Ts(p))),
+            }
+        }
+    }
+
+    /// Number the frame and packetize it once for every viewer.
+    fn emit(&mut self, mut frame: Frame, out: &mut Vec<MediaEvent>) {
+        self.payloads.clear();
+        match frame.kind {
+            Kind::Video => self.video_rtp.packetize(&frame.data, &mut self.payloads),
+            Kind::Audio => self.opus_rtp.packetize(&frame.data, &mut self.payloads),
+        }
+        frame.payloads = Arc::from(&self.payloads[..]);
+        frame.seq = self.next_seq;
+        self.next_seq += 1;
+        out.push(MediaEvent::Frame(frame));
+    }
+
+    fn on_tracks(&mut self, tracks: TrackSet, out: &mut Vec<MediaEvent>) {
+        let transcode = self
+            .transcode
+            .then(|| crate::ts::transcodable_audio(&tracks))
+            .flatten()
+            .and_then(|pid| {
+                let t = tracks.track(pid)?;
+                Some((pid, SourceCodec::from_stream_type(t.stream_type)?))
+            });
+        match (&self.transcoder, transcode) {
+            (Some((old, _)), Some((pid, _))) if *old == pid => {}
+            (_, Some((pid, codec))) => self.transcoder = Some((pid, Transcoder::new(codec))),
+            (_, None) => self.transcoder = None,
+        }
+        let codec = tracks.video().and_then(|t| match t.codec {
+            Codec::H264 => Some(VideoCodec::H264),
+            Codec::H265 => Some(VideoCodec::H265),
+            _ => None,
+        });
+        if let Some(codec) = codec.filter(|&c| c != self.video.codec()) {
+            self.video = VideoAssembler::new(codec);
+            self.video_rtp = match codec {
+                VideoCodec::H264 => Packetizer::H264(H264Packetizer::default()),
+                VideoCodec::H265 => Packetizer::H265(H265Packetizer::default()),
+            };
+            self.video_info = None;
+            out.push(MediaEvent::Video(None));
+        }
+        let changed = self.tracks.as_deref().is_some_and(|old| old != &tracks);
+        let tracks = Arc::new(tracks);
+        self.tracks = Some(tracks.clone());
+        out.push(MediaEvent::Tracks {
+            tracks,
+            transcoding: transcode.map(|(_, c)| c.name()),
+            changed,
+        });
+    }
+
+    fn on_pes(&mut self, pes: &Pes, now: Instant, out: &mut Vec<MediaEvent>) {
+        let Some(pts) = pes.pts else {
+            out.push(MediaEvent::Problem(MediaProblem::PesWithoutPts(pes.pid)));
+            return;
+        };
+        if Some(pes.pid) == self.video_pid() {
+            self.on_video(pes, now, out);
+        } else if Some(pes.pid) == self.audio_pid() {
+            self.on_audio(pes, pts, now, out);
+        } else if self
+            .transcoder
+            .as_ref()
+            .is_some_and(|(pid, _)| *pid == pes.pid)
+        {
+            self.on_transcoded_audio(pes, pts, now, out);
+        }
+    }
+
+    fn on_video(&mut self, pes: &Pes, now: Instant, out: &mut Vec<MediaEvent>) {
+        let mut aus = std::mem::take(&mut self.aus);
+        self.video.push(pes, &mut aus);
+        if let Some(info) = self.video.info() {
+            if self.video_info != Some(info) {
+                self.video_info = Some(info);
+                out.push(MediaEvent::Video(Some(info)));
+            }
+        }
+        for au in aus.drain(..) {
+            if self.reorder.push(au.pts) {
+                out.push(MediaEvent::BFrames(true));
+            }
+            // ~1 frame at 30 fps: the step used when the timeline has to re-anchor.
+            let t = self.timeline.map(au.pts, 3000);
+            let wallclock = self.clock.wallclock(t, now);
+            let frame = Frame {
+                seq: 0,
+                kind: Kind::Video,
+                rtp_time: t + self.video_offset,
+                wallclock,
+                data: Arc::from(&au.data[..]),
+                keyframe: au.keyframe,
+                payloads: Arc::from([]),
+            };
+            self.emit(frame, out);
+        }
+        self.aus = aus;
+    }
+
+    fn on_audio(&mut self, pes: &Pes, pts: u64, now: Instant, out: &mut Vec<MediaEvent>) {
+        let mut packets: Vec<OpusPacket<'_>> = Vec::new();
+        if let Err(e) = opus::split_pes(&pes.data, &mut packets) {
+            out.push(MediaEvent::Problem(MediaProblem::OpusHeader(e)));
+        }
+        // 20 ms: the step used when the timeline has to re-anchor.
+        let t = self.timeline.map(pts, 1800);
+        let base = time::rescale(t, ClockRate::OPUS);
+        for p in packets {
+            let offset = u64::from(p.offset_samples);
+            // Opus frames are multiples of 2.5 ms (120 samples): exact in 90 kHz ticks.
+            let wallclock = self.clock.wallclock(t + offset * 15 / 8, now);
+            let frame = Frame {
+                seq: 0,
+                kind: Kind::Audio,
+                rtp_time: base + offset + self.audio_offset,
+                wallclock,
+                data: Arc::from(p.data),
+                keyframe: true,
+                payloads: Arc::from([]),
+            };
+            self.emit(frame, out);
+        }
+    }
+
+    /// AAC/MPEG audio → Opus frames on the stream's timeline (the transcoder compensates its
+    /// own delays, so frame times are source times).
+    fn on_transcoded_audio(
+        &mut self,
+        pes: &Pes,
+        pts: u64,
+        now: Instant,
+        out: &mut Vec<MediaEvent>,
+    ) {
+        let t = self.timeline.map(pts, 1800);
+        let Some((_, tc)) = self.transcoder.as_mut() else {
+            return;
+        };
+        if pes.discontinuity {
+            tc.discontinuity();
+        }
+        let mut frames = Vec::new();
+        let started = (self.stopwatch)();
+        let errors_before = tc.stats().decode_errors;
+        let result = tc.push(&pes.data, Some(t), &mut frames);
+        out.push(MediaEvent::Transcoded {
+            errors: tc.stats().decode_errors.saturating_sub(errors_before),
+            micros: (self.stopwatch)()
+                .saturating_duration_since(started)
+                .as_micros() as u64,
+        });
+        if let Err(e) = result {
+            out.push(MediaEvent::Problem(MediaProblem::TranscodeUnsupported(
+                e.to_string(),
+            )));
+        }
+        for f in frames {
+            // A re-anchored transcoder (a source restart, a loop point) may start a frame
+            // that overlaps the last one: keep the Opus clock moving forward by 20 ms.
+            let mut rtp_time = time::rescale(f.pts_90k, ClockRate::OPUS) + self.audio_offset;
+            if let Some(last) = self.last_transcoded {
+                if rtp_time < last + 960 && last + 960 - rtp_time < 48_000 {
+                    rtp_time = last + 960;
+                }
+            }
+            self.last_transcoded = Some(rtp_time);
+            let wallclock = self.clock.wallclock(f.pts_90k, now);
+            let frame = Frame {
+                seq: 0,
+                kind: Kind::Audio,
+                rtp_time,
+                wallclock,
+                data: Arc::from(&f.data[..]),
+                keyframe: true,
+                payloads: Arc::from([]),
+            };
+            self.emit(frame, out);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(file: &str, chunk: usize) -> Vec<MediaEvent> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(file);
+        let data = std::fs::read(path).expect("testdata");
+        let mut m = MediaState::new().with_transcoding(true);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        for c in data.chunks(chunk) {
+            m.push(c, now, &mut out);
+        }
+        m.end_of_input(now, &mut out);
+        out
+    }
+
+    fn frames(events: &[MediaEvent], kind: Kind) -> Vec<&Frame> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::Frame(f) if f.kind == kind => Some(f),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn h264_and_opus_become_numbered_packetized_frames_on_one_timeline() {
+        let events = run("h264_opus.ts", 1316);
+        let tracks = events
+            .iter()
+            .position(|e| matches!(e, MediaEvent::Tracks { changed: false, .. }))
+            .expect("tracks first");
+        let first_frame = events
+            .iter()
+            .position(|e| matches!(e, MediaEvent::Frame(_)))
+            .unwrap();
+        assert!(tracks < first_frame);
+        let video = frames(&events, Kind::Video);
+        let audio = frames(&events, Kind::Audio);
+        assert_eq!(video.len(), 180);
+        assert_eq!(audio.len(), 301);
+        assert!(video[0].keyframe);
+        assert!(video
+            .windows(2)
+            .all(|w| w[1].rtp_time - w[0].rtp_time == 3000));
+        let steps: Vec<u64> = audio
+            .windows(2)
+            .map(|w| w[1].rtp_time - w[0].rtp_time)
+            .collect();
+        // 20 ms apart, but after the first PES: ffmpeg times the second one after the first's
+        // start trim (its pre-skip), so the trimmed samples are not played twice.
+        assert!(steps[5..].iter().all(|&s| s == 960), "{steps:?}");
+        assert!(video.iter().chain(&audio).all(|f| !f.payloads.is_empty()));
+        let seqs: Vec<u64> = events
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::Frame(f) => Some(f.seq),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            seqs.windows(2).all(|w| w[1] == w[0] + 1),
+            "frames numbered in order"
+        );
+        assert!(matches!(events.last(), Some(MediaEvent::Ended)));
+        let infos: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::Video(Some(v)) => Some((v.width, v.height)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(infos, [(640, 360)]);
+    }
+
+    #[test]
+    fn b_frames_are_reported_once_then_forgotten_with_the_source() {
+        let events = run("h264_bframes.ts", 4096);
+        let reports: Vec<bool> = events
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::BFrames(b) => Some(*b),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(reports, [true, false]);
+    }
+
+    #[test]
+    fn aac_is_transcoded_with_its_cpu_time_and_hevc_switches_the_assembler() {
+        let events = run("h264_aac.ts", 1316);
+        assert!(events.iter().any(|e| matches!(
+            e,
+            MediaEvent::Tracks {
+                transcoding: Some(_),
+                ..
+            }
+        )));
+        assert!(events
+            .iter()
+            .any(|e| matches!(e, MediaEvent::Transcoded { .. })));
+        assert!(frames(&events, Kind::Audio).len() > 100);
+        let events = run("hevc_opus.ts", 1316);
+        assert!(events.iter().any(|e| matches!(e, MediaEvent::Video(None))));
+        let video = frames(&events, Kind::Video);
+        assert_eq!(video.len(), 180);
+        assert!(video[0].keyframe);
+    }
+
+    #[test]
+    fn garbage_is_a_counted_problem_not_a_stop() {
+        let mut m = MediaState::new();
+        let mut out = Vec::new();
+        m.push(&[0x55; 100_000], Instant::now(), &mut out);
+        m.end_of_input(Instant::now(), &mut out);
+        let problems: Vec<_> = out
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::Problem(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert!(!problems.is_empty());
+        assert!(problems
+            .iter()
+            .all(|p| p.is_ts_problem() && p.cause() == "resync"));
+    }
+}
