@@ -41,31 +41,32 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         .chain(args.demo.then(|| "demo".to_string()))
         .collect();
     raise_fd_limit();
-    let server = Server::start(args)
+    let listener = tokio::net::TcpListener::bind(args.listen)
         .await
-        .map_err(|e| format!("cannot start: {e}"))?;
-    let base = match server.http_addr {
-        a if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
-        a => format!("http://{a}"),
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let banner = |server: &Server| {
+        let base = match server.http_addr {
+            a if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
+            a => format!("http://{a}"),
+        };
+        say!("tsbridge is running: dashboard {base}/");
+        for n in &names {
+            say!("  stream {n}: player {base}/play/{n}   WHEP {base}/whep/{n}");
+        }
+        say!(
+            "  push TS:  ffmpeg -re -i INPUT -c:v libx264 -bf 0 -c:a libopus -f mpegts -method PUT \
+             {base}/ingest/NAME   (no B-frames: browsers cannot play them)"
+        );
     };
-    say!("tsbridge is running: dashboard {base}/");
-    for n in &names {
-        say!("  stream {n}: player {base}/play/{n}   WHEP {base}/whep/{n}");
-    }
-    say!(
-        "  push TS:  ffmpeg -re -i INPUT -c:v libx264 -bf 0 -c:a libopus -f mpegts -method PUT \
-         {base}/ingest/NAME   (no B-frames: browsers cannot play them)"
-    );
-    shutdown_signal().await;
-    say!("tsbridge: shutting down");
-    // Say goodbye to every peer (DTLS close); pipeline commands are killed and reaped when
-    // the runtime drops their tasks. Bounded: exit within a few seconds whatever happens.
-    let _ = tokio::time::timeout(
-        std::time::Duration::from_secs(3),
-        server.app.engine.shutdown(),
-    )
-    .await;
-    Ok(())
+    // On Ctrl-C / SIGTERM: every peer is told (DTLS close), then every task stops (pipeline
+    // commands are killed and reaped); bounded, so the process exits within seconds.
+    let shutdown = async {
+        shutdown_signal().await;
+        say!("tsbridge: shutting down");
+    };
+    crate::server::run(listener, args, shutdown, banner)
+        .await
+        .map_err(|e| format!("cannot start: {e}"))
 }
 
 async fn shutdown_signal() {

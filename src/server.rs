@@ -1,62 +1,26 @@
-//! Wires the pieces together: registry + media tasks, the WebRTC engine, sources, HTTP.
+//! The server shell: wires the pieces together (registry + media tasks, the WebRTC engine,
+//! sources, HTTP, housekeeping), owns every task, and stops them all on one signal.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::config::ServeArgs;
+use crate::http::{App, Tasks};
 use crate::ingest;
 use crate::media;
 use crate::stream::frame::FrameSink;
 use crate::stream::Registry;
 use crate::webrtc::{Engine, EngineOptions};
 
-/// Shared state of a running server.
-pub struct App {
-    pub cfg: ServeArgs,
-    pub registry: Arc<Registry>,
-    pub engine: Engine,
-    /// Bytes per stream at the last rate sample (for bitrates in the API).
-    rates: Mutex<std::collections::HashMap<u64, (u64, u64)>>,
-    /// Streams whose pipeline command runs (by output name).
-    pipelines: Arc<Mutex<std::collections::HashSet<String>>>,
-}
-
-impl App {
-    /// Whether stream `name`'s pipeline command is running (so `name` is fed by it).
-    pub fn pipeline_running(&self, name: &str) -> bool {
-        self.pipelines.lock().contains(name)
-    }
-
-    /// Start the pipeline command for stream `name` once (it then runs for the stream's life).
-    pub fn ensure_pipeline(&self, name: &str, input: &Arc<crate::stream::Stream>) {
-        let Some(cmd) = &self.cfg.pipeline else {
-            return;
-        };
-        if !self.pipelines.lock().insert(name.to_string()) {
-            return;
-        }
-        let output = self.registry.get_or_create(name);
-        let (cmd, input, running) = (cmd.clone(), input.clone(), self.pipelines.clone());
-        tokio::spawn(async move {
-            crate::pipeline::run(cmd, input, output.clone()).await;
-            running.lock().remove(&output.name);
-        });
-    }
-
-    /// Ingest bitrate in kbit/s of stream `id`, sampled once a second.
-    pub fn ingest_kbps(&self, id: u64) -> u64 {
-        self.rates.lock().get(&id).map_or(0, |r| r.1)
-    }
-}
-
-/// A running server (what `serve` runs, and what tests start on 127.0.0.1:0).
+/// A running server (what `serve` runs, and what tests start on 127.0.0.1:0). Dropping it
+/// stops its tasks; [`Server::shutdown`] first says goodbye to every peer.
 pub struct Server {
     pub http_addr: SocketAddr,
     pub udp_addr: SocketAddr,
@@ -64,7 +28,14 @@ pub struct Server {
 }
 
 impl Server {
-    pub async fn start(mut cfg: ServeArgs) -> std::io::Result<Server> {
+    /// Binds `cfg.listen` and starts.
+    pub async fn start(cfg: ServeArgs) -> std::io::Result<Server> {
+        let listener = TcpListener::bind(cfg.listen).await?;
+        Self::start_on(listener, cfg).await
+    }
+
+    /// Starts on a bound HTTP listener.
+    pub async fn start_on(listener: TcpListener, mut cfg: ServeArgs) -> std::io::Result<Server> {
         if cfg.demo {
             cfg.replays.push(crate::config::Named {
                 name: "demo".into(),
@@ -82,29 +53,29 @@ impl Server {
             },
         )
         .await?;
+        let tasks = Tasks::default();
         let sink: Arc<dyn FrameSink> = Arc::new(engine.clone());
         let transcode = cfg.audio_transcode == crate::config::AudioTranscode::Auto;
+        let media_tasks = tasks.clone();
         let registry = Arc::new(Registry::new(cfg.ring_bytes, move |stream| {
-            tokio::spawn(media::run(stream.clone(), sink.clone(), transcode));
+            media_tasks.spawn(media::run(stream.clone(), sink.clone(), transcode));
         }));
-        let listener = TcpListener::bind(cfg.listen).await?;
         let http_addr = listener.local_addr()?;
-        let app = Arc::new(App {
-            cfg: cfg.clone(),
-            registry: registry.clone(),
-            engine: engine.clone(),
-            rates: Mutex::new(Default::default()),
-            pipelines: Default::default(),
-        });
+        let app = Arc::new(App::new(
+            cfg.clone(),
+            registry.clone(),
+            engine.clone(),
+            tasks.clone(),
+        ));
 
         for r in &cfg.replays {
             let stream = registry.get_or_create(&r.name);
-            tokio::spawn(ingest::replay::serve_file(stream, r.value.clone()));
+            tasks.spawn(ingest::replay::serve_file(stream, r.value.clone()));
         }
         for u in &cfg.udps {
             let stream = registry.get_or_create(&u.name);
             let addr = u.value;
-            tokio::spawn(async move {
+            tasks.spawn(async move {
                 if let Err(e) = ingest::udp::run(stream, addr).await {
                     warn!(%addr, error = %e, "UDP source failed");
                 }
@@ -112,13 +83,13 @@ impl Server {
         }
         if let Some(name) = &cfg.stdin {
             let stream = registry.get_or_create(name);
-            tokio::spawn(ingest::pump_reader(stream, tokio::io::stdin(), "stdin"));
+            tasks.spawn(ingest::pump_reader(stream, tokio::io::stdin(), "stdin"));
         }
-        tokio::spawn(housekeeping(app.clone()));
+        tasks.spawn(housekeeping(app.clone()));
 
         let router = crate::http::router(app.clone());
         let limits = crate::http::serve::HttpLimits::from(&cfg);
-        tokio::spawn(crate::http::serve::serve(listener, router, limits));
+        tasks.spawn(crate::http::serve::serve(listener, router, limits));
         info!(http = %http_addr, "tsbridge listening");
         Ok(Server {
             http_addr,
@@ -126,6 +97,34 @@ impl Server {
             app,
         })
     }
+
+    /// Closes every session (RTCP BYE, DTLS close_notify; bounded in time), then stops every
+    /// task: sources, media tasks, pipeline commands (killed and reaped), HTTP.
+    pub async fn shutdown(self) {
+        let _ = tokio::time::timeout(Duration::from_secs(3), self.app.engine.shutdown()).await;
+        self.app.tasks.abort_all();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.app.tasks.abort_all();
+    }
+}
+
+/// Serves on `listener` until `shutdown` resolves, then stops everything (see
+/// [`Server::shutdown`]). `ready` is called once the server runs, with it.
+pub async fn run(
+    listener: TcpListener,
+    cfg: ServeArgs,
+    shutdown: impl Future<Output = ()>,
+    ready: impl FnOnce(&Server),
+) -> std::io::Result<()> {
+    let server = Server::start_on(listener, cfg).await?;
+    ready(&server);
+    shutdown.await;
+    server.shutdown().await;
+    Ok(())
 }
 
 /// The demo file: next to the binary's source tree (cargo run) or in the working directory.
@@ -138,22 +137,15 @@ fn demo_file() -> PathBuf {
     }
 }
 
-/// Once a second: bitrates. Every 10 s: drop streams nobody uses.
+/// Once a second: bitrates, and the viewers of sources gone past their grace. Every 10 s:
+/// drop streams nobody uses.
 async fn housekeeping(app: Arc<App>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n = 0u64;
     loop {
         tick.tick().await;
         n += 1;
-        {
-            let mut rates = app.rates.lock();
-            for s in app.registry.list() {
-                let bytes = s.stats.ingest_bytes.load(Ordering::Relaxed);
-                let e = rates.entry(s.id).or_insert((bytes, 0));
-                *e = (bytes, (bytes - e.0) * 8 / 1000);
-            }
-        }
-        // Viewers of a stream whose source ended and did not come back in time end too.
+        app.sample_rates();
         // (The programs of an MPTS that viewers watch on their own share their stream's source.)
         for s in app
             .registry
@@ -170,7 +162,7 @@ async fn housekeeping(app: Arc<App>) {
         }
         if n.is_multiple_of(10) {
             for s in app.registry.sweep(Duration::from_secs(60)) {
-                app.rates.lock().remove(&s.id);
+                app.forget_rate(s.id);
                 info!(stream = %s.name, "idle stream removed");
             }
         }

@@ -1,6 +1,7 @@
 //! The HTTP surface: WHEP, ingest, the stream API, player pages. One handler per verb.
 
 mod api;
+mod app;
 pub mod client;
 mod ingest;
 mod pages;
@@ -15,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 
-use crate::server::App;
+pub use app::{App, Tasks};
 
 pub type AppState = Arc<App>;
 
