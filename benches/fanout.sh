@@ -42,6 +42,9 @@ if [[ -z "${BIN:-}" ]]; then
     fi
 fi
 [[ -x "$BIN" ]] || { echo "fanout.sh: no binary at $BIN" >&2; exit 1; }
+# `tsbridge loadtest` runs the load tool's own binary, from the same directory.
+[[ -x "$(dirname "$BIN")/tsbridge-loadtest" ]] ||
+    { echo "fanout.sh: no tsbridge-loadtest next to $BIN" >&2; exit 1; }
 
 # One UDP socket per viewer in the load tool (plus a TCP connection per POST in flight).
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true

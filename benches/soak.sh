@@ -17,7 +17,8 @@ ROUND=${ROUND:-20}
 HTTP_PORT=${HTTP_PORT:-18890}
 UDP_PORT=${UDP_PORT:-18190}
 BIN=${BIN:-target/release/tsbridge}
-[ -x "$BIN" ] || cargo build --release --quiet
+# `tsbridge loadtest` runs the load tool's own binary, from the same directory.
+[ -x "$BIN" ] && [ -x "$(dirname "$BIN")/tsbridge-loadtest" ] || cargo build --release --quiet
 BASE="http://127.0.0.1:$HTTP_PORT"
 
 "$BIN" serve --listen "127.0.0.1:$HTTP_PORT" --ice-udp "127.0.0.1:$UDP_PORT" --source-grace 5 \

@@ -1,4 +1,7 @@
-//! `tsbridge serve`: start, print where to look, run until Ctrl-C / SIGTERM.
+//! `tsbridge serve`: start, print where to look, run until Ctrl-C / SIGTERM. And
+//! `tsbridge loadtest`: hand over to the load tool's own binary.
+
+use std::ffi::OsString;
 
 use crate::config::ServeArgs;
 
@@ -88,4 +91,41 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// The load tool's binary, expected next to this one (`cargo build` puts both there).
+pub const LOADTEST_BIN: &str = "tsbridge-loadtest";
+
+/// `tsbridge loadtest ARGS…`: runs `tsbridge-loadtest ARGS…` from this binary's directory. On
+/// Unix the process becomes the load tool (exec), so its output, exit status and signals
+/// (Ctrl-C, a `timeout` around it) are the tool's own; returns only on failure.
+pub fn loadtest(args: &[OsString]) -> Result<(), String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary: {e}"))?;
+    let tool = exe.with_file_name(format!("{LOADTEST_BIN}{}", std::env::consts::EXE_SUFFIX));
+    if !tool.is_file() {
+        return Err(format!(
+            "the load tool is its own binary, and there is none at {}: build it with \
+             `cargo build --release --bin {LOADTEST_BIN}` (or put it next to tsbridge)",
+            tool.display()
+        ));
+    }
+    let mut cmd = std::process::Command::new(&tool);
+    cmd.args(args);
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        let e = cmd.exec();
+        Err(format!("cannot run {}: {e}", tool.display()))
+    }
+    #[cfg(not(unix))]
+    {
+        let status = cmd
+            .status()
+            .map_err(|e| format!("cannot run {}: {e}", tool.display()))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("{} ended with {status}", tool.display()))
+        }
+    }
 }

@@ -26,8 +26,18 @@ pub enum Command {
     /// Print the tracks of a TS file or URL (from the PMT), codec details, GOP and bitrate.
     Probe(ProbeArgs),
     /// Run N WHEP viewers against a server and report connections, packets, loss and start-up
-    /// times (JSON with --json): a load tool for fan-out benchmarks (benches/fanout.sh).
-    Loadtest(crate::loadtest::LoadtestArgs),
+    /// times: runs the load tool `tsbridge-loadtest` from this binary's directory.
+    #[command(disable_help_flag = true)]
+    Loadtest(LoadtestArgs),
+}
+
+/// `tsbridge loadtest ARGS…`: handed as they are to `tsbridge-loadtest` (a client of the
+/// server, so its own binary rather than part of this one).
+#[derive(Debug, Clone, Args)]
+pub struct LoadtestArgs {
+    /// The load tool's arguments (`--url URL --viewers N …`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    pub args: Vec<std::ffi::OsString>,
 }
 
 /// A `NAME=VALUE` pair from the command line.

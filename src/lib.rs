@@ -19,7 +19,6 @@ pub mod codec;
 pub mod config;
 pub mod http;
 pub mod ingest;
-pub mod loadtest;
 pub mod media;
 pub mod metrics;
 pub mod pipeline;

@@ -47,17 +47,6 @@ async fn run(cmd: Command) -> Result<(), String> {
             }
             Ok(())
         }
-        Command::Loadtest(args) => {
-            let report = tsbridge::loadtest::run(&args).await?;
-            if args.json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?
-                );
-            } else {
-                print!("{}", report.text());
-            }
-            Ok(())
-        }
+        Command::Loadtest(args) => tsbridge::cli::loadtest(&args.args),
     }
 }

@@ -730,29 +730,62 @@ async fn no_direct_send_sends_everything_through_str0m() {
     assert_eq!(m.direct_packets.load(Ordering::Relaxed), 0);
 }
 
+/// The figures of the load tool's JSON report these tests look at.
+#[derive(serde::Deserialize)]
+struct LoadReport {
+    connected: usize,
+    with_keyframe: usize,
+    loss_pct: f64,
+    lossy_loss_pct: Option<f64>,
+    lossy_video_loss_pct: Option<f64>,
+    lossy_video_thrown: Option<u64>,
+    /// The whole report, for failure messages.
+    #[serde(skip)]
+    json: String,
+}
+
+impl LoadReport {
+    fn text(&self) -> &str {
+        &self.json
+    }
+}
+
 /// `viewers` load-tool viewers of /whep/cam, the first of which throws away `drop` percent of
 /// the RTP it receives (and decrypts everything, retransmissions included, through str0m).
-async fn load_with_one_lossy_viewer(
-    s: &Server,
-    viewers: usize,
-    drop: f64,
-) -> tsbridge::loadtest::LoadReport {
-    let args = tsbridge::loadtest::LoadtestArgs {
-        url: url(s, "/whep/cam"),
-        viewers,
-        seconds: Duration::from_secs(4),
-        ramp: 50.0,
-        json: false,
-        connect_timeout: Duration::from_secs(10),
-        tasks: 1,
-        server_pid: None,
-        bind: None,
-        quiet: true,
-        lossy: 1,
-        drop,
-        decrypt_all: false,
-    };
-    tsbridge::loadtest::run(&args).await.expect("load tool")
+/// The load tool is its own binary (src/bin/tsbridge-loadtest), run here as a client would.
+async fn load_with_one_lossy_viewer(s: &Server, viewers: usize, drop: f64) -> LoadReport {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_tsbridge-loadtest"))
+        .args(["--url", &url(s, "/whep/cam")])
+        .args(["--viewers", &viewers.to_string()])
+        .args([
+            "--seconds",
+            "4",
+            "--ramp",
+            "50",
+            "--connect-timeout",
+            "10",
+            "--tasks",
+            "1",
+        ])
+        .args([
+            "--quiet",
+            "--lossy",
+            "1",
+            "--drop",
+            &drop.to_string(),
+            "--json",
+        ])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("load tool");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "load tool: {}: {stderr}", out.status);
+    let json = String::from_utf8(out.stdout).expect("UTF-8 report");
+    let mut report: LoadReport =
+        serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json} {stderr}"));
+    report.json = json;
+    report
 }
 
 /// Video goes the direct way (tsbridge writes and encrypts it; see src/webrtc/direct.rs) and

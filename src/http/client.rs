@@ -1,6 +1,10 @@
-//! A minimal HTTP/1.1 client for `tsbridge replay` and `probe URL` (no TLS: local servers).
+//! A minimal HTTP/1.1 client for `tsbridge replay`, `probe URL` and the load tool
+//! (`tsbridge-loadtest`): no TLS, local servers.
 
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 /// `http://host:port/path?q` → ("host:port", "/path?q").
 pub fn split_url(url: &str) -> Result<(String, String), String> {
@@ -39,34 +43,128 @@ pub async fn read_response(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<
     Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }
 
-/// Status, Content-Length, and whether the body is chunked.
+/// Status, Content-Length, and whether the body is chunked. A head cut short by the end of
+/// the input ends there (see [`request`] for a strict reader).
 pub async fn read_head(
     r: &mut (impl AsyncBufReadExt + Unpin),
 ) -> std::io::Result<(u16, Option<usize>, bool)> {
+    let (head, _complete) = read_head_fields(r).await?;
+    Ok((head.status, head.content_length(), head.chunked()))
+}
+
+/// A response head: the status and the header fields in the order sent (names lower-cased,
+/// values trimmed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Head {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+}
+
+impl Head {
+    /// A header's value by its name (any case); the last one if it was sent more than once.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// `Content-Length`, if sent and a number.
+    pub fn content_length(&self) -> Option<usize> {
+        self.header("content-length").and_then(|v| v.parse().ok())
+    }
+
+    /// Whether a `Transfer-Encoding: chunked` was sent.
+    pub fn chunked(&self) -> bool {
+        self.headers
+            .iter()
+            .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"))
+    }
+}
+
+/// Reads a head up to its blank line; `false` when the input ended before it.
+async fn read_head_fields(r: &mut (impl AsyncBufReadExt + Unpin)) -> std::io::Result<(Head, bool)> {
     let mut line = String::new();
     r.read_line(&mut line).await?;
     let status = line
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
-        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
-    let mut len = None;
-    let mut chunked = false;
-    loop {
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("bad status line {line:?}"),
+            )
+        })?;
+    let mut headers = Vec::new();
+    let complete = loop {
         line.clear();
-        if r.read_line(&mut line).await? == 0 || line.trim().is_empty() {
-            break;
+        if r.read_line(&mut line).await? == 0 {
+            break false;
+        }
+        if line.trim().is_empty() {
+            break true;
         }
         if let Some((k, v)) = line.split_once(':') {
-            let (k, v) = (k.trim().to_ascii_lowercase(), v.trim());
-            if k == "content-length" {
-                len = v.parse().ok();
-            } else if k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked") {
-                chunked = true;
-            }
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
         }
+    };
+    Ok((Head { status, headers }, complete))
+}
+
+/// A whole response: its head and its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    pub head: Head,
+    pub body: Vec<u8>,
+}
+
+/// Largest response [`request`] reads, head and body: it is for small exchanges (SDP, JSON).
+pub const MAX_RESPONSE: u64 = 1 << 20;
+
+/// One request on its own connection (`Connection: close`): `headers` after `Host`, then a
+/// `Content-Length` for `body` (0 when empty). The response is read as [`read_whole_response`]
+/// reads it.
+pub async fn request(
+    server: SocketAddr,
+    host: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<Response> {
+    let mut tcp = TcpStream::connect(server).await?;
+    tcp.set_nodelay(true)?;
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
     }
-    Ok((status, len, chunked))
+    req += &format!("Content-Length: {}\r\n\r\n", body.len());
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    tcp.write_all(&bytes).await?;
+    read_whole_response(&mut tcp.take(MAX_RESPONSE)).await
+}
+
+/// A response from a connection the server closes after it: the head must end with its blank
+/// line; the body is `Content-Length` bytes, or fewer if the input ends first, or everything
+/// to the end without one. Chunked bodies are not decoded.
+pub async fn read_whole_response(r: &mut (impl AsyncRead + Unpin)) -> std::io::Result<Response> {
+    let mut r = BufReader::new(r);
+    let (head, complete) = read_head_fields(&mut r).await?;
+    if !complete {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the response ended inside its head",
+        ));
+    }
+    let mut body = Vec::new();
+    match head.content_length() {
+        Some(n) => r.take(n as u64).read_to_end(&mut body).await?,
+        None => r.read_to_end(&mut body).await?,
+    };
+    Ok(Response { head, body })
 }
 
 #[cfg(test)]
@@ -81,5 +179,17 @@ mod tests {
         );
         assert_eq!(split_url("http://h").unwrap(), ("h:80".into(), "/".into()));
         assert!(split_url("https://h/x").is_err());
+    }
+
+    #[tokio::test]
+    async fn responses_give_status_location_and_body() {
+        let raw = b"HTTP/1.1 201 Created\r\nlocation: /whep/a/1\r\ncontent-length: 3\r\n\r\nv=0xx";
+        let r = read_whole_response(&mut &raw[..]).await.unwrap();
+        assert_eq!(r.head.status, 201);
+        assert_eq!(r.head.header("location"), Some("/whep/a/1"));
+        assert_eq!(r.body, b"v=0");
+        assert!(read_whole_response(&mut &b"HTTP/1.1 200 OK\r\n"[..])
+            .await
+            .is_err());
     }
 }
