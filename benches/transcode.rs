@@ -36,7 +36,7 @@ fn audio_pes(name: &str) -> Option<(SourceCodec, Pes)> {
         .tracks
         .iter()
         .find(|t| t.pid == pid)
-        .and_then(|t| SourceCodec::from_stream_type(t.stream_type))?;
+        .and_then(|t| t.stream_type.transcodable())?;
     let one: Pes = events
         .into_iter()
         .filter_map(|e| match e {

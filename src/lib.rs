@@ -15,6 +15,7 @@
 //! `webrtc` and `http`.
 
 pub mod cli;
+pub mod client;
 pub mod codec;
 pub mod config;
 pub mod http;

@@ -351,7 +351,7 @@ fn track_line(s: &mut String, t: &TrackReport, measured: bool) {
 pub async fn run(input: &str, limit: Duration) -> Result<Report, String> {
     let mut p = Prober::new();
     if input.starts_with("http://") {
-        let (host, path) = crate::http::client::split_url(input)?;
+        let (host, path) = crate::client::split_url(input)?;
         let mut conn = tokio::net::TcpStream::connect(&host)
             .await
             .map_err(|e| format!("connect {host}: {e}"))?;
@@ -361,7 +361,7 @@ pub async fn run(input: &str, limit: Duration) -> Result<Report, String> {
         .await
         .map_err(|e| e.to_string())?;
         let mut r = BufReader::new(conn);
-        let (status, _, chunked) = crate::http::client::read_head(&mut r)
+        let (status, _, chunked) = crate::client::read_head(&mut r)
             .await
             .map_err(|e| e.to_string())?;
         if status != 200 {

@@ -2,7 +2,6 @@
 
 mod api;
 mod app;
-pub mod client;
 mod ingest;
 mod pages;
 pub mod serve;

@@ -354,7 +354,7 @@ pub async fn serve_file(stream: Arc<Stream>, path: PathBuf) {
 /// `tsbridge replay FILE --to URL [--loop]`: PUT the file to a server, paced in real time.
 pub async fn push(path: &Path, url: &str, looping: bool) -> Result<(), String> {
     let r = Replayer::open(path, looping).map_err(|e| e.to_string())?;
-    let (host, path_q) = crate::http::client::split_url(url)?;
+    let (host, path_q) = crate::client::split_url(url)?;
     let mut conn = tokio::net::TcpStream::connect(&host)
         .await
         .map_err(|e| format!("connect {host}: {e}"))?;
@@ -380,7 +380,7 @@ pub async fn push(path: &Path, url: &str, looping: bool) -> Result<(), String> {
     .map_err(|e| format!("sending to {url}: {e}"))?;
     let mut c = conn.lock().await;
     c.write_all(b"0\r\n\r\n").await.map_err(|e| e.to_string())?;
-    let (status, body) = crate::http::client::read_response(&mut *c)
+    let (status, body) = crate::client::read_response(&mut *c)
         .await
         .map_err(|e| e.to_string())?;
     if !(200..300).contains(&status) {

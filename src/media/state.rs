@@ -10,7 +10,7 @@ use super::clock::Clock;
 use crate::codec::h264::AccessUnit;
 use crate::codec::opus::{self, OpusError, OpusPacket};
 use crate::codec::reorder::ReorderDetector;
-use crate::codec::transcode::{SourceCodec, Transcoder};
+use crate::codec::transcode::Transcoder;
 use crate::codec::{VideoAssembler, VideoCodec, VideoInfo};
 use crate::rtp::{H264Packetizer, H265Packetizer, OpusPacketizer, Packetizer, Payload};
 use crate::stream::frame::{Frame, Kind};
@@ -227,7 +227,7 @@ impl MediaState {
             .flatten()
             .and_then(|pid| {
                 let t = tracks.track(pid)?;
-                Some((pid, SourceCodec::from_stream_type(t.stream_type)?))
+                Some((pid, t.stream_type.transcodable()?))
             });
         match (&self.transcoder, transcode) {
             (Some((old, _)), Some((pid, _))) if *old == pid => {}

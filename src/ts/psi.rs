@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::packet::{Pid, PidWriter, PACKET_SIZE};
+use crate::codec::transcode::SourceCodec;
 
 /// An elementary stream_type from the PMT.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
@@ -47,6 +48,18 @@ impl StreamType {
             Self::SCTE35 => "SCTE-35",
             Self::EAC3 => "E-AC-3",
             _ => "unknown",
+        }
+    }
+}
+
+impl StreamType {
+    /// The audio the transcoder takes (to Opus), by stream type.
+    pub fn transcodable(self) -> Option<SourceCodec> {
+        match self {
+            Self::AAC_ADTS => Some(SourceCodec::AacAdts),
+            Self::AAC_LATM => Some(SourceCodec::AacLatm),
+            Self::MPEG1_AUDIO | Self::MPEG2_AUDIO => Some(SourceCodec::MpegAudio),
+            _ => None,
         }
     }
 }

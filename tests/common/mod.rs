@@ -22,6 +22,7 @@ pub mod h265;
 pub mod http;
 pub mod runtime;
 pub mod server;
+#[path = "../../src/codec/transcode/tone.rs"]
 pub mod tone;
 pub mod whep;
 pub mod whip;

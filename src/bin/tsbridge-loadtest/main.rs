@@ -23,7 +23,7 @@
 //! `tsbridge loadtest …` runs this binary (it must sit next to `tsbridge`). The files:
 //!
 //! - `run.rs`: the coordinator (ramp, settle, steady-state window, DELETEs, the report's sums)
-//! - `setup.rs`: one viewer's start: socket, offer, POST (`tsbridge::http::client`), answer
+//! - `setup.rs`: one viewer's start: socket, offer, POST (`tsbridge::client`), answer
 //! - `event_loop.rs`: the event loops that own the viewers and poll their sockets
 //! - `viewer.rs`: what is counted per viewer (loss by sequence ranges, first keyframe)
 //! - `report.rs`: the report, as JSON or text, and its statistics

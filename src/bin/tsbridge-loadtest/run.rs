@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::warn;
-use tsbridge::http::client::split_url;
+use tsbridge::client::split_url;
 
 use crate::event_loop::{Ctrl, EventLoop, NewViewer, Progress};
 use crate::procfs::{host_cpu_s, open_files_limit, proc_cpu_s, proc_rss_kb, udp_buf_errors};

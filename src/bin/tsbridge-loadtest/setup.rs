@@ -10,7 +10,7 @@ use str0m::config::DtlsCert;
 use str0m::media::{Direction, MediaKind};
 use str0m::{Candidate, RtcConfig};
 use tokio::net::UdpSocket;
-use tsbridge::http::client::{self, split_url};
+use tsbridge::client::{self, split_url};
 
 use crate::event_loop::NewViewer;
 use crate::viewer::{Stats, H264_OFFER};

@@ -46,13 +46,14 @@ use bytes::Bytes;
 
 use super::aac::{AacConfig, AdtsHeader, Latm, LatmError};
 use super::mpa::MpaHeader;
-use crate::ts::StreamType;
 
 mod decode;
 mod encode;
 mod framing;
 mod resample;
 mod timing;
+#[cfg(test)]
+mod tone;
 
 #[cfg(test)]
 mod tests;
@@ -83,15 +84,6 @@ pub enum SourceCodec {
 }
 
 impl SourceCodec {
-    pub fn from_stream_type(stream_type: StreamType) -> Option<Self> {
-        match stream_type {
-            StreamType::AAC_ADTS => Some(Self::AacAdts),
-            StreamType::AAC_LATM => Some(Self::AacLatm),
-            StreamType::MPEG1_AUDIO | StreamType::MPEG2_AUDIO => Some(Self::MpegAudio),
-            _ => None,
-        }
-    }
-
     pub fn name(&self) -> &'static str {
         match self {
             Self::AacAdts => "AAC (ADTS)",

@@ -1,8 +1,7 @@
 //! Tests of the whole transcoder on the project's test files (tone checks, timestamps,
 //! corruption, resets) and of the timing against an ideal signal.
 
-#[path = "../../../tests/common/tone.rs"]
-mod tone;
+use super::tone;
 
 use std::path::PathBuf;
 
@@ -43,7 +42,7 @@ fn audio_track(data: &[u8]) -> (SourceCodec, Vec<AudioPes>) {
         .tracks
         .iter()
         .find(|t| t.pid == pid)
-        .and_then(|t| SourceCodec::from_stream_type(t.stream_type))
+        .and_then(|t| t.stream_type.transcodable())
         .expect("a transcodable codec");
     let mut timeline = Timeline::new();
     let out = events

@@ -1,5 +1,5 @@
-//! Tone analysis for the audio tests (shared by `tests/` and, through `#[path]`, the
-//! transcoder's unit tests).
+//! Tone analysis for the audio tests: the transcoder's unit tests, and (through `#[path]` from
+//! `tests/common`) the integration tests.
 
 /// Root mean square of the samples.
 pub fn rms(x: &[f32]) -> f32 {
