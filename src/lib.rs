@@ -1,18 +1,19 @@
 //! tsbridge: an MPEG-TS to WebRTC (WHEP) playback bridge.
 //!
 //! ```text
-//!  sources (ingest/)             per stream (stream/, media.rs)                         viewers (webrtc/)
+//!  sources (ingest/)          per stream (stream/, media/)                            viewers (webrtc/)
 //!  PUT /ingest/{s}  ─┐
-//!  UDP / multicast  ─┤  closable   align + demux    PMT-driven     access units,       WHEP sessions
-//!  file replay      ─┼─► TS ring ──► (ts/)      ──► tracks     ──► 64-bit time    ──► (str0m Rtc each,
-//!  stdin            ─┘  (ring.rs)                  (TrackSet)      (codec/, time.rs)   one UDP socket)
-//!                          │                          │
-//!                          └─► GET /streams/{s}.ts    └─► "ready" wakes waiting WHEP POSTs (http/)
+//!  UDP / multicast  ─┤ closable  align + demux     PMT-driven    access units, time,   WHEP sessions
+//!  file replay      ─┼─► TS ring ─► (ts/)      ──► tracks    ──► RTP payloads once ──► (str0m Rtc each,
+//!  stdin, WHIP      ─┘ (ring.rs)   any program   (TrackSet)    (codec/, time, rtp/)  one UDP port)
+//!                         │                          │
+//!                         └─► GET /streams/{s}.ts    └─► "ready" wakes waiting WHEP POSTs (http/)
 //! ```
 //!
-//! The TS/codec/time core (`ts`, `codec`, `time`) is sans-IO: bytes and explicit times in,
-//! events out. Everything with sockets, tasks and clocks lives in `ingest`, `stream`, `media`,
-//! `webrtc` and `http`.
+//! The core (`ts`, `codec`, `time`, `rtp`, and the media task's `media::MediaState`) is
+//! sans-IO: bytes and explicit times in, events out. Everything with sockets, tasks and clocks
+//! lives in `ingest`, `stream`, `media::run`, `webrtc`, `http` and `server`; imports run one
+//! way along that flow (no cycles).
 
 pub mod cli;
 pub mod client;
