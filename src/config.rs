@@ -177,8 +177,16 @@ pub struct ServeArgs {
 
     /// AAC or MPEG audio (which browsers cannot play over WebRTC) is transcoded to Opus once
     /// per stream: `auto` does it when a program has such audio and no Opus track.
-    #[arg(long, env = "TSBRIDGE_AUDIO_TRANSCODE", value_enum, default_value_t = AudioTranscode::Auto)]
-    pub audio_transcode: AudioTranscode,
+    #[arg(long, env = "TSBRIDGE_AUDIO_TRANSCODE", value_enum, default_value_t = Transcode::Auto)]
+    pub audio_transcode: Transcode,
+
+    /// H.264 with B-frames (libx264's and OBS's defaults), which browsers' WebRTC decoders
+    /// show only a few frames of, is decoded and re-encoded once per stream without B-frames
+    /// (Constrained Baseline, same size, frame rate and keyframes, about the same bitrate;
+    /// ~one core per 1080p30 stream): `auto` does it when B-frames are found, `off` sends the
+    /// video as it is (and says so). Cheaper still: encode the source with `-bf 0`.
+    #[arg(long, env = "TSBRIDGE_VIDEO_TRANSCODE", value_enum, default_value_t = Transcode::Auto)]
+    pub video_transcode: Transcode,
 
     /// Per-stream TS ring buffer size in bytes (how far a slow reader may lag).
     #[arg(long, env = "TSBRIDGE_RING_BYTES", default_value_t = 8 << 20)]
@@ -238,7 +246,8 @@ impl ServeArgs {
             whep_wait: Duration::from_secs(15),
             demo: false,
             pipeline: None,
-            audio_transcode: AudioTranscode::Auto,
+            audio_transcode: Transcode::Auto,
+            video_transcode: Transcode::Auto,
             publish_token: None,
             view_token: None,
             max_sessions: 2000,
@@ -257,8 +266,9 @@ impl ServeArgs {
     }
 }
 
+/// Whether a transcoder may run (`--audio-transcode`, `--video-transcode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum AudioTranscode {
+pub enum Transcode {
     Auto,
     Off,
 }

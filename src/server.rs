@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::config::ServeArgs;
+use crate::config::{ServeArgs, Transcode};
 use crate::http::{App, Tasks};
 use crate::ingest;
 use crate::media;
@@ -55,10 +55,13 @@ impl Server {
         .await?;
         let tasks = Tasks::default();
         let sink: Arc<dyn FrameSink> = Arc::new(engine.clone());
-        let transcode = cfg.audio_transcode == crate::config::AudioTranscode::Auto;
+        let options = media::MediaOptions {
+            audio_transcode: cfg.audio_transcode == Transcode::Auto,
+            video_transcode: cfg.video_transcode == Transcode::Auto,
+        };
         let media_tasks = tasks.clone();
         let registry = Arc::new(Registry::new(cfg.ring_bytes, move |stream| {
-            media_tasks.spawn(media::run(stream.clone(), sink.clone(), transcode));
+            media_tasks.spawn(media::run(stream.clone(), sink.clone(), options));
         }));
         let http_addr = listener.local_addr()?;
         let app = Arc::new(App::new(

@@ -56,6 +56,11 @@ struct Seen {
     first_frame_ms: Option<u64>,
     /// Sessions the page saw the server end (its DTLS transport turned "closed").
     ended_by_server: u64,
+    freeze_count: u64,
+    /// Checksums of the picture shown, one a second (see play.html).
+    pictures: Vec<u64>,
+    /// (page ms, frames decoded) once a second.
+    decoded_at: Vec<(u64, u64)>,
     last: String,
 }
 
@@ -105,6 +110,13 @@ async fn watch_page(
             seen.frame_width = v["video"]["frameWidth"].as_u64().unwrap_or(0);
             seen.audio_samples = v["audio"]["totalSamplesReceived"].as_u64().unwrap_or(0);
             seen.ended_by_server = v["endedByServer"].as_u64().unwrap_or(0);
+            seen.freeze_count = v["video"]["freezeCount"].as_u64().unwrap_or(0);
+            if let Some(p) = v["video"]["picture"].as_u64().filter(|&p| p != 0) {
+                seen.pictures.push(p);
+            }
+            if let Some(ms) = v["ms"].as_u64().filter(|_| seen.frames_decoded > 0) {
+                seen.decoded_at.push((ms, seen.frames_decoded));
+            }
             if seen.frames_decoded > 0 && seen.first_frame_ms.is_none() {
                 seen.first_frame_ms = v["ms"].as_u64();
             }
@@ -146,6 +158,53 @@ async fn chromium_decodes_video_and_receives_audio() {
     assert!(seen.frames_decoded >= 60, "video frames decoded: {seen:?}");
     assert_eq!(seen.frame_width, 640, "{seen:?}");
     assert!(seen.audio_samples > 0, "audio samples received: {seen:?}");
+}
+
+/// A source with B-frames (libx264's defaults), which Chromium's WebRTC decoder shows a handful
+/// of frames of when passed through, plays once re-encoded: nearly every frame decoded, no
+/// freeze, a picture that moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_a_b_frame_source_re_encoded() {
+    let Some(browser) = chromium_or_skip("chromium_plays_a_b_frame_source_re_encoded") else {
+        return;
+    };
+    let mut args = ServeArgs::loopback();
+    args.replays.push(Named {
+        name: "bf".into(),
+        value: testdata("h264_bframes.ts"),
+    });
+    let server = Server::start(args).await.expect("server starts");
+    let url = format!("http://{}/play/bf?stats=1", server.http_addr);
+    // Six seconds of playing after the first frame.
+    let seen = watch_page(&browser, &url, Duration::from_secs(45), |s| {
+        s.decoded_at
+            .first()
+            .zip(s.decoded_at.last())
+            .is_some_and(|(a, b)| b.0 - a.0 >= 6_000)
+    })
+    .await;
+    eprintln!("chromium saw: {seen:?}");
+    let (Some(first), Some(last)) = (seen.decoded_at.first(), seen.decoded_at.last()) else {
+        panic!("no frame decoded: {seen:?}");
+    };
+    let window_s = (last.0 - first.0) as f64 / 1000.0;
+    let sent = window_s * 30.0;
+    let decoded = (last.1 - first.1) as f64;
+    assert!(window_s >= 6.0, "{seen:?}");
+    assert!(
+        decoded >= 0.8 * sent,
+        "{decoded} frames decoded of {sent} sent in {window_s} s: {seen:?}"
+    );
+    assert_eq!(seen.freeze_count, 0, "{seen:?}");
+    let mut distinct = seen.pictures.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(distinct.len() >= 4, "the picture moves: {seen:?}");
+    let api = http_get_body(&format!("{}/streams/bf", server.http_addr)).await;
+    assert!(
+        api.contains("\"transcoded_to\":\"H.264 Constrained Baseline\""),
+        "{api}"
+    );
 }
 
 /// The server ends a session by telling the browser (RTCP BYE + DTLS close_notify): when the

@@ -399,33 +399,105 @@ async fn a_stream_whose_source_ended_is_409_an_unknown_one_404() {
 // ---- B-frames ------------------------------------------------------------------------------
 
 /// libx264's defaults (B-frames) are reported where a user looks: the video track in the API
-/// says so with what to do; a source without B-frames says `b_frames: false`.
+/// says the stream is re-encoded and why (with how to avoid it); with `--video-transcode off`
+/// it warns with what to do; a source without B-frames says `b_frames: false`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn b_frames_are_reported_on_the_track_with_what_to_do() {
     let s = serve(&[("bf", "h264_bframes.ts"), ("ok", "h264_opus.ts")]).await;
+    let mut args = ServeArgs::loopback();
+    args.replays.push(Named {
+        name: "bf".into(),
+        value: common::testdata("h264_bframes.ts"),
+    });
+    args.video_transcode = tsbridge::config::Transcode::Off;
+    let off = Server::start(args).await.expect("server starts");
     let video = |j: &serde_json::Value| {
         j["tracks"]
             .as_array()
             .and_then(|t| t.iter().find(|t| t["kind"] == "video"))
             .cloned()
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let bf = loop {
-        let j = common::stream_json(s.http_addr, "bf").await;
-        if let Some(v) = video(&j).filter(|v| v["b_frames"] == true) {
-            break v;
+    let reported = |addr| async move {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let j = common::stream_json(addr, "bf").await;
+            if let Some(v) = video(&j).filter(|v| v["b_frames"] == true) {
+                break v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no B-frame report: {j}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "no B-frame report: {j}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     };
+    let bf = reported(s.http_addr).await;
+    assert_eq!(bf["transcoded_to"], "H.264 Constrained Baseline", "{bf}");
+    let reason = bf["transcode_reason"].as_str().unwrap_or("");
+    assert!(
+        reason.contains("B-frames") && reason.contains("-bf 0"),
+        "{bf}"
+    );
+    assert!(bf.get("warning").is_none(), "{bf}");
+    let bf = reported(off.http_addr).await;
     let warning = bf["warning"].as_str().unwrap_or("");
     assert!(warning.contains("-bf 0"), "{bf}");
+    assert!(bf.get("transcoded_to").is_none(), "{bf}");
     let ok = video(&common::stream_json(s.http_addr, "ok").await).expect("video track");
     assert_eq!(ok["b_frames"], false, "{ok}");
     assert!(ok.get("warning").is_none(), "{ok}");
+    assert!(ok.get("transcoded_to").is_none(), "{ok}");
+}
+
+/// A B-frame source reaches an independent WebRTC stack re-encoded: Constrained Baseline from
+/// an IDR with its SPS on, RTP time rising one frame per access unit, and every access unit
+/// decodes to a picture at once, in order (a decoder that had to reorder would hold some back).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_frame_source_arrives_re_encoded_in_display_order() {
+    use openh264::decoder::{Decoder, DecoderConfig, Flush};
+    let s = serve(&[("bf", "h264_bframes.ts")]).await;
+    let r = whep_receive(
+        &url(&s, "/whep/bf"),
+        WhepOptions {
+            seconds: 6.0,
+            stop: StopWhen::VideoAus(90),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let aus = h264_access_units(&r.video);
+    // The first picture or two may go out as the source sent them, before B-frames showed.
+    let start = aus
+        .iter()
+        .position(|a| {
+            a.is_keyframe()
+                && a.sps()
+                    .and_then(common::sps_profile_level_id)
+                    .is_some_and(|p| p.starts_with("42"))
+        })
+        .expect("a Constrained Baseline IDR");
+    let aus = &aus[start..];
+    assert!(aus.len() >= 60, "{} access units re-encoded", aus.len());
+    for w in aus.windows(2) {
+        assert_eq!(
+            w[1].ts.wrapping_sub(w[0].ts),
+            3000,
+            "one frame per access unit"
+        );
+    }
+    let mut decoder = Decoder::with_api_config(
+        openh264::OpenH264API::from_source(),
+        DecoderConfig::new().flush_after_decode(Flush::NoFlush),
+    )
+    .unwrap();
+    for (i, au) in aus.iter().enumerate() {
+        assert!(au.complete, "access unit {i}: {:?}", au.problems);
+        let picture = decoder.decode(&au.annex_b()).expect("decodes");
+        assert!(picture.is_some(), "access unit {i} gave no picture at once");
+    }
+    assert!(r.audio.len() > 50, "the Opus plays too");
 }
 
 // ---- H.265 ---------------------------------------------------------------------------------

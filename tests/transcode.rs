@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::tone::{dominant_frequency, rms};
 use common::{whep_receive, StopWhen, WhepOptions};
-use tsbridge::config::{AudioTranscode, Named, ServeArgs};
+use tsbridge::config::{Named, ServeArgs, Transcode};
 use tsbridge::server::Server;
 
 async fn serve(name: &str, file: &str, tweak: impl FnOnce(&mut ServeArgs)) -> Server {
@@ -106,10 +106,7 @@ async fn mp2_44k1_plays_as_opus() {
 /// `--audio-transcode off`: the AAC track stays unsupported with its reason; video plays.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transcoding_off_leaves_aac_unsupported() {
-    let s = serve("a", "h264_aac.ts", |a| {
-        a.audio_transcode = AudioTranscode::Off
-    })
-    .await;
+    let s = serve("a", "h264_aac.ts", |a| a.audio_transcode = Transcode::Off).await;
     let r = whep_receive(
         &format!("http://{}/whep/a", s.http_addr),
         WhepOptions {

@@ -285,7 +285,7 @@ async fn answer_holds_exactly_the_tracks_that_exist() {
 async fn aac_track_is_listed_as_unsupported_and_video_plays() {
     // With the transcoder off (tests/transcode.rs covers it on).
     let s = serve(&[("aac", "h264_aac.ts")], |a| {
-        a.audio_transcode = tsbridge::config::AudioTranscode::Off
+        a.audio_transcode = tsbridge::config::Transcode::Off
     })
     .await;
     let r = whep_receive(

@@ -115,6 +115,12 @@ pub struct SpsInfo {
     /// Displayed size, after frame cropping.
     pub width: u32,
     pub height: u32,
+    /// 1 = 4:2:0 (what WebRTC decoders and the re-encoder take), 2 = 4:2:2, 3 = 4:4:4.
+    pub chroma_format_idc: u8,
+    /// Luma bit depth (8 for everything a browser decodes).
+    pub bit_depth: u8,
+    /// Frames only (no field or MBAFF coding).
+    pub progressive: bool,
 }
 
 /// Reads RBSP bits from a NAL payload, skipping emulation prevention bytes (`00 00 03`).
@@ -223,6 +229,7 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
     let _sps_id = r.ue()?;
     let mut chroma_format_idc = 1;
     let mut separate_colour_plane = false;
+    let mut bit_depth = 8;
     if matches!(
         profile_idc,
         100 | 110 | 122 | 244 | 44 | 83 | 86 | 118 | 128 | 138 | 139 | 134 | 135
@@ -234,7 +241,7 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
         if chroma_format_idc == 3 {
             separate_colour_plane = r.flag()?;
         }
-        let _bit_depth_luma = r.ue()?;
+        bit_depth = r.ue()?.checked_add(8)?;
         let _bit_depth_chroma = r.ue()?;
         let _transform_bypass = r.flag()?;
         if r.flag()? {
@@ -300,6 +307,9 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
         profile_level_id: ProfileLevelId([profile_idc, constraints, level_idc]),
         width: u32::try_from(width).ok().filter(|&w| w > 0)?,
         height: u32::try_from(height).ok().filter(|&h| h > 0)?,
+        chroma_format_idc: chroma_format_idc as u8,
+        bit_depth: u8::try_from(bit_depth).ok()?,
+        progressive: frame_mbs_only,
     })
 }
 

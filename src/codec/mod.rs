@@ -8,6 +8,7 @@ pub mod h264;
 pub mod h265;
 pub mod mpa;
 pub mod opus;
+pub mod reencode;
 pub mod reorder;
 pub mod transcode;
 

@@ -15,6 +15,11 @@ pub const B_FRAMES_ADVICE: &str = "the video has B-frames (pictures out of prese
      order): browsers' WebRTC decoders show only a few frames of it. Encode without B-frames: \
      ffmpeg/x264 -bf 0 (x265: -x265-params bframes=0), OBS x264 options bframes=0";
 
+/// What the API says of a video re-encoded because of its B-frames.
+pub const B_FRAMES_REENCODED: &str = "the video has B-frames, which browsers' WebRTC decoders \
+     cannot show: it is re-encoded without them, once for all viewers. Encoding the source \
+     with -bf 0 saves that CPU (--video-transcode off sends it as it is)";
+
 /// A step back larger than this is a discontinuity, not a reordered picture (90 kHz).
 const MAX_REORDER: u64 = 90_000;
 

@@ -11,9 +11,10 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::{authorize, check_name, ApiError, AppState, Role};
-use crate::codec::reorder::B_FRAMES_ADVICE;
+use crate::codec::reencode::OUTPUT as REENCODED_TO;
+use crate::codec::reorder::{B_FRAMES_ADVICE, B_FRAMES_REENCODED};
 use crate::stream::ring::Read;
-use crate::stream::{Status, Stream, VideoProfile};
+use crate::stream::{Reencode, Status, Stream, VideoProfile};
 use crate::ts::start::StartPoint;
 use crate::ts::{Codec, ProgramChoice, TrackInfo, TrackSet};
 
@@ -89,8 +90,25 @@ fn track_json(s: &Stream, st: &Status, t_set: &TrackSet, t: &TrackInfo) -> Value
                 v["note"] = H265_NOTE.into();
             }
             v["b_frames"] = st.b_frames.into();
-            if st.b_frames {
-                v["warning"] = B_FRAMES_ADVICE.into();
+            match &st.reencode {
+                Reencode::Active => {
+                    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                    let cpu = r(&s.stats.reencode_us) as f64 * 100.0
+                        / r(&s.stats.reencode_media_us).max(1) as f64;
+                    v["transcoded_to"] = REENCODED_TO.into();
+                    v["transcode_reason"] = B_FRAMES_REENCODED.into();
+                    v["transcoder_cpu_pct"] = ((cpu * 100.0).round() / 100.0).into();
+                    v["transcode_errors"] = r(&s.stats.reencode_errors).into();
+                    v["frames_decoded"] = r(&s.stats.reencode_decoded).into();
+                    v["frames_encoded"] = r(&s.stats.reencode_encoded).into();
+                    v["keyframes_on_request"] = r(&s.stats.reencode_keyframes).into();
+                }
+                Reencode::Unsupported(why) => {
+                    v["warning"] = B_FRAMES_ADVICE.into();
+                    v["transcode_error"] = why.as_ref().into();
+                }
+                Reencode::Off if st.b_frames => v["warning"] = B_FRAMES_ADVICE.into(),
+                Reencode::Off => {}
             }
         }
         Codec::Opus { channels } => {
@@ -347,6 +365,30 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         "viewer sessions created",
         &per(&|s| r(&s.stats.sessions_total)),
     );
+    for (name, help, f) in [
+        (
+            "tsbridge_video_frames_decoded_total",
+            "pictures the video re-encoder decoded (B-frame sources)",
+            (|s: &Stream| s.stats.reencode_decoded.load(Ordering::Relaxed)) as fn(&Stream) -> u64,
+        ),
+        (
+            "tsbridge_video_frames_encoded_total",
+            "pictures the video re-encoder encoded",
+            |s: &Stream| s.stats.reencode_encoded.load(Ordering::Relaxed),
+        ),
+        (
+            "tsbridge_video_transcode_errors_total",
+            "video re-encoder errors: decoder restarts, encoder failures, pictures dropped behind",
+            |s: &Stream| s.stats.reencode_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "tsbridge_video_transcode_cpu_seconds_total",
+            "CPU time of the video re-encoder's thread",
+            |s: &Stream| s.stats.reencode_us.load(Ordering::Relaxed) / 1_000_000,
+        ),
+    ] {
+        counter(&mut out, name, help, &per(&f));
+    }
     gauge(
         &mut out,
         "tsbridge_gop_cache_bytes",

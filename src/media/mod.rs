@@ -5,10 +5,13 @@
 //! ```text
 //!  ring ─► MediaState (state.rs, sans-IO) ─► MediaEvent ─► run(): status, GOP cache,
 //!            demux, access units, time,                    counters, logs ─► FrameSink
-//!            transcode, packetize once                                       (the engine)
+//!            transcode, packetize once        ▲                              (the engine)
+//!                                             └─ reencode.rs: the video re-encoder's thread
+//!                                                (B-frames), its pictures back into the state
 //! ```
 
 mod clock;
+mod reencode;
 mod state;
 
 use std::collections::HashSet;
@@ -18,12 +21,23 @@ use std::time::Instant;
 
 use tracing::{debug, info, warn};
 
+use crate::codec::reencode::OUTPUT as REENCODED_TO;
 use crate::codec::reorder::B_FRAMES_ADVICE;
 use crate::stream::frame::{FrameSink, Kind};
 use crate::stream::ring::Read;
-use crate::stream::Stream;
+use crate::stream::{Reencode, Stream};
 use crate::ts::Codec;
-pub use state::{MediaEvent, MediaProblem, MediaState};
+use reencode::{Done, Worker};
+pub use state::{MediaEvent, MediaProblem, MediaState, ReencodeJob};
+
+/// What a stream's media task does beyond passing media through.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MediaOptions {
+    /// AAC / MPEG audio → Opus when there is no Opus (`--audio-transcode auto`).
+    pub audio_transcode: bool,
+    /// H.264 with B-frames re-encoded without (`--video-transcode auto`).
+    pub video_transcode: bool,
+}
 
 /// Applies what the state machine reported to the stream and hands frames to the viewers.
 struct Apply<'a> {
@@ -31,6 +45,12 @@ struct Apply<'a> {
     sink: &'a dyn FrameSink,
     /// Problem causes already logged (each is logged once).
     logged: HashSet<&'static str>,
+    /// B-frames are re-encoded away (else they are only reported).
+    reencode_on: bool,
+    /// The video re-encoder's thread, from the first time the stream needs it.
+    worker: Option<Worker>,
+    /// Re-encoder runs that could not start (no thread), for the state machine.
+    failed: Vec<(u64, String)>,
 }
 
 impl Apply<'_> {
@@ -101,10 +121,24 @@ impl Apply<'_> {
                 stream.update_status(|s| s.video = info);
             }
             MediaEvent::BFrames(on) => {
-                if on {
+                // When they are re-encoded away, the re-encoder's start says so.
+                if on && !self.reencode_on {
                     warn!(stream = %stream.name, "{B_FRAMES_ADVICE}");
                 }
                 stream.update_status(|s| s.b_frames = on);
+            }
+            MediaEvent::Reencode(job) => self.reencode(job),
+            MediaEvent::Reencoding(r) => {
+                match &r {
+                    Reencode::Active => info!(stream = %stream.name,
+                        "the video has B-frames, which browsers cannot show: re-encoding it to \
+                         {REENCODED_TO} without them, once for all viewers (encode the source \
+                         with -bf 0 to save this CPU; --video-transcode off sends it as it is)"),
+                    Reencode::Unsupported(why) => warn!(stream = %stream.name,
+                        "{B_FRAMES_ADVICE}; it cannot be re-encoded here: {why}"),
+                    Reencode::Off => debug!(stream = %stream.name, "video re-encoder stopped"),
+                }
+                stream.update_status(|s| s.reencode = r);
             }
             MediaEvent::Transcoded { errors, micros } => {
                 st.transcode_us.fetch_add(micros, Ordering::Relaxed);
@@ -134,27 +168,82 @@ impl Apply<'_> {
             MediaEvent::Ended => stream.gop.lock().clear(),
         }
     }
+
+    fn reencode(&mut self, job: ReencodeJob) {
+        if self.worker.is_none() {
+            let ReencodeJob::Start { generation, .. } = job else {
+                return;
+            };
+            match Worker::spawn(self.stream) {
+                Ok(w) => self.worker = Some(w),
+                Err(e) => {
+                    self.failed
+                        .push((generation, format!("no thread for the re-encoder: {e}")));
+                    return;
+                }
+            }
+        }
+        if let Some(w) = self.worker.as_mut() {
+            w.send(job);
+        }
+    }
+}
+
+/// What woke the media task.
+enum Wake {
+    Read(Read),
+    Reencoded(Done),
+    Stop,
 }
 
 /// Runs for the life of the stream: reads its ring, feeds the state machine, applies what it
 /// reports.
-pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, transcode: bool) {
+pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, options: MediaOptions) {
     let mut state = MediaState::new()
-        .with_transcoding(transcode)
+        .with_transcoding(options.audio_transcode)
+        .with_reencoding(options.video_transcode)
         .with_program(stream.program_choice());
     let mut apply = Apply {
         stream: &stream,
         sink: sink.as_ref(),
         logged: HashSet::new(),
+        reencode_on: options.video_transcode,
+        worker: None,
+        failed: Vec::new(),
     };
     let mut events = Vec::new();
     let mut reader = stream.ring.reader_from_oldest();
     let mut buf = vec![0u8; 188 * 512];
     loop {
         // A program demuxed on its own (see `Registry::program`) stops when nobody watches it.
-        let read = tokio::select! {
-            read = reader.read(&mut buf) => read,
-            () = stream.stopped() => break,
+        let wake = tokio::select! {
+            read = reader.read(&mut buf) => Wake::Read(read),
+            Some(done) = async {
+                match apply.worker.as_mut() {
+                    Some(w) => w.next().await,
+                    None => std::future::pending().await,
+                }
+            } => Wake::Reencoded(done),
+            () = stream.stopped() => Wake::Stop,
+        };
+        if stream.take_keyframe_request() {
+            if let Some(w) = &apply.worker {
+                w.keyframe();
+            }
+        }
+        let read = match wake {
+            Wake::Read(read) => read,
+            Wake::Reencoded(Done::Frame(generation, frame)) => {
+                state.reencoded(generation, frame, Instant::now(), &mut events);
+                apply.events(&mut events);
+                continue;
+            }
+            Wake::Reencoded(Done::Failed(generation, why)) => {
+                state.reencode_failed(generation, why, &mut events);
+                apply.events(&mut events);
+                continue;
+            }
+            Wake::Stop => break,
         };
         match read {
             Read::Data(n) => {
@@ -162,6 +251,10 @@ pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, transcode: bool)
                 stream.mark_data();
                 state.push(&buf[..n], Instant::now(), &mut events);
                 apply.events(&mut events);
+                for (generation, why) in std::mem::take(&mut apply.failed) {
+                    state.reencode_failed(generation, why, &mut events);
+                    apply.events(&mut events);
+                }
             }
             Read::Lapped(skipped) => {
                 stream.stats.lapped.fetch_add(1, Ordering::Relaxed);

@@ -6,14 +6,18 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use bytes::Bytes;
+
 use super::clock::Clock;
-use crate::codec::h264::AccessUnit;
+use crate::codec::h264::{self, AccessUnit};
 use crate::codec::opus::{self, OpusError, OpusPacket};
+use crate::codec::reencode::{self, EncodedFrame};
 use crate::codec::reorder::ReorderDetector;
 use crate::codec::transcode::Transcoder;
 use crate::codec::{VideoAssembler, VideoCodec, VideoInfo};
 use crate::rtp::{H264Packetizer, H265Packetizer, OpusPacketizer, Packetizer, Payload};
 use crate::stream::frame::{Frame, Kind};
+use crate::stream::Reencode;
 use crate::time::{self, ClockRate, Timeline};
 use crate::ts::{Codec, DemuxEvent, DemuxProblem, Demuxer, Pes, Pid, ProgramChoice, TrackSet};
 
@@ -36,6 +40,11 @@ pub enum MediaEvent {
     Video(Option<VideoInfo>),
     /// B-frames were seen (`true`), or forgotten with the source (`false`).
     BFrames(bool),
+    /// Work for the video re-encoder (B-frames, `--video-transcode auto`); what it gives back
+    /// goes to [`MediaState::reencoded`].
+    Reencode(ReencodeJob),
+    /// The video is re-encoded now, or no longer, or cannot be.
+    Reencoding(Reencode),
     /// The audio transcoder took one PES: its decode errors, and its CPU time.
     Transcoded { errors: u64, micros: u64 },
     /// A discontinuity on a track (lost packets, a flagged discontinuity).
@@ -45,6 +54,27 @@ pub enum MediaEvent {
     /// The source ended: what was complete has been reported; the GOP cache is stale.
     Ended,
 }
+
+/// What the video re-encoder is asked to do, in order.
+#[derive(Debug, Clone)]
+pub enum ReencodeJob {
+    /// Start (again): from the next keyframe on, encode the pictures shown from `from` on
+    /// (those before went out as they were). Results carry `generation`.
+    Start { generation: u64, from: u64 },
+    /// An access unit of the source, in decode order, on the stream's timeline.
+    Frame {
+        generation: u64,
+        pts: u64,
+        keyframe: bool,
+        data: Bytes,
+    },
+    /// The source ended: drop what is pending.
+    Stop,
+}
+
+/// Access units kept since the last keyframe, for the re-encoder to start from when B-frames
+/// are found mid-GOP (a longer GOP starts at its next keyframe).
+const MAX_HELD: usize = 512;
 
 /// Defects of the input beyond the TS layer's, each with a stable [`MediaProblem::cause`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,8 +130,18 @@ pub struct MediaState {
     video_rtp: Packetizer,
     opus_rtp: OpusPacketizer,
     payloads: Vec<Payload>,
-    /// B-frames in the video (reported, not fixed).
+    /// B-frames in the video: reported, and re-encoded away when `reencode_on`.
     reorder: ReorderDetector,
+    reencode_on: bool,
+    /// The generation of the re-encoder's current run, while the video is re-encoded.
+    reencoding: Option<u64>,
+    generation: u64,
+    /// The video cannot be re-encoded (until the source ends): it goes out as it is.
+    reencode_blocked: bool,
+    /// Video access units since the last keyframe (timeline PTS), while B-frames may appear.
+    held: Vec<(u64, bool, Bytes)>,
+    /// The latest-shown video frame that went out as the source sent it.
+    passed_until: Option<u64>,
 }
 
 impl Default for MediaState {
@@ -132,7 +172,19 @@ impl MediaState {
             opus_rtp: OpusPacketizer::new(),
             payloads: Vec::new(),
             reorder: ReorderDetector::new(),
+            reencode_on: false,
+            reencoding: None,
+            generation: 0,
+            reencode_blocked: false,
+            held: Vec::new(),
+            passed_until: None,
         }
+    }
+
+    /// With the video re-encoded when it has B-frames (`--video-transcode auto`).
+    pub fn with_reencoding(mut self, on: bool) -> Self {
+        self.reencode_on = on;
+        self
     }
 
     /// With the audio transcoder on (AAC/MPEG audio → Opus when there is no Opus track).
@@ -175,6 +227,7 @@ impl MediaState {
             out.push(MediaEvent::BFrames(false));
         }
         self.reorder.reset();
+        self.stop_reencoding(out);
         self.timeline.discontinuity();
         out.push(MediaEvent::Ended);
     }
@@ -246,6 +299,7 @@ impl MediaState {
                 VideoCodec::H265 => Packetizer::H265(H265Packetizer::default()),
             };
             self.video_info = None;
+            self.stop_reencoding(out);
             out.push(MediaEvent::Video(None));
         }
         let changed = self.tracks.as_deref().is_some_and(|old| old != &tracks);
@@ -279,18 +333,42 @@ impl MediaState {
     fn on_video(&mut self, pes: &Pes, now: Instant, out: &mut Vec<MediaEvent>) {
         let mut aus = std::mem::take(&mut self.aus);
         self.video.push(pes, &mut aus);
-        if let Some(info) = self.video.info() {
+        // While re-encoding, viewers get the encoder's SPS (see `reencoded`).
+        if let Some(info) = self.video.info().filter(|_| self.reencoding.is_none()) {
             if self.video_info != Some(info) {
                 self.video_info = Some(info);
                 out.push(MediaEvent::Video(Some(info)));
             }
         }
         for au in aus.drain(..) {
-            if self.reorder.push(au.pts) {
+            let b_frames = self.reorder.push(au.pts);
+            if b_frames {
                 out.push(MediaEvent::BFrames(true));
             }
             // ~1 frame at 30 fps: the step used when the timeline has to re-anchor.
             let t = self.timeline.map(au.pts, 3000);
+            if let Some(generation) = self.reencoding {
+                out.push(MediaEvent::Reencode(ReencodeJob::Frame {
+                    generation,
+                    pts: t,
+                    keyframe: au.keyframe,
+                    data: au.data.clone(),
+                }));
+                continue;
+            }
+            if self.reencode_on && !self.reencode_blocked && self.video.codec() == VideoCodec::H264
+            {
+                if au.keyframe {
+                    self.held.clear();
+                }
+                if self.held.len() < MAX_HELD {
+                    self.held.push((t, au.keyframe, au.data.clone()));
+                }
+                if b_frames && self.start_reencoding(out) {
+                    continue;
+                }
+            }
+            self.passed_until = Some(self.passed_until.map_or(t, |p| p.max(t)));
             let wallclock = self.clock.wallclock(t, now);
             let frame = Frame {
                 seq: 0,
@@ -304,6 +382,106 @@ impl MediaState {
             self.emit(frame, out);
         }
         self.aus = aus;
+    }
+
+    /// B-frames were found: hand the video to the re-encoder from the GOP's keyframe on (the
+    /// pictures already shown are not encoded again). `false` when the video cannot be
+    /// re-encoded (it goes out as it is, and the reason is reported).
+    fn start_reencoding(&mut self, out: &mut Vec<MediaEvent>) -> bool {
+        let format = match &self.video {
+            crate::codec::VideoAssembler::H264(a) => a.sps().map(reencode::check_format),
+            crate::codec::VideoAssembler::H265(_) => None,
+        };
+        if let Some(Err(e)) = format {
+            self.reencode_failed(self.generation, e.to_string(), out);
+            return false;
+        }
+        self.generation += 1;
+        let generation = self.generation;
+        self.reencoding = Some(generation);
+        out.push(MediaEvent::Reencoding(Reencode::Active));
+        out.push(MediaEvent::Reencode(ReencodeJob::Start {
+            generation,
+            from: self.passed_until.map_or(0, |t| t + 1),
+        }));
+        for (pts, keyframe, data) in self.held.drain(..) {
+            out.push(MediaEvent::Reencode(ReencodeJob::Frame {
+                generation,
+                pts,
+                keyframe,
+                data,
+            }));
+        }
+        true
+    }
+
+    fn stop_reencoding(&mut self, out: &mut Vec<MediaEvent>) {
+        let running = self.reencoding.take().is_some();
+        if running {
+            out.push(MediaEvent::Reencode(ReencodeJob::Stop));
+        }
+        if running || self.reencode_blocked {
+            out.push(MediaEvent::Reencoding(Reencode::Off));
+        }
+        self.reencode_blocked = false;
+        self.held.clear();
+        self.passed_until = None;
+    }
+
+    /// The re-encoder could not take the video (`generation` is the run it was on): it goes
+    /// out as the source sends it until the source ends, and why is reported.
+    pub fn reencode_failed(&mut self, generation: u64, why: String, out: &mut Vec<MediaEvent>) {
+        if self.reencoding.is_some_and(|g| g != generation) {
+            return;
+        }
+        self.reencoding = None;
+        self.reencode_blocked = true;
+        self.held.clear();
+        out.push(MediaEvent::Reencoding(Reencode::Unsupported(why.into())));
+        if let Some(info) = self.video.info() {
+            self.video_info = Some(info);
+            out.push(MediaEvent::Video(Some(info)));
+        }
+    }
+
+    /// A picture from the re-encoder (in display order), for the viewers: on the stream's
+    /// timeline and RTP clock like any frame. Results of an earlier run are dropped.
+    pub fn reencoded(
+        &mut self,
+        generation: u64,
+        f: EncodedFrame,
+        now: Instant,
+        out: &mut Vec<MediaEvent>,
+    ) {
+        if self.reencoding != Some(generation) {
+            return;
+        }
+        if f.keyframe {
+            let sps = h264::nal_units(&f.data)
+                .find(|n| h264::NalType::of(n) == Some(h264::NalType::SPS))
+                .and_then(h264::parse_sps);
+            if let Some(s) = sps {
+                let info = VideoInfo {
+                    profile: crate::codec::VideoProfile::H264(s.profile_level_id),
+                    width: s.width,
+                    height: s.height,
+                };
+                if self.video_info != Some(info) {
+                    self.video_info = Some(info);
+                    out.push(MediaEvent::Video(Some(info)));
+                }
+            }
+        }
+        let frame = Frame {
+            seq: 0,
+            kind: Kind::Video,
+            rtp_time: f.pts + self.video_offset,
+            wallclock: self.clock.wallclock(f.pts, now),
+            data: Arc::from(f.data),
+            keyframe: f.keyframe,
+            payloads: Arc::from([]),
+        };
+        self.emit(frame, out);
     }
 
     fn on_audio(&mut self, pes: &Pes, pts: u64, now: Instant, out: &mut Vec<MediaEvent>) {
@@ -498,6 +676,124 @@ mod tests {
         let video = frames(&events, Kind::Video);
         assert_eq!(video.len(), 180);
         assert!(video[0].keyframe);
+    }
+
+    #[test]
+    fn b_frames_go_to_the_reencoder_and_come_back_as_one_rising_video_timeline() {
+        use crate::codec::reencode::{Reencoder, SourceFrame};
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/h264_bframes.ts");
+        let data = std::fs::read(path).expect("testdata");
+        let mut m = MediaState::new().with_reencoding(true);
+        let now = Instant::now();
+        // The media task's part, synchronously: jobs to the re-encoder, pictures back.
+        struct Worker(Reencoder, u64, Vec<crate::codec::reencode::EncodedFrame>);
+        impl Worker {
+            fn drive(
+                &mut self,
+                m: &mut MediaState,
+                events: &mut Vec<MediaEvent>,
+                all: &mut Vec<MediaEvent>,
+                now: Instant,
+            ) {
+                while !events.is_empty() {
+                    for ev in std::mem::take(events) {
+                        match &ev {
+                            MediaEvent::Reencode(ReencodeJob::Start { generation, from }) => {
+                                self.1 = *generation;
+                                self.0.start_at(*from);
+                            }
+                            MediaEvent::Reencode(ReencodeJob::Frame {
+                                pts,
+                                keyframe,
+                                data,
+                                ..
+                            }) => {
+                                let au = SourceFrame {
+                                    pts: *pts,
+                                    keyframe: *keyframe,
+                                    data,
+                                };
+                                self.0.push(au, &mut self.2).unwrap();
+                            }
+                            MediaEvent::Reencode(ReencodeJob::Stop) => self.0.reset(),
+                            _ => {}
+                        }
+                        all.push(ev);
+                    }
+                    for f in self.2.drain(..) {
+                        m.reencoded(self.1, f, now, events);
+                    }
+                }
+            }
+        }
+        let mut w = Worker(Reencoder::new(), 0, Vec::new());
+        let (mut events, mut all) = (Vec::new(), Vec::new());
+        for c in data.chunks(1316) {
+            m.push(c, now, &mut events);
+            w.drive(&mut m, &mut events, &mut all, now);
+        }
+        w.0.flush(&mut w.2);
+        w.drive(&mut m, &mut vec![], &mut all, now);
+        for f in w.2.drain(..) {
+            m.reencoded(w.1, f, now, &mut events);
+        }
+        m.end_of_input(now, &mut events);
+        w.drive(&mut m, &mut events, &mut all, now);
+
+        let states: Vec<&Reencode> = all
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::Reencoding(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(states, [&Reencode::Active, &Reencode::Off]);
+        let video = frames(&all, Kind::Video);
+        // A couple of pictures went out as they were before B-frames showed (the ones shown
+        // between them are skipped: the clock never goes back); then every later picture,
+        // re-encoded, starting with an IDR, RTP time rising by one frame each.
+        assert!((115..=120).contains(&video.len()), "{}", video.len());
+        assert!(video.windows(2).all(|w| w[1].rtp_time > w[0].rtp_time));
+        let first = video.iter().skip(1).position(|f| f.keyframe).unwrap() + 1;
+        assert!(first <= 3, "{first}");
+        let steps: Vec<u64> = video
+            .windows(2)
+            .map(|w| (w[1].rtp_time - w[0].rtp_time) / 3000)
+            .collect();
+        // (The source's last access unit comes out of the demuxer only when the source ends,
+        // and then the re-encoder's run is over: a stream loses its last picture or two.)
+        let tail = steps.len() - 1;
+        assert!(
+            steps[first..tail].iter().all(|&s| s == 1),
+            "{first} {steps:?}"
+        );
+        let profiles: Vec<u8> = all
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::Video(Some(VideoInfo {
+                    profile: crate::codec::VideoProfile::H264(p),
+                    ..
+                })) => Some(p.profile_idc()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(profiles, [100, 66], "High from the source, then Baseline");
+        let seqs: Vec<u64> = all
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::Frame(f) => Some(f.seq),
+                _ => None,
+            })
+            .collect();
+        assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+
+    #[test]
+    fn without_reencoding_b_frames_pass_through() {
+        let events = run("h264_bframes.ts", 4096);
+        assert!(!events.iter().any(|e| matches!(e, MediaEvent::Reencode(_))));
+        assert_eq!(frames(&events, Kind::Video).len(), 120);
     }
 
     #[test]

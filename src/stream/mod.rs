@@ -5,7 +5,7 @@ pub mod gop;
 pub mod ring;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,6 +45,20 @@ pub struct Status {
     pub ready: bool,
     /// The video has B-frames (see `codec::reorder`): reported, since browsers play it badly.
     pub b_frames: bool,
+    /// Whether the video is re-encoded without B-frames (`--video-transcode auto`).
+    pub reencode: Reencode,
+}
+
+/// The video re-encoder of a stream (see `codec::reencode`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Reencode {
+    /// The video goes out as the source sent it.
+    #[default]
+    Off,
+    /// The source has B-frames: viewers get it re-encoded without.
+    Active,
+    /// It has B-frames and cannot be re-encoded: why (it goes out as it is).
+    Unsupported(Arc<str>),
 }
 
 impl Status {
@@ -71,6 +85,7 @@ impl Status {
             transcoding: None,
             ready: false,
             b_frames: false,
+            reencode: Reencode::Off,
         }
     }
 }
@@ -96,6 +111,15 @@ pub struct Stats {
     /// Audio transcoder: frames it could not decode, and microseconds spent.
     pub transcode_errors: AtomicU64,
     pub transcode_us: AtomicU64,
+    /// Video re-encoder: pictures decoded and encoded, its errors (decoder restarts, encoder
+    /// failures, frames dropped when it fell behind), its thread's CPU time and the media time
+    /// it encoded (both µs), and keyframes it made for viewers' requests.
+    pub reencode_decoded: AtomicU64,
+    pub reencode_encoded: AtomicU64,
+    pub reencode_errors: AtomicU64,
+    pub reencode_us: AtomicU64,
+    pub reencode_media_us: AtomicU64,
+    pub reencode_keyframes: AtomicU64,
 }
 
 pub struct Stream {
@@ -124,6 +148,8 @@ pub struct Stream {
     unwatched_since: Mutex<Option<Instant>>,
     /// Wakes the media task of a removed program.
     stop: Notify,
+    /// A viewer asked for a keyframe (PLI/FIR): a re-encoded stream can make one.
+    keyframe_wanted: AtomicBool,
 }
 
 impl Stream {
@@ -143,7 +169,17 @@ impl Stream {
             programs: Mutex::new(HashMap::new()),
             unwatched_since: Mutex::new(None),
             stop: Notify::new(),
+            keyframe_wanted: AtomicBool::new(false),
         }
+    }
+
+    /// A viewer's keyframe request (PLI/FIR), for the media task.
+    pub fn request_keyframe(&self) {
+        self.keyframe_wanted.store(true, Ordering::Relaxed);
+    }
+
+    pub fn take_keyframe_request(&self) -> bool {
+        self.keyframe_wanted.swap(false, Ordering::Relaxed)
     }
 
     /// Which program of the TS the media task follows.

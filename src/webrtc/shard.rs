@@ -440,7 +440,8 @@ impl Shard {
         }
     }
 
-    /// Ended sessions go; viewers' keyframe requests go to their stream's WHIP publisher.
+    /// Ended sessions go; viewers' keyframe requests go to their stream (its video re-encoder)
+    /// and to its WHIP publisher.
     fn sweep(&mut self, now: Instant) {
         let mut dead = Vec::new();
         let mut wanted = Vec::new();
@@ -450,6 +451,8 @@ impl Shard {
                 dead.push((slot, why));
             }
             if s.take_keyframe_request() {
+                // A re-encoded stream makes one; a WHIP publisher is asked below.
+                s.stream.request_keyframe();
                 wanted.push(s.stream.id);
             }
         }

@@ -283,8 +283,9 @@ impl Session {
                 MediaKind::Audio => self.audio.slot = Some((m.mid, None)),
             },
             Event::KeyframeRequest(_) => {
-                // Forwarded when the source is a WHIP publisher; a TS source cannot make a
-                // keyframe on demand (the GOP cache covers new viewers).
+                // Forwarded to a WHIP publisher, or to the video re-encoder; a TS source
+                // passed through cannot make a keyframe on demand (the GOP cache covers new
+                // viewers).
                 self.keyframe_wanted = true;
             }
             Event::MediaEgressStats(st) => {

@@ -1,0 +1,698 @@
+//! Video re-encoding, sans-IO: H.264 with B-frames in (decode order), H.264 without B-frames
+//! out (display order), for browsers' WebRTC decoders, which do not reorder.
+//!
+//! ```text
+//! access unit (decode order, timeline PTS) ─► OpenH264 decoder (Main/High, B-frames; it
+//!     reorders: pictures come out in display order) ─► the smallest PTS still pending is the
+//!     picture's ─► OpenH264 encoder (Constrained Baseline, no B-frames: one picture in, one
+//!     access unit out) ─► access unit (display order = decode order)
+//! ```
+//!
+//! The output mirrors the source: same size, frame rate and keyframes (an IDR wherever the
+//! source has one, so the GOP cache and instant start behave as for a pass-through stream), at
+//! about the source's bitrate (measured per GOP; the encoder is rebuilt at a source keyframe
+//! when it strays by more than a third). A viewer's keyframe request can add an IDR, at most
+//! one per [`KEYFRAME_EVERY`]. A decoder error or an SPS change starts the decoder again at the
+//! next keyframe; a picture format the decoder cannot take (4:2:2, 10-bit, interlaced) is an
+//! [`ReencodeError::Unsupported`] the caller reports (and it passes the video through).
+//!
+//! Time is the caller's (90 kHz timeline ticks); the PTS of a picture is the one of the access
+//! unit it was decoded from. OpenH264 keeps no timestamps through its reorder buffer, but it
+//! outputs every picture once in display order, so the smallest pending PTS is the right one.
+
+use std::collections::BTreeMap;
+
+use openh264::decoder::{Decoder, DecoderConfig, Flush};
+use openh264::encoder::{
+    BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
+    RateControlMode, UsageType,
+};
+use openh264::formats::YUVSource;
+use openh264::{OpenH264API, Timestamp};
+
+use super::h264::{nal_units, parse_sps, NalType, SpsInfo};
+
+/// What the output is, for the API and logs.
+pub const OUTPUT: &str = "H.264 Constrained Baseline";
+/// At most one keyframe on request per this many 90 kHz ticks (1 s).
+pub const KEYFRAME_EVERY: u64 = 90_000;
+/// Pictures the decoder may hold back for reordering before a pending PTS is taken as lost.
+const MAX_PENDING: usize = 16;
+/// Bitrate assumed before a GOP was measured, per pixel per frame (≈ 2.2 Mbit/s at 720p30).
+const BITS_PER_PIXEL: f64 = 0.08;
+
+/// One access unit of the source, in decode order.
+#[derive(Debug, Clone, Copy)]
+pub struct SourceFrame<'a> {
+    /// On the caller's timeline (90 kHz, monotonic apart from B-frame reordering).
+    pub pts: u64,
+    pub keyframe: bool,
+    /// Annex B, parameter sets before a keyframe (as `h264::AccessUnit::data`).
+    pub data: &'a [u8],
+}
+
+/// One re-encoded access unit, in display order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedFrame {
+    pub pts: u64,
+    /// An IDR with its SPS and PPS before it.
+    pub keyframe: bool,
+    /// Annex B with start codes.
+    pub data: Vec<u8>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReencodeError {
+    /// The decoder cannot take this video at all; pass it through and say why.
+    #[error("{0}")]
+    Unsupported(String),
+    /// OpenH264 could not be set up (should not happen; reported, video passes through).
+    #[error("codec setup failed: {0}")]
+    Setup(String),
+}
+
+/// Counters since the re-encoder was made.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct ReencodeStats {
+    pub decoded: u64,
+    pub encoded: u64,
+    /// Access units the decoder rejected (each restarts it at the next keyframe).
+    pub decode_errors: u64,
+    pub encode_errors: u64,
+    /// Keyframes added for viewers' requests.
+    pub keyframes_requested: u64,
+    /// Encoder rebuilds (size, frame rate or bitrate changed).
+    pub encoder_restarts: u64,
+}
+
+/// The encoder and what it was set up for.
+struct Output {
+    encoder: Encoder,
+    size: (usize, usize),
+    fps: f64,
+    bps: u32,
+}
+
+pub struct Reencoder {
+    decoder: Option<Decoder>,
+    output: Option<Output>,
+    /// PTS of the access units in the decoder not yet out as pictures, with their keyframe flag.
+    pending: BTreeMap<u64, bool>,
+    /// Pictures shown before this are decoded (they are references) but not encoded.
+    start_pts: u64,
+    /// Until a keyframe arrives, access units are dropped (at the start, after an error).
+    need_keyframe: bool,
+    /// The SPS the decoder was started with (a new one restarts it).
+    sps: Option<Vec<u8>>,
+    /// Recent display-order PTS steps, for the frame rate.
+    steps: Vec<u64>,
+    last_out: Option<u64>,
+    /// Source bytes and PTS span since the last keyframe measured, for the bitrate.
+    gop_bytes: u64,
+    gop_start: Option<u64>,
+    measured_bps: Option<u32>,
+    restart_encoder: bool,
+    keyframe_wanted: bool,
+    last_forced: Option<u64>,
+    stats: ReencodeStats,
+}
+
+impl Default for Reencoder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Reencoder {
+    pub fn new() -> Self {
+        Reencoder {
+            decoder: None,
+            output: None,
+            pending: BTreeMap::new(),
+            start_pts: 0,
+            need_keyframe: true,
+            sps: None,
+            steps: Vec::new(),
+            last_out: None,
+            gop_bytes: 0,
+            gop_start: None,
+            measured_bps: None,
+            restart_encoder: false,
+            keyframe_wanted: false,
+            last_forced: None,
+            stats: ReencodeStats::default(),
+        }
+    }
+
+    pub fn stats(&self) -> ReencodeStats {
+        self.stats
+    }
+
+    /// Start (again) at the next keyframe; pictures shown before `pts` are decoded but not
+    /// encoded (catching up from a GOP's keyframe to the live edge costs decoding only).
+    pub fn start_at(&mut self, pts: u64) {
+        self.reset();
+        self.start_pts = pts;
+    }
+
+    /// Forget the source (it ended or was replaced): decoder, pending pictures, encoder.
+    pub fn reset(&mut self) {
+        self.decoder = None;
+        self.output = None;
+        self.pending.clear();
+        self.need_keyframe = true;
+        self.sps = None;
+        self.steps.clear();
+        self.last_out = None;
+        self.gop_bytes = 0;
+        self.gop_start = None;
+        self.measured_bps = None;
+        self.start_pts = 0;
+    }
+
+    /// A viewer asked for a keyframe: the next picture is an IDR unless one went out less than
+    /// [`KEYFRAME_EVERY`] ago.
+    pub fn request_keyframe(&mut self) {
+        self.keyframe_wanted = true;
+    }
+
+    /// One access unit in (decode order); the pictures it completes out, encoded.
+    pub fn push(
+        &mut self,
+        au: SourceFrame<'_>,
+        out: &mut Vec<EncodedFrame>,
+    ) -> Result<(), ReencodeError> {
+        if au.keyframe {
+            self.on_keyframe(au)?;
+        } else if self.need_keyframe {
+            return Ok(());
+        }
+        self.measure(au);
+        let decoder = match &mut self.decoder {
+            Some(d) => d,
+            None => self.decoder.insert(new_decoder()?),
+        };
+        self.pending.insert(au.pts, au.keyframe);
+        match decoder.decode(au.data) {
+            Ok(Some(picture)) => {
+                self.stats.decoded += 1;
+                if let Some((pts, key)) = self.pending.pop_first() {
+                    Self::encode_picture(
+                        &mut Encode {
+                            output: &mut self.output,
+                            stats: &mut self.stats,
+                            steps: &mut self.steps,
+                            last_out: &mut self.last_out,
+                            keyframe_wanted: &mut self.keyframe_wanted,
+                            last_forced: &mut self.last_forced,
+                            restart: &mut self.restart_encoder,
+                            bps: self.measured_bps,
+                            start_pts: self.start_pts,
+                        },
+                        &picture,
+                        pts,
+                        key,
+                        out,
+                    );
+                }
+            }
+            Ok(None) => {}
+            Err(_) => {
+                // A corrupt access unit: start again at the next keyframe (viewers keep the
+                // last picture meanwhile).
+                self.stats.decode_errors += 1;
+                self.decoder = None;
+                self.pending.clear();
+                self.need_keyframe = true;
+            }
+        }
+        // Pictures the decoder dropped without an error: do not let their PTS shift the others.
+        while self.pending.len() > MAX_PENDING {
+            self.pending.pop_first();
+        }
+        Ok(())
+    }
+
+    /// The source ended: the pictures the decoder still holds, encoded.
+    pub fn flush(&mut self, out: &mut Vec<EncodedFrame>) {
+        let Some(decoder) = self.decoder.as_mut() else {
+            return;
+        };
+        let Ok(pictures) = decoder.flush_remaining() else {
+            return;
+        };
+        for picture in pictures {
+            self.stats.decoded += 1;
+            let Some((pts, key)) = self.pending.pop_first() else {
+                break;
+            };
+            Self::encode_picture(
+                &mut Encode {
+                    output: &mut self.output,
+                    stats: &mut self.stats,
+                    steps: &mut self.steps,
+                    last_out: &mut self.last_out,
+                    keyframe_wanted: &mut self.keyframe_wanted,
+                    last_forced: &mut self.last_forced,
+                    restart: &mut self.restart_encoder,
+                    bps: self.measured_bps,
+                    start_pts: self.start_pts,
+                },
+                &picture,
+                pts,
+                key,
+                out,
+            );
+        }
+    }
+
+    /// A keyframe: check its SPS (a picture format the decoder cannot take is an error; a new
+    /// SPS restarts the decoder), and take the GOP's bitrate.
+    fn on_keyframe(&mut self, au: SourceFrame<'_>) -> Result<(), ReencodeError> {
+        let sps = nal_units(au.data).find(|n| NalType::of(n) == Some(NalType::SPS));
+        if let Some(sps) = sps {
+            if let Some(info) = parse_sps(sps) {
+                check_format(&info)?;
+            }
+            if self.sps.as_deref() != Some(sps) {
+                if self.sps.is_some() {
+                    // New parameters: what the old decoder holds is of the old stream.
+                    self.decoder = None;
+                    self.pending.clear();
+                }
+                self.sps = Some(sps.to_vec());
+            }
+        }
+        if let Some(start) = self.gop_start {
+            let span = au.pts.saturating_sub(start);
+            if span >= 2 * 90_000 {
+                let bps = (self.gop_bytes * 8 * 90_000 / span).min(u64::from(u32::MAX)) as u32;
+                self.measured_bps = Some(bps);
+                self.gop_bytes = 0;
+                self.gop_start = Some(au.pts);
+                if let Some(o) = &self.output {
+                    let (a, b) = (f64::from(o.bps), f64::from(bps));
+                    if (a - b).abs() > a.max(b) / 3.0 {
+                        self.restart_encoder = true;
+                    }
+                }
+            }
+        } else {
+            self.gop_start = Some(au.pts);
+            self.gop_bytes = 0;
+        }
+        self.need_keyframe = false;
+        Ok(())
+    }
+
+    fn measure(&mut self, au: SourceFrame<'_>) {
+        if self.gop_start.is_some() {
+            self.gop_bytes += au.data.len() as u64;
+        }
+    }
+
+    fn encode_picture(
+        e: &mut Encode<'_>,
+        picture: &impl YUVSource,
+        pts: u64,
+        source_key: bool,
+        out: &mut Vec<EncodedFrame>,
+    ) {
+        if let Some(last) = *e.last_out {
+            let step = pts.saturating_sub(last);
+            if step > 0 && step < 90_000 {
+                if e.steps.len() == 16 {
+                    e.steps.remove(0);
+                }
+                e.steps.push(step);
+            }
+        }
+        *e.last_out = Some(pts);
+        if pts < e.start_pts {
+            return;
+        }
+        let size = picture.dimensions();
+        let fps = frame_rate(e.steps);
+        let stale = e.output.as_ref().is_none_or(|o| {
+            o.size != size || (o.fps - fps).abs() > o.fps / 5.0 || (*e.restart && source_key)
+        });
+        if stale {
+            let guess = size.0 as f64 * size.1 as f64 * fps * BITS_PER_PIXEL;
+            let bps = e.bps.unwrap_or(guess as u32);
+            let bps = bps.clamp(150_000, 20_000_000);
+            match new_encoder(fps, bps) {
+                Ok(encoder) => {
+                    if e.output.is_some() {
+                        e.stats.encoder_restarts += 1;
+                    }
+                    *e.output = Some(Output {
+                        encoder,
+                        size,
+                        fps,
+                        bps,
+                    });
+                    *e.restart = false;
+                }
+                Err(_) => {
+                    e.stats.encode_errors += 1;
+                    return;
+                }
+            }
+        }
+        let Some(o) = e.output.as_mut() else { return };
+        let requested = *e.keyframe_wanted
+            && e.last_forced
+                .is_none_or(|t| pts.saturating_sub(t) >= KEYFRAME_EVERY);
+        if source_key || requested {
+            o.encoder.force_intra_frame();
+            if requested && !source_key {
+                e.stats.keyframes_requested += 1;
+            }
+            *e.keyframe_wanted = false;
+            *e.last_forced = Some(pts);
+        }
+        match o
+            .encoder
+            .encode_at(picture, Timestamp::from_millis(pts / 90))
+        {
+            Ok(bs) => {
+                let keyframe = bs.frame_type() == FrameType::IDR;
+                if matches!(bs.frame_type(), FrameType::Skip | FrameType::Invalid) {
+                    return;
+                }
+                let data = bs.to_vec();
+                if data.is_empty() {
+                    return;
+                }
+                e.stats.encoded += 1;
+                out.push(EncodedFrame {
+                    pts,
+                    keyframe,
+                    data,
+                });
+            }
+            Err(_) => {
+                // Start the next picture with a fresh encoder (its first picture is an IDR).
+                e.stats.encode_errors += 1;
+                *e.output = None;
+            }
+        }
+    }
+}
+
+/// The encoder's share of the re-encoder, borrowed apart from the decoder's picture.
+struct Encode<'a> {
+    output: &'a mut Option<Output>,
+    stats: &'a mut ReencodeStats,
+    steps: &'a mut Vec<u64>,
+    last_out: &'a mut Option<u64>,
+    keyframe_wanted: &'a mut bool,
+    last_forced: &'a mut Option<u64>,
+    restart: &'a mut bool,
+    bps: Option<u32>,
+    start_pts: u64,
+}
+
+/// Whether OpenH264's decoder takes this SPS's pictures: 8-bit 4:2:0 frames only.
+pub fn check_format(sps: &SpsInfo) -> Result<(), ReencodeError> {
+    if sps.chroma_format_idc != 1 {
+        let name = match sps.chroma_format_idc {
+            0 => "4:0:0 (monochrome)",
+            2 => "4:2:2",
+            _ => "4:4:4",
+        };
+        return Err(ReencodeError::Unsupported(format!(
+            "{name} chroma cannot be re-encoded (only 4:2:0); encode with -pix_fmt yuv420p -bf 0"
+        )));
+    }
+    if sps.bit_depth != 8 {
+        return Err(ReencodeError::Unsupported(format!(
+            "{}-bit video cannot be re-encoded (only 8-bit); encode with -pix_fmt yuv420p -bf 0",
+            sps.bit_depth
+        )));
+    }
+    if !sps.progressive {
+        return Err(ReencodeError::Unsupported(
+            "interlaced video cannot be re-encoded; deinterlace and encode with -bf 0".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Frames per second from recent PTS steps (their median), 30 until two pictures were seen.
+fn frame_rate(steps: &[u64]) -> f64 {
+    if steps.is_empty() {
+        return 30.0;
+    }
+    let mut s = steps.to_vec();
+    s.sort_unstable();
+    (90_000.0 / s[s.len() / 2] as f64).clamp(1.0, 120.0)
+}
+
+fn new_decoder() -> Result<Decoder, ReencodeError> {
+    // No flushing after each access unit: that would give pictures out in decode order.
+    let config = DecoderConfig::new().flush_after_decode(Flush::NoFlush);
+    Decoder::with_api_config(OpenH264API::from_source(), config)
+        .map_err(|e| ReencodeError::Setup(e.to_string()))
+}
+
+fn new_encoder(fps: f64, bps: u32) -> Result<Encoder, ReencodeError> {
+    let config = EncoderConfig::new()
+        .profile(Profile::Baseline)
+        .usage_type(UsageType::CameraVideoRealTime)
+        .rate_control_mode(RateControlMode::Bitrate)
+        .bitrate(BitRate::from_bps(bps))
+        .max_frame_rate(FrameRate::from_hz(fps as f32))
+        // Keyframes where the source has them (and on request), not on a timer or scene cut.
+        .intra_frame_period(IntraFramePeriod::from_num_frames(0))
+        .scene_change_detect(false)
+        // Every picture: a skipped one would be a stutter the source did not have.
+        .skip_frames(false)
+        .complexity(Complexity::Low)
+        // One thread per stream: the cost of a stream is one core at most, and predictable.
+        .num_threads(1);
+    Encoder::with_api_config(OpenH264API::from_source(), config)
+        .map_err(|e| ReencodeError::Setup(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::h264::H264Assembler;
+    use crate::codec::EsUnit;
+
+    /// The access units of a testdata file's video (PID 0x100), read without the TS layer
+    /// (codec/ does not import it): a minimal PES cutter for these well-formed files.
+    fn access_units(file: &str) -> Vec<crate::codec::h264::AccessUnit> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(file);
+        let data = std::fs::read(path).expect("testdata");
+        let mut pes: Vec<u8> = Vec::new();
+        let mut asm = H264Assembler::new();
+        let mut aus = Vec::new();
+        let mut flush = |pes: &mut Vec<u8>, aus: &mut Vec<_>| {
+            if pes.len() < 14 {
+                pes.clear();
+                return;
+            }
+            let flags = pes[7];
+            let ts = |b: &[u8]| {
+                (u64::from(b[0] & 0x0e) << 29)
+                    | (u64::from(b[1]) << 22)
+                    | (u64::from(b[2] & 0xfe) << 14)
+                    | (u64::from(b[3]) << 7)
+                    | (u64::from(b[4]) >> 1)
+            };
+            let pts = (flags & 0x80 != 0).then(|| ts(&pes[9..14]));
+            let dts = (flags & 0x40 != 0).then(|| ts(&pes[14..19]));
+            let start = 9 + usize::from(pes[8]);
+            asm.push(
+                EsUnit {
+                    data: &pes[start..],
+                    pts,
+                    dts,
+                },
+                aus,
+            );
+            pes.clear();
+        };
+        for p in data.chunks_exact(188) {
+            let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
+            if pid != 0x100 {
+                continue;
+            }
+            let mut off = 4;
+            if p[3] & 0x20 != 0 {
+                off += 1 + usize::from(p[4]);
+            }
+            if p[3] & 0x10 == 0 || off >= 188 {
+                continue;
+            }
+            if p[1] & 0x40 != 0 {
+                flush(&mut pes, &mut aus);
+            }
+            pes.extend_from_slice(&p[off..]);
+        }
+        flush(&mut pes, &mut aus);
+        aus
+    }
+
+    fn reencode(file: &str, keyframe_requests: bool) -> (Vec<EncodedFrame>, ReencodeStats) {
+        let aus = access_units(file);
+        let mut r = Reencoder::new();
+        let mut out = Vec::new();
+        for (i, au) in aus.iter().enumerate() {
+            if keyframe_requests && i % 10 == 5 {
+                r.request_keyframe();
+            }
+            r.push(
+                SourceFrame {
+                    pts: au.pts,
+                    keyframe: au.keyframe,
+                    data: &au.data,
+                },
+                &mut out,
+            )
+            .unwrap();
+        }
+        r.flush(&mut out);
+        (out, r.stats())
+    }
+
+    #[test]
+    fn b_frames_become_baseline_pictures_in_display_order_with_the_source_keyframes() {
+        let source = access_units("h264_bframes.ts");
+        assert_eq!(source.len(), 120);
+        assert!(
+            source.windows(2).any(|w| w[1].pts < w[0].pts),
+            "the source reorders"
+        );
+        let (out, stats) = reencode("h264_bframes.ts", false);
+        assert_eq!(out.len(), 120, "every picture, once");
+        assert_eq!(
+            (stats.decoded, stats.encoded, stats.decode_errors),
+            (120, 120, 0)
+        );
+        // Display order is decode order now: PTS rise by one frame each.
+        assert!(out.windows(2).all(|w| w[1].pts - w[0].pts == 3000));
+        let mut source_pts: Vec<u64> = source.iter().map(|a| a.pts).collect();
+        source_pts.sort_unstable();
+        assert_eq!(out.iter().map(|f| f.pts).collect::<Vec<_>>(), source_pts);
+        // Keyframes exactly where the source has them, each with its SPS and PPS.
+        let source_keys: Vec<u64> = source
+            .iter()
+            .filter(|a| a.keyframe)
+            .map(|a| a.pts)
+            .collect();
+        let keys: Vec<u64> = out.iter().filter(|f| f.keyframe).map(|f| f.pts).collect();
+        assert_eq!(keys, source_keys);
+        for f in &out {
+            let types: Vec<NalType> = nal_units(&f.data).filter_map(NalType::of).collect();
+            assert!(!types.is_empty());
+            if f.keyframe {
+                assert!(types.contains(&NalType::SPS) && types.contains(&NalType::PPS));
+                let sps = nal_units(&f.data)
+                    .find(|n| NalType::of(n) == Some(NalType::SPS))
+                    .and_then(parse_sps)
+                    .unwrap();
+                // Constrained Baseline (constraint_set1), the source's size.
+                assert_eq!(sps.profile_level_id.profile_idc(), 66);
+                assert_ne!(sps.profile_level_id.constraint_flags() & 0x40, 0);
+                assert_eq!((sps.width, sps.height), (640, 360));
+            }
+        }
+        // About the source's bitrate (400 kbit/s): the first GOPs at the per-pixel guess,
+        // then measured.
+        let bytes: usize = out.iter().map(|f| f.data.len()).sum();
+        let kbps = bytes as f64 * 8.0 / 4.0 / 1000.0;
+        assert!((150.0..1200.0).contains(&kbps), "{kbps} kbit/s");
+    }
+
+    #[test]
+    fn keyframe_requests_add_idrs_at_most_once_a_second() {
+        // 10 s with IDRs at 0 and 5 s; a request every 10 pictures.
+        let (out, stats) = reencode("long_gop.ts", true);
+        assert_eq!(out.len(), 300);
+        let keys: Vec<u64> = out.iter().filter(|f| f.keyframe).map(|f| f.pts).collect();
+        assert!((8..=11).contains(&keys.len()), "{keys:?}");
+        assert!(stats.keyframes_requested > 0);
+        assert!(
+            keys.windows(2).all(|w| w[1] - w[0] >= KEYFRAME_EVERY),
+            "{keys:?}"
+        );
+    }
+
+    #[test]
+    fn pictures_before_the_start_are_decoded_not_encoded() {
+        let source = access_units("h264_bframes.ts");
+        let mut r = Reencoder::new();
+        r.start_at(source[0].pts + 10 * 3000);
+        let mut out = Vec::new();
+        for au in &source[..60] {
+            r.push(
+                SourceFrame {
+                    pts: au.pts,
+                    keyframe: au.keyframe,
+                    data: &au.data,
+                },
+                &mut out,
+            )
+            .unwrap();
+        }
+        assert!(out[0].keyframe, "the first picture out is an IDR");
+        assert_eq!(out[0].pts, source[0].pts + 10 * 3000);
+        assert!(r.stats().decoded > r.stats().encoded);
+    }
+
+    #[test]
+    fn garbage_restarts_the_decoder_at_the_next_keyframe() {
+        let source = access_units("h264_bframes.ts");
+        let mut r = Reencoder::new();
+        let mut out = Vec::new();
+        for (i, au) in source.iter().enumerate() {
+            let mut data = au.data.to_vec();
+            if i == 40 {
+                // Keep the start code and NAL header, scramble the slice.
+                for b in data.iter_mut().skip(8) {
+                    *b = 0xff;
+                }
+            }
+            r.push(
+                SourceFrame {
+                    pts: au.pts,
+                    keyframe: au.keyframe,
+                    data: &data,
+                },
+                &mut out,
+            )
+            .unwrap();
+        }
+        r.flush(&mut out);
+        // Something was lost around the bad access unit, and it came back at a keyframe.
+        assert!(out.len() >= 90, "{}", out.len());
+        assert!(out.windows(2).all(|w| w[1].pts > w[0].pts));
+        assert!(out.last().unwrap().pts >= source.iter().map(|a| a.pts).max().unwrap() - 3000);
+    }
+
+    #[test]
+    fn formats_the_decoder_cannot_take_are_named() {
+        let sps = SpsInfo {
+            profile_level_id: crate::codec::h264::ProfileLevelId([122, 0, 40]),
+            width: 1920,
+            height: 1080,
+            chroma_format_idc: 2,
+            bit_depth: 10,
+            progressive: true,
+        };
+        let e = check_format(&sps).unwrap_err().to_string();
+        assert!(e.contains("4:2:2"), "{e}");
+        let e = check_format(&SpsInfo {
+            chroma_format_idc: 1,
+            ..sps
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("10-bit"), "{e}");
+    }
+}
