@@ -500,6 +500,69 @@ async fn b_frame_source_arrives_re_encoded_in_display_order() {
     assert!(r.audio.len() > 50, "the Opus plays too");
 }
 
+/// A viewer's PLI makes the re-encoder send an IDR: a keyframe on demand from a source that
+/// has one every 6 s (a pass-through stream cannot give one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewers_pli_gets_a_keyframe_from_the_re_encoder() {
+    let s = serve(&[("bf", "h264_bframes_long_gop.ts")]).await;
+    let viewer = common::WhepSession::start(&url(&s, "/whep/bf"), &WhepOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(viewer.status, 201, "{:?}", viewer.error_body);
+    let keyframes = |c: &common::whep::Collected| {
+        h264_access_units(&c.video)
+            .iter()
+            .filter(|a| a.is_keyframe())
+            .count()
+    };
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(5), |c| h264_access_units(&c.video)
+                .len()
+                > 20)
+            .await
+    );
+    let before = keyframes(&viewer.collected());
+    viewer.send_pli().await.expect("PLI sent");
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(2), |c| keyframes(c) > before)
+            .await,
+        "no keyframe within 2 s of the PLI ({before} before)"
+    );
+    let j = common::stream_json(s.http_addr, "bf").await;
+    let v = j["tracks"][0].clone();
+    assert!(v["keyframes_on_request"].as_u64() >= Some(1), "{v}");
+    viewer.finish().await;
+}
+
+/// B-frames in a picture format the re-encoder cannot take (10-bit 4:2:2): the API says why,
+/// the warning stays, and the video still flows as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn b_frames_that_cannot_be_re_encoded_are_reported_and_passed_on() {
+    let s = serve(&[("pro", "h264_422_10bit_bframes.ts")]).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (j, v) = loop {
+        let j = common::stream_json(s.http_addr, "pro").await;
+        let v = j["tracks"][0].clone();
+        if v["transcode_error"].is_string() {
+            break (j, v);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no report: {j}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let why = v["transcode_error"].as_str().unwrap();
+    assert!(why.contains("4:2:2"), "{v}");
+    assert!(v["warning"].as_str().unwrap_or("").contains("-bf 0"), "{v}");
+    assert!(v.get("transcoded_to").is_none(), "{v}");
+    let frames = j["video_frames"].as_u64().unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let later = common::stream_json(s.http_addr, "pro").await["video_frames"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(later > frames, "video keeps flowing: {frames} then {later}");
+}
+
 // ---- H.265 ---------------------------------------------------------------------------------
 
 /// HEVC + Opus to a viewer that offers H.265 (as Chrome with a hardware decoder does): H.265
