@@ -42,7 +42,9 @@ const CLIPS: [Clip; 2] = [
 
 fn main() {
     if Command::new("ffmpeg").arg("-version").output().is_err() {
-        eprintln!("SKIPPED: the re-encoder bench needs ffmpeg to make its input (apt-get install ffmpeg)");
+        eprintln!(
+            "SKIPPED: the re-encoder bench needs ffmpeg to make its input (apt-get install ffmpeg)"
+        );
         return;
     }
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-data");
@@ -131,9 +133,9 @@ fn make_clip(dir: &Path, clip: &Clip) -> PathBuf {
     let status = Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
         .arg(format!("testsrc2=size={}:rate=30", clip.size))
-        .args(["-t", "10", "-c:v", "libx264", "-pix_fmt", "yuv420p", "-profile:v", "high"])
-        .args(["-bf", "3", "-g", "60", "-sc_threshold", "0", "-b:v", clip.bitrate])
-        .args(["-f", "mpegts"])
+        .args("-t 10 -c:v libx264 -pix_fmt yuv420p -profile:v high".split(' '))
+        .args("-bf 3 -g 60 -sc_threshold 0 -f mpegts -b:v".split(' '))
+        .arg(clip.bitrate)
         .arg(&file)
         .status()
         .expect("run ffmpeg");
