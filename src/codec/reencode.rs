@@ -676,6 +676,43 @@ mod tests {
     }
 
     #[test]
+    fn a_new_sps_restarts_the_decoder_and_the_encoder_at_the_new_size() {
+        let first = access_units("h264_bframes.ts");
+        let second = access_units("h264_bframes_long_gop.ts");
+        // The second source continues the first's timeline (as `time::Timeline` makes it).
+        let end = first.iter().map(|a| a.pts).max().unwrap() + 3000;
+        let base = second.iter().map(|a| a.pts).min().unwrap();
+        let mut r = Reencoder::new();
+        let mut out = Vec::new();
+        let shifted = second.iter().map(|a| (a, a.pts + end - base));
+        for (au, pts) in first.iter().map(|a| (a, a.pts)).chain(shifted) {
+            let au = SourceFrame {
+                pts,
+                keyframe: au.keyframe,
+                data: &au.data,
+            };
+            r.push(au, &mut out).unwrap();
+        }
+        r.flush(&mut out);
+        let sizes: Vec<(u32, u32)> = out
+            .iter()
+            .filter(|f| f.keyframe)
+            .filter_map(|f| {
+                nal_units(&f.data)
+                    .find(|n| NalType::of(n) == Some(NalType::SPS))
+                    .and_then(parse_sps)
+            })
+            .map(|s| (s.width, s.height))
+            .collect();
+        assert_eq!(sizes.first(), Some(&(640, 360)));
+        assert_eq!(sizes.last(), Some(&(320, 180)), "{sizes:?}");
+        // Pictures of both, in order; a few at the switch may be lost, not more.
+        assert!(out.len() >= 120 + 180 - 6, "{}", out.len());
+        assert!(out.windows(2).all(|w| w[1].pts > w[0].pts));
+        assert_eq!(r.stats().decode_errors, 0);
+    }
+
+    #[test]
     fn formats_the_decoder_cannot_take_are_named() {
         let sps = SpsInfo {
             profile_level_id: crate::codec::h264::ProfileLevelId([122, 0, 40]),
