@@ -1,5 +1,5 @@
-//! A minimal HTTP/1.1 client for `tsbridge replay`, `probe URL` and the load tool
-//! (`tsbridge-loadtest`): no TLS, local servers.
+//! A minimal HTTP/1.1 client for `tsbridge replay`, `probe URL`, the load tool
+//! (`tsbridge-loadtest`) and the operator's hooks: no TLS, small exchanges.
 
 use std::net::SocketAddr;
 
@@ -145,6 +145,18 @@ pub async fn request(
     bytes.extend_from_slice(body);
     tcp.write_all(&bytes).await?;
     read_whole_response(&mut tcp.take(MAX_RESPONSE)).await
+}
+
+/// POST `json` to an `http://` URL (the auth and event hooks); the response's status.
+pub async fn post_json(url: &str, json: &str) -> std::io::Result<u16> {
+    let (host, path) = split_url(url).map_err(std::io::Error::other)?;
+    let server = tokio::net::lookup_host(&host)
+        .await?
+        .next()
+        .ok_or_else(|| std::io::Error::other(format!("{host}: no address")))?;
+    let headers = [("Content-Type", "application/json")];
+    let r = request(server, &host, "POST", &path, &headers, json.as_bytes()).await?;
+    Ok(r.head.status)
 }
 
 /// A response from a connection the server closes after it: the head must end with its blank

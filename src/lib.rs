@@ -19,6 +19,7 @@ pub mod cli;
 pub mod client;
 pub mod codec;
 pub mod config;
+pub mod events;
 pub mod http;
 pub mod ingest;
 pub mod media;

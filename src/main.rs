@@ -1,18 +1,33 @@
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
 use tracing_subscriber::EnvFilter;
-use tsbridge::config::{Cli, Command};
+use tsbridge::config::{Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    tracing_subscriber::fmt()
+    let args = match tsbridge::config::file::with_config_file(std::env::args_os().collect()) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("tsbridge: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let cli = Cli::parse_from(args);
+    let json = matches!(&cli.command, Command::Serve(a) if a.log_format == LogFormat::Json);
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_env("TSBRIDGE_LOG")
                 .unwrap_or_else(|_| EnvFilter::new("info,str0m=warn")),
         )
         .with_writer(std::io::stderr)
-        .init();
+        // Colour codes only for a person at a terminal, never into files or journald.
+        .with_ansi(std::io::stderr().is_terminal());
+    if json {
+        logs.json().flatten_event(true).init();
+    } else {
+        logs.init();
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

@@ -42,6 +42,15 @@ impl Server {
                 value: demo_file(),
             });
         }
+        let tasks = Tasks::default();
+        let events = match &cfg.event_hook {
+            Some(url) => {
+                let (sink, deliver) = crate::events::EventSink::new(url.clone());
+                tasks.spawn(deliver);
+                sink
+            }
+            None => crate::events::EventSink::default(),
+        };
         let engine = Engine::start(
             cfg.ice_udp,
             &cfg.ice_hosts,
@@ -51,9 +60,9 @@ impl Server {
                 direct_send: !cfg.no_direct_send,
                 backlog_rate: (cfg.backlog_rate * 1e6 / 8.0) as u64,
             },
+            events.clone(),
         )
         .await?;
-        let tasks = Tasks::default();
         let sink: Arc<dyn FrameSink> = Arc::new(engine.clone());
         let options = media::MediaOptions {
             audio_transcode: cfg.audio_transcode == Transcode::Auto,
@@ -62,13 +71,19 @@ impl Server {
         let media_tasks = tasks.clone();
         let registry = Arc::new(Registry::new(cfg.ring_bytes, move |stream| {
             media_tasks.spawn(media::run(stream.clone(), sink.clone(), options));
+            if events.enabled() {
+                media_tasks.spawn(stream_events(stream, events.clone()));
+            }
         }));
         let http_addr = listener.local_addr()?;
+        let keys =
+            crate::http::KeyStore::open(cfg.data_dir.as_deref()).map_err(std::io::Error::other)?;
         let app = Arc::new(App::new(
             cfg.clone(),
             registry.clone(),
             engine.clone(),
             tasks.clone(),
+            keys,
         ));
 
         for r in &cfg.replays {
@@ -168,6 +183,36 @@ async fn housekeeping(app: Arc<App>) {
                 app.forget_rate(s.id);
                 info!(stream = %s.name, "idle stream removed");
             }
+        }
+    }
+}
+
+/// `stream.ready` when a stream becomes playable, `stream.ended` when its source ends (for the
+/// event hook); runs as long as the stream exists.
+fn stream_events(
+    stream: &crate::stream::Stream,
+    events: crate::events::EventSink,
+) -> impl Future<Output = ()> + Send + 'static {
+    use crate::stream::SourceState;
+    let name = stream.name.clone();
+    let mut rx = stream.subscribe();
+    async move {
+        let (mut ready, mut source) = {
+            let s = rx.borrow_and_update();
+            (s.ready, s.source)
+        };
+        while rx.changed().await.is_ok() {
+            let (now_ready, now_source) = {
+                let s = rx.borrow_and_update();
+                (s.ready, s.source)
+            };
+            if now_ready && !ready {
+                events.emit("stream.ready", serde_json::json!({ "stream": name }));
+            }
+            if now_source == SourceState::Ended && source != SourceState::Ended {
+                events.emit("stream.ended", serde_json::json!({ "stream": name }));
+            }
+            (ready, source) = (now_ready, now_source);
         }
     }
 }

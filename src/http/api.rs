@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
-use super::{authorize, check_name, ApiError, AppState, Role};
+use super::auth::{self, Action, Caller, Protocol};
+use super::{check_name, constant_time_eq, ApiError, AppState};
 use crate::codec::reencode::OUTPUT as REENCODED_TO;
 use crate::codec::reorder::{B_FRAMES_ADVICE, B_FRAMES_REENCODED};
 use crate::stream::ring::Read;
@@ -18,11 +19,8 @@ use crate::stream::{Reencode, Status, Stream, VideoProfile};
 use crate::ts::start::StartPoint;
 use crate::ts::{Codec, ProgramChoice, TrackInfo, TrackSet};
 
-pub async fn list(
-    State(app): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    authorize(&app, &headers, Role::View)?;
+pub async fn list(State(app): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    auth::check(&app, &caller, Action::Api, Protocol::Api, None).await?;
     let streams: Vec<Value> = app
         .registry
         .list()
@@ -35,13 +33,15 @@ pub async fn list(
 pub async fn get(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers, Role::View)?;
     if let Some(base) = name.strip_suffix(".ts") {
+        check_name(base)?;
+        auth::check(&app, &caller, Action::View, Protocol::Ts, Some(base)).await?;
         return pull(&app, base);
     }
     check_name(&name)?;
+    auth::check(&app, &caller, Action::Api, Protocol::Api, Some(&name)).await?;
     let stream = app
         .registry
         .get(&name)
@@ -276,8 +276,17 @@ fn pull(app: &AppState, name: &str) -> Result<Response, ApiError> {
 }
 
 /// `GET /metrics`: Prometheus text exposition, global and per stream.
-pub async fn metrics(State(app): State<AppState>) -> Response {
+pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
     use crate::metrics::{counter, gauge};
+    if let Some(want) = &app.cfg.metrics_token {
+        let token = caller.token.as_deref().unwrap_or("").as_bytes();
+        let admin = app.cfg.admin_token.as_deref();
+        if !constant_time_eq(token, want.as_bytes())
+            && !admin.is_some_and(|a| constant_time_eq(token, a.as_bytes()))
+        {
+            return ApiError::Unauthorized("metrics").into_response();
+        }
+    }
     let mut out = String::new();
     app.engine.metrics.render(&mut out);
     let streams = app.registry.list();
@@ -388,6 +397,26 @@ pub async fn metrics(State(app): State<AppState>) -> Response {
         ),
     ] {
         counter(&mut out, name, help, &per(&f));
+    }
+    let ev = &app.engine.events.stats;
+    for (name, help, v) in [
+        (
+            "tsbridge_events_delivered_total",
+            "events the event hook took",
+            &ev.delivered,
+        ),
+        (
+            "tsbridge_events_failed_total",
+            "events given up on after retries (the hook refused or was down)",
+            &ev.failed,
+        ),
+        (
+            "tsbridge_events_dropped_total",
+            "events dropped on a full queue (the hook too slow)",
+            &ev.dropped,
+        ),
+    ] {
+        counter(&mut out, name, help, &[("", r(v))]);
     }
     gauge(
         &mut out,

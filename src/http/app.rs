@@ -40,6 +40,10 @@ pub struct App {
     /// Every task the server runs (sources, media tasks, pipelines, HTTP, housekeeping):
     /// aborted together when it stops.
     pub(crate) tasks: Tasks,
+    /// Registered streams' own keys.
+    pub keys: super::keys::KeyStore,
+    /// The auth hook's recent answers.
+    pub(crate) auth_cache: super::auth::HookCache,
 }
 
 impl App {
@@ -89,6 +93,7 @@ impl App {
         registry: Arc<Registry>,
         engine: Engine,
         tasks: Tasks,
+        keys: super::keys::KeyStore,
     ) -> Self {
         App {
             cfg,
@@ -97,6 +102,8 @@ impl App {
             rates: Mutex::new(Default::default()),
             pipelines: Default::default(),
             tasks,
+            keys,
+            auth_cache: Default::default(),
         }
     }
 }

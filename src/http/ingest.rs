@@ -8,16 +8,24 @@ use axum::http::StatusCode;
 use futures_util::StreamExt;
 use tracing::{info, warn};
 
-use super::{authorize, check_name, ApiError, AppState, Role};
+use super::auth::{self, Action, Caller, Protocol};
+use super::{check_name, ApiError, AppState};
 
 pub async fn put(
     State(app): State<AppState>,
     Path(name): Path<String>,
-    headers: axum::http::HeaderMap,
+    caller: Caller,
     body: Body,
 ) -> Result<(StatusCode, String), ApiError> {
     check_name(&name)?;
-    authorize(&app, &headers, Role::Publish)?;
+    auth::check(
+        &app,
+        &caller,
+        Action::Publish,
+        Protocol::Ingest,
+        Some(&name),
+    )
+    .await?;
     let stream = app.registry.get_or_create(&name);
     if stream.has_source() {
         return Err(ApiError::Conflict(format!(
@@ -28,7 +36,15 @@ pub async fn put(
     info!(stream = %name, "HTTP ingest started");
     let before = stream.stats.ingest_bytes.load(Ordering::Relaxed);
     let mut body = body.into_data_stream();
-    while let Some(chunk) = body.next().await {
+    loop {
+        let chunk = tokio::select! {
+            chunk = body.next() => chunk,
+            () = stream.evicted() => {
+                info!(stream = %name, "HTTP ingest cut off: the stream was deleted");
+                break;
+            }
+        };
+        let Some(chunk) = chunk else { break };
         match chunk {
             Ok(bytes) => guard.write(&bytes),
             Err(e) => {

@@ -1,8 +1,12 @@
 //! The HTTP surface: WHEP, ingest, the stream API, player pages. One handler per verb.
 
+mod admin;
 mod api;
 mod app;
+pub mod auth;
 mod ingest;
+mod keys;
+mod openapi;
 mod pages;
 pub mod serve;
 mod whep;
@@ -16,6 +20,7 @@ use axum::routing::{get, post, put};
 use axum::Router;
 
 pub use app::{App, Tasks};
+pub use keys::{KeyStore, StreamKeys};
 
 pub type AppState = Arc<App>;
 
@@ -48,7 +53,18 @@ pub fn router(app: AppState) -> Router {
         .route("/ingest/{stream}", put(ingest::put).post(ingest::put))
         .route("/metrics", get(api::metrics))
         .route("/streams", get(api::list))
-        .route("/streams/{stream}", get(api::get))
+        .route(
+            "/streams/{stream}",
+            get(api::get)
+                .post(admin::register)
+                .delete(admin::unregister),
+        )
+        .route("/streams/{stream}/sessions", get(admin::sessions))
+        .route(
+            "/streams/{stream}/sessions/{session}",
+            axum::routing::delete(admin::kick),
+        )
+        .route("/openapi.json", get(openapi::spec))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         // Every body but TS ingest is read here, within --http-timeout and --max-body.
         .layer(axum::middleware::from_fn_with_state(
@@ -97,6 +113,10 @@ pub enum ApiError {
     PreconditionRequired(String),
     #[error("missing or wrong bearer token: send Authorization: Bearer <{0} token>")]
     Unauthorized(&'static str),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    Internal(String),
 }
 
 impl IntoResponse for ApiError {
@@ -112,6 +132,8 @@ impl IntoResponse for ApiError {
             ApiError::PreconditionFailed(_) => StatusCode::PRECONDITION_FAILED,
             ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut res = (status, format!("{self}\n")).into_response();
         if status == StatusCode::UNAUTHORIZED {
@@ -142,32 +164,6 @@ fn require_content_type(headers: &HeaderMap, want: &'static str) -> Result<(), A
             got: got.to_string(),
             want,
         })
-    }
-}
-
-/// Who a token check is for.
-#[derive(Clone, Copy)]
-enum Role {
-    Publish,
-    View,
-}
-
-/// Check the request's bearer token against the configured one (if any), in constant time.
-fn authorize(app: &AppState, headers: &HeaderMap, role: Role) -> Result<(), ApiError> {
-    let (want, what) = match role {
-        Role::Publish => (&app.cfg.publish_token, "publish"),
-        Role::View => (&app.cfg.view_token, "view"),
-    };
-    let Some(want) = want else { return Ok(()) };
-    let got = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    if constant_time_eq(got.trim().as_bytes(), want.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized(what))
     }
 }
 

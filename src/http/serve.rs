@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Router;
@@ -75,7 +75,8 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
 }
 
 async fn connection(tcp: TcpStream, peer: SocketAddr, router: Router, timeout: Duration) {
-    let service = TowerToHyperService::new(router);
+    // Every request carries the client's address (`ConnectInfo`), for the auth hook and logs.
+    let service = TowerToHyperService::new(router.layer(axum::Extension(ConnectInfo(peer))));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)

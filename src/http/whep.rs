@@ -10,7 +10,8 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::{debug, info};
 
-use super::{authorize, check_name, require_content_type, ApiError, AppState, Role};
+use super::auth::{self, Action, Caller, Protocol};
+use super::{check_name, require_content_type, ApiError, AppState};
 use crate::stream::{Status, Stream};
 use crate::webrtc::{Answered, Offer, OfferError, Patch, PatchError, SdpFrag, SessionUrl};
 
@@ -193,11 +194,13 @@ pub async fn post(
     State(app): State<AppState>,
     Path(name): Path<String>,
     Query(query): Query<WhepQuery>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     // Fail fast on a bad offer, before waiting for the stream.
-    let offer = read_offer(&app, &name, &headers, &body, Role::View)?;
+    let who = (&caller, Action::View, Protocol::Whep);
+    let offer = read_offer(&app, who, &name, &headers, &body).await?;
 
     let posted = Instant::now();
     let stream = app.registry.get_or_create(&name);
@@ -222,6 +225,7 @@ pub async fn post(
         )));
     }
     let id = session_id();
+    // Relative: it resolves against the URL the client used, through any proxy.
     let location = format!("/whep/{name}/{id}");
     let url = SessionUrl {
         id,
@@ -239,7 +243,11 @@ pub async fn post(
             OfferError::NoCommonMedia { .. } => ApiError::NotAcceptable(e.to_string()),
             e => ApiError::BadRequest(e.to_string()),
         })?;
+    let mut session = session;
+    session.client_ip = caller.ip;
+    let session_id = session.id.clone();
     app.engine.add(session);
+    session_started(&app, &name, &session_id, "viewer", &caller);
     info!(stream = %name, wait_ms = posted.elapsed().as_millis() as u64, "WHEP session answered");
     debug!(answer = %answer, "SDP answer");
 
@@ -248,13 +256,38 @@ pub async fn post(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
     h.insert(header::LOCATION, header_value(&location));
     h.insert(header::ETAG, header_value(&format!("\"{ufrag}\"")));
-    for server in &app.cfg.ice_servers {
-        h.append(
-            header::LINK,
-            header_value(&format!("<{server}>; rel=\"ice-server\"")),
-        );
-    }
+    ice_server_links(&app, h);
     Ok(res)
+}
+
+/// `Link: <url>; rel="ice-server"` per `--ice-server`, with `--ice-username/--ice-credential`
+/// (draft-ietf-wish-whep §4.6, RFC 9725 §4.6): clients (and the player and publish pages)
+/// take their STUN/TURN servers from there.
+pub(super) fn ice_server_links(app: &AppState, h: &mut HeaderMap) {
+    for server in &app.cfg.ice_servers {
+        let mut link = format!("<{server}>; rel=\"ice-server\"");
+        if let (Some(user), Some(cred)) = (&app.cfg.ice_username, &app.cfg.ice_credential) {
+            if server.starts_with("turn") {
+                link += &format!(
+                    "; username=\"{user}\"; credential=\"{cred}\"; credential-type=\"password\""
+                );
+            }
+        }
+        h.append(header::LINK, header_value(&link));
+    }
+}
+
+/// The `session.started` event (the hook's `session.ended` comes from the engine).
+pub(super) fn session_started(app: &AppState, stream: &str, id: &str, role: &str, caller: &Caller) {
+    app.engine.events.emit(
+        "session.started",
+        serde_json::json!({
+            "stream": stream,
+            "session": id,
+            "role": role,
+            "ip": caller.ip.map(|i| i.to_string()),
+        }),
+    );
 }
 
 pub(super) fn header_value(s: &str) -> HeaderValue {
@@ -269,15 +302,15 @@ pub(super) fn session_id() -> String {
 }
 
 /// The checks every WHEP/WHIP POST starts with, then its parsed offer.
-pub(super) fn read_offer(
+pub(super) async fn read_offer(
     app: &AppState,
+    (caller, action, protocol): (&Caller, Action, Protocol),
     name: &str,
     headers: &HeaderMap,
     body: &[u8],
-    role: Role,
 ) -> Result<Offer, ApiError> {
     check_name(name)?;
-    authorize(app, headers, role)?;
+    auth::check(app, caller, action, protocol, Some(name)).await?;
     require_content_type(headers, SDP)?;
     let sdp = std::str::from_utf8(body)
         .map_err(|_| ApiError::BadRequest("SDP offer is not UTF-8".into()))?;
@@ -300,19 +333,20 @@ pub(super) fn check_session_limit(app: &AppState) -> Result<(), ApiError> {
 pub async fn patch(
     State(app): State<AppState>,
     Path((name, id)): Path<(String, String)>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers, Role::View)?;
+    auth::check(&app, &caller, Action::View, Protocol::Whep, Some(&name)).await?;
     patch_session(&app, session_url(name, id, false), &headers, body).await
 }
 
 pub async fn delete(
     State(app): State<AppState>,
     Path((name, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&app, &headers, Role::View)?;
+    auth::check(&app, &caller, Action::View, Protocol::Whep, Some(&name)).await?;
     delete_session(&app, session_url(name, id, false)).await
 }
 

@@ -8,10 +8,12 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use tracing::info;
 
+use super::auth::{self, Action, Caller, Protocol};
 use super::whep::{
-    delete_session, header_value, patch_session, read_offer, session_id, session_url, SDP,
+    delete_session, header_value, ice_server_links, patch_session, read_offer, session_id,
+    session_started, session_url, SDP,
 };
-use super::{authorize, ApiError, AppState, Role};
+use super::{ApiError, AppState};
 use crate::webrtc::{Answered, OfferError};
 
 pub async fn options() -> Response {
@@ -33,10 +35,12 @@ pub async fn options() -> Response {
 pub async fn post(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let offer = read_offer(&app, &name, &headers, &body, Role::Publish)?;
+    let who = (&caller, Action::Publish, Protocol::Whip);
+    let offer = read_offer(&app, who, &name, &headers, &body).await?;
     let input_name = match app.cfg.pipeline {
         Some(_) => crate::pipeline::input_name(&name),
         None => name.clone(),
@@ -68,14 +72,14 @@ pub async fn post(
     if app.cfg.pipeline.is_some() {
         app.ensure_pipeline(&name, &stream);
     }
+    let mut session = session;
+    session.client_ip = caller.ip;
     app.engine.add(session);
+    session_started(&app, &name, &id, "publisher", &caller);
     info!(stream = %name, "WHIP publisher answered");
 
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .unwrap_or("127.0.0.1");
-    let playback = format!("http://{host}/whep/{name}");
+    let base = caller.base_url();
+    let playback = format!("{base}/whep/{name}");
     let mut res = (StatusCode::CREATED, answer).into_response();
     let h = res.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
@@ -88,30 +92,26 @@ pub async fn post(
         HeaderName::from_static("playback-url"),
         header_value(&playback),
     );
-    for server in &app.cfg.ice_servers {
-        h.append(
-            header::LINK,
-            header_value(&format!("<{server}>; rel=\"ice-server\"")),
-        );
-    }
+    ice_server_links(&app, h);
     Ok(res)
 }
 
 pub async fn patch(
     State(app): State<AppState>,
     Path((name, id)): Path<(String, String)>,
+    caller: Caller,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    authorize(&app, &headers, Role::Publish)?;
+    auth::check(&app, &caller, Action::Publish, Protocol::Whip, Some(&name)).await?;
     patch_session(&app, session_url(name, id, true), &headers, body).await
 }
 
 pub async fn delete(
     State(app): State<AppState>,
     Path((name, id)): Path<(String, String)>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<StatusCode, ApiError> {
-    authorize(&app, &headers, Role::Publish)?;
+    auth::check(&app, &caller, Action::Publish, Protocol::Whip, Some(&name)).await?;
     delete_session(&app, session_url(name, id, true)).await
 }

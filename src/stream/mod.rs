@@ -150,6 +150,9 @@ pub struct Stream {
     stop: Notify,
     /// A viewer asked for a keyframe (PLI/FIR): a re-encoded stream can make one.
     keyframe_wanted: AtomicBool,
+    /// The admin API deleted the stream: its HTTP ingest stops.
+    evicted: AtomicBool,
+    evict: Notify,
 }
 
 impl Stream {
@@ -170,6 +173,25 @@ impl Stream {
             unwatched_since: Mutex::new(None),
             stop: Notify::new(),
             keyframe_wanted: AtomicBool::new(false),
+            evicted: AtomicBool::new(false),
+            evict: Notify::new(),
+        }
+    }
+
+    /// The admin API deleted the stream: its pushing source is cut off.
+    pub fn evict(&self) {
+        self.evicted.store(true, Ordering::SeqCst);
+        self.evict.notify_waiters();
+    }
+
+    /// Resolves once the stream is evicted.
+    pub async fn evicted(&self) {
+        loop {
+            let notified = self.evict.notified();
+            if self.evicted.load(Ordering::SeqCst) {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -380,6 +402,17 @@ impl Registry {
         let mut v: Vec<_> = self.streams.lock().values().cloned().collect();
         v.sort_by(|a, b| a.name.cmp(&b.name));
         v
+    }
+
+    /// Forget stream `name` now (the admin API deleted it): its ring shuts down, and so does
+    /// its media task and those of its programs.
+    pub fn remove(&self, name: &str) -> Option<Arc<Stream>> {
+        let s = self.streams.lock().remove(name)?;
+        s.ring.shutdown();
+        for p in s.programs.lock().drain() {
+            p.1.stop.notify_one();
+        }
+        Some(s)
     }
 
     /// Drop streams nobody uses: no source, no viewers, no one waiting, idle for `idle`; and

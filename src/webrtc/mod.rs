@@ -69,6 +69,27 @@ pub struct NewSession {
     /// A viewer's mids that carry media (one per kind at most); its other sections were
     /// answered inactive. Empty for a publisher (it sends on what it negotiated).
     pub active: Vec<String>,
+    /// The HTTP client's address (the admin API and events show it).
+    pub client_ip: Option<std::net::IpAddr>,
+}
+
+/// A session as the admin API lists it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub role: &'static str,
+    /// The address that made the WHEP/WHIP request.
+    pub client_ip: Option<String>,
+    /// Where its media goes (the selected ICE pair's remote address).
+    pub media_address: Option<String>,
+    pub since_seconds: f64,
+    pub connected: bool,
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    /// From the viewer's RTCP receiver reports (video).
+    pub loss: Option<f32>,
+    pub rtt_ms: Option<f64>,
+    pub codecs: Vec<String>,
 }
 
 /// How the engine runs its sessions (from `serve`'s flags).
@@ -177,6 +198,10 @@ enum Cmd {
     Delete(SessionUrl, oneshot::Sender<bool>),
     Count(oneshot::Sender<usize>),
     EndViewers(u64),
+    /// Every session (viewers and publisher) under a stream name; how many ended.
+    EndStream(String, oneshot::Sender<usize>),
+    /// The sessions under a stream name.
+    List(String, oneshot::Sender<Vec<SessionInfo>>),
     /// A new PMT changed the stream's tracks.
     TracksChanged(Arc<Stream>),
     Shutdown(oneshot::Sender<()>),
@@ -196,6 +221,8 @@ pub struct Engine {
     live: Arc<std::sync::atomic::AtomicUsize>,
     pub metrics: Arc<Metrics>,
     opts: EngineOptions,
+    /// Where session events go (`--event-hook`).
+    pub events: crate::events::EventSink,
 }
 
 impl Engine {
@@ -206,6 +233,7 @@ impl Engine {
         bind: SocketAddr,
         hosts: &[String],
         opts: EngineOptions,
+        events: crate::events::EventSink,
     ) -> std::io::Result<Engine> {
         let provider = str0m::crypto::from_feature_flags();
         let dtls_cert = provider
@@ -240,6 +268,7 @@ impl Engine {
             live: Default::default(),
             metrics: Default::default(),
             opts,
+            events,
         };
         let shared = shard::Shared {
             router: engine.router.clone(),
@@ -248,6 +277,7 @@ impl Engine {
             metrics: engine.metrics.clone(),
             candidates: engine.candidates.clone(),
             opts,
+            events: engine.events.clone(),
         };
         for (index, (socket, rx)) in sockets.into_iter().zip(rxs).enumerate() {
             let shared = shared.clone();
@@ -344,6 +374,7 @@ impl Engine {
                 ingest: None,
                 keys,
                 active: shaped.active,
+                client_ip: None,
             },
             answer,
             ufrag,
@@ -406,6 +437,7 @@ impl Engine {
                 ingest: Some(publish::Ingest::new(guard, video, audio)),
                 keys: None,
                 active: Vec::new(),
+                client_ip: None,
             },
             answer,
             ufrag,
@@ -480,6 +512,37 @@ impl Engine {
     /// Close every viewer of a stream (its source is gone for good).
     pub fn end_viewers(&self, stream: &Stream) {
         self.broadcast(|| Cmd::EndViewers(stream.id));
+    }
+
+    /// End every session under stream name `name` (the admin deleted the stream); how many.
+    pub async fn end_stream(&self, name: &str) -> usize {
+        let mut replies = Vec::new();
+        self.broadcast(|| {
+            let (tx, rx) = oneshot::channel();
+            replies.push(rx);
+            Cmd::EndStream(name.to_owned(), tx)
+        });
+        let mut n = 0;
+        for rx in replies {
+            n += rx.await.unwrap_or(0);
+        }
+        n
+    }
+
+    /// The sessions under stream name `name`, oldest first.
+    pub async fn sessions(&self, name: &str) -> Vec<SessionInfo> {
+        let mut replies = Vec::new();
+        self.broadcast(|| {
+            let (tx, rx) = oneshot::channel();
+            replies.push(rx);
+            Cmd::List(name.to_owned(), tx)
+        });
+        let mut all = Vec::new();
+        for rx in replies {
+            all.extend(rx.await.unwrap_or_default());
+        }
+        all.sort_by(|a, b| b.since_seconds.total_cmp(&a.since_seconds));
+        all
     }
 
     /// Sessions alive in the shards.

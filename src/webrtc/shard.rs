@@ -112,6 +112,8 @@ pub(super) struct Shared {
     pub candidates: Arc<[SocketAddr]>,
     /// The engine's settings the sessions run with.
     pub opts: EngineOptions,
+    /// Where session events go.
+    pub events: crate::events::EventSink,
 }
 
 pub(super) struct Shard {
@@ -136,6 +138,7 @@ pub(super) struct Shard {
     publishers: HashMap<u64, usize>,
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     next_sweep: Instant,
+    events: crate::events::EventSink,
 }
 
 impl Shard {
@@ -165,6 +168,7 @@ impl Shard {
             publishers: HashMap::new(),
             timers: BinaryHeap::new(),
             next_sweep: Instant::now(),
+            events: shared.events,
         }
     }
 
@@ -256,6 +260,7 @@ impl Shard {
                 for &slot in &viewers {
                     if let Some(s) = self.sessions.get_mut(slot).and_then(Option::as_mut) {
                         let (p, b) = s.write_frame(&frame, &mut self.out);
+                        s.count_sent(p, b);
                         sent = (sent.0 + p, sent.1 + b);
                     }
                     self.settle(slot);
@@ -316,6 +321,33 @@ impl Shard {
                 for slot in self.by_stream.remove(&stream).unwrap_or_default() {
                     self.remove(slot, "the stream's source ended");
                 }
+            }
+            Cmd::EndStream(name, reply) => {
+                let slots: Vec<usize> = self
+                    .ids
+                    .values()
+                    .copied()
+                    .filter(|&slot| {
+                        let s = self.sessions.get(slot).and_then(Option::as_ref);
+                        s.is_some_and(|s| s.url_stream == name)
+                    })
+                    .collect();
+                let n = slots
+                    .into_iter()
+                    .filter(|&slot| self.remove(slot, "the stream was deleted (admin API)"))
+                    .count();
+                let _ = reply.send(n);
+            }
+            Cmd::List(name, reply) => {
+                let now = Instant::now();
+                let list = self
+                    .sessions
+                    .iter()
+                    .flatten()
+                    .filter(|s| s.url_stream == name)
+                    .map(|s| s.info(now))
+                    .collect();
+                let _ = reply.send(list);
             }
         }
     }
@@ -547,6 +579,22 @@ impl Shard {
             "viewer"
         };
         info!(stream = %s.stream.name, session = %short(&s.id), reason = why, "{role} session closed");
+        if self.events.enabled() {
+            let info = s.info(Instant::now());
+            self.events.emit(
+                "session.ended",
+                serde_json::json!({
+                    "stream": s.url_stream,
+                    "session": s.id,
+                    "role": role,
+                    "ip": info.client_ip,
+                    "duration_seconds": info.since_seconds,
+                    "bytes": info.bytes_sent,
+                    "packets": info.packets_sent,
+                    "cause": why,
+                }),
+            );
+        }
         true
     }
 }

@@ -99,7 +99,7 @@ impl DtlsInstance for Tapped {
         let out = self.inner.poll_output(buf);
         if let DtlsOutput::KeyingMaterial(km, profile) = &out {
             let _ = self.slot.set(Keying {
-                material: km.as_ref().to_vec(),
+                material: km[..].to_vec(),
                 profile: *profile,
                 active: self.inner.is_active(),
             });

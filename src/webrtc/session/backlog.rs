@@ -119,6 +119,7 @@ impl Session {
             let (p, b) = self.write_now(&f, out);
             sent = (sent.0 + p, sent.1 + b);
         }
+        self.count_sent(sent.0, sent.1);
         count_direct(&self.stream, &self.metrics, sent);
         if !self.queued.is_empty() {
             self.next_timeout = self.next_timeout.min(self.pace.next(now));

@@ -81,6 +81,12 @@ pub(super) struct Session {
     keys: Option<KeySlot>,
     /// Where str0m last sent DTLS, RTP or RTCP: the peer's address on the selected pair.
     media_dest: Option<SocketAddr>,
+    client_ip: Option<std::net::IpAddr>,
+    /// Datagrams and bytes sent to the peer.
+    sent: (u64, u64),
+    /// The video's latest loss and round-trip time from the peer's receiver reports.
+    loss: Option<f32>,
+    rtt: Option<Duration>,
 }
 
 /// A viewer whose receiver reports say it lost more than this share of the video (after
@@ -134,6 +140,49 @@ impl Session {
             rtx_pt: None,
             keys: n.keys,
             media_dest: None,
+            client_ip: n.client_ip,
+            sent: (0, 0),
+            loss: None,
+            rtt: None,
+        }
+    }
+
+    pub fn count_sent(&mut self, packets: u64, bytes: u64) {
+        self.sent.0 += packets;
+        self.sent.1 += bytes;
+    }
+
+    /// What the admin API shows of this session.
+    pub fn info(&self, now: Instant) -> super::SessionInfo {
+        let codecs = [self.video.slot, self.audio.slot]
+            .into_iter()
+            .flatten()
+            .filter_map(|(_, pt)| pt)
+            .filter_map(|pt| {
+                self.rtc
+                    .codec_config()
+                    .params()
+                    .iter()
+                    .find(|p| p.pt() == pt)
+                    .map(|p| p.spec().codec.to_string())
+            })
+            .collect();
+        super::SessionInfo {
+            id: self.id.clone(),
+            role: if self.is_publisher() {
+                "publisher"
+            } else {
+                "viewer"
+            },
+            client_ip: self.client_ip.map(|i| i.to_string()),
+            media_address: self.media_dest.map(|a| a.to_string()),
+            since_seconds: now.saturating_duration_since(self.created).as_secs_f64(),
+            connected: self.connected,
+            packets_sent: self.sent.0,
+            bytes_sent: self.sent.1,
+            loss: self.loss,
+            rtt_ms: self.rtt.map(|d| d.as_secs_f64() * 1e3),
+            codecs,
         }
     }
 
@@ -192,6 +241,7 @@ impl Session {
     pub fn poll(&mut self, out: &mut Outbox) {
         let (mut packets, mut bytes) = (0, 0);
         self.poll_counting(out, &mut packets, &mut bytes);
+        self.count_sent(packets, bytes);
         // One update of the stream's shared counters per poll, not per packet.
         if packets > 0 {
             let st = &self.stream.stats;
@@ -290,6 +340,10 @@ impl Session {
             }
             Event::MediaEgressStats(st) => {
                 let is_video = self.video.slot.is_some_and(|(mid, _)| mid == st.mid);
+                if is_video {
+                    self.loss = st.loss.or(self.loss);
+                    self.rtt = st.rtt.or(self.rtt);
+                }
                 if let Some(loss) = st.loss.filter(|&l| is_video && l > SLOW_LOSS) {
                     self.skip_to_keyframe(&format!("it reports {:.0} % video loss", loss * 100.0));
                 }

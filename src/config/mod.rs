@@ -1,4 +1,6 @@
-//! Command line and environment configuration.
+//! Command line and environment configuration, and the config file (`file.rs`) under them.
+
+pub mod file;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -230,38 +232,100 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_BACKLOG_RATE", default_value_t = 25.0,
           value_parser = parse_backlog_rate)]
     pub backlog_rate: f64,
+
+    /// A TOML file of these flags, named with `_` (`ice_udp = "0.0.0.0:8189"`,
+    /// `replay = ["cam=cam.ts"]`); flags and the environment override it; an unknown key is an
+    /// error.
+    #[arg(long, env = "TSBRIDGE_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Log lines as text (colour only on a terminal) or as JSON objects, one per line.
+    #[arg(long, env = "TSBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+
+    /// Username and credential for the TURN servers of `--ice-server`, handed to clients in
+    /// the `Link` headers (and so to the player and publish pages).
+    #[arg(long, env = "TSBRIDGE_ICE_USERNAME")]
+    pub ice_username: Option<String>,
+    #[arg(long, env = "TSBRIDGE_ICE_CREDENTIAL", hide_env_values = true)]
+    pub ice_credential: Option<String>,
+
+    /// Token of the admin API: registering streams with their own keys (`POST`/`DELETE
+    /// /streams/{s}`), listing and ending sessions; also accepted on `/metrics`.
+    #[arg(long, env = "TSBRIDGE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+
+    /// Require this bearer token (or the admin token) on `/metrics`.
+    #[arg(long, env = "TSBRIDGE_METRICS_TOKEN", hide_env_values = true)]
+    pub metrics_token: Option<String>,
+
+    /// Before every publish, view and API read, POST a JSON description (action, protocol,
+    /// stream, token, ip, query) here: 2xx allows, anything else is 401. Answers are cached a
+    /// few seconds per (action, stream, token).
+    #[arg(long, env = "TSBRIDGE_AUTH_HOOK", value_name = "URL")]
+    pub auth_hook: Option<String>,
+
+    /// Seconds the auth hook has to answer; no answer is a refusal (fail closed).
+    #[arg(long, env = "TSBRIDGE_AUTH_HOOK_TIMEOUT", default_value = "3", value_parser = parse_secs)]
+    pub auth_hook_timeout: Duration,
+
+    /// POST JSON events here (stream.ready, stream.ended, session.started, session.ended), from
+    /// a bounded queue with retries: a slow or dead hook never delays media or requests.
+    #[arg(long, env = "TSBRIDGE_EVENT_HOOK", value_name = "URL")]
+    pub event_hook: Option<String>,
+
+    /// Where registered streams' keys are kept across restarts (`keys.json`); without it they
+    /// last as long as the process.
+    #[arg(long, env = "TSBRIDGE_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+
+    /// Serve HTTPS with this certificate chain (PEM) and `--tls-key`: browsers on other hosts
+    /// can then publish from the camera page (a secure page is required for a camera).
+    #[arg(
+        long,
+        env = "TSBRIDGE_TLS_CERT",
+        value_name = "PEM",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "TSBRIDGE_TLS_KEY",
+        value_name = "PEM",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+
+    /// A reverse proxy's address: its `X-Forwarded-Proto`/`-Host`/`-For` are believed (URLs in
+    /// `Location`, the client address for the auth hook); repeat for several.
+    #[arg(
+        long = "trusted-proxy",
+        env = "TSBRIDGE_TRUSTED_PROXY",
+        value_delimiter = ','
+    )]
+    pub trusted_proxies: Vec<std::net::IpAddr>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 impl ServeArgs {
-    /// Defaults for tests and embedding: loopback, ephemeral ports.
+    /// Defaults for tests and embedding: loopback, ephemeral ports (and every other flag at its
+    /// default, as the command line would give it).
     pub fn loopback() -> Self {
-        ServeArgs {
-            listen: "127.0.0.1:0".parse().expect("literal address"),
-            ice_udp: "127.0.0.1:0".parse().expect("literal address"),
-            ice_hosts: Vec::new(),
-            ice_servers: Vec::new(),
-            replays: Vec::new(),
-            udps: Vec::new(),
-            stdin: None,
-            whep_wait: Duration::from_secs(15),
-            demo: false,
-            pipeline: None,
-            audio_transcode: Transcode::Auto,
-            video_transcode: Transcode::Auto,
-            publish_token: None,
-            view_token: None,
-            max_sessions: 2000,
-            max_viewers: 1000,
-            max_waiting: 1000,
-            source_grace: Duration::from_secs(10),
-            ring_bytes: 8 << 20,
-            max_body: 64 << 10,
-            http_timeout: Duration::from_secs(10),
-            max_connections: 4096,
-            ice_timeout: Duration::from_secs(15),
-            media_threads: 0,
-            no_direct_send: false,
-            backlog_rate: 25.0,
+        let args = [
+            "tsbridge",
+            "serve",
+            "--listen=127.0.0.1:0",
+            "--ice-udp=127.0.0.1:0",
+        ];
+        match Cli::try_parse_from(args).map(|c| c.command) {
+            Ok(Command::Serve(a)) => a,
+            other => unreachable!("the defaults parse: {other:?}"),
         }
     }
 }

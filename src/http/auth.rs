@@ -1,0 +1,322 @@
+//! Who may publish, view and read the API: a registered stream's own keys, the global tokens,
+//! the admin token, and the operator's auth hook (`--auth-hook`), in that order; every check
+//! that applies must pass.
+//!
+//! - A stream registered with `POST /streams/{s}` takes only its own keys: its publish key to
+//!   publish, its view key (if it has one) to view or read it.
+//! - Otherwise `--publish-token` / `--view-token` (when set).
+//! - `--admin-token` is accepted wherever a token is.
+//! - Then the hook, when set: POST `{"action", "protocol", "stream", "token", "ip", "query"}`;
+//!   2xx allows, anything else (or no answer within `--auth-hook-timeout`) is a 401. Answers
+//!   are kept [`CACHE_FOR`] per (action, stream, token), so a burst of viewers costs the hook
+//!   one request.
+//!
+//! The token is the `Authorization: Bearer` one, else `?token=` (players, OBS, ffmpeg URLs).
+//! Tokens never reach a log line.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use axum::extract::{ConnectInfo, FromRequestParts};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use parking_lot::Mutex;
+use serde_json::json;
+use tracing::warn;
+
+use super::{constant_time_eq, ApiError, App};
+
+/// How long an answer of the auth hook is reused.
+pub const CACHE_FOR: Duration = Duration::from_secs(5);
+const CACHE_MAX: usize = 10_000;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Action {
+    Publish,
+    View,
+    Api,
+}
+
+impl Action {
+    fn name(self) -> &'static str {
+        match self {
+            Action::Publish => "publish",
+            Action::View => "view",
+            Action::Api => "api",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Protocol {
+    Whip,
+    Whep,
+    Ingest,
+    Ts,
+    Api,
+}
+
+impl Protocol {
+    fn name(self) -> &'static str {
+        match self {
+            Protocol::Whip => "whip",
+            Protocol::Whep => "whep",
+            Protocol::Ingest => "ingest",
+            Protocol::Ts => "ts",
+            Protocol::Api => "api",
+        }
+    }
+}
+
+/// What a request says about who sends it: its token, address and how it reached us (a
+/// trusted proxy's `X-Forwarded-*`).
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    pub token: Option<String>,
+    /// The client's address (behind a trusted proxy: the first of `X-Forwarded-For`).
+    pub ip: Option<IpAddr>,
+    pub query: Option<String>,
+    /// `https` or `http`, as the client sees this server.
+    pub scheme: &'static str,
+    /// The `Host` the client used (behind a trusted proxy: `X-Forwarded-Host`).
+    pub host: Option<String>,
+}
+
+impl Caller {
+    /// `scheme://host` of this server as the client reached it.
+    pub fn base_url(&self) -> String {
+        format!(
+            "{}://{}",
+            self.scheme,
+            self.host.as_deref().unwrap_or("localhost")
+        )
+    }
+}
+
+impl FromRequestParts<std::sync::Arc<App>> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &std::sync::Arc<App>,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let query = parts.uri.query().map(str::to_owned);
+        Ok(caller(
+            &parts.headers,
+            peer,
+            query,
+            &app.cfg.trusted_proxies,
+            app.cfg.tls_cert.is_some(),
+        ))
+    }
+}
+
+fn caller(
+    headers: &HeaderMap,
+    peer: Option<IpAddr>,
+    query: Option<String>,
+    trusted: &[IpAddr],
+    tls: bool,
+) -> Caller {
+    let h = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let bearer = h("authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| t.trim().to_owned());
+    let token = bearer.or_else(|| {
+        query
+            .as_deref()?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix("token="))
+            .map(percent_decode)
+    });
+    let proxied = peer.is_some_and(|p| trusted.contains(&p));
+    let forwarded = |name: &str| {
+        proxied
+            .then(|| h(name))
+            .flatten()
+            .and_then(|v| v.split(',').next())
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+    };
+    let ip = forwarded("x-forwarded-for")
+        .and_then(|v| v.parse().ok())
+        .or(peer);
+    let scheme = match forwarded("x-forwarded-proto").as_deref() {
+        Some("https") => "https",
+        Some("http") => "http",
+        _ if tls => "https",
+        _ => "http",
+    };
+    let host =
+        forwarded("x-forwarded-host").or_else(|| h(header::HOST.as_str()).map(str::to_owned));
+    Caller {
+        token: token.filter(|t| !t.is_empty()),
+        ip,
+        query,
+        scheme,
+        host,
+    }
+}
+
+/// `%XX` and `+` decoding of a query value.
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let hex = std::str::from_utf8(&b[i + 1..i + 3]).ok();
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(v) => {
+                        out.push(v);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// What the hook was asked: (action, stream, token).
+type Question = (Action, String, Option<String>);
+
+/// The auth hook's recent answers: allowed, and when.
+#[derive(Default)]
+pub struct HookCache(Mutex<HashMap<Question, (bool, Instant)>>);
+
+/// Whether `caller` may do `action` on `stream` (`None`: the stream list, metrics).
+pub async fn check(
+    app: &App,
+    caller: &Caller,
+    action: Action,
+    protocol: Protocol,
+    stream: Option<&str>,
+) -> Result<(), ApiError> {
+    let token = caller.token.as_deref();
+    let is = |want: &Option<String>| {
+        want.as_deref()
+            .is_some_and(|w| token.is_some_and(|t| constant_time_eq(t.as_bytes(), w.as_bytes())))
+    };
+    let admin = is(&app.cfg.admin_token);
+    let keys = stream.and_then(|s| app.keys.get(s));
+    let what = match action {
+        Action::Publish => "publish",
+        Action::View | Action::Api => "view",
+    };
+    let allowed = admin
+        || match (&keys, action) {
+            (Some(k), Action::Publish) => is(&Some(k.publish_token.clone())),
+            (Some(k), _) if k.view_token.is_some() => is(&k.view_token),
+            (None, Action::Publish) => {
+                app.cfg.publish_token.is_none() || is(&app.cfg.publish_token)
+            }
+            (_, _) => app.cfg.view_token.is_none() || is(&app.cfg.view_token),
+        };
+    if !allowed {
+        return Err(ApiError::Unauthorized(what));
+    }
+    let Some(hook) = &app.cfg.auth_hook else {
+        return Ok(());
+    };
+    let key = (
+        action,
+        stream.unwrap_or("").to_owned(),
+        caller.token.clone(),
+    );
+    if let Some(&(ok, at)) = app.auth_cache.0.lock().get(&key) {
+        if at.elapsed() < CACHE_FOR {
+            return if ok {
+                Ok(())
+            } else {
+                Err(ApiError::Unauthorized(what))
+            };
+        }
+    }
+    let body = json!({
+        "action": action.name(),
+        "protocol": protocol.name(),
+        "stream": stream,
+        "token": caller.token,
+        "ip": caller.ip.map(|i| i.to_string()),
+        "query": caller.query,
+    });
+    let asked = tokio::time::timeout(
+        app.cfg.auth_hook_timeout,
+        crate::client::post_json(hook, &body.to_string()),
+    )
+    .await;
+    let ok = match asked {
+        Ok(Ok(status)) => (200..300).contains(&status),
+        Ok(Err(e)) => {
+            warn!(action = action.name(), stream, error = %e,
+                "auth hook unreachable: refusing (fail closed)");
+            return Err(ApiError::Unauthorized(what));
+        }
+        Err(_) => {
+            warn!(
+                action = action.name(),
+                stream,
+                timeout_s = app.cfg.auth_hook_timeout.as_secs_f64(),
+                "auth hook did not answer in time (--auth-hook-timeout): refusing (fail closed)"
+            );
+            return Err(ApiError::Unauthorized(what));
+        }
+    };
+    let mut cache = app.auth_cache.0.lock();
+    if cache.len() >= CACHE_MAX {
+        cache.retain(|_, (_, at)| at.elapsed() < CACHE_FOR);
+    }
+    cache.insert(key, (ok, Instant::now()));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::Unauthorized(what))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_from_bearer_or_query_and_proxies_only_when_trusted() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
+        h.insert("x-forwarded-proto", "https".parse().unwrap());
+        h.insert("x-forwarded-host", "tv.example.com".parse().unwrap());
+        h.insert("host", "10.0.0.5:8889".parse().unwrap());
+        let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let c = caller(
+            &h,
+            Some(proxy),
+            Some("a=1&token=s%2Bx".into()),
+            &[proxy],
+            false,
+        );
+        assert_eq!(c.token.as_deref(), Some("s+x"));
+        assert_eq!(c.ip, Some("203.0.113.9".parse().unwrap()));
+        assert_eq!(c.base_url(), "https://tv.example.com");
+        // The same headers from anybody else are ignored.
+        let other: IpAddr = "198.51.100.7".parse().unwrap();
+        let c = caller(&h, Some(other), None, &[proxy], false);
+        assert_eq!(c.ip, Some(other));
+        assert_eq!(c.base_url(), "http://10.0.0.5:8889");
+        assert_eq!(c.token, None);
+        h.insert("authorization", "Bearer abc".parse().unwrap());
+        let c = caller(&h, Some(other), Some("token=q".into()), &[], true);
+        assert_eq!(c.token.as_deref(), Some("abc"));
+        assert_eq!(c.scheme, "https");
+    }
+}
