@@ -44,13 +44,18 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         .chain(args.demo.then(|| "demo".to_string()))
         .collect();
     raise_fd_limit();
+    let scheme = if args.tls_cert.is_some() {
+        "https"
+    } else {
+        "http"
+    };
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let banner = |server: &Server| {
         let base = match server.http_addr {
-            a if a.ip().is_unspecified() => format!("http://127.0.0.1:{}", a.port()),
-            a => format!("http://{a}"),
+            a if a.ip().is_unspecified() => format!("{scheme}://127.0.0.1:{}", a.port()),
+            a => format!("{scheme}://{a}"),
         };
         say!("tsbridge is running: dashboard {base}/");
         for n in &names {

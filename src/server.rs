@@ -107,7 +107,13 @@ impl Server {
 
         let router = crate::http::router(app.clone());
         let limits = crate::http::serve::HttpLimits::from(&cfg);
-        tasks.spawn(crate::http::serve::serve(listener, router, limits));
+        let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(crate::http::serve::tls_acceptor(cert, key).map_err(std::io::Error::other)?)
+            }
+            _ => None,
+        };
+        tasks.spawn(crate::http::serve::serve(listener, router, limits, tls));
         info!(http = %http_addr, "tsbridge listening");
         Ok(Server {
             http_addr,

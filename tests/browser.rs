@@ -3,6 +3,8 @@
 //! page's console. Without Chromium the test says loudly that it skipped; with
 //! `TSBRIDGE_REQUIRE_BROWSER=1` (set by `.ci/run`) a missing browser fails it.
 
+mod common;
+
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -69,6 +71,17 @@ async fn watch_page(
     browser: &PathBuf,
     url: &str,
     timeout: Duration,
+    done: impl FnMut(&Seen) -> bool,
+) -> Seen {
+    watch_page_with(browser, url, &[], timeout, done).await
+}
+
+/// [`watch_page`] with more Chromium flags.
+async fn watch_page_with(
+    browser: &PathBuf,
+    url: &str,
+    extra: &[&str],
+    timeout: Duration,
     mut done: impl FnMut(&Seen) -> bool,
 ) -> Seen {
     let profile = tempdir();
@@ -88,6 +101,7 @@ async fn watch_page(
             "--remote-debugging-port=0",
         ])
         .arg(format!("--user-data-dir={}", profile.display()))
+        .args(extra)
         .arg(url)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -416,4 +430,36 @@ async fn http_get_body(authority_path: &str) -> String {
     text.split_once("\r\n\r\n")
         .map(|(_, b)| b.to_owned())
         .unwrap_or_default()
+}
+
+/// The player over HTTPS (`--tls-cert/--tls-key`, a self-signed certificate made by openssl):
+/// Chromium loads the page and plays the stream as over HTTP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_over_https() {
+    let Some(browser) = chromium_or_skip("chromium_plays_over_https") else {
+        return;
+    };
+    let dir = tempdir();
+    let (cert, key) = common::self_signed_cert(&dir);
+    let mut args = ServeArgs::loopback();
+    args.tls_cert = Some(cert);
+    args.tls_key = Some(key);
+    args.replays.push(Named {
+        name: "cam".into(),
+        value: testdata("h264_opus.ts"),
+    });
+    let server = Server::start(args).await.expect("server starts");
+    let url = format!("https://{}/play/cam?stats=1", server.http_addr);
+    let seen = watch_page_with(
+        &browser,
+        &url,
+        &["--ignore-certificate-errors"],
+        Duration::from_secs(45),
+        |s| s.frames_decoded >= 60 && s.audio_samples > 0,
+    )
+    .await;
+    eprintln!("chromium saw over HTTPS: {seen:?}");
+    assert!(seen.frames_decoded >= 60, "video frames decoded: {seen:?}");
+    assert!(seen.audio_samples > 0, "audio samples received: {seen:?}");
+    let _ = std::fs::remove_dir_all(dir);
 }

@@ -673,3 +673,100 @@ async fn forwarded_headers_from_a_trusted_proxy_shape_urls() {
         assert!(r.header("location").unwrap().starts_with("/whip/cam/"));
     }
 }
+
+/// WHEP over HTTPS: the TLS handshake with the configured certificate, then the same answer as
+/// over HTTP; a plain-HTTP request to the HTTPS port gets no HTTP answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn whep_over_https() {
+    use rustls_pki_types::pem::PemObject;
+    let dir = std::env::temp_dir().join(format!("tsbridge-tls-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (cert, key) = common::self_signed_cert(&dir);
+    let der = rustls_pki_types::CertificateDer::from_pem_file(&cert).unwrap();
+    let s = serve(|a| {
+        a.tls_cert = Some(cert);
+        a.tls_key = Some(key);
+        replay(a, "cam", "h264_opus.ts");
+    })
+    .await;
+    let offer = common::offer_sdp(&WhepOptions::default()).await.unwrap();
+    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(PinnedCert(der, provider)))
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(s.http_addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    let req = format!(
+        "POST /whep/cam HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/sdp\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{offer}",
+        offer.len()
+    );
+    tls.write_all(req.as_bytes()).await.unwrap();
+    let mut resp = Vec::new();
+    let _ = tls.read_to_end(&mut resp).await;
+    let text = String::from_utf8_lossy(&resp);
+    assert!(text.starts_with("HTTP/1.1 201"), "{text}");
+    assert!(text.contains("a=fingerprint"), "{text}");
+    let plain = request("GET", &url(&s, "/streams"), &[], b"").await;
+    assert!(
+        plain.is_err(),
+        "plain HTTP gets no HTTP answer: {:?}",
+        plain.map(|r| r.status)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Trusts exactly one (self-signed) certificate; signatures checked by the provider.
+#[derive(Debug)]
+struct PinnedCert(
+    rustls_pki_types::CertificateDer<'static>,
+    std::sync::Arc<rustls::crypto::CryptoProvider>,
+);
+
+impl rustls::client::danger::ServerCertVerifier for PinnedCert {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls_pki_types::CertificateDer<'_>,
+        _: &[rustls_pki_types::CertificateDer<'_>],
+        _: &rustls_pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if end_entity.as_ref() == self.0.as_ref() {
+            Ok(rustls::client::danger::ServerCertVerified::assertion())
+        } else {
+            Err(rustls::Error::General(
+                "not the server's certificate".into(),
+            ))
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.1.signature_verification_algorithms;
+        rustls::crypto::verify_tls12_signature(message, cert, dss, algs)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls_pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        let algs = &self.1.signature_verification_algorithms;
+        rustls::crypto::verify_tls13_signature(message, cert, dss, algs)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.1.signature_verification_algorithms.supported_schemes()
+    }
+}

@@ -1,23 +1,54 @@
 //! `GET /` (streams with links) and `GET /play/{s}` (a WHEP player): plain HTML + JS.
 
-use axum::extract::Path;
+use axum::extract::{Path, State};
 use axum::response::Html;
+use serde_json::json;
 
-use super::{check_name, ApiError};
+use super::{check_name, ApiError, AppState};
 
 pub async fn index() -> Html<&'static str> {
     Html(include_str!("index.html"))
 }
 
-pub async fn play(Path(name): Path<String>) -> Result<Html<String>, ApiError> {
-    check_name(&name)?;
-    // The name is [A-Za-z0-9._-] only: safe to put into the page as is.
-    Ok(Html(include_str!("play.html").replace("{{STREAM}}", &name)))
+pub async fn play(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Html<String>, ApiError> {
+    page(&app, include_str!("play.html"), &name)
 }
 
-pub async fn publish(Path(name): Path<String>) -> Result<Html<String>, ApiError> {
-    check_name(&name)?;
+pub async fn publish(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Html<String>, ApiError> {
+    page(&app, include_str!("publish.html"), &name)
+}
+
+/// A page for stream `name`, with the ICE servers (and trickle ICE) of `ice.js`.
+fn page(app: &AppState, html: &str, name: &str) -> Result<Html<String>, ApiError> {
+    check_name(name)?;
+    // The name is [A-Za-z0-9._-] only: safe to put into the page as is.
+    let ice = include_str!("ice.js").replace("{{ICE_SERVERS}}", &ice_servers_json(app));
     Ok(Html(
-        include_str!("publish.html").replace("{{STREAM}}", &name),
+        html.replace("{{ICE_JS}}", &ice).replace("{{STREAM}}", name),
     ))
+}
+
+/// `--ice-server` as RTCIceServer objects (TURN ones with `--ice-username/--ice-credential`),
+/// safe inside a <script>.
+fn ice_servers_json(app: &AppState) -> String {
+    let cfg = &app.cfg;
+    let servers: Vec<_> = cfg
+        .ice_servers
+        .iter()
+        .map(|url| match (&cfg.ice_username, &cfg.ice_credential) {
+            (Some(u), Some(c)) if url.starts_with("turn") => {
+                json!({ "urls": url, "username": u, "credential": c })
+            }
+            _ => json!({ "urls": url }),
+        })
+        .collect();
+    serde_json::Value::from(servers)
+        .to_string()
+        .replace('<', "\\u003c")
 }

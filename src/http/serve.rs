@@ -4,8 +4,11 @@
 //! closed after the same time. At most `--max-connections` are open at once; past that a new
 //! connection is answered 503 with Retry-After and closed, so idle or slow clients can hold
 //! neither file descriptors nor memory without bound, and never delay anybody else's request.
+//! With `--tls-cert/--tls-key` every connection is HTTPS (rustls; the handshake counts against
+//! the same timeout).
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,8 +44,39 @@ impl From<&crate::config::ServeArgs> for HttpLimits {
     }
 }
 
-/// Serve `router` on `listener` until the process ends.
-pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
+/// The TLS side of the listener, from PEM files: the certificate chain and its private key.
+pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor, String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| format!("--tls-cert {}: {e}", cert.display()))?;
+    if certs.is_empty() {
+        return Err(format!(
+            "--tls-cert {}: no certificate in it",
+            cert.display()
+        ));
+    }
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| format!("--tls-key {}: {e}", key.display()))?;
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("--tls-cert/--tls-key: {e}"))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// Serve `router` on `listener` until the process ends (HTTPS when `tls` is given).
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: HttpLimits,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let mut full_logged = false;
     loop {
@@ -66,21 +100,31 @@ pub async fn serve(listener: TcpListener, router: Router, limits: HttpLimits) {
         };
         full_logged = false;
         let _ = tcp.set_nodelay(true);
-        let router = router.clone();
+        let (router, tls) = (router.clone(), tls.clone());
         tokio::spawn(async move {
-            connection(tcp, peer, router, limits.timeout).await;
+            match tls {
+                None => connection(tcp, peer, router, limits.timeout).await,
+                Some(tls) => match tokio::time::timeout(limits.timeout, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => connection(stream, peer, router, limits.timeout).await,
+                    Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
+                    Err(_) => debug!(%peer, "TLS handshake timed out"),
+                },
+            }
             drop(permit);
         });
     }
 }
 
-async fn connection(tcp: TcpStream, peer: SocketAddr, router: Router, timeout: Duration) {
+async fn connection<I>(io: I, peer: SocketAddr, router: Router, timeout: Duration)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     // Every request carries the client's address (`ConnectInfo`), for the auth hook and logs.
     let service = TowerToHyperService::new(router.layer(axum::Extension(ConnectInfo(peer))));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)
-        .serve_connection(TokioIo::new(tcp), service)
+        .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
     if let Err(e) = conn.await {
         debug!(%peer, error = %e, "HTTP connection ended");

@@ -84,3 +84,32 @@ pub async fn stream_json(http_addr: std::net::SocketAddr, name: &str) -> serde_j
     assert_eq!(r.status, 200, "{}", r.text());
     serde_json::from_slice(&r.body).expect("JSON")
 }
+
+/// A self-signed certificate for 127.0.0.1 and localhost in `dir` (made by the `openssl`
+/// command): (cert.pem, key.pem).
+#[allow(dead_code)] // not every test binary uses it
+pub fn self_signed_cert(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=localhost"])
+        .args([
+            "-addext",
+            "subjectAltName=IP:127.0.0.1,DNS:localhost",
+            "-keyout",
+        ])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl makes the test certificate (apt-get install openssl)");
+    assert!(made.status.success(), "{made:?}");
+    (cert, key)
+}
