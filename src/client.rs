@@ -159,6 +159,62 @@ pub async fn post_json(url: &str, json: &str) -> std::io::Result<u16> {
     Ok(r.head.status)
 }
 
+/// GET `url` and hand its body to `sink` as it arrives (chunked or not), until it ends or
+/// `sink` says stop (`false`). `Err` for a failed connection or a status other than 200.
+pub async fn get_streaming(
+    url: &str,
+    headers: &[(&str, &str)],
+    mut sink: impl FnMut(&[u8]) -> bool,
+) -> Result<(), String> {
+    let (host, path) = split_url(url)?;
+    let tcp = TcpStream::connect(&host)
+        .await
+        .map_err(|e| format!("connect {host}: {e}"))?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut r = BufReader::new(tcp);
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req += &format!("{k}: {v}\r\n");
+    }
+    req += "\r\n";
+    r.get_mut()
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let (status, _, chunked) = read_head(&mut r).await.map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("GET {url}: HTTP {status}"));
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut line = String::new();
+    loop {
+        let n = if chunked {
+            line.clear();
+            if r.read_line(&mut line).await.map_err(|e| e.to_string())? == 0 {
+                return Ok(());
+            }
+            let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| "bad chunk size".to_string())?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.resize(buf.len().max(n + 2), 0);
+            r.read_exact(&mut buf[..n + 2])
+                .await
+                .map_err(|e| e.to_string())?;
+            n
+        } else {
+            match r.read(&mut buf).await.map_err(|e| e.to_string())? {
+                0 => return Ok(()),
+                n => n,
+            }
+        };
+        if !sink(&buf[..n]) {
+            return Ok(());
+        }
+    }
+}
+
 /// A response from a connection the server closes after it: the head must end with its blank
 /// line; the body is `Content-Length` bytes, or fewer if the input ends first, or everything
 /// to the end without one. Chunked bodies are not decoded.

@@ -78,13 +78,24 @@ impl Server {
         let http_addr = listener.local_addr()?;
         let keys =
             crate::http::KeyStore::open(cfg.data_dir.as_deref()).map_err(std::io::Error::other)?;
+        let cluster = match (&cfg.cluster, &cfg.public_url) {
+            (Some(redis), Some(url)) => Some(Arc::new(
+                crate::cluster::Cluster::new(redis, url, cfg.cluster_token.clone())
+                    .map_err(std::io::Error::other)?,
+            )),
+            _ => None,
+        };
         let app = Arc::new(App::new(
             cfg.clone(),
             registry.clone(),
             engine.clone(),
             tasks.clone(),
             keys,
+            cluster,
         ));
+        if app.cluster.is_some() {
+            tasks.spawn(crate::cluster::run(app.clone()));
+        }
 
         for r in &cfg.replays {
             let stream = registry.get_or_create(&r.name);
@@ -125,6 +136,10 @@ impl Server {
     /// Closes every session (RTCP BYE, DTLS close_notify; bounded in time), then stops every
     /// task: sources, media tasks, pipeline commands (killed and reaped), HTTP.
     pub async fn shutdown(self) {
+        // A cluster node leaves first: new viewers go to other nodes from now on.
+        if let Some(c) = &self.app.cluster {
+            c.leave().await;
+        }
         let _ = tokio::time::timeout(Duration::from_secs(3), self.app.engine.shutdown()).await;
         self.app.tasks.abort_all();
     }

@@ -304,6 +304,25 @@ pub struct ServeArgs {
         value_delimiter = ','
     )]
     pub trusted_proxies: Vec<std::net::IpAddr>,
+
+    /// Join a cluster whose state is in this Redis (`redis://HOST:PORT[/DB]`): one source per
+    /// stream name cluster-wide, viewers of a stream another node has are served here from
+    /// one TS pull, a full node redirects viewers (307) to the least-loaded one.
+    #[arg(
+        long,
+        env = "TSBRIDGE_CLUSTER",
+        value_name = "REDIS_URL",
+        requires = "public_url"
+    )]
+    pub cluster: Option<String>,
+
+    /// The URL clients and the other nodes reach this node at (`http://10.0.0.5:8889`).
+    #[arg(long, env = "TSBRIDGE_PUBLIC_URL", value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// Secret the nodes of a cluster send each other (TS pulls); never logged.
+    #[arg(long, env = "TSBRIDGE_CLUSTER_TOKEN", hide_env_values = true)]
+    pub cluster_token: Option<String>,
 }
 
 /// `--log-format`.

@@ -212,9 +212,17 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
             "seconds": g.duration_90k() as f64 / 90_000.0,
         })
     };
+    // On an edge of a cluster: "pull" and the owner it is pulled from.
+    let pulled = app.cluster.as_ref().and_then(|c| c.pulled_from(n));
+    let source = match &pulled {
+        Some(_) => json!("pull"),
+        None => json!(st.source),
+    };
     json!({
         "name": n,
-        "source": st.source,
+        "source": source,
+        "owner": pulled,
+        "ts_readers": s.stats.ts_readers.load(Ordering::Relaxed),
         "ready": st.ready,
         "program": st.tracks.as_ref().map(|t| t.program_number),
         "tracks": tracks,
@@ -247,9 +255,11 @@ fn pull(app: &AppState, name: &str) -> Result<Response, ApiError> {
         .ok_or_else(|| ApiError::NotFound(format!("no stream {name:?}")))?;
     let cursor = stream.ring.cursor();
     let start = StartPoint::new();
+    let reader = TsReader::new(stream);
     let body = futures_util::stream::unfold(
-        (stream, cursor, start, vec![0u8; 188 * 512]),
-        |(stream, mut cur, mut start, mut buf)| async move {
+        (reader, cursor, start, vec![0u8; 188 * 512]),
+        |(reader, mut cur, mut start, mut buf)| async move {
+            let stream = &reader.0;
             loop {
                 match stream.ring.read(&mut cur, &mut buf).await {
                     Read::Data(n) => {
@@ -259,7 +269,7 @@ fn pull(app: &AppState, name: &str) -> Result<Response, ApiError> {
                             continue;
                         }
                         let chunk = Bytes::from(out);
-                        return Some((Ok::<_, std::io::Error>(chunk), (stream, cur, start, buf)));
+                        return Some((Ok::<_, std::io::Error>(chunk), (reader, cur, start, buf)));
                     }
                     Read::Lapped(_) => continue,
                     Read::EndOfInput | Read::Shutdown => return None,
@@ -273,6 +283,42 @@ fn pull(app: &AppState, name: &str) -> Result<Response, ApiError> {
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// Counts a TS pull reader of a stream for as long as its response lives.
+struct TsReader(Arc<Stream>);
+
+impl TsReader {
+    fn new(s: Arc<Stream>) -> Self {
+        s.stats.ts_readers.fetch_add(1, Ordering::Relaxed);
+        TsReader(s)
+    }
+}
+
+impl Drop for TsReader {
+    fn drop(&mut self) {
+        self.0.stats.ts_readers.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `GET /cluster`: the nodes of this node's cluster, with their load and streams.
+pub async fn cluster(State(app): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
+    auth::check(&app, &caller, Action::Api, Protocol::Api, None).await?;
+    let Some(c) = &app.cluster else {
+        return Err(ApiError::NotFound(
+            "this node is not in a cluster (--cluster redis://…)".into(),
+        ));
+    };
+    let nodes = c
+        .nodes()
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    Ok(Json(json!({
+        "node": c.id,
+        "url": c.url,
+        "redis": if c.is_up() { "up" } else { "down" },
+        "nodes": nodes,
+    })))
 }
 
 /// `GET /metrics`: Prometheus text exposition, global and per stream.
@@ -397,6 +443,27 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
         ),
     ] {
         counter(&mut out, name, help, &per(&f));
+    }
+    if let Some(c) = &app.cluster {
+        for (name, help, v) in [
+            (
+                "tsbridge_cluster_pulls_total",
+                "TS pulls this edge started from streams' owners",
+                &c.stats.pulls_started,
+            ),
+            (
+                "tsbridge_cluster_redirects_total",
+                "WHEP POSTs sent to another node (307) because this one was full",
+                &c.stats.redirects,
+            ),
+            (
+                "tsbridge_cluster_redis_errors_total",
+                "Redis commands that failed or timed out",
+                &c.stats.redis_errors,
+            ),
+        ] {
+            counter(&mut out, name, help, &[("", r(v))]);
+        }
     }
     let ev = &app.engine.events.stats;
     for (name, help, v) in [

@@ -44,6 +44,8 @@ pub struct App {
     pub keys: super::keys::KeyStore,
     /// The auth hook's recent answers.
     pub(crate) auth_cache: super::auth::HookCache,
+    /// This node's cluster membership (`--cluster`).
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl App {
@@ -94,6 +96,7 @@ impl App {
         engine: Engine,
         tasks: Tasks,
         keys: super::keys::KeyStore,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Self {
         App {
             cfg,
@@ -104,6 +107,7 @@ impl App {
             tasks,
             keys,
             auth_cache: Default::default(),
+            cluster,
         }
     }
 }

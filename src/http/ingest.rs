@@ -26,6 +26,11 @@ pub async fn put(
         Some(&name),
     )
     .await?;
+    if let Some(owner) = super::whip::claim(&app, &name).await? {
+        return Err(ApiError::Conflict(format!(
+            "stream {name:?} has a source on another node of the cluster ({owner}); stop it first or use another name"
+        )));
+    }
     let stream = app.registry.get_or_create(&name);
     if stream.has_source() {
         return Err(ApiError::Conflict(format!(

@@ -65,6 +65,7 @@ pub fn router(app: AppState) -> Router {
             axum::routing::delete(admin::kick),
         )
         .route("/openapi.json", get(openapi::spec))
+        .route("/cluster", get(api::cluster))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         // Every body but TS ingest is read here, within --http-timeout and --max-body.
         .layer(axum::middleware::from_fn_with_state(
@@ -115,6 +116,9 @@ pub enum ApiError {
     Unauthorized(&'static str),
     #[error("{0}")]
     Forbidden(String),
+    /// 307 to this absolute URL (a full node sends viewers to another node of the cluster).
+    #[error("this node is full; go to {0}")]
+    Redirect(String),
     #[error("{0}")]
     Internal(String),
 }
@@ -133,6 +137,7 @@ impl IntoResponse for ApiError {
             ApiError::PreconditionRequired(_) => StatusCode::PRECONDITION_REQUIRED,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Redirect(_) => StatusCode::TEMPORARY_REDIRECT,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         let mut res = (status, format!("{self}\n")).into_response();
@@ -141,6 +146,11 @@ impl IntoResponse for ApiError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static("Bearer realm=\"tsbridge\""),
             );
+        }
+        if let ApiError::Redirect(to) = &self {
+            if let Ok(v) = HeaderValue::from_str(to) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
         }
         if matches!(self, ApiError::Unavailable(_) | ApiError::NotLive(_)) {
             res.headers_mut()

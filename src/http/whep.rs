@@ -200,10 +200,30 @@ pub async fn post(
 ) -> Result<Response, ApiError> {
     // Fail fast on a bad offer, before waiting for the stream.
     let who = (&caller, Action::View, Protocol::Whep);
-    let offer = read_offer(&app, who, &name, &headers, &body).await?;
+    let offer = match read_offer(&app, who, &name, &headers, &body).await {
+        Err(full @ ApiError::Unavailable(_)) => {
+            return Err(elsewhere(&app, &name, &caller, full).await)
+        }
+        r => r?,
+    };
 
     let posted = Instant::now();
     let stream = app.registry.get_or_create(&name);
+    if let Some(cluster) = &app.cluster {
+        if cluster.is_draining() {
+            let why = ApiError::Unavailable("this node is shutting down; retry".into());
+            return Err(elsewhere(&app, &name, &caller, why).await);
+        }
+        // Not here: find its owner (a prompt 503 when Redis is away) and pull it once.
+        if !stream.has_source() {
+            if let Err(e) = cluster.owner(&name).await {
+                return Err(ApiError::Unavailable(format!(
+                    "cannot locate stream {name:?}: {e}; retry"
+                )));
+            }
+            crate::cluster::pull::ensure(&app, &stream);
+        }
+    }
     let waiting = app.registry.waiting();
     if waiting >= app.cfg.max_waiting {
         return Err(ApiError::Unavailable(format!(
@@ -217,12 +237,15 @@ pub async fn post(
     let waited = posted.elapsed();
     let left = app.cfg.whep_wait.saturating_sub(waited);
     let status = wait_ready(&stream, left, app.cfg.source_grace).await?;
-    check_session_limit(&app)?;
+    if let Err(full) = check_session_limit(&app) {
+        return Err(elsewhere(&app, &name, &caller, full).await);
+    }
     let viewers = stream.stats.viewers.load(Ordering::Relaxed);
     if viewers >= app.cfg.max_viewers {
-        return Err(ApiError::Unavailable(format!(
+        let full = ApiError::Unavailable(format!(
             "stream {name:?} has {viewers} viewers, the most allowed (--max-viewers); retry later"
-        )));
+        ));
+        return Err(elsewhere(&app, &name, &caller, full).await);
     }
     let id = session_id();
     // Relative: it resolves against the URL the client used, through any proxy.
@@ -275,6 +298,25 @@ pub(super) fn ice_server_links(app: &AppState, h: &mut HeaderMap) {
         }
         h.append(header::LINK, header_value(&link));
     }
+}
+
+/// A node that cannot take a viewer sends it (307) to the least-loaded node of its cluster
+/// with room; `full` (503 + Retry-After) when there is none, or no cluster.
+async fn elsewhere(app: &AppState, name: &str, caller: &Caller, full: ApiError) -> ApiError {
+    let Some(cluster) = &app.cluster else {
+        return full;
+    };
+    let Some(node) = cluster.elsewhere().await else {
+        return full;
+    };
+    cluster.stats.redirects.fetch_add(1, Ordering::Relaxed);
+    let query = caller
+        .query
+        .as_deref()
+        .map(|q| format!("?{q}"))
+        .unwrap_or_default();
+    info!(stream = %name, to = %node.url, "full: viewer sent to another node of the cluster");
+    ApiError::Redirect(format!("{}/whep/{name}{query}", node.url))
 }
 
 /// The `session.started` event (the hook's `session.ended` comes from the engine).

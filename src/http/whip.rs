@@ -49,6 +49,12 @@ pub async fn post(
     let output_taken = app.cfg.pipeline.is_some()
         && !app.pipeline_running(&name)
         && app.registry.get(&name).is_some_and(|s| s.has_source());
+    if let Some(owner) = claim(&app, &name).await? {
+        return Err(ApiError::Conflict(format!(
+            "stream {name:?} has a source on another node of the cluster ({owner}); publish \
+             under another name"
+        )));
+    }
     let stream = app.registry.get_or_create(&input_name);
     if stream.has_source() || output_taken {
         return Err(ApiError::Conflict(format!(
@@ -94,6 +100,24 @@ pub async fn post(
     );
     ice_server_links(&app, h);
     Ok(res)
+}
+
+/// Claim stream `name` cluster-wide for a source here: the other node's URL when it has it.
+/// With Redis away the source is taken (and claimed once Redis is back).
+pub(super) async fn claim(app: &AppState, name: &str) -> Result<Option<String>, ApiError> {
+    let Some(cluster) = &app.cluster else {
+        return Ok(None);
+    };
+    if let Some(owner) = cluster.pulled_from(name) {
+        return Ok(Some(owner));
+    }
+    match cluster.claim(name).await {
+        Ok(owner) => Ok(owner.map(|o| o.url)),
+        Err(e) => {
+            tracing::warn!(stream = %name, error = %e, "cannot claim the stream in the cluster; taking the source");
+            Ok(None)
+        }
+    }
 }
 
 pub async fn patch(

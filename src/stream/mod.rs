@@ -111,6 +111,8 @@ pub struct Stats {
     /// Audio transcoder: frames it could not decode, and microseconds spent.
     pub transcode_errors: AtomicU64,
     pub transcode_us: AtomicU64,
+    /// `GET /streams/{s}.ts` readers now (in a cluster: one per edge that pulls the stream).
+    pub ts_readers: AtomicUsize,
     /// Video re-encoder: pictures decoded and encoded, its errors (decoder restarts, encoder
     /// failures, frames dropped when it fell behind), its thread's CPU time and the media time
     /// it encoded (both µs), and keyframes it made for viewers' requests.

@@ -1,0 +1,413 @@
+//! A cluster of nodes on Redis (`--cluster redis://…`): Redis holds who is in the cluster and
+//! who has which stream's source; the nodes move TS between each other over HTTP (an edge pulls
+//! `GET {owner}/streams/{s}.ts` once, however many viewers it has) and spread viewers with
+//! WHEP's own 307.
+//!
+//! Keys (all with a TTL, refreshed every [`TICK`], so a node that dies leaves by itself):
+//!
+//! - `tsbridge:node:{id}` → the node's JSON [`NodeInfo`] (URL, load, limits, streams).
+//! - `tsbridge:stream:{name}` → `{id} {url}` of the node whose source has it: claimed with
+//!   `SET NX`, kept with a compare-and-expire, released with a compare-and-delete.
+//!
+//! Redis down: nothing local stops (streams, pulls already running, sessions); what needs it
+//! (locating a stream, claiming one) answers at once with an error the caller turns into 503;
+//! the connection is retried with backoff and the node registers again.
+
+pub mod pull;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use redis::aio::ConnectionManager;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::http::App;
+
+/// How often a node refreshes its keys; they live [`TTL`].
+pub const TICK: Duration = Duration::from_secs(1);
+pub const TTL: Duration = Duration::from_secs(5);
+/// No Redis call waits longer (then the node acts as if Redis were down).
+const OP_TIMEOUT: Duration = Duration::from_millis(500);
+
+const NODE_PREFIX: &str = "tsbridge:node:";
+const STREAM_PREFIX: &str = "tsbridge:stream:";
+
+/// What a node says of itself in Redis.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NodeInfo {
+    pub id: String,
+    pub url: String,
+    pub sessions: usize,
+    pub viewers: usize,
+    pub max_sessions: usize,
+    pub max_viewers: usize,
+    pub egress_bps: u64,
+    pub streams_owned: Vec<String>,
+    pub streams_pulled: Vec<String>,
+    /// Shutting down: it takes no new viewers.
+    pub draining: bool,
+}
+
+impl NodeInfo {
+    /// Whether it can take another session.
+    pub fn has_room(&self) -> bool {
+        !self.draining && self.sessions < self.max_sessions
+    }
+}
+
+/// Where a stream's source is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner {
+    pub id: String,
+    pub url: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("the cluster's Redis is unreachable")]
+    Unreachable,
+}
+
+/// Counters for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ClusterStats {
+    pub pulls_started: AtomicU64,
+    pub redirects: AtomicU64,
+    pub redis_errors: AtomicU64,
+}
+
+pub struct Cluster {
+    pub id: String,
+    /// This node's public URL, without a trailing slash.
+    pub url: String,
+    /// Sent to other nodes (TS pulls) and accepted from them.
+    pub token: Option<String>,
+    client: redis::Client,
+    conn: Mutex<Option<ConnectionManager>>,
+    up: AtomicBool,
+    draining: AtomicBool,
+    /// Streams whose source is on this node and that it claimed.
+    owned: Mutex<HashSet<String>>,
+    /// Streams this node pulls from their owner (an edge), with the owner's URL once known.
+    pub(crate) pulled: Mutex<HashMap<String, String>>,
+    pub stats: ClusterStats,
+    /// Egress bytes at the last tick, for the bitrate.
+    last_bytes: AtomicU64,
+    egress_bps: AtomicU64,
+}
+
+impl Cluster {
+    pub fn new(
+        redis_url: &str,
+        public_url: &str,
+        token: Option<String>,
+    ) -> Result<Cluster, String> {
+        let client =
+            redis::Client::open(redis_url).map_err(|e| format!("--cluster {redis_url:?}: {e}"))?;
+        let v: u64 = rand::random();
+        Ok(Cluster {
+            id: format!("{v:016x}"),
+            url: public_url.trim_end_matches('/').to_owned(),
+            token,
+            client,
+            conn: Mutex::new(None),
+            up: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            owned: Mutex::new(HashSet::new()),
+            pulled: Mutex::new(HashMap::new()),
+            stats: ClusterStats::default(),
+            last_bytes: AtomicU64::new(0),
+            egress_bps: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether Redis answered the last time it was asked.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// The owner's URL when this node pulls stream `name` from it.
+    pub fn pulled_from(&self, name: &str) -> Option<String> {
+        self.pulled.lock().get(name).cloned()
+    }
+
+    fn conn(&self) -> Result<ConnectionManager, ClusterError> {
+        self.conn.lock().clone().ok_or(ClusterError::Unreachable)
+    }
+
+    /// One command, bounded in time; a failure marks Redis down (logged once).
+    async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, ClusterError> {
+        let mut conn = self.conn()?;
+        match tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => {
+                self.mark(true);
+                Ok(v)
+            }
+            _ => {
+                self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+                self.mark(false);
+                Err(ClusterError::Unreachable)
+            }
+        }
+    }
+
+    async fn script<T: redis::FromRedisValue>(
+        &self,
+        script: &redis::Script,
+        key: &str,
+        args: &[&str],
+    ) -> Result<T, ClusterError> {
+        let mut conn = self.conn()?;
+        let mut inv = script.key(key);
+        for a in args {
+            inv.arg(*a);
+        }
+        match tokio::time::timeout(OP_TIMEOUT, inv.invoke_async::<T>(&mut conn)).await {
+            Ok(Ok(v)) => {
+                self.mark(true);
+                Ok(v)
+            }
+            _ => {
+                self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+                self.mark(false);
+                Err(ClusterError::Unreachable)
+            }
+        }
+    }
+
+    fn mark(&self, up: bool) {
+        if self.up.swap(up, Ordering::Relaxed) != up {
+            if up {
+                info!("cluster: Redis reachable; registered");
+            } else {
+                warn!("cluster: Redis unreachable; local streams and sessions go on, locating other nodes' streams answers 503 until it is back");
+            }
+        }
+    }
+
+    fn claim_value(&self) -> String {
+        format!("{} {}", self.id, self.url)
+    }
+
+    /// Claim stream `name` for a source on this node: `Ok(None)` when it is ours now (or was),
+    /// `Ok(Some(owner))` when another node has it.
+    pub async fn claim(&self, name: &str) -> Result<Option<Owner>, ClusterError> {
+        let key = format!("{STREAM_PREFIX}{name}");
+        let set: Option<String> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(self.claim_value())
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(TTL.as_millis() as u64),
+            )
+            .await?;
+        if set.is_some() {
+            self.owned.lock().insert(name.to_owned());
+            return Ok(None);
+        }
+        match self.owner(name).await? {
+            Some(o) if o.id == self.id => {
+                self.owned.lock().insert(name.to_owned());
+                Ok(None)
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Where stream `name`'s source is, if anywhere in the cluster.
+    pub async fn owner(&self, name: &str) -> Result<Option<Owner>, ClusterError> {
+        let v: Option<String> = self
+            .query(redis::cmd("GET").arg(format!("{STREAM_PREFIX}{name}")))
+            .await?;
+        Ok(v.and_then(|v| {
+            let (id, url) = v.split_once(' ')?;
+            Some(Owner {
+                id: id.to_owned(),
+                url: url.to_owned(),
+            })
+        }))
+    }
+
+    /// Every node registered (this one included).
+    pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
+        let keys: Vec<String> = self
+            .query(redis::cmd("KEYS").arg(format!("{NODE_PREFIX}*")))
+            .await?;
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(&keys)).await?;
+        let mut nodes: Vec<NodeInfo> = values
+            .into_iter()
+            .flatten()
+            .filter_map(|v| serde_json::from_str(&v).ok())
+            .collect();
+        nodes.sort_by(|a, b| a.url.cmp(&b.url));
+        Ok(nodes)
+    }
+
+    /// The least-loaded other node with room for a session, if any.
+    pub async fn elsewhere(&self) -> Option<NodeInfo> {
+        let nodes = self.nodes().await.ok()?;
+        nodes
+            .into_iter()
+            .filter(|n| n.id != self.id && n.has_room())
+            .min_by_key(|n| n.sessions)
+    }
+
+    /// Leave the cluster (shutdown): new viewers go elsewhere, the node's key goes at once.
+    pub async fn leave(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+        let _: Result<i64, _> = self
+            .query(redis::cmd("DEL").arg(format!("{NODE_PREFIX}{}", self.id)))
+            .await;
+        let owned: Vec<String> = self.owned.lock().drain().collect();
+        for name in owned {
+            let _: Result<i64, _> = self
+                .script(
+                    &release_script(),
+                    &format!("{STREAM_PREFIX}{name}"),
+                    &[&self.claim_value()],
+                )
+                .await;
+        }
+        info!("cluster: left (node key removed, streams released)");
+    }
+
+    /// This node as it registers itself.
+    fn info(&self, app: &App) -> NodeInfo {
+        let streams = app.registry.list();
+        let mut owned: Vec<String> = self.owned.lock().iter().cloned().collect();
+        owned.sort();
+        let mut pulled: Vec<String> = self.pulled.lock().keys().cloned().collect();
+        pulled.sort();
+        NodeInfo {
+            id: self.id.clone(),
+            url: self.url.clone(),
+            sessions: app.engine.live_sessions(),
+            viewers: streams
+                .iter()
+                .map(|s| s.stats.viewers.load(Ordering::Relaxed))
+                .sum(),
+            max_sessions: app.cfg.max_sessions,
+            max_viewers: app.cfg.max_viewers,
+            egress_bps: self.egress_bps.load(Ordering::Relaxed),
+            streams_owned: owned,
+            streams_pulled: pulled,
+            draining: self.is_draining(),
+        }
+    }
+
+    /// Once per [`TICK`]: connect if needed, register, keep our claims (and claim the streams
+    /// that have a source here: replay, UDP, stdin), release the ones whose source is gone.
+    async fn tick(&self, app: &App) {
+        if self.conn.lock().is_none() {
+            match tokio::time::timeout(OP_TIMEOUT * 4, ConnectionManager::new(self.client.clone()))
+                .await
+            {
+                Ok(Ok(c)) => *self.conn.lock() = Some(c),
+                _ => {
+                    self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
+                    self.mark(false);
+                    return;
+                }
+            }
+        }
+        let bytes = app.engine.metrics.bytes_sent.load(Ordering::Relaxed);
+        let last = self.last_bytes.swap(bytes, Ordering::Relaxed);
+        self.egress_bps.store(
+            bytes.saturating_sub(last) * 8 / TICK.as_secs().max(1),
+            Ordering::Relaxed,
+        );
+        if self.is_draining() {
+            return;
+        }
+        let info = self.info(app);
+        let json = serde_json::to_string(&info).unwrap_or_default();
+        let set: Result<Option<String>, _> = self
+            .query(
+                redis::cmd("SET")
+                    .arg(format!("{NODE_PREFIX}{}", self.id))
+                    .arg(json)
+                    .arg("PX")
+                    .arg(TTL.as_millis() as u64),
+            )
+            .await;
+        if set.is_err() {
+            return;
+        }
+        let pulled = self.pulled.lock().clone();
+        for s in app.registry.list() {
+            let has_source = s.has_source();
+            let owned = self.owned.lock().contains(&s.name);
+            let key = format!("{STREAM_PREFIX}{}", s.name);
+            if has_source && !pulled.contains_key(&s.name) {
+                if owned {
+                    let kept: Result<i64, _> = self
+                        .script(
+                            &keep_script(),
+                            &key,
+                            &[&self.claim_value(), &TTL.as_millis().to_string()],
+                        )
+                        .await;
+                    if matches!(kept, Ok(0)) {
+                        // Expired (Redis was away): take it again if nobody else did.
+                        self.owned.lock().remove(&s.name);
+                        if let Ok(Some(o)) = self.claim(&s.name).await {
+                            warn!(stream = %s.name, other = %o.url,
+                                "cluster: another node has a source for this stream too");
+                        }
+                    }
+                } else if let Ok(Some(o)) = self.claim(&s.name).await {
+                    warn!(stream = %s.name, other = %o.url,
+                        "cluster: another node has a source for this stream too");
+                }
+            } else if owned {
+                self.owned.lock().remove(&s.name);
+                let _: Result<i64, _> = self
+                    .script(&release_script(), &key, &[&self.claim_value()])
+                    .await;
+            }
+        }
+    }
+}
+
+/// Extend the TTL of KEYS[1] if it still holds ARGV[1].
+fn keep_script() -> redis::Script {
+    redis::Script::new(
+        "if redis.call('get', KEYS[1]) == ARGV[1] then \
+         return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end",
+    )
+}
+
+/// Delete KEYS[1] if it still holds ARGV[1].
+fn release_script() -> redis::Script {
+    redis::Script::new(
+        "if redis.call('get', KEYS[1]) == ARGV[1] then \
+         return redis.call('del', KEYS[1]) else return 0 end",
+    )
+}
+
+/// The node's cluster duties, for the life of the server.
+pub async fn run(app: Arc<App>) {
+    let Some(cluster) = app.cluster.clone() else {
+        return;
+    };
+    info!(node = %cluster.id, url = %cluster.url, "cluster: joining");
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        cluster.tick(&app).await;
+    }
+}

@@ -1,0 +1,112 @@
+//! An edge's pull: a stream this node has no source for, whose owner is another node, is read
+//! from `GET {owner}/streams/{s}.ts` into the local stream's ring — once per stream however many
+//! viewers it has here; from there on it is a stream like any other (demux, GOP cache, instant
+//! start). When the pull ends (the owner's source ended, the owner went away), the owner is
+//! looked up again: a source that comes back, on any node, within `--source-grace` keeps the
+//! viewers (RTP continuous, as for a restart on one node). The pull stops a while after the
+//! last viewer here left.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info};
+
+use crate::http::App;
+use crate::stream::Stream;
+
+/// How long a pull outlives the last viewer (a viewer reloading its page finds it running).
+pub const LINGER: Duration = Duration::from_secs(10);
+/// Between lookups of a stream's owner while there is none (or Redis is away).
+const RETRY: Duration = Duration::from_millis(250);
+
+/// Start pulling `stream` from its owner unless this node already does (or has its source).
+pub fn ensure(app: &Arc<App>, stream: &Arc<Stream>) {
+    let Some(cluster) = &app.cluster else { return };
+    {
+        let mut pulled = cluster.pulled.lock();
+        if stream.has_source() || pulled.contains_key(&stream.name) {
+            return;
+        }
+        pulled.insert(stream.name.clone(), String::new());
+    }
+    let (app2, s) = (app.clone(), stream.clone());
+    app.tasks.spawn(async move {
+        run(&app2, &s).await;
+        if let Some(c) = &app2.cluster {
+            c.pulled.lock().remove(&s.name);
+        }
+    });
+}
+
+fn watched(s: &Stream) -> bool {
+    s.stats.viewers.load(Ordering::Relaxed) > 0
+        || s.stats.waiting_viewers.load(Ordering::Relaxed) > 0
+}
+
+async fn run(app: &Arc<App>, stream: &Arc<Stream>) {
+    let Some(cluster) = app.cluster.clone() else {
+        return;
+    };
+    let name = &stream.name;
+    let mut idle_since = Instant::now();
+    let token = cluster.token.clone().map(|t| format!("Bearer {t}"));
+    loop {
+        if watched(stream) {
+            idle_since = Instant::now();
+        } else if idle_since.elapsed() >= LINGER {
+            debug!(stream = %name, "cluster: no viewers here; pull stopped");
+            return;
+        }
+        let owner = match cluster.owner(name).await {
+            Ok(Some(o)) if o.id != cluster.id => o,
+            _ => {
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+        };
+        if stream.has_source() {
+            // A source of its own here after all (it will claim the name).
+            return;
+        }
+        cluster.stats.pulls_started.fetch_add(1, Ordering::Relaxed);
+        if let Some(o) = cluster.pulled.lock().get_mut(name) {
+            o.clone_from(&owner.url);
+        }
+        info!(stream = %name, owner = %owner.url, "cluster: pulling the stream from its owner");
+        let guard = stream.attach_source();
+        let url = format!("{}/streams/{name}.ts", owner.url);
+        let headers: Vec<(&str, &str)> = token
+            .as_deref()
+            .map(|t| vec![("Authorization", t)])
+            .unwrap_or_default();
+        let pull = crate::client::get_streaming(&url, &headers, |data| {
+            guard.write(data);
+            true
+        });
+        // Stop when nobody here watches any more, or the owner's stream ends.
+        let linger = async {
+            let mut since = Instant::now();
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if watched(stream) {
+                    since = Instant::now();
+                } else if since.elapsed() >= LINGER {
+                    return;
+                }
+            }
+        };
+        let ended = tokio::select! {
+            r = pull => r.err(),
+            () = linger => {
+                debug!(stream = %name, "cluster: no viewers here; pull stopped");
+                return;
+            }
+        };
+        drop(guard);
+        info!(stream = %name, owner = %owner.url, why = ended.as_deref().unwrap_or("the owner's stream ended"),
+            "cluster: pull ended");
+        idle_since = Instant::now();
+        tokio::time::sleep(RETRY).await;
+    }
+}

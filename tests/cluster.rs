@@ -1,0 +1,401 @@
+//! A cluster of nodes on a real `redis-server` (started here on a free port; Debian package
+//! `redis-server`, installed and required by `.ci/run` through `TSBRIDGE_REQUIRE_REDIS=1`).
+//! Three nodes in this process, each on its own HTTP and UDP ports; viewers are the `webrtc`
+//! crate.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::{request, WhepOptions, WhepSession};
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tsbridge::config::{Named, ServeArgs};
+use tsbridge::server::Server;
+
+struct Redis {
+    child: tokio::process::Child,
+    url: String,
+}
+
+/// A fresh redis-server, or `None` (said loudly) when there is none and CI does not require it.
+async fn redis(test: &str) -> Option<Redis> {
+    let found = std::process::Command::new("redis-server")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var("TSBRIDGE_REQUIRE_REDIS").is_err(),
+            "{test}: redis-server is required here (apt-get install redis-server)"
+        );
+        eprintln!("SKIPPED {test}: no redis-server on this machine (apt-get install redis-server)");
+        return None;
+    }
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let child = tokio::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Some(Redis {
+        child,
+        url: format!("redis://127.0.0.1:{port}/0"),
+    })
+}
+
+struct Node {
+    server: Server,
+    url: String,
+}
+
+async fn node(redis: &Redis, f: impl FnOnce(&mut ServeArgs)) -> Node {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let mut args = ServeArgs::loopback();
+    args.cluster = Some(redis.url.clone());
+    args.public_url = Some(url.clone());
+    args.cluster_token = Some("cluster-secret".into());
+    f(&mut args);
+    let server = Server::start_on(listener, args).await.expect("node starts");
+    Node { server, url }
+}
+
+fn replay(args: &mut ServeArgs, name: &str) {
+    args.replays.push(Named {
+        name: name.into(),
+        value: common::testdata("h264_opus.ts"),
+    });
+}
+
+async fn json(url: &str) -> Value {
+    let r = request("GET", url, &[], b"").await.unwrap();
+    assert_eq!(r.status, 200, "{url}: {}", r.text());
+    serde_json::from_str(&r.text()).unwrap()
+}
+
+/// `GET /cluster` of a node, once it has reached Redis (a node starts before it connects).
+async fn cluster_json(n: &Node) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = request("GET", &format!("{}/cluster", n.url), &[], b"")
+            .await
+            .unwrap();
+        if r.status == 200 {
+            return serde_json::from_str(&r.text()).unwrap();
+        }
+        assert!(Instant::now() < deadline, "{}: {}", r.status, r.text());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until node `n` lists stream `name` as owned in Redis (its source claimed it).
+async fn owned(n: &Node, name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = cluster_json(n).await;
+        let mine = c["nodes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|x| x["url"] == n.url.as_str()).cloned())
+            .unwrap_or_default();
+        if mine["streams_owned"]
+            .as_array()
+            .is_some_and(|s| s.iter().any(|x| x == name))
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{name} never owned: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn http_addr(n: &Node) -> SocketAddr {
+    n.server.http_addr
+}
+
+/// Viewers on B and C play A's stream: they are counted where they watch, and A sends its TS
+/// once per edge (one reader each), however many viewers an edge has.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edges_serve_the_owners_stream_from_one_pull_each() {
+    let Some(redis) = redis("edges_serve_the_owners_stream_from_one_pull_each").await else {
+        return;
+    };
+    let a = node(&redis, |a| replay(a, "cam")).await;
+    let b = node(&redis, |_| {}).await;
+    let c = node(&redis, |_| {}).await;
+    owned(&a, "cam").await;
+    let nodes = cluster_json(&b).await;
+    assert_eq!(nodes["nodes"].as_array().map(Vec::len), Some(3), "{nodes}");
+
+    let opts = WhepOptions::default();
+    let b1 = WhepSession::start(&format!("{}/whep/cam", b.url), &opts)
+        .await
+        .unwrap();
+    let b2 = WhepSession::start(&format!("{}/whep/cam", b.url), &opts)
+        .await
+        .unwrap();
+    let c1 = WhepSession::start(&format!("{}/whep/cam", c.url), &opts)
+        .await
+        .unwrap();
+    for v in [&b1, &b2, &c1] {
+        assert_eq!(v.status, 201, "{:?}", v.error_body);
+        assert!(
+            v.wait_until(Duration::from_secs(8), |c| c.video.len() > 60
+                && c.audio.len() > 20)
+                .await,
+            "a viewer on an edge plays"
+        );
+    }
+    let on_a = common::stream_json(http_addr(&a), "cam").await;
+    let on_b = common::stream_json(http_addr(&b), "cam").await;
+    let on_c = common::stream_json(http_addr(&c), "cam").await;
+    assert_eq!(on_a["viewers"], 0, "{on_a}");
+    assert_eq!(on_a["ts_readers"], 2, "one pull per edge: {on_a}");
+    assert_eq!(on_b["viewers"], 2, "{on_b}");
+    assert_eq!(on_b["source"], "pull", "{on_b}");
+    assert_eq!(on_b["owner"], a.url.as_str(), "{on_b}");
+    assert_eq!(on_c["viewers"], 1, "{on_c}");
+    let aus = common::h264_access_units(&b1.collected().video);
+    assert!(
+        aus.iter().any(|a| a.is_keyframe()),
+        "instant start on the edge"
+    );
+    for v in [b1, b2, c1] {
+        v.finish().await;
+    }
+}
+
+/// One source per name cluster-wide: a second one on another node gets 409 naming the owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_source_on_another_node_is_409() {
+    let Some(redis) = redis("a_second_source_on_another_node_is_409").await else {
+        return;
+    };
+    let a = node(&redis, |a| replay(a, "cam")).await;
+    let b = node(&redis, |_| {}).await;
+    owned(&a, "cam").await;
+    let r = request("PUT", &format!("{}/ingest/cam", b.url), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 409, "{}", r.text());
+    assert!(r.text().contains(&a.url), "{}", r.text());
+    // Another name is free.
+    let r = request("PUT", &format!("{}/ingest/other", b.url), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A full node answers 307 to the least-loaded node with room, and the viewer plays there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_redirects_to_one_with_room() {
+    let Some(redis) = redis("a_full_node_redirects_to_one_with_room").await else {
+        return;
+    };
+    let a = node(&redis, |a| replay(a, "cam")).await;
+    let full = node(&redis, |a| a.max_sessions = 0).await;
+    owned(&a, "cam").await;
+    // Both registered (the full one says it has no room).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while json(&format!("{}/cluster", full.url)).await["nodes"]
+        .as_array()
+        .map(Vec::len)
+        != Some(2)
+    {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let offer = common::offer_sdp(&WhepOptions::default()).await.unwrap();
+    let r = request(
+        "POST",
+        &format!("{}/whep/cam", full.url),
+        &[("Content-Type", "application/sdp")],
+        offer.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 307, "{}", r.text());
+    let to = r.header("location").unwrap().to_owned();
+    assert_eq!(to, format!("{}/whep/cam", a.url));
+    let played = common::whep_receive(
+        &to,
+        WhepOptions {
+            seconds: 3.0,
+            stop: common::StopWhen::VideoAus(30),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(played.status, 201);
+    assert!(common::h264_access_units(&played.video).len() >= 30);
+}
+
+/// Redis goes away: a viewer that plays goes on playing (RTP keeps coming), and a POST for a
+/// stream the node cannot locate is a prompt 503 with Retry-After.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_redis_playing_goes_on_and_locating_is_a_prompt_503() {
+    let Some(mut redis) = redis("without_redis_playing_goes_on_and_locating_is_a_prompt_503").await
+    else {
+        return;
+    };
+    let a = node(&redis, |a| replay(a, "cam")).await;
+    let b = node(&redis, |_| {}).await;
+    owned(&a, "cam").await;
+    let viewer = WhepSession::start(&format!("{}/whep/cam", b.url), &WhepOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(viewer.status, 201);
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(8), |c| c.video.len() > 60)
+            .await
+    );
+    redis.child.kill().await.unwrap();
+    let before = viewer.collected();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = viewer.collected();
+    assert!(
+        after.video.len() > before.video.len() + 60,
+        "RTP continues without Redis: {} → {}",
+        before.video.len(),
+        after.video.len()
+    );
+    let seqs: Vec<u16> = after.video[before.video.len()..]
+        .iter()
+        .map(|p| p.seq)
+        .collect();
+    let gaps = seqs
+        .windows(2)
+        .filter(|w| w[1] != w[0].wrapping_add(1))
+        .count();
+    assert!(gaps <= 2, "continuous RTP: {gaps} gaps");
+    let offer = common::offer_sdp(&WhepOptions::default()).await.unwrap();
+    let t = Instant::now();
+    let r = request(
+        "POST",
+        &format!("{}/whep/nope", b.url),
+        &[("Content-Type", "application/sdp")],
+        offer.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(r.header("retry-after").is_some());
+    assert!(
+        t.elapsed() < Duration::from_millis(1500),
+        "{:?}",
+        t.elapsed()
+    );
+    viewer.finish().await;
+}
+
+fn push(n: &Node, name: &str) -> tokio::task::JoinHandle<Result<(), String>> {
+    let url = format!("{}/ingest/{name}", n.url);
+    tokio::spawn(async move {
+        tsbridge::ingest::replay::push(&common::testdata("h264_opus.ts"), &url, false).await
+    })
+}
+
+/// The WHEP wait works across nodes: a viewer POSTs on B before the stream exists anywhere;
+/// when a source starts on A, B pulls it and answers the viewer, who plays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_on_an_edge_waits_for_a_source_that_starts_on_another_node() {
+    let Some(redis) =
+        redis("a_viewer_on_an_edge_waits_for_a_source_that_starts_on_another_node").await
+    else {
+        return;
+    };
+    let a = node(&redis, |_| {}).await;
+    let b = node(&redis, |_| {}).await;
+    cluster_json(&b).await;
+    let url = format!("{}/whep/cam", b.url);
+    let viewer =
+        tokio::spawn(async move { WhepSession::start(&url, &WhepOptions::default()).await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pushing = push(&a, "cam");
+    let viewer = viewer.await.unwrap().unwrap();
+    assert_eq!(viewer.status, 201, "{:?}", viewer.error_body);
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(8), |c| c.video.len() > 60)
+            .await
+    );
+    viewer.finish().await;
+    pushing.abort();
+}
+
+/// The owner goes away (node A stops, its publisher with it) and the source comes back on B (a
+/// publisher reconnecting elsewhere): the edge C follows it within --source-grace and its
+/// viewer keeps playing, its RTP time and sequence numbers continuing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_follows_its_source_to_another_node() {
+    let Some(redis) = redis("an_edge_follows_its_source_to_another_node").await else {
+        return;
+    };
+    let a = node(&redis, |_| {}).await;
+    let b = node(&redis, |_| {}).await;
+    let c = node(&redis, |_| {}).await;
+    let first = push(&a, "cam");
+    owned(&a, "cam").await;
+    let viewer = WhepSession::start(&format!("{}/whep/cam", c.url), &WhepOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(viewer.status, 201);
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(8), |c| c.video.len() > 60)
+            .await
+    );
+    first.abort();
+    drop(a);
+    let before = viewer.collected().video.len();
+    // B takes the name once A's claim is gone (released, or expired with A).
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let second = loop {
+        let p = push(&b, "cam");
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        if !p.is_finished() {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "B never got the name");
+    };
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(8), |c| c.video.len() > before + 60)
+            .await,
+        "the viewer on C plays B's source"
+    );
+    let on_c = common::stream_json(http_addr(&c), "cam").await;
+    assert_eq!(on_c["owner"], b.url.as_str(), "{on_c}");
+    assert_eq!(on_c["viewers"], 1, "{on_c}");
+    let pkts = viewer.collected().video;
+    let gaps = pkts
+        .windows(2)
+        .filter(|w| w[1].seq != w[0].seq.wrapping_add(1))
+        .count();
+    assert!(gaps <= 3, "sequence numbers continue: {gaps} gaps");
+    let back = pkts
+        .windows(2)
+        .filter(|w| w[1].ts.wrapping_sub(w[0].ts) > u32::MAX / 2)
+        .count();
+    assert!(back <= 2, "RTP time goes on: {back} steps back");
+    viewer.finish().await;
+    second.abort();
+}
