@@ -399,3 +399,66 @@ async fn an_edge_follows_its_source_to_another_node() {
     viewer.finish().await;
     second.abort();
 }
+
+/// The added latency of one hop (for `benches/cluster.sh`, not a pass/fail test): a viewer on
+/// the origin and one on an edge receive the same stream; the same RTP payload arrives at both
+/// (each node packetizes the same access units the same way), so the difference of arrival
+/// times per payload is what the edge adds (TS pull, demux, packetize). Prints p50/p99/max.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: benches/cluster.sh runs it"]
+async fn one_hop_latency() {
+    use std::collections::HashMap;
+    let Some(redis) = redis("one_hop_latency").await else {
+        return;
+    };
+    let a = node(&redis, |a| replay(a, "cam")).await;
+    let b = node(&redis, |_| {}).await;
+    owned(&a, "cam").await;
+    let opts = WhepOptions::default();
+    let on_a = WhepSession::start(&format!("{}/whep/cam", a.url), &opts)
+        .await
+        .unwrap();
+    let on_b = WhepSession::start(&format!("{}/whep/cam", b.url), &opts)
+        .await
+        .unwrap();
+    assert!(
+        on_b.wait_until(Duration::from_secs(8), |c| c.video.len() > 60)
+            .await
+    );
+    let seconds: u64 = std::env::var("HOP_SECONDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(10);
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let (va, vb) = (on_a.collected().video, on_b.collected().video);
+    // Live packets only (the GOP burst of a start goes at its own pace): the last N seconds.
+    let cut = Instant::now() - Duration::from_secs(seconds.saturating_sub(1).max(1));
+    let at_a: HashMap<&[u8], Instant> = va
+        .iter()
+        .filter(|p| p.at >= cut)
+        .map(|p| (p.payload.as_slice(), p.at))
+        .collect();
+    let mut ms: Vec<f64> = vb
+        .iter()
+        .filter(|p| p.at >= cut)
+        .filter_map(|p| {
+            let a = at_a.get(p.payload.as_slice())?;
+            Some(p.at.checked_duration_since(*a).map_or_else(
+                || -(a.duration_since(p.at).as_secs_f64() * 1e3),
+                |d| d.as_secs_f64() * 1e3,
+            ))
+        })
+        .collect();
+    assert!(ms.len() > 100, "{} packets matched", ms.len());
+    ms.sort_by(f64::total_cmp);
+    let q = |p: f64| ms[((ms.len() - 1) as f64 * p) as usize];
+    println!(
+        "one hop (origin viewer → edge viewer, same RTP payload, {} packets): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        ms.len(),
+        q(0.5),
+        q(0.99),
+        q(1.0)
+    );
+    on_a.finish().await;
+    on_b.finish().await;
+}

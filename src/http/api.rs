@@ -223,6 +223,7 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
         "source": source,
         "owner": pulled,
         "ts_readers": s.stats.ts_readers.load(Ordering::Relaxed),
+        "ts_bytes_sent": s.stats.ts_bytes_sent.load(Ordering::Relaxed),
         "ready": st.ready,
         "program": st.tracks.as_ref().map(|t| t.program_number),
         "tracks": tracks,
@@ -269,6 +270,8 @@ fn pull(app: &AppState, name: &str) -> Result<Response, ApiError> {
                             continue;
                         }
                         let chunk = Bytes::from(out);
+                        let sent = &stream.stats.ts_bytes_sent;
+                        sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                         return Some((Ok::<_, std::io::Error>(chunk), (reader, cur, start, buf)));
                     }
                     Read::Lapped(_) => continue,

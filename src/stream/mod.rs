@@ -113,6 +113,8 @@ pub struct Stats {
     pub transcode_us: AtomicU64,
     /// `GET /streams/{s}.ts` readers now (in a cluster: one per edge that pulls the stream).
     pub ts_readers: AtomicUsize,
+    /// Bytes those readers were sent (a cluster origin's egress to its edges).
+    pub ts_bytes_sent: AtomicU64,
     /// Video re-encoder: pictures decoded and encoded, its errors (decoder restarts, encoder
     /// failures, frames dropped when it fell behind), its thread's CPU time and the media time
     /// it encoded (both µs), and keyframes it made for viewers' requests.
