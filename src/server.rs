@@ -80,8 +80,13 @@ impl Server {
             crate::http::KeyStore::open(cfg.data_dir.as_deref()).map_err(std::io::Error::other)?;
         let cluster = match (&cfg.cluster, &cfg.public_url) {
             (Some(redis), Some(url)) => Some(Arc::new(
-                crate::cluster::Cluster::new(redis, url, cfg.cluster_token.clone())
-                    .map_err(std::io::Error::other)?,
+                // Without a cluster token the nodes use the view token with each other.
+                crate::cluster::Cluster::new(
+                    redis,
+                    url,
+                    cfg.cluster_token.clone().or_else(|| cfg.view_token.clone()),
+                )
+                .map_err(std::io::Error::other)?,
             )),
             _ => None,
         };

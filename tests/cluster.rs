@@ -306,6 +306,25 @@ async fn without_redis_playing_goes_on_and_locating_is_a_prompt_503() {
     viewer.finish().await;
 }
 
+/// A node that stops (SIGTERM) leaves the cluster at once (its key is deleted, not left to
+/// expire), so no node sends viewers to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_node_leaves_at_once() {
+    let Some(redis) = redis("a_stopping_node_leaves_at_once").await else {
+        return;
+    };
+    let a = node(&redis, |_| {}).await;
+    let b = node(&redis, |_| {}).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster_json(&a).await["nodes"].as_array().map(Vec::len) != Some(2) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.server.shutdown().await;
+    let nodes = cluster_json(&a).await;
+    assert_eq!(nodes["nodes"].as_array().map(Vec::len), Some(1), "{nodes}");
+}
+
 fn push(n: &Node, name: &str) -> tokio::task::JoinHandle<Result<(), String>> {
     let url = format!("{}/ingest/{name}", n.url);
     tokio::spawn(async move {
@@ -453,7 +472,7 @@ async fn one_hop_latency() {
     ms.sort_by(f64::total_cmp);
     let q = |p: f64| ms[((ms.len() - 1) as f64 * p) as usize];
     println!(
-        "one hop (origin viewer → edge viewer, same RTP payload, {} packets): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        "one hop (origin viewer → edge viewer, same RTP payload, {} packets): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         ms.len(),
         q(0.5),
         q(0.99),

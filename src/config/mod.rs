@@ -320,7 +320,8 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
 
-    /// Secret the nodes of a cluster send each other (TS pulls); never logged.
+    /// Secret the nodes of a cluster send each other (TS pulls); never logged. Default: the
+    /// view token.
     #[arg(long, env = "TSBRIDGE_CLUSTER_TOKEN", hide_env_values = true)]
     pub cluster_token: Option<String>,
 }
