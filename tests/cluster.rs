@@ -303,6 +303,40 @@ async fn without_redis_playing_goes_on_and_locating_is_a_prompt_503() {
         "{:?}",
         t.elapsed()
     );
+    // Redis comes back (empty): the nodes register again and A claims its stream again.
+    let port = redis
+        .url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .unwrap()
+        .to_owned();
+    let _back = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port,
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("restart redis-server");
+    owned(&a, "cam").await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cluster_json(&b).await["nodes"].as_array().map(Vec::len) != Some(2) {
+        assert!(Instant::now() < deadline, "both nodes register again");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        viewer.collected().video.len() > after.video.len(),
+        "still playing"
+    );
     viewer.finish().await;
 }
 

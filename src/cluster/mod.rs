@@ -98,6 +98,9 @@ pub struct Cluster {
     /// Egress bytes at the last tick, for the bitrate.
     last_bytes: AtomicU64,
     egress_bps: AtomicU64,
+    /// Held by a tick and by `leave`, so a tick in flight cannot register the node again
+    /// after it left.
+    ticking: tokio::sync::Mutex<()>,
 }
 
 impl Cluster {
@@ -122,6 +125,7 @@ impl Cluster {
             stats: ClusterStats::default(),
             last_bytes: AtomicU64::new(0),
             egress_bps: AtomicU64::new(0),
+            ticking: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -267,6 +271,7 @@ impl Cluster {
 
     /// Leave the cluster (shutdown): new viewers go elsewhere, the node's key goes at once.
     pub async fn leave(&self) {
+        let _tick = self.ticking.lock().await;
         self.draining.store(true, Ordering::Relaxed);
         let _: Result<i64, _> = self
             .query(redis::cmd("DEL").arg(format!("{NODE_PREFIX}{}", self.id)))
@@ -311,6 +316,7 @@ impl Cluster {
     /// Once per [`TICK`]: connect if needed, register, keep our claims (and claim the streams
     /// that have a source here: replay, UDP, stdin), release the ones whose source is gone.
     async fn tick(&self, app: &App) {
+        let _tick = self.ticking.lock().await;
         if self.conn.lock().is_none() {
             match tokio::time::timeout(OP_TIMEOUT * 4, ConnectionManager::new(self.client.clone()))
                 .await
