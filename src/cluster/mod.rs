@@ -150,17 +150,7 @@ impl Cluster {
     /// One command, bounded in time; a failure marks Redis down (logged once).
     async fn query<T: redis::FromRedisValue>(&self, cmd: &redis::Cmd) -> Result<T, ClusterError> {
         let mut conn = self.conn()?;
-        match tokio::time::timeout(OP_TIMEOUT, cmd.query_async::<T>(&mut conn)).await {
-            Ok(Ok(v)) => {
-                self.mark(true);
-                Ok(v)
-            }
-            _ => {
-                self.stats.redis_errors.fetch_add(1, Ordering::Relaxed);
-                self.mark(false);
-                Err(ClusterError::Unreachable)
-            }
-        }
+        self.bounded(cmd.query_async::<T>(&mut conn)).await
     }
 
     async fn script<T: redis::FromRedisValue>(
@@ -174,7 +164,15 @@ impl Cluster {
         for a in args {
             inv.arg(*a);
         }
-        match tokio::time::timeout(OP_TIMEOUT, inv.invoke_async::<T>(&mut conn)).await {
+        self.bounded(inv.invoke_async::<T>(&mut conn)).await
+    }
+
+    /// A Redis call within [`OP_TIMEOUT`]; its outcome says whether Redis is up.
+    async fn bounded<T>(
+        &self,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, ClusterError> {
+        match tokio::time::timeout(OP_TIMEOUT, call).await {
             Ok(Ok(v)) => {
                 self.mark(true);
                 Ok(v)

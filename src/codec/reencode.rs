@@ -95,26 +95,34 @@ struct Output {
 
 pub struct Reencoder {
     decoder: Option<Decoder>,
-    output: Option<Output>,
     /// PTS of the access units in the decoder not yet out as pictures, with their keyframe flag.
     pending: BTreeMap<u64, bool>,
-    /// Pictures shown before this are decoded (they are references) but not encoded.
-    start_pts: u64,
     /// Until a keyframe arrives, access units are dropped (at the start, after an error).
     need_keyframe: bool,
     /// The SPS the decoder was started with (a new one restarts it).
     sps: Option<Vec<u8>>,
-    /// Recent display-order PTS steps, for the frame rate.
-    steps: Vec<u64>,
-    last_out: Option<u64>,
     /// Source bytes and PTS span since the last keyframe measured, for the bitrate.
     gop_bytes: u64,
     gop_start: Option<u64>,
+    enc: Encoding,
+    stats: ReencodeStats,
+}
+
+/// The encoder's side: what it was set up for, and how it times and keys its pictures.
+#[derive(Default)]
+struct Encoding {
+    output: Option<Output>,
+    /// Recent display-order PTS steps, for the frame rate.
+    steps: Vec<u64>,
+    last_out: Option<u64>,
+    /// The source's bitrate, once a GOP was measured.
     measured_bps: Option<u32>,
-    restart_encoder: bool,
+    /// Rebuild the encoder at the next source keyframe (the bitrate moved).
+    restart: bool,
     keyframe_wanted: bool,
     last_forced: Option<u64>,
-    stats: ReencodeStats,
+    /// Pictures shown before this are decoded (they are references) but not encoded.
+    start_pts: u64,
 }
 
 impl Default for Reencoder {
@@ -127,19 +135,12 @@ impl Reencoder {
     pub fn new() -> Self {
         Reencoder {
             decoder: None,
-            output: None,
             pending: BTreeMap::new(),
-            start_pts: 0,
             need_keyframe: true,
             sps: None,
-            steps: Vec::new(),
-            last_out: None,
             gop_bytes: 0,
             gop_start: None,
-            measured_bps: None,
-            restart_encoder: false,
-            keyframe_wanted: false,
-            last_forced: None,
+            enc: Encoding::default(),
             stats: ReencodeStats::default(),
         }
     }
@@ -152,28 +153,28 @@ impl Reencoder {
     /// encoded (catching up from a GOP's keyframe to the live edge costs decoding only).
     pub fn start_at(&mut self, pts: u64) {
         self.reset();
-        self.start_pts = pts;
+        self.enc.start_pts = pts;
     }
 
     /// Forget the source (it ended or was replaced): decoder, pending pictures, encoder.
     pub fn reset(&mut self) {
         self.decoder = None;
-        self.output = None;
         self.pending.clear();
         self.need_keyframe = true;
         self.sps = None;
-        self.steps.clear();
-        self.last_out = None;
         self.gop_bytes = 0;
         self.gop_start = None;
-        self.measured_bps = None;
-        self.start_pts = 0;
+        let wanted = self.enc.keyframe_wanted;
+        self.enc = Encoding {
+            keyframe_wanted: wanted,
+            ..Encoding::default()
+        };
     }
 
     /// A viewer asked for a keyframe: the next picture is an IDR unless one went out less than
     /// [`KEYFRAME_EVERY`] ago.
     pub fn request_keyframe(&mut self) {
-        self.keyframe_wanted = true;
+        self.enc.keyframe_wanted = true;
     }
 
     /// One access unit in (decode order); the pictures it completes out, encoded.
@@ -197,23 +198,7 @@ impl Reencoder {
             Ok(Some(picture)) => {
                 self.stats.decoded += 1;
                 if let Some((pts, key)) = self.pending.pop_first() {
-                    Self::encode_picture(
-                        &mut Encode {
-                            output: &mut self.output,
-                            stats: &mut self.stats,
-                            steps: &mut self.steps,
-                            last_out: &mut self.last_out,
-                            keyframe_wanted: &mut self.keyframe_wanted,
-                            last_forced: &mut self.last_forced,
-                            restart: &mut self.restart_encoder,
-                            bps: self.measured_bps,
-                            start_pts: self.start_pts,
-                        },
-                        &picture,
-                        pts,
-                        key,
-                        out,
-                    );
+                    self.enc.picture(&mut self.stats, &picture, pts, key, out);
                 }
             }
             Ok(None) => {}
@@ -246,23 +231,7 @@ impl Reencoder {
             let Some((pts, key)) = self.pending.pop_first() else {
                 break;
             };
-            Self::encode_picture(
-                &mut Encode {
-                    output: &mut self.output,
-                    stats: &mut self.stats,
-                    steps: &mut self.steps,
-                    last_out: &mut self.last_out,
-                    keyframe_wanted: &mut self.keyframe_wanted,
-                    last_forced: &mut self.last_forced,
-                    restart: &mut self.restart_encoder,
-                    bps: self.measured_bps,
-                    start_pts: self.start_pts,
-                },
-                &picture,
-                pts,
-                key,
-                out,
-            );
+            self.enc.picture(&mut self.stats, &picture, pts, key, out);
         }
     }
 
@@ -287,13 +256,13 @@ impl Reencoder {
             let span = au.pts.saturating_sub(start);
             if span >= 2 * 90_000 {
                 let bps = (self.gop_bytes * 8 * 90_000 / span).min(u64::from(u32::MAX)) as u32;
-                self.measured_bps = Some(bps);
+                self.enc.measured_bps = Some(bps);
                 self.gop_bytes = 0;
                 self.gop_start = Some(au.pts);
-                if let Some(o) = &self.output {
+                if let Some(o) = &self.enc.output {
                     let (a, b) = (f64::from(o.bps), f64::from(bps));
                     if (a - b).abs() > a.max(b) / 3.0 {
-                        self.restart_encoder = true;
+                        self.enc.restart = true;
                     }
                 }
             }
@@ -310,66 +279,73 @@ impl Reencoder {
             self.gop_bytes += au.data.len() as u64;
         }
     }
+}
 
-    fn encode_picture(
-        e: &mut Encode<'_>,
+impl Encoding {
+    /// Encode one decoded picture (display order) unless it is before `start_pts`.
+    fn picture(
+        &mut self,
+        stats: &mut ReencodeStats,
         picture: &impl YUVSource,
         pts: u64,
         source_key: bool,
         out: &mut Vec<EncodedFrame>,
     ) {
-        if let Some(last) = *e.last_out {
+        if let Some(last) = self.last_out {
             let step = pts.saturating_sub(last);
             if step > 0 && step < 90_000 {
-                if e.steps.len() == 16 {
-                    e.steps.remove(0);
+                if self.steps.len() == 16 {
+                    self.steps.remove(0);
                 }
-                e.steps.push(step);
+                self.steps.push(step);
             }
         }
-        *e.last_out = Some(pts);
-        if pts < e.start_pts {
+        self.last_out = Some(pts);
+        if pts < self.start_pts {
             return;
         }
         let size = picture.dimensions();
-        let fps = frame_rate(e.steps);
-        let stale = e.output.as_ref().is_none_or(|o| {
-            o.size != size || (o.fps - fps).abs() > o.fps / 5.0 || (*e.restart && source_key)
+        let fps = frame_rate(&self.steps);
+        let stale = self.output.as_ref().is_none_or(|o| {
+            o.size != size || (o.fps - fps).abs() > o.fps / 5.0 || (self.restart && source_key)
         });
         if stale {
             let guess = size.0 as f64 * size.1 as f64 * fps * BITS_PER_PIXEL;
-            let bps = e.bps.unwrap_or(guess as u32);
+            let bps = self.measured_bps.unwrap_or(guess as u32);
             let bps = bps.clamp(150_000, 20_000_000);
             match new_encoder(fps, bps) {
                 Ok(encoder) => {
-                    if e.output.is_some() {
-                        e.stats.encoder_restarts += 1;
+                    if self.output.is_some() {
+                        stats.encoder_restarts += 1;
                     }
-                    *e.output = Some(Output {
+                    self.output = Some(Output {
                         encoder,
                         size,
                         fps,
                         bps,
                     });
-                    *e.restart = false;
+                    self.restart = false;
                 }
                 Err(_) => {
-                    e.stats.encode_errors += 1;
+                    stats.encode_errors += 1;
                     return;
                 }
             }
         }
-        let Some(o) = e.output.as_mut() else { return };
-        let requested = *e.keyframe_wanted
-            && e.last_forced
+        let Some(o) = self.output.as_mut() else {
+            return;
+        };
+        let requested = self.keyframe_wanted
+            && self
+                .last_forced
                 .is_none_or(|t| pts.saturating_sub(t) >= KEYFRAME_EVERY);
         if source_key || requested {
             o.encoder.force_intra_frame();
             if requested && !source_key {
-                e.stats.keyframes_requested += 1;
+                stats.keyframes_requested += 1;
             }
-            *e.keyframe_wanted = false;
-            *e.last_forced = Some(pts);
+            self.keyframe_wanted = false;
+            self.last_forced = Some(pts);
         }
         match o
             .encoder
@@ -384,7 +360,7 @@ impl Reencoder {
                 if data.is_empty() {
                     return;
                 }
-                e.stats.encoded += 1;
+                stats.encoded += 1;
                 out.push(EncodedFrame {
                     pts,
                     keyframe,
@@ -393,24 +369,11 @@ impl Reencoder {
             }
             Err(_) => {
                 // Start the next picture with a fresh encoder (its first picture is an IDR).
-                e.stats.encode_errors += 1;
-                *e.output = None;
+                stats.encode_errors += 1;
+                self.output = None;
             }
         }
     }
-}
-
-/// The encoder's share of the re-encoder, borrowed apart from the decoder's picture.
-struct Encode<'a> {
-    output: &'a mut Option<Output>,
-    stats: &'a mut ReencodeStats,
-    steps: &'a mut Vec<u64>,
-    last_out: &'a mut Option<u64>,
-    keyframe_wanted: &'a mut bool,
-    last_forced: &'a mut Option<u64>,
-    restart: &'a mut bool,
-    bps: Option<u32>,
-    start_pts: u64,
 }
 
 /// Whether OpenH264's decoder takes this SPS's pictures: 8-bit 4:2:0 frames only.
