@@ -459,8 +459,7 @@ async fn b_frame_source_arrives_re_encoded_in_display_order() {
     let r = whep_receive(
         &url(&s, "/whep/bf"),
         WhepOptions {
-            seconds: 6.0,
-            stop: StopWhen::VideoAus(90),
+            seconds: 4.0,
             ..Default::default()
         },
     )
@@ -575,8 +574,9 @@ async fn hevc_plays_to_a_viewer_that_offers_h265() {
         &url(&s, "/whep/hevc"),
         WhepOptions {
             h265: true,
-            seconds: 4.0,
-            stop: StopWhen::VideoAus(40),
+            // Long enough for both kinds: the GOP burst alone can bring 40 video access
+            // units before the first 50 audio packets.
+            seconds: 3.0,
             ..Default::default()
         },
     )
