@@ -203,19 +203,14 @@ async fn events_tell_a_stream_and_a_session_life_in_order() {
     let h = hook(|_| Some(200)).await;
     let hook_url = h.url.clone();
     let s = serve(|a| a.event_hook = Some(hook_url)).await;
-    // A source that comes and goes: an HTTP push of a short file.
-    let ts = std::fs::read(common::testdata("h264_opus.ts")).unwrap();
+    // A source that comes and goes: a 6 s file pushed over HTTP in real time.
     let push = tokio::spawn({
         let u = url(&s, "/ingest/cam");
         async move {
-            let mut up = common::http::ChunkedUpload::start("PUT", &u, &[])
+            let file = common::testdata("h264_opus.ts");
+            tsbridge::ingest::replay::push(&file, &u, false)
                 .await
                 .unwrap();
-            for c in ts.chunks(188 * 70) {
-                up.send(c).await.unwrap();
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            up.finish().await.unwrap();
         }
     });
     let viewer = WhepSession::start(&url(&s, "/whep/cam"), &WhepOptions::default())
