@@ -245,6 +245,26 @@ async fn a_full_node_redirects_to_one_with_room() {
     .unwrap();
     assert_eq!(played.status, 201);
     assert!(common::h264_access_units(&played.video).len() >= 30);
+    // A publisher too goes to a node with room.
+    let offer = common::whip_offer_sdp(
+        &common::testdata("h264_opus.ts"),
+        &common::WhipOptions::default(),
+    )
+    .await
+    .unwrap();
+    let r = request(
+        "POST",
+        &format!("{}/whip/cam2", full.url),
+        &[("Content-Type", "application/sdp")],
+        offer.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 307, "{}", r.text());
+    assert_eq!(
+        r.header("location"),
+        Some(format!("{}/whip/cam2", a.url).as_str())
+    );
 }
 
 /// Redis goes away: a viewer that plays goes on playing (RTP keeps coming), and a POST for a

@@ -202,7 +202,7 @@ pub async fn post(
     let who = (&caller, Action::View, Protocol::Whep);
     let offer = match read_offer(&app, who, &name, &headers, &body).await {
         Err(full @ ApiError::Unavailable(_)) => {
-            return Err(elsewhere(&app, &name, &caller, full).await)
+            return Err(elsewhere(&app, ("whep", &name), &caller, full).await)
         }
         r => r?,
     };
@@ -212,7 +212,7 @@ pub async fn post(
     if let Some(cluster) = &app.cluster {
         if cluster.is_draining() {
             let why = ApiError::Unavailable("this node is shutting down; retry".into());
-            return Err(elsewhere(&app, &name, &caller, why).await);
+            return Err(elsewhere(&app, ("whep", &name), &caller, why).await);
         }
         // Not here: find its owner (a prompt 503 when Redis is away) and pull it once.
         if !stream.has_source() {
@@ -238,14 +238,14 @@ pub async fn post(
     let left = app.cfg.whep_wait.saturating_sub(waited);
     let status = wait_ready(&stream, left, app.cfg.source_grace).await?;
     if let Err(full) = check_session_limit(&app) {
-        return Err(elsewhere(&app, &name, &caller, full).await);
+        return Err(elsewhere(&app, ("whep", &name), &caller, full).await);
     }
     let viewers = stream.stats.viewers.load(Ordering::Relaxed);
     if viewers >= app.cfg.max_viewers {
         let full = ApiError::Unavailable(format!(
             "stream {name:?} has {viewers} viewers, the most allowed (--max-viewers); retry later"
         ));
-        return Err(elsewhere(&app, &name, &caller, full).await);
+        return Err(elsewhere(&app, ("whep", &name), &caller, full).await);
     }
     let id = session_id();
     // Relative: it resolves against the URL the client used, through any proxy.
@@ -300,9 +300,15 @@ pub(super) fn ice_server_links(app: &AppState, h: &mut HeaderMap) {
     }
 }
 
-/// A node that cannot take a viewer sends it (307) to the least-loaded node of its cluster
-/// with room; `full` (503 + Retry-After) when there is none, or no cluster.
-async fn elsewhere(app: &AppState, name: &str, caller: &Caller, full: ApiError) -> ApiError {
+/// A node that cannot take a session sends the client (307) to the same endpoint (`whep` or
+/// `whip`) on the least-loaded node of its cluster with room; `full` (503 + Retry-After) when
+/// there is none, or no cluster.
+pub(super) async fn elsewhere(
+    app: &AppState,
+    (endpoint, name): (&str, &str),
+    caller: &Caller,
+    full: ApiError,
+) -> ApiError {
     let Some(cluster) = &app.cluster else {
         return full;
     };
@@ -315,8 +321,8 @@ async fn elsewhere(app: &AppState, name: &str, caller: &Caller, full: ApiError) 
         .as_deref()
         .map(|q| format!("?{q}"))
         .unwrap_or_default();
-    info!(stream = %name, to = %node.url, "full: viewer sent to another node of the cluster");
-    ApiError::Redirect(format!("{}/whep/{name}{query}", node.url))
+    info!(stream = %name, to = %node.url, "full: client sent to another node of the cluster");
+    ApiError::Redirect(format!("{}/{endpoint}/{name}{query}", node.url))
 }
 
 /// The `session.started` event (the hook's `session.ended` comes from the engine).

@@ -10,8 +10,8 @@ use tracing::info;
 
 use super::auth::{self, Action, Caller, Protocol};
 use super::whep::{
-    delete_session, header_value, ice_server_links, patch_session, read_offer, session_id,
-    session_started, session_url, SDP,
+    delete_session, elsewhere, header_value, ice_server_links, patch_session, read_offer,
+    session_id, session_started, session_url, SDP,
 };
 use super::{ApiError, AppState};
 use crate::webrtc::{Answered, OfferError};
@@ -40,7 +40,13 @@ pub async fn post(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let who = (&caller, Action::Publish, Protocol::Whip);
-    let offer = read_offer(&app, who, &name, &headers, &body).await?;
+    let offer = match read_offer(&app, who, &name, &headers, &body).await {
+        // A full node sends the publisher to one with room.
+        Err(full @ ApiError::Unavailable(_)) => {
+            return Err(elsewhere(&app, ("whip", &name), &caller, full).await)
+        }
+        r => r?,
+    };
     let input_name = match app.cfg.pipeline {
         Some(_) => crate::pipeline::input_name(&name),
         None => name.clone(),
