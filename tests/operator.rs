@@ -436,6 +436,14 @@ async fn admin_lists_sessions_and_kicks_one() {
         n,
         "the kicked viewer's RTP stopped"
     );
+    let metrics = request("GET", &url(&s, "/metrics"), &[], b"")
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains("cause=\"ended by the admin API\"} 1"),
+        "the session's end cause"
+    );
     // Without --admin-token the admin API is off.
     let plain = serve(|_| {}).await;
     assert_eq!(

@@ -161,7 +161,7 @@ pub async fn kick(
             stream: name.clone(),
             publisher,
         };
-        if app.engine.delete(url).await {
+        if app.engine.end(url, "ended by the admin API").await {
             info!(stream = %name, "session ended by the admin API");
             return Ok(StatusCode::NO_CONTENT);
         }

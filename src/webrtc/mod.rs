@@ -195,7 +195,8 @@ enum Cmd {
     /// A viewer on another shard wants a keyframe from this stream's publisher.
     KeyframeWanted(u64),
     Patch(SessionUrl, Patch, oneshot::Sender<PatchReply>),
-    Delete(SessionUrl, oneshot::Sender<bool>),
+    /// End a session, for this reason (logs, metrics, the event hook).
+    Delete(SessionUrl, &'static str, oneshot::Sender<bool>),
     Count(oneshot::Sender<usize>),
     EndViewers(u64),
     /// Every session (viewers and publisher) under a stream name; how many ended.
@@ -501,11 +502,16 @@ impl Engine {
 
     /// End a session; false if it does not exist under that URL.
     pub async fn delete(&self, url: SessionUrl) -> bool {
+        self.end(url, "deleted by client").await
+    }
+
+    /// End a session for `why`; false if it does not exist under that URL.
+    pub async fn end(&self, url: SessionUrl, why: &'static str) -> bool {
         let Some(shard) = self.shard_of(&url.id) else {
             return false;
         };
         let (tx, rx) = oneshot::channel();
-        let _ = shard.send(Cmd::Delete(url, tx));
+        let _ = shard.send(Cmd::Delete(url, why, tx));
         rx.await.unwrap_or(false)
     }
 

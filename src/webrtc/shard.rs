@@ -290,9 +290,9 @@ impl Shard {
                 self.poll(slot);
                 let _ = reply.send(r);
             }
-            Cmd::Delete(url, reply) => {
+            Cmd::Delete(url, why, reply) => {
                 let found = match self.slot_of(&url) {
-                    Some(slot) => self.remove(slot, "deleted by client"),
+                    Some(slot) => self.remove(slot, why),
                     None => false,
                 };
                 let _ = reply.send(found);
