@@ -65,7 +65,7 @@ fn main() {
             let mut out = Vec::new();
             let start = thread_cpu_seconds();
             for au in &aus {
-                r.push(frame(au), &mut out).expect("re-encodes");
+                r.push(SourceFrame::from(au), &mut out).expect("re-encodes");
             }
             r.flush(&mut out);
             best = best.min(thread_cpu_seconds() - start);
@@ -96,7 +96,7 @@ fn main() {
                 std::thread::sleep(wait);
             }
             arrived.insert(au.pts, Instant::now());
-            r.push(frame(au), &mut out).expect("re-encodes");
+            r.push(SourceFrame::from(au), &mut out).expect("re-encodes");
             for f in out.drain(..) {
                 if let Some(t) = arrived.get(&f.pts) {
                     latency.push(t.elapsed().as_secs_f64() * 1e3);
@@ -114,14 +114,6 @@ fn main() {
             q(0.99),
             q(1.0)
         );
-    }
-}
-
-fn frame(au: &AccessUnit) -> SourceFrame<'_> {
-    SourceFrame {
-        pts: au.pts,
-        keyframe: au.keyframe,
-        data: &au.data,
     }
 }
 
@@ -160,14 +152,5 @@ fn access_units(file: &Path) -> Vec<AccessUnit> {
 }
 
 fn thread_cpu_seconds() -> f64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant Linux supports.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0.0;
-    }
-    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
+    tsbridge::metrics::thread_cpu_time().as_secs_f64()
 }

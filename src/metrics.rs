@@ -161,6 +161,20 @@ impl Metrics {
     }
 }
 
+/// CPU time the calling thread has used (a transcoder's cost, in the API and the benches).
+pub fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer to a local.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
 /// One counter family; `labels` is `(label text without braces, value)`.
 pub fn counter(out: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
     family(out, name, help, "counter", values);

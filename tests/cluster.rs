@@ -84,12 +84,6 @@ fn replay(args: &mut ServeArgs, name: &str) {
     });
 }
 
-async fn json(url: &str) -> Value {
-    let r = request("GET", url, &[], b"").await.unwrap();
-    assert_eq!(r.status, 200, "{url}: {}", r.text());
-    serde_json::from_str(&r.text()).unwrap()
-}
-
 /// `GET /cluster` of a node, once it has reached Redis (a node starts before it connects).
 async fn cluster_json(n: &Node) -> Value {
     let deadline = Instant::now() + Duration::from_secs(5);
@@ -102,6 +96,19 @@ async fn cluster_json(n: &Node) -> Value {
         }
         assert!(Instant::now() < deadline, "{}: {}", r.status, r.text());
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Waits until node `n` sees `count` nodes registered in the cluster.
+async fn registered(n: &Node, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let c = cluster_json(n).await;
+        if c["nodes"].as_array().map(Vec::len) == Some(count) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "not {count} nodes: {c}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -212,15 +219,7 @@ async fn a_full_node_redirects_to_one_with_room() {
     let full = node(&redis, |a| a.max_sessions = 0).await;
     owned(&a, "cam").await;
     // Both registered (the full one says it has no room).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while json(&format!("{}/cluster", full.url)).await["nodes"]
-        .as_array()
-        .map(Vec::len)
-        != Some(2)
-    {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    registered(&full, 2).await;
     let offer = common::offer_sdp(&WhepOptions::default()).await.unwrap();
     let r = request(
         "POST",
@@ -348,11 +347,7 @@ async fn without_redis_playing_goes_on_and_locating_is_a_prompt_503() {
         .spawn()
         .expect("restart redis-server");
     owned(&a, "cam").await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cluster_json(&b).await["nodes"].as_array().map(Vec::len) != Some(2) {
-        assert!(Instant::now() < deadline, "both nodes register again");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    registered(&b, 2).await;
     assert!(
         viewer.collected().video.len() > after.video.len(),
         "still playing"
@@ -369,11 +364,7 @@ async fn a_stopping_node_leaves_at_once() {
     };
     let a = node(&redis, |_| {}).await;
     let b = node(&redis, |_| {}).await;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while cluster_json(&a).await["nodes"].as_array().map(Vec::len) != Some(2) {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    registered(&a, 2).await;
     b.server.shutdown().await;
     let nodes = cluster_json(&a).await;
     assert_eq!(nodes["nodes"].as_array().map(Vec::len), Some(1), "{nodes}");

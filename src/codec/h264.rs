@@ -53,6 +53,11 @@ fn find_start_code(data: &[u8]) -> Option<usize> {
     None
 }
 
+/// The first SPS NAL unit (header byte included) of an Annex B access unit.
+pub fn find_sps(annexb: &[u8]) -> Option<&[u8]> {
+    nal_units(annexb).find(|n| NalType::of(n) == Some(NalType::SPS))
+}
+
 /// Splits an Annex B stream on `00 00 01` / `00 00 00 01` start codes. Each item is one NAL unit
 /// without start code, trailing zero bytes trimmed; bytes before the first start code and empty
 /// units are skipped.

@@ -75,6 +75,16 @@ pub struct VideoInfo {
     pub height: u32,
 }
 
+impl From<&h264::SpsInfo> for VideoInfo {
+    fn from(s: &h264::SpsInfo) -> Self {
+        VideoInfo {
+            profile: VideoProfile::H264(s.profile_level_id),
+            width: s.width,
+            height: s.height,
+        }
+    }
+}
+
 /// The access-unit assembler of a video track, by codec.
 #[derive(Debug)]
 pub enum VideoAssembler {
@@ -108,11 +118,7 @@ impl VideoAssembler {
     /// From the latest SPS that parsed.
     pub fn info(&self) -> Option<VideoInfo> {
         match self {
-            VideoAssembler::H264(a) => a.sps().map(|s| VideoInfo {
-                profile: VideoProfile::H264(s.profile_level_id),
-                width: s.width,
-                height: s.height,
-            }),
+            VideoAssembler::H264(a) => a.sps().map(VideoInfo::from),
             VideoAssembler::H265(a) => a.sps().map(|s| VideoInfo {
                 profile: VideoProfile::H265(s.ptl),
                 width: s.width,

@@ -30,7 +30,7 @@ use openh264::encoder::{
 use openh264::formats::YUVSource;
 use openh264::{OpenH264API, Timestamp};
 
-use super::h264::{nal_units, parse_sps, NalType, SpsInfo};
+use super::h264::{find_sps, parse_sps, AccessUnit, SpsInfo};
 
 /// What the output is, for the API and logs.
 pub const OUTPUT: &str = "H.264 Constrained Baseline";
@@ -49,6 +49,17 @@ pub struct SourceFrame<'a> {
     pub keyframe: bool,
     /// Annex B, parameter sets before a keyframe (as `h264::AccessUnit::data`).
     pub data: &'a [u8],
+}
+
+impl<'a> From<&'a AccessUnit> for SourceFrame<'a> {
+    /// An access unit on its own PES time (for a stream that does not wrap).
+    fn from(au: &'a AccessUnit) -> Self {
+        SourceFrame {
+            pts: au.pts,
+            keyframe: au.keyframe,
+            data: &au.data,
+        }
+    }
 }
 
 /// One re-encoded access unit, in display order.
@@ -238,8 +249,7 @@ impl Reencoder {
     /// A keyframe: check its SPS (a picture format the decoder cannot take is an error; a new
     /// SPS restarts the decoder), and take the GOP's bitrate.
     fn on_keyframe(&mut self, au: SourceFrame<'_>) -> Result<(), ReencodeError> {
-        let sps = nal_units(au.data).find(|n| NalType::of(n) == Some(NalType::SPS));
-        if let Some(sps) = sps {
+        if let Some(sps) = find_sps(au.data) {
             if let Some(info) = parse_sps(sps) {
                 check_format(&info)?;
             }
@@ -441,64 +451,10 @@ fn new_encoder(fps: f64, bps: u32) -> Result<Encoder, ReencodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::codec::h264::H264Assembler;
-    use crate::codec::EsUnit;
+    use crate::codec::h264::{nal_units, NalType};
 
-    /// The access units of a testdata file's video (PID 0x100), read without the TS layer
-    /// (codec/ does not import it): a minimal PES cutter for these well-formed files.
-    fn access_units(file: &str) -> Vec<crate::codec::h264::AccessUnit> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata")
-            .join(file);
-        let data = std::fs::read(path).expect("testdata");
-        let mut pes: Vec<u8> = Vec::new();
-        let mut asm = H264Assembler::new();
-        let mut aus = Vec::new();
-        let mut flush = |pes: &mut Vec<u8>, aus: &mut Vec<_>| {
-            if pes.len() < 14 {
-                pes.clear();
-                return;
-            }
-            let flags = pes[7];
-            let ts = |b: &[u8]| {
-                (u64::from(b[0] & 0x0e) << 29)
-                    | (u64::from(b[1]) << 22)
-                    | (u64::from(b[2] & 0xfe) << 14)
-                    | (u64::from(b[3]) << 7)
-                    | (u64::from(b[4]) >> 1)
-            };
-            let pts = (flags & 0x80 != 0).then(|| ts(&pes[9..14]));
-            let dts = (flags & 0x40 != 0).then(|| ts(&pes[14..19]));
-            let start = 9 + usize::from(pes[8]);
-            asm.push(
-                EsUnit {
-                    data: &pes[start..],
-                    pts,
-                    dts,
-                },
-                aus,
-            );
-            pes.clear();
-        };
-        for p in data.chunks_exact(188) {
-            let pid = (u16::from(p[1] & 0x1f) << 8) | u16::from(p[2]);
-            if pid != 0x100 {
-                continue;
-            }
-            let mut off = 4;
-            if p[3] & 0x20 != 0 {
-                off += 1 + usize::from(p[4]);
-            }
-            if p[3] & 0x10 == 0 || off >= 188 {
-                continue;
-            }
-            if p[1] & 0x40 != 0 {
-                flush(&mut pes, &mut aus);
-            }
-            pes.extend_from_slice(&p[off..]);
-        }
-        flush(&mut pes, &mut aus);
-        aus
+    fn access_units(file: &str) -> Vec<AccessUnit> {
+        crate::ts::testutil::testdata_video_aus(file).expect("testdata")
     }
 
     fn reencode(file: &str, keyframe_requests: bool) -> (Vec<EncodedFrame>, ReencodeStats) {
@@ -509,15 +465,7 @@ mod tests {
             if keyframe_requests && i % 10 == 5 {
                 r.request_keyframe();
             }
-            r.push(
-                SourceFrame {
-                    pts: au.pts,
-                    keyframe: au.keyframe,
-                    data: &au.data,
-                },
-                &mut out,
-            )
-            .unwrap();
+            r.push(SourceFrame::from(au), &mut out).unwrap();
         }
         r.flush(&mut out);
         (out, r.stats())
@@ -555,10 +503,7 @@ mod tests {
             assert!(!types.is_empty());
             if f.keyframe {
                 assert!(types.contains(&NalType::SPS) && types.contains(&NalType::PPS));
-                let sps = nal_units(&f.data)
-                    .find(|n| NalType::of(n) == Some(NalType::SPS))
-                    .and_then(parse_sps)
-                    .unwrap();
+                let sps = find_sps(&f.data).and_then(parse_sps).unwrap();
                 // Constrained Baseline (constraint_set1), the source's size.
                 assert_eq!(sps.profile_level_id.profile_idc(), 66);
                 assert_ne!(sps.profile_level_id.constraint_flags() & 0x40, 0);
@@ -593,15 +538,7 @@ mod tests {
         r.start_at(source[0].pts + 10 * 3000);
         let mut out = Vec::new();
         for au in &source[..60] {
-            r.push(
-                SourceFrame {
-                    pts: au.pts,
-                    keyframe: au.keyframe,
-                    data: &au.data,
-                },
-                &mut out,
-            )
-            .unwrap();
+            r.push(SourceFrame::from(au), &mut out).unwrap();
         }
         assert!(out[0].keyframe, "the first picture out is an IDR");
         assert_eq!(out[0].pts, source[0].pts + 10 * 3000);
@@ -660,11 +597,7 @@ mod tests {
         let sizes: Vec<(u32, u32)> = out
             .iter()
             .filter(|f| f.keyframe)
-            .filter_map(|f| {
-                nal_units(&f.data)
-                    .find(|n| NalType::of(n) == Some(NalType::SPS))
-                    .and_then(parse_sps)
-            })
+            .filter_map(|f| find_sps(&f.data).and_then(parse_sps))
             .map(|s| (s.width, s.height))
             .collect();
         assert_eq!(sizes.first(), Some(&(640, 360)));

@@ -15,25 +15,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use tracing::info;
 
-use super::auth::Caller;
+use super::auth::{self, Caller};
 use super::keys::{new_token, StreamKeys};
-use super::{check_name, constant_time_eq, ApiError, AppState};
+use super::{check_name, ApiError, AppState};
 use crate::webrtc::SessionUrl;
-
-/// Only the admin token opens these; without `--admin-token` they are off.
-fn admin(app: &AppState, caller: &Caller) -> Result<(), ApiError> {
-    let Some(want) = &app.cfg.admin_token else {
-        return Err(ApiError::Forbidden(
-            "the admin API is off: start the server with --admin-token".into(),
-        ));
-    };
-    let got = caller.token.as_deref().unwrap_or("");
-    if constant_time_eq(got.as_bytes(), want.as_bytes()) {
-        Ok(())
-    } else {
-        Err(ApiError::Unauthorized("admin"))
-    }
-}
 
 /// The body of a registration (all optional).
 #[derive(Debug, Default, Deserialize)]
@@ -53,7 +38,7 @@ pub async fn register(
     caller: Caller,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    admin(&app, &caller)?;
+    auth::admin(&app, &caller)?;
     check_name(&name)?;
     let req: Register = if body.iter().all(u8::is_ascii_whitespace) {
         Register::default()
@@ -118,7 +103,7 @@ pub async fn unregister(
     Path(name): Path<String>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&app, &caller)?;
+    auth::admin(&app, &caller)?;
     check_name(&name)?;
     let had_keys = app.keys.remove(&name);
     let stream = app.registry.get(&name);
@@ -143,7 +128,7 @@ pub async fn sessions(
     Path(name): Path<String>,
     caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    admin(&app, &caller)?;
+    auth::admin(&app, &caller)?;
     check_name(&name)?;
     let list = app.engine.sessions(&name).await;
     Ok(Json(json!({ "stream": name, "sessions": list })))
@@ -154,7 +139,7 @@ pub async fn kick(
     Path((name, id)): Path<(String, String)>,
     caller: Caller,
 ) -> Result<StatusCode, ApiError> {
-    admin(&app, &caller)?;
+    auth::admin(&app, &caller)?;
     for publisher in [false, true] {
         let url = SessionUrl {
             id: id.clone(),

@@ -11,7 +11,7 @@ use axum::Json;
 use serde_json::{json, Value};
 
 use super::auth::{self, Action, Caller, Protocol};
-use super::{check_name, constant_time_eq, ApiError, AppState};
+use super::{check_name, ApiError, AppState};
 use crate::codec::reencode::OUTPUT as REENCODED_TO;
 use crate::codec::reorder::{B_FRAMES_ADVICE, B_FRAMES_REENCODED};
 use crate::stream::ring::Read;
@@ -327,14 +327,8 @@ pub async fn cluster(State(app): State<AppState>, caller: Caller) -> Result<Json
 /// `GET /metrics`: Prometheus text exposition, global and per stream.
 pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
     use crate::metrics::{counter, gauge};
-    if let Some(want) = &app.cfg.metrics_token {
-        let token = caller.token.as_deref().unwrap_or("").as_bytes();
-        let admin = app.cfg.admin_token.as_deref();
-        if !constant_time_eq(token, want.as_bytes())
-            && !admin.is_some_and(|a| constant_time_eq(token, a.as_bytes()))
-        {
-            return ApiError::Unauthorized("metrics").into_response();
-        }
+    if let Err(e) = auth::metrics(&app, &caller) {
+        return e.into_response();
     }
     let mut out = String::new();
     app.engine.metrics.render(&mut out);

@@ -84,6 +84,14 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether the request carries `want` (compared in constant time); never for `None`.
+    pub fn has_token(&self, want: Option<&str>) -> bool {
+        match (self.token.as_deref(), want) {
+            (Some(t), Some(w)) => constant_time_eq(t.as_bytes(), w.as_bytes()),
+            _ => false,
+        }
+    }
+
     /// `scheme://host` of this server as the client reached it.
     pub fn base_url(&self) -> String {
         format!(
@@ -196,6 +204,28 @@ type Question = (Action, String, Option<String>);
 #[derive(Default)]
 pub struct HookCache(Mutex<HashMap<Question, (bool, Instant)>>);
 
+/// The admin API: the admin token only; off (403) without `--admin-token`.
+pub fn admin(app: &App, caller: &Caller) -> Result<(), ApiError> {
+    match &app.cfg.admin_token {
+        None => Err(ApiError::Forbidden(
+            "the admin API is off: start the server with --admin-token".into(),
+        )),
+        Some(t) if caller.has_token(Some(t)) => Ok(()),
+        Some(_) => Err(ApiError::Unauthorized("admin")),
+    }
+}
+
+/// `/metrics`: open, unless `--metrics-token` is set; then it, or the admin token.
+pub fn metrics(app: &App, caller: &Caller) -> Result<(), ApiError> {
+    let cfg = &app.cfg;
+    match &cfg.metrics_token {
+        Some(t) if !caller.has_token(Some(t)) && !caller.has_token(cfg.admin_token.as_deref()) => {
+            Err(ApiError::Unauthorized("metrics"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Whether `caller` may do `action` on `stream` (`None`: the stream list, metrics).
 pub async fn check(
     app: &App,
@@ -204,18 +234,14 @@ pub async fn check(
     protocol: Protocol,
     stream: Option<&str>,
 ) -> Result<(), ApiError> {
-    let token = caller.token.as_deref();
-    let is = |want: &Option<String>| {
-        want.as_deref()
-            .is_some_and(|w| token.is_some_and(|t| constant_time_eq(t.as_bytes(), w.as_bytes())))
-    };
-    // The admin token opens everything; another node of the cluster may read and pull.
-    let internal =
-        action != Action::Publish && is(&app.cluster.as_ref().and_then(|c| c.token.clone()));
-    if internal {
+    let is = |want: Option<&str>| caller.has_token(want);
+    // Another node of the cluster may read and pull.
+    let cluster_token = app.cluster.as_ref().and_then(|c| c.token.as_deref());
+    if action != Action::Publish && is(cluster_token) {
         return Ok(());
     }
-    let admin = is(&app.cfg.admin_token);
+    // The admin token opens everything.
+    let admin = is(app.cfg.admin_token.as_deref());
     let keys = stream.and_then(|s| app.keys.get(s));
     let what = match action {
         Action::Publish => "publish",
@@ -223,12 +249,12 @@ pub async fn check(
     };
     let allowed = admin
         || match (&keys, action) {
-            (Some(k), Action::Publish) => is(&Some(k.publish_token.clone())),
-            (Some(k), _) if k.view_token.is_some() => is(&k.view_token),
+            (Some(k), Action::Publish) => is(Some(&k.publish_token)),
+            (Some(k), _) if k.view_token.is_some() => is(k.view_token.as_deref()),
             (None, Action::Publish) => {
-                app.cfg.publish_token.is_none() || is(&app.cfg.publish_token)
+                app.cfg.publish_token.is_none() || is(app.cfg.publish_token.as_deref())
             }
-            (_, _) => app.cfg.view_token.is_none() || is(&app.cfg.view_token),
+            (_, _) => app.cfg.view_token.is_none() || is(app.cfg.view_token.as_deref()),
         };
     if !allowed {
         return Err(ApiError::Unauthorized(what));

@@ -23,6 +23,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tower_layer::Layer;
 use tracing::{debug, warn};
 
 /// The limits of the HTTP side.
@@ -120,7 +121,7 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     // Every request carries the client's address (`ConnectInfo`), for the auth hook and logs.
-    let service = TowerToHyperService::new(router.layer(axum::Extension(ConnectInfo(peer))));
+    let service = TowerToHyperService::new(axum::Extension(ConnectInfo(peer)).layer(router));
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(timeout)

@@ -21,6 +21,7 @@ use tracing::warn;
 
 use super::state::ReencodeJob;
 use crate::codec::reencode::{EncodedFrame, Reencoder, SourceFrame};
+use crate::metrics::thread_cpu_time;
 use crate::stream::Stream;
 
 /// Access units queued for the thread: a long GOP's catch-up fits, a stalled thread is found
@@ -155,7 +156,7 @@ fn work(stream: &Stream, jobs: &Receiver<Job>, done: &UnboundedSender<Done>) {
             continue;
         }
         let before = r.stats();
-        let cpu = thread_cpu_micros();
+        let cpu = thread_cpu_time();
         let result = r.push(
             SourceFrame {
                 pts,
@@ -164,8 +165,10 @@ fn work(stream: &Stream, jobs: &Receiver<Job>, done: &UnboundedSender<Done>) {
             },
             &mut out,
         );
-        st.reencode_us
-            .fetch_add(thread_cpu_micros().saturating_sub(cpu), Ordering::Relaxed);
+        st.reencode_us.fetch_add(
+            (thread_cpu_time().saturating_sub(cpu)).as_micros() as u64,
+            Ordering::Relaxed,
+        );
         let after = r.stats();
         let add = |counter: &std::sync::atomic::AtomicU64, n: u64| {
             if n > 0 {
@@ -202,18 +205,4 @@ fn work(stream: &Stream, jobs: &Receiver<Job>, done: &UnboundedSender<Done>) {
             }
         }
     }
-}
-
-/// CPU time of the calling thread, in µs.
-fn thread_cpu_micros() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec through a valid pointer to a local.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
 }

@@ -334,11 +334,8 @@ impl MediaState {
         let mut aus = std::mem::take(&mut self.aus);
         self.video.push(pes, &mut aus);
         // While re-encoding, viewers get the encoder's SPS (see `reencoded`).
-        if let Some(info) = self.video.info().filter(|_| self.reencoding.is_none()) {
-            if self.video_info != Some(info) {
-                self.video_info = Some(info);
-                out.push(MediaEvent::Video(Some(info)));
-            }
+        if self.reencoding.is_none() {
+            self.report_video(self.video.info(), out);
         }
         for au in aus.drain(..) {
             let b_frames = self.reorder.push(au.pts);
@@ -369,19 +366,39 @@ impl MediaState {
                 }
             }
             self.passed_until = Some(self.passed_until.map_or(t, |p| p.max(t)));
-            let wallclock = self.clock.wallclock(t, now);
-            let frame = Frame {
-                seq: 0,
-                kind: Kind::Video,
-                rtp_time: t + self.video_offset,
-                wallclock,
-                data: Arc::from(&au.data[..]),
-                keyframe: au.keyframe,
-                payloads: Arc::from([]),
-            };
-            self.emit(frame, out);
+            self.emit_video(t, Arc::from(&au.data[..]), au.keyframe, now, out);
         }
         self.aus = aus;
+    }
+
+    /// A video frame at timeline time `t`, for the viewers.
+    fn emit_video(
+        &mut self,
+        t: u64,
+        data: Arc<[u8]>,
+        keyframe: bool,
+        now: Instant,
+        out: &mut Vec<MediaEvent>,
+    ) {
+        let frame = Frame {
+            seq: 0,
+            kind: Kind::Video,
+            rtp_time: t + self.video_offset,
+            wallclock: self.clock.wallclock(t, now),
+            data,
+            keyframe,
+            payloads: Arc::from([]),
+        };
+        self.emit(frame, out);
+    }
+
+    /// Report the video's details when they change (from the source's SPS, or the
+    /// re-encoder's).
+    fn report_video(&mut self, info: Option<VideoInfo>, out: &mut Vec<MediaEvent>) {
+        if let Some(info) = info.filter(|&i| self.video_info != Some(i)) {
+            self.video_info = Some(info);
+            out.push(MediaEvent::Video(Some(info)));
+        }
     }
 
     /// B-frames were found: hand the video to the re-encoder from the GOP's keyframe on (the
@@ -438,10 +455,7 @@ impl MediaState {
         self.reencode_blocked = true;
         self.held.clear();
         out.push(MediaEvent::Reencoding(Reencode::Unsupported(why.into())));
-        if let Some(info) = self.video.info() {
-            self.video_info = Some(info);
-            out.push(MediaEvent::Video(Some(info)));
-        }
+        self.report_video(self.video.info(), out);
     }
 
     /// A picture from the re-encoder (in display order), for the viewers: on the stream's
@@ -457,31 +471,10 @@ impl MediaState {
             return;
         }
         if f.keyframe {
-            let sps = h264::nal_units(&f.data)
-                .find(|n| h264::NalType::of(n) == Some(h264::NalType::SPS))
-                .and_then(h264::parse_sps);
-            if let Some(s) = sps {
-                let info = VideoInfo {
-                    profile: crate::codec::VideoProfile::H264(s.profile_level_id),
-                    width: s.width,
-                    height: s.height,
-                };
-                if self.video_info != Some(info) {
-                    self.video_info = Some(info);
-                    out.push(MediaEvent::Video(Some(info)));
-                }
-            }
+            let sps = h264::find_sps(&f.data).and_then(h264::parse_sps);
+            self.report_video(sps.as_ref().map(VideoInfo::from), out);
         }
-        let frame = Frame {
-            seq: 0,
-            kind: Kind::Video,
-            rtp_time: f.pts + self.video_offset,
-            wallclock: self.clock.wallclock(f.pts, now),
-            data: Arc::from(f.data),
-            keyframe: f.keyframe,
-            payloads: Arc::from([]),
-        };
-        self.emit(frame, out);
+        self.emit_video(f.pts, Arc::from(f.data), f.keyframe, now, out);
     }
 
     fn on_audio(&mut self, pes: &Pes, pts: u64, now: Instant, out: &mut Vec<MediaEvent>) {

@@ -475,28 +475,9 @@ mod tests {
 
     #[test]
     fn round_trips_every_access_unit_of_the_test_stream() {
-        use crate::codec::h264::H264Assembler;
-        use crate::ts::{DemuxEvent, Demuxer};
-
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/h264_opus.ts");
-        let Ok(ts) = std::fs::read(&path) else {
-            eprintln!("skipping: {} not found", path.display());
+        let Some(aus) = crate::ts::testutil::testdata_video_aus("h264_opus.ts") else {
             return;
         };
-        let mut demuxer = Demuxer::new();
-        let mut events = Vec::new();
-        demuxer.push(&ts, &mut events);
-        demuxer.flush(&mut events);
-        let video = demuxer.tracks().and_then(|t| t.video()).map(|t| t.pid);
-        let mut assembler = H264Assembler::new();
-        let mut aus = Vec::new();
-        for e in &events {
-            if let DemuxEvent::Pes(pes) = e {
-                if Some(pes.pid) == video {
-                    assembler.push(pes, &mut aus);
-                }
-            }
-        }
         assert_eq!(aus.len(), 180);
         let mut p = H264Packetizer::default();
         let (mut packets, mut stap_a, mut fu_a) = (0, 0, 0);

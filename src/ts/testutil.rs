@@ -195,3 +195,32 @@ impl Mux {
         self.out.chunks(PACKET_SIZE)
     }
 }
+
+/// The H.264 access units of a `testdata/` file's video track, through the demuxer and the
+/// assembler (as the media task gets them); `None` (said) when the file is missing.
+pub fn testdata_video_aus(file: &str) -> Option<Vec<crate::codec::h264::AccessUnit>> {
+    use crate::codec::h264::H264Assembler;
+    use crate::ts::{DemuxEvent, Demuxer};
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(file);
+    let Ok(ts) = std::fs::read(&path) else {
+        eprintln!("skipping: {} not found", path.display());
+        return None;
+    };
+    let mut demuxer = Demuxer::new();
+    let mut events = Vec::new();
+    demuxer.push(&ts, &mut events);
+    demuxer.flush(&mut events);
+    let video = demuxer.tracks().and_then(|t| t.video()).map(|t| t.pid);
+    let mut assembler = H264Assembler::new();
+    let mut aus = Vec::new();
+    for e in &events {
+        if let DemuxEvent::Pes(pes) = e {
+            if Some(pes.pid) == video {
+                assembler.push(pes, &mut aus);
+            }
+        }
+    }
+    Some(aus)
+}
