@@ -14,8 +14,11 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 use tracing::{info, warn};
 
+use parking_lot::Mutex;
+
 use crate::stream::ring::Read;
-use crate::stream::{SourceState, Stream};
+use crate::stream::{Registry, SourceState, Stream};
+use crate::tasks::Tasks;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
@@ -24,9 +27,59 @@ const HEALTHY_RUN: Duration = Duration::from_secs(30);
 /// After stdin closes, the command gets this long to finish before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(5);
 
+/// The pipeline commands of a server (`--pipeline`): one per WHIP stream, started with its
+/// first publisher, running for the stream's life.
+pub struct Pipelines {
+    command: Option<String>,
+    /// Output streams whose command runs.
+    running: Arc<Mutex<std::collections::HashSet<String>>>,
+    registry: Arc<Registry>,
+    tasks: Tasks,
+}
+
+impl Pipelines {
+    pub fn new(command: Option<String>, registry: Arc<Registry>, tasks: Tasks) -> Self {
+        Pipelines {
+            command,
+            running: Default::default(),
+            registry,
+            tasks,
+        }
+    }
+
+    /// Whether a pipeline command is configured.
+    pub fn enabled(&self) -> bool {
+        self.command.is_some()
+    }
+
+    /// Whether stream `name`'s command is running (so `name` is fed by it).
+    pub fn running(&self, name: &str) -> bool {
+        self.running.lock().contains(name)
+    }
+
+    /// Start the command for output stream `name`, fed by `input`, once.
+    pub fn ensure(&self, name: &str, input: &Arc<Stream>) {
+        let Some(cmd) = &self.command else {
+            return;
+        };
+        if !self.running.lock().insert(name.to_string()) {
+            return;
+        }
+        let output = self.registry.get_or_create(name);
+        let (cmd, input, running) = (cmd.clone(), input.clone(), self.running.clone());
+        self.tasks.spawn(async move {
+            run(cmd, input, output.clone()).await;
+            running.lock().remove(&output.name);
+        });
+    }
+}
+
+/// What a pipeline's input stream's name ends with.
+pub const INPUT_SUFFIX: &str = ".input";
+
 /// The name of the stream a WHIP publisher of `name` writes when a pipeline is configured.
 pub fn input_name(name: &str) -> String {
-    format!("{name}.input")
+    format!("{name}{INPUT_SUFFIX}")
 }
 
 /// Run `template` for the life of the output stream.

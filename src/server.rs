@@ -12,11 +12,12 @@ use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::config::{ServeArgs, Transcode};
-use crate::http::{App, Tasks};
+use crate::http::App;
 use crate::ingest;
 use crate::media;
 use crate::stream::frame::FrameSink;
 use crate::stream::Registry;
+use crate::tasks::Tasks;
 use crate::webrtc::{Engine, EngineOptions};
 
 /// A running server (what `serve` runs, and what tests start on 127.0.0.1:0). Dropping it
@@ -25,6 +26,8 @@ pub struct Server {
     pub http_addr: SocketAddr,
     pub udp_addr: SocketAddr,
     pub app: Arc<App>,
+    /// Every task the server runs: stopped together.
+    tasks: Tasks,
 }
 
 impl Server {
@@ -76,31 +79,43 @@ impl Server {
             }
         }));
         let http_addr = listener.local_addr()?;
-        let keys =
-            crate::http::KeyStore::open(cfg.data_dir.as_deref()).map_err(std::io::Error::other)?;
+        let file_keys =
+            crate::keys::FileKeys::open(cfg.data_dir.as_deref()).map_err(std::io::Error::other)?;
         let cluster = match (&cfg.cluster, &cfg.public_url) {
-            (Some(redis), Some(url)) => Some(Arc::new(
-                // Without a cluster token the nodes use the view token with each other.
-                crate::cluster::Cluster::new(
-                    redis,
-                    url,
-                    cfg.cluster_token.clone().or_else(|| cfg.view_token.clone()),
-                )
-                .map_err(std::io::Error::other)?,
-            )),
+            (Some(redis), Some(url)) => {
+                let local = crate::cluster::Local {
+                    registry: registry.clone(),
+                    engine: engine.clone(),
+                    tasks: tasks.clone(),
+                    max_sessions: cfg.max_sessions,
+                    max_viewers: cfg.max_viewers,
+                };
+                let token = crate::config::cluster_token(&cfg).map_err(std::io::Error::other)?;
+                let cluster = crate::cluster::Cluster::new(redis, url, token, local)
+                    .map_err(std::io::Error::other)?;
+                Some(Arc::new(cluster))
+            }
             _ => None,
         };
+        let keys = match &cluster {
+            Some(c) => {
+                tasks.spawn(crate::cluster::run(c.clone()));
+                let (keys, import) = crate::keys::KeyStore::in_cluster(c.clone(), file_keys);
+                tasks.spawn(import);
+                keys
+            }
+            None => crate::keys::KeyStore::File(file_keys),
+        };
+        let pipelines =
+            crate::pipeline::Pipelines::new(cfg.pipeline.clone(), registry.clone(), tasks.clone());
         let app = Arc::new(App::new(
             cfg.clone(),
             registry.clone(),
             engine.clone(),
-            tasks.clone(),
             keys,
+            pipelines,
             cluster,
         ));
-        if app.cluster.is_some() {
-            tasks.spawn(crate::cluster::run(app.clone()));
-        }
 
         for r in &cfg.replays {
             let stream = registry.get_or_create(&r.name);
@@ -135,6 +150,7 @@ impl Server {
             http_addr,
             udp_addr: engine.local_addr(),
             app,
+            tasks,
         })
     }
 
@@ -146,13 +162,13 @@ impl Server {
             c.leave().await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(3), self.app.engine.shutdown()).await;
-        self.app.tasks.abort_all();
+        self.tasks.abort_all();
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.app.tasks.abort_all();
+        self.tasks.abort_all();
     }
 }
 
@@ -189,7 +205,9 @@ async fn housekeeping(app: Arc<App>) {
     loop {
         tick.tick().await;
         n += 1;
-        app.sample_rates();
+        for s in app.registry.list() {
+            s.sample_rate();
+        }
         // (The programs of an MPTS that viewers watch on their own share their stream's source.)
         for s in app
             .registry
@@ -206,7 +224,6 @@ async fn housekeeping(app: Arc<App>) {
         }
         if n.is_multiple_of(10) {
             for s in app.registry.sweep(Duration::from_secs(60)) {
-                app.forget_rate(s.id);
                 info!(stream = %s.name, "idle stream removed");
             }
         }

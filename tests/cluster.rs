@@ -60,6 +60,9 @@ async fn redis(test: &str) -> Option<Redis> {
     })
 }
 
+/// The nodes' secret (`--cluster-token`): it also opens `/cluster`.
+const CLUSTER_TOKEN: &str = "cluster-secret-0123456789";
+
 struct Node {
     server: Server,
     url: String,
@@ -71,7 +74,7 @@ async fn node(redis: &Redis, f: impl FnOnce(&mut ServeArgs)) -> Node {
     let mut args = ServeArgs::loopback();
     args.cluster = Some(redis.url.clone());
     args.public_url = Some(url.clone());
-    args.cluster_token = Some("cluster-secret".into());
+    args.cluster_token = Some(CLUSTER_TOKEN.into());
     f(&mut args);
     let server = Server::start_on(listener, args).await.expect("node starts");
     Node { server, url }
@@ -88,15 +91,27 @@ fn replay(args: &mut ServeArgs, name: &str) {
 async fn cluster_json(n: &Node) -> Value {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let r = request("GET", &format!("{}/cluster", n.url), &[], b"")
-            .await
-            .unwrap();
+        let auth = format!("Bearer {CLUSTER_TOKEN}");
+        let r = request(
+            "GET",
+            &format!("{}/cluster", n.url),
+            &[("Authorization", auth.as_str())],
+            b"",
+        )
+        .await
+        .unwrap();
         if r.status == 200 {
             return serde_json::from_str(&r.text()).unwrap();
         }
         assert!(Instant::now() < deadline, "{}: {}", r.status, r.text());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `GET /streams/{name}` of node `n` as another node sees it (with the owner's URL).
+async fn as_node(n: &Node, name: &str) -> Value {
+    let auth = format!("Bearer {CLUSTER_TOKEN}");
+    common::stream_json_with(http_addr(n), name, &[("Authorization", auth.as_str())]).await
 }
 
 /// Waits until node `n` sees `count` nodes registered in the cluster.
@@ -170,7 +185,7 @@ async fn edges_serve_the_owners_stream_from_one_pull_each() {
         );
     }
     let on_a = common::stream_json(http_addr(&a), "cam").await;
-    let on_b = common::stream_json(http_addr(&b), "cam").await;
+    let on_b = as_node(&b, "cam").await;
     let on_c = common::stream_json(http_addr(&c), "cam").await;
     assert_eq!(on_a["viewers"], 0, "{on_a}");
     assert_eq!(on_a["ts_readers"], 2, "one pull per edge: {on_a}");
@@ -446,7 +461,7 @@ async fn an_edge_follows_its_source_to_another_node() {
             .await,
         "the viewer on C plays B's source"
     );
-    let on_c = common::stream_json(http_addr(&c), "cam").await;
+    let on_c = as_node(&c, "cam").await;
     assert_eq!(on_c["owner"], b.url.as_str(), "{on_c}");
     assert_eq!(on_c["viewers"], 1, "{on_c}");
     let pkts = viewer.collected().video;

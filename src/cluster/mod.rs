@@ -3,11 +3,19 @@
 //! `GET {owner}/streams/{s}.ts` once, however many viewers it has) and spread viewers with
 //! WHEP's own 307.
 //!
-//! Keys (all with a TTL, refreshed every [`TICK`], so a node that dies leaves by itself):
+//! Keys (with a TTL, refreshed every [`TICK`], so a node that dies leaves by itself):
 //!
-//! - `tsbridge:node:{id}` → the node's JSON [`NodeInfo`] (URL, load, limits, streams).
-//! - `tsbridge:stream:{name}` → `{id} {url}` of the node whose source has it: claimed with
-//!   `SET NX`, kept with a compare-and-expire, released with a compare-and-delete.
+//! - `tsbridge:node:{id}` → `{sig} {json}`: the node's [`NodeInfo`] (URL, load, limits,
+//!   streams); `tsbridge:nodes`, a sorted set of the ids scored by their records' expiry, lists
+//!   them (no `KEYS` scan).
+//! - `tsbridge:stream:{name}` → `{id} {url} {sig}` of the node whose source has it: claimed
+//!   with `SET NX`, kept with a compare-and-expire, released with a compare-and-delete.
+//! - `tsbridge:keys:{name}`: registered streams' keys (see `crate::keys`; no TTL).
+//!
+//! Redis is not trusted blindly: every record is signed with the cluster token (HMAC-SHA256),
+//! and one that does not verify is ignored, so a node never sends its token to, nor redirects
+//! a client to, a URL that no node of the cluster wrote. `redis://user:pass@host` authenticates
+//! (Redis ACLs); `rediss://` is TLS.
 //!
 //! Redis down: nothing local stops (streams, pulls already running, sessions); what needs it
 //! (locating a stream, claiming one) answers at once with an error the caller turns into 503;
@@ -25,7 +33,9 @@ use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use crate::http::App;
+use crate::stream::Registry;
+use crate::tasks::Tasks;
+use crate::webrtc::Engine;
 
 /// How often a node refreshes its keys; they live [`TTL`].
 pub const TICK: Duration = Duration::from_secs(1);
@@ -35,6 +45,8 @@ const OP_TIMEOUT: Duration = Duration::from_millis(500);
 
 const NODE_PREFIX: &str = "tsbridge:node:";
 const STREAM_PREFIX: &str = "tsbridge:stream:";
+/// A sorted set of the node ids, scored by when their record expires (ms since the epoch).
+const NODES_KEY: &str = "tsbridge:nodes";
 
 /// What a node says of itself in Redis.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -78,14 +90,26 @@ pub struct ClusterStats {
     pub pulls_started: AtomicU64,
     pub redirects: AtomicU64,
     pub redis_errors: AtomicU64,
+    /// Records in Redis that did not verify (ignored).
+    pub forged_records: AtomicU64,
+}
+
+/// What a node's cluster duties read of the node and where they run their pulls: handed over
+/// by the server (the cluster knows nothing of HTTP).
+pub struct Local {
+    pub registry: Arc<Registry>,
+    pub engine: Engine,
+    pub tasks: Tasks,
+    pub max_sessions: usize,
+    pub max_viewers: usize,
 }
 
 pub struct Cluster {
     pub id: String,
     /// This node's public URL, without a trailing slash.
     pub url: String,
-    /// Sent to other nodes (TS pulls) and accepted from them.
-    pub token: Option<String>,
+    /// Sent to other nodes (TS pulls) and accepted from them; signs the node records.
+    pub token: String,
     client: redis::Client,
     conn: Mutex<Option<ConnectionManager>>,
     up: AtomicBool,
@@ -101,13 +125,16 @@ pub struct Cluster {
     /// Held by a tick and by `leave`, so a tick in flight cannot register the node again
     /// after it left.
     ticking: tokio::sync::Mutex<()>,
+    pub(crate) local: Local,
+    forged_logged: AtomicBool,
 }
 
 impl Cluster {
     pub fn new(
         redis_url: &str,
         public_url: &str,
-        token: Option<String>,
+        token: String,
+        local: Local,
     ) -> Result<Cluster, String> {
         let client =
             redis::Client::open(redis_url).map_err(|e| format!("--cluster {redis_url:?}: {e}"))?;
@@ -126,6 +153,8 @@ impl Cluster {
             last_bytes: AtomicU64::new(0),
             egress_bps: AtomicU64::new(0),
             ticking: tokio::sync::Mutex::new(()),
+            local,
+            forged_logged: AtomicBool::new(false),
         })
     }
 
@@ -195,35 +224,132 @@ impl Cluster {
         }
     }
 
-    fn claim_value(&self) -> String {
-        format!("{} {}", self.id, self.url)
+    /// HMAC-SHA256 of `what` with the cluster token, hex: what every record in Redis carries,
+    /// so that a node only believes (sends its token to, redirects clients to) what another
+    /// node of the cluster wrote.
+    fn sign(&self, what: &str) -> String {
+        crate::secret::hmac_sha256_hex(&self.token, what)
+    }
+
+    fn verify(&self, what: &str, sig: &str) -> bool {
+        crate::secret::constant_time_eq(self.sign(what).as_bytes(), sig.as_bytes())
+    }
+
+    /// A node record as kept: `{sig} {json}`.
+    fn signed_info(&self, json: &str) -> String {
+        format!("{} {json}", self.sign(&format!("node\n{json}")))
+    }
+
+    /// A node record that verifies.
+    fn read_info(&self, value: &str) -> Option<NodeInfo> {
+        let (sig, json) = value.split_once(' ')?;
+        if !self.verify(&format!("node\n{json}"), sig) {
+            self.forged();
+            return None;
+        }
+        serde_json::from_str(json).ok()
+    }
+
+    /// A stream's claim as kept: `{id} {url} {sig}`, the signature binding the name.
+    fn claim_value(&self, name: &str) -> String {
+        let sig = self.sign(&format!("stream\n{name}\n{}\n{}", self.id, self.url));
+        format!("{} {} {sig}", self.id, self.url)
+    }
+
+    /// A stream's claim that verifies.
+    fn read_claim(&self, name: &str, value: &str) -> Option<Owner> {
+        let mut parts = value.split(' ');
+        let (id, url, sig) = (parts.next()?, parts.next()?, parts.next()?);
+        if !self.verify(&format!("stream\n{name}\n{id}\n{url}"), sig) {
+            self.forged();
+            return None;
+        }
+        Some(Owner {
+            id: id.to_owned(),
+            url: url.to_owned(),
+        })
+    }
+
+    /// A record in Redis did not verify: not written by a node with our token.
+    fn forged(&self) {
+        self.stats.forged_records.fetch_add(1, Ordering::Relaxed);
+        if !self.forged_logged.swap(true, Ordering::Relaxed) {
+            warn!(
+                "cluster: a record in Redis does not verify with this node's --cluster-token \
+                   (another token, or written by something else): ignored, never contacted"
+            );
+        }
     }
 
     /// Claim stream `name` for a source on this node: `Ok(None)` when it is ours now (or was),
     /// `Ok(Some(owner))` when another node has it.
     pub async fn claim(&self, name: &str) -> Result<Option<Owner>, ClusterError> {
         let key = format!("{STREAM_PREFIX}{name}");
-        let set: Option<String> = self
-            .query(
-                redis::cmd("SET")
-                    .arg(&key)
-                    .arg(self.claim_value())
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(TTL.as_millis() as u64),
-            )
-            .await?;
-        if set.is_some() {
-            self.owned.lock().insert(name.to_owned());
-            return Ok(None);
-        }
-        match self.owner(name).await? {
-            Some(o) if o.id == self.id => {
-                self.owned.lock().insert(name.to_owned());
-                Ok(None)
+        let set = |nx: bool| {
+            let mut cmd = redis::cmd("SET");
+            cmd.arg(&key).arg(self.claim_value(name));
+            if nx {
+                cmd.arg("NX");
             }
-            other => Ok(other),
+            cmd.arg("PX").arg(TTL.as_millis() as u64);
+            cmd
+        };
+        let claimed: Option<String> = self.query(&set(true)).await?;
+        if claimed.is_none() {
+            let held: Option<String> = self.query(redis::cmd("GET").arg(&key)).await?;
+            match held.map(|v| self.read_claim(name, &v)) {
+                Some(Some(o)) if o.id != self.id => return Ok(Some(o)),
+                Some(Some(_)) => {}
+                // A claim that does not verify holds nothing: take its place.
+                Some(None) => {
+                    let _: Option<String> = self.query(&set(false)).await?;
+                }
+                // Gone in between: try once more.
+                None => {
+                    if self.query::<Option<String>>(&set(true)).await?.is_none() {
+                        return self.owner(name).await;
+                    }
+                }
+            }
         }
+        self.owned.lock().insert(name.to_owned());
+        Ok(None)
+    }
+
+    /// Claim stream `name` for a source about to start here: the other node's URL when it has
+    /// it (or this node pulls it from one). With Redis away the source is taken, and claimed
+    /// once Redis is back.
+    pub async fn claim_source(&self, name: &str) -> Option<String> {
+        if let Some(owner) = self.pulled_from(name) {
+            return Some(owner);
+        }
+        match self.claim(name).await {
+            Ok(owner) => owner.map(|o| o.url),
+            Err(e) => {
+                warn!(stream = %name, error = %e,
+                    "cannot claim the stream in the cluster; taking the source");
+                None
+            }
+        }
+    }
+
+    /// The value of Redis key `key` (bounded in time).
+    pub async fn get(&self, key: &str) -> Result<Option<String>, ClusterError> {
+        self.query(redis::cmd("GET").arg(key)).await
+    }
+
+    /// Sets `key` to `value` unless it exists: whether it was set.
+    pub async fn set_nx(&self, key: &str, value: &str) -> Result<bool, ClusterError> {
+        let set: Option<String> = self
+            .query(redis::cmd("SET").arg(key).arg(value).arg("NX"))
+            .await?;
+        Ok(set.is_some())
+    }
+
+    /// Deletes `key`: whether it existed.
+    pub async fn del(&self, key: &str) -> Result<bool, ClusterError> {
+        let n: i64 = self.query(redis::cmd("DEL").arg(key)).await?;
+        Ok(n > 0)
     }
 
     /// Where stream `name`'s source is, if anywhere in the cluster.
@@ -231,28 +357,30 @@ impl Cluster {
         let v: Option<String> = self
             .query(redis::cmd("GET").arg(format!("{STREAM_PREFIX}{name}")))
             .await?;
-        Ok(v.and_then(|v| {
-            let (id, url) = v.split_once(' ')?;
-            Some(Owner {
-                id: id.to_owned(),
-                url: url.to_owned(),
-            })
-        }))
+        Ok(v.and_then(|v| self.read_claim(name, &v)))
     }
 
-    /// Every node registered (this one included).
+    /// Every node registered (this one included) whose record verifies: the ids in the
+    /// [`NODES_KEY`] set not expired, then their records.
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, ClusterError> {
-        let keys: Vec<String> = self
-            .query(redis::cmd("KEYS").arg(format!("{NODE_PREFIX}*")))
+        let now = unix_ms();
+        let ids: Vec<String> = self
+            .query(
+                redis::cmd("ZRANGEBYSCORE")
+                    .arg(NODES_KEY)
+                    .arg(now)
+                    .arg("+inf"),
+            )
             .await?;
-        if keys.is_empty() {
+        if ids.is_empty() {
             return Ok(Vec::new());
         }
+        let keys: Vec<String> = ids.iter().map(|id| format!("{NODE_PREFIX}{id}")).collect();
         let values: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(&keys)).await?;
         let mut nodes: Vec<NodeInfo> = values
             .into_iter()
             .flatten()
-            .filter_map(|v| serde_json::from_str(&v).ok())
+            .filter_map(|v| self.read_info(&v))
             .collect();
         nodes.sort_by(|a, b| a.url.cmp(&b.url));
         Ok(nodes)
@@ -274,13 +402,16 @@ impl Cluster {
         let _: Result<i64, _> = self
             .query(redis::cmd("DEL").arg(format!("{NODE_PREFIX}{}", self.id)))
             .await;
+        let _: Result<i64, _> = self
+            .query(redis::cmd("ZREM").arg(NODES_KEY).arg(&self.id))
+            .await;
         let owned: Vec<String> = self.owned.lock().drain().collect();
         for name in owned {
             let _: Result<i64, _> = self
                 .script(
                     &release_script(),
                     &format!("{STREAM_PREFIX}{name}"),
-                    &[&self.claim_value()],
+                    &[&self.claim_value(&name)],
                 )
                 .await;
         }
@@ -288,8 +419,9 @@ impl Cluster {
     }
 
     /// This node as it registers itself.
-    fn info(&self, app: &App) -> NodeInfo {
-        let streams = app.registry.list();
+    fn info(&self) -> NodeInfo {
+        let local = &self.local;
+        let streams = local.registry.list();
         let mut owned: Vec<String> = self.owned.lock().iter().cloned().collect();
         owned.sort();
         let mut pulled: Vec<String> = self.pulled.lock().keys().cloned().collect();
@@ -297,13 +429,13 @@ impl Cluster {
         NodeInfo {
             id: self.id.clone(),
             url: self.url.clone(),
-            sessions: app.engine.live_sessions(),
+            sessions: local.engine.live_sessions(),
             viewers: streams
                 .iter()
                 .map(|s| s.stats.viewers.load(Ordering::Relaxed))
                 .sum(),
-            max_sessions: app.cfg.max_sessions,
-            max_viewers: app.cfg.max_viewers,
+            max_sessions: local.max_sessions,
+            max_viewers: local.max_viewers,
             egress_bps: self.egress_bps.load(Ordering::Relaxed),
             streams_owned: owned,
             streams_pulled: pulled,
@@ -313,7 +445,7 @@ impl Cluster {
 
     /// Once per [`TICK`]: connect if needed, register, keep our claims (and claim the streams
     /// that have a source here: replay, UDP, stdin), release the ones whose source is gone.
-    async fn tick(&self, app: &App) {
+    async fn tick(&self) {
         let _tick = self.ticking.lock().await;
         if self.conn.lock().is_none() {
             match tokio::time::timeout(OP_TIMEOUT * 4, ConnectionManager::new(self.client.clone()))
@@ -327,7 +459,7 @@ impl Cluster {
                 }
             }
         }
-        let bytes = app.engine.metrics.bytes_sent.load(Ordering::Relaxed);
+        let bytes = self.local.engine.metrics.bytes_sent.load(Ordering::Relaxed);
         let last = self.last_bytes.swap(bytes, Ordering::Relaxed);
         self.egress_bps.store(
             bytes.saturating_sub(last) * 8 / TICK.as_secs().max(1),
@@ -336,22 +468,44 @@ impl Cluster {
         if self.is_draining() {
             return;
         }
-        let info = self.info(app);
+        let info = self.info();
         let json = serde_json::to_string(&info).unwrap_or_default();
+        let now = unix_ms();
+        let ttl = TTL.as_millis() as u64;
         let set: Result<Option<String>, _> = self
             .query(
                 redis::cmd("SET")
                     .arg(format!("{NODE_PREFIX}{}", self.id))
-                    .arg(json)
+                    .arg(self.signed_info(&json))
                     .arg("PX")
-                    .arg(TTL.as_millis() as u64),
+                    .arg(ttl),
             )
             .await;
         if set.is_err() {
             return;
         }
+        // The id in the set of nodes (scored by its expiry), and the expired ones out of it.
+        let listed: Result<i64, _> = self
+            .query(
+                redis::cmd("ZADD")
+                    .arg(NODES_KEY)
+                    .arg(now + ttl)
+                    .arg(&self.id),
+            )
+            .await;
+        let pruned: Result<i64, _> = self
+            .query(
+                redis::cmd("ZREMRANGEBYSCORE")
+                    .arg(NODES_KEY)
+                    .arg("-inf")
+                    .arg(now),
+            )
+            .await;
+        if listed.is_err() || pruned.is_err() {
+            return;
+        }
         let pulled = self.pulled.lock().clone();
-        for s in app.registry.list() {
+        for s in self.local.registry.list() {
             let has_source = s.has_source();
             let owned = self.owned.lock().contains(&s.name);
             let key = format!("{STREAM_PREFIX}{}", s.name);
@@ -361,7 +515,7 @@ impl Cluster {
                         .script(
                             &keep_script(),
                             &key,
-                            &[&self.claim_value(), &TTL.as_millis().to_string()],
+                            &[&self.claim_value(&s.name), &TTL.as_millis().to_string()],
                         )
                         .await;
                     if matches!(kept, Ok(0)) {
@@ -379,11 +533,18 @@ impl Cluster {
             } else if owned {
                 self.owned.lock().remove(&s.name);
                 let _: Result<i64, _> = self
-                    .script(&release_script(), &key, &[&self.claim_value()])
+                    .script(&release_script(), &key, &[&self.claim_value(&s.name)])
                     .await;
             }
         }
     }
+}
+
+/// Milliseconds since the Unix epoch (the scores of the node set).
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Extend the TTL of KEYS[1] if it still holds ARGV[1].
@@ -403,15 +564,12 @@ fn release_script() -> redis::Script {
 }
 
 /// The node's cluster duties, for the life of the server.
-pub async fn run(app: Arc<App>) {
-    let Some(cluster) = app.cluster.clone() else {
-        return;
-    };
+pub async fn run(cluster: Arc<Cluster>) {
     info!(node = %cluster.id, url = %cluster.url, "cluster: joining");
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        cluster.tick(&app).await;
+        cluster.tick().await;
     }
 }

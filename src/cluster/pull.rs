@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
-use crate::http::App;
+use super::Cluster;
 use crate::stream::Stream;
 
 /// How long a pull outlives the last viewer (a viewer reloading its page finds it running).
@@ -21,8 +21,7 @@ pub const LINGER: Duration = Duration::from_secs(10);
 const RETRY: Duration = Duration::from_millis(250);
 
 /// Start pulling `stream` from its owner unless this node already does (or has its source).
-pub fn ensure(app: &Arc<App>, stream: &Arc<Stream>) {
-    let Some(cluster) = &app.cluster else { return };
+pub fn ensure(cluster: &Arc<Cluster>, stream: &Arc<Stream>) {
     {
         let mut pulled = cluster.pulled.lock();
         if stream.has_source() || pulled.contains_key(&stream.name) {
@@ -30,12 +29,10 @@ pub fn ensure(app: &Arc<App>, stream: &Arc<Stream>) {
         }
         pulled.insert(stream.name.clone(), String::new());
     }
-    let (app2, s) = (app.clone(), stream.clone());
-    app.tasks.spawn(async move {
-        run(&app2, &s).await;
-        if let Some(c) = &app2.cluster {
-            c.pulled.lock().remove(&s.name);
-        }
+    let (c, s) = (cluster.clone(), stream.clone());
+    cluster.local.tasks.spawn(async move {
+        run(&c, &s).await;
+        c.pulled.lock().remove(&s.name);
     });
 }
 
@@ -44,13 +41,10 @@ fn watched(s: &Stream) -> bool {
         || s.stats.waiting_viewers.load(Ordering::Relaxed) > 0
 }
 
-async fn run(app: &Arc<App>, stream: &Arc<Stream>) {
-    let Some(cluster) = app.cluster.clone() else {
-        return;
-    };
+async fn run(cluster: &Cluster, stream: &Arc<Stream>) {
     let name = &stream.name;
     let mut idle_since = Instant::now();
-    let token = cluster.token.clone().map(|t| format!("Bearer {t}"));
+    let token = format!("Bearer {}", cluster.token);
     loop {
         if watched(stream) {
             idle_since = Instant::now();
@@ -76,10 +70,7 @@ async fn run(app: &Arc<App>, stream: &Arc<Stream>) {
         info!(stream = %name, owner = %owner.url, "cluster: pulling the stream from its owner");
         let guard = stream.attach_source();
         let url = format!("{}/streams/{name}.ts", owner.url);
-        let headers: Vec<(&str, &str)> = token
-            .as_deref()
-            .map(|t| vec![("Authorization", t)])
-            .unwrap_or_default();
+        let headers = [("Authorization", token.as_str())];
         let pull = crate::client::get_streaming(&url, &headers, |data| {
             guard.write(data);
             true

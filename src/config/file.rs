@@ -180,6 +180,8 @@ backlog_rate = 12.5
 cluster = "redis://127.0.0.1:6379/0"
 public_url = "http://10.0.0.5:8889"
 cluster_token = "c"
+turn_secret = "t"
+turn_ttl = 60
 "#;
 
     #[test]

@@ -57,9 +57,7 @@ where
         .split_once('=')
         .ok_or_else(|| format!("expected NAME=VALUE, got {s:?}"))?;
     if !valid_stream_name(name) {
-        return Err(format!(
-            "invalid stream name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"
-        ));
+        return Err(format!("invalid stream name {name:?}: {STREAM_NAME_RULE}"));
     }
     let value = value.parse::<T>().map_err(|e| format!("{value:?}: {e}"))?;
     Ok(Named {
@@ -88,17 +86,53 @@ fn parse_stream_name(s: &str) -> Result<String, String> {
     if valid_stream_name(s) {
         Ok(s.to_string())
     } else {
-        Err(format!(
-            "invalid stream name {s:?}: use 1-64 of A-Z a-z 0-9 . _ -"
-        ))
+        Err(format!("invalid stream name {s:?}: {STREAM_NAME_RULE}"))
     }
 }
 
-/// Stream names: 1–64 of `A-Za-z0-9._-`.
+/// Stream names: 1–64 of `A-Za-z0-9._-`, starting with a letter or digit (no `.`, `..`,
+/// nor a name a command line would take for a flag).
 pub fn valid_stream_name(s: &str) -> bool {
     (1..=64).contains(&s.len())
+        && s.as_bytes()[0].is_ascii_alphanumeric()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+/// What an invalid stream name is told.
+pub const STREAM_NAME_RULE: &str = "use 1-64 of A-Z a-z 0-9 . _ -, starting with a letter or digit";
+
+/// Shortest `--cluster-token`: it signs the node records in Redis.
+pub const CLUSTER_TOKEN_MIN: usize = 16;
+
+/// The cluster token of a `--cluster` node: required, long enough, and none of the other
+/// tokens (a viewer's or publisher's token must never open the nodes' doors).
+pub fn cluster_token(cfg: &ServeArgs) -> Result<String, String> {
+    let Some(t) = &cfg.cluster_token else {
+        return Err(
+            "--cluster needs --cluster-token: a secret of the nodes only (at least \
+                    16 characters, the same on every node, none of the other tokens)"
+                .into(),
+        );
+    };
+    if t.len() < CLUSTER_TOKEN_MIN {
+        return Err(format!(
+            "--cluster-token is {} characters: use at least {CLUSTER_TOKEN_MIN} (e.g. `openssl rand -hex 16`)",
+            t.len()
+        ));
+    }
+    let others = [
+        ("--view-token", &cfg.view_token),
+        ("--publish-token", &cfg.publish_token),
+        ("--admin-token", &cfg.admin_token),
+        ("--metrics-token", &cfg.metrics_token),
+    ];
+    if let Some((flag, _)) = others.iter().find(|(_, v)| v.as_deref() == Some(t)) {
+        return Err(format!(
+            "--cluster-token must differ from {flag}: it opens the nodes' TS pulls"
+        ));
+    }
+    Ok(t.clone())
 }
 
 #[derive(Debug, Clone, Args)]
@@ -243,12 +277,24 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
 
-    /// Username and credential for the TURN servers of `--ice-server`, handed to clients in
-    /// the `Link` headers (and so to the player and publish pages).
+    /// Username and credential for the TURN servers of `--ice-server`, handed to clients that
+    /// passed a stream's checks, in the `Link` headers of their session (and of an `OPTIONS`
+    /// with their token, which the player and publish pages ask). Prefer `--turn-secret`.
     #[arg(long, env = "TSBRIDGE_ICE_USERNAME")]
     pub ice_username: Option<String>,
     #[arg(long, env = "TSBRIDGE_ICE_CREDENTIAL", hide_env_values = true)]
     pub ice_credential: Option<String>,
+
+    /// Secret shared with the TURN servers of `--ice-server` (coturn's `static-auth-secret`
+    /// with `use-auth-secret`): each WHEP/WHIP session gets its own time-limited TURN
+    /// credentials in its `Link` headers (username `expiry:stream`), instead of a static
+    /// password.
+    #[arg(long, env = "TSBRIDGE_TURN_SECRET", hide_env_values = true)]
+    pub turn_secret: Option<String>,
+
+    /// How long minted TURN credentials (`--turn-secret`) stay valid, in seconds.
+    #[arg(long, env = "TSBRIDGE_TURN_TTL", default_value = "86400", value_parser = parse_secs)]
+    pub turn_ttl: Duration,
 
     /// Token of the admin API: registering streams with their own keys (`POST`/`DELETE
     /// /streams/{s}`), listing and ending sessions; also accepted on `/metrics`.
@@ -320,8 +366,11 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_PUBLIC_URL", value_name = "URL")]
     pub public_url: Option<String>,
 
-    /// Secret the nodes of a cluster send each other (TS pulls); never logged. Default: the
-    /// view token.
+    /// Secret of the nodes of a cluster (required with --cluster, at least 16 characters,
+    /// unlike every other token): they send it each other for TS pulls, it opens `/cluster`,
+    /// and it signs the node records in Redis (a record that does not verify is never
+    /// contacted nor redirected to). Never logged; never accepted for viewing, publishing or
+    /// the API.
     #[arg(long, env = "TSBRIDGE_CLUSTER_TOKEN", hide_env_values = true)]
     pub cluster_token: Option<String>,
 }

@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 use tracing::info;
 
 use super::auth::{self, Caller};
-use super::keys::{new_token, StreamKeys};
 use super::{check_name, ApiError, AppState};
+use crate::keys::{new_token, KeyError, StreamKeys};
 use crate::webrtc::SessionUrl;
 
 /// The body of a registration (all optional).
@@ -64,29 +64,27 @@ pub async fn register(
             )))
         }
     };
-    let keys = StreamKeys {
-        publish_token: req
-            .publish_token
-            .map(token)
-            .transpose()?
-            .unwrap_or_else(new_token),
-        view_token,
-    };
-    if app.keys.is_registered(&name) {
+    let publish_token = req
+        .publish_token
+        .map(token)
+        .transpose()?
+        .unwrap_or_else(new_token);
+    let keys = StreamKeys::new(&publish_token, view_token.as_deref());
+    if !app.keys.register(&name, &keys).await.map_err(key_error)? {
         return Err(ApiError::Conflict(format!(
             "stream {name:?} is registered already: DELETE /streams/{name} first to change its keys"
         )));
     }
-    app.keys
-        .insert(&name, keys.clone())
-        .map_err(ApiError::Internal)?;
-    info!(stream = %name, persistent = app.keys.persistent(), "stream registered with its own keys");
+    let kept_in = app.keys.kept_in();
+    info!(stream = %name, kept_in, "stream registered with its own keys");
     let base = caller.base_url();
     let body = json!({
         "stream": name,
-        "publish_token": keys.publish_token,
-        "view_token": keys.view_token,
+        // Shown this once: only their hashes are kept.
+        "publish_token": publish_token,
+        "view_token": view_token,
         "persistent": app.keys.persistent(),
+        "kept_in": kept_in,
         "urls": {
             "whip": format!("{base}/whip/{name}"),
             "ingest": format!("{base}/ingest/{name}"),
@@ -105,7 +103,7 @@ pub async fn unregister(
 ) -> Result<Json<Value>, ApiError> {
     auth::admin(&app, &caller)?;
     check_name(&name)?;
-    let had_keys = app.keys.remove(&name);
+    let had_keys = app.keys.remove(&name).await.map_err(key_error)?;
     let stream = app.registry.get(&name);
     if !had_keys && stream.is_none() {
         return Err(ApiError::NotFound(format!("no stream {name:?}")));
@@ -114,13 +112,22 @@ pub async fn unregister(
         s.evict();
     }
     let sessions = app.engine.end_stream(&name).await;
-    if let Some(s) = app.registry.remove(&name) {
-        app.forget_rate(s.id);
-    }
+    app.registry.remove(&name);
     info!(stream = %name, sessions, "stream deleted (admin API)");
     Ok(Json(
         json!({ "stream": name, "sessions_ended": sessions, "keys_removed": had_keys }),
     ))
+}
+
+/// A key store that could not answer: 503 when the cluster's Redis is away, else 500 (the
+/// disk refused a write).
+fn key_error(e: KeyError) -> ApiError {
+    match e {
+        KeyError::Unreachable => ApiError::Unavailable(format!("{e}; retry")),
+        KeyError::Save(why) => {
+            ApiError::Internal(format!("the registration was not changed: {why}"))
+        }
+    }
 }
 
 pub async fn sessions(

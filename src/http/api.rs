@@ -19,14 +19,21 @@ use crate::stream::{Reencode, Status, Stream, VideoProfile};
 use crate::ts::start::StartPoint;
 use crate::ts::{Codec, ProgramChoice, TrackInfo, TrackSet};
 
+/// `GET /streams`: the streams the caller may see (a registered stream with its own view key
+/// only to a holder of that key or the admin).
 pub async fn list(State(app): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
     auth::check(&app, &caller, Action::Api, Protocol::Api, None).await?;
-    let streams: Vec<Value> = app
-        .registry
-        .list()
-        .iter()
-        .map(|s| describe(&app, s))
-        .collect();
+    let internal = auth::node(&app, &caller);
+    let mut streams = Vec::new();
+    for s in app.registry.list() {
+        // A name whose keys cannot be read now (Redis away) is left out.
+        if matches!(
+            auth::tokens_allow(&app, &caller, Action::Api, Some(&s.name)).await,
+            Ok(true)
+        ) {
+            streams.push(describe(&app, &s, internal));
+        }
+    }
     Ok(Json(json!({ "streams": streams })))
 }
 
@@ -37,7 +44,10 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     if let Some(base) = name.strip_suffix(".ts") {
         check_name(base)?;
-        auth::check(&app, &caller, Action::View, Protocol::Ts, Some(base)).await?;
+        // Another node's pull (or the admin), else a viewer's.
+        if !auth::node(&app, &caller) {
+            auth::check(&app, &caller, Action::View, Protocol::Ts, Some(base)).await?;
+        }
         return pull(&app, base);
     }
     check_name(&name)?;
@@ -46,7 +56,8 @@ pub async fn get(
         .registry
         .get(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no stream {name:?}")))?;
-    Ok(Json(describe(&app, &stream)).into_response())
+    let internal = auth::node(&app, &caller);
+    Ok(Json(describe(&app, &stream, internal)).into_response())
 }
 
 /// Who plays H.265, for the API.
@@ -184,7 +195,8 @@ fn programs_json(s: &Arc<Stream>, st: &Status) -> Vec<Value> {
         .collect()
 }
 
-fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
+/// A stream as JSON; `internal` (the admin, another node) adds the node it is pulled from.
+fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
     let st = s.status();
     let tracks: Vec<Value> = st
         .tracks
@@ -212,12 +224,13 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
             "seconds": g.duration_90k() as f64 / 90_000.0,
         })
     };
-    // On an edge of a cluster: "pull" and the owner it is pulled from.
+    // On an edge of a cluster: "pull", and (for the admin) the owner it is pulled from.
     let pulled = app.cluster.as_ref().and_then(|c| c.pulled_from(n));
     let source = match &pulled {
         Some(_) => json!("pull"),
         None => json!(st.source),
     };
+    let pulled = pulled.filter(|_| internal);
     json!({
         "name": n,
         "source": source,
@@ -232,7 +245,7 @@ fn describe(app: &AppState, s: &Arc<Stream>) -> Value {
         "waiting_viewers": s.stats.waiting_viewers.load(Ordering::Relaxed),
         "sessions_total": s.stats.sessions_total.load(Ordering::Relaxed),
         "ingest_bytes": s.stats.ingest_bytes.load(Ordering::Relaxed),
-        "ingest_kbps": app.ingest_kbps(s.id),
+        "ingest_kbps": s.stats.ingest_kbps.load(Ordering::Relaxed),
         "video_frames": s.stats.video_frames.load(Ordering::Relaxed),
         "audio_packets": s.stats.audio_packets.load(Ordering::Relaxed),
         "ts_problems": s.stats.ts_problems.load(Ordering::Relaxed),
@@ -305,8 +318,11 @@ impl Drop for TsReader {
 }
 
 /// `GET /cluster`: the nodes of this node's cluster, with their load and streams.
+/// The nodes' internal URLs: for the nodes (`--cluster-token`) and the admin only.
 pub async fn cluster(State(app): State<AppState>, caller: Caller) -> Result<Json<Value>, ApiError> {
-    auth::check(&app, &caller, Action::Api, Protocol::Api, None).await?;
+    if !auth::node(&app, &caller) {
+        return Err(ApiError::Unauthorized("cluster or admin"));
+    }
     let Some(c) = &app.cluster else {
         return Err(ApiError::NotFound(
             "this node is not in a cluster (--cluster redis://…)".into(),

@@ -3,13 +3,18 @@
 //! that applies must pass.
 //!
 //! - A stream registered with `POST /streams/{s}` takes only its own keys: its publish key to
-//!   publish, its view key (if it has one) to view or read it.
+//!   publish, its view key (if it has one) to view or read it. The keys are the cluster's
+//!   (`crate::keys`): every node checks the same ones.
+//! - A derived stream takes its parent's keys: `{s}.input` (the raw input of a `--pipeline`)
+//!   is `{s}`'s; the programs of an MPTS are reached through their stream's name already.
 //! - Otherwise `--publish-token` / `--view-token` (when set).
 //! - `--admin-token` is accepted wherever a token is.
+//! - `--cluster-token` is for the nodes only: it reads a stream's TS (the edges' pull) and
+//!   `/cluster`, nothing else ([`node`]).
 //! - Then the hook, when set: POST `{"action", "protocol", "stream", "token", "ip", "query"}`;
 //!   2xx allows, anything else (or no answer within `--auth-hook-timeout`) is a 401. Answers
-//!   are kept [`CACHE_FOR`] per (action, stream, token), so a burst of viewers costs the hook
-//!   one request.
+//!   are kept [`CACHE_FOR`] per question (all six fields), so a burst of viewers costs the hook
+//!   one request and no answer is reused for another address, protocol or query.
 //!
 //! The token is the `Authorization: Bearer` one, else `?token=` (players, OBS, ffmpeg URLs).
 //! Tokens never reach a log line.
@@ -25,7 +30,8 @@ use parking_lot::Mutex;
 use serde_json::json;
 use tracing::warn;
 
-use super::{constant_time_eq, ApiError, App};
+use super::{ApiError, App};
+use crate::secret::constant_time_eq;
 
 /// How long an answer of the auth hook is reused.
 pub const CACHE_FOR: Duration = Duration::from_secs(5);
@@ -48,7 +54,7 @@ impl Action {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Protocol {
     Whip,
     Whep,
@@ -74,7 +80,8 @@ impl Protocol {
 #[derive(Debug, Clone, Default)]
 pub struct Caller {
     pub token: Option<String>,
-    /// The client's address (behind a trusted proxy: the first of `X-Forwarded-For`).
+    /// The client's address (behind trusted proxies: the right-most `X-Forwarded-For` entry
+    /// that is not one of them).
     pub ip: Option<IpAddr>,
     pub query: Option<String>,
     /// `https` or `http`, as the client sees this server.
@@ -143,17 +150,19 @@ fn caller(
             .map(percent_decode)
     });
     let proxied = peer.is_some_and(|p| trusted.contains(&p));
+    // The value the nearest proxy set (the last one: a proxy appends to what it got).
     let forwarded = |name: &str| {
         proxied
             .then(|| h(name))
             .flatten()
-            .and_then(|v| v.split(',').next())
+            .and_then(|v| v.rsplit(',').next())
             .map(|v| v.trim().to_owned())
             .filter(|v| !v.is_empty())
     };
-    let ip = forwarded("x-forwarded-for")
-        .and_then(|v| v.parse().ok())
-        .or(peer);
+    let ip = match proxied.then(|| h("x-forwarded-for")).flatten() {
+        Some(list) => forwarded_client(list, trusted).or(peer),
+        None => peer,
+    };
     let scheme = match forwarded("x-forwarded-proto").as_deref() {
         Some("https") => "https",
         Some("http") => "http",
@@ -169,6 +178,21 @@ fn caller(
         scheme,
         host,
     }
+}
+
+/// The client in an `X-Forwarded-For` list: walking from the right (the entries our own
+/// proxies added), the first address that is not a trusted proxy. What a client wrote itself
+/// is to the left of it and never believed. `None` when an entry is not an address.
+fn forwarded_client(list: &str, trusted: &[IpAddr]) -> Option<IpAddr> {
+    let mut last = None;
+    for entry in list.rsplit(',') {
+        let ip: IpAddr = entry.trim().parse().ok()?;
+        if !trusted.contains(&ip) {
+            return Some(ip);
+        }
+        last = Some(ip);
+    }
+    last
 }
 
 /// `%XX` and `+` decoding of a query value.
@@ -197,8 +221,16 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// What the hook was asked: (action, stream, token).
-type Question = (Action, String, Option<String>);
+/// What the hook was asked: every field it was sent.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct Question {
+    action: Action,
+    protocol: Protocol,
+    stream: String,
+    token: Option<String>,
+    ip: Option<IpAddr>,
+    query: Option<String>,
+}
 
 /// The auth hook's recent answers: allowed, and when.
 #[derive(Default)]
@@ -226,6 +258,52 @@ pub fn metrics(app: &App, caller: &Caller) -> Result<(), ApiError> {
     }
 }
 
+/// Whether `caller` is another node of the cluster (its `--cluster-token`), or the admin:
+/// what the inter-node TS pull and `/cluster` take.
+pub fn node(app: &App, caller: &Caller) -> bool {
+    let cluster_token = app.cluster.as_ref().map(|c| c.token.as_str());
+    caller.has_token(cluster_token) || caller.has_token(app.cfg.admin_token.as_deref())
+}
+
+/// The stream whose keys guard `stream`: `{s}` for a pipeline's input `{s}.input`.
+pub fn key_owner<'a>(app: &App, stream: &'a str) -> &'a str {
+    match stream.strip_suffix(crate::pipeline::INPUT_SUFFIX) {
+        Some(parent) if app.pipelines.enabled() => parent,
+        _ => stream,
+    }
+}
+
+/// Whether `caller`'s token allows `action` on `stream` (`None`: the stream list, metrics)
+/// by the keys and tokens alone (the hook is not asked).
+pub async fn tokens_allow(
+    app: &App,
+    caller: &Caller,
+    action: Action,
+    stream: Option<&str>,
+) -> Result<bool, ApiError> {
+    let is = |want: Option<&str>| caller.has_token(want);
+    if is(app.cfg.admin_token.as_deref()) {
+        return Ok(true);
+    }
+    let keys = match stream {
+        Some(s) => app
+            .keys
+            .get(key_owner(app, s))
+            .await
+            .map_err(|e| ApiError::Unavailable(format!("{e}; retry")))?,
+        None => None,
+    };
+    let token = caller.token.as_deref();
+    Ok(match (&keys, action) {
+        (Some(k), Action::Publish) => k.publishes(token),
+        (Some(k), _) if k.view_sha256.is_some() => k.views(token),
+        (None, Action::Publish) => {
+            app.cfg.publish_token.is_none() || is(app.cfg.publish_token.as_deref())
+        }
+        (_, _) => app.cfg.view_token.is_none() || is(app.cfg.view_token.as_deref()),
+    })
+}
+
 /// Whether `caller` may do `action` on `stream` (`None`: the stream list, metrics).
 pub async fn check(
     app: &App,
@@ -234,39 +312,24 @@ pub async fn check(
     protocol: Protocol,
     stream: Option<&str>,
 ) -> Result<(), ApiError> {
-    let is = |want: Option<&str>| caller.has_token(want);
-    // Another node of the cluster may read and pull.
-    let cluster_token = app.cluster.as_ref().and_then(|c| c.token.as_deref());
-    if action != Action::Publish && is(cluster_token) {
-        return Ok(());
-    }
-    // The admin token opens everything.
-    let admin = is(app.cfg.admin_token.as_deref());
-    let keys = stream.and_then(|s| app.keys.get(s));
     let what = match action {
         Action::Publish => "publish",
         Action::View | Action::Api => "view",
     };
-    let allowed = admin
-        || match (&keys, action) {
-            (Some(k), Action::Publish) => is(Some(&k.publish_token)),
-            (Some(k), _) if k.view_token.is_some() => is(k.view_token.as_deref()),
-            (None, Action::Publish) => {
-                app.cfg.publish_token.is_none() || is(app.cfg.publish_token.as_deref())
-            }
-            (_, _) => app.cfg.view_token.is_none() || is(app.cfg.view_token.as_deref()),
-        };
-    if !allowed {
+    if !tokens_allow(app, caller, action, stream).await? {
         return Err(ApiError::Unauthorized(what));
     }
     let Some(hook) = &app.cfg.auth_hook else {
         return Ok(());
     };
-    let key = (
+    let key = Question {
         action,
-        stream.unwrap_or("").to_owned(),
-        caller.token.clone(),
-    );
+        protocol,
+        stream: stream.unwrap_or("").to_owned(),
+        token: caller.token.clone(),
+        ip: caller.ip,
+        query: caller.query.clone(),
+    };
     if let Some(&(ok, at)) = app.auth_cache.0.lock().get(&key) {
         if at.elapsed() < CACHE_FOR {
             return if ok {
@@ -325,16 +388,21 @@ mod tests {
     #[test]
     fn token_from_bearer_or_query_and_proxies_only_when_trusted() {
         let mut h = HeaderMap::new();
-        h.insert("x-forwarded-for", "203.0.113.9, 10.0.0.2".parse().unwrap());
+        // The client wrote the first entry itself; our proxies appended the others.
+        h.insert(
+            "x-forwarded-for",
+            "198.18.0.66, 203.0.113.9, 10.0.0.2".parse().unwrap(),
+        );
         h.insert("x-forwarded-proto", "https".parse().unwrap());
         h.insert("x-forwarded-host", "tv.example.com".parse().unwrap());
         h.insert("host", "10.0.0.5:8889".parse().unwrap());
         let proxy: IpAddr = "10.0.0.1".parse().unwrap();
+        let inner: IpAddr = "10.0.0.2".parse().unwrap();
         let c = caller(
             &h,
             Some(proxy),
             Some("a=1&token=s%2Bx".into()),
-            &[proxy],
+            &[proxy, inner],
             false,
         );
         assert_eq!(c.token.as_deref(), Some("s+x"));

@@ -1,7 +1,18 @@
-// ICE servers (--ice-server, with their TURN credentials, as the Link headers carry them) and
-// trickle ICE (RFC 8840 PATCH) for candidates found after the offer went out. Shared by the
-// player and the publish page.
+// ICE servers (--ice-server: the STUN ones are in the page; TURN ones, with credentials, come
+// in the Link headers of an OPTIONS made with the viewer's or publisher's token) and trickle
+// ICE (RFC 8840 PATCH) for candidates found after the offer went out. Shared by the player and
+// the publish page.
 const ICE_SERVERS = {{ICE_SERVERS}};
+
+// The page's STUN servers and the endpoint's TURN servers for this token.
+async function iceServers(endpoint, auth) {
+  try {
+    const res = await fetch(endpoint, { method: 'OPTIONS', headers: auth });
+    return [...ICE_SERVERS, ...linkIceServers(res).filter(s => !ICE_SERVERS.some(k => k.urls === s.urls))];
+  } catch (e) {
+    return ICE_SERVERS;
+  }
+}
 
 // `Link: <url>; rel="ice-server"; username="…"; credential="…"` → RTCIceServer objects.
 function linkIceServers(res) {

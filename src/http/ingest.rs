@@ -18,6 +18,7 @@ pub async fn put(
     body: Body,
 ) -> Result<(StatusCode, String), ApiError> {
     check_name(&name)?;
+    super::session::publishable(&app, &name)?;
     auth::check(
         &app,
         &caller,
@@ -26,11 +27,7 @@ pub async fn put(
         Some(&name),
     )
     .await?;
-    if let Some(owner) = super::whip::claim(&app, &name).await? {
-        return Err(ApiError::Conflict(format!(
-            "stream {name:?} has a source on another node of the cluster ({owner}); stop it first or use another name"
-        )));
-    }
+    super::session::claim(&app, &name).await?;
     let stream = app.registry.get_or_create(&name);
     if stream.has_source() {
         return Err(ApiError::Conflict(format!(

@@ -5,10 +5,10 @@ mod api;
 mod app;
 pub mod auth;
 mod ingest;
-mod keys;
 mod openapi;
 mod pages;
 pub mod serve;
+mod session;
 mod whep;
 mod whip;
 
@@ -19,8 +19,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::Router;
 
-pub use app::{App, Tasks};
-pub use keys::{KeyStore, StreamKeys};
+pub use app::App;
 
 pub type AppState = Arc<App>;
 
@@ -31,23 +30,27 @@ pub fn router(app: AppState) -> Router {
         .route("/play/{stream}", get(pages::play))
         .route(
             "/whep/{stream}",
-            post(whep::post).head(whep::head).options(whep::options),
+            post(whep::post)
+                .head(session::head)
+                .options(session::options_whep),
         )
         .route(
             "/whep/{stream}/{session}",
             axum::routing::patch(whep::patch)
                 .delete(whep::delete)
-                .options(whep::options_session),
+                .options(session::options_session),
         )
         .route(
             "/whip/{stream}",
-            post(whip::post).head(whep::head).options(whip::options),
+            post(whip::post)
+                .head(session::head)
+                .options(session::options_whip),
         )
         .route(
             "/whip/{stream}/{session}",
             axum::routing::patch(whip::patch)
                 .delete(whip::delete)
-                .options(whep::options_session),
+                .options(session::options_session),
         )
         .route("/publish/{stream}", get(pages::publish))
         .route("/ingest/{stream}", put(ingest::put).post(ingest::put))
@@ -177,37 +180,13 @@ fn require_content_type(headers: &HeaderMap, want: &'static str) -> Result<(), A
     }
 }
 
-/// Equal-length comparison that takes the same time wherever the first difference is.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0);
-        let y = b.get(i).copied().unwrap_or(0xFF);
-        diff |= usize::from(x ^ y);
-    }
-    diff == 0
-}
-
 fn check_name(name: &str) -> Result<(), ApiError> {
     if crate::config::valid_stream_name(name) {
         Ok(())
     } else {
         Err(ApiError::BadRequest(format!(
-            "invalid stream name {name:?}: use 1-64 of A-Z a-z 0-9 . _ -"
+            "invalid stream name {name:?}: {}",
+            crate::config::STREAM_NAME_RULE
         )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::constant_time_eq;
-
-    #[test]
-    fn token_comparison() {
-        assert!(constant_time_eq(b"secret", b"secret"));
-        assert!(!constant_time_eq(b"secret", b"secreT"));
-        assert!(!constant_time_eq(b"secret", b"secret2"));
-        assert!(!constant_time_eq(b"", b"x"));
-        assert!(constant_time_eq(b"", b""));
     }
 }

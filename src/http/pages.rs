@@ -34,19 +34,16 @@ fn page(app: &AppState, html: &str, name: &str) -> Result<Html<String>, ApiError
     ))
 }
 
-/// `--ice-server` as RTCIceServer objects (TURN ones with `--ice-username/--ice-credential`),
-/// safe inside a <script>.
+/// The STUN servers of `--ice-server` as RTCIceServer objects, safe inside a <script>. The
+/// page is served to anyone: TURN servers and their credentials reach it only from an
+/// authorised `OPTIONS` or POST (`Link` headers).
 fn ice_servers_json(app: &AppState) -> String {
-    let cfg = &app.cfg;
-    let servers: Vec<_> = cfg
+    let servers: Vec<_> = app
+        .cfg
         .ice_servers
         .iter()
-        .map(|url| match (&cfg.ice_username, &cfg.ice_credential) {
-            (Some(u), Some(c)) if url.starts_with("turn") => {
-                json!({ "urls": url, "username": u, "credential": c })
-            }
-            _ => json!({ "urls": url }),
-        })
+        .filter(|url| !url.starts_with("turn"))
+        .map(|url| json!({ "urls": url }))
         .collect();
     serde_json::Value::from(servers)
         .to_string()

@@ -11,47 +11,13 @@ use axum::response::{IntoResponse, Response};
 use tracing::{debug, info};
 
 use super::auth::{self, Action, Caller, Protocol};
-use super::{check_name, require_content_type, ApiError, AppState};
+use super::session::{
+    check_session_limit, delete_session, elsewhere, header_value, ice_server_links, patch_session,
+    read_offer, session_id, session_started, session_url, SDP,
+};
+use super::{ApiError, AppState};
 use crate::stream::{Status, Stream};
-use crate::webrtc::{Answered, Offer, OfferError, Patch, PatchError, SdpFrag, SessionUrl};
-
-pub(super) const SDP: &str = "application/sdp";
-const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
-
-pub async fn options(State(_app): State<AppState>) -> Response {
-    (
-        StatusCode::NO_CONTENT,
-        [
-            (header::ALLOW, "OPTIONS, POST"),
-            (header::ACCESS_CONTROL_ALLOW_METHODS, "OPTIONS, POST"),
-            (
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                "Content-Type, Authorization, If-Match",
-            ),
-            (header::HeaderName::from_static("accept-post"), SDP),
-        ],
-    )
-        .into_response()
-}
-
-pub async fn options_session() -> Response {
-    (
-        StatusCode::NO_CONTENT,
-        [
-            (header::ALLOW, "OPTIONS, PATCH, DELETE"),
-            (
-                header::ACCESS_CONTROL_ALLOW_METHODS,
-                "OPTIONS, PATCH, DELETE",
-            ),
-            (
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                "Content-Type, Authorization, If-Match",
-            ),
-            (header::HeaderName::from_static("accept-patch"), SDPFRAG),
-        ],
-    )
-        .into_response()
-}
+use crate::webrtc::{Answered, OfferError, SessionUrl};
 
 /// Counts a WHEP POST waiting for its stream; the count drops however the wait ends (ready,
 /// deadline, or the client going away, which drops this future).
@@ -221,7 +187,7 @@ pub async fn post(
                     "cannot locate stream {name:?}: {e}; retry"
                 )));
             }
-            crate::cluster::pull::ensure(&app, &stream);
+            crate::cluster::pull::ensure(cluster, &stream);
         }
     }
     let waiting = app.registry.waiting();
@@ -279,103 +245,8 @@ pub async fn post(
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static(SDP));
     h.insert(header::LOCATION, header_value(&location));
     h.insert(header::ETAG, header_value(&format!("\"{ufrag}\"")));
-    ice_server_links(&app, h);
+    ice_server_links(&app, h, &name);
     Ok(res)
-}
-
-/// `Link: <url>; rel="ice-server"` per `--ice-server`, with `--ice-username/--ice-credential`
-/// (draft-ietf-wish-whep §4.6, RFC 9725 §4.6): clients (and the player and publish pages)
-/// take their STUN/TURN servers from there.
-pub(super) fn ice_server_links(app: &AppState, h: &mut HeaderMap) {
-    for server in &app.cfg.ice_servers {
-        let mut link = format!("<{server}>; rel=\"ice-server\"");
-        if let (Some(user), Some(cred)) = (&app.cfg.ice_username, &app.cfg.ice_credential) {
-            if server.starts_with("turn") {
-                link += &format!(
-                    "; username=\"{user}\"; credential=\"{cred}\"; credential-type=\"password\""
-                );
-            }
-        }
-        h.append(header::LINK, header_value(&link));
-    }
-}
-
-/// A node that cannot take a session sends the client (307) to the same endpoint (`whep` or
-/// `whip`) on the least-loaded node of its cluster with room; `full` (503 + Retry-After) when
-/// there is none, or no cluster.
-pub(super) async fn elsewhere(
-    app: &AppState,
-    (endpoint, name): (&str, &str),
-    caller: &Caller,
-    full: ApiError,
-) -> ApiError {
-    let Some(cluster) = &app.cluster else {
-        return full;
-    };
-    let Some(node) = cluster.elsewhere().await else {
-        return full;
-    };
-    cluster.stats.redirects.fetch_add(1, Ordering::Relaxed);
-    let query = caller
-        .query
-        .as_deref()
-        .map(|q| format!("?{q}"))
-        .unwrap_or_default();
-    info!(stream = %name, to = %node.url, "full: client sent to another node of the cluster");
-    ApiError::Redirect(format!("{}/{endpoint}/{name}{query}", node.url))
-}
-
-/// The `session.started` event (the hook's `session.ended` comes from the engine).
-pub(super) fn session_started(app: &AppState, stream: &str, id: &str, role: &str, caller: &Caller) {
-    app.engine.events.emit(
-        "session.started",
-        serde_json::json!({
-            "stream": stream,
-            "session": id,
-            "role": role,
-            "ip": caller.ip.map(|i| i.to_string()),
-        }),
-    );
-}
-
-pub(super) fn header_value(s: &str) -> HeaderValue {
-    // Built only from stream names, hex ids and config: always visible ASCII.
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-}
-
-/// 128 random bits, hex: the session's unguessable Location.
-pub(super) fn session_id() -> String {
-    let v: u128 = rand::random();
-    format!("{v:032x}")
-}
-
-/// The checks every WHEP/WHIP POST starts with, then its parsed offer.
-pub(super) async fn read_offer(
-    app: &AppState,
-    (caller, action, protocol): (&Caller, Action, Protocol),
-    name: &str,
-    headers: &HeaderMap,
-    body: &[u8],
-) -> Result<Offer, ApiError> {
-    check_name(name)?;
-    auth::check(app, caller, action, protocol, Some(name)).await?;
-    require_content_type(headers, SDP)?;
-    let sdp = std::str::from_utf8(body)
-        .map_err(|_| ApiError::BadRequest("SDP offer is not UTF-8".into()))?;
-    let offer = Offer::parse(sdp).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    check_session_limit(app)?;
-    Ok(offer)
-}
-
-/// 503 when the server holds as many sessions as `--max-sessions` allows.
-pub(super) fn check_session_limit(app: &AppState) -> Result<(), ApiError> {
-    let live = app.engine.live_sessions();
-    if live >= app.cfg.max_sessions {
-        return Err(ApiError::Unavailable(format!(
-            "the server has {live} sessions, the most allowed (--max-sessions); retry later"
-        )));
-    }
-    Ok(())
 }
 
 pub async fn patch(
@@ -396,72 +267,4 @@ pub async fn delete(
 ) -> Result<StatusCode, ApiError> {
     auth::check(&app, &caller, Action::View, Protocol::Whep, Some(&name)).await?;
     delete_session(&app, session_url(name, id, false)).await
-}
-
-pub(super) fn session_url(stream: String, id: String, publisher: bool) -> SessionUrl {
-    SessionUrl {
-        id,
-        stream,
-        publisher,
-    }
-}
-
-/// `HEAD` on a WHEP or WHIP endpoint: 200 with the media type a POST takes
-/// (draft-ietf-wish-whep §4.1, RFC 9725 §4.2).
-pub async fn head() -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, SDP)]).into_response()
-}
-
-/// PATCH on a WHEP or WHIP session (the caller checked the token of the session's role).
-pub(super) async fn patch_session(
-    app: &AppState,
-    url: SessionUrl,
-    headers: &HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    check_name(&url.stream)?;
-    require_content_type(headers, SDPFRAG)?;
-    let text = std::str::from_utf8(&body)
-        .map_err(|_| ApiError::BadRequest("sdpfrag is not UTF-8".into()))?;
-    let frag = SdpFrag::parse(text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let if_match = headers
-        .get(header::IF_MATCH)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
-    match app.engine.patch(url, Patch { frag, if_match }).await {
-        Ok(None) => Ok(StatusCode::NO_CONTENT.into_response()),
-        Ok(Some(answer)) => {
-            let etag = answer
-                .lines()
-                .find_map(|l| l.strip_prefix("a=ice-ufrag:"))
-                .unwrap_or("")
-                .to_string();
-            let mut res = (StatusCode::OK, answer).into_response();
-            res.headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static(SDPFRAG));
-            res.headers_mut()
-                .insert(header::ETAG, header_value(&format!("\"{etag}\"")));
-            Ok(res)
-        }
-        Err(PatchError::NotFound) => Err(ApiError::NotFound("no such session".into())),
-        Err(e @ PatchError::PreconditionFailed(_)) => {
-            Err(ApiError::PreconditionFailed(e.to_string()))
-        }
-        Err(e @ PatchError::PreconditionRequired) => {
-            Err(ApiError::PreconditionRequired(e.to_string()))
-        }
-        Err(PatchError::Bad(why)) => Err(ApiError::BadRequest(why)),
-    }
-}
-
-/// DELETE of a WHEP or WHIP session.
-pub(super) async fn delete_session(
-    app: &AppState,
-    url: SessionUrl,
-) -> Result<StatusCode, ApiError> {
-    check_name(&url.stream)?;
-    if app.engine.delete(url).await {
-        Ok(StatusCode::OK)
-    } else {
-        Err(ApiError::NotFound("no such session".into()))
-    }
 }

@@ -9,28 +9,12 @@ use axum::response::{IntoResponse, Response};
 use tracing::info;
 
 use super::auth::{self, Action, Caller, Protocol};
-use super::whep::{
-    delete_session, elsewhere, header_value, ice_server_links, patch_session, read_offer,
+use super::session::{
+    claim, delete_session, elsewhere, header_value, ice_server_links, patch_session, read_offer,
     session_id, session_started, session_url, SDP,
 };
 use super::{ApiError, AppState};
 use crate::webrtc::{Answered, OfferError};
-
-pub async fn options() -> Response {
-    (
-        StatusCode::NO_CONTENT,
-        [
-            (header::ALLOW, "OPTIONS, POST"),
-            (header::ACCESS_CONTROL_ALLOW_METHODS, "OPTIONS, POST"),
-            (
-                header::ACCESS_CONTROL_ALLOW_HEADERS,
-                "Content-Type, Authorization, If-Match",
-            ),
-            (HeaderName::from_static("accept-post"), SDP),
-        ],
-    )
-        .into_response()
-}
 
 pub async fn post(
     State(app): State<AppState>,
@@ -39,6 +23,7 @@ pub async fn post(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    super::session::publishable(&app, &name)?;
     let who = (&caller, Action::Publish, Protocol::Whip);
     let offer = match read_offer(&app, who, &name, &headers, &body).await {
         // A full node sends the publisher to one with room.
@@ -47,20 +32,17 @@ pub async fn post(
         }
         r => r?,
     };
-    let input_name = match app.cfg.pipeline {
-        Some(_) => crate::pipeline::input_name(&name),
-        None => name.clone(),
+    let pipelined = app.pipelines.enabled();
+    let input_name = if pipelined {
+        crate::pipeline::input_name(&name)
+    } else {
+        name.clone()
     };
     // With a pipeline, the output name must not be fed by something else either.
-    let output_taken = app.cfg.pipeline.is_some()
-        && !app.pipeline_running(&name)
+    let output_taken = pipelined
+        && !app.pipelines.running(&name)
         && app.registry.get(&name).is_some_and(|s| s.has_source());
-    if let Some(owner) = claim(&app, &name).await? {
-        return Err(ApiError::Conflict(format!(
-            "stream {name:?} has a source on another node of the cluster ({owner}); publish \
-             under another name"
-        )));
-    }
+    claim(&app, &name).await?;
     let stream = app.registry.get_or_create(&input_name);
     if stream.has_source() || output_taken {
         return Err(ApiError::Conflict(format!(
@@ -81,9 +63,7 @@ pub async fn post(
             OfferError::NoPublishableMedia { .. } => ApiError::NotAcceptable(e.to_string()),
             e => ApiError::BadRequest(e.to_string()),
         })?;
-    if app.cfg.pipeline.is_some() {
-        app.ensure_pipeline(&name, &stream);
-    }
+    app.pipelines.ensure(&name, &stream);
     let mut session = session;
     session.client_ip = caller.ip;
     app.engine.add(session);
@@ -104,26 +84,8 @@ pub async fn post(
         HeaderName::from_static("playback-url"),
         header_value(&playback),
     );
-    ice_server_links(&app, h);
+    ice_server_links(&app, h, &name);
     Ok(res)
-}
-
-/// Claim stream `name` cluster-wide for a source here: the other node's URL when it has it.
-/// With Redis away the source is taken (and claimed once Redis is back).
-pub(super) async fn claim(app: &AppState, name: &str) -> Result<Option<String>, ApiError> {
-    let Some(cluster) = &app.cluster else {
-        return Ok(None);
-    };
-    if let Some(owner) = cluster.pulled_from(name) {
-        return Ok(Some(owner));
-    }
-    match cluster.claim(name).await {
-        Ok(owner) => Ok(owner.map(|o| o.url)),
-        Err(e) => {
-            tracing::warn!(stream = %name, error = %e, "cannot claim the stream in the cluster; taking the source");
-            Ok(None)
-        }
-    }
 }
 
 pub async fn patch(

@@ -94,6 +94,10 @@ impl Status {
 #[derive(Debug, Default)]
 pub struct Stats {
     pub ingest_bytes: AtomicU64,
+    /// Ingest bitrate over the last second (see [`Stream::sample_rate`]), and the byte count
+    /// it was taken from.
+    pub ingest_kbps: AtomicU64,
+    ingest_bytes_sampled: AtomicU64,
     pub video_frames: AtomicU64,
     pub video_bytes: AtomicU64,
     pub audio_packets: AtomicU64,
@@ -248,6 +252,17 @@ impl Stream {
                 .is_none_or(|t| t.video().is_none() || s.video.is_some());
             s.ready = playable && video_known && s.source != SourceState::Waiting;
         });
+    }
+
+    /// Once a second (housekeeping): the ingest bitrate since the last call.
+    pub fn sample_rate(&self) {
+        let bytes = self.stats.ingest_bytes.load(Ordering::Relaxed);
+        let last = self
+            .stats
+            .ingest_bytes_sampled
+            .swap(bytes, Ordering::Relaxed);
+        let kbps = bytes.saturating_sub(last) * 8 / 1000;
+        self.stats.ingest_kbps.store(kbps, Ordering::Relaxed);
     }
 
     pub fn touch(&self) {

@@ -16,6 +16,7 @@ mod session;
 mod shard;
 mod socket;
 mod srtp;
+pub mod turn;
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

@@ -73,10 +73,19 @@ pub fn testdata(name: &str) -> std::path::PathBuf {
 
 /// `GET /streams/{name}` on the server at `http_addr`, as JSON (asserting 200).
 pub async fn stream_json(http_addr: std::net::SocketAddr, name: &str) -> serde_json::Value {
+    stream_json_with(http_addr, name, &[]).await
+}
+
+/// [`stream_json`] with request headers (a token).
+pub async fn stream_json_with(
+    http_addr: std::net::SocketAddr,
+    name: &str,
+    headers: &[(&str, &str)],
+) -> serde_json::Value {
     let r = request(
         "GET",
         &format!("http://{http_addr}/streams/{name}"),
-        &[],
+        headers,
         b"",
     )
     .await
