@@ -19,7 +19,9 @@
 
 pub mod h264;
 pub mod h265;
+pub mod hook;
 pub mod http;
+pub mod redis;
 pub mod runtime;
 pub mod server;
 #[path = "../../src/codec/transcode/tone.rs"]
