@@ -10,7 +10,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::hook::hook;
-use common::redis::{redis, redis_with, Redis};
+use common::redis::{redis, redis_tls, redis_with, Redis};
 use common::{request, TsbridgeProcess};
 use serde_json::Value;
 use tsbridge::config::{Named, ServeArgs};
@@ -543,6 +543,107 @@ async fn forged_records_in_redis_are_never_contacted() {
         0,
         "a forged URL was contacted"
     );
+}
+
+/// Redis answering slowly (`DEBUG SLEEP`) holds no request past its bound (a prompt 503), and
+/// Redis restarted empty is noticed: the nodes and the stream's claim come back by themselves,
+/// and the loss of its data (registered keys) is counted and logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_or_emptied_redis_holds_no_request() {
+    let test = "a_slow_or_emptied_redis_holds_no_request";
+    let Some(mut redis) = redis_with(test, &["--enable-debug-command", "local"]).await else {
+        return;
+    };
+    let a = node(&redis.url, &["--replay", "cam=testdata/h264_opus.ts"]);
+    let b = node(&redis.url, &[]);
+    registered(&a.base, 2).await;
+    let port = redis.port.to_string();
+    let sleeper = std::thread::spawn(move || {
+        Command::new("redis-cli")
+            .args(["-p", &port, "DEBUG", "SLEEP", "3"])
+            .output()
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let offer = common::offer_sdp(&common::WhepOptions::default())
+        .await
+        .unwrap();
+    let view = bearer(VIEW);
+    let sdp = [
+        ("Content-Type", "application/sdp"),
+        ("Authorization", view.as_str()),
+    ];
+    let cluster = bearer(CLUSTER_TOKEN);
+    let node_auth = [("Authorization", cluster.as_str())];
+    let asks: [(&str, String, &[(&str, &str)], &[u8]); 3] = [
+        (
+            "POST",
+            format!("{}/whep/elsewhere", b.base),
+            &sdp,
+            offer.as_bytes(),
+        ),
+        (
+            "GET",
+            format!("{}/streams/cam", b.base),
+            &h_view(&view),
+            b"",
+        ),
+        ("GET", format!("{}/cluster", b.base), &node_auth, b""),
+    ];
+    for (method, url, headers, body) in asks {
+        let t = Instant::now();
+        let r = request(method, &url, headers, body).await.unwrap();
+        let took = t.elapsed();
+        assert_eq!(r.status, 503, "{method} {url}: {}", r.text());
+        assert!(
+            took < Duration::from_millis(1500),
+            "{method} {url} took {took:?}"
+        );
+    }
+    let _ = sleeper.join();
+    // Emptied: nodes and claims return within a few ticks; the loss is counted.
+    redis.restart().await;
+    registered(&a.base, 2).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let c = registered(&b.base, 2).await;
+        let owned = c["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["streams_owned"] == serde_json::json!(["cam"]));
+        let metrics = request("GET", &format!("{}/metrics", a.base), &[], b"")
+            .await
+            .unwrap()
+            .text();
+        if owned && metrics.contains("tsbridge_cluster_redis_data_lost_total 1") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "claim or loss not seen: {c}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn h_view(auth: &str) -> [(&str, &str); 1] {
+    [("Authorization", auth)]
+}
+
+/// `rediss://`: nodes reach a TLS-only Redis, verified against the CA in `SSL_CERT_FILE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_redis_over_tls() {
+    let dir = std::env::temp_dir().join(format!("tsbridge-redis-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (ca, cert, key) = common::ca_signed_cert(&dir);
+    let Some(redis) = redis_tls("nodes_reach_redis_over_tls", &cert, &key).await else {
+        return;
+    };
+    // Inherited by the nodes (rustls-native-certs reads it instead of the system's roots).
+    std::env::set_var("SSL_CERT_FILE", &ca);
+    let a = node(&redis.url, &["--replay", "cam=testdata/h264_opus.ts"]);
+    let b = node(&redis.url, &[]);
+    let c = registered(&a.base, 2).await;
+    assert_eq!(c["redis"], "up", "{c}");
+    registered(&b.base, 2).await;
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 // ---- 11 and 12. registration and listings --------------------------------------------------

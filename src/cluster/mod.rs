@@ -45,6 +45,9 @@ const OP_TIMEOUT: Duration = Duration::from_millis(500);
 
 const NODE_PREFIX: &str = "tsbridge:node:";
 const STREAM_PREFIX: &str = "tsbridge:stream:";
+/// Set once (`SET NX`) by the first node to reach an empty Redis: a change means Redis lost
+/// its data.
+const EPOCH_KEY: &str = "tsbridge:epoch";
 /// A sorted set of the node ids, scored by when their record expires (ms since the epoch).
 const NODES_KEY: &str = "tsbridge:nodes";
 
@@ -92,6 +95,8 @@ pub struct ClusterStats {
     pub redis_errors: AtomicU64,
     /// Records in Redis that did not verify (ignored).
     pub forged_records: AtomicU64,
+    /// Times Redis was seen to have lost its data (its epoch changed).
+    pub redis_data_lost: AtomicU64,
 }
 
 /// What a node's cluster duties read of the node and where they run their pulls: handed over
@@ -127,6 +132,8 @@ pub struct Cluster {
     ticking: tokio::sync::Mutex<()>,
     pub(crate) local: Local,
     forged_logged: AtomicBool,
+    /// The cluster's epoch as this node last saw it.
+    epoch: Mutex<Option<String>>,
 }
 
 impl Cluster {
@@ -136,6 +143,8 @@ impl Cluster {
         token: String,
         local: Local,
     ) -> Result<Cluster, String> {
+        // `rediss://` connects with rustls's process-wide provider: ours (aws-lc-rs).
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
         let client =
             redis::Client::open(redis_url).map_err(|e| format!("--cluster {redis_url:?}: {e}"))?;
         let v: u64 = rand::random();
@@ -155,6 +164,7 @@ impl Cluster {
             ticking: tokio::sync::Mutex::new(()),
             local,
             forged_logged: AtomicBool::new(false),
+            epoch: Mutex::new(None),
         })
     }
 
@@ -443,6 +453,33 @@ impl Cluster {
         }
     }
 
+    /// Notices a Redis that lost its data (restarted without persistence): the cluster's
+    /// epoch, set once by the first node, changed. Nodes and claims come back by themselves
+    /// within a tick; registered streams' keys do not, which is said loudly.
+    async fn check_epoch(&self) {
+        let mine: u64 = rand::random();
+        let set = self
+            .query::<Option<String>>(redis::cmd("SET").arg(EPOCH_KEY).arg(mine).arg("NX"))
+            .await;
+        let Ok(Some(now)) = self.get(EPOCH_KEY).await else {
+            return;
+        };
+        let mut epoch = self.epoch.lock();
+        match epoch.as_deref() {
+            Some(was) if was != now => {
+                self.stats.redis_data_lost.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(
+                    "cluster: Redis lost its data (restarted without persistence?): nodes and \
+                     stream claims come back by themselves, but registered streams' keys are \
+                     gone — register them again, and give Redis persistence (appendonly yes)"
+                );
+            }
+            _ if set.is_err() => return,
+            _ => {}
+        }
+        *epoch = Some(now);
+    }
+
     /// Once per [`TICK`]: connect if needed, register, keep our claims (and claim the streams
     /// that have a source here: replay, UDP, stdin), release the ones whose source is gone.
     async fn tick(&self) {
@@ -468,6 +505,7 @@ impl Cluster {
         if self.is_draining() {
             return;
         }
+        self.check_epoch().await;
         let info = self.info();
         let json = serde_json::to_string(&info).unwrap_or_default();
         let now = unix_ms();

@@ -474,6 +474,16 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
                 "Redis commands that failed or timed out",
                 &c.stats.redis_errors,
             ),
+            (
+                "tsbridge_cluster_forged_records_total",
+                "records in Redis that did not verify with the cluster token (ignored)",
+                &c.stats.forged_records,
+            ),
+            (
+                "tsbridge_cluster_redis_data_lost_total",
+                "times Redis was seen to have lost its data (registered keys gone)",
+                &c.stats.redis_data_lost,
+            ),
         ] {
             counter(&mut out, name, help, &[("", r(v))]);
         }

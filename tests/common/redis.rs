@@ -8,6 +8,37 @@ pub struct Redis {
     pub child: tokio::process::Child,
     pub url: String,
     pub port: u16,
+    /// What it was started with (for [`Redis::restart`]).
+    args: Vec<String>,
+}
+
+impl Redis {
+    /// Kills it and starts it again on the same port, empty (no persistence).
+    pub async fn restart(&mut self) {
+        let _ = self.child.kill().await;
+        self.child = start(self.port, &self.args).await;
+    }
+}
+
+/// `redis-server` with `args`, once `port` accepts connections.
+async fn start(port: u16, args: &[String]) -> tokio::process::Child {
+    let child = tokio::process::Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(Instant::now() < deadline, "redis-server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child
 }
 
 /// A fresh redis-server, or `None` (said loudly) when there is none and CI does not require it.
@@ -17,6 +48,44 @@ pub async fn redis(test: &str) -> Option<Redis> {
 
 /// [`redis`] with extra `redis-server` arguments (`--requirepass`, …).
 pub async fn redis_with(test: &str, extra: &[&str]) -> Option<Redis> {
+    redis_on(test, |port| {
+        let mut args = vec!["--port".to_string(), port.to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args
+    })
+    .await
+}
+
+/// A redis-server that speaks TLS only (`rediss://`), with `cert`/`key` (PEM) as its
+/// certificate; `url` is `rediss://127.0.0.1:PORT/0`.
+pub async fn redis_tls(test: &str, cert: &std::path::Path, key: &std::path::Path) -> Option<Redis> {
+    let (cert, key) = (cert.display().to_string(), key.display().to_string());
+    let mut r = redis_on(test, |port| {
+        [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            &cert,
+            "--tls-key-file",
+            &key,
+            "--tls-ca-cert-file",
+            &cert,
+            "--tls-auth-clients",
+            "no",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    })
+    .await?;
+    r.url = format!("rediss://127.0.0.1:{}/0", r.port);
+    Some(r)
+}
+
+/// A redis-server with the arguments `args(port)` gives, once `port` accepts connections.
+async fn redis_on(test: &str, args: impl FnOnce(u16) -> Vec<String>) -> Option<Redis> {
     let found = std::process::Command::new("redis-server")
         .arg("--version")
         .output()
@@ -33,26 +102,12 @@ pub async fn redis_with(test: &str, extra: &[&str]) -> Option<Redis> {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()
     };
-    let child = tokio::process::Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .args(extra)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start redis-server");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(Instant::now() < deadline, "redis-server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let args = args(port);
+    let child = start(port, &args).await;
     Some(Redis {
         child,
         url: format!("redis://127.0.0.1:{port}/0"),
         port,
+        args,
     })
 }
