@@ -574,31 +574,16 @@ async fn a_slow_or_emptied_redis_holds_no_request() {
     ];
     let cluster = bearer(CLUSTER_TOKEN);
     let node_auth = [("Authorization", cluster.as_str())];
-    let asks: [(&str, String, &[(&str, &str)], &[u8]); 3] = [
-        (
-            "POST",
-            format!("{}/whep/elsewhere", b.base),
-            &sdp,
-            offer.as_bytes(),
-        ),
-        (
-            "GET",
-            format!("{}/streams/cam", b.base),
-            &h_view(&view),
-            b"",
-        ),
-        ("GET", format!("{}/cluster", b.base), &node_auth, b""),
-    ];
-    for (method, url, headers, body) in asks {
-        let t = Instant::now();
-        let r = request(method, &url, headers, body).await.unwrap();
-        let took = t.elapsed();
-        assert_eq!(r.status, 503, "{method} {url}: {}", r.text());
-        assert!(
-            took < Duration::from_millis(1500),
-            "{method} {url} took {took:?}"
-        );
-    }
+    let stream_url = format!("{}/streams/cam", b.base);
+    prompt_503(
+        "POST",
+        &format!("{}/whep/elsewhere", b.base),
+        &sdp,
+        offer.as_bytes(),
+    )
+    .await;
+    prompt_503("GET", &stream_url, &[("Authorization", view.as_str())], b"").await;
+    prompt_503("GET", &format!("{}/cluster", b.base), &node_auth, b"").await;
     let _ = sleeper.join();
     // Emptied: nodes and claims return within a few ticks; the loss is counted.
     redis.restart().await;
@@ -623,8 +608,16 @@ async fn a_slow_or_emptied_redis_holds_no_request() {
     }
 }
 
-fn h_view(auth: &str) -> [(&str, &str); 1] {
-    [("Authorization", auth)]
+/// A request Redis cannot answer now: 503 within its bound (500 ms per Redis call).
+async fn prompt_503(method: &str, url: &str, headers: &[(&str, &str)], body: &[u8]) {
+    let t = Instant::now();
+    let r = request(method, url, headers, body).await.unwrap();
+    let took = t.elapsed();
+    assert_eq!(r.status, 503, "{method} {url}: {}", r.text());
+    assert!(
+        took < Duration::from_millis(1500),
+        "{method} {url} took {took:?}"
+    );
 }
 
 /// `rediss://`: nodes reach a TLS-only Redis, verified against the CA in `SSL_CERT_FILE`.
