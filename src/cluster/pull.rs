@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, info};
 
+use super::Cluster;
+use crate::client;
 use crate::http::App;
 use crate::stream::Stream;
 
@@ -19,6 +21,15 @@ use crate::stream::Stream;
 pub const LINGER: Duration = Duration::from_secs(10);
 /// Between lookups of a stream's owner while there is none (or Redis is away).
 const RETRY: Duration = Duration::from_millis(250);
+/// A pull's bounds: an owner that stops sending (a stopped or vanished host) ends the pull
+/// after 5 s of silence; its first bytes may take a GOP (the owner starts a reader at a
+/// keyframe).
+const PULL_TIMEOUTS: client::Timeouts = client::Timeouts::stream(
+    Duration::from_secs(3),
+    Duration::from_secs(5),
+    Duration::from_secs(5),
+)
+.first_data(Duration::from_secs(20));
 
 /// Start pulling `stream` from its owner unless this node already does (or has its source).
 pub fn ensure(app: &Arc<App>, stream: &Arc<Stream>) {
@@ -30,13 +41,28 @@ pub fn ensure(app: &Arc<App>, stream: &Arc<Stream>) {
         }
         pulled.insert(stream.name.clone(), String::new());
     }
+    let entry = PullEntry {
+        cluster: cluster.clone(),
+        name: stream.name.clone(),
+    };
     let (app2, s) = (app.clone(), stream.clone());
     app.tasks.spawn(async move {
+        let _entry = entry;
         run(&app2, &s).await;
-        if let Some(c) = &app2.cluster {
-            c.pulled.lock().remove(&s.name);
-        }
     });
+}
+
+/// A stream's entry in `pulled`, removed however its pull ends (returns, panics, is aborted),
+/// so a later viewer starts the pull again.
+struct PullEntry {
+    cluster: Arc<Cluster>,
+    name: String,
+}
+
+impl Drop for PullEntry {
+    fn drop(&mut self) {
+        self.cluster.pulled.lock().remove(&self.name);
+    }
 }
 
 fn watched(s: &Stream) -> bool {
@@ -76,12 +102,12 @@ async fn run(app: &Arc<App>, stream: &Arc<Stream>) {
         info!(stream = %name, owner = %owner.url, "cluster: pulling the stream from its owner");
         let guard = stream.attach_source();
         let url = format!("{}/streams/{name}.ts", owner.url);
-        let headers: Vec<(&str, &str)> = token
-            .as_deref()
-            .map(|t| vec![("Authorization", t)])
-            .unwrap_or_default();
-        let pull = crate::client::get_streaming(&url, &headers, |data| {
-            guard.write(data);
+        let mut req = client::Request::get(url);
+        if let Some(t) = &token {
+            req = req.header("Authorization", t);
+        }
+        let pull = client::get_streaming(req, PULL_TIMEOUTS, |data| {
+            guard.write(&data);
             true
         });
         // Stop when nobody here watches any more, or the owner's stream ends.
@@ -97,7 +123,7 @@ async fn run(app: &Arc<App>, stream: &Arc<Stream>) {
             }
         };
         let ended = tokio::select! {
-            r = pull => r.err(),
+            r = pull => r.err().map(|e| e.to_string()),
             () = linger => {
                 debug!(stream = %name, "cluster: no viewers here; pull stopped");
                 return;
@@ -108,5 +134,30 @@ async fn run(app: &Arc<App>, stream: &Arc<Stream>) {
             "cluster: pull ended");
         idle_since = Instant::now();
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pull_that_panics_leaves_no_entry_behind() {
+        let cluster = Arc::new(
+            Cluster::new("redis://127.0.0.1:1", "http://127.0.0.1:2", None)
+                .expect("a Redis client is made without connecting"),
+        );
+        cluster.pulled.lock().insert("cam".into(), String::new());
+        let entry = PullEntry {
+            cluster: cluster.clone(),
+            name: "cam".into(),
+        };
+        let task = tokio::spawn(async move {
+            let _entry = entry;
+            tokio::task::yield_now().await;
+            panic!("a bug in a pull");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert!(cluster.pulled.lock().is_empty());
     }
 }
