@@ -83,14 +83,14 @@ async fn deliver(url: String, mut rx: mpsc::Receiver<Value>, stats: Arc<EventSta
             if attempt > 0 {
                 tokio::time::sleep(Duration::from_millis(250 << attempt)).await;
             }
-            match tokio::time::timeout(TIMEOUT, crate::client::post_json(&url, &body)).await {
-                Ok(Ok(status)) if (200..300).contains(&status) => {
+            match crate::client::post_json(&url, &body, TIMEOUT).await {
+                Ok(status) if (200..300).contains(&status) => {
                     delivered = true;
                     break;
                 }
-                Ok(Ok(status)) => debug!(status, "event hook refused an event"),
-                Ok(Err(e)) => debug!(error = %e, "event hook unreachable"),
-                Err(_) => debug!("event hook did not answer in time"),
+                Ok(status) => debug!(status, "event hook refused an event"),
+                Err(e) if e.is_timeout() => debug!(error = %e, "event hook did not answer in time"),
+                Err(e) => debug!(error = %e, "event hook unreachable"),
             }
         }
         if delivered {

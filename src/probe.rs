@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 
+use crate::client;
 use crate::codec::opus;
 use crate::codec::reorder::{ReorderDetector, B_FRAMES_ADVICE};
 use crate::codec::{VideoAssembler, VideoCodec, VideoProfile};
@@ -353,35 +354,29 @@ fn track_line(s: &mut String, t: &TrackReport, measured: bool) {
     }
 }
 
-/// Probe a file or an http:// URL, reading at most `limit` seconds of media.
+/// Probe a file or an `http(s)://` URL, reading at most `limit` seconds of media.
 pub async fn run(input: &str, limit: Duration) -> Result<Report, String> {
     let mut p = Prober::new();
-    if input.starts_with("http://") {
-        let (host, path) = crate::client::split_url(input)?;
-        let mut conn = tokio::net::TcpStream::connect(&host)
-            .await
-            .map_err(|e| format!("connect {host}: {e}"))?;
-        conn.write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await
-        .map_err(|e| e.to_string())?;
-        let mut r = BufReader::new(conn);
-        let (status, _, chunked) = crate::client::read_head(&mut r)
-            .await
-            .map_err(|e| e.to_string())?;
-        if status != 200 {
-            return Err(format!("{input}: HTTP {status}"));
-        }
+    if input.starts_with("http://") || input.starts_with("https://") {
+        // Give up on a stream that sends nothing for 10 s, and read for `limit` plus a margin
+        // at most: what came by then is the report.
+        let timeouts = client::Timeouts::stream(URL_WAIT, URL_WAIT, URL_WAIT);
         let deadline = tokio::time::Instant::now() + limit + Duration::from_secs(5);
-        let read = async {
-            if chunked {
-                read_chunked(&mut r, &mut p, limit).await
-            } else {
-                read_all(&mut r, &mut p, limit).await
+        let mut got = false;
+        let read = client::get_streaming(client::Request::get(input), timeouts, |data| {
+            if p.seconds() > limit.as_secs_f64() {
+                return false;
             }
-        };
-        let _ = tokio::time::timeout_at(deadline, read).await;
+            got = true;
+            p.push(&data);
+            true
+        });
+        match tokio::time::timeout_at(deadline, read).await {
+            Ok(Ok(())) | Err(_) => {}
+            // Cut off after some media: report what came.
+            Ok(Err(e)) if got && !matches!(e, client::ClientError::Status { .. }) => {}
+            Ok(Err(e)) => return Err(e.to_string()),
+        }
     } else {
         let f = tokio::fs::File::open(input)
             .await
@@ -392,6 +387,9 @@ pub async fn run(input: &str, limit: Duration) -> Result<Report, String> {
     }
     Ok(p.finish())
 }
+
+/// Connecting, the response head, and silence in the stream, when probing a URL.
+const URL_WAIT: Duration = Duration::from_secs(10);
 
 async fn read_all(
     r: &mut (impl AsyncRead + Unpin),
@@ -404,29 +402,6 @@ async fn read_all(
         if n == 0 || p.seconds() > limit.as_secs_f64() {
             return Ok(());
         }
-        p.push(&buf[..n]);
-    }
-}
-
-async fn read_chunked(
-    r: &mut (impl AsyncBufReadExt + Unpin),
-    p: &mut Prober,
-    limit: Duration,
-) -> std::io::Result<()> {
-    let mut line = String::new();
-    let mut buf = Vec::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).await? == 0 {
-            return Ok(());
-        }
-        let n = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
-            .map_err(|_| std::io::Error::other("bad chunk size"))?;
-        if n == 0 || p.seconds() > limit.as_secs_f64() {
-            return Ok(());
-        }
-        buf.resize(n + 2, 0);
-        r.read_exact(&mut buf).await?;
         p.push(&buf[..n]);
     }
 }

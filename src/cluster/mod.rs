@@ -122,7 +122,7 @@ pub struct Cluster {
     /// Streams whose source is on this node and that it claimed.
     owned: Mutex<HashSet<String>>,
     /// Streams this node pulls from their owner (an edge), with the owner's URL once known.
-    pub(crate) pulled: Mutex<HashMap<String, String>>,
+    pub(crate) pulled: Arc<Mutex<HashMap<String, String>>>,
     pub stats: ClusterStats,
     /// Egress bytes at the last tick, for the bitrate.
     last_bytes: AtomicU64,
@@ -157,7 +157,7 @@ impl Cluster {
             up: AtomicBool::new(false),
             draining: AtomicBool::new(false),
             owned: Mutex::new(HashSet::new()),
-            pulled: Mutex::new(HashMap::new()),
+            pulled: Default::default(),
             stats: ClusterStats::default(),
             last_bytes: AtomicU64::new(0),
             egress_bps: AtomicU64::new(0),

@@ -6,19 +6,31 @@
 //! viewers (RTP continuous, as for a restart on one node). The pull stops a while after the
 //! last viewer here left.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use parking_lot::Mutex;
 use tracing::{debug, info};
 
 use super::Cluster;
+use crate::client;
 use crate::stream::Stream;
 
 /// How long a pull outlives the last viewer (a viewer reloading its page finds it running).
 pub const LINGER: Duration = Duration::from_secs(10);
 /// Between lookups of a stream's owner while there is none (or Redis is away).
 const RETRY: Duration = Duration::from_millis(250);
+/// A pull's bounds: an owner that stops sending (a stopped or vanished host) ends the pull
+/// after 5 s of silence; its first bytes may take a GOP (the owner starts a reader at a
+/// keyframe).
+const PULL_TIMEOUTS: client::Timeouts = client::Timeouts::stream(
+    Duration::from_secs(3),
+    Duration::from_secs(5),
+    Duration::from_secs(5),
+)
+.first_data(Duration::from_secs(20));
 
 /// Start pulling `stream` from its owner unless this node already does (or has its source).
 pub fn ensure(cluster: &Arc<Cluster>, stream: &Arc<Stream>) {
@@ -29,11 +41,28 @@ pub fn ensure(cluster: &Arc<Cluster>, stream: &Arc<Stream>) {
         }
         pulled.insert(stream.name.clone(), String::new());
     }
+    let entry = PullEntry {
+        pulled: cluster.pulled.clone(),
+        name: stream.name.clone(),
+    };
     let (c, s) = (cluster.clone(), stream.clone());
     cluster.local.tasks.spawn(async move {
+        let _entry = entry;
         run(&c, &s).await;
-        c.pulled.lock().remove(&s.name);
     });
+}
+
+/// A stream's entry in `pulled`, removed however its pull ends (returns, panics, is aborted),
+/// so a later viewer starts the pull again.
+struct PullEntry {
+    pulled: Arc<Mutex<HashMap<String, String>>>,
+    name: String,
+}
+
+impl Drop for PullEntry {
+    fn drop(&mut self) {
+        self.pulled.lock().remove(&self.name);
+    }
 }
 
 fn watched(s: &Stream) -> bool {
@@ -70,9 +99,9 @@ async fn run(cluster: &Cluster, stream: &Arc<Stream>) {
         info!(stream = %name, owner = %owner.url, "cluster: pulling the stream from its owner");
         let guard = stream.attach_source();
         let url = format!("{}/streams/{name}.ts", owner.url);
-        let headers = [("Authorization", token.as_str())];
-        let pull = crate::client::get_streaming(&url, &headers, |data| {
-            guard.write(data);
+        let req = client::Request::get(url).header("Authorization", &token);
+        let pull = client::get_streaming(req, PULL_TIMEOUTS, |data| {
+            guard.write(&data);
             true
         });
         // Stop when nobody here watches any more, or the owner's stream ends.
@@ -88,7 +117,7 @@ async fn run(cluster: &Cluster, stream: &Arc<Stream>) {
             }
         };
         let ended = tokio::select! {
-            r = pull => r.err(),
+            r = pull => r.err().map(|e| e.to_string()),
             () = linger => {
                 debug!(stream = %name, "cluster: no viewers here; pull stopped");
                 return;
@@ -99,5 +128,27 @@ async fn run(cluster: &Cluster, stream: &Arc<Stream>) {
             "cluster: pull ended");
         idle_since = Instant::now();
         tokio::time::sleep(RETRY).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pull_that_panics_leaves_no_entry_behind() {
+        let pulled: Arc<Mutex<HashMap<String, String>>> = Default::default();
+        pulled.lock().insert("cam".into(), String::new());
+        let entry = PullEntry {
+            pulled: pulled.clone(),
+            name: "cam".into(),
+        };
+        let task = tokio::spawn(async move {
+            let _entry = entry;
+            tokio::task::yield_now().await;
+            panic!("a bug in a pull");
+        });
+        assert!(task.await.unwrap_err().is_panic());
+        assert!(pulled.lock().is_empty());
     }
 }

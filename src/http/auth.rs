@@ -349,7 +349,7 @@ pub async fn check(
     });
     let asked = tokio::time::timeout(
         app.cfg.auth_hook_timeout,
-        crate::client::post_json(hook, &body.to_string()),
+        crate::client::post_json(hook, &body.to_string(), app.cfg.auth_hook_timeout),
     )
     .await;
     let ok = match asked {

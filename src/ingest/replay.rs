@@ -14,9 +14,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::io::AsyncWriteExt;
+use bytes::Bytes;
 use tracing::{info, warn};
 
+use crate::client;
 use crate::stream::Stream;
 use crate::time::PTS_WRAP;
 use crate::ts::packet::{Header, Timestamps};
@@ -351,40 +352,56 @@ pub async fn serve_file(stream: Arc<Stream>, path: PathBuf) {
     .await;
 }
 
-/// `tsbridge replay FILE --to URL [--loop]`: PUT the file to a server, paced in real time.
+/// How long `tsbridge replay --to` waits for a connection, for the server to take more of the
+/// stream, and for its answer once the file has been sent.
+const PUSH_WAIT: Duration = Duration::from_secs(10);
+/// Chunks (each up to a PCR) queued between the pacing and the connection.
+const PUSH_QUEUE: usize = 8;
+
+/// `tsbridge replay FILE --to URL [--loop]`: PUT the file to a server as one chunked body,
+/// paced in real time.
 pub async fn push(path: &Path, url: &str, looping: bool) -> Result<(), String> {
+    use std::io::ErrorKind::TimedOut;
     let r = Replayer::open(path, looping).map_err(|e| e.to_string())?;
-    let (host, path_q) = crate::client::split_url(url)?;
-    let mut conn = tokio::net::TcpStream::connect(&host)
-        .await
-        .map_err(|e| format!("connect {host}: {e}"))?;
-    let head = format!(
-        "PUT {path_q} HTTP/1.1\r\nHost: {host}\r\nContent-Type: video/mp2t\r\nTransfer-Encoding: chunked\r\n\r\n"
-    );
-    conn.write_all(head.as_bytes())
-        .await
-        .map_err(|e| e.to_string())?;
-    let conn = std::sync::Arc::new(tokio::sync::Mutex::new(conn));
-    let c2 = conn.clone();
-    pace(r, move |data| {
-        let c = c2.clone();
+    let req = client::Request::new(client::Method::PUT, url).header("Content-Type", "video/mp2t");
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(PUSH_QUEUE);
+    let timeouts = client::Timeouts::stream(PUSH_WAIT, PUSH_WAIT, PUSH_WAIT);
+    let http = client::Client::new();
+    let upload = http.put_streaming(req, rx, timeouts);
+    // Ends the body when it returns: `tx` goes with the closure.
+    let feed = pace(r, move |data| {
+        let tx = tx.clone();
         async move {
-            let mut c = c.lock().await;
-            c.write_all(format!("{:x}\r\n", data.len()).as_bytes())
-                .await?;
-            c.write_all(&data).await?;
-            c.write_all(b"\r\n").await
+            match tokio::time::timeout(PUSH_WAIT, tx.send(Bytes::from(data))).await {
+                Ok(Ok(())) => Ok(()),
+                // The upload is over: its own result says why.
+                Ok(Err(_)) => Err(std::io::Error::other("the upload ended")),
+                Err(_) => Err(std::io::Error::new(
+                    TimedOut,
+                    format!("the server took nothing for {PUSH_WAIT:?}"),
+                )),
+            }
         }
-    })
-    .await
-    .map_err(|e| format!("sending to {url}: {e}"))?;
-    let mut c = conn.lock().await;
-    c.write_all(b"0\r\n\r\n").await.map_err(|e| e.to_string())?;
-    let (status, body) = crate::client::read_response(&mut *c)
-        .await
-        .map_err(|e| e.to_string())?;
-    if !(200..300).contains(&status) {
-        return Err(format!("server answered {status}: {body}"));
+    });
+    tokio::pin!(upload);
+    let answered_early = tokio::select! {
+        r = &mut upload => Some(r),
+        fed = feed => match fed {
+            Err(e) if e.kind() == TimedOut => return Err(format!("sending to {url}: {e}")),
+            _ => None,
+        },
+    };
+    let response = match answered_early {
+        Some(r) => r,
+        None => upload.await,
+    }
+    .map_err(|e| e.to_string())?;
+    if !(200..300).contains(&response.status) {
+        return Err(format!(
+            "server answered {}: {}",
+            response.status,
+            String::from_utf8_lossy(&response.body)
+        ));
     }
     Ok(())
 }

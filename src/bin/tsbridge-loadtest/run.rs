@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinSet;
 use tracing::warn;
-use tsbridge::client::split_url;
+use tsbridge::client::Target;
 
 use crate::event_loop::{Ctrl, EventLoop, NewViewer, Progress};
 use crate::procfs::{host_cpu_s, open_files_limit, proc_cpu_s, proc_rss_kb, udp_buf_errors};
@@ -42,8 +42,9 @@ pub(crate) async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     if !(1..=64).contains(&args.tasks) {
         return Err("--tasks must be between 1 and 64".into());
     }
-    let (host, path) = split_url(&args.url)?;
-    let server = resolve(&host).await?;
+    let target = Target::parse(&args.url).map_err(|e| e.to_string())?;
+    let server = resolve(&target.host_port()).await?;
+    let origin = target.origin();
     let local_ip = match args.bind {
         Some(ip) => ip,
         None => route_to(server.ip())
@@ -73,8 +74,7 @@ pub(crate) async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     provider.install_process_default();
     let setup = Arc::new(Setup {
         server,
-        host: host.clone(),
-        path,
+        url: args.url.clone(),
         local_ip,
         cert,
         connect_timeout: args.connect_timeout,
@@ -272,12 +272,12 @@ pub(crate) async fn run(args: &LoadtestArgs) -> Result<LoadReport, String> {
     let sem = Arc::new(tokio::sync::Semaphore::new(32));
     let mut deletes = JoinSet::new();
     for loc in locations {
-        let (sem, deleted, host) = (sem.clone(), deleted.clone(), host.clone());
+        let (sem, deleted, origin) = (sem.clone(), deleted.clone(), origin.clone());
         deletes.spawn(async move {
             let Ok(_permit) = sem.acquire().await else {
                 return;
             };
-            if delete_session(server, &host, &loc).await {
+            if delete_session(server, &origin, &loc).await {
                 deleted.fetch_add(1, Ordering::Relaxed);
             }
         });

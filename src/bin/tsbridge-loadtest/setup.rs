@@ -10,16 +10,17 @@ use str0m::config::DtlsCert;
 use str0m::media::{Direction, MediaKind};
 use str0m::{Candidate, RtcConfig};
 use tokio::net::UdpSocket;
-use tsbridge::client::{self, split_url};
+use tsbridge::client::{Client, ClientError, Method, Request, Timeouts};
 
 use crate::event_loop::NewViewer;
 use crate::viewer::{Stats, H264_OFFER};
 
 /// What every viewer start needs.
 pub(crate) struct Setup {
+    /// Where the WHEP URL's host was resolved to, once.
     pub(crate) server: SocketAddr,
-    pub(crate) host: String,
-    pub(crate) path: String,
+    /// The WHEP URL.
+    pub(crate) url: String,
     pub(crate) local_ip: IpAddr,
     pub(crate) cert: DtlsCert,
     pub(crate) connect_timeout: Duration,
@@ -71,25 +72,19 @@ pub(crate) async fn start_viewer(setup: Arc<Setup>, drop: f64) -> Result<NewView
         .apply()
         .ok_or_else(|| SetupError::new("offer", "no changes to offer"))?;
 
-    let res = tokio::time::timeout(
-        setup.connect_timeout,
-        client::request(
-            setup.server,
-            &setup.host,
-            "POST",
-            &setup.path,
-            &[("Content-Type", "application/sdp")],
-            offer.to_sdp_string().as_bytes(),
-        ),
-    )
-    .await
-    .map_err(|_| SetupError::new("HTTP timeout", "no answer to the POST"))?
-    .map_err(|e| SetupError::new(format!("HTTP: {:?}", e.kind()), e))?;
+    let post = Request::new(Method::POST, setup.url.as_str())
+        .header("Content-Type", "application/sdp")
+        .body(offer.to_sdp_string())
+        .connect_to(setup.server);
+    let res = Client::new()
+        .request(post, Timeouts::all(setup.connect_timeout))
+        .await
+        .map_err(|e| SetupError::new(error_kind(&e), e))?;
     let answered = t0.elapsed();
-    let location = res.head.header("location").map(str::to_string);
+    let location = res.header("location").map(str::to_string);
     let body = String::from_utf8_lossy(&res.body);
-    if res.head.status != 201 && res.head.status != 200 {
-        let mut err = SetupError::new(format!("HTTP {}", res.head.status), body.trim());
+    if res.status != 201 && res.status != 200 {
+        let mut err = SetupError::new(format!("HTTP {}", res.status), body.trim());
         err.location = location;
         return Err(err);
     }
@@ -136,21 +131,33 @@ fn viewer_socket(ip: IpAddr) -> std::io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
-/// DELETE a session by its `Location` (a path on the same server, or an absolute http:// URL).
-pub(crate) async fn delete_session(server: SocketAddr, host: &str, location: &str) -> bool {
-    let (server, host, path) = if location.starts_with("http://") {
-        let Ok((h, p)) = split_url(location) else {
-            return false;
-        };
-        match resolve(&h).await {
-            Ok(addr) => (addr, h, p),
-            Err(_) => return false,
-        }
+/// How a failed POST is counted in the report.
+fn error_kind(e: &ClientError) -> String {
+    match e {
+        _ if e.is_timeout() => "HTTP timeout".into(),
+        ClientError::Connect { source, .. } => format!("HTTP: {:?}", source.kind()),
+        ClientError::Http { .. } => "HTTP: bad or cut response".into(),
+        ClientError::BodyTooLarge { .. } => "HTTP: answer too large".into(),
+        _ => "HTTP".into(),
+    }
+}
+
+/// Bounds of a DELETE.
+const DELETE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// DELETE a session by its `Location`: a path on the server at `origin` (resolved to
+/// `server`), or an absolute URL.
+pub(crate) async fn delete_session(server: SocketAddr, origin: &str, location: &str) -> bool {
+    let req = if location.starts_with("http://") || location.starts_with("https://") {
+        Request::new(Method::DELETE, location)
     } else {
-        (server, host.to_string(), location.to_string())
+        Request::new(Method::DELETE, format!("{origin}{location}")).connect_to(server)
     };
-    match client::request(server, &host, "DELETE", &path, &[], b"").await {
-        Ok(r) => (200..300).contains(&r.head.status),
+    match Client::new()
+        .request(req, Timeouts::all(DELETE_TIMEOUT))
+        .await
+    {
+        Ok(r) => (200..300).contains(&r.status),
         Err(_) => false,
     }
 }
