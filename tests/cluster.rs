@@ -497,3 +497,56 @@ async fn one_hop_latency() {
     on_a.finish().await;
     on_b.finish().await;
 }
+
+/// A cold edge starts at once (issue 24): its pull begins with the GOP the owner's stream is
+/// in (`?start=gop`), so the first viewer on an edge that was not pulling a 5 s-GOP stream gets
+/// a keyframe right after its POST, not at the owner's next IDR (3 s or more away here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cold_edges_first_viewer_starts_at_once() {
+    let Some(redis) = redis("a_cold_edges_first_viewer_starts_at_once").await else {
+        return;
+    };
+    let a = node(&redis, |a| {
+        a.replays.push(Named {
+            name: "long".into(),
+            value: common::testdata("long_gop.ts"),
+        })
+    })
+    .await;
+    let b = node(&redis, |_| {}).await;
+    owned(&a, "long").await;
+    registered(&b, 2).await;
+    // Early in a GOP of the owner: its next IDR is at least 3 s away.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let j = common::stream_json(http_addr(&a), "long").await;
+        let s = j["gop_cache"]["seconds"].as_f64().unwrap_or(0.0);
+        if (0.3..2.0).contains(&s) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{j}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let viewer = WhepSession::start(&format!("{}/whep/long", b.url), &WhepOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(viewer.status, 201, "{:?}", viewer.error_body);
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(3), |c| !c.video.is_empty())
+            .await,
+        "no video within 3 s"
+    );
+    let first = viewer.collected().video[0].at;
+    let took = first.duration_since(viewer.posted_at);
+    eprintln!("cold edge: first video packet {took:?} after the POST");
+    // The old pull started at the owner's next IDR: 3 s or more.
+    assert!(took < Duration::from_millis(1500), "{took:?}");
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(3), |c| c.video.len() > 100)
+            .await
+    );
+    let aus = common::h264_access_units(&viewer.collected().video);
+    assert!(aus[0].is_keyframe(), "an IDR first: {:?}", aus[0].nal_types);
+}

@@ -98,7 +98,8 @@ async fn run(cluster: &Cluster, stream: &Arc<Stream>) {
         }
         info!(stream = %name, owner = %owner.url, "cluster: pulling the stream from its owner");
         let guard = stream.attach_source();
-        let url = format!("{}/streams/{name}.ts", owner.url);
+        // From the GOP the owner's stream is in: the first viewer here starts at once.
+        let url = format!("{}/streams/{name}.ts?start=gop", owner.url);
         let req = client::Request::get(url).header("Authorization", &token);
         let pull = client::get_streaming(req, PULL_TIMEOUTS, |data| {
             guard.write(&data);

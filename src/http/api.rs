@@ -4,7 +4,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -40,6 +40,7 @@ pub async fn list(State(app): State<AppState>, caller: Caller) -> Result<Json<Va
 pub async fn get(
     State(app): State<AppState>,
     Path(name): Path<String>,
+    Query(query): Query<StreamQuery>,
     caller: Caller,
 ) -> Result<Response, ApiError> {
     if let Some(base) = name.strip_suffix(".ts") {
@@ -48,7 +49,7 @@ pub async fn get(
         if !auth::node(&app, &caller) {
             auth::check(&app, &caller, Action::View, Protocol::Ts, Some(base)).await?;
         }
-        return pull(&app, base);
+        return pull(&app, base, query.start);
     }
     check_name(&name)?;
     auth::check(&app, &caller, Action::Api, Protocol::Api, Some(&name)).await?;
@@ -261,14 +262,20 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
 /// The stream's TS, from the live edge: it starts with the latest PAT and PMT and the next IDR
 /// (bytes before are held back), so a decoder or pipeline can start at once. Ends when the
 /// source ends.
-fn pull(app: &AppState, name: &str) -> Result<Response, ApiError> {
+fn pull(app: &AppState, name: &str, from: TsStart) -> Result<Response, ApiError> {
     check_name(name)?;
     let stream = app
         .registry
         .get(name)
         .ok_or_else(|| ApiError::NotFound(format!("no stream {name:?}")))?;
-    let cursor = stream.ring.cursor();
-    let start = StartPoint::new();
+    let (cursor, start, held) = match from {
+        TsStart::Live => (stream.ring.cursor(), StartPoint::new(), None),
+        TsStart::Gop => join_at_last_gop(&stream),
+    };
+    if let Some(held) = &held {
+        let sent = &stream.stats.ts_bytes_sent;
+        sent.fetch_add(held.len() as u64, Ordering::Relaxed);
+    }
     let reader = TsReader::new(stream);
     let body = futures_util::stream::unfold(
         (reader, cursor, start, vec![0u8; 188 * 512]),
@@ -293,12 +300,54 @@ fn pull(app: &AppState, name: &str) -> Result<Response, ApiError> {
             }
         },
     );
+    let held = futures_util::stream::iter(held.map(Ok::<_, std::io::Error>));
     Ok((
         StatusCode::OK,
         [(header::CONTENT_TYPE, "video/mp2t")],
-        Body::from_stream(body),
+        Body::from_stream(futures_util::StreamExt::chain(held, body)),
     )
         .into_response())
+}
+
+/// Where a TS pull starts: `?start=live` (the default: the next start point) or `?start=gop`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TsStart {
+    #[default]
+    Live,
+    /// The GOP the stream is in (from the ring), then live: what a cluster edge pulls, so its
+    /// first viewer starts at once.
+    Gop,
+}
+
+#[derive(Debug, Default, serde::Deserialize)]
+pub struct StreamQuery {
+    #[serde(default)]
+    start: TsStart,
+}
+
+/// A reader of the latest GOP the ring holds, then live: the bytes from its start point (with
+/// the PAT and PMT in force there), a cursor at the live edge and a pass-through start. Without
+/// a start point in the ring (or for 192/204-byte input), a live join.
+fn join_at_last_gop(stream: &Stream) -> (crate::stream::ring::Cursor, StartPoint, Option<Bytes>) {
+    let mut cur = stream.ring.cursor_from_oldest();
+    let mut held = Vec::new();
+    let mut buf = vec![0u8; 188 * 512];
+    while let Some(read) = stream.ring.try_read(&mut cur, &mut buf) {
+        match read {
+            Read::Data(n) => held.extend_from_slice(&buf[..n]),
+            // What came before belongs to an earlier source (or was overwritten).
+            Read::EndOfInput | Read::Lapped(_) => held.clear(),
+            Read::Shutdown => break,
+        }
+    }
+    match crate::ts::start::last_start(&held) {
+        Some((at, mut out)) => {
+            out.extend_from_slice(&held[at..]);
+            (cur, StartPoint::passing_through(), Some(Bytes::from(out)))
+        }
+        None => (stream.ring.cursor(), StartPoint::new(), None),
+    }
 }
 
 /// Counts a TS pull reader of a stream for as long as its response lives.

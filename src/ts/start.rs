@@ -58,6 +58,15 @@ impl StartPoint {
         self.state != State::Searching
     }
 
+    /// A reader that has started already (on 188-byte input): every byte passes through. For
+    /// the live bytes after a [`last_start`].
+    pub fn passing_through() -> Self {
+        StartPoint {
+            state: State::PassThrough,
+            ..Self::new()
+        }
+    }
+
     /// Whether, from the start on, input bytes pass through untouched (188-byte input); else
     /// the output is the input's packets, 188 bytes each.
     pub fn passes_through(&self) -> bool {
@@ -171,6 +180,47 @@ impl StartPoint {
     }
 }
 
+/// The latest start point in `data` (the bytes a ring still holds, oldest first): the offset
+/// of its first packet, and the PAT and PMT in force there to put before it. A reader that
+/// begins there gets the GOP the stream is in — a cold cluster edge's first viewer then starts
+/// as on a warm node — where [`StartPoint`] would wait for the next one. 188-byte input only
+/// (`None` otherwise, or without a start point).
+pub fn last_start(data: &[u8]) -> Option<(usize, Vec<u8>)> {
+    let mut join = StartPoint::new();
+    let mut last = None;
+    let mut on = |item: Aligned<'_>| {
+        let Aligned::Packet {
+            packet,
+            offset,
+            stride,
+        } = item
+        else {
+            return ControlFlow::Continue(());
+        };
+        if stride != Stride::Ts188 {
+            last = None;
+            return ControlFlow::Break(());
+        }
+        if join.is_start(packet) {
+            let psi: Vec<u8> = [join.pat, join.pmt]
+                .into_iter()
+                .flatten()
+                .flatten()
+                .collect();
+            // The offset is within `data`, which is in memory.
+            last = Some((offset as usize, psi));
+        } else {
+            join.learn(packet);
+        }
+        ControlFlow::Continue(())
+    };
+    let mut align = Aligner::new();
+    if align.push(data, &mut on).is_continue() {
+        let _ = align.flush(&mut on);
+    }
+    last
+}
+
 fn section_len(section: &[u8]) -> usize {
     match section {
         [_, a, b, ..] => usize::from(u16::from_be_bytes([*a, *b]) & 0x0FFF),
@@ -232,6 +282,24 @@ mod tests {
         }
         assert!(aus[0].keyframe, "the first access unit is an IDR");
         assert!(!ev.iter().any(|e| matches!(e, DemuxEvent::Problem(_))));
+    }
+
+    #[test]
+    fn last_start_is_the_gop_the_stream_is_in() {
+        let f =
+            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/long_gop.ts")).unwrap();
+        // Bytes a ring holds: both GOPs (IDRs at 0 and 5 s), 2 s into the second.
+        let held = &f[..f.len() * 7 / 10];
+        let (at, psi) = last_start(held).expect("a start point");
+        assert_eq!(psi.len(), 2 * PACKET_SIZE, "PAT and PMT");
+        let mut out = psi.clone();
+        out.extend_from_slice(&held[at..]);
+        check_output(&out);
+        // The second IDR, not the first.
+        assert!(at > f.len() / 3, "{at}");
+        // Within the first GOP only, from an odd offset: the first IDR.
+        assert!(last_start(&f[3..f.len() / 3]).is_some_and(|(a, _)| a < 20_000));
+        assert_eq!(last_start(&[0u8; 5000]), None);
     }
 
     #[test]
