@@ -117,6 +117,18 @@ async fn a_pull_from_an_owner_that_stops_answering_ends_in_seconds_and_starts_ag
     let edge = Server::start_on(edge_listener, args).await.unwrap();
     let edge_addr = edge.http_addr;
 
+    // A node reaches Redis a moment after it starts (until then it cannot locate a stream).
+    let auth = "Bearer cluster-secret-0123456789";
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let url = format!("http://{edge_addr}/cluster");
+        let r = request("GET", &url, &[("Authorization", auth)], b"").await;
+        if r.is_ok_and(|r| r.status == 200) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the edge never reached Redis");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     // The owner's claim reaches Redis within a tick: a viewer waits for it meanwhile.
     let viewer = plays_on(edge_addr).await;
     let before = pulls_started(edge_addr).await;
