@@ -182,6 +182,7 @@ public_url = "http://10.0.0.5:8889"
 cluster_token = "c"
 turn_secret = "t"
 turn_ttl = 60
+max_streams = 13
 "#;
 
     #[test]

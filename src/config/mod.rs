@@ -211,6 +211,13 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_MAX_WAITING", default_value_t = 1000)]
     pub max_waiting: usize,
 
+    /// Most streams at once (each has a ring buffer of --ring-bytes and a media task): a new
+    /// ingest, WHIP publisher or cluster pull past it gets 503 + Retry-After (logged once per
+    /// burst). Replay, UDP and stdin sources count but are never refused. Streams nothing
+    /// uses are removed after a minute; raise it if you run more streams than that.
+    #[arg(long, env = "TSBRIDGE_MAX_STREAMS", default_value_t = 1000)]
+    pub max_streams: usize,
+
     /// AAC or MPEG audio (which browsers cannot play over WebRTC) is transcoded to Opus once
     /// per stream: `auto` does it when a program has such audio and no Opus track.
     #[arg(long, env = "TSBRIDGE_AUDIO_TRANSCODE", value_enum, default_value_t = Transcode::Auto)]

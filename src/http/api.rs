@@ -52,10 +52,14 @@ pub async fn get(
     }
     check_name(&name)?;
     auth::check(&app, &caller, Action::Api, Protocol::Api, Some(&name)).await?;
-    let stream = app
-        .registry
-        .get(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("no stream {name:?}")))?;
+    let Some(stream) = app.registry.get(&name) else {
+        // Viewers waiting for a name create no stream: only their count is known.
+        let waiting = match app.registry.waiting_for(&name) {
+            0 => String::new(),
+            n => format!(" (WHEP requests waiting for it: {n})"),
+        };
+        return Err(ApiError::NotFound(format!("no stream {name:?}{waiting}")));
+    };
     let internal = auth::node(&app, &caller);
     Ok(Json(describe(&app, &stream, internal)).into_response())
 }
@@ -378,6 +382,12 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
         "tsbridge_waiting_viewers",
         "WHEP POSTs waiting for the stream",
         &per(&|s| s.stats.waiting_viewers.load(Ordering::Relaxed) as u64),
+    );
+    gauge(
+        &mut out,
+        "tsbridge_waiting_for_unknown_streams",
+        "WHEP POSTs waiting for a name that has no stream (yet)",
+        &[("", app.registry.waiting_for_unknown() as u64)],
     );
     gauge(
         &mut out,

@@ -27,8 +27,11 @@ pub async fn put(
         Some(&name),
     )
     .await?;
+    // The stream limit before the claim: a refused source claims nothing cluster-wide.
+    let full = |e: crate::stream::StreamsFull| ApiError::Unavailable(e.to_string());
+    app.registry.has_room_for(&name).map_err(full)?;
     super::session::claim(&app, &name).await?;
-    let stream = app.registry.get_or_create(&name);
+    let stream = app.registry.try_get_or_create(&name).map_err(full)?;
     if stream.has_source() {
         return Err(ApiError::Conflict(format!(
             "stream {name:?} already has a source; stop it first or use another name"

@@ -42,8 +42,11 @@ pub async fn post(
     let output_taken = pipelined
         && !app.pipelines.running(&name)
         && app.registry.get(&name).is_some_and(|s| s.has_source());
+    // The stream limit before the claim: a refused publisher claims nothing cluster-wide.
+    let full = |e: crate::stream::StreamsFull| ApiError::Unavailable(e.to_string());
+    app.registry.has_room_for(&input_name).map_err(full)?;
     claim(&app, &name).await?;
-    let stream = app.registry.get_or_create(&input_name);
+    let stream = app.registry.try_get_or_create(&input_name).map_err(full)?;
     if stream.has_source() || output_taken {
         return Err(ApiError::Conflict(format!(
             "stream {name:?} already has a publisher (or another source); DELETE that session \
