@@ -228,13 +228,18 @@ pub async fn post(
         let why = ApiError::Unavailable("this node is shutting down; retry".into());
         return Err(elsewhere(&app, ("whep", &name), &caller, why).await);
     }
-    // The limit on waiting comes before anything is looked up or created.
+    // The limits on waiting come before anything is looked up or created.
     let waiting = app.registry.waiting();
     if waiting >= app.cfg.max_waiting {
         return Err(ApiError::Unavailable(format!(
             "{waiting} WHEP requests are already waiting for their streams (--max-waiting); retry later"
         )));
     }
+    let waiting_here = app
+        .per_ip
+        .waiting
+        .acquire(caller.ip)
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let stream = find_stream(&app, &name, app.cfg.whep_wait).await?;
     let left = || app.cfg.whep_wait.saturating_sub(posted.elapsed());
     let stream = match query.program {
@@ -242,6 +247,7 @@ pub async fn post(
         Some(n) => program_stream(&app, stream, n, left()).await?,
     };
     let status = wait_ready(&stream, left(), app.cfg.source_grace).await?;
+    drop(waiting_here);
     if let Err(full) = check_session_limit(&app) {
         return Err(elsewhere(&app, ("whep", &name), &caller, full).await);
     }
@@ -252,6 +258,11 @@ pub async fn post(
         ));
         return Err(elsewhere(&app, ("whep", &name), &caller, full).await);
     }
+    let ip_slot = app
+        .per_ip
+        .sessions
+        .acquire(caller.ip)
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let id = session_id();
     // Relative: it resolves against the URL the client used, through any proxy.
     let location = format!("/whep/{name}/{id}");
@@ -273,6 +284,7 @@ pub async fn post(
         })?;
     let mut session = session;
     session.client_ip = caller.ip;
+    session.ip_slot = ip_slot;
     let session_id = session.id.clone();
     app.engine.add(session);
     session_started(&app, &name, &session_id, "viewer", &caller);
