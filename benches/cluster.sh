@@ -39,7 +39,7 @@ node() { # index, extra args…
     local i=$1; shift
     "$BIN" serve --listen "127.0.0.1:$((BASE + i))" --ice-udp "127.0.0.1:$((BASE + 50 + i))" \
         --cluster "$REDIS" --public-url "http://127.0.0.1:$((BASE + i))" --cluster-token bench-cluster-secret-0123 \
-        --max-viewers 100000 --max-sessions 100000 "$@" >"$TMP/node$i.log" 2>&1 &
+        --max-viewers 100000 --max-sessions 100000 --max-per-ip 0 "$@" >"$TMP/node$i.log" 2>&1 &
     PIDS+=($!)
     eval "NODE_PID_$i=$!"
 }

@@ -88,7 +88,7 @@ proc_rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
 
 start_server() {
     "$BIN" serve --replay "fan=$TS" --listen "127.0.0.1:$HTTP_PORT" \
-        --ice-udp "127.0.0.1:$UDP_PORT" --whep-wait 30 >"$TMP/server-$1.log" 2>&1 &
+        --ice-udp "127.0.0.1:$UDP_PORT" --whep-wait 30 --max-per-ip 0 >"$TMP/server-$1.log" 2>&1 &
     SERVER_PID=$!
     local i
     for i in $(seq 100); do

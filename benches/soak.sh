@@ -21,7 +21,7 @@ BIN=${BIN:-target/release/tsbridge}
 [ -x "$BIN" ] && [ -x "$(dirname "$BIN")/tsbridge-loadtest" ] || cargo build --release --quiet
 BASE="http://127.0.0.1:$HTTP_PORT"
 
-"$BIN" serve --listen "127.0.0.1:$HTTP_PORT" --ice-udp "127.0.0.1:$UDP_PORT" --source-grace 5 \
+"$BIN" serve --listen "127.0.0.1:$HTTP_PORT" --ice-udp "127.0.0.1:$UDP_PORT" --source-grace 5 --max-per-ip 0 \
     >/tmp/tsbridge-soak-server.log 2>&1 &
 SERVER=$!
 SOURCE=

@@ -1010,7 +1010,11 @@ mod tests {
 
     #[tokio::test]
     async fn a_head_cut_short_is_an_error() {
-        let t = Timeouts::all(Duration::from_millis(300));
+        // The head's bound well inside the total one, so that it is the one that fires.
+        let t = Timeouts {
+            head: Duration::from_millis(300),
+            ..Timeouts::all(Duration::from_secs(10))
+        };
         let e = answer(b"HTTP/1.1 200 OK\r\ncontent-le", t)
             .await
             .unwrap_err();

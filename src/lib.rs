@@ -24,6 +24,7 @@ pub mod events;
 pub mod http;
 pub mod ingest;
 pub mod keys;
+pub mod limits;
 pub mod media;
 pub mod metrics;
 pub mod pipeline;

@@ -72,12 +72,16 @@ impl Server {
             video_transcode: cfg.video_transcode == Transcode::Auto,
         };
         let media_tasks = tasks.clone();
-        let registry = Arc::new(Registry::new(cfg.ring_bytes, move |stream| {
-            media_tasks.spawn(media::run(stream.clone(), sink.clone(), options));
-            if events.enabled() {
-                media_tasks.spawn(stream_events(stream, events.clone()));
-            }
-        }));
+        let registry = Arc::new(Registry::new(
+            cfg.ring_bytes,
+            cfg.max_streams,
+            move |stream| {
+                media_tasks.spawn(media::run(stream.clone(), sink.clone(), options));
+                if events.enabled() {
+                    media_tasks.spawn(stream_events(stream, events.clone()));
+                }
+            },
+        ));
         let http_addr = listener.local_addr()?;
         let file_keys =
             crate::keys::FileKeys::open(cfg.data_dir.as_deref()).map_err(std::io::Error::other)?;
@@ -100,6 +104,7 @@ impl Server {
         let keys = match &cluster {
             Some(c) => {
                 tasks.spawn(crate::cluster::run(c.clone()));
+                tasks.spawn(crate::cluster::waiting::run(c.clone()));
                 let (keys, import) = crate::keys::KeyStore::in_cluster(c.clone(), file_keys);
                 tasks.spawn(import);
                 keys

@@ -22,6 +22,7 @@
 //! the connection is retried with backoff and the node registers again.
 
 pub mod pull;
+pub mod waiting;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -575,6 +576,24 @@ impl Cluster {
                     .await;
             }
         }
+    }
+
+    /// Where each of `names`' sources is, if anywhere (one `MGET`, for the names viewers wait
+    /// for on this node: see `waiting`).
+    pub async fn owners(&self, names: &[String]) -> Result<Vec<Option<Owner>>, ClusterError> {
+        if names.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = names
+            .iter()
+            .map(|n| format!("{STREAM_PREFIX}{n}"))
+            .collect();
+        let values: Vec<Option<String>> = self.query(redis::cmd("MGET").arg(&keys)).await?;
+        Ok(names
+            .iter()
+            .zip(values)
+            .map(|(name, v)| v.and_then(|v| self.read_claim(name, &v)))
+            .collect())
     }
 }
 

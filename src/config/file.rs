@@ -182,6 +182,10 @@ public_url = "http://10.0.0.5:8889"
 cluster_token = "c"
 turn_secret = "t"
 turn_ttl = 60
+max_streams = 13
+max_per_ip = 14
+max_ts_readers = 15
+ingest_idle = 16
 "#;
 
     #[test]

@@ -211,6 +211,34 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_MAX_WAITING", default_value_t = 1000)]
     pub max_waiting: usize,
 
+    /// Most streams at once (each has a ring buffer of --ring-bytes and a media task): a new
+    /// ingest, WHIP publisher or cluster pull past it gets 503 + Retry-After (logged once per
+    /// burst). Replay, UDP and stdin sources count but are never refused. Streams nothing
+    /// uses are removed after a minute; raise it if you run more streams than that.
+    #[arg(long, env = "TSBRIDGE_MAX_STREAMS", default_value_t = 1000)]
+    pub max_streams: usize,
+
+    /// Most HTTP connections, WHEP POSTs waiting for their stream, and WebRTC sessions that
+    /// one client address may hold at once (each counted on its own); past it, 503 +
+    /// Retry-After. A --trusted-proxy's connections are not capped (its clients are, by their
+    /// X-Forwarded-For address). Raise it for many viewers behind one NAT, or for load tests
+    /// from one host; 0: no cap.
+    #[arg(long, env = "TSBRIDGE_MAX_PER_IP", default_value_t = 100)]
+    pub max_per_ip: usize,
+
+    /// Most `GET /streams/{s}.ts` readers of one stream at once (other nodes of the cluster
+    /// not counted); more get 503 + Retry-After. A reader that takes no data for
+    /// --http-timeout, or that the stream's ring laps three times (it cannot keep up), is
+    /// disconnected.
+    #[arg(long, env = "TSBRIDGE_MAX_TS_READERS", default_value_t = 16)]
+    pub max_ts_readers: usize,
+
+    /// Seconds a `PUT /ingest/{s}` may send nothing before it is ended and the name is free
+    /// for the source's next connection (a camera whose connection died without a close
+    /// would otherwise hold it, and get 409 on every reconnect). 0: never.
+    #[arg(long, env = "TSBRIDGE_INGEST_IDLE", default_value = "10", value_parser = parse_secs)]
+    pub ingest_idle: Duration,
+
     /// AAC or MPEG audio (which browsers cannot play over WebRTC) is transcoded to Opus once
     /// per stream: `auto` does it when a program has such audio and no Opus track.
     #[arg(long, env = "TSBRIDGE_AUDIO_TRANSCODE", value_enum, default_value_t = Transcode::Auto)]
@@ -229,7 +257,9 @@ pub struct ServeArgs {
     pub ring_bytes: usize,
 
     /// Seconds an HTTP client has to send its request head, and then its body (TS ingest
-    /// excepted); also how long an idle keep-alive connection is kept. Slower: 408 / closed.
+    /// excepted); also how long an idle keep-alive connection is kept, and how long a client
+    /// may leave the server's writes untaken (a TS reader that stopped reading). Slower: 408 /
+    /// closed.
     #[arg(long, env = "TSBRIDGE_HTTP_TIMEOUT", default_value = "10", value_parser = parse_secs)]
     pub http_timeout: Duration,
 

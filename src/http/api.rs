@@ -9,6 +9,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
+use tracing::info;
 
 use super::auth::{self, Action, Caller, Protocol};
 use super::{check_name, ApiError, AppState};
@@ -46,17 +47,22 @@ pub async fn get(
     if let Some(base) = name.strip_suffix(".ts") {
         check_name(base)?;
         // Another node's pull (or the admin), else a viewer's.
-        if !auth::node(&app, &caller) {
+        let node = auth::node(&app, &caller);
+        if !node {
             auth::check(&app, &caller, Action::View, Protocol::Ts, Some(base)).await?;
         }
-        return pull(&app, base, query.start);
+        return pull(&app, base, query.start, !node);
     }
     check_name(&name)?;
     auth::check(&app, &caller, Action::Api, Protocol::Api, Some(&name)).await?;
-    let stream = app
-        .registry
-        .get(&name)
-        .ok_or_else(|| ApiError::NotFound(format!("no stream {name:?}")))?;
+    let Some(stream) = app.registry.get(&name) else {
+        // Viewers waiting for a name create no stream: only their count is known.
+        let waiting = match app.registry.waiting_for(&name) {
+            0 => String::new(),
+            n => format!(" (WHEP requests waiting for it: {n})"),
+        };
+        return Err(ApiError::NotFound(format!("no stream {name:?}{waiting}")));
+    };
     let internal = auth::node(&app, &caller);
     Ok(Json(describe(&app, &stream, internal)).into_response())
 }
@@ -259,31 +265,84 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
     })
 }
 
+/// Whether a TS reader keeps up with its stream: one the ring laps [`Progress::MAX_LAPS`]
+/// times without reading [`Progress::RECOVERED`] rings' worth in between (it lost a whole
+/// ring each time, and takes data at a trickle) is disconnected; its connection is better
+/// spent on a fresh start. A reader a little slower than the stream is lapped now and then
+/// and stays.
+struct Progress {
+    laps: u32,
+    since_lap: u64,
+    ring: u64,
+}
+
+impl Progress {
+    const MAX_LAPS: u32 = 3;
+    const RECOVERED: u64 = 4;
+
+    fn new(ring_bytes: usize) -> Self {
+        Progress {
+            laps: 0,
+            since_lap: 0,
+            ring: ring_bytes as u64,
+        }
+    }
+
+    fn read(&mut self, n: usize) {
+        self.since_lap += n as u64;
+        if self.since_lap >= Self::RECOVERED * self.ring {
+            self.laps = 0;
+        }
+    }
+
+    /// The ring lapped the reader: whether it may go on.
+    fn lapped(&mut self) -> bool {
+        self.laps += 1;
+        self.since_lap = 0;
+        self.laps < Self::MAX_LAPS
+    }
+}
+
 /// The stream's TS, from the live edge: it starts with the latest PAT and PMT and the next IDR
 /// (bytes before are held back), so a decoder or pipeline can start at once. Ends when the
-/// source ends.
-fn pull(app: &AppState, name: &str, from: TsStart) -> Result<Response, ApiError> {
+/// source ends (`from`: or from the GOP it is in). At most `--max-ts-readers` at once per
+/// stream (`counted`: not another node's pull). A reader that stops taking data is cut by the
+/// connection's write timeout (see `serve.rs`), one that takes it at a trickle by its
+/// [`Progress`].
+fn pull(app: &AppState, name: &str, from: TsStart, counted: bool) -> Result<Response, ApiError> {
     check_name(name)?;
     let stream = app
         .registry
         .get(name)
         .ok_or_else(|| ApiError::NotFound(format!("no stream {name:?}")))?;
+    let max = if counted {
+        app.cfg.max_ts_readers
+    } else {
+        usize::MAX
+    };
+    let Some(reader) = TsReader::new(stream, max) else {
+        return Err(ApiError::Unavailable(format!(
+            "stream {name:?} has {max} TS readers, the most allowed (--max-ts-readers); retry later"
+        )));
+    };
+    let stream = &reader.0;
     let (cursor, start, held) = match from {
         TsStart::Live => (stream.ring.cursor(), StartPoint::new(), None),
-        TsStart::Gop => join_at_last_gop(&stream),
+        TsStart::Gop => join_at_last_gop(stream),
     };
     if let Some(held) = &held {
         let sent = &stream.stats.ts_bytes_sent;
         sent.fetch_add(held.len() as u64, Ordering::Relaxed);
     }
-    let reader = TsReader::new(stream);
+    let progress = Progress::new(stream.ring.capacity());
     let body = futures_util::stream::unfold(
-        (reader, cursor, start, vec![0u8; 188 * 512]),
-        |(reader, mut cur, mut start, mut buf)| async move {
+        (reader, cursor, start, vec![0u8; 188 * 512], progress),
+        |(reader, mut cur, mut start, mut buf, mut progress)| async move {
             let stream = &reader.0;
             loop {
                 match stream.ring.read(&mut cur, &mut buf).await {
                     Read::Data(n) => {
+                        progress.read(n);
                         let mut out = Vec::new();
                         start.push(&buf[..n], &mut out);
                         if out.is_empty() {
@@ -292,9 +351,16 @@ fn pull(app: &AppState, name: &str, from: TsStart) -> Result<Response, ApiError>
                         let chunk = Bytes::from(out);
                         let sent = &stream.stats.ts_bytes_sent;
                         sent.fetch_add(chunk.len() as u64, Ordering::Relaxed);
-                        return Some((Ok::<_, std::io::Error>(chunk), (reader, cur, start, buf)));
+                        return Some((Ok(chunk), (reader, cur, start, buf, progress)));
                     }
-                    Read::Lapped(_) => continue,
+                    Read::Lapped(_) if progress.lapped() => {}
+                    Read::Lapped(_) => {
+                        info!(stream = %stream.name, laps = Progress::MAX_LAPS,
+                            "TS reader disconnected: it cannot keep up with the stream");
+                        // An error, not an end: the reader can tell it from the source ending.
+                        let cut = std::io::Error::other("the TS reader cannot keep up");
+                        return Some((Err(cut), (reader, cur, start, buf, progress)));
+                    }
                     Read::EndOfInput | Read::Shutdown => return None,
                 }
             }
@@ -354,9 +420,15 @@ fn join_at_last_gop(stream: &Stream) -> (crate::stream::ring::Cursor, StartPoint
 struct TsReader(Arc<Stream>);
 
 impl TsReader {
-    fn new(s: Arc<Stream>) -> Self {
-        s.stats.ts_readers.fetch_add(1, Ordering::Relaxed);
-        TsReader(s)
+    /// A reader, unless the stream has `max` already.
+    fn new(s: Arc<Stream>, max: usize) -> Option<Self> {
+        let readers = &s.stats.ts_readers;
+        readers
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .ok()?;
+        Some(TsReader(s))
     }
 }
 
@@ -427,6 +499,12 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
         "tsbridge_waiting_viewers",
         "WHEP POSTs waiting for the stream",
         &per(&|s| s.stats.waiting_viewers.load(Ordering::Relaxed) as u64),
+    );
+    gauge(
+        &mut out,
+        "tsbridge_waiting_for_unknown_streams",
+        "WHEP POSTs waiting for a name that has no stream (yet)",
+        &[("", app.registry.waiting_for_unknown() as u64)],
     );
     gauge(
         &mut out,
@@ -575,4 +653,32 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
         out,
     )
         .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Progress;
+
+    #[test]
+    fn a_ts_reader_lapped_again_and_again_at_a_trickle_is_cut() {
+        let mut p = Progress::new(1000);
+        p.read(10);
+        assert!(p.lapped());
+        p.read(10);
+        assert!(p.lapped());
+        p.read(10);
+        assert!(!p.lapped(), "the third lap without reading much in between");
+    }
+
+    #[test]
+    fn a_ts_reader_a_little_slower_than_the_stream_stays() {
+        let mut p = Progress::new(1000);
+        for _ in 0..100 {
+            assert!(p.lapped());
+            // Lapped once every few rings' worth read.
+            for _ in 0..5 {
+                p.read(1000);
+            }
+        }
+    }
 }

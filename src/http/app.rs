@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::config::ServeArgs;
+use crate::limits::PerIp;
 use crate::pipeline::Pipelines;
 use crate::stream::Registry;
 use crate::webrtc::Engine;
@@ -22,6 +23,18 @@ pub struct App {
     pub pipelines: Pipelines,
     /// This node's cluster membership (`--cluster`).
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// What one client address may hold (`--max-per-ip`; its connections are counted by the
+    /// accept loop).
+    pub per_ip: PerIpLimits,
+}
+
+/// The per-address caps of the handlers (`--max-per-ip`), by the client's address as
+/// `Caller::ip` has it (behind a trusted proxy: from `X-Forwarded-For`).
+pub struct PerIpLimits {
+    /// WHEP POSTs waiting for their stream.
+    pub waiting: PerIp,
+    /// WebRTC sessions (viewers and publishers); a session holds its slot until it ends.
+    pub sessions: PerIp,
 }
 
 impl App {
@@ -34,6 +47,10 @@ impl App {
         cluster: Option<Arc<crate::cluster::Cluster>>,
     ) -> Self {
         App {
+            per_ip: PerIpLimits {
+                waiting: PerIp::new(cfg.max_per_ip, "waiting WHEP requests", &[]),
+                sessions: PerIp::new(cfg.max_per_ip, "WebRTC sessions", &[]),
+            },
             cfg,
             registry,
             engine,

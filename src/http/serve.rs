@@ -4,12 +4,18 @@
 //! closed after the same time. At most `--max-connections` are open at once; past that a new
 //! connection is answered 503 with Retry-After and closed, so idle or slow clients can hold
 //! neither file descriptors nor memory without bound, and never delay anybody else's request.
+//! One client address holds at most `--max-per-ip` of them (a trusted proxy's excepted). A
+//! write the client does not take within `--http-timeout` ends the connection
+//! ([`WriteTimeout`]), and TCP keepalive finds peers that vanished without a close.
 //! With `--tls-cert/--tls-key` every connection is HTTPS (rustls; the handshake counts against
 //! the same timeout).
 
-use std::net::SocketAddr;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -20,19 +26,24 @@ use axum::Router;
 use http_body_util::BodyExt;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tower_layer::Layer;
 use tracing::{debug, warn};
 
+use crate::limits::PerIp;
+
 /// The limits of the HTTP side.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub max_connections: usize,
-    /// For the request head and for a (non-streaming) body.
+    /// For the request head, a (non-streaming) body, and a write the client does not take.
     pub timeout: Duration,
     pub max_body: usize,
+    /// Connections per client address (0: no cap); trusted proxies are not capped.
+    pub max_per_ip: usize,
+    pub trusted_proxies: Arc<[IpAddr]>,
 }
 
 impl From<&crate::config::ServeArgs> for HttpLimits {
@@ -41,7 +52,21 @@ impl From<&crate::config::ServeArgs> for HttpLimits {
             max_connections: cfg.max_connections.max(1),
             timeout: cfg.http_timeout,
             max_body: cfg.max_body,
+            max_per_ip: cfg.max_per_ip,
+            trusted_proxies: cfg.trusted_proxies.as_slice().into(),
         }
+    }
+}
+
+/// TCP keepalive on every accepted connection: a peer that vanished without a close (power
+/// cut, NAT state lost) is found in about 30 s of silence rather than never.
+fn keepalive(tcp: &TcpStream) {
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(15))
+        .with_interval(Duration::from_secs(5))
+        .with_retries(3);
+    if let Err(e) = socket2::SockRef::from(tcp).set_tcp_keepalive(&ka) {
+        debug!(error = %e, "TCP keepalive not set");
     }
 }
 
@@ -79,6 +104,11 @@ pub async fn serve(
     tls: Option<tokio_rustls::TlsAcceptor>,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let per_ip = PerIp::new(
+        limits.max_per_ip,
+        "HTTP connections",
+        &limits.trusted_proxies,
+    );
     let mut full_logged = false;
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -96,22 +126,33 @@ pub async fn serve(
                     "HTTP connection limit reached (--max-connections): answering 503");
                 full_logged = true;
             }
-            tokio::spawn(refuse(tcp));
+            let why = "too many HTTP connections (--max-connections); retry later\n";
+            tokio::spawn(refuse(tcp, why.into()));
             continue;
         };
         full_logged = false;
+        let ip_slot = match per_ip.acquire(Some(peer.ip())) {
+            Ok(slot) => slot,
+            Err(e) => {
+                tokio::spawn(refuse(tcp, format!("{e}\n")));
+                continue;
+            }
+        };
         let _ = tcp.set_nodelay(true);
+        keepalive(&tcp);
+        let timeout = limits.timeout;
+        let tcp = WriteTimeout::new(tcp, timeout);
         let (router, tls) = (router.clone(), tls.clone());
         tokio::spawn(async move {
             match tls {
-                None => connection(tcp, peer, router, limits.timeout).await,
-                Some(tls) => match tokio::time::timeout(limits.timeout, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => connection(stream, peer, router, limits.timeout).await,
+                None => connection(tcp, peer, router, timeout).await,
+                Some(tls) => match tokio::time::timeout(timeout, tls.accept(tcp)).await {
+                    Ok(Ok(stream)) => connection(stream, peer, router, timeout).await,
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
                 },
             }
-            drop(permit);
+            drop((permit, ip_slot));
         });
     }
 }
@@ -132,9 +173,8 @@ where
     }
 }
 
-/// Past the connection limit: a short 503 and close (never a hang in the accept queue).
-async fn refuse(mut tcp: TcpStream) {
-    let body = "too many HTTP connections (--max-connections); retry later\n";
+/// Past a connection limit: a short 503 and close (never a hang in the accept queue).
+async fn refuse(mut tcp: TcpStream, body: String) {
     let head = format!(
         "HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Type: text/plain\r\n\
          Content-Length: {}\r\nConnection: close\r\n\r\n",
@@ -146,6 +186,102 @@ async fn refuse(mut tcp: TcpStream) {
         tcp.shutdown().await
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), write).await;
+}
+
+/// A connection whose writes must be taken: a write or flush that makes no progress for
+/// `limit` (the client stopped reading: a TS reader gone quiet, a half-open connection with
+/// data queued) fails with `TimedOut`, which ends the connection and drops its response
+/// (a TS reader's place with it). The timer runs only while a write waits; an idle
+/// connection or a long WHEP wait is not affected.
+struct WriteTimeout<I> {
+    io: I,
+    limit: Duration,
+    /// Since the first write that could not go on.
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<I> WriteTimeout<I> {
+    fn new(io: I, limit: Duration) -> Self {
+        WriteTimeout {
+            io,
+            limit,
+            stalled: None,
+        }
+    }
+
+    /// After a write that could not go on: `Pending`, or the error once stalled too long.
+    fn stall<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
+        let limit = self.limit;
+        let timer = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "the client took no data for --http-timeout",
+            ))),
+        }
+    }
+
+    /// A write's outcome: progress (or an error) stops the timer, none starts it.
+    fn track<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        r: Poll<std::io::Result<T>>,
+    ) -> Poll<std::io::Result<T>> {
+        match r {
+            Poll::Pending => self.stall(cx),
+            ready => {
+                self.stalled = None;
+                ready
+            }
+        }
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for WriteTimeout<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for WriteTimeout<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write(cx, buf);
+        self.track(cx, r)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        self.track(cx, r)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_flush(cx);
+        self.track(cx, r)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.io).poll_shutdown(cx);
+        self.track(cx, r)
+    }
 }
 
 /// Middleware: read a request's body within the time limit (408 when it does not arrive, 413

@@ -16,7 +16,7 @@ use super::session::{
     read_offer, session_id, session_started, session_url, SDP,
 };
 use super::{ApiError, AppState};
-use crate::stream::{Status, Stream};
+use crate::stream::{Lookup, Status, Stream};
 use crate::webrtc::{Answered, OfferError, SessionUrl};
 
 /// Counts a WHEP POST waiting for its stream; the count drops however the wait ends (ready,
@@ -156,6 +156,56 @@ async fn program_stream(
     Ok(app.registry.program(&parent, number))
 }
 
+/// The stream a viewer of `name` is served from, once it exists. A name with no stream costs
+/// only a place on its waiting list (no stream, ring, media task or pull) until a source
+/// creates it, or `deadline` passes (404). In a cluster, Redis is asked once whether another
+/// node has the name: then it is pulled from there at once; else the node's one waiting-list
+/// task (`cluster::waiting`) pulls it when an owner appears.
+async fn find_stream(
+    app: &AppState,
+    name: &str,
+    deadline: Duration,
+) -> Result<Arc<Stream>, ApiError> {
+    let unreachable =
+        |e| ApiError::Unavailable(format!("cannot locate stream {name:?}: {e}; retry"));
+    let mut entry = match app.registry.lookup(name) {
+        Lookup::Stream(stream) => {
+            // Known here without a source: find its owner (a prompt 503 when Redis is away)
+            // and pull it once.
+            if let Some(cluster) = app.cluster.as_ref().filter(|_| !stream.has_source()) {
+                cluster.owner(name).await.map_err(unreachable)?;
+                crate::cluster::pull::ensure(cluster, &stream);
+            }
+            return Ok(stream);
+        }
+        Lookup::Wait(entry) => entry,
+    };
+    if let Some(cluster) = &app.cluster {
+        match cluster.owner(name).await.map_err(unreachable)? {
+            Some(owner) if owner.id != cluster.id => {
+                let stream = app
+                    .registry
+                    .try_get_or_create(name)
+                    .map_err(|full| ApiError::Unavailable(full.to_string()))?;
+                crate::cluster::pull::ensure(cluster, &stream);
+                return Ok(stream);
+            }
+            _ => {}
+        }
+    }
+    match tokio::time::timeout(deadline, entry.stream()).await {
+        Ok(stream) => Ok(stream),
+        // A source for it may have been refused at --max-streams: say so rather than 404.
+        Err(_) => Err(match app.registry.has_room_for(name) {
+            Err(full) => ApiError::Unavailable(full.to_string()),
+            Ok(()) => ApiError::NotFound(format!(
+                "no source is sending stream {name:?} (waited {:.1} s)",
+                deadline.as_secs_f64()
+            )),
+        }),
+    }
+}
+
 pub async fn post(
     State(app): State<AppState>,
     Path(name): Path<String>,
@@ -174,35 +224,30 @@ pub async fn post(
     };
 
     let posted = Instant::now();
-    let stream = app.registry.get_or_create(&name);
-    if let Some(cluster) = &app.cluster {
-        if cluster.is_draining() {
-            let why = ApiError::Unavailable("this node is shutting down; retry".into());
-            return Err(elsewhere(&app, ("whep", &name), &caller, why).await);
-        }
-        // Not here: find its owner (a prompt 503 when Redis is away) and pull it once.
-        if !stream.has_source() {
-            if let Err(e) = cluster.owner(&name).await {
-                return Err(ApiError::Unavailable(format!(
-                    "cannot locate stream {name:?}: {e}; retry"
-                )));
-            }
-            crate::cluster::pull::ensure(cluster, &stream);
-        }
+    if app.cluster.as_ref().is_some_and(|c| c.is_draining()) {
+        let why = ApiError::Unavailable("this node is shutting down; retry".into());
+        return Err(elsewhere(&app, ("whep", &name), &caller, why).await);
     }
+    // The limits on waiting come before anything is looked up or created.
     let waiting = app.registry.waiting();
     if waiting >= app.cfg.max_waiting {
         return Err(ApiError::Unavailable(format!(
             "{waiting} WHEP requests are already waiting for their streams (--max-waiting); retry later"
         )));
     }
+    let waiting_here = app
+        .per_ip
+        .waiting
+        .acquire(caller.ip)
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    let stream = find_stream(&app, &name, app.cfg.whep_wait).await?;
+    let left = || app.cfg.whep_wait.saturating_sub(posted.elapsed());
     let stream = match query.program {
         None => stream,
-        Some(n) => program_stream(&app, stream, n, app.cfg.whep_wait).await?,
+        Some(n) => program_stream(&app, stream, n, left()).await?,
     };
-    let waited = posted.elapsed();
-    let left = app.cfg.whep_wait.saturating_sub(waited);
-    let status = wait_ready(&stream, left, app.cfg.source_grace).await?;
+    let status = wait_ready(&stream, left(), app.cfg.source_grace).await?;
+    drop(waiting_here);
     if let Err(full) = check_session_limit(&app) {
         return Err(elsewhere(&app, ("whep", &name), &caller, full).await);
     }
@@ -213,6 +258,11 @@ pub async fn post(
         ));
         return Err(elsewhere(&app, ("whep", &name), &caller, full).await);
     }
+    let ip_slot = app
+        .per_ip
+        .sessions
+        .acquire(caller.ip)
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     let id = session_id();
     // Relative: it resolves against the URL the client used, through any proxy.
     let location = format!("/whep/{name}/{id}");
@@ -234,6 +284,7 @@ pub async fn post(
         })?;
     let mut session = session;
     session.client_ip = caller.ip;
+    session.ip_slot = ip_slot;
     let session_id = session.id.clone();
     app.engine.add(session);
     session_started(&app, &name, &session_id, "viewer", &caller);

@@ -42,8 +42,16 @@ pub async fn post(
     let output_taken = pipelined
         && !app.pipelines.running(&name)
         && app.registry.get(&name).is_some_and(|s| s.has_source());
+    // Limits before the claim: a refused publisher claims nothing cluster-wide.
+    let full = |e: crate::stream::StreamsFull| ApiError::Unavailable(e.to_string());
+    app.registry.has_room_for(&input_name).map_err(full)?;
+    let ip_slot = app
+        .per_ip
+        .sessions
+        .acquire(caller.ip)
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
     claim(&app, &name).await?;
-    let stream = app.registry.get_or_create(&input_name);
+    let stream = app.registry.try_get_or_create(&input_name).map_err(full)?;
     if stream.has_source() || output_taken {
         return Err(ApiError::Conflict(format!(
             "stream {name:?} already has a publisher (or another source); DELETE that session \
@@ -66,6 +74,7 @@ pub async fn post(
     app.pipelines.ensure(&name, &stream);
     let mut session = session;
     session.client_ip = caller.ip;
+    session.ip_slot = ip_slot;
     app.engine.add(session);
     session_started(&app, &name, &id, "publisher", &caller);
     info!(stream = %name, "WHIP publisher answered");

@@ -351,21 +351,102 @@ impl Drop for SourceGuard {
 /// Starts the per-stream work for a new stream.
 type OnNewStream = Box<dyn Fn(&Arc<Stream>) + Send + Sync>;
 
-/// All streams by name. A stream exists from its first source or first waiting viewer on.
+/// `--max-streams` is reached: a new source or pull is refused (503 + Retry-After).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "the server has {count} streams, the most allowed (--max-streams); retry later (streams \
+     nothing uses are removed after a minute) or raise --max-streams"
+)]
+pub struct StreamsFull {
+    pub count: usize,
+    pub max: usize,
+}
+
+/// WHEP POSTs waiting for a name that has no stream: how many, and the channel that hands
+/// them the stream once a source creates it. This is all an unknown name costs: no ring, no
+/// media task, no pull.
+struct Waiters {
+    /// Which entry a [`WaitEntry`] counts in (the name may get a new entry later).
+    id: u64,
+    count: usize,
+    tx: watch::Sender<Option<Arc<Stream>>>,
+}
+
+type WaitingList = Arc<Mutex<HashMap<String, Waiters>>>;
+
+/// What a viewer finds under a name: the stream, or a place on the name's waiting list.
+pub enum Lookup {
+    Stream(Arc<Stream>),
+    Wait(WaitEntry),
+}
+
+/// A place on the waiting list of a name that has no stream (see [`Registry::lookup`]); the
+/// count drops however the wait ends (the stream came, the deadline, the client gone).
+pub struct WaitEntry {
+    list: WaitingList,
+    name: String,
+    id: u64,
+    rx: watch::Receiver<Option<Arc<Stream>>>,
+}
+
+impl WaitEntry {
+    /// Resolves with the stream once something creates it (a source, a cluster pull).
+    pub async fn stream(&mut self) -> Arc<Stream> {
+        // The sender goes with the entry only after handing over the stream (or with the
+        // registry): then there is nothing left to wait for.
+        let handed = match self.rx.wait_for(Option::is_some).await {
+            Ok(s) => s.clone(),
+            Err(_) => None,
+        };
+        match handed {
+            Some(s) => s,
+            None => std::future::pending().await,
+        }
+    }
+}
+
+impl Drop for WaitEntry {
+    fn drop(&mut self) {
+        let mut list = self.list.lock();
+        if let Some(w) = list.get_mut(&self.name).filter(|w| w.id == self.id) {
+            w.count -= 1;
+            if w.count == 0 {
+                list.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// All streams by name. A stream exists from its first source on (a viewer of a name nothing
+/// feeds only waits on the name's waiting list); `--max-streams` caps the sources and pulls
+/// that may create one.
 pub struct Registry {
     streams: Mutex<HashMap<String, Arc<Stream>>>,
+    /// Lock order: `streams`, then `waiting`.
+    waiting: WaitingList,
     next_id: AtomicU64,
     ring_bytes: usize,
+    max_streams: usize,
+    /// A refusal at `max_streams` was logged since the last stream was created.
+    full_logged: AtomicBool,
     on_new: OnNewStream,
 }
 
 impl Registry {
-    /// `on_new` starts the per-stream work (the media task) for each new stream.
-    pub fn new(ring_bytes: usize, on_new: impl Fn(&Arc<Stream>) + Send + Sync + 'static) -> Self {
+    /// `on_new` starts the per-stream work (the media task) for each new stream; at most
+    /// `max_streams` are created through [`Registry::try_get_or_create`].
+    pub fn new(
+        ring_bytes: usize,
+        max_streams: usize,
+        on_new: impl Fn(&Arc<Stream>) + Send + Sync + 'static,
+    ) -> Self {
         Registry {
             streams: Mutex::new(HashMap::new()),
+            waiting: Default::default(),
             next_id: AtomicU64::new(1),
             ring_bytes,
+            max_streams,
+            full_logged: AtomicBool::new(false),
             on_new: Box::new(on_new),
         }
     }
@@ -374,18 +455,110 @@ impl Registry {
         self.streams.lock().get(name).cloned()
     }
 
+    /// Stream `name`, created if needed whatever the count: for the sources the operator
+    /// configured (replay, UDP, stdin) and a pipeline's output. They count against
+    /// `--max-streams` but are never refused.
     pub fn get_or_create(&self, name: &str) -> Arc<Stream> {
+        match self.create_within(name, usize::MAX) {
+            Ok(s) => s,
+            Err(_) => unreachable!("no registry holds usize::MAX streams"),
+        }
+    }
+
+    /// Stream `name`, created if there is room under `--max-streams` (a client's source, a
+    /// cluster pull).
+    pub fn try_get_or_create(&self, name: &str) -> Result<Arc<Stream>, StreamsFull> {
+        self.create_within(name, self.max_streams)
+    }
+
+    /// Whether [`Registry::try_get_or_create`] would take `name` now (checked before a
+    /// cluster claim, so a refused source claims nothing).
+    pub fn has_room_for(&self, name: &str) -> Result<(), StreamsFull> {
+        let map = self.streams.lock();
+        if map.contains_key(name) || map.len() < self.max_streams {
+            return Ok(());
+        }
+        Err(StreamsFull {
+            count: map.len(),
+            max: self.max_streams,
+        })
+    }
+
+    fn create_within(&self, name: &str, max: usize) -> Result<Arc<Stream>, StreamsFull> {
         let mut map = self.streams.lock();
         if let Some(s) = map.get(name) {
-            return s.clone();
+            return Ok(s.clone());
+        }
+        if map.len() >= max {
+            let full = StreamsFull {
+                count: map.len(),
+                max,
+            };
+            if !self.full_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!(stream = %name, max,
+                    "stream limit reached (--max-streams): new sources and pulls get 503");
+            }
+            return Err(full);
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let ring = Arc::new(Ring::new(self.ring_bytes));
         let stream = Arc::new(Stream::new(name.to_string(), id, ring));
         map.insert(name.to_string(), stream.clone());
+        // Viewers waiting for the name get it now (under the streams lock: a viewer looking
+        // the name up either finds the stream or is on the list handed over here).
+        if let Some(w) = self.waiting.lock().remove(name) {
+            w.tx.send_replace(Some(stream.clone()));
+        }
         drop(map);
+        self.full_logged.store(false, Ordering::Relaxed);
         (self.on_new)(&stream);
-        stream
+        Ok(stream)
+    }
+
+    /// For a viewer: stream `name`, or (when nothing created it) a place on its waiting list.
+    /// Waiting creates nothing: no stream, ring or task until a source comes.
+    pub fn lookup(&self, name: &str) -> Lookup {
+        let map = self.streams.lock();
+        if let Some(s) = map.get(name) {
+            return Lookup::Stream(s.clone());
+        }
+        let mut list = self.waiting.lock();
+        let w = list.entry(name.to_owned()).or_insert_with(|| Waiters {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            count: 0,
+            tx: watch::Sender::new(None),
+        });
+        w.count += 1;
+        Lookup::Wait(WaitEntry {
+            list: self.waiting.clone(),
+            name: name.to_owned(),
+            id: w.id,
+            rx: w.tx.subscribe(),
+        })
+    }
+
+    /// The names viewers wait for that have no stream (for a cluster node to look up).
+    pub fn waited_names(&self) -> Vec<String> {
+        self.waiting.lock().keys().cloned().collect()
+    }
+
+    /// WHEP POSTs waiting for name `name` while it has no stream.
+    pub fn waiting_for(&self, name: &str) -> usize {
+        self.waiting.lock().get(name).map_or(0, |w| w.count)
+    }
+
+    /// WHEP POSTs waiting for names that have no stream.
+    pub fn waiting_for_unknown(&self) -> usize {
+        self.waiting.lock().values().map(|w| w.count).sum()
+    }
+
+    /// Streams now (not counting the programs of an MPTS viewers watch on their own).
+    pub fn len(&self) -> usize {
+        self.streams.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Program `number` of `parent`'s TS, demuxed on its own (once, however many viewers it
@@ -408,13 +581,15 @@ impl Registry {
         stream
     }
 
-    /// WHEP POSTs waiting for their stream (or program), all streams together.
+    /// WHEP POSTs waiting for their stream (or program), all streams and names together.
     pub fn waiting(&self) -> usize {
-        self.list()
+        let on_streams: usize = self
+            .list()
             .iter()
             .flat_map(|s| std::iter::once(s.clone()).chain(s.programs()))
             .map(|s| s.stats.waiting_viewers.load(Ordering::Relaxed))
-            .sum()
+            .sum();
+        on_streams + self.waiting_for_unknown()
     }
 
     pub fn list(&self) -> Vec<Arc<Stream>> {
@@ -468,5 +643,93 @@ impl Registry {
             });
         }
         removed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A registry that counts the media tasks it would start.
+    fn registry(max_streams: usize) -> (Registry, Arc<AtomicUsize>) {
+        let started = Arc::new(AtomicUsize::new(0));
+        let n = started.clone();
+        let r = Registry::new(4096, max_streams, move |_| {
+            n.fetch_add(1, Ordering::Relaxed);
+        });
+        (r, started)
+    }
+
+    #[tokio::test]
+    async fn a_viewer_of_an_unknown_name_creates_nothing_and_gets_the_stream_when_a_source_comes() {
+        let (r, started) = registry(10);
+        let Lookup::Wait(mut a) = r.lookup("cam") else {
+            panic!("no stream yet")
+        };
+        let Lookup::Wait(mut b) = r.lookup("cam") else {
+            panic!("no stream yet")
+        };
+        assert!(r.is_empty());
+        assert_eq!(started.load(Ordering::Relaxed), 0, "no media task");
+        assert_eq!((r.waiting_for("cam"), r.waiting()), (2, 2));
+        assert_eq!(r.waited_names(), ["cam"]);
+
+        let s = r.try_get_or_create("cam").unwrap();
+        assert_eq!(started.load(Ordering::Relaxed), 1);
+        assert!(Arc::ptr_eq(&a.stream().await, &s));
+        assert!(Arc::ptr_eq(&b.stream().await, &s));
+        assert!(r.waited_names().is_empty(), "the list is handed over");
+        assert!(matches!(r.lookup("cam"), Lookup::Stream(_)));
+    }
+
+    #[test]
+    fn a_viewer_that_stops_waiting_leaves_nothing_behind() {
+        let (r, _) = registry(10);
+        let entries: Vec<_> = (0..100).map(|i| r.lookup(&format!("n{i}"))).collect();
+        assert_eq!(r.waiting_for_unknown(), 100);
+        drop(entries);
+        assert_eq!(r.waiting(), 0);
+        assert!(r.waited_names().is_empty());
+        assert!(r.is_empty());
+    }
+
+    #[test]
+    fn a_name_waited_for_again_after_its_stream_went_counts_right() {
+        let (r, _) = registry(10);
+        let old = r.lookup("cam");
+        r.get_or_create("cam");
+        r.remove("cam");
+        let new = r.lookup("cam");
+        assert_eq!(r.waiting_for("cam"), 1);
+        // The old entry (handed its stream, then dropped) does not count in the new one.
+        drop(old);
+        assert_eq!(r.waiting_for("cam"), 1);
+        drop(new);
+        assert_eq!(r.waiting_for("cam"), 0);
+    }
+
+    #[test]
+    fn max_streams_refuses_new_names_but_not_existing_ones_nor_operator_sources() {
+        let (r, started) = registry(2);
+        r.try_get_or_create("a").unwrap();
+        r.try_get_or_create("b").unwrap();
+        let Err(full) = r.try_get_or_create("c") else {
+            panic!("a third stream past --max-streams 2")
+        };
+        assert_eq!(full, StreamsFull { count: 2, max: 2 });
+        assert!(full.to_string().contains("--max-streams"), "{full}");
+        assert!(r.has_room_for("c").is_err());
+        assert!(r.has_room_for("a").is_ok());
+        assert!(
+            r.try_get_or_create("a").is_ok(),
+            "an existing stream is no new one"
+        );
+        // A replay or UDP source configured by the operator is counted, never refused.
+        r.get_or_create("replay");
+        assert_eq!((r.len(), started.load(Ordering::Relaxed)), (3, 3));
+        r.remove("replay");
+        r.remove("b");
+        assert!(r.try_get_or_create("c").is_ok());
     }
 }

@@ -72,6 +72,9 @@ pub struct NewSession {
     pub active: Vec<String>,
     /// The HTTP client's address (the admin API and events show it).
     pub client_ip: Option<std::net::IpAddr>,
+    /// The place the session takes under its address's cap (`--max-per-ip`): given back when
+    /// the session ends, however it ends.
+    pub ip_slot: Option<crate::limits::IpSlot>,
 }
 
 /// A session as the admin API lists it.
@@ -377,6 +380,7 @@ impl Engine {
                 keys,
                 active: shaped.active,
                 client_ip: None,
+                ip_slot: None,
             },
             answer,
             ufrag,
@@ -440,6 +444,7 @@ impl Engine {
                 keys: None,
                 active: Vec::new(),
                 client_ip: None,
+                ip_slot: None,
             },
             answer,
             ufrag,

@@ -82,6 +82,8 @@ pub(super) struct Session {
     /// Where str0m last sent DTLS, RTP or RTCP: the peer's address on the selected pair.
     media_dest: Option<SocketAddr>,
     client_ip: Option<std::net::IpAddr>,
+    /// Held while the session lives (see `NewSession::ip_slot`).
+    _ip_slot: Option<crate::limits::IpSlot>,
     /// Datagrams and bytes sent to the peer.
     sent: (u64, u64),
     /// The video's latest loss and round-trip time from the peer's receiver reports.
@@ -141,6 +143,7 @@ impl Session {
             keys: n.keys,
             media_dest: None,
             client_ip: n.client_ip,
+            _ip_slot: n.ip_slot,
             sent: (0, 0),
             loss: None,
             rtt: None,
