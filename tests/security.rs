@@ -9,6 +9,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::cluster::{self, registered, CLUSTER_TOKEN};
 use common::hook::hook;
 use common::redis::{redis, redis_tls, redis_with, Redis};
 use common::{request, TsbridgeProcess};
@@ -17,7 +18,6 @@ use tsbridge::config::{Named, ServeArgs};
 use tsbridge::server::Server;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tsbridge");
-const CLUSTER_TOKEN: &str = "nodes-only-secret-0123456789";
 const ADMIN: &str = "admin-secret-0123";
 const VIEW: &str = "global-view-token";
 const PUBLISH: &str = "global-publish-token";
@@ -40,67 +40,18 @@ async fn whep_auth(base: &str, stream: &str, token: &str) -> u16 {
     status("POST", &format!("{base}/whep/{stream}"), &h, b"x").await
 }
 
-fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-/// A cluster node: the `tsbridge` binary with `--cluster`, its public URL and `extra`.
+/// A cluster node ([`cluster::node`]) with the admin, view and publish tokens.
 fn node(redis_url: &str, extra: &[&str]) -> TsbridgeProcess {
-    let port = free_port();
-    let mut args: Vec<String> = [
-        "serve",
-        "--listen",
-        &format!("127.0.0.1:{port}"),
-        "--ice-udp",
-        "127.0.0.1:0",
-        "--cluster",
-        redis_url,
-        "--public-url",
-        &format!("http://127.0.0.1:{port}"),
-        "--cluster-token",
-        CLUSTER_TOKEN,
+    let mut args = vec![
         "--admin-token",
         ADMIN,
         "--view-token",
         VIEW,
         "--publish-token",
         PUBLISH,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    TsbridgeProcess::spawn(BIN, args).expect("node starts")
-}
-
-/// `GET /cluster` as a node sees it, once `n` nodes registered.
-async fn registered(base: &str, n: usize) -> Value {
-    let auth = bearer(CLUSTER_TOKEN);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let r = request(
-            "GET",
-            &format!("{base}/cluster"),
-            &[("Authorization", &auth)],
-            b"",
-        )
-        .await
-        .unwrap();
-        if r.status == 200 {
-            let v: Value = serde_json::from_slice(&r.body).unwrap();
-            if v["nodes"].as_array().map(Vec::len) == Some(n) {
-                return v;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not {n} nodes: {} {}",
-            r.status,
-            r.text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    ];
+    args.extend_from_slice(extra);
+    cluster::node(redis_url, &args)
 }
 
 /// `POST /streams/{name}` with the admin token: the answer (with the clear keys).

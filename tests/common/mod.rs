@@ -7,6 +7,7 @@
 //! - [`runtime`]: the Tokio runtime for webrtc-rs with a fix for its SRTP-key race (the first
 //!   RTP packets after the DTLS handshake were dropped).
 //! - [`server`]: start the `tsbridge` binary on ephemeral loopback ports, killed on drop.
+//! - [`cluster`]: cluster nodes as `tsbridge` processes on a real `redis-server` ([`redis`]).
 //! - [`whip`]: a WHIP publisher on the same stack: a testdata TS file demuxed by tsbridge's own
 //!   demuxer, sent in real time (looping), keyframe requests counted.
 //! - [`tone`]: RMS and dominant frequency of decoded audio.
@@ -17,6 +18,7 @@
 //! Each test crate uses a different part, hence the `dead_code` allowance.
 #![allow(dead_code, unused_imports)]
 
+pub mod cluster;
 pub mod h264;
 pub mod h265;
 pub mod hook;

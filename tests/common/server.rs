@@ -4,8 +4,8 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// A running `tsbridge serve`; killed when dropped.
 pub struct TsbridgeProcess {
@@ -14,6 +14,8 @@ pub struct TsbridgeProcess {
     pub base: String,
     /// The command line it was started with (its stdout and stderr go to the test's output).
     pub args: Vec<String>,
+    /// Its log (stderr), each line with when it was read.
+    log: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl TsbridgeProcess {
@@ -44,10 +46,20 @@ impl TsbridgeProcess {
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("spawn {bin}: {e}"))?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
+        let log: Arc<Mutex<Vec<(Instant, String)>>> = Default::default();
+        let stderr = child.stderr.take().ok_or("no stderr")?;
+        let (kept, pid) = (log.clone(), child.id());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                eprintln!("[tsbridge {pid}] {line}");
+                kept.lock().unwrap().push((Instant::now(), line));
+            }
+        });
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
@@ -63,7 +75,12 @@ impl TsbridgeProcess {
             }
         });
         match rx.recv_timeout(Duration::from_secs(20)) {
-            Ok(base) => Ok(TsbridgeProcess { child, base, args }),
+            Ok(base) => Ok(TsbridgeProcess {
+                child,
+                base,
+                args,
+                log,
+            }),
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
@@ -84,7 +101,16 @@ impl TsbridgeProcess {
         self.base.trim_start_matches("http://").to_owned()
     }
 
-    /// The process id (to read its `/proc/PID/status`).
+    /// The first line of its log read after `since` that contains `needle`, with when it was
+    /// read.
+    pub fn logged_after(&self, since: Instant, needle: &str) -> Option<(Instant, String)> {
+        let log = self.log.lock().unwrap();
+        log.iter()
+            .find(|(at, line)| *at >= since && line.contains(needle))
+            .cloned()
+    }
+
+    /// The process id (for signals, `SIGSTOP` and `SIGCONT`; and `/proc/PID/status`).
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -99,6 +125,13 @@ impl TsbridgeProcess {
                     .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    /// `SIGKILL` (a node that dies without a word: no leaving the cluster, sockets closed by
+    /// the kernel), and reaped.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Whether the process is still running.
