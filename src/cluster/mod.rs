@@ -135,6 +135,8 @@ pub struct Cluster {
     forged_logged: AtomicBool,
     /// The cluster's epoch as this node last saw it.
     epoch: Mutex<Option<String>>,
+    /// Streams with a source here that another node has claimed (logged once).
+    conflicts: Mutex<HashSet<String>>,
 }
 
 impl Cluster {
@@ -166,6 +168,7 @@ impl Cluster {
             local,
             forged_logged: AtomicBool::new(false),
             epoch: Mutex::new(None),
+            conflicts: Mutex::new(HashSet::new()),
         })
     }
 
@@ -481,6 +484,23 @@ impl Cluster {
         *epoch = Some(now);
     }
 
+    /// Claims a stream whose source is here (replay, UDP, stdin, or one taken while Redis was
+    /// away); another node having it too is logged once, until this node has the claim.
+    async fn claim_local_source(&self, name: &str) {
+        match self.claim(name).await {
+            Ok(Some(other)) => {
+                if self.conflicts.lock().insert(name.to_owned()) {
+                    warn!(stream = %name, other = %other.url,
+                        "cluster: another node has a source for this stream too");
+                }
+            }
+            Ok(None) => {
+                self.conflicts.lock().remove(name);
+            }
+            Err(_) => {}
+        }
+    }
+
     /// Once per [`TICK`]: connect if needed, register, keep our claims (and claim the streams
     /// that have a source here: replay, UDP, stdin), release the ones whose source is gone.
     async fn tick(&self) {
@@ -560,14 +580,10 @@ impl Cluster {
                     if matches!(kept, Ok(0)) {
                         // Expired (Redis was away): take it again if nobody else did.
                         self.owned.lock().remove(&s.name);
-                        if let Ok(Some(o)) = self.claim(&s.name).await {
-                            warn!(stream = %s.name, other = %o.url,
-                                "cluster: another node has a source for this stream too");
-                        }
+                        self.claim_local_source(&s.name).await;
                     }
-                } else if let Ok(Some(o)) = self.claim(&s.name).await {
-                    warn!(stream = %s.name, other = %o.url,
-                        "cluster: another node has a source for this stream too");
+                } else {
+                    self.claim_local_source(&s.name).await;
                 }
             } else if owned {
                 self.owned.lock().remove(&s.name);

@@ -97,12 +97,16 @@ async fn run(cluster: &Cluster, stream: &Arc<Stream>) {
             o.clone_from(&owner.url);
         }
         info!(stream = %name, owner = %owner.url, "cluster: pulling the stream from its owner");
-        let guard = stream.attach_source();
+        // The source attaches with the first bytes: a try that fails (a dead owner, tried
+        // again every RETRY) does not restart the viewers' --source-grace.
+        let mut guard = None;
         // From the GOP the owner's stream is in: the first viewer here starts at once.
         let url = format!("{}/streams/{name}.ts?start=gop", owner.url);
         let req = client::Request::get(url).header("Authorization", &token);
         let pull = client::get_streaming(req, PULL_TIMEOUTS, |data| {
-            guard.write(&data);
+            guard
+                .get_or_insert_with(|| stream.attach_source())
+                .write(&data);
             true
         });
         // Stop when nobody here watches any more, or the owner's stream ends.
