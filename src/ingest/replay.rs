@@ -409,7 +409,7 @@ pub async fn push(path: &Path, url: &str, looping: bool) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ts::pes::{read_timestamp, timestamp_bytes};
+    use crate::ts::packet::{read_timestamp, timestamp_bytes};
     use crate::ts::{DemuxEvent, Demuxer};
 
     const TS: usize = PACKET_SIZE;

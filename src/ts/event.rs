@@ -1,10 +1,42 @@
 //! What the demuxer reports: its events and the defects of its input, as data (each defect
 //! with a stable cause key, so logging once per cause and metrics need no string matching).
-//! Shared by the demuxer and the PES assembler without either importing the other.
+//! Shared by the demuxer and the PES assembler without either importing the other; the
+//! [`Pes`] they hand on is here too, so the flow runs one way: `packet ← psi ← event ← pes`.
+
+use bytes::Bytes;
 
 use super::packet::Pid;
-use super::pes::{Pes, MAX_PES_SIZE};
 use super::psi::TrackSet;
+
+/// A complete PES packet of a supported track.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pes {
+    pub pid: Pid,
+    /// 33-bit 90 kHz presentation time stamp.
+    pub pts: Option<u64>,
+    /// 33-bit 90 kHz decoding time stamp, when it differs from the PTS.
+    pub dts: Option<u64>,
+    /// random_access_indicator of the packet that started this PES.
+    pub random_access: bool,
+    /// This PES follows a discontinuity: a discontinuity_indicator on its first packet or since
+    /// the previous PES of the PID, or lost/dropped data before it.
+    pub discontinuity: bool,
+    /// The PES payload: elementary stream bytes, PES header stripped.
+    pub data: Bytes,
+}
+
+impl<'a> From<&'a Pes> for crate::codec::EsUnit<'a> {
+    fn from(pes: &'a Pes) -> Self {
+        crate::codec::EsUnit {
+            data: &pes.data,
+            pts: pes.pts,
+            dts: pes.dts,
+        }
+    }
+}
+
+/// Largest PES the demuxer reassembles (a 4K intra frame fits comfortably).
+pub const MAX_PES_SIZE: usize = 4 << 20;
 
 /// What the demuxer found in its input.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -30,8 +30,7 @@ pub(crate) mod testutil;
 
 pub use align::{AlignProblem, Aligned, Aligner, Stride};
 pub use demux::{plays_everywhere, transcodable_audio, Demuxer, ProgramChoice};
-pub use event::{DemuxEvent, DemuxProblem};
+pub use event::{DemuxEvent, DemuxProblem, Pes, MAX_PES_SIZE};
 pub use mux::{MuxConfig, MuxError, Muxer};
 pub use packet::{Pid, PACKET_SIZE, SYNC_BYTE};
-pub use pes::{Pes, MAX_PES_SIZE};
 pub use psi::{crc32_mpeg2, Codec, StreamType, TrackInfo, TrackSet};

@@ -4,7 +4,6 @@
 
 use std::fmt;
 
-use super::pes::{has_optional_header, read_timestamp, timestamp_bytes};
 use crate::time::PTS_MASK;
 
 /// Size of a transport stream packet.
@@ -293,6 +292,36 @@ pub(crate) fn pcr_bytes(base: u64) -> [u8; 6] {
         ((base & 1) as u8) << 7 | 0x7E,
         0,
     ]
+}
+
+/// Reads a 33-bit timestamp from the 5-byte PTS/DTS field; marker bits are not checked.
+pub(crate) fn read_timestamp(b: &[u8; 5]) -> u64 {
+    u64::from((b[0] >> 1) & 0x07) << 30
+        | u64::from(b[1]) << 22
+        | u64::from(b[2] >> 1) << 15
+        | u64::from(b[3]) << 7
+        | u64::from(b[4] >> 1)
+}
+
+/// The 5-byte PTS/DTS field: 4-bit prefix, the 33 bits (masked) in 3/15/15 with marker bits.
+pub(crate) fn timestamp_bytes(prefix: u8, ts: u64) -> [u8; 5] {
+    let ts = ts & PTS_MASK;
+    [
+        prefix << 4 | ((ts >> 29) & 0x0E) as u8 | 1,
+        (ts >> 22) as u8,
+        ((ts >> 14) & 0xFE) as u8 | 1,
+        (ts >> 7) as u8,
+        ((ts << 1) & 0xFE) as u8 | 1,
+    ]
+}
+
+/// Stream ids without the optional PES header (program_stream_map, padding, private_stream_2,
+/// ECM, EMM, directory, DSMCC, H.222.1 type E).
+pub(crate) fn has_optional_header(stream_id: u8) -> bool {
+    !matches!(
+        stream_id,
+        0xBC | 0xBE | 0xBF | 0xF0 | 0xF1 | 0xFF | 0xF2 | 0xF8
+    )
 }
 
 #[cfg(test)]

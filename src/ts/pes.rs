@@ -2,60 +2,12 @@
 
 use bytes::Bytes;
 
-use super::event::{DemuxEvent, DemuxProblem};
-use super::packet::{FirstPacket, Pid, PidWriter, PACKET_SIZE, PAYLOAD_SIZE};
+use super::event::{DemuxEvent, DemuxProblem, Pes, MAX_PES_SIZE};
+use super::packet::{
+    has_optional_header, read_timestamp, timestamp_bytes, FirstPacket, Pid, PidWriter, PACKET_SIZE,
+    PAYLOAD_SIZE,
+};
 use crate::time::PTS_MASK;
-
-/// A complete PES packet of a supported track.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Pes {
-    pub pid: Pid,
-    /// 33-bit 90 kHz presentation time stamp.
-    pub pts: Option<u64>,
-    /// 33-bit 90 kHz decoding time stamp, when it differs from the PTS.
-    pub dts: Option<u64>,
-    /// random_access_indicator of the packet that started this PES.
-    pub random_access: bool,
-    /// This PES follows a discontinuity: a discontinuity_indicator on its first packet or since
-    /// the previous PES of the PID, or lost/dropped data before it.
-    pub discontinuity: bool,
-    /// The PES payload: elementary stream bytes, PES header stripped.
-    pub data: Bytes,
-}
-
-impl<'a> From<&'a Pes> for crate::codec::EsUnit<'a> {
-    fn from(pes: &'a Pes) -> Self {
-        crate::codec::EsUnit {
-            data: &pes.data,
-            pts: pes.pts,
-            dts: pes.dts,
-        }
-    }
-}
-
-/// Largest PES the demuxer reassembles (a 4K intra frame fits comfortably).
-pub const MAX_PES_SIZE: usize = 4 << 20;
-
-/// Reads a 33-bit timestamp from the 5-byte PTS/DTS field; marker bits are not checked.
-pub(crate) fn read_timestamp(b: &[u8; 5]) -> u64 {
-    u64::from((b[0] >> 1) & 0x07) << 30
-        | u64::from(b[1]) << 22
-        | u64::from(b[2] >> 1) << 15
-        | u64::from(b[3]) << 7
-        | u64::from(b[4] >> 1)
-}
-
-/// The 5-byte PTS/DTS field: 4-bit prefix, the 33 bits (masked) in 3/15/15 with marker bits.
-pub(crate) fn timestamp_bytes(prefix: u8, ts: u64) -> [u8; 5] {
-    let ts = ts & PTS_MASK;
-    [
-        prefix << 4 | ((ts >> 29) & 0x0E) as u8 | 1,
-        (ts >> 22) as u8,
-        ((ts >> 14) & 0xFE) as u8 | 1,
-        (ts >> 7) as u8,
-        ((ts << 1) & 0xFE) as u8 | 1,
-    ]
-}
 
 /// The parsed fixed part of a PES header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,15 +18,6 @@ struct PesHeader {
     total_len: Option<usize>,
     pts: Option<u64>,
     dts: Option<u64>,
-}
-
-/// Stream ids without the optional PES header (program_stream_map, padding, private_stream_2,
-/// ECM, EMM, directory, DSMCC, H.222.1 type E).
-pub(crate) fn has_optional_header(stream_id: u8) -> bool {
-    !matches!(
-        stream_id,
-        0xBC | 0xBE | 0xBF | 0xF0 | 0xF1 | 0xFF | 0xF2 | 0xF8
-    )
 }
 
 /// Parses the PES header at the start of `buf`. `Ok(None)`: more bytes are needed.

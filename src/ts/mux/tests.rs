@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use super::*;
 use crate::codec::h264::{nal_units, AccessUnit, H264Assembler, NalType, AUD};
 use crate::codec::opus::split_pes;
+use crate::ts::packet::timestamp_bytes;
 use crate::ts::packet::SYNC_BYTE;
-use crate::ts::pes::timestamp_bytes;
 use crate::ts::psi::crc32_mpeg2;
 use crate::ts::{Codec, DemuxEvent, DemuxProblem, Demuxer, Pes, TrackSet};
 
@@ -486,7 +486,7 @@ fn pcr_every_40ms_at_low_frame_rates_from_audio_time() {
         }
         if pid_of(pkt) == 0x100 && pkt[1] & 0x40 != 0 {
             let payload = &pkt[4 + usize::from(pkt[4]) + 1..];
-            let dts = crate::ts::pes::read_timestamp(payload[9..14].try_into().unwrap());
+            let dts = crate::ts::packet::read_timestamp(payload[9..14].try_into().unwrap());
             let lead = diff(pcr.unwrap(), dts);
             assert!((0..=PCR_DELAY as i64).contains(&lead), "{lead}");
         }
@@ -515,7 +515,7 @@ fn audio_skewed_against_video_does_not_pull_the_pcr() {
             }
             if pid_of(pkt) == 0x100 && pkt[1] & 0x40 != 0 {
                 let payload = &pkt[4 + usize::from(pkt[4]) + 1..];
-                let dts = crate::ts::pes::read_timestamp(payload[9..14].try_into().unwrap());
+                let dts = crate::ts::packet::read_timestamp(payload[9..14].try_into().unwrap());
                 if dts < settled {
                     pcrs.clear();
                     continue;
