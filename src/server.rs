@@ -165,6 +165,10 @@ impl Server {
         // A cluster node leaves first: new viewers go to other nodes from now on.
         if let Some(c) = &self.app.cluster {
             c.leave().await;
+            // Viewers' event streams send them to another node (`reconnect`) within a tick.
+            if self.app.engine.live_sessions() > 0 {
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+            }
         }
         let _ = tokio::time::timeout(Duration::from_secs(3), self.app.engine.shutdown()).await;
         self.tasks.abort_all();

@@ -463,3 +463,104 @@ async fn chromium_plays_over_https() {
     assert!(seen.audio_samples > 0, "audio samples received: {seen:?}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// The player page follows WHEP's `reconnect` event (issue 24): on an edge that drains
+/// (SIGTERM: `Server::shutdown`), Chromium moves to the node the event names (here the
+/// stream's owner) and plays there; before, it shows the stream's viewer count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_follows_reconnect_when_its_node_drains() {
+    let test = "chromium_follows_reconnect_when_its_node_drains";
+    let Some(browser) = chromium_or_skip(test) else {
+        return;
+    };
+    let Some(redis) = common::redis::redis(test).await else {
+        return;
+    };
+    let token = "cluster-secret-0123456789";
+    let node = |replay: bool| {
+        let redis = redis.url.clone();
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let mut args = ServeArgs::loopback();
+            args.cluster = Some(redis);
+            args.public_url = Some(url.clone());
+            args.cluster_token = Some(token.into());
+            if replay {
+                args.replays.push(Named {
+                    name: "cam".into(),
+                    value: testdata("h264_opus.ts"),
+                });
+            }
+            (Server::start_on(listener, args).await.unwrap(), url)
+        }
+    };
+    // B owns the stream; A is the edge Chromium starts on.
+    let (_b, b_url) = node(true).await;
+    let (a, a_url) = node(false).await;
+    // Both registered, A's claim on cam in Redis.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = common::request(
+            "GET",
+            &format!("{a_url}/cluster"),
+            &[("Authorization", &format!("Bearer {token}"))],
+            b"",
+        )
+        .await
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        let nodes = v["nodes"].as_array().cloned().unwrap_or_default();
+        if nodes.len() == 2
+            && nodes
+                .iter()
+                .any(|n| n["streams_owned"] == serde_json::json!(["cam"]))
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cluster not formed: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let moved_to = format!("\"whep\":\"{b_url}/whep/cam\"");
+    let page = format!("{a_url}/play/cam?stats=1");
+    let watched = tokio::spawn(async move {
+        watch_page(&browser, &page, Duration::from_secs(40), move |s| {
+            s.last.contains(&moved_to) && s.frames_decoded > 30
+        })
+        .await
+    });
+    // Playing on A, with its viewer count shown: then A drains.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = common::request("GET", &format!("{a_url}/streams/cam"), &[], b"")
+            .await
+            .unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        if j["viewers"] == 1 && j["video_frames"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Chromium never watched A: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    a.shutdown().await;
+    let seen = watched.await.unwrap();
+    assert!(
+        seen.last
+            .contains(&format!("\"whep\":\"{b_url}/whep/cam\"")),
+        "the page did not move to B: {}",
+        seen.last
+    );
+    assert!(seen.frames_decoded > 30, "not playing on B: {}", seen.last);
+    assert!(
+        seen.last.contains("\"viewers\":\"1 watching\""),
+        "{}",
+        seen.last
+    );
+}

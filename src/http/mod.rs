@@ -9,6 +9,7 @@ mod openapi;
 mod pages;
 pub mod serve;
 mod session;
+mod sse;
 mod whep;
 mod whip;
 
@@ -39,6 +40,10 @@ pub fn router(app: AppState) -> Router {
             axum::routing::patch(whep::patch)
                 .delete(whep::delete)
                 .options(session::options_session),
+        )
+        .route(
+            "/whep/{stream}/{session}/sse",
+            post(sse::subscribe).get(sse::events),
         )
         .route(
             "/whip/{stream}",

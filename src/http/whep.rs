@@ -297,6 +297,10 @@ pub async fn post(
     h.insert(header::LOCATION, header_value(&location));
     h.insert(header::ETAG, header_value(&format!("\"{ufrag}\"")));
     ice_server_links(&app, h, &name);
+    h.append(
+        header::LINK,
+        header_value(&super::sse::link(&name, &session_id)),
+    );
     Ok(res)
 }
 

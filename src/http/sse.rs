@@ -1,0 +1,211 @@
+//! WHEP server-sent events (draft-ietf-wish-whep, extension
+//! `urn:ietf:params:whep:ext:core:server-sent-events`): a viewer learns that its stream went
+//! away and came back, how many watch it, and where to go when this node drains.
+//!
+//! ```text
+//!  201 to POST /whep/{s}        Link: </whep/{s}/{id}/sse>; rel="urn:…:server-sent-events"; events="…"
+//!  POST /whep/{s}/{id}/sse      ["active", "viewercount", …]  →  201, Location: …/sse?events=…
+//!  GET  that Location           text/event-stream: `event: active` …, until the session ends
+//! ```
+//!
+//! The session's unguessable URL is the capability, checked with the stream's view rules as
+//! every other session request is. The event stream is stateless on the server (the events
+//! asked for are in its URL): a watcher of the stream's status, its viewer count (each second)
+//! and the cluster's draining flag, ended with the session.
+
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+
+use super::auth::{self, Action, Caller, Protocol};
+use super::session::header_value;
+use super::{check_name, require_content_type, ApiError, AppState};
+use crate::stream::SourceState;
+
+/// The extension's link relation.
+pub const REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
+
+/// An event a viewer may ask for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Event {
+    /// The stream is live (sent first when it is).
+    Active,
+    /// The stream's source is gone (viewers wait for it to come back).
+    Inactive,
+    /// How many watch the stream, when it changes.
+    ViewerCount,
+    /// Go to this URL: the node drains.
+    Reconnect,
+}
+
+impl Event {
+    const ALL: [Event; 4] = [
+        Event::Active,
+        Event::Inactive,
+        Event::ViewerCount,
+        Event::Reconnect,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Event::Active => "active",
+            Event::Inactive => "inactive",
+            Event::ViewerCount => "viewercount",
+            Event::Reconnect => "reconnect",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Event> {
+        Event::ALL.into_iter().find(|e| e.name() == s)
+    }
+}
+
+/// The `Link` a WHEP 201 carries for session `id` of `stream`.
+pub(super) fn link(stream: &str, id: &str) -> String {
+    let events: Vec<&str> = Event::ALL.iter().map(|e| e.name()).collect();
+    format!(
+        "</whep/{stream}/{id}/sse>; rel=\"{REL}\"; events=\"{}\"",
+        events.join(",")
+    )
+}
+
+/// `POST /whep/{s}/{id}/sse`: a JSON array of event names; 201 with the event stream's URL.
+pub async fn subscribe(
+    State(app): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    caller: Caller,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    auth::check(&app, &caller, Action::View, Protocol::Whep, Some(&name)).await?;
+    require_content_type(&headers, "application/json")?;
+    let asked: Vec<String> = serde_json::from_slice(&body).map_err(|e| {
+        ApiError::BadRequest(format!("a JSON array of event names, as [\"active\"]: {e}"))
+    })?;
+    let mut events = Vec::new();
+    for a in &asked {
+        match Event::parse(a) {
+            Some(e) if !events.contains(&e) => events.push(e),
+            Some(_) => {}
+            None => {
+                return Err(ApiError::BadRequest(format!(
+                "unknown event {a:?}: this server sends active, inactive, viewercount, reconnect"
+            )))
+            }
+        }
+    }
+    session_exists(&app, &name, &id).await?;
+    let names: Vec<&str> = events.iter().map(|e| e.name()).collect();
+    let location = format!("/whep/{name}/{id}/sse?events={}", names.join(","));
+    let mut res = StatusCode::CREATED.into_response();
+    res.headers_mut()
+        .insert(header::LOCATION, header_value(&location));
+    Ok(res)
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StreamQuery {
+    #[serde(default)]
+    events: String,
+}
+
+/// `GET /whep/{s}/{id}/sse?events=…`: the event stream, until the session ends.
+pub async fn events(
+    State(app): State<AppState>,
+    Path((name, id)): Path<(String, String)>,
+    Query(q): Query<StreamQuery>,
+    caller: Caller,
+) -> Result<Response, ApiError> {
+    check_name(&name)?;
+    auth::check(&app, &caller, Action::View, Protocol::Whep, Some(&name)).await?;
+    let wanted: Vec<Event> = q.events.split(',').filter_map(Event::parse).collect();
+    session_exists(&app, &name, &id).await?;
+    let stream = app
+        .registry
+        .get(&name)
+        .ok_or_else(|| ApiError::NotFound(format!("no stream {name:?}")))?;
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let want = move |e: Event| wanted.contains(&e);
+    tokio::spawn(async move {
+        let mut status = stream.subscribe();
+        let mut active: Option<bool> = None;
+        let mut viewers: Option<usize> = None;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let send = |e: Event, data: String| {
+            let tx = tx.clone();
+            async move {
+                let msg = format!("event: {}\ndata: {data}\n\n", e.name());
+                tx.send(Bytes::from(msg)).await.is_ok()
+            }
+        };
+        loop {
+            let live = {
+                let s = status.borrow_and_update();
+                s.ready && s.source != SourceState::Ended
+            };
+            if active != Some(live) {
+                active = Some(live);
+                let e = if live { Event::Active } else { Event::Inactive };
+                if want(e) && !send(e, "{}".into()).await {
+                    return;
+                }
+            }
+            let n = stream.stats.viewers.load(Ordering::Relaxed);
+            if viewers != Some(n) {
+                viewers = Some(n);
+                let data = serde_json::json!({ "viewercount": n }).to_string();
+                if want(Event::ViewerCount) && !send(Event::ViewerCount, data).await {
+                    return;
+                }
+            }
+            if let Some(c) = app.cluster.as_ref().filter(|c| c.is_draining()) {
+                if let Some(node) = c.elsewhere().await {
+                    let url = format!("{}/whep/{}", node.url, stream.name);
+                    let data = serde_json::json!({ "url": url }).to_string();
+                    if want(Event::Reconnect) {
+                        let _ = send(Event::Reconnect, data).await;
+                    }
+                    return;
+                }
+            }
+            tokio::select! {
+                changed = status.changed() => if changed.is_err() { return },
+                _ = tick.tick() => {
+                    if session_exists(&app, &stream.name, &id).await.is_err() {
+                        return;
+                    }
+                }
+                () = tx.closed() => return,
+            }
+        }
+    });
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        let chunk = rx.recv().await?;
+        Some((Ok::<_, Infallible>(chunk), rx))
+    });
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(body),
+    )
+        .into_response())
+}
+
+/// 404 unless viewer session `id` of stream `name` is on this node.
+async fn session_exists(app: &AppState, name: &str, id: &str) -> Result<(), ApiError> {
+    if app.engine.sessions(name).await.iter().any(|s| s.id == id) {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound("no such session".into()))
+    }
+}
