@@ -222,6 +222,10 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
             "frames": g.frames(),
             "bytes": g.bytes(),
             "seconds": g.duration_90k() as f64 / 90_000.0,
+            "starts_at": g.lead().map(|l| l.name()),
+            "max_seconds": g.bound().seconds(),
+            "max_bytes": g.bound().bytes,
+            "overflows": g.overflows(),
         })
     };
     // On an edge of a cluster: "pull", and (for the admin) the owner it is pulled from.

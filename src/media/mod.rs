@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 use crate::codec::reencode::OUTPUT as REENCODED_TO;
 use crate::codec::reorder::B_FRAMES_ADVICE;
 use crate::stream::frame::{FrameSink, Kind};
+use crate::stream::gop::GopBound;
 use crate::stream::ring::Read;
 use crate::stream::{Reencode, Stream};
 use crate::ts::Codec;
@@ -35,8 +36,11 @@ pub use state::{MediaEvent, MediaProblem, MediaState, ReencodeJob};
 pub struct MediaOptions {
     /// AAC / MPEG audio → Opus when there is no Opus (`--audio-transcode auto`).
     pub audio_transcode: bool,
-    /// H.264 with B-frames re-encoded without (`--video-transcode auto`).
+    /// H.264 with B-frames, or no keyframe within the GOP cache bound, re-encoded
+    /// (`--video-transcode auto`).
     pub video_transcode: bool,
+    /// How much video the GOP cache holds (`--gop-cache-max`).
+    pub gop_cache_max: GopBound,
 }
 
 /// Applies what the state machine reported to the stream and hands frames to the viewers.
@@ -199,6 +203,7 @@ enum Wake {
 /// Runs for the life of the stream: reads its ring, feeds the state machine, applies what it
 /// reports.
 pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, options: MediaOptions) {
+    stream.gop.lock().set_bound(options.gop_cache_max);
     let mut state = MediaState::new()
         .with_transcoding(options.audio_transcode)
         .with_reencoding(options.video_transcode)

@@ -14,7 +14,7 @@ use crate::codec::opus::{self, OpusError, OpusPacket};
 use crate::codec::reencode::{self, EncodedFrame};
 use crate::codec::reorder::ReorderDetector;
 use crate::codec::transcode::Transcoder;
-use crate::codec::{VideoAssembler, VideoCodec, VideoInfo};
+use crate::codec::{Recovery, VideoAssembler, VideoCodec, VideoInfo};
 use crate::rtp::{H264Packetizer, H265Packetizer, OpusPacketizer, Packetizer, Payload};
 use crate::stream::frame::{Frame, Kind};
 use crate::stream::Reencode;
@@ -366,17 +366,24 @@ impl MediaState {
                 }
             }
             self.passed_until = Some(self.passed_until.map_or(t, |p| p.max(t)));
-            self.emit_video(t, Arc::from(&au.data[..]), au.keyframe, now, out);
+            self.emit_video(
+                t,
+                Arc::from(&au.data[..]),
+                (au.keyframe, au.recovery),
+                now,
+                out,
+            );
         }
         self.aus = aus;
     }
 
-    /// A video frame at timeline time `t`, for the viewers.
+    /// A video frame at timeline time `t`, for the viewers; `start`: whether it is a keyframe,
+    /// and a recovery point or a RASL picture.
     fn emit_video(
         &mut self,
         t: u64,
         data: Arc<[u8]>,
-        keyframe: bool,
+        (keyframe, recovery): (bool, Recovery),
         now: Instant,
         out: &mut Vec<MediaEvent>,
     ) {
@@ -387,6 +394,7 @@ impl MediaState {
             wallclock: self.clock.wallclock(t, now),
             data,
             keyframe,
+            recovery,
             payloads: Arc::from([]),
         };
         self.emit(frame, out);
@@ -474,7 +482,13 @@ impl MediaState {
             let sps = h264::find_sps(&f.data).and_then(h264::parse_sps);
             self.report_video(sps.as_ref().map(VideoInfo::from), out);
         }
-        self.emit_video(f.pts, Arc::from(f.data), f.keyframe, now, out);
+        self.emit_video(
+            f.pts,
+            Arc::from(f.data),
+            (f.keyframe, Recovery::None),
+            now,
+            out,
+        );
     }
 
     fn on_audio(&mut self, pes: &Pes, pts: u64, now: Instant, out: &mut Vec<MediaEvent>) {
@@ -496,6 +510,7 @@ impl MediaState {
                 wallclock,
                 data: Arc::from(p.data),
                 keyframe: true,
+                recovery: Recovery::None,
                 payloads: Arc::from([]),
             };
             self.emit(frame, out);
@@ -551,6 +566,7 @@ impl MediaState {
                 wallclock,
                 data: Arc::from(&f.data[..]),
                 keyframe: true,
+                recovery: Recovery::None,
                 payloads: Arc::from([]),
             };
             self.emit(frame, out);
