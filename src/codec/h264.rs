@@ -948,22 +948,22 @@ mod tests {
         assert!(a.sps().is_none());
     }
 
-    /// x264's recovery point with `intra-refresh=1` at 640x360 (testdata/h264_intra_refresh.ts):
-    /// payloadType 6, size 2, recovery_frame_cnt 29, exact_match_flag 1.
-    const SEI_RECOVERY_X264: &[u8] = &[0x06, 0x06, 0x02, 0x0f, 0x44, 0x80];
+    /// x264's recovery point with `intra-refresh=1` at 320x180 (testdata/h264_intra_refresh.ts):
+    /// payloadType 6, size 2, recovery_frame_cnt 18, exact_match_flag 1.
+    const SEI_RECOVERY_X264: &[u8] = &[0x06, 0x06, 0x02, 0x09, 0xc4, 0x80];
 
     #[test]
     fn recovery_point_sei_of_x264_intra_refresh() {
         assert_eq!(
             recovery_point(SEI_RECOVERY_X264),
             Some(RecoveryPoint {
-                frames: 29,
+                frames: 18,
                 exact_match: true,
                 broken_link: false,
             })
         );
         // Not an SEI, or an SEI without one.
-        assert_eq!(recovery_point(&[0x41, 0x06, 0x02, 0x0f, 0x44, 0x80]), None);
+        assert_eq!(recovery_point(&[0x41, 0x06, 0x02, 0x09, 0xc4, 0x80]), None);
         assert_eq!(recovery_point(&[0x06, 0x05, 0x01, 0xAA, 0x80]), None);
     }
 
@@ -1044,7 +1044,7 @@ mod tests {
             [
                 (true, Recovery::None),
                 (false, Recovery::None),
-                (false, Recovery::Point { frames: 29 }),
+                (false, Recovery::Point { frames: 18 }),
                 (true, Recovery::None),
             ]
         );
@@ -1066,7 +1066,7 @@ mod tests {
             .filter(|(_, au)| au.keyframe || au.recovery != Recovery::None)
             .map(|(i, au)| (i, au.keyframe, au.recovery))
             .collect();
-        let point = Recovery::Point { frames: 29 };
+        let point = Recovery::Point { frames: 18 };
         assert_eq!(
             starts,
             [
