@@ -673,6 +673,14 @@ mod tests {
         assert_eq!(pts, expected);
         let keys: Vec<u64> = out.iter().filter(|f| f.keyframe).map(|f| f.pts).collect();
         assert_eq!(keys, [source[48].pts, source[60].pts, source[90].pts]);
+        for f in out.iter().filter(|f| f.keyframe) {
+            let types: Vec<NalType> = nal_units(&f.data).filter_map(NalType::of).collect();
+            assert!(
+                types.starts_with(&[NalType::SPS, NalType::PPS]),
+                "IDR at {}: {types:?}",
+                f.pts
+            );
+        }
         let stats = r.stats();
         assert_eq!((stats.decoded, stats.decode_errors), (90, 0));
         // From the IDR: an IDR at each start point of the source.
