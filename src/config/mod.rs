@@ -225,8 +225,11 @@ pub struct ServeArgs {
     /// H.264 with B-frames (libx264's and OBS's defaults), which browsers' WebRTC decoders
     /// show only a few frames of, is decoded and re-encoded once per stream without B-frames
     /// (Constrained Baseline, same size, frame rate and keyframes, about the same bitrate;
-    /// ~one core per 1080p30 stream): `auto` does it when B-frames are found, `off` sends the
-    /// video as it is (and says so). Cheaper still: encode the source with `-bf 0`.
+    /// ~one core per 1080p30 stream): `auto` does it when B-frames are found, and when no
+    /// IDR comes within `--gop-cache-max` (periodic intra refresh: browsers start only at an
+    /// IDR; the re-encoder makes one at each recovery point and on a viewer's request); `off`
+    /// sends the video as it is (and says so). Cheaper still: encode the source with `-bf 0`
+    /// and keyframes.
     #[arg(long, env = "TSBRIDGE_VIDEO_TRANSCODE", value_enum, default_value_t = Transcode::Auto)]
     pub video_transcode: Transcode,
 

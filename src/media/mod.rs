@@ -26,7 +26,7 @@ use crate::codec::reorder::B_FRAMES_ADVICE;
 use crate::stream::frame::{FrameSink, Kind};
 use crate::stream::gop::GopBound;
 use crate::stream::ring::Read;
-use crate::stream::{Reencode, ReencodeWhy, Stream};
+use crate::stream::{Reencode, ReencodeWhy, StartPoints, Stream};
 use crate::ts::Codec;
 use reencode::{Done, Worker};
 pub use state::{MediaEvent, MediaProblem, MediaState, ReencodeJob};
@@ -136,7 +136,12 @@ impl Apply<'_> {
             MediaEvent::StartPoints(s) => {
                 if let Some(report) = s.report(self.gop_bound, self.reencode_on) {
                     if self.logged.insert(s.cause()) {
-                        warn!(stream = %stream.name, "start points: {report}");
+                        // Re-encoded, viewers are served: worth knowing, nothing to fix.
+                        if s == StartPoints::RecoveryPoints && self.reencode_on {
+                            info!(stream = %stream.name, "start points: {report}");
+                        } else {
+                            warn!(stream = %stream.name, "start points: {report}");
+                        }
                     }
                 }
                 stream.update_status(|st| st.start_points = s);
