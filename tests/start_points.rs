@@ -173,3 +173,53 @@ async fn viewer_joining_an_intra_refresh_source_decodes_from_the_recovery_point(
     );
     let _ = source.await;
 }
+
+/// H.265 open GOPs (testdata/hevc_open_gop.ts: a CRA every 30 frames, a RASL picture after
+/// each, which refers to the GOP before): a viewer that joins after the first CRA starts at
+/// it and does not get the RASL picture after it, which it could not decode; the RASL
+/// pictures of later CRAs, whose references it has, it gets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn viewer_starting_at_a_cra_does_not_get_its_rasl_picture() {
+    let mut args = ServeArgs::loopback();
+    args.replays.push(tsbridge::config::Named {
+        name: "open".into(),
+        value: common::testdata("hevc_open_gop.ts"),
+    });
+    let s = Server::start(args).await.expect("server starts");
+    // Past the CRA at 1 s (frame 29), before the next.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (_, gop) = poll(&s, "open").await.expect("the stream");
+    eprintln!("GOP cache: {gop}");
+    let r = whep_receive(
+        &format!("http://{}/whep/open", s.http_addr),
+        WhepOptions {
+            h265: true,
+            audio: false,
+            seconds: 2.5,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let aus = common::h265::hevc_access_units(&r.video);
+    let kinds: Vec<u8> = aus
+        .iter()
+        .map(|au| au.types().into_iter().find(|&t| t < 32).unwrap_or(255))
+        .collect();
+    eprintln!("first picture types: {:?}", &kinds[..kinds.len().min(40)]);
+    let cra = 21;
+    assert_eq!(kinds.first(), Some(&cra), "it starts at the CRA: {kinds:?}");
+    assert!(!matches!(kinds[1], 8 | 9), "no RASL after it: {kinds:?}");
+    // A later CRA's RASL picture comes with it.
+    let later = kinds
+        .iter()
+        .enumerate()
+        .skip(1)
+        .find(|(_, &t)| t == cra || t == 20)
+        .map(|(i, _)| i)
+        .expect("a later IRAP picture");
+    if kinds[later] == cra {
+        assert!(matches!(kinds[later + 1], 8 | 9), "{kinds:?}");
+    }
+}
