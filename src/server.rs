@@ -70,6 +70,7 @@ impl Server {
         let options = media::MediaOptions {
             audio_transcode: cfg.audio_transcode == Transcode::Auto,
             video_transcode: cfg.video_transcode == Transcode::Auto,
+            gop_cache_max: cfg.gop_cache_max,
         };
         let media_tasks = tasks.clone();
         let registry = Arc::new(Registry::new(

@@ -56,6 +56,9 @@ struct Seen {
     frame_width: u64,
     audio_samples: u64,
     first_frame_ms: Option<u64>,
+    /// When the page showed its session's first picture, ms after it started the session
+    /// (`requestVideoFrameCallback`; finer than the once-a-second `first_frame_ms`).
+    first_picture_ms: Option<u64>,
     /// Sessions the page saw the server end (its DTLS transport turned "closed").
     ended_by_server: u64,
     freeze_count: u64,
@@ -125,6 +128,7 @@ async fn watch_page_with(
             seen.audio_samples = v["audio"]["totalSamplesReceived"].as_u64().unwrap_or(0);
             seen.ended_by_server = v["endedByServer"].as_u64().unwrap_or(0);
             seen.freeze_count = v["video"]["freezeCount"].as_u64().unwrap_or(0);
+            seen.first_picture_ms = v["firstFrameMs"].as_u64();
             if let Some(p) = v["video"]["picture"].as_u64().filter(|&p| p != 0) {
                 seen.pictures.push(p);
             }
@@ -219,6 +223,79 @@ async fn chromium_plays_a_b_frame_source_re_encoded() {
         api.contains("\"transcoded_to\":\"H.264 Constrained Baseline\""),
         "{api}"
     );
+}
+
+/// Issue 24: a live periodic-intra-refresh source (x264 `intra-refresh`: one IDR, then only
+/// recovery points, which Chromium's WebRTC decoder does not start at). A Chromium viewer
+/// joining 8 s after that only IDR sees a picture within a second: the source has no keyframe
+/// within the GOP cache bound (4 s here), so it is re-encoded, with an IDR at each recovery
+/// point (cached for instant start) and one on the viewer's PLI. 8 s rather than the issue's
+/// 15 s: twice the bound this test sets, so the IDR is long out of any cache and the
+/// re-encoder long started, in half the time (the default bound is 15 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_joining_a_live_intra_refresh_source_sees_a_picture_within_a_second() {
+    let test = "chromium_joining_a_live_intra_refresh_source_sees_a_picture_within_a_second";
+    let Some(browser) = chromium_or_skip(test) else {
+        return;
+    };
+    // 20 s of intra refresh (a recovery point a second), made here: too large for testdata/.
+    let dir = tempdir();
+    let file = dir.join("intra_refresh.ts");
+    let made = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi"])
+        .args([
+            "-i",
+            "testsrc2=size=640x360:rate=30",
+            "-t",
+            "20",
+            "-c:v",
+            "libx264",
+        ])
+        .args([
+            "-preset", "veryfast", "-pix_fmt", "yuv420p", "-bf", "0", "-b:v", "800k",
+        ])
+        .args(["-x264-params", "intra-refresh=1:keyint=30", "-f", "mpegts"])
+        .arg(&file)
+        .status();
+    if !made.is_ok_and(|s| s.success()) {
+        if std::env::var_os("TSBRIDGE_REQUIRE_BROWSER").is_some() {
+            panic!("{test}: ffmpeg with libx264 is required");
+        }
+        eprintln!("\n*** SKIPPED {test}: no ffmpeg with libx264 ***\n");
+        return;
+    }
+    let mut args = ServeArgs::loopback();
+    args.gop_cache_max = "4".parse().expect("bound");
+    let server = Server::start(args).await.expect("server starts");
+    let ingest = format!("http://{}/ingest/ir", server.http_addr);
+    let source =
+        tokio::spawn(async move { tsbridge::ingest::replay::push(&file, &ingest, false).await });
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let url = format!("http://{}/play/ir?stats=1", server.http_addr);
+    let seen = watch_page(&browser, &url, Duration::from_secs(20), |s| {
+        s.first_picture_ms.is_some() && s.frames_decoded >= 30
+    })
+    .await;
+    eprintln!("chromium saw: {seen:?}");
+    let api = http_get_body(&format!("{}/streams/ir", server.http_addr)).await;
+    source.abort();
+    let _ = std::fs::remove_dir_all(&dir);
+    let first = seen
+        .first_picture_ms
+        .unwrap_or_else(|| panic!("no picture: {seen:?}"));
+    eprintln!("first picture {first} ms after the page started its session");
+    assert!(first < 1000, "first picture after {first} ms: {seen:?}");
+    assert!(seen.frames_decoded >= 30, "it plays on: {seen:?}");
+    assert!(
+        api.contains("no IDR within the GOP cache bound (4 s"),
+        "{api}"
+    );
+    // What it was sent to start with: the re-encoded GOP since the last recovery point, not
+    // the 8 s since the IDR that instant start used to send (and Chromium fast-forwarded).
+    let api: serde_json::Value = serde_json::from_str(&api).expect("JSON");
+    let gop = &api["gop_cache"];
+    assert!(gop["seconds"].as_f64().is_some_and(|s| s <= 4.0), "{gop}");
+    assert_eq!(gop["starts_at"], "keyframe", "{gop}");
 }
 
 /// The server ends a session by telling the browser (RTCP BYE + DTLS close_notify): when the

@@ -1,9 +1,11 @@
-//! H.264 elementary stream: `parse_sps` (on the input as one NAL unit, and on every NAL unit of
-//! it), `nal_units`, `H264Assembler` (the input as one PES) and the RFC 6184 payloader.
+//! H.264 elementary stream: `parse_sps` and `recovery_point` (on the input as one NAL unit, and
+//! on every NAL unit of it), `nal_units`, `H264Assembler` (the input as one PES) and the RFC 6184
+//! payloader.
 //!
 //! Properties:
 //! - `nal_units` yields non-empty units, without trailing zero bytes or start codes inside;
-//! - `parse_sps` gives a non-zero size when it accepts;
+//! - `parse_sps` gives a non-zero size when it accepts; `recovery_point` never panics, and an
+//!   access unit marked as a recovery point is no keyframe and has an SEI NAL unit;
 //! - the payloader's output depacketizes (single NAL / STAP-A / FU-A) back to exactly the
 //!   sendable NAL units of the access unit, each payload within `max_payload`, the marker on
 //!   the last payload only.
@@ -11,7 +13,7 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tsbridge::codec::h264::{nal_units, parse_sps, AccessUnit, H264Assembler};
+use tsbridge::codec::h264::{nal_units, parse_sps, recovery_point, AccessUnit, H264Assembler};
 use tsbridge::rtp::{H264Packetizer, Payload};
 use tsbridge::ts::{Pes, Pid};
 
@@ -67,6 +69,7 @@ fuzz_target!(|input: &[u8]| {
     if let Some(sps) = parse_sps(data) {
         assert!(sps.width > 0 && sps.height > 0);
     }
+    let _ = recovery_point(data);
     for nal in nal_units(data) {
         assert!(!nal.is_empty());
         assert_ne!(nal.last(), Some(&0));
@@ -77,6 +80,7 @@ fuzz_target!(|input: &[u8]| {
         if let Some(sps) = parse_sps(nal) {
             assert!(sps.width > 0 && sps.height > 0);
         }
+        let _ = recovery_point(nal);
     }
 
     // The input as one PES (PTS from the control byte, sometimes near the 33-bit wrap).
@@ -99,6 +103,13 @@ fuzz_target!(|input: &[u8]| {
     asm.push(&pes, &mut aus); // again: the SPS/PPS caches are now filled
     for au in &aus {
         assert!(au.pts < 1 << 33 && au.dts < 1 << 33);
+        if au.recovery.is_point() {
+            assert!(!au.keyframe, "a recovery point that is an IDR");
+            assert!(
+                nal_units(&au.data).any(|n| n[0] & 0x1F == 6),
+                "a recovery point without its SEI"
+            );
+        }
     }
 
     let max_payload = [3, 4, 40, 1120, 65_535][usize::from(ctl >> 2) % 5];

@@ -5,7 +5,7 @@ use std::fmt;
 
 use bytes::{Bytes, BytesMut};
 
-use super::EsUnit;
+use super::{EsUnit, Recovery};
 use crate::time::PTS_MASK;
 
 /// nal_unit_type.
@@ -318,6 +318,60 @@ pub fn parse_sps(nal: &[u8]) -> Option<SpsInfo> {
     })
 }
 
+/// An H.264 recovery point SEI message (ITU-T H.264 D.1.8, D.2.8).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct RecoveryPoint {
+    /// recovery_frame_cnt: decoding from this picture on, pictures are right from this many
+    /// frames later on, in output order (x264's intra refresh: about the picture's width in
+    /// macroblocks).
+    pub frames: u32,
+    pub exact_match: bool,
+    /// The pictures right after it in decode order may be broken (an open GOP was cut).
+    pub broken_link: bool,
+}
+
+/// SEI payloadType of a recovery point.
+const SEI_RECOVERY_POINT: u32 = 6;
+
+/// The recovery point of an SEI NAL unit (header byte included), if it carries one. The SEI
+/// messages are read in order; a message that does not parse ends the search, so a truncated
+/// NAL unit (the first bytes of a PES) gives what its whole messages say. Never panics.
+pub fn recovery_point(nal: &[u8]) -> Option<RecoveryPoint> {
+    if NalType::of(nal)? != NalType::SEI {
+        return None;
+    }
+    let mut r = BitReader::new(nal.get(1..)?);
+    // payloadType and payloadSize: a run of 0xFF bytes adds 255 each, the last byte the rest
+    // (7.3.2.3.1); bounded by the input's length.
+    let value = |r: &mut BitReader<'_>| -> Option<u32> {
+        let mut sum = 0u32;
+        loop {
+            let byte = r.bits(8)?;
+            sum = sum.saturating_add(byte);
+            if byte != 0xFF {
+                return Some(sum);
+            }
+        }
+    };
+    loop {
+        let payload_type = value(&mut r)?;
+        let size = value(&mut r)?;
+        if payload_type == SEI_RECOVERY_POINT {
+            let frames = r.ue()?;
+            let exact_match = r.flag()?;
+            let broken_link = r.flag()?;
+            let _changing_slice_group_idc = r.bits(2)?;
+            return Some(RecoveryPoint {
+                frames,
+                exact_match,
+                broken_link,
+            });
+        }
+        // Payloads are whole bytes of the RBSP; skip this one (it fails past the end).
+        r.skip(size.checked_mul(8)?)?;
+    }
+}
+
 /// One coded picture, ready for packetization (H.264, and H.265 from
 /// [`H265Assembler`](super::h265::H265Assembler)).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -328,9 +382,12 @@ pub struct AccessUnit {
     pub dts: u64,
     /// Contains an IDR slice (H.265: an IRAP picture).
     pub keyframe: bool,
-    /// Annex B with 4-byte start codes; AUD and filler removed; before an IDR, the latest SPS
-    /// and PPS are present (prepended when the access unit lacked them; H.265: VPS, SPS, PPS
-    /// before an IRAP picture).
+    /// Not a keyframe, but a recovery point (H.264), or a picture a viewer starting at the
+    /// keyframe before it skips (an H.265 RASL picture).
+    pub recovery: Recovery,
+    /// Annex B with 4-byte start codes; AUD and filler removed; before an IDR and a recovery
+    /// point, the latest SPS and PPS are present (prepended when the access unit lacked them;
+    /// H.265: VPS, SPS, PPS before an IRAP picture).
     pub data: Bytes,
 }
 
@@ -447,6 +504,7 @@ impl H264Assembler {
     /// Builds one access unit from the Annex B bytes `annexb` (may start with a start code).
     fn emit(&mut self, annexb: &[u8], pts: u64, dts: u64, out: &mut Vec<AccessUnit>) {
         let (mut has_sps, mut has_pps, mut keyframe, mut any) = (false, false, false, false);
+        let mut point = None;
         let mut nals = 0;
         for nal in nal_units(annexb) {
             nals += 1;
@@ -467,6 +525,7 @@ impl H264Assembler {
                     self.pps.extend_from_slice(nal);
                 }
                 Some(NalType::IDR) => keyframe = true,
+                Some(NalType::SEI) if point.is_none() => point = recovery_point(nal),
                 _ => {}
             }
             any |= !matches!(NalType::of(nal), Some(NalType::AUD | NalType::FILLER));
@@ -474,8 +533,14 @@ impl H264Assembler {
         if !any {
             return;
         }
-        let add_sps = keyframe && !has_sps && !self.sps.is_empty();
-        let add_pps = keyframe && !has_pps && !self.pps.is_empty();
+        let recovery = match point {
+            Some(p) if !keyframe => Recovery::Point { frames: p.frames },
+            _ => Recovery::None,
+        };
+        // A decoder starting here needs the parameter sets.
+        let start = keyframe || recovery.is_point();
+        let add_sps = start && !has_sps && !self.sps.is_empty();
+        let add_pps = start && !has_pps && !self.pps.is_empty();
         // One allocation per access unit: each start code grows by at most one byte.
         self.buf
             .reserve(annexb.len() + nals + 2 * START_CODE.len() + self.sps.len() + self.pps.len());
@@ -511,6 +576,7 @@ impl H264Assembler {
             pts,
             dts,
             keyframe,
+            recovery,
             data: self.buf.split().freeze(),
         });
     }
@@ -880,6 +946,139 @@ mod tests {
         assert!(!out[0].keyframe && out[1].keyframe);
         assert_eq!(&out[1].data[..], &[&START_CODE[..], IDR].concat()[..]);
         assert!(a.sps().is_none());
+    }
+
+    /// x264's recovery point with `intra-refresh=1` at 320x180 (testdata/h264_intra_refresh.ts):
+    /// payloadType 6, size 2, recovery_frame_cnt 18, exact_match_flag 1.
+    const SEI_RECOVERY_X264: &[u8] = &[0x06, 0x06, 0x02, 0x09, 0xc4, 0x80];
+
+    #[test]
+    fn recovery_point_sei_of_x264_intra_refresh() {
+        assert_eq!(
+            recovery_point(SEI_RECOVERY_X264),
+            Some(RecoveryPoint {
+                frames: 18,
+                exact_match: true,
+                broken_link: false,
+            })
+        );
+        // Not an SEI, or an SEI without one.
+        assert_eq!(recovery_point(&[0x41, 0x06, 0x02, 0x09, 0xc4, 0x80]), None);
+        assert_eq!(recovery_point(&[0x06, 0x05, 0x01, 0xAA, 0x80]), None);
+    }
+
+    #[test]
+    fn recovery_point_found_after_other_sei_messages_and_across_emulation_prevention() {
+        // user_data_unregistered (5) of 300 bytes (size FF 2D) full of zeros: emulation
+        // prevention bytes inside, which payloadSize does not count; then pic_timing (1) of 1
+        // byte; then the recovery point: recovery_frame_cnt 0 (ue "1"), broken_link 1.
+        let mut rbsp = vec![0x05, 0xFF, 0x2D];
+        rbsp.extend([0u8; 300]);
+        rbsp.extend([0x01, 0x01, 0x00, 0x06, 0x01, 0b1010_1000, 0x80]);
+        let mut nal = vec![0x06];
+        let mut zeros = 0;
+        for b in rbsp {
+            if zeros >= 2 && b <= 3 {
+                nal.push(3);
+                zeros = 0;
+            }
+            nal.push(b);
+            zeros = if b == 0 { zeros + 1 } else { 0 };
+        }
+        assert!(nal.len() > 300 + 100, "emulation prevention bytes inserted");
+        assert_eq!(
+            recovery_point(&nal),
+            Some(RecoveryPoint {
+                frames: 0,
+                exact_match: false,
+                broken_link: true,
+            })
+        );
+        // Cut inside the first message: nothing, no panic.
+        assert_eq!(recovery_point(&nal[..200]), None);
+    }
+
+    #[test]
+    fn recovery_point_never_panics_on_garbage() {
+        assert_eq!(recovery_point(&[]), None);
+        assert_eq!(recovery_point(&[0x06]), None);
+        for len in 0..SEI_RECOVERY_X264.len() {
+            let _ = recovery_point(&SEI_RECOVERY_X264[..len]);
+        }
+        // Sizes and types that run to u32::MAX and beyond.
+        let _ = recovery_point(&[&[0x06][..], &[0xFF; 5000]].concat());
+        let _ = recovery_point(&[&[0x06, 0x05][..], &[0xFF; 5000]].concat());
+        let mut x = 0x2545_F491u32;
+        for _ in 0..5000 {
+            let mut nal = vec![0x06];
+            for _ in 0..(x % 48) {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                nal.push(x as u8);
+            }
+            let _ = recovery_point(&nal);
+            if let Some(t) = nal.get_mut(1) {
+                *t = 6;
+            }
+            let _ = recovery_point(&nal);
+        }
+    }
+
+    #[test]
+    fn recovery_point_gets_the_parameter_sets_and_an_idr_stays_a_keyframe() {
+        let sps = hex(SPS_640X360_HIGH);
+        let mut a = H264Assembler::new();
+        let mut out = Vec::new();
+        a.push(&pes(0, annexb(&[AUD, &sps, PPS, IDR])), &mut out);
+        a.push(&pes(3000, annexb(&[AUD, SLICE])), &mut out);
+        a.push(
+            &pes(6000, annexb(&[AUD, SEI_RECOVERY_X264, SLICE])),
+            &mut out,
+        );
+        a.push(&pes(9000, annexb(&[AUD, SEI_RECOVERY_X264, IDR])), &mut out);
+        let kinds: Vec<(bool, Recovery)> =
+            out.iter().map(|au| (au.keyframe, au.recovery)).collect();
+        assert_eq!(
+            kinds,
+            [
+                (true, Recovery::None),
+                (false, Recovery::None),
+                (false, Recovery::Point { frames: 18 }),
+                (true, Recovery::None),
+            ]
+        );
+        let expect: Vec<u8> = [&sps[..], PPS, SEI_RECOVERY_X264, SLICE]
+            .iter()
+            .flat_map(|n| [&START_CODE[..], n].concat())
+            .collect();
+        assert_eq!(out[2].data, expect);
+    }
+
+    #[test]
+    fn intra_refresh_testdata_has_one_idr_then_recovery_points() {
+        let aus =
+            crate::ts::testutil::testdata_video_aus("h264_intra_refresh.ts").expect("testdata");
+        assert_eq!(aus.len(), 120);
+        let starts: Vec<(usize, bool, Recovery)> = aus
+            .iter()
+            .enumerate()
+            .filter(|(_, au)| au.keyframe || au.recovery != Recovery::None)
+            .map(|(i, au)| (i, au.keyframe, au.recovery))
+            .collect();
+        let point = Recovery::Point { frames: 18 };
+        assert_eq!(
+            starts,
+            [
+                (0, true, Recovery::None),
+                (30, false, point),
+                (60, false, point),
+                (90, false, point),
+            ]
+        );
+        for (i, ..) in &starts {
+            assert!(find_sps(&aus[*i].data).is_some(), "SPS before start {i}");
+        }
     }
 
     #[test]

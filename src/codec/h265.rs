@@ -12,7 +12,7 @@ use std::fmt;
 use bytes::BytesMut;
 
 use super::h264::{nal_units, AccessUnit, AuSplitter, BitReader, START_CODE};
-use super::EsUnit;
+use super::{EsUnit, Recovery};
 
 /// nal_unit_type: the 6 bits after the forbidden_zero_bit of the 2-byte NAL unit header
 /// (ITU-T H.265 Table 7-1).
@@ -68,6 +68,12 @@ impl NalType {
     /// Decoding can start at one; the bridge's keyframes.
     pub fn is_irap(self) -> bool {
         (16..=23).contains(&self.0)
+    }
+
+    /// Random access skipped leading pictures: they follow a CRA (or BLA) in decode order and
+    /// refer to pictures before it, so a decoder that started at that CRA cannot decode them.
+    pub fn is_rasl(self) -> bool {
+        self == Self::RASL_N || self == Self::RASL_R
     }
 }
 
@@ -278,7 +284,7 @@ impl H265Assembler {
     fn emit(&mut self, annexb: &[u8], pts: u64, dts: u64, out: &mut Vec<AccessUnit>) {
         // Parameter sets of each kind in this access unit, not yet copied to the output.
         let mut present = [0usize; 3];
-        let (mut keyframe, mut any, mut nals) = (false, false, 0);
+        let (mut keyframe, mut rasl, mut any, mut nals) = (false, false, false, 0);
         for nal in nal_units(annexb) {
             nals += 1;
             let Some(t) = NalType::of(nal) else { continue };
@@ -295,6 +301,7 @@ impl H265Assembler {
                 }
             }
             keyframe |= t.is_irap();
+            rasl |= t.is_rasl();
             any |= t != NalType::AUD && t != NalType::FD;
         }
         if !any {
@@ -344,6 +351,11 @@ impl H265Assembler {
             pts,
             dts,
             keyframe,
+            recovery: if rasl && !keyframe {
+                Recovery::Rasl
+            } else {
+                Recovery::None
+            },
             data: self.buf.split().freeze(),
         });
     }
@@ -718,6 +730,12 @@ mod tests {
             ]);
             let irap = (16..=23).contains(&t);
             assert_eq!(out[1].keyframe, irap, "type {t}");
+            let rasl = if matches!(t, 8 | 9) {
+                Recovery::Rasl
+            } else {
+                Recovery::None
+            };
+            assert_eq!(out[1].recovery, rasl, "type {t}");
             let with_params: &[&[u8]] = if irap {
                 &[&vps, &sps, &pps, &slice]
             } else {
@@ -725,6 +743,30 @@ mod tests {
             };
             assert_eq!(out[1].data, expect(with_params), "type {t}");
         }
+    }
+
+    #[test]
+    fn open_gop_testdata_has_rasl_pictures_after_its_cras() {
+        let aus = crate::ts::testutil::testdata_video_aus("hevc_open_gop.ts").expect("testdata");
+        assert_eq!(aus.len(), 90);
+        let marks: Vec<(usize, bool, Recovery)> = aus
+            .iter()
+            .enumerate()
+            .filter(|(_, au)| au.keyframe || au.recovery != Recovery::None)
+            .map(|(i, au)| (i, au.keyframe, au.recovery))
+            .collect();
+        assert_eq!(
+            marks,
+            [
+                (0, true, Recovery::None),
+                (29, true, Recovery::None),
+                (30, false, Recovery::Rasl),
+                (59, true, Recovery::None),
+                (60, false, Recovery::Rasl),
+            ]
+        );
+        // The RASL picture is shown before its CRA.
+        assert!(aus[30].pts < aus[29].pts);
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Elementary stream parsing, sans-IO: H.264/H.265 access units and Opus packets out of PES
 //! payloads.
 
-#![forbid(unsafe_code)]
+// Denied, not forbidden: `h264_decoder` holds the few FFI calls OpenH264's safe API lacks.
+#![deny(unsafe_code)]
 
 pub mod aac;
 pub mod h264;
+pub mod h264_decoder;
 pub mod h265;
 pub mod mpa;
 pub mod opus;
@@ -23,6 +25,33 @@ pub struct EsUnit<'a> {
     pub pts: Option<u64>,
     /// When it differs from the PTS.
     pub dts: Option<u64>,
+}
+
+/// Where else than at a keyframe (an H.264 IDR, an H.265 IRAP picture: every decoder starts
+/// there) a viewer joining a video stream may start, or what it must skip. A closed set, carried
+/// from the access unit to the viewers' frames (`stream::frame::Frame::recovery`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Recovery {
+    /// An ordinary picture (or a keyframe: nothing more to say).
+    #[default]
+    None,
+    /// An H.264 recovery point (SEI payload 6) on a picture that is no IDR: a decoder can start
+    /// here (with the parameter sets, which the assembler puts before it), and its pictures are
+    /// right from `frames` frames on, in output order. Periodic intra refresh (x264
+    /// `intra-refresh`, NVENC, low-latency encoders) and open GOPs send these instead of IDRs.
+    /// Browsers' WebRTC decoders do not start at one (they wait for an IDR).
+    Point { frames: u32 },
+    /// An H.265 RASL picture (NAL types 8, 9): it refers to pictures before its CRA in decode
+    /// order, so a viewer whose first picture is that CRA must not get it (it follows the CRA
+    /// directly, before any trailing picture).
+    Rasl,
+}
+
+impl Recovery {
+    /// A recovery point: a start for a decoder that does not insist on an IDR.
+    pub fn is_point(self) -> bool {
+        matches!(self, Recovery::Point { .. })
+    }
 }
 
 /// The video codecs viewers get.

@@ -8,13 +8,19 @@
 //!     access unit out) ─► access unit (display order = decode order)
 //! ```
 //!
-//! The output mirrors the source: same size, frame rate and keyframes (an IDR wherever the
-//! source has one, so the GOP cache and instant start behave as for a pass-through stream), at
-//! about the source's bitrate (measured per GOP; the encoder is rebuilt at a source keyframe
-//! when it strays by more than a third). A viewer's keyframe request can add an IDR, at most
-//! one per [`KEYFRAME_EVERY`]. A decoder error or an SPS change starts the decoder again at the
-//! next keyframe; a picture format the decoder cannot take (4:2:2, 10-bit, interlaced) is an
-//! [`ReencodeError::Unsupported`] the caller reports (and it passes the video through).
+//! The output mirrors the source: same size, frame rate and start points (an IDR wherever the
+//! source has a keyframe or a recovery point, so the GOP cache and instant start behave as for
+//! a pass-through stream, and a periodic-intra-refresh source gets the IDRs browsers need), at
+//! about the source's bitrate (measured from start point to start point; the encoder is rebuilt
+//! at one when it strays by more than a third). A viewer's keyframe request can add an IDR, at
+//! most one per [`KEYFRAME_EVERY`]. A decoder error or an SPS change starts the decoder again
+//! at the next start point; a picture format the decoder cannot take (4:2:2, 10-bit,
+//! interlaced) is an [`ReencodeError::Unsupported`] the caller reports (and it passes the video
+//! through).
+//!
+//! Started at a recovery point, the decoder conceals the missing references (a grey picture,
+//! see [`h264_decoder`](super::h264_decoder)) and the intra refresh paints the picture in: the
+//! `recovery_frame_cnt` pictures until it is whole are decoded, not encoded.
 //!
 //! Time is the caller's (90 kHz timeline ticks); the PTS of a picture is the one of the access
 //! unit it was decoded from. OpenH264 keeps no timestamps through its reorder buffer, but it
@@ -22,7 +28,6 @@
 
 use std::collections::BTreeMap;
 
-use openh264::decoder::{Decoder, DecoderConfig, Flush};
 use openh264::encoder::{
     BitRate, Complexity, Encoder, EncoderConfig, FrameRate, FrameType, IntraFramePeriod, Profile,
     RateControlMode, UsageType,
@@ -31,6 +36,8 @@ use openh264::formats::YUVSource;
 use openh264::{OpenH264API, Timestamp};
 
 use super::h264::{find_sps, parse_sps, AccessUnit, SpsInfo};
+use super::h264_decoder::{DecodeState, H264Decoder};
+use super::Recovery;
 
 /// What the output is, for the API and logs.
 pub const OUTPUT: &str = "H.264 Constrained Baseline";
@@ -38,6 +45,9 @@ pub const OUTPUT: &str = "H.264 Constrained Baseline";
 pub const KEYFRAME_EVERY: u64 = 90_000;
 /// Pictures the decoder may hold back for reordering before a pending PTS is taken as lost.
 const MAX_PENDING: usize = 16;
+/// After a start at a recovery point, access units whose missing references are not an error:
+/// the pictures until the recovery is complete, and leading pictures of an open GOP.
+const RECOVERY_GRACE: u32 = MAX_PENDING as u32;
 /// Bitrate assumed before a GOP was measured, per pixel per frame (≈ 2.2 Mbit/s at 720p30).
 const BITS_PER_PIXEL: f64 = 0.08;
 
@@ -47,8 +57,17 @@ pub struct SourceFrame<'a> {
     /// On the caller's timeline (90 kHz, monotonic apart from B-frame reordering).
     pub pts: u64,
     pub keyframe: bool,
+    /// A recovery point (the re-encoder starts there too).
+    pub recovery: Recovery,
     /// Annex B, parameter sets before a keyframe (as `h264::AccessUnit::data`).
     pub data: &'a [u8],
+}
+
+impl SourceFrame<'_> {
+    /// A keyframe or a recovery point.
+    pub fn is_start(&self) -> bool {
+        self.keyframe || self.recovery.is_point()
+    }
 }
 
 impl<'a> From<&'a AccessUnit> for SourceFrame<'a> {
@@ -57,6 +76,7 @@ impl<'a> From<&'a AccessUnit> for SourceFrame<'a> {
         SourceFrame {
             pts: au.pts,
             keyframe: au.keyframe,
+            recovery: au.recovery,
             data: &au.data,
         }
     }
@@ -105,11 +125,16 @@ struct Output {
 }
 
 pub struct Reencoder {
-    decoder: Option<Decoder>,
-    /// PTS of the access units in the decoder not yet out as pictures, with their keyframe flag.
+    decoder: Option<H264Decoder>,
+    /// PTS of the access units in the decoder not yet out as pictures, with whether each is a
+    /// source start point (keyframe or recovery point: the output has an IDR there).
     pending: BTreeMap<u64, bool>,
-    /// Until a keyframe arrives, access units are dropped (at the start, after an error).
+    /// Until a start point arrives, access units are dropped (at the start, after an error).
     need_keyframe: bool,
+    /// The decoder started at a recovery point: the state bits that are no error, and for how
+    /// many more access units a lost reference is none either.
+    started_at_point: bool,
+    grace: u32,
     /// The SPS the decoder was started with (a new one restarts it).
     sps: Option<Vec<u8>>,
     /// Source bytes and PTS span since the last keyframe measured, for the bitrate.
@@ -134,6 +159,9 @@ struct Encoding {
     last_forced: Option<u64>,
     /// Pictures shown before this are decoded (they are references) but not encoded.
     start_pts: u64,
+    /// Pictures still to decode but not encode: a start at a recovery point is right only
+    /// this many pictures later.
+    warmup: u32,
 }
 
 impl Default for Reencoder {
@@ -148,6 +176,8 @@ impl Reencoder {
             decoder: None,
             pending: BTreeMap::new(),
             need_keyframe: true,
+            started_at_point: false,
+            grace: 0,
             sps: None,
             gop_bytes: 0,
             gop_start: None,
@@ -172,6 +202,8 @@ impl Reencoder {
         self.decoder = None;
         self.pending.clear();
         self.need_keyframe = true;
+        self.started_at_point = false;
+        self.grace = 0;
         self.sps = None;
         self.gop_bytes = 0;
         self.gop_start = None;
@@ -194,32 +226,39 @@ impl Reencoder {
         au: SourceFrame<'_>,
         out: &mut Vec<EncodedFrame>,
     ) -> Result<(), ReencodeError> {
-        if au.keyframe {
-            self.on_keyframe(au)?;
+        if au.is_start() {
+            self.on_start(au)?;
         } else if self.need_keyframe {
             return Ok(());
         }
         self.measure(au);
         let decoder = match &mut self.decoder {
             Some(d) => d,
-            None => self.decoder.insert(new_decoder()?),
+            None => self
+                .decoder
+                .insert(H264Decoder::new(self.started_at_point).map_err(ReencodeError::Setup)?),
         };
-        self.pending.insert(au.pts, au.keyframe);
-        match decoder.decode(au.data) {
-            Ok(Some(picture)) => {
-                self.stats.decoded += 1;
-                if let Some((pts, key)) = self.pending.pop_first() {
-                    self.enc.picture(&mut self.stats, &picture, pts, key, out);
-                }
+        self.pending.insert(au.pts, au.is_start());
+        let mut allowed = 0;
+        if self.started_at_point {
+            allowed |= DecodeState::CONCEALED;
+            if self.grace > 0 {
+                self.grace -= 1;
+                allowed |= DecodeState::REF_LOST;
             }
-            Ok(None) => {}
-            Err(_) => {
-                // A corrupt access unit: start again at the next keyframe (viewers keep the
-                // last picture meanwhile).
-                self.stats.decode_errors += 1;
-                self.decoder = None;
-                self.pending.clear();
-                self.need_keyframe = true;
+        }
+        let (state, picture) = decoder.decode(au.data);
+        if state.fails(allowed) {
+            // A corrupt access unit: start again at the next start point (viewers keep the
+            // last picture meanwhile).
+            self.stats.decode_errors += 1;
+            self.decoder = None;
+            self.pending.clear();
+            self.need_keyframe = true;
+        } else if let Some(picture) = picture {
+            self.stats.decoded += 1;
+            if let Some((pts, key)) = self.pending.pop_first() {
+                self.enc.picture(&mut self.stats, &picture, pts, key, out);
             }
         }
         // Pictures the decoder dropped without an error: do not let their PTS shift the others.
@@ -234,10 +273,7 @@ impl Reencoder {
         let Some(decoder) = self.decoder.as_mut() else {
             return;
         };
-        let Ok(pictures) = decoder.flush_remaining() else {
-            return;
-        };
-        for picture in pictures {
+        for picture in decoder.flush_remaining() {
             self.stats.decoded += 1;
             let Some((pts, key)) = self.pending.pop_first() else {
                 break;
@@ -246,9 +282,10 @@ impl Reencoder {
         }
     }
 
-    /// A keyframe: check its SPS (a picture format the decoder cannot take is an error; a new
-    /// SPS restarts the decoder), and take the GOP's bitrate.
-    fn on_keyframe(&mut self, au: SourceFrame<'_>) -> Result<(), ReencodeError> {
+    /// A keyframe or a recovery point: check its SPS (a picture format the decoder cannot take
+    /// is an error; a new SPS restarts the decoder), start the decoder there if it waits for
+    /// one, and take the bitrate since the last one.
+    fn on_start(&mut self, au: SourceFrame<'_>) -> Result<(), ReencodeError> {
         if let Some(sps) = find_sps(au.data) {
             if let Some(info) = parse_sps(sps) {
                 check_format(&info)?;
@@ -260,6 +297,18 @@ impl Reencoder {
                     self.pending.clear();
                 }
                 self.sps = Some(sps.to_vec());
+            }
+        }
+        if self.decoder.is_none() || self.need_keyframe {
+            self.decoder = None;
+            self.pending.clear();
+            self.started_at_point = !au.keyframe;
+            self.grace = 0;
+            self.enc.warmup = 0;
+            if let (false, Recovery::Point { frames }) = (au.keyframe, au.recovery) {
+                // The pictures until the recovery is complete are approximations.
+                self.enc.warmup = frames;
+                self.grace = frames.saturating_add(RECOVERY_GRACE);
             }
         }
         if let Some(start) = self.gop_start {
@@ -311,7 +360,9 @@ impl Encoding {
             }
         }
         self.last_out = Some(pts);
-        if pts < self.start_pts {
+        let warming = self.warmup > 0;
+        self.warmup = self.warmup.saturating_sub(1);
+        if pts < self.start_pts || warming {
             return;
         }
         let size = picture.dimensions();
@@ -420,13 +471,6 @@ fn frame_rate(steps: &[u64]) -> f64 {
     let mut s = steps.to_vec();
     s.sort_unstable();
     (90_000.0 / s[s.len() / 2] as f64).clamp(1.0, 120.0)
-}
-
-fn new_decoder() -> Result<Decoder, ReencodeError> {
-    // No flushing after each access unit: that would give pictures out in decode order.
-    let config = DecoderConfig::new().flush_after_decode(Flush::NoFlush);
-    Decoder::with_api_config(OpenH264API::from_source(), config)
-        .map_err(|e| ReencodeError::Setup(e.to_string()))
 }
 
 fn new_encoder(fps: f64, bps: u32) -> Result<Encoder, ReencodeError> {
@@ -562,6 +606,7 @@ mod tests {
                 SourceFrame {
                     pts: au.pts,
                     keyframe: au.keyframe,
+                    recovery: au.recovery,
                     data: &data,
                 },
                 &mut out,
@@ -589,6 +634,7 @@ mod tests {
             let au = SourceFrame {
                 pts,
                 keyframe: au.keyframe,
+                recovery: au.recovery,
                 data: &au.data,
             };
             r.push(au, &mut out).unwrap();
@@ -606,6 +652,43 @@ mod tests {
         assert!(out.len() >= 120 + 180 - 6, "{}", out.len());
         assert!(out.windows(2).all(|w| w[1].pts > w[0].pts));
         assert_eq!(r.stats().decode_errors, 0);
+    }
+
+    /// testdata/h264_intra_refresh.ts: one IDR, then recovery points (recovery_frame_cnt 18) at
+    /// access units 30, 60 and 90.
+    #[test]
+    fn a_start_at_a_recovery_point_encodes_from_where_the_picture_is_whole() {
+        let source = access_units("h264_intra_refresh.ts");
+        assert_eq!(source.len(), 120);
+        let mut r = Reencoder::new();
+        let mut out = Vec::new();
+        for au in &source[30..] {
+            r.push(SourceFrame::from(au), &mut out).unwrap();
+        }
+        r.flush(&mut out);
+        // Decoded from 30 on; encoded from 48 on (18 pictures later), every picture, IDRs there
+        // and at each later source start point.
+        let pts: Vec<u64> = out.iter().map(|f| f.pts).collect();
+        let expected: Vec<u64> = source[48..].iter().map(|a| a.pts).collect();
+        assert_eq!(pts, expected);
+        let keys: Vec<u64> = out.iter().filter(|f| f.keyframe).map(|f| f.pts).collect();
+        assert_eq!(keys, [source[48].pts, source[60].pts, source[90].pts]);
+        for f in out.iter().filter(|f| f.keyframe) {
+            let types: Vec<NalType> = nal_units(&f.data).filter_map(NalType::of).collect();
+            assert!(
+                types.starts_with(&[NalType::SPS, NalType::PPS]),
+                "IDR at {}: {types:?}",
+                f.pts
+            );
+        }
+        let stats = r.stats();
+        assert_eq!((stats.decoded, stats.decode_errors), (90, 0));
+        // From the IDR: an IDR at each start point of the source.
+        let (out, stats) = reencode("h264_intra_refresh.ts", false);
+        assert_eq!((out.len(), stats.decode_errors), (120, 0));
+        let keys: Vec<u64> = out.iter().filter(|f| f.keyframe).map(|f| f.pts).collect();
+        let starts: Vec<u64> = [0, 30, 60, 90].iter().map(|&i| source[i].pts).collect();
+        assert_eq!(keys, starts);
     }
 
     #[test]

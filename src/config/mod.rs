@@ -9,6 +9,8 @@ use std::time::Duration;
 use clap::builder::FalseyValueParser;
 use clap::{Args, Parser, Subcommand};
 
+use crate::stream::gop::GopBound;
+
 /// MPEG-TS in, WebRTC (WHEP) out: sub-second browser playback of live TS streams.
 #[derive(Debug, Parser)]
 #[command(name = "tsbridge", version, about, long_about = None)]
@@ -80,6 +82,10 @@ fn parse_backlog_rate(s: &str) -> Result<f64, String> {
         return Err("must be between 1 and 100000 Mbit/s".into());
     }
     Ok(mbit)
+}
+
+fn parse_gop_bound(s: &str) -> Result<GopBound, String> {
+    s.parse()
 }
 
 fn parse_stream_name(s: &str) -> Result<String, String> {
@@ -247,8 +253,11 @@ pub struct ServeArgs {
     /// H.264 with B-frames (libx264's and OBS's defaults), which browsers' WebRTC decoders
     /// show only a few frames of, is decoded and re-encoded once per stream without B-frames
     /// (Constrained Baseline, same size, frame rate and keyframes, about the same bitrate;
-    /// ~one core per 1080p30 stream): `auto` does it when B-frames are found, `off` sends the
-    /// video as it is (and says so). Cheaper still: encode the source with `-bf 0`.
+    /// ~one core per 1080p30 stream): `auto` does it when B-frames are found, and when no
+    /// IDR comes within `--gop-cache-max` (periodic intra refresh: browsers start only at an
+    /// IDR; the re-encoder makes one at each recovery point and on a viewer's request); `off`
+    /// sends the video as it is (and says so). Cheaper still: encode the source with `-bf 0`
+    /// and keyframes.
     #[arg(long, env = "TSBRIDGE_VIDEO_TRANSCODE", value_enum, default_value_t = Transcode::Auto)]
     pub video_transcode: Transcode,
 
@@ -296,6 +305,16 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_BACKLOG_RATE", default_value_t = 25.0,
           value_parser = parse_backlog_rate)]
     pub backlog_rate: f64,
+
+    /// Most video the GOP cache of a stream holds for instant start: SECONDS[,BYTES] (bytes
+    /// may end in KiB/MiB/GiB or kB/MB/GB). The cache holds the video since the last keyframe,
+    /// or since the last recovery point (periodic intra refresh) when keyframes are further
+    /// apart; a source with no start point within it is reported (API, log), and one with no
+    /// keyframe within it is re-encoded with `--video-transcode auto` (browsers start only at
+    /// a keyframe).
+    #[arg(long, env = "TSBRIDGE_GOP_CACHE_MAX", value_name = "SECONDS[,BYTES]",
+          default_value = "15,16MiB", value_parser = parse_gop_bound)]
+    pub gop_cache_max: GopBound,
 
     /// A TOML file of these flags, named with `_` (`ice_udp = "0.0.0.0:8189"`,
     /// `replay = ["cam=cam.ts"]`); flags and the environment override it; an unknown key is an

@@ -16,7 +16,8 @@ use super::{check_name, ApiError, AppState};
 use crate::codec::reencode::OUTPUT as REENCODED_TO;
 use crate::codec::reorder::{B_FRAMES_ADVICE, B_FRAMES_REENCODED};
 use crate::stream::ring::Read;
-use crate::stream::{Reencode, Status, Stream, VideoProfile};
+use crate::stream::starts::no_keyframes_reencoded;
+use crate::stream::{Reencode, ReencodeWhy, Status, Stream, VideoProfile};
 use crate::ts::start::StartPoint;
 use crate::ts::{Codec, ProgramChoice, TrackInfo, TrackSet};
 
@@ -108,13 +109,22 @@ fn track_json(s: &Stream, st: &Status, t_set: &TrackSet, t: &TrackInfo) -> Value
                 v["note"] = H265_NOTE.into();
             }
             v["b_frames"] = st.b_frames.into();
+            let bound = s.gop.lock().bound();
+            let reencoded = matches!(st.reencode, Reencode::Active(_));
+            if let Some(report) = st.start_points.report(bound, reencoded) {
+                v["start_points"] = report.into();
+            }
             match &st.reencode {
-                Reencode::Active => {
+                Reencode::Active(why) => {
                     let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
                     let cpu = r(&s.stats.reencode_us) as f64 * 100.0
                         / r(&s.stats.reencode_media_us).max(1) as f64;
                     v["transcoded_to"] = REENCODED_TO.into();
-                    v["transcode_reason"] = B_FRAMES_REENCODED.into();
+                    v["transcode_reason"] = match why {
+                        ReencodeWhy::BFrames => B_FRAMES_REENCODED.to_string(),
+                        ReencodeWhy::NoKeyframes => no_keyframes_reencoded(bound),
+                    }
+                    .into();
                     v["transcoder_cpu_pct"] = ((cpu * 100.0).round() / 100.0).into();
                     v["transcode_errors"] = r(&s.stats.reencode_errors).into();
                     v["frames_decoded"] = r(&s.stats.reencode_decoded).into();
@@ -122,7 +132,9 @@ fn track_json(s: &Stream, st: &Status, t_set: &TrackSet, t: &TrackInfo) -> Value
                     v["keyframes_on_request"] = r(&s.stats.reencode_keyframes).into();
                 }
                 Reencode::Unsupported(why) => {
-                    v["warning"] = B_FRAMES_ADVICE.into();
+                    if st.b_frames {
+                        v["warning"] = B_FRAMES_ADVICE.into();
+                    }
                     v["transcode_error"] = why.as_ref().into();
                 }
                 Reencode::Off if st.b_frames => v["warning"] = B_FRAMES_ADVICE.into(),
@@ -229,6 +241,10 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
             "frames": g.frames(),
             "bytes": g.bytes(),
             "seconds": g.duration_90k() as f64 / 90_000.0,
+            "starts_at": g.lead().map(|l| l.name()),
+            "max_seconds": g.bound().seconds(),
+            "max_bytes": g.bound().bytes,
+            "overflows": g.overflows(),
         })
     };
     // On an edge of a cluster: "pull", and (for the admin) the owner it is pulled from.

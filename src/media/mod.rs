@@ -24,8 +24,9 @@ use tracing::{debug, info, warn};
 use crate::codec::reencode::OUTPUT as REENCODED_TO;
 use crate::codec::reorder::B_FRAMES_ADVICE;
 use crate::stream::frame::{FrameSink, Kind};
+use crate::stream::gop::GopBound;
 use crate::stream::ring::Read;
-use crate::stream::{Reencode, Stream};
+use crate::stream::{Reencode, ReencodeWhy, StartPoints, Stream};
 use crate::ts::Codec;
 use reencode::{Done, Worker};
 pub use state::{MediaEvent, MediaProblem, MediaState, ReencodeJob};
@@ -35,8 +36,11 @@ pub use state::{MediaEvent, MediaProblem, MediaState, ReencodeJob};
 pub struct MediaOptions {
     /// AAC / MPEG audio → Opus when there is no Opus (`--audio-transcode auto`).
     pub audio_transcode: bool,
-    /// H.264 with B-frames re-encoded without (`--video-transcode auto`).
+    /// H.264 with B-frames, or no keyframe within the GOP cache bound, re-encoded
+    /// (`--video-transcode auto`).
     pub video_transcode: bool,
+    /// How much video the GOP cache holds (`--gop-cache-max`).
+    pub gop_cache_max: GopBound,
 }
 
 /// Applies what the state machine reported to the stream and hands frames to the viewers.
@@ -45,8 +49,10 @@ struct Apply<'a> {
     sink: &'a dyn FrameSink,
     /// Problem causes already logged (each is logged once).
     logged: HashSet<&'static str>,
-    /// B-frames are re-encoded away (else they are only reported).
+    /// B-frames and keyframe-less video are re-encoded (else they are only reported).
     reencode_on: bool,
+    /// The GOP cache bound, for the start-point report.
+    gop_bound: GopBound,
     /// The video re-encoder's thread, from the first time the stream needs it.
     worker: Option<Worker>,
     /// Re-encoder runs that could not start (no thread), for the state machine.
@@ -127,13 +133,32 @@ impl Apply<'_> {
                 }
                 stream.update_status(|s| s.b_frames = on);
             }
+            MediaEvent::StartPoints(s) => {
+                if let Some(report) = s.report(self.gop_bound, self.reencode_on) {
+                    if self.logged.insert(s.cause()) {
+                        // Re-encoded, viewers are served: worth knowing, nothing to fix.
+                        if s == StartPoints::RecoveryPoints && self.reencode_on {
+                            info!(stream = %stream.name, "start points: {report}");
+                        } else {
+                            warn!(stream = %stream.name, "start points: {report}");
+                        }
+                    }
+                }
+                stream.update_status(|st| st.start_points = s);
+            }
             MediaEvent::Reencode(job) => self.reencode(job),
             MediaEvent::Reencoding(r) => {
                 match &r {
-                    Reencode::Active => info!(stream = %stream.name,
+                    Reencode::Active(ReencodeWhy::BFrames) => info!(stream = %stream.name,
                         "the video has B-frames, which browsers cannot show: re-encoding it to \
                          {REENCODED_TO} without them, once for all viewers (encode the source \
                          with -bf 0 to save this CPU; --video-transcode off sends it as it is)"),
+                    Reencode::Active(ReencodeWhy::NoKeyframes) => info!(stream = %stream.name,
+                        "the video has no keyframe within the GOP cache bound ({}), and \
+                         browsers start only at one: re-encoding it to {REENCODED_TO}, once \
+                         for all viewers, with a keyframe at each start point of the source \
+                         and on each viewer's request (--video-transcode off sends it as it is)",
+                        self.gop_bound),
                     Reencode::Unsupported(why) => warn!(stream = %stream.name,
                         "{B_FRAMES_ADVICE}; it cannot be re-encoded here: {why}"),
                     Reencode::Off => debug!(stream = %stream.name, "video re-encoder stopped"),
@@ -199,7 +224,9 @@ enum Wake {
 /// Runs for the life of the stream: reads its ring, feeds the state machine, applies what it
 /// reports.
 pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, options: MediaOptions) {
+    stream.gop.lock().set_bound(options.gop_cache_max);
     let mut state = MediaState::new()
+        .with_gop_bound(options.gop_cache_max)
         .with_transcoding(options.audio_transcode)
         .with_reencoding(options.video_transcode)
         .with_program(stream.program_choice());
@@ -208,6 +235,7 @@ pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, options: MediaOp
         sink: sink.as_ref(),
         logged: HashSet::new(),
         reencode_on: options.video_transcode,
+        gop_bound: options.gop_cache_max,
         worker: None,
         failed: Vec::new(),
     };

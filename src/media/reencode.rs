@@ -7,7 +7,7 @@
 //! ```
 //!
 //! If the thread falls behind (a machine too slow for the picture size), the queue fills:
-//! access units are dropped until the next keyframe, where the re-encoder starts again, and
+//! access units are dropped until the next start point, where the re-encoder starts again, and
 //! each dropped one counts as an error. Viewers see the last picture meanwhile, not a stall of
 //! the other streams.
 
@@ -21,6 +21,7 @@ use tracing::warn;
 
 use super::state::ReencodeJob;
 use crate::codec::reencode::{EncodedFrame, Reencoder, SourceFrame};
+use crate::codec::Recovery;
 use crate::metrics::thread_cpu_time;
 use crate::stream::Stream;
 
@@ -75,9 +76,10 @@ impl Worker {
             ReencodeJob::Frame {
                 generation,
                 pts,
-                keyframe: true,
+                keyframe,
+                recovery,
                 ..
-            } if self.behind => {
+            } if self.behind && (*keyframe || recovery.is_point()) => {
                 let restart = ReencodeJob::Start {
                     generation: *generation,
                     from: *pts,
@@ -126,7 +128,7 @@ fn work(stream: &Stream, jobs: &Receiver<Job>, done: &UnboundedSender<Done>) {
     let mut out = Vec::new();
     let mut last_pts: Option<u64> = None;
     while let Ok(job) = jobs.recv() {
-        let (g, pts, keyframe, data): (u64, u64, bool, Bytes) = match job {
+        let (g, pts, keyframe, recovery, data): (u64, u64, bool, Recovery, Bytes) = match job {
             Job::Keyframe => {
                 r.request_keyframe();
                 continue;
@@ -149,8 +151,9 @@ fn work(stream: &Stream, jobs: &Receiver<Job>, done: &UnboundedSender<Done>) {
                 generation,
                 pts,
                 keyframe,
+                recovery,
                 data,
-            }) => (generation, pts, keyframe, data),
+            }) => (generation, pts, keyframe, recovery, data),
         };
         if g != generation {
             continue;
@@ -161,6 +164,7 @@ fn work(stream: &Stream, jobs: &Receiver<Job>, done: &UnboundedSender<Done>) {
             SourceFrame {
                 pts,
                 keyframe,
+                recovery,
                 data: &data,
             },
             &mut out,

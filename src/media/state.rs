@@ -14,10 +14,12 @@ use crate::codec::opus::{self, OpusError, OpusPacket};
 use crate::codec::reencode::{self, EncodedFrame};
 use crate::codec::reorder::ReorderDetector;
 use crate::codec::transcode::Transcoder;
-use crate::codec::{VideoAssembler, VideoCodec, VideoInfo};
+use crate::codec::{Recovery, VideoAssembler, VideoCodec, VideoInfo};
 use crate::rtp::{H264Packetizer, H265Packetizer, OpusPacketizer, Packetizer, Payload};
 use crate::stream::frame::{Frame, Kind};
-use crate::stream::Reencode;
+use crate::stream::gop::GopBound;
+use crate::stream::starts::{StartPoints, StartWatch};
+use crate::stream::{Reencode, ReencodeWhy};
 use crate::time::{self, ClockRate, Timeline};
 use crate::ts::{Codec, DemuxEvent, DemuxProblem, Demuxer, Pes, Pid, ProgramChoice, TrackSet};
 
@@ -40,6 +42,9 @@ pub enum MediaEvent {
     Video(Option<VideoInfo>),
     /// B-frames were seen (`true`), or forgotten with the source (`false`).
     BFrames(bool),
+    /// The source's start points got worse against the GOP cache bound, or were forgotten
+    /// with the source (`Keyframes`).
+    StartPoints(StartPoints),
     /// Work for the video re-encoder (B-frames, `--video-transcode auto`); what it gives back
     /// goes to [`MediaState::reencoded`].
     Reencode(ReencodeJob),
@@ -66,15 +71,20 @@ pub enum ReencodeJob {
         generation: u64,
         pts: u64,
         keyframe: bool,
+        recovery: Recovery,
         data: Bytes,
     },
     /// The source ended: drop what is pending.
     Stop,
 }
 
-/// Access units kept since the last keyframe, for the re-encoder to start from when B-frames
-/// are found mid-GOP (a longer GOP starts at its next keyframe).
+/// Access units kept since the last start point, for the re-encoder to start from when it is
+/// needed mid-GOP (a longer GOP starts at its next start point).
 const MAX_HELD: usize = 512;
+
+/// A video access unit of the source kept for the re-encoder: timeline PTS, keyframe,
+/// recovery, the data.
+type Held = (u64, bool, Recovery, Bytes);
 
 /// Defects of the input beyond the TS layer's, each with a stable [`MediaProblem::cause`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,8 +148,10 @@ pub struct MediaState {
     generation: u64,
     /// The video cannot be re-encoded (until the source ends): it goes out as it is.
     reencode_blocked: bool,
-    /// Video access units since the last keyframe (timeline PTS), while B-frames may appear.
-    held: Vec<(u64, bool, Bytes)>,
+    /// Video access units since the last start point, while the re-encoder may be needed.
+    held: Vec<Held>,
+    /// The source's start points against the GOP cache bound.
+    starts: StartWatch,
     /// The latest-shown video frame that went out as the source sent it.
     passed_until: Option<u64>,
 }
@@ -177,8 +189,15 @@ impl MediaState {
             generation: 0,
             reencode_blocked: false,
             held: Vec::new(),
+            starts: StartWatch::new(GopBound::DEFAULT),
             passed_until: None,
         }
+    }
+
+    /// With the GOP cache bound start points are measured against (`--gop-cache-max`).
+    pub fn with_gop_bound(mut self, bound: GopBound) -> Self {
+        self.starts = StartWatch::new(bound);
+        self
     }
 
     /// With the video re-encoded when it has B-frames (`--video-transcode auto`).
@@ -227,6 +246,9 @@ impl MediaState {
             out.push(MediaEvent::BFrames(false));
         }
         self.reorder.reset();
+        if self.starts.reset() {
+            out.push(MediaEvent::StartPoints(StartPoints::Keyframes));
+        }
         self.stop_reencoding(out);
         self.timeline.discontinuity();
         out.push(MediaEvent::Ended);
@@ -344,39 +366,60 @@ impl MediaState {
             }
             // ~1 frame at 30 fps: the step used when the timeline has to re-anchor.
             let t = self.timeline.map(au.pts, 3000);
+            let start = au.keyframe || au.recovery.is_point();
+            let far_before = self.starts.keyframes_too_far();
+            if let Some(s) = self.starts.push(t, au.data.len(), au.keyframe, start) {
+                out.push(MediaEvent::StartPoints(s));
+            }
+            let keyframes_far = !far_before && self.starts.keyframes_too_far();
             if let Some(generation) = self.reencoding {
                 out.push(MediaEvent::Reencode(ReencodeJob::Frame {
                     generation,
                     pts: t,
                     keyframe: au.keyframe,
+                    recovery: au.recovery,
                     data: au.data.clone(),
                 }));
                 continue;
             }
             if self.reencode_on && !self.reencode_blocked && self.video.codec() == VideoCodec::H264
             {
-                if au.keyframe {
+                if start || self.held.len() >= MAX_HELD {
+                    // (Full: the re-encoder would start at the next start point anyway.)
                     self.held.clear();
                 }
-                if self.held.len() < MAX_HELD {
-                    self.held.push((t, au.keyframe, au.data.clone()));
-                }
-                if b_frames && self.start_reencoding(out) {
-                    continue;
+                self.held
+                    .push((t, au.keyframe, au.recovery, au.data.clone()));
+                let why = match (b_frames, keyframes_far) {
+                    (true, _) => Some(ReencodeWhy::BFrames),
+                    (false, true) => Some(ReencodeWhy::NoKeyframes),
+                    (false, false) => None,
+                };
+                if let Some(why) = why {
+                    if self.start_reencoding(why, out) {
+                        continue;
+                    }
                 }
             }
             self.passed_until = Some(self.passed_until.map_or(t, |p| p.max(t)));
-            self.emit_video(t, Arc::from(&au.data[..]), au.keyframe, now, out);
+            self.emit_video(
+                t,
+                Arc::from(&au.data[..]),
+                (au.keyframe, au.recovery),
+                now,
+                out,
+            );
         }
         self.aus = aus;
     }
 
-    /// A video frame at timeline time `t`, for the viewers.
+    /// A video frame at timeline time `t`, for the viewers; `start`: whether it is a keyframe,
+    /// and a recovery point or a RASL picture.
     fn emit_video(
         &mut self,
         t: u64,
         data: Arc<[u8]>,
-        keyframe: bool,
+        (keyframe, recovery): (bool, Recovery),
         now: Instant,
         out: &mut Vec<MediaEvent>,
     ) {
@@ -387,6 +430,7 @@ impl MediaState {
             wallclock: self.clock.wallclock(t, now),
             data,
             keyframe,
+            recovery,
             payloads: Arc::from([]),
         };
         self.emit(frame, out);
@@ -401,10 +445,11 @@ impl MediaState {
         }
     }
 
-    /// B-frames were found: hand the video to the re-encoder from the GOP's keyframe on (the
-    /// pictures already shown are not encoded again). `false` when the video cannot be
-    /// re-encoded (it goes out as it is, and the reason is reported).
-    fn start_reencoding(&mut self, out: &mut Vec<MediaEvent>) -> bool {
+    /// B-frames were found, or keyframes are too far apart for browsers: hand the video to the
+    /// re-encoder from the GOP's start point on (the pictures already shown are not encoded
+    /// again). `false` when the video cannot be re-encoded (it goes out as it is, and the
+    /// reason is reported).
+    fn start_reencoding(&mut self, why: ReencodeWhy, out: &mut Vec<MediaEvent>) -> bool {
         let format = match &self.video {
             crate::codec::VideoAssembler::H264(a) => a.sps().map(reencode::check_format),
             crate::codec::VideoAssembler::H265(_) => None,
@@ -416,16 +461,17 @@ impl MediaState {
         self.generation += 1;
         let generation = self.generation;
         self.reencoding = Some(generation);
-        out.push(MediaEvent::Reencoding(Reencode::Active));
+        out.push(MediaEvent::Reencoding(Reencode::Active(why)));
         out.push(MediaEvent::Reencode(ReencodeJob::Start {
             generation,
             from: self.passed_until.map_or(0, |t| t + 1),
         }));
-        for (pts, keyframe, data) in self.held.drain(..) {
+        for (pts, keyframe, recovery, data) in self.held.drain(..) {
             out.push(MediaEvent::Reencode(ReencodeJob::Frame {
                 generation,
                 pts,
                 keyframe,
+                recovery,
                 data,
             }));
         }
@@ -474,7 +520,13 @@ impl MediaState {
             let sps = h264::find_sps(&f.data).and_then(h264::parse_sps);
             self.report_video(sps.as_ref().map(VideoInfo::from), out);
         }
-        self.emit_video(f.pts, Arc::from(f.data), f.keyframe, now, out);
+        self.emit_video(
+            f.pts,
+            Arc::from(f.data),
+            (f.keyframe, Recovery::None),
+            now,
+            out,
+        );
     }
 
     fn on_audio(&mut self, pes: &Pes, pts: u64, now: Instant, out: &mut Vec<MediaEvent>) {
@@ -496,6 +548,7 @@ impl MediaState {
                 wallclock,
                 data: Arc::from(p.data),
                 keyframe: true,
+                recovery: Recovery::None,
                 payloads: Arc::from([]),
             };
             self.emit(frame, out);
@@ -551,6 +604,7 @@ impl MediaState {
                 wallclock,
                 data: Arc::from(&f.data[..]),
                 keyframe: true,
+                recovery: Recovery::None,
                 payloads: Arc::from([]),
             };
             self.emit(frame, out);
@@ -561,6 +615,7 @@ impl MediaState {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::h264_decoder::{DecodeState, H264Decoder};
 
     fn run(file: &str, chunk: usize) -> Vec<MediaEvent> {
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -699,12 +754,14 @@ mod tests {
                             MediaEvent::Reencode(ReencodeJob::Frame {
                                 pts,
                                 keyframe,
+                                recovery,
                                 data,
                                 ..
                             }) => {
                                 let au = SourceFrame {
                                     pts: *pts,
                                     keyframe: *keyframe,
+                                    recovery: *recovery,
                                     data,
                                 };
                                 self.0.push(au, &mut self.2).unwrap();
@@ -741,7 +798,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(states, [&Reencode::Active, &Reencode::Off]);
+        assert_eq!(
+            states,
+            [&Reencode::Active(ReencodeWhy::BFrames), &Reencode::Off]
+        );
         let video = frames(&all, Kind::Video);
         // A couple of pictures went out as they were before B-frames showed (the ones shown
         // between them are skipped: the clock never goes back); then every later picture,
@@ -780,6 +840,165 @@ mod tests {
             })
             .collect();
         assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
+    }
+
+    /// A picture's planes, cropped to its size: what a viewer would see.
+    fn planes(p: &impl openh264::formats::YUVSource) -> Vec<u8> {
+        let ((w, h), (ys, us, vs)) = (p.dimensions(), p.strides());
+        let rows = |plane: &[u8], stride: usize, w: usize, h: usize| -> Vec<u8> {
+            (0..h)
+                .flat_map(|r| plane[r * stride..r * stride + w].to_vec())
+                .collect()
+        };
+        let mut v = rows(p.y(), ys, w, h);
+        v.extend(rows(p.u(), us, w / 2, h / 2));
+        v.extend(rows(p.v(), vs, w / 2, h / 2));
+        v
+    }
+
+    /// Decodes access units with OpenH264 as a viewer that starts at the first would: its
+    /// pictures (display order, the held-back last one flushed) and the decoder's states.
+    fn decode(aus: &[&[u8]], conceal: bool) -> (Vec<Vec<u8>>, Vec<DecodeState>) {
+        let mut d = H264Decoder::new(conceal).unwrap();
+        let (mut pictures, mut states) = (Vec::new(), Vec::new());
+        for au in aus {
+            let (state, picture) = d.decode(au);
+            states.push(state);
+            pictures.extend(picture.map(|p| planes(&p)));
+        }
+        pictures.extend(d.flush_remaining().iter().map(planes));
+        (pictures, states)
+    }
+
+    /// Issue 24: a source with one IDR and then recovery points (x264 intra refresh) gives a
+    /// joining viewer a start it can decode. Its frames go through the media state and the
+    /// GOP cache (bound 1 s, so the IDR's GOP is long gone) as for a live stream; what the
+    /// cache holds is decoded by OpenH264 like a viewer that joins then would: the first frame
+    /// is a recovery point, pictures come out for every frame, the decoder reports nothing but
+    /// the missing IDR (concealed), and from `recovery_frame_cnt` frames on the pictures are
+    /// exactly those of a decode from the IDR.
+    #[test]
+    fn joining_an_intra_refresh_source_decodes_from_the_recovery_point() {
+        use crate::stream::gop::{GopCache, Lead};
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/h264_intra_refresh.ts");
+        let data = std::fs::read(path).expect("testdata");
+        let bound = GopBound {
+            ticks: 90_000,
+            bytes: 1 << 20,
+        };
+        let mut m = MediaState::new().with_gop_bound(bound);
+        let mut gop = GopCache::new(bound);
+        let (mut events, mut video, mut joined) = (Vec::new(), Vec::new(), None);
+        let now = Instant::now();
+        for chunk in data.chunks(1316) {
+            m.push(chunk, now, &mut events);
+            for e in events.drain(..) {
+                if let MediaEvent::Frame(f) = e {
+                    gop.push(&f);
+                    if f.kind == Kind::Video {
+                        video.push(f);
+                        // A viewer joins after the 90th picture: access units 60..=89.
+                        if video.len() == 90 {
+                            joined = Some(gop.snapshot());
+                            assert_eq!(gop.lead(), Some(Lead::RecoveryPoint));
+                            assert!(gop.duration_90k() <= bound.ticks);
+                        }
+                    }
+                }
+            }
+        }
+        let joined = joined.expect("90 pictures");
+        assert_eq!(joined.len(), 30);
+        assert_eq!(joined[0].seq, video[60].seq);
+        let frames = match joined[0].recovery {
+            Recovery::Point { frames } => frames as usize,
+            other => panic!("the cache starts at {other:?}"),
+        };
+        assert_eq!(frames, 18);
+        assert!(!joined[0].keyframe, "no IDR: a recovery point");
+
+        let all: Vec<&[u8]> = video.iter().map(|f| &f.data[..]).collect();
+        let (reference, states) = decode(&all, false);
+        assert_eq!(reference.len(), video.len());
+        assert!(states.iter().all(|s| *s == DecodeState::OK));
+
+        let from_cache: Vec<&[u8]> = joined.iter().map(|f| &f.data[..]).collect();
+        let (pictures, states) = decode(&from_cache, true);
+        assert_eq!(pictures.len(), joined.len(), "a picture for every frame");
+        // The IDR it never got: lost (then concealed) at the first frame; every later picture
+        // refers to that one, and OpenH264 (which knows nothing of recovery points) keeps
+        // saying "concealed". No other error.
+        assert!(!states[0].fails(DecodeState::REF_LOST | DecodeState::CONCEALED));
+        assert!(states[1..].iter().all(|s| !s.fails(DecodeState::CONCEALED)));
+        assert_ne!(
+            pictures[0], reference[60],
+            "the first picture is an approximation"
+        );
+        for i in frames..joined.len() {
+            assert!(
+                pictures[i] == reference[60 + i],
+                "picture {} differs",
+                60 + i
+            );
+        }
+    }
+
+    /// Intra refresh with `--video-transcode auto`: once the IDR is older than the bound, the
+    /// video goes to the re-encoder (it starts at the latest recovery point), the reason is
+    /// reported, and so are the start points.
+    #[test]
+    fn keyframes_further_apart_than_the_bound_go_to_the_reencoder() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/h264_intra_refresh.ts");
+        let data = std::fs::read(path).expect("testdata");
+        let bound = GopBound {
+            ticks: 90_000,
+            bytes: 1 << 20,
+        };
+        let mut m = MediaState::new()
+            .with_reencoding(true)
+            .with_gop_bound(bound);
+        let mut events = Vec::new();
+        for chunk in data.chunks(1316) {
+            m.push(chunk, Instant::now(), &mut events);
+        }
+        let mut seen = Vec::new();
+        let mut first_job = None;
+        let mut passed = 0;
+        for e in &events {
+            match e {
+                MediaEvent::StartPoints(s) => seen.push(format!("{s:?}")),
+                MediaEvent::Reencoding(r) => seen.push(format!("{r:?}")),
+                MediaEvent::Reencode(ReencodeJob::Frame {
+                    keyframe, recovery, ..
+                }) if first_job.is_none() => first_job = Some((*keyframe, *recovery)),
+                MediaEvent::Frame(f) if f.kind == Kind::Video => passed += 1,
+                _ => {}
+            }
+        }
+        assert_eq!(seen, ["RecoveryPoints", "Active(NoKeyframes)"]);
+        // The IDR's GOP and one picture past the bound went out as they were.
+        assert_eq!(passed, 31);
+        assert_eq!(first_job, Some((false, Recovery::Point { frames: 18 })));
+        // Without the re-encoder the same is reported, and the video passes.
+        let mut m = MediaState::new().with_gop_bound(bound);
+        let mut events = Vec::new();
+        m.push(&data, Instant::now(), &mut events);
+        m.end_of_input(Instant::now(), &mut events);
+        let reports: Vec<StartPoints> = events
+            .iter()
+            .filter_map(|e| match e {
+                MediaEvent::StartPoints(s) => Some(*s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            reports,
+            [StartPoints::RecoveryPoints, StartPoints::Keyframes],
+            "reported, then forgotten with the source"
+        );
+        assert!(!events.iter().any(|e| matches!(e, MediaEvent::Reencode(_))));
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Stream;
+pub use crate::codec::Recovery;
 use crate::rtp::Payload;
 
 /// Video or audio.
@@ -28,10 +29,23 @@ pub struct Frame {
     /// The wall-clock instant this media time maps to (one mapping per stream, for RTCP SR).
     pub wallclock: Instant,
     pub data: Arc<[u8]>,
+    /// An IDR (H.264) or IRAP picture (H.265): every decoder starts here, browsers' WebRTC
+    /// decoders only here. Audio frames are all keyframes.
     pub keyframe: bool,
+    /// Video: a recovery point, where decoders that do not insist on an IDR start too, or an
+    /// H.265 RASL picture, which a viewer that started at the CRA before it skips.
+    pub recovery: Recovery,
     /// The frame as RTP payloads, made once per stream and shared by every viewer (each only
     /// adds its own header, SRTP and the send).
     pub payloads: Arc<[Payload]>,
+}
+
+impl Frame {
+    /// Where a viewer may start: a keyframe, or a recovery point (a viewer that needs an IDR,
+    /// a browser, asks for one; see `media` for who makes it).
+    pub fn is_start(&self) -> bool {
+        self.keyframe || self.recovery.is_point()
+    }
 }
 
 /// Where frames go (the WebRTC engine).

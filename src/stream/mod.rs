@@ -3,6 +3,7 @@
 pub mod frame;
 pub mod gop;
 pub mod ring;
+pub mod starts;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -45,8 +46,10 @@ pub struct Status {
     pub ready: bool,
     /// The video has B-frames (see `codec::reorder`): reported, since browsers play it badly.
     pub b_frames: bool,
-    /// Whether the video is re-encoded without B-frames (`--video-transcode auto`).
+    /// Whether the video is re-encoded (`--video-transcode auto`), and why.
     pub reencode: Reencode,
+    /// The source's start points against the GOP cache bound (`media::StartPoints`).
+    pub start_points: StartPoints,
 }
 
 /// The video re-encoder of a stream (see `codec::reencode`).
@@ -55,10 +58,20 @@ pub enum Reencode {
     /// The video goes out as the source sent it.
     #[default]
     Off,
-    /// The source has B-frames: viewers get it re-encoded without.
-    Active,
+    /// Viewers get the video re-encoded, for this reason.
+    Active(ReencodeWhy),
     /// It has B-frames and cannot be re-encoded: why (it goes out as it is).
     Unsupported(Arc<str>),
+}
+
+/// Why a stream's video is re-encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReencodeWhy {
+    /// B-frames, which browsers' WebRTC decoders cannot show.
+    BFrames,
+    /// No keyframe within the GOP cache bound (periodic intra refresh, very long GOPs):
+    /// browsers start only at a keyframe, and the re-encoder makes one on their request.
+    NoKeyframes,
 }
 
 impl Status {
@@ -69,6 +82,7 @@ impl Status {
 }
 
 pub use crate::codec::{VideoInfo, VideoProfile};
+pub use starts::StartPoints;
 
 impl Status {
     /// Nothing known yet (also: a program nobody demuxes).
@@ -86,6 +100,7 @@ impl Status {
             ready: false,
             b_frames: false,
             reencode: Reencode::Off,
+            start_points: StartPoints::Keyframes,
         }
     }
 }

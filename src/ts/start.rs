@@ -1,6 +1,7 @@
 //! Where a TS reader that joins mid-stream should start: at the latest PAT and PMT, then the
-//! first packet of an IDR access unit (or, without video, the next audio PES). Everything
-//! before is held back. Sans-IO.
+//! first packet of a start point's access unit — an IDR or IRAP picture, or an H.264 recovery
+//! point (periodic intra refresh sends no other) — or, without video, the next audio PES.
+//! Everything before is held back. Sans-IO.
 //!
 //! Packets are found by the crate's one [`Aligner`], so 192-byte (M2TS) and 204-byte input
 //! joins too. The reader gets 188-byte TS: for 188-byte input, bytes after the start pass
@@ -12,6 +13,7 @@ use std::ops::ControlFlow;
 use super::align::{Aligned, Aligner, Stride};
 use super::packet::{self, Header, PACKET_SIZE};
 use super::psi::StreamType;
+use crate::codec::h264::{self, NalType as H264Nal};
 
 /// How far the join has got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -228,8 +230,9 @@ fn section_len(section: &[u8]) -> usize {
     }
 }
 
-/// Whether a PES start's first bytes hold parameter sets or a keyframe: for H.264 an SPS or
-/// IDR NAL unit (x264 puts AUD, SPS, PPS, … first), for H.265 a VPS/SPS/PPS or IRAP one.
+/// Whether a PES start's first bytes hold parameter sets or a start point: for H.264 an SPS,
+/// an IDR or a recovery point SEI NAL unit (x264 puts AUD, SPS, PPS, SEI … first), for H.265
+/// a VPS/SPS/PPS or IRAP one.
 fn starts_keyframe(pes: &[u8], hevc: bool) -> bool {
     let Some(&hdr_len) = pes.get(8) else {
         return false;
@@ -237,13 +240,17 @@ fn starts_keyframe(pes: &[u8], hevc: bool) -> bool {
     let Some(es) = pes.get(9 + usize::from(hdr_len)..) else {
         return false;
     };
-    es.windows(4).any(|w| {
-        w[..3] == [0, 0, 1]
-            && match hevc {
-                false => matches!(w[3] & 0x1F, 5 | 7),
-                true => matches!((w[3] >> 1) & 0x3F, 16..=23 | 32..=34),
-            }
-    })
+    if !hevc {
+        // The last NAL unit may be cut by the packet's end: a recovery point SEI is read as
+        // far as it goes.
+        return h264::nal_units(es).any(|nal| match H264Nal::of(nal) {
+            Some(H264Nal::IDR | H264Nal::SPS) => true,
+            Some(H264Nal::SEI) => h264::recovery_point(nal).is_some(),
+            _ => false,
+        });
+    }
+    es.windows(4)
+        .any(|w| w[..3] == [0, 0, 1] && matches!((w[3] >> 1) & 0x3F, 16..=23 | 32..=34))
 }
 
 #[cfg(test)]
@@ -394,6 +401,63 @@ mod tests {
         }
         assert!(aus[0].keyframe, "the first access unit is an IRAP");
         assert!(h.sps().is_some(), "with its SPS");
+    }
+
+    #[test]
+    fn h264_start_points_are_idr_sps_or_a_recovery_point_sei() {
+        let pes = |es: &[u8]| crate::ts::testutil::pes_bytes(0xE0, Some(0), None, es, false);
+        let aud = [0, 0, 0, 1, 0x09, 0xF0];
+        let slice = [0, 0, 1, 0x41, 0x9A, 0x02];
+        let recovery = [0, 0, 1, 0x06, 0x06, 0x02, 0x09, 0xC4, 0x80];
+        let user_data = [0, 0, 1, 0x06, 0x05, 0x02, 0xAA, 0xBB, 0x80];
+        let with = |parts: &[&[u8]]| pes(&parts.concat());
+        assert!(starts_keyframe(&with(&[&aud, &recovery, &slice]), false));
+        // Cut inside the SEI's payload: not yet known, not a start.
+        assert!(!starts_keyframe(&with(&[&aud, &recovery[..6]]), false));
+        assert!(!starts_keyframe(&with(&[&aud, &user_data, &slice]), false));
+        assert!(!starts_keyframe(&with(&[&aud, &slice]), false));
+        assert!(starts_keyframe(
+            &with(&[&aud, &[0, 0, 1, 0x65, 0x88]]),
+            false
+        ));
+    }
+
+    /// testdata/h264_intra_refresh.ts has one IDR, then recovery points every 30 frames: a
+    /// reader that joins after the IDR starts at the next recovery point, not never.
+    #[test]
+    fn joins_an_intra_refresh_source_at_a_recovery_point() {
+        let f = std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/testdata/h264_intra_refresh.ts"
+        ))
+        .unwrap();
+        let mut sp = StartPoint::new();
+        let mut out = Vec::new();
+        for chunk in f[f.len() / 3..].chunks(1000) {
+            sp.push(chunk, &mut out);
+        }
+        assert!(sp.started());
+        let mut d = Demuxer::new();
+        let mut ev = Vec::new();
+        d.push(&out, &mut ev);
+        d.flush(&mut ev);
+        let video = d.tracks().and_then(|t| t.video()).expect("video").pid;
+        let mut h = H264Assembler::new();
+        let mut aus: Vec<AccessUnit> = Vec::new();
+        for e in &ev {
+            if let DemuxEvent::Pes(p) = e {
+                if p.pid == video {
+                    h.push(p, &mut aus);
+                }
+            }
+        }
+        assert!(!aus[0].keyframe);
+        assert_eq!(
+            aus[0].recovery,
+            crate::codec::Recovery::Point { frames: 18 }
+        );
+        assert!(h.sps().is_some(), "with its SPS");
+        assert_eq!(aus.len(), 60, "from the recovery point at 60");
     }
 
     #[test]

@@ -196,11 +196,11 @@ impl Mux {
     }
 }
 
-/// The H.264 access units of a `testdata/` file's video track, through the demuxer and the
+/// The access units (H.264 or H.265) of a `testdata/` file's video track, through the demuxer and the
 /// assembler (as the media task gets them); `None` (said) when the file is missing.
 pub fn testdata_video_aus(file: &str) -> Option<Vec<crate::codec::h264::AccessUnit>> {
-    use crate::codec::h264::H264Assembler;
-    use crate::ts::{DemuxEvent, Demuxer};
+    use crate::codec::{VideoAssembler, VideoCodec};
+    use crate::ts::{Codec, DemuxEvent, Demuxer};
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata")
         .join(file);
@@ -212,8 +212,12 @@ pub fn testdata_video_aus(file: &str) -> Option<Vec<crate::codec::h264::AccessUn
     let mut events = Vec::new();
     demuxer.push(&ts, &mut events);
     demuxer.flush(&mut events);
-    let video = demuxer.tracks().and_then(|t| t.video()).map(|t| t.pid);
-    let mut assembler = H264Assembler::new();
+    let video = demuxer.tracks().and_then(|t| t.video());
+    let mut assembler = VideoAssembler::new(match video.map(|t| &t.codec) {
+        Some(Codec::H265) => VideoCodec::H265,
+        _ => VideoCodec::H264,
+    });
+    let video = video.map(|t| t.pid);
     let mut aus = Vec::new();
     for e in &events {
         if let DemuxEvent::Pes(pes) = e {

@@ -207,6 +207,7 @@ mod tests {
             wallclock: Instant::now(),
             data: vec![0u8; len].into(),
             keyframe: false,
+            recovery: crate::stream::frame::Recovery::None,
             payloads: Arc::new([]),
         };
         // 90 kB/s: a byte a tick. The first 1000 bytes go at once, then each byte costs a tick.

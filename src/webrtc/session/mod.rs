@@ -48,7 +48,10 @@ pub(super) struct Session {
     video: Track,
     audio: Track,
     connected: bool,
+    /// Video goes to the viewer from a start point on (a keyframe or a recovery point).
     video_started: bool,
+    /// Since its start, nothing but RASL pictures came (those it does not get).
+    leading: bool,
     /// The stream's GOP is to be sent as soon as the connection is up.
     backlog_due: bool,
     /// The last stream frame written (frames come from the backlog and then live).
@@ -123,6 +126,7 @@ impl Session {
             audio: Track::new(),
             connected: false,
             video_started: false,
+            leading: false,
             backlog_due: false,
             last_seq: None,
             created: Instant::now(),

@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::Session;
 use crate::metrics::Metrics;
-use crate::stream::frame::{Frame, Kind};
+use crate::stream::frame::{Frame, Kind, Recovery};
 use crate::stream::Stream;
 use crate::webrtc::codecs::choose_pt;
 use crate::webrtc::direct::Direct;
@@ -59,10 +59,17 @@ impl Session {
             return (0, 0);
         };
         if f.kind == Kind::Video && !self.video_started {
-            if !f.keyframe {
+            if !f.is_start() {
                 return (0, 0);
             }
             self.video_started = true;
+            self.leading = true;
+        } else if f.kind == Kind::Video && self.leading {
+            // RASL pictures after the CRA it started at refer to pictures it never got.
+            if f.recovery == Recovery::Rasl {
+                return (0, 0);
+            }
+            self.leading = false;
         }
         let pt = match pt {
             Some(pt) => pt,
