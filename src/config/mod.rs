@@ -356,7 +356,7 @@ pub struct ServeArgs {
 
     /// Before every publish, view and API read, POST a JSON description (action, protocol,
     /// stream, token, ip, query) here: 2xx allows, anything else is 401. Answers are cached a
-    /// few seconds per (action, stream, token).
+    /// few seconds per question (all six fields: never reused for another address or query).
     #[arg(long, env = "TSBRIDGE_AUTH_HOOK", value_name = "URL")]
     pub auth_hook: Option<String>,
 
