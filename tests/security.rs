@@ -580,10 +580,10 @@ async fn nodes_reach_redis_over_tls() {
     let Some(redis) = redis_tls("nodes_reach_redis_over_tls", &cert, &key).await else {
         return;
     };
-    // Inherited by the nodes (rustls-native-certs reads it instead of the system's roots).
-    std::env::set_var("SSL_CERT_FILE", &ca);
-    let a = node(&redis.url, &["--replay", "cam=testdata/h264_opus.ts"]);
-    let b = node(&redis.url, &[]);
+    // rustls-native-certs reads it instead of the system's roots.
+    let env = [("SSL_CERT_FILE", ca.as_path())];
+    let a = cluster::node_with_env(&redis.url, &["--replay", "cam=testdata/h264_opus.ts"], &env);
+    let b = cluster::node_with_env(&redis.url, &[], &env);
     let c = registered(&a.base, 2).await;
     assert_eq!(c["redis"], "up", "{c}");
     registered(&b.base, 2).await;

@@ -19,6 +19,15 @@ pub fn free_port() -> u16 {
 /// A cluster node: the `tsbridge` binary with `--cluster`, its public URL, [`CLUSTER_TOKEN`]
 /// and `extra`.
 pub fn node(redis_url: &str, extra: &[&str]) -> TsbridgeProcess {
+    node_with_env(redis_url, extra, &[])
+}
+
+/// [`node`] with `env` set for its process (`SSL_CERT_FILE`, …).
+pub fn node_with_env(
+    redis_url: &str,
+    extra: &[&str],
+    env: &[(&str, &std::path::Path)],
+) -> TsbridgeProcess {
     let port = free_port();
     let mut args: Vec<String> = [
         "serve",
@@ -37,7 +46,7 @@ pub fn node(redis_url: &str, extra: &[&str]) -> TsbridgeProcess {
     .map(|s| s.to_string())
     .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    TsbridgeProcess::spawn(env!("CARGO_BIN_EXE_tsbridge"), args).expect("node starts")
+    TsbridgeProcess::spawn_with_env(env!("CARGO_BIN_EXE_tsbridge"), args, env).expect("node starts")
 }
 
 /// `GET {base}/cluster` with the cluster token: 200 and its JSON, or the status.

@@ -38,8 +38,19 @@ impl TsbridgeProcess {
 
     /// Runs `{bin} {args…}` (which must be a `serve` that prints the banner).
     pub fn spawn(bin: &str, args: Vec<String>) -> Result<TsbridgeProcess, String> {
+        Self::spawn_with_env(bin, args, &[])
+    }
+
+    /// [`TsbridgeProcess::spawn`] with `env` set for the process (only: never the test's own
+    /// environment, which other tests' threads read).
+    pub fn spawn_with_env(
+        bin: &str,
+        args: Vec<String>,
+        env: &[(&str, &std::path::Path)],
+    ) -> Result<TsbridgeProcess, String> {
         let mut child = Command::new(bin)
             .args(&args)
+            .envs(env.iter().copied())
             .current_dir(env!("CARGO_MANIFEST_DIR"))
             .env(
                 "RUST_LOG",
