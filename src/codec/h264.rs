@@ -975,16 +975,7 @@ mod tests {
         let mut rbsp = vec![0x05, 0xFF, 0x2D];
         rbsp.extend([0u8; 300]);
         rbsp.extend([0x01, 0x01, 0x00, 0x06, 0x01, 0b1010_1000, 0x80]);
-        let mut nal = vec![0x06];
-        let mut zeros = 0;
-        for b in rbsp {
-            if zeros >= 2 && b <= 3 {
-                nal.push(3);
-                zeros = 0;
-            }
-            nal.push(b);
-            zeros = if b == 0 { zeros + 1 } else { 0 };
-        }
+        let nal = crate::codec::nal_with_emulation_prevention(&[0x06], &rbsp);
         assert!(nal.len() > 300 + 100, "emulation prevention bytes inserted");
         assert_eq!(
             recovery_point(&nal),

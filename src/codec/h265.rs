@@ -470,17 +470,7 @@ mod tests {
                 u8::from_str_radix(&format!("{s:0<8}"), 2).unwrap()
             })
             .collect();
-        let mut nal = vec![0x42, 0x01];
-        let mut zeros = 0;
-        for b in rbsp {
-            if zeros >= 2 && b <= 3 {
-                nal.push(3);
-                zeros = 0;
-            }
-            nal.push(b);
-            zeros = if b == 0 { zeros + 1 } else { 0 };
-        }
-        nal
+        crate::codec::nal_with_emulation_prevention(&[0x42, 0x01], &rbsp)
     }
 
     fn ue(v: u32) -> String {

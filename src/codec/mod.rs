@@ -160,3 +160,20 @@ impl VideoAssembler {
         *self = Self::new(self.codec());
     }
 }
+
+/// A NAL unit for tests: `header`, then `rbsp` with emulation prevention bytes inserted (a
+/// 0x03 after two zeros before any byte up to 3), as an encoder writes it.
+#[cfg(test)]
+pub(crate) fn nal_with_emulation_prevention(header: &[u8], rbsp: &[u8]) -> Vec<u8> {
+    let mut nal = header.to_vec();
+    let mut zeros = 0;
+    for &b in rbsp {
+        if zeros >= 2 && b <= 3 {
+            nal.push(3);
+            zeros = 0;
+        }
+        nal.push(b);
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+    }
+    nal
+}
