@@ -77,10 +77,10 @@ impl Server {
             cfg.ring_bytes,
             cfg.max_streams,
             move |stream| {
-                media_tasks.spawn(media::run(stream.clone(), sink.clone(), options));
                 if events.enabled() {
-                    media_tasks.spawn(stream_events(stream, events.clone()));
+                    stream.on_status_change(stream_events(events.clone()));
                 }
+                media_tasks.spawn(media::run(stream.clone(), sink.clone(), options));
             },
         ));
         let http_addr = listener.local_addr()?;
@@ -240,32 +240,17 @@ async fn housekeeping(app: Arc<App>) {
     }
 }
 
-/// `stream.ready` when a stream becomes playable, `stream.ended` when its source ends (for the
-/// event hook); runs as long as the stream exists.
-fn stream_events(
-    stream: &crate::stream::Stream,
-    events: crate::events::EventSink,
-) -> impl Future<Output = ()> + Send + 'static {
+/// The event hook's `stream.ready` when a stream becomes playable and `stream.ended` when its
+/// source ends, told by the stream as its status changes (so before anything that change lets
+/// happen, such as a viewer's `session.started`).
+fn stream_events(events: crate::events::EventSink) -> crate::stream::StatusHook {
     use crate::stream::SourceState;
-    let name = stream.name.clone();
-    let mut rx = stream.subscribe();
-    async move {
-        let (mut ready, mut source) = {
-            let s = rx.borrow_and_update();
-            (s.ready, s.source)
-        };
-        while rx.changed().await.is_ok() {
-            let (now_ready, now_source) = {
-                let s = rx.borrow_and_update();
-                (s.ready, s.source)
-            };
-            if now_ready && !ready {
-                events.emit("stream.ready", serde_json::json!({ "stream": name }));
-            }
-            if now_source == SourceState::Ended && source != SourceState::Ended {
-                events.emit("stream.ended", serde_json::json!({ "stream": name }));
-            }
-            (ready, source) = (now_ready, now_source);
+    Box::new(move |name, (was_ready, was_source), (ready, source)| {
+        if ready && !was_ready {
+            events.emit("stream.ready", serde_json::json!({ "stream": name }));
         }
-    }
+        if source == SourceState::Ended && was_source != SourceState::Ended {
+            events.emit("stream.ended", serde_json::json!({ "stream": name }));
+        }
+    })
 }

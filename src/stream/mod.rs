@@ -154,6 +154,8 @@ pub struct Stream {
     /// Video since the last IDR, for instant start (written by the media task).
     pub gop: Mutex<GopCache>,
     status: watch::Sender<Status>,
+    /// Told of ready/source changes as they happen (see [`Stream::on_status_change`]).
+    status_hook: std::sync::OnceLock<StatusHook>,
     /// Number of sources currently attached (a new one replaces the old).
     sources: AtomicUsize,
     /// Last time something happened (source wrote, viewer joined), for idle cleanup.
@@ -187,6 +189,7 @@ impl Stream {
             stats: Stats::default(),
             gop: Mutex::new(GopCache::default()),
             status: watch::Sender::new(Status::initial()),
+            status_hook: std::sync::OnceLock::new(),
             sources: AtomicUsize::new(0),
             touched: Mutex::new(Instant::now()),
             ended_at: Mutex::new(None),
@@ -259,6 +262,7 @@ impl Stream {
 
     pub fn update_status(&self, f: impl FnOnce(&mut Status)) {
         self.status.send_modify(|s| {
+            let was = (s.ready, s.source);
             f(s);
             let playable = s.has_audio() || s.tracks.as_ref().is_some_and(|t| t.video().is_some());
             let video_known = s
@@ -266,7 +270,21 @@ impl Stream {
                 .as_ref()
                 .is_none_or(|t| t.video().is_none() || s.video.is_some());
             s.ready = playable && video_known && s.source != SourceState::Waiting;
+            // Before anyone waiting on the status wakes: what they do next comes after.
+            if let Some(hook) = self.status_hook.get() {
+                if was != (s.ready, s.source) {
+                    hook(&self.name, was, (s.ready, s.source));
+                }
+            }
         });
+    }
+
+    /// Call `hook(name, (ready, source) before, after)` on every change of the stream's ready
+    /// state or source state, before the change is published (the event hook's
+    /// `stream.ready`/`stream.ended` thus come before any `session.started` they allow). Set
+    /// once.
+    pub fn on_status_change(&self, hook: StatusHook) {
+        let _ = self.status_hook.set(hook);
     }
 
     /// Once a second (housekeeping): the ingest bitrate since the last call.
@@ -334,6 +352,9 @@ impl Stream {
             || self.stats.waiting_viewers.load(Ordering::Relaxed) > 0
     }
 }
+
+/// See [`Stream::on_status_change`]: the stream's name, (ready, source) before and after.
+pub type StatusHook = Box<dyn Fn(&str, (bool, SourceState), (bool, SourceState)) + Send + Sync>;
 
 /// Held by a source while it writes; dropping it closes the stream's input.
 pub struct SourceGuard {
