@@ -870,6 +870,19 @@ mod tests {
         (pictures, states)
     }
 
+    /// `testdata/h264_intra_refresh.ts` (one IDR, then recovery points) and a 1 s GOP cache
+    /// bound.
+    fn intra_refresh_with_a_1s_bound() -> (Vec<u8>, GopBound) {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/h264_intra_refresh.ts");
+        let data = std::fs::read(path).expect("testdata");
+        let bound = GopBound {
+            ticks: 90_000,
+            bytes: 1 << 20,
+        };
+        (data, bound)
+    }
+
     /// Issue 24: a source with one IDR and then recovery points (x264 intra refresh) gives a
     /// joining viewer a start it can decode. Its frames go through the media state and the
     /// GOP cache (bound 1 s, so the IDR's GOP is long gone) as for a live stream; what the
@@ -880,13 +893,7 @@ mod tests {
     #[test]
     fn joining_an_intra_refresh_source_decodes_from_the_recovery_point() {
         use crate::stream::gop::{GopCache, Lead};
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/h264_intra_refresh.ts");
-        let data = std::fs::read(path).expect("testdata");
-        let bound = GopBound {
-            ticks: 90_000,
-            bytes: 1 << 20,
-        };
+        let (data, bound) = intra_refresh_with_a_1s_bound();
         let mut m = MediaState::new().with_gop_bound(bound);
         let mut gop = GopCache::new(bound);
         let (mut events, mut video, mut joined) = (Vec::new(), Vec::new(), None);
@@ -949,13 +956,7 @@ mod tests {
     /// reported, and so are the start points.
     #[test]
     fn keyframes_further_apart_than_the_bound_go_to_the_reencoder() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/h264_intra_refresh.ts");
-        let data = std::fs::read(path).expect("testdata");
-        let bound = GopBound {
-            ticks: 90_000,
-            bytes: 1 << 20,
-        };
+        let (data, bound) = intra_refresh_with_a_1s_bound();
         let mut m = MediaState::new()
             .with_reencoding(true)
             .with_gop_bound(bound);
