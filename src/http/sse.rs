@@ -11,7 +11,8 @@
 //! The session's unguessable URL is the capability, checked with the stream's view rules as
 //! every other session request is. The event stream is stateless on the server (the events
 //! asked for are in its URL): a watcher of the stream's status, its viewer count (each second)
-//! and the cluster's draining flag, ended with the session.
+//! and the cluster's draining flag, ended with the session (looked up only when the stream's
+//! sessions changed, so idle subscribers cost the engine nothing).
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -138,6 +139,11 @@ pub async fn events(
         let mut active: Option<bool> = None;
         let mut viewers: Option<usize> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        // Viewers and sessions ever made when this session was last seen to exist.
+        let mut checked = (
+            stream.stats.viewers.load(Ordering::Relaxed),
+            stream.stats.sessions_total.load(Ordering::Relaxed),
+        );
         let send = |e: Event, data: String| {
             let tx = tx.clone();
             async move {
@@ -178,8 +184,16 @@ pub async fn events(
             tokio::select! {
                 changed = status.changed() => if changed.is_err() { return },
                 _ = tick.tick() => {
-                    if session_exists(&app, &stream.name, &id).await.is_err() {
-                        return;
+                    // Ask the engine (every shard) only when a session came or went.
+                    let sessions = (
+                        stream.stats.viewers.load(Ordering::Relaxed),
+                        stream.stats.sessions_total.load(Ordering::Relaxed),
+                    );
+                    if sessions != checked {
+                        checked = sessions;
+                        if session_exists(&app, &stream.name, &id).await.is_err() {
+                            return;
+                        }
                     }
                 }
                 () = tx.closed() => return,
