@@ -36,4 +36,5 @@ pub mod stream;
 pub mod tasks;
 pub mod time;
 pub mod ts;
+pub mod wallclock;
 pub mod webrtc;

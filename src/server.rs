@@ -62,6 +62,7 @@ impl Server {
                 threads: cfg.media_threads,
                 direct_send: !cfg.no_direct_send,
                 backlog_rate: (cfg.backlog_rate * 1e6 / 8.0) as u64,
+                playout_delay: cfg.playout_delay,
             },
             events.clone(),
         )

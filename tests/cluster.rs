@@ -657,3 +657,39 @@ async fn whep_events_say_active_viewercount_and_reconnect_on_drain() {
     assert_eq!(got[3].1["url"], format!("{}/whep/cam", b.url), "{got:?}");
     let _ = stop.await;
 }
+
+/// On an edge, frames carry the origin's ingest time (the ingest marks of its pull): the
+/// viewer's abs-capture-time is within 50 ms of when it receives a live frame, and the edge
+/// measures from the origin's ingest (more than from its own arrival: the hop is in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edge_stamps_frames_with_the_origins_ingest_time() {
+    let Some(redis) = redis("an_edge_stamps_frames_with_the_origins_ingest_time").await else {
+        return;
+    };
+    let a = node(&redis, |a| replay(a, "cam")).await;
+    let b = node(&redis, |_| {}).await;
+    owned(&a, "cam").await;
+    registered(&b, 2).await;
+    let opts = WhepOptions {
+        seconds: 4.0,
+        header_extensions: vec![common::ABS_CAPTURE_TIME],
+        ..Default::default()
+    };
+    let r = common::whep_receive(&format!("{}/whep/cam", b.url), opts)
+        .await
+        .unwrap();
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let id = common::extmap_id(&r.answer_sdp, common::ABS_CAPTURE_TIME).expect("answered");
+    let times = common::capture_times(&r.video, id);
+    assert!(times.len() > 20, "{} stamped", times.len());
+    for &(captured, received) in &times[times.len() / 2..] {
+        let ms = (received as i64 - captured as i64) as f64 / 1000.0;
+        assert!((-2.0..50.0).contains(&ms), "received {ms} ms after ingest");
+    }
+    let j = common::stream_json(http_addr(&b), "cam").await;
+    let l = &j["latency"];
+    eprintln!("edge latency: {l}");
+    let p50 = |k: &str| l[k]["p50"].as_f64().unwrap();
+    assert!(p50("ingest_to_send_ms") > p50("added_ms"), "{l}");
+    assert!(p50("ingest_to_send_ms") < 50.0, "{l}");
+}

@@ -826,3 +826,73 @@ async fn direct_path_retransmissions_repair_a_lossy_viewer() {
     );
     assert_eq!(m.slow_viewer_skips.load(Ordering::Relaxed), 0);
 }
+
+/// A viewer that offers abs-capture-time and playout-delay gets them on each frame's first
+/// packet: the frame's ingest time (a live frame reaches the viewer within 50 ms of it, on
+/// loopback) and `--playout-delay`; the stream's API and metrics give the latency the bridge
+/// adds, which is well below a frame interval (the PES of a frame goes at its last packet,
+/// not when the next one starts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_carry_their_ingest_time_and_the_added_latency_is_measured() {
+    let s = serve(&[("cam", "h264_opus.ts")], |a| {
+        a.playout_delay = "0,100".parse().ok();
+    })
+    .await;
+    let r = whep_receive(
+        &url(&s, "/whep/cam"),
+        WhepOptions {
+            seconds: 4.0,
+            header_extensions: vec![common::ABS_CAPTURE_TIME, common::PLAYOUT_DELAY],
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let capture = common::extmap_id(&r.answer_sdp, common::ABS_CAPTURE_TIME).expect("answered");
+    let delay = common::extmap_id(&r.answer_sdp, common::PLAYOUT_DELAY).expect("answered");
+    for (kind, packets) in [("video", &r.video), ("audio", &r.audio)] {
+        let times = common::capture_times(packets, capture);
+        assert!(times.len() > 20, "{kind}: {} stamped", times.len());
+        // Past the start-up burst (the cached GOP, ingested earlier): live frames.
+        let live = &times[times.len() / 2..];
+        for &(captured, received) in live {
+            let ms = (received as i64 - captured as i64) as f64 / 1000.0;
+            assert!(
+                (-2.0..50.0).contains(&ms),
+                "{kind}: received {ms} ms after ingest"
+            );
+        }
+    }
+    let firsts = r
+        .video
+        .iter()
+        .filter(|p| p.exts.iter().any(|e| e.0 == delay));
+    let delays: Vec<&Vec<u8>> = firsts
+        .flat_map(|p| p.exts.iter().filter(|e| e.0 == delay).map(|e| &e.1))
+        .collect();
+    assert!(!delays.is_empty());
+    assert!(
+        delays.iter().all(|d| d[..] == [0, 0, 10]),
+        "0 and 10 (x 10 ms)"
+    );
+
+    let j = stream_json(&s, "cam").await;
+    let l = &j["latency"];
+    eprintln!("latency: {l}");
+    assert!(l["samples"].as_u64().unwrap() > 50, "{l}");
+    let (p50, p99) = (l["added_ms"]["p50"].as_f64(), l["added_ms"]["p99"].as_f64());
+    // One frame interval of this 25 fps file is 40 ms.
+    assert!(p50.unwrap() < 15.0, "{l}");
+    assert!(p99.unwrap() < 100.0, "{l}");
+    let metrics = request("GET", &url(&s, "/metrics"), &[], b"")
+        .await
+        .unwrap()
+        .text();
+    assert!(
+        metrics.contains(
+            "tsbridge_latency_seconds_bucket{stream=\"cam\",from=\"arrival\",le=\"+Inf\"}"
+        ),
+        "{metrics}"
+    );
+}

@@ -10,6 +10,7 @@ use clap::builder::FalseyValueParser;
 use clap::{Args, Parser, Subcommand};
 
 use crate::stream::gop::GopBound;
+use crate::webrtc::PlayoutDelay;
 
 /// MPEG-TS in, WebRTC (WHEP) out: sub-second browser playback of live TS streams.
 #[derive(Debug, Parser)]
@@ -86,6 +87,17 @@ fn parse_backlog_rate(s: &str) -> Result<f64, String> {
 
 fn parse_gop_bound(s: &str) -> Result<GopBound, String> {
     s.parse()
+}
+
+/// `--playout-delay`: bounds, or none (`off`). An alias, so that clap does not take the
+/// `Option` for "may be left out".
+pub type PlayoutDelayFlag = Option<PlayoutDelay>;
+
+fn parse_playout_delay(s: &str) -> Result<PlayoutDelayFlag, String> {
+    match s {
+        "off" => Ok(None),
+        _ => s.parse().map(Some),
+    }
 }
 
 fn parse_stream_name(s: &str) -> Result<String, String> {
@@ -315,6 +327,15 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_GOP_CACHE_MAX", value_name = "SECONDS[,BYTES]",
           default_value = "15,16MiB", value_parser = parse_gop_bound)]
     pub gop_cache_max: GopBound,
+
+    /// Bounds on viewers' jitter buffers, MIN,MAX in milliseconds, told to browsers in the
+    /// playout-delay RTP header extension (Chrome, Safari): MIN 0 lets a browser play a frame
+    /// as soon as it can, MAX caps the buffer it grows on a jittery link (a viewer whose link
+    /// jitters more than MAX sees stutter instead of delay). `off`: not negotiated, browsers
+    /// choose (up to seconds).
+    #[arg(long, env = "TSBRIDGE_PLAYOUT_DELAY", value_name = "MIN,MAX|off",
+          default_value = "0,400", value_parser = parse_playout_delay)]
+    pub playout_delay: PlayoutDelayFlag,
 
     /// A TOML file of these flags, named with `_` (`ice_udp = "0.0.0.0:8189"`,
     /// `replay = ["cam=cam.ts"]`); flags and the environment override it; an unknown key is an

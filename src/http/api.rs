@@ -2,6 +2,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Path, Query, State};
@@ -19,7 +20,7 @@ use crate::stream::ring::Read;
 use crate::stream::starts::no_keyframes_reencoded;
 use crate::stream::{Reencode, ReencodeWhy, Status, Stream, VideoProfile};
 use crate::ts::start::StartPoint;
-use crate::ts::{Codec, ProgramChoice, TrackInfo, TrackSet};
+use crate::ts::{mark, Codec, ProgramChoice, TrackInfo, TrackSet};
 
 /// `GET /streams`: the streams the caller may see (a registered stream with its own view key
 /// only to a holder of that key or the admin).
@@ -272,6 +273,8 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
         "video_frames": s.stats.video_frames.load(Ordering::Relaxed),
         "audio_packets": s.stats.audio_packets.load(Ordering::Relaxed),
         "ts_problems": s.stats.ts_problems.load(Ordering::Relaxed),
+        "bytes_sent": s.stats.bytes_sent.load(Ordering::Relaxed),
+        "latency": s.stats.latency.summary(),
         "gop_cache": gop,
         "urls": {
             "whep": format!("/whep/{n}"),
@@ -322,7 +325,7 @@ impl Progress {
 /// The stream's TS, from the live edge: it starts with the latest PAT and PMT and the next IDR
 /// (bytes before are held back), so a decoder or pipeline can start at once. Ends when the
 /// source ends (`from`: or from the GOP it is in). At most `--max-ts-readers` at once per
-/// stream (`counted`: not another node's pull). A reader that stops taking data is cut by the
+/// stream (`counted`: not another node's pull, which also gets ingest marks: see `ts::mark`). A reader that stops taking data is cut by the
 /// connection's write timeout (see `serve.rs`), one that takes it at a trickle by its
 /// [`Progress`].
 fn pull(app: &AppState, name: &str, from: TsStart, counted: bool) -> Result<Response, ApiError> {
@@ -353,7 +356,7 @@ fn pull(app: &AppState, name: &str, from: TsStart, counted: bool) -> Result<Resp
     let progress = Progress::new(stream.ring.capacity());
     let body = futures_util::stream::unfold(
         (reader, cursor, start, vec![0u8; 188 * 512], progress),
-        |(reader, mut cur, mut start, mut buf, mut progress)| async move {
+        move |(reader, mut cur, mut start, mut buf, mut progress)| async move {
             let stream = &reader.0;
             loop {
                 match stream.ring.read(&mut cur, &mut buf).await {
@@ -363,6 +366,12 @@ fn pull(app: &AppState, name: &str, from: TsStart, counted: bool) -> Result<Resp
                         start.push(&buf[..n], &mut out);
                         if out.is_empty() {
                             continue;
+                        }
+                        // Another node's pull learns when these bytes reached this one.
+                        if !counted && mark::worth_a_mark(&out) {
+                            let at = cur.arrived().unwrap_or_else(Instant::now);
+                            let m = mark::ingest_mark(crate::wallclock::unix_micros(at));
+                            out.splice(0..0, m);
                         }
                         let chunk = Bytes::from(out);
                         let sent = &stream.stats.ts_bytes_sent;
@@ -662,6 +671,24 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
         "tsbridge_gop_cache_frames",
         "frames in the GOP cache",
         &per(&|s| s.gop.lock().frames() as u64),
+    );
+    let latency: Vec<(String, &crate::metrics::Histogram<_>)> = labels
+        .iter()
+        .zip(&streams)
+        .flat_map(|(l, s)| {
+            let l = |from| format!("{l},from=\"{from}\"");
+            let st = &s.stats.latency;
+            [(l("arrival"), &st.added), (l("ingest"), &st.from_ingest)]
+        })
+        .collect();
+    let latency: Vec<(&str, _)> = latency.iter().map(|(l, h)| (l.as_str(), *h)).collect();
+    crate::metrics::histogram(
+        &mut out,
+        "tsbridge_latency_seconds",
+        "from a frame's arrival on this node (from=\"arrival\": what the bridge adds), or its \
+         ingest into the cluster (from=\"ingest\": across an edge hop), to its first RTP packet \
+         on the wire",
+        &latency,
     );
     (
         StatusCode::OK,

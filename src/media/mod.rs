@@ -277,7 +277,10 @@ pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, options: MediaOp
             Read::Data(n) => {
                 stream.touch();
                 stream.mark_data();
-                state.push(&buf[..n], Instant::now(), &mut events);
+                // When the bytes reached the ring, not when this task got to them: the
+                // latency measured is the whole bridge's.
+                let arrived = reader.arrived().unwrap_or_else(Instant::now);
+                state.push(&buf[..n], arrived, &mut events);
                 apply.events(&mut events);
                 for (generation, why) in std::mem::take(&mut apply.failed) {
                     state.reencode_failed(generation, why, &mut events);

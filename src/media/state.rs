@@ -3,8 +3,9 @@
 //! and packetizes each frame once; the task around it (`media::run`) applies the events to the
 //! stream (status, GOP cache, counters, logs) and hands frames to the viewers.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
@@ -154,7 +155,19 @@ pub struct MediaState {
     starts: StartWatch,
     /// The latest-shown video frame that went out as the source sent it.
     passed_until: Option<u64>,
+    /// When the bytes being handled arrived (see `Frame::arrived`).
+    arrived: Instant,
+    /// The latest ingest mark: the origin's µs, and when it came.
+    mark: Option<(u64, Instant)>,
+    /// (timeline time, arrival, ingest µs) of the video frames the re-encoder may be given,
+    /// so that its pictures are measured from their source's arrival.
+    to_encoder: VecDeque<(u64, Instant, u64)>,
 }
+
+/// An ingest mark older than this no longer says where the stream's bytes come from.
+const MARK_FRESH: Duration = Duration::from_secs(2);
+/// Arrivals kept for the re-encoder's pictures (its delay is a few frames).
+const TO_ENCODER: usize = 64;
 
 impl Default for MediaState {
     fn default() -> Self {
@@ -191,6 +204,9 @@ impl MediaState {
             held: Vec::new(),
             starts: StartWatch::new(GopBound::DEFAULT),
             passed_until: None,
+            arrived: Instant::now(),
+            mark: None,
+            to_encoder: VecDeque::new(),
         }
     }
 
@@ -222,6 +238,7 @@ impl MediaState {
 
     /// Bytes of the stream's TS (any split), arriving at `now`.
     pub fn push(&mut self, data: &[u8], now: Instant, out: &mut Vec<MediaEvent>) {
+        self.arrived = now;
         let mut events = std::mem::take(&mut self.events);
         self.demux.push(data, &mut events);
         self.handle_events(&mut events, now, out);
@@ -278,7 +295,19 @@ impl MediaState {
                 // when the timestamps really jump (> 1 s); small gaps are kept as they are.
                 DemuxEvent::Discontinuity { pid } => out.push(MediaEvent::Discontinuity(pid)),
                 DemuxEvent::Problem(p) => out.push(MediaEvent::Problem(MediaProblem::Ts(p))),
+                DemuxEvent::Ingested(us) => self.mark = Some((us, now)),
             }
+        }
+    }
+
+    /// When the bytes that arrived at `now` reached the cluster: the latest ingest mark, moved
+    /// on by the time since it came; else `now` on this node's clock.
+    fn ingested_us(&self, now: Instant) -> u64 {
+        match self.mark {
+            Some((us, at)) if now.saturating_duration_since(at) < MARK_FRESH => {
+                us + now.saturating_duration_since(at).as_micros() as u64
+            }
+            _ => crate::wallclock::unix_micros(now),
         }
     }
 
@@ -290,6 +319,9 @@ impl MediaState {
             Kind::Audio => self.opus_rtp.packetize(&frame.data, &mut self.payloads),
         }
         frame.payloads = Arc::from(&self.payloads[..]);
+        if frame.ingested_us == 0 {
+            frame.ingested_us = self.ingested_us(frame.arrived);
+        }
         frame.seq = self.next_seq;
         self.next_seq += 1;
         out.push(MediaEvent::Frame(frame));
@@ -372,6 +404,13 @@ impl MediaState {
                 out.push(MediaEvent::StartPoints(s));
             }
             let keyframes_far = !far_before && self.starts.keyframes_too_far();
+            if self.reencoding.is_some() || self.reencode_on {
+                if self.to_encoder.len() == TO_ENCODER {
+                    self.to_encoder.pop_front();
+                }
+                let us = self.ingested_us(now);
+                self.to_encoder.push_back((t, now, us));
+            }
             if let Some(generation) = self.reencoding {
                 out.push(MediaEvent::Reencode(ReencodeJob::Frame {
                     generation,
@@ -406,7 +445,7 @@ impl MediaState {
                 t,
                 Arc::from(&au.data[..]),
                 (au.keyframe, au.recovery),
-                now,
+                (now, now, 0),
                 out,
             );
         }
@@ -414,13 +453,14 @@ impl MediaState {
     }
 
     /// A video frame at timeline time `t`, for the viewers; `start`: whether it is a keyframe,
-    /// and a recovery point or a RASL picture.
+    /// and a recovery point or a RASL picture; made at `now`, from bytes that arrived then
+    /// (0 µs: unknown yet) or earlier (re-encoded).
     fn emit_video(
         &mut self,
         t: u64,
         data: Arc<[u8]>,
         (keyframe, recovery): (bool, Recovery),
-        now: Instant,
+        (now, arrived, ingested_us): (Instant, Instant, u64),
         out: &mut Vec<MediaEvent>,
     ) {
         let frame = Frame {
@@ -428,6 +468,8 @@ impl MediaState {
             kind: Kind::Video,
             rtp_time: t + self.video_offset,
             wallclock: self.clock.wallclock(t, now),
+            arrived,
+            ingested_us,
             data,
             keyframe,
             recovery,
@@ -520,11 +562,13 @@ impl MediaState {
             let sps = h264::find_sps(&f.data).and_then(h264::parse_sps);
             self.report_video(sps.as_ref().map(VideoInfo::from), out);
         }
+        let source = self.to_encoder.iter().find(|e| e.0 == f.pts);
+        let (arrived, us) = source.map_or((now, 0), |&(_, a, us)| (a, us));
         self.emit_video(
             f.pts,
             Arc::from(f.data),
             (f.keyframe, Recovery::None),
-            now,
+            (now, arrived, us),
             out,
         );
     }
@@ -546,6 +590,8 @@ impl MediaState {
                 kind: Kind::Audio,
                 rtp_time: base + offset + self.audio_offset,
                 wallclock,
+                arrived: now,
+                ingested_us: 0,
                 data: Arc::from(p.data),
                 keyframe: true,
                 recovery: Recovery::None,
@@ -602,6 +648,8 @@ impl MediaState {
                 kind: Kind::Audio,
                 rtp_time,
                 wallclock,
+                arrived: now,
+                ingested_us: 0,
                 data: Arc::from(&f.data[..]),
                 keyframe: true,
                 recovery: Recovery::None,

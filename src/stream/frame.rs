@@ -28,6 +28,12 @@ pub struct Frame {
     pub rtp_time: u64,
     /// The wall-clock instant this media time maps to (one mapping per stream, for RTCP SR).
     pub wallclock: Instant,
+    /// When the frame's last TS byte reached this node: the bridge's added latency is measured
+    /// from here to its first RTP packet on the wire.
+    pub arrived: Instant,
+    /// When it reached the cluster, in µs since the Unix epoch: here, or at the origin when
+    /// this node pulls the stream (see `ts::mark`). Sent as abs-capture-time.
+    pub ingested_us: u64,
     pub data: Arc<[u8]>,
     /// An IDR (H.264) or IRAP picture (H.265): every decoder starts here, browsers' WebRTC
     /// decoders only here. Audio frames are all keyframes.

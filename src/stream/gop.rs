@@ -279,6 +279,8 @@ mod tests {
             kind,
             rtp_time: seq * 3000,
             wallclock: Instant::now(),
+            arrived: Instant::now(),
+            ingested_us: 0,
             data: Arc::from(vec![0u8; len]),
             keyframe,
             recovery: Recovery::None,

@@ -143,6 +143,8 @@ pub struct Stats {
     pub reencode_us: AtomicU64,
     pub reencode_media_us: AtomicU64,
     pub reencode_keyframes: AtomicU64,
+    /// From a frame's arrival to its first RTP packet on the wire (see `metrics::Latency`).
+    pub latency: crate::metrics::Latency,
 }
 
 pub struct Stream {

@@ -8,12 +8,16 @@
 //! bytes. [`Ring::shutdown`] ends it for good.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 use tokio::sync::Notify;
 
 /// At most this many end-of-input marks are remembered for slow readers.
 const MAX_MARKS: usize = 16;
+/// Arrival times kept: of the last this many writes (a reader further behind is told the
+/// oldest, which is later than the truth).
+const MAX_ARRIVALS: usize = 512;
 
 pub struct Ring {
     state: Mutex<State>,
@@ -26,6 +30,9 @@ struct State {
     written: u64,
     /// Absolute offsets where an input ended, ascending.
     ends: VecDeque<u64>,
+    /// (absolute offset after a write, when it was written), ascending: when bytes arrived,
+    /// for the latency the bridge adds.
+    arrivals: VecDeque<(u64, Instant)>,
     open: bool,
     shut: bool,
 }
@@ -51,6 +58,7 @@ impl Ring {
                 buf: vec![0; capacity.max(188 * 64)].into_boxed_slice(),
                 written: 0,
                 ends: VecDeque::new(),
+                arrivals: VecDeque::with_capacity(MAX_ARRIVALS),
                 open: false,
                 shut: false,
             }),
@@ -79,6 +87,7 @@ impl Ring {
 
     /// Append bytes. Never waits for readers.
     pub fn write(&self, data: &[u8]) {
+        let now = Instant::now();
         let mut s = self.state.lock();
         if s.shut {
             return;
@@ -96,6 +105,11 @@ impl Ring {
             s.written += n as u64;
             data = &data[n..];
         }
+        if s.arrivals.len() == MAX_ARRIVALS {
+            s.arrivals.pop_front();
+        }
+        let written = s.written;
+        s.arrivals.push_back((written, now));
         drop(s);
         self.wake.notify_waiters();
     }
@@ -130,6 +144,7 @@ impl Ring {
         Cursor {
             pos: self.state.lock().written,
             ended_at: None,
+            arrived: None,
         }
     }
 
@@ -139,6 +154,7 @@ impl Ring {
         Cursor {
             pos: s.written.saturating_sub(s.buf.len() as u64),
             ended_at: None,
+            arrived: None,
         }
     }
 
@@ -184,6 +200,9 @@ impl Ring {
             let n = avail.min(out.len()).min(s.buf.len() - at);
             out[..n].copy_from_slice(&s.buf[at..at + n]);
             cur.pos += n as u64;
+            // The write that brought the last byte read.
+            let i = s.arrivals.partition_point(|&(end, _)| end < cur.pos);
+            cur.arrived = s.arrivals.get(i).or(s.arrivals.front()).map(|a| a.1);
             return Some(Read::Data(n));
         }
         if s.shut {
@@ -211,11 +230,17 @@ impl Ring {
 pub struct Cursor {
     pos: u64,
     ended_at: Option<u64>,
+    arrived: Option<Instant>,
 }
 
 impl Cursor {
     pub fn position(&self) -> u64 {
         self.pos
+    }
+
+    /// When the last byte read was written into the ring.
+    pub fn arrived(&self) -> Option<Instant> {
+        self.arrived
     }
 }
 
@@ -228,6 +253,11 @@ pub struct RingReader<'a> {
 impl RingReader<'_> {
     pub fn position(&self) -> u64 {
         self.cur.pos
+    }
+
+    /// When the last byte read was written into the ring.
+    pub fn arrived(&self) -> Option<Instant> {
+        self.cur.arrived
     }
 
     pub fn try_read(&mut self, out: &mut [u8]) -> Option<Read> {
@@ -262,6 +292,28 @@ mod tests {
         ring.write(b"hello");
         ring.write(b" world");
         assert_eq!(read_all(&mut r), (b"hello world".to_vec(), None));
+    }
+
+    #[test]
+    fn a_read_tells_when_its_last_byte_arrived() {
+        let ring = Ring::new(188 * 64);
+        let mut r = ring.reader();
+        assert_eq!(r.arrived(), None);
+        ring.write(&[1; 100]);
+        let first = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        ring.write(&[2; 100]);
+        let mut buf = [0; 150];
+        assert_eq!(r.try_read(&mut buf), Some(Read::Data(150)));
+        let second = r.arrived().unwrap();
+        assert!(second > first, "byte 150 came with the second write");
+        let mut buf = [0; 50];
+        assert_eq!(r.try_read(&mut buf), Some(Read::Data(50)));
+        assert_eq!(r.arrived(), Some(second));
+        let mut r = ring.reader_from_oldest();
+        let mut buf = [0; 60];
+        assert_eq!(r.try_read(&mut buf), Some(Read::Data(60)));
+        assert!(r.arrived().unwrap() < first, "byte 60 came with the first");
     }
 
     #[test]

@@ -57,6 +57,9 @@ pub enum DemuxEvent {
     Discontinuity { pid: Pid },
     /// Something wrong in the input; see [`DemuxProblem::cause`] for logging once per cause.
     Problem(DemuxProblem),
+    /// An ingest mark (see [`super::mark`]): the bytes after it reached the cluster's origin
+    /// at this many µs since the Unix epoch.
+    Ingested(u64),
 }
 
 /// Defects in the input. None of them stops the demuxer.
@@ -82,6 +85,8 @@ pub enum DemuxProblem {
     BadPes { pid: Pid },
     #[error("PID {pid}: PES data does not match PES_packet_length")]
     PesLengthMismatch { pid: Pid },
+    #[error("PID {pid}: a PES went on after the stuffed packet that seemed to end it; one picture went out cut, and this PID's PES are now emitted at the next unit start")]
+    CutEarly { pid: Pid },
 }
 
 impl DemuxProblem {
@@ -98,6 +103,7 @@ impl DemuxProblem {
             Self::PesTooLarge { .. } => "pes_too_large",
             Self::BadPes { .. } => "bad_pes",
             Self::PesLengthMismatch { .. } => "pes_length_mismatch",
+            Self::CutEarly { .. } => "pes_cut_early",
         }
     }
 }

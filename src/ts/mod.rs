@@ -18,6 +18,7 @@
 mod align;
 mod demux;
 mod event;
+pub mod mark;
 pub mod mux;
 pub(crate) mod packet;
 pub(crate) mod pes;

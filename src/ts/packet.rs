@@ -68,6 +68,10 @@ pub(crate) struct AdaptationField {
     pub random_access: bool,
     /// PCR in 27 MHz units (base * 300 + extension).
     pub pcr: Option<u64>,
+    /// The field is longer than its flagged fields: stuffing, which a muxer writes when it has
+    /// no more payload for this packet (the end of a PES). Unknown (false) when private data
+    /// or an extension is flagged.
+    pub stuffed: bool,
 }
 
 /// Splits a packet after its header into adaptation field and payload.
@@ -96,7 +100,15 @@ pub(crate) fn split<'a>(
                     .ok_or("PCR beyond adaptation field")?;
                 af.pcr = Some(read_pcr(b));
             }
+            // flags byte, PCR, OPCR, splice_countdown
+            let fields = 1
+                + usize::from(flags & 0x10 != 0) * 6
+                + usize::from(flags & 0x08 != 0) * 6
+                + usize::from(flags & 0x04 != 0);
+            af.stuffed = flags & 0x03 == 0 && len > fields;
         }
+        // A zero-length field is one byte of stuffing (§2.4.3.5).
+        af.stuffed |= len == 0;
         1 + len
     } else {
         0
@@ -354,6 +366,23 @@ mod tests {
         let (af, payload) = split(&p, &h).unwrap();
         assert_eq!(af.pcr, Some(0x1_0000_0001 * 300 + 0x101));
         assert_eq!(payload.len(), PACKET_SIZE - 4 - 8);
+    }
+
+    #[test]
+    fn stuffing_is_told_from_flagged_fields() {
+        let stuffed = |af: &[u8]| {
+            let p = packet(0x01, 0x00, 0x30, af);
+            split(&p, &Header::parse(&p)).unwrap().0.stuffed
+        };
+        assert!(!stuffed(&[7, 0x10, 0, 0, 0, 0, 0, 0]), "a PCR, exactly");
+        assert!(
+            stuffed(&[9, 0x10, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF]),
+            "a PCR, then stuffing"
+        );
+        assert!(stuffed(&[0]), "a zero-length field is one stuffing byte");
+        assert!(stuffed(&[3, 0x00, 0xFF, 0xFF]));
+        assert!(!stuffed(&[1, 0x40]), "random_access only");
+        assert!(!stuffed(&[4, 0x02, 2, 0, 0]), "private data: not known");
     }
 
     #[test]

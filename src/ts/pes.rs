@@ -81,7 +81,27 @@ enum State {
     /// The PES was completed by its PES_packet_length; payload before the next unit start
     /// would be an overrun.
     Done,
+    /// An unbounded PES was emitted at its stuffed last packet (see [`EarlyEnd`]); payload
+    /// before the next unit start would prove that wrong.
+    Ended,
 }
+
+/// Whether a packet ending in adaptation-field stuffing ends an unbounded PES on this PID.
+///
+/// A PES without PES_packet_length (video) is known complete only when the next one starts, a
+/// frame interval later: most of the latency the bridge would add. Muxers (ffmpeg's, ours) end
+/// each PES with stuffing in its last packet, and put none before, so there the PES is whole.
+/// Trusted once [`CONFIRM`] stuffed packets were each followed by a unit start; never again
+/// once payload followed one (the PES emitted then went out cut, once).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EarlyEnd {
+    Learning(u8),
+    Trusted,
+    Off,
+}
+
+/// Stuffed packets followed by a unit start before [`EarlyEnd`] is trusted.
+const CONFIRM: u8 = 8;
 
 /// Reassembles PES packets of one PID. The buffer keeps its capacity between PES packets.
 #[derive(Debug)]
@@ -94,6 +114,9 @@ pub(crate) struct PesAssembler {
     discontinuity: bool,
     /// A discontinuity was seen: flags the next PES to start.
     pending_discontinuity: bool,
+    early: EarlyEnd,
+    /// The last packet pushed ended in stuffing.
+    stuffed: bool,
 }
 
 impl PesAssembler {
@@ -105,6 +128,8 @@ impl PesAssembler {
             random_access: false,
             discontinuity: false,
             pending_discontinuity: false,
+            early: EarlyEnd::Learning(0),
+            stuffed: false,
         }
     }
 
@@ -118,16 +143,22 @@ impl PesAssembler {
 
     /// Feeds the payload of one packet; complete PES packets and problems go to `out`.
     /// A PES with a PES_packet_length is emitted as soon as its last byte arrives; one without
-    /// is emitted at the next unit start (or `flush`). `discontinuity` (the packet's indicator)
-    /// flags the PES starting in this packet, or else the next one to start.
+    /// at its last packet when that ends in stuffing (`stuffed`; see [`EarlyEnd`]), else at
+    /// the next unit start (or `flush`). `discontinuity` (the packet's indicator) flags the
+    /// PES starting in this packet, or else the next one to start.
     pub fn push(
         &mut self,
-        pusi: bool,
-        random_access: bool,
-        discontinuity: bool,
+        (pusi, random_access, discontinuity, stuffed): (bool, bool, bool, bool),
         payload: &[u8],
         out: &mut Vec<DemuxEvent>,
     ) {
+        let after_stuffing = std::mem::replace(&mut self.stuffed, stuffed);
+        self.early = match (self.early, after_stuffing, pusi) {
+            (EarlyEnd::Learning(n), true, true) if n + 1 >= CONFIRM => EarlyEnd::Trusted,
+            (EarlyEnd::Learning(n), true, true) => EarlyEnd::Learning(n + 1),
+            (_, true, false) if !payload.is_empty() => EarlyEnd::Off,
+            (early, _, _) => early,
+        };
         if pusi {
             self.finish(out);
             self.state = State::Collecting { header: None };
@@ -139,6 +170,13 @@ impl PesAssembler {
         let header = match self.state {
             State::Collecting { header } => header,
             State::WaitStart => return,
+            State::Ended => {
+                if !payload.is_empty() {
+                    self.problem(out, DemuxProblem::CutEarly { pid: self.pid });
+                    self.state = State::WaitStart;
+                }
+                return;
+            }
             State::Done => {
                 if !payload.is_empty() {
                     self.problem(out, DemuxProblem::PesLengthMismatch { pid: self.pid });
@@ -168,9 +206,16 @@ impl PesAssembler {
                 }
             },
         };
-        if let Some(total) = header.total_len.filter(|&total| self.buf.len() >= total) {
-            self.emit(header, total, out);
-            self.state = State::Done;
+        match header.total_len {
+            Some(total) if self.buf.len() >= total => {
+                self.emit(header, total, out);
+                self.state = State::Done;
+            }
+            None if stuffed && self.early == EarlyEnd::Trusted => {
+                self.emit(header, self.buf.len(), out);
+                self.state = State::Ended;
+            }
+            _ => {}
         }
     }
 
@@ -193,7 +238,7 @@ impl PesAssembler {
             State::Collecting { header: None } => {
                 self.problem(out, DemuxProblem::BadPes { pid: self.pid })
             }
-            State::WaitStart | State::Done => {}
+            State::WaitStart | State::Done | State::Ended => {}
         }
         self.buf.clear();
     }
@@ -381,17 +426,17 @@ mod tests {
         let mut a = PesAssembler::new(Pid(0x101));
         let pes = pes_bytes(0xC0, Some(90), None, &[7; 300], true);
         let mut out = Vec::new();
-        a.push(true, true, false, &pes[..184], &mut out);
+        a.push((true, true, false, false), &pes[..184], &mut out);
         assert!(out.is_empty());
-        a.push(false, false, false, &pes[184..], &mut out);
+        a.push((false, false, false, false), &pes[184..], &mut out);
         let p = pes_of(&out)[0];
         assert_eq!(
             (p.pts, p.dts, p.random_access, p.data.len()),
             (Some(90), None, true, 300)
         );
         // Payload past the announced length is reported once.
-        a.push(false, false, false, &[1, 2, 3], &mut out);
-        a.push(false, false, false, &[1, 2, 3], &mut out);
+        a.push((false, false, false, false), &[1, 2, 3], &mut out);
+        a.push((false, false, false, false), &[1, 2, 3], &mut out);
         assert_eq!(out.len(), 2);
         assert_eq!(
             out[1],
@@ -404,16 +449,12 @@ mod tests {
         let mut a = PesAssembler::new(Pid(0x100));
         let mut out = Vec::new();
         a.push(
-            true,
-            false,
-            false,
+            (true, false, false, false),
             &pes_bytes(0xE0, Some(1), Some(0), b"one", false),
             &mut out,
         );
         a.push(
-            true,
-            false,
-            false,
+            (true, false, false, false),
             &pes_bytes(0xE0, Some(2), None, b"two", false),
             &mut out,
         );
@@ -432,11 +473,9 @@ mod tests {
         let mut a = PesAssembler::new(Pid(0x101));
         let mut out = Vec::new();
         let long = pes_bytes(0xC0, Some(1), None, &[0; 500], true);
-        a.push(true, false, false, &long[..184], &mut out);
+        a.push((true, false, false, false), &long[..184], &mut out);
         a.push(
-            true,
-            false,
-            false,
+            (true, false, false, false),
             &pes_bytes(0xC0, Some(2), None, b"ok", true),
             &mut out,
         );
@@ -453,15 +492,13 @@ mod tests {
         let mut a = PesAssembler::new(Pid(0x100));
         let mut out = Vec::new();
         a.push(
-            true,
-            false,
-            false,
+            (true, false, false, false),
             &pes_bytes(0xE0, Some(0), None, &[], false),
             &mut out,
         );
         let chunk = [0u8; 184];
         for _ in 0..(MAX_PES_SIZE / 184 + 2) {
-            a.push(false, false, false, &chunk, &mut out);
+            a.push((false, false, false, false), &chunk, &mut out);
         }
         assert_eq!(
             out,
@@ -471,5 +508,88 @@ mod tests {
         );
         a.flush(&mut out);
         assert_eq!(out.len(), 1);
+    }
+
+    /// A video PES (no PES_packet_length) split over packets as a muxer writes it: the last
+    /// one stuffed (`stuffed_last`); (unit start, stuffed, payload) per packet.
+    fn video_packets(pts: u64, len: usize, stuffed_last: bool) -> Vec<(bool, bool, Vec<u8>)> {
+        let pes = pes_bytes(0xE0, Some(pts), None, &vec![pts as u8; len], false);
+        let chunks: Vec<&[u8]> = pes.chunks(184).collect();
+        let n = chunks.len();
+        chunks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (i == 0, stuffed_last && i == n - 1, c.to_vec()))
+            .collect()
+    }
+
+    fn feed(a: &mut PesAssembler, packets: &[(bool, bool, Vec<u8>)], out: &mut Vec<DemuxEvent>) {
+        for (pusi, stuffed, payload) in packets {
+            a.push((*pusi, false, false, *stuffed), payload, out);
+        }
+    }
+
+    #[test]
+    fn a_stuffed_last_packet_ends_a_video_pes_once_the_pid_has_shown_it_does() {
+        let mut a = PesAssembler::new(Pid(0x100));
+        let mut out = Vec::new();
+        // Learning: each PES still waits for the next unit start.
+        for pts in 0..u64::from(CONFIRM) {
+            feed(&mut a, &video_packets(pts, 400, true), &mut out);
+            assert_eq!(
+                pes_of(&out).len(),
+                pts as usize,
+                "PES {pts}: at the next start"
+            );
+        }
+        // Trusted: the PES is out at its last packet, whole.
+        out.clear();
+        feed(&mut a, &video_packets(50, 400, true), &mut out);
+        let pes = pes_of(&out);
+        assert_eq!(
+            pes.len(),
+            2,
+            "the one before, then this one at its last packet"
+        );
+        assert_eq!((pes[1].pts, pes[1].data.len()), (Some(50), 400));
+        // A PES whose last packet happens to be full waits for the next start.
+        out.clear();
+        feed(&mut a, &video_packets(51, 184 * 3 - 14, false), &mut out);
+        assert!(pes_of(&out).is_empty());
+        feed(&mut a, &video_packets(52, 10, true), &mut out);
+        let pes = pes_of(&out);
+        assert_eq!((pes.len(), pes[0].data.len()), (2, 184 * 3 - 14));
+    }
+
+    #[test]
+    fn payload_after_stuffing_turns_early_ends_off_for_good() {
+        let mut a = PesAssembler::new(Pid(0x100));
+        let mut out = Vec::new();
+        for pts in 0..u64::from(CONFIRM) {
+            feed(&mut a, &video_packets(pts, 400, true), &mut out);
+        }
+        out.clear();
+        // A muxer that stuffs mid-PES: this PES goes out cut, once, with a problem.
+        let mut odd = video_packets(60, 600, true);
+        odd[1].1 = true;
+        feed(&mut a, &odd, &mut out);
+        assert_eq!(pes_of(&out).len(), 2, "the previous PES, then this one cut");
+        assert!(out.contains(&DemuxEvent::Problem(DemuxProblem::CutEarly {
+            pid: Pid(0x100)
+        })));
+        // From now on, at the next unit start, whole.
+        out.clear();
+        feed(&mut a, &video_packets(61, 400, true), &mut out);
+        assert!(pes_of(&out).is_empty());
+        feed(&mut a, &video_packets(62, 10, true), &mut out);
+        let pes = pes_of(&out);
+        assert_eq!((pes[0].pts, pes[0].data.len()), (Some(61), 400));
+        // Learning is over too: a PID stuffed mid-PES is never trusted again.
+        for pts in 63..63 + u64::from(CONFIRM) * 2 {
+            feed(&mut a, &video_packets(pts, 400, true), &mut out);
+        }
+        out.clear();
+        feed(&mut a, &video_packets(99, 400, true), &mut out);
+        assert_eq!(pes_of(&out).len(), 1, "only the one before");
     }
 }

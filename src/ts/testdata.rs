@@ -325,3 +325,45 @@ fn testdata_mpts_auto_follows_the_h264_opus_program() {
         .iter()
         .all(|e| !matches!(e, DemuxEvent::Pes(p) if p.pid != hevc)));
 }
+
+/// ffmpeg ends each video PES with adaptation-field stuffing: once the demuxer has seen that
+/// hold, nearly every video PES comes out at its own last packet, a frame interval before the
+/// next one starts (the latency the bridge would otherwise add), and none comes out cut.
+#[test]
+fn testdata_video_pes_come_out_at_their_last_packet() {
+    for name in [
+        "h264_opus.ts",
+        "h264_aac.ts",
+        "hevc_opus.ts",
+        "long_gop.ts",
+        "h264_bframes.ts",
+    ] {
+        let Some(data) = read(name) else { continue };
+        let mut d = Demuxer::new();
+        let (mut events, mut video) = (Vec::new(), None);
+        let (mut early, mut total) = (0, 0);
+        for pkt in data.chunks(188) {
+            let start = events.len();
+            d.push(pkt, &mut events);
+            let pid = Pid(u16::from(pkt[1] & 0x1F) << 8 | u16::from(pkt[2]));
+            let pusi = pkt[1] & 0x40 != 0;
+            for e in &events[start..] {
+                match e {
+                    DemuxEvent::Tracks(t) => video = t.video().map(|v| v.pid),
+                    DemuxEvent::Problem(p) => assert_ne!(p.cause(), "pes_cut_early", "{name}"),
+                    DemuxEvent::Pes(p) if Some(p.pid) == video => {
+                        total += 1;
+                        // Out at the start of the next one, or before it.
+                        early += usize::from(!(pusi && pid == p.pid));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert!(total > 20, "{name}: {total} video PES");
+        assert!(
+            early * 10 >= total * 9,
+            "{name}: {early} of {total} out at their last packet"
+        );
+    }
+}

@@ -41,6 +41,8 @@ pub(super) struct Direct {
     rtx_seq: u64,
     /// The header extension block with the MID (RFC 8285 one-byte form), or empty.
     ext: Vec<u8>,
+    /// The extensions written on a frame's first packet.
+    frame_exts: FrameExts,
     /// The viewer reported on our SSRC: it has bound it to the MID, which our packets then
     /// leave out (as libwebrtc and str0m do; RFC 8843 §9.2). Retransmissions keep it.
     ssrc_bound: bool,
@@ -57,9 +59,9 @@ impl Direct {
     /// `mid`: the negotiated extension id of the MID header extension, and the MID.
     pub fn new(
         srtp: RtpProtector,
-        ssrc: u32,
-        rtx: Option<(u32, u8)>,
+        (ssrc, rtx): (u32, Option<(u32, u8)>),
         mid: Option<(u8, &str)>,
+        frame_exts: FrameExts,
     ) -> Self {
         Direct {
             srtp,
@@ -69,6 +71,7 @@ impl Direct {
             ext: mid
                 .map(|(id, mid)| mid_extension(id, mid))
                 .unwrap_or_default(),
+            frame_exts,
             history: VecDeque::with_capacity(HISTORY_FRAMES),
             scratch: Vec::new(),
             rtx_budget: 0.0,
@@ -80,15 +83,21 @@ impl Direct {
         self.ssrc
     }
 
-    /// Queue one packet of a frame; returns its size on the wire.
+    /// Queue one packet of a frame; returns its size on the wire. `first`: the frame's
+    /// ingest time (µs since the Unix epoch) on its first packet, which carries the per-frame
+    /// header extensions.
     pub fn send(
         &mut self,
         out: &mut Outbox,
         to: SocketAddr,
         (pt, seq, time): (u8, u64, u32),
         p: &Payload,
+        first: Option<u64>,
     ) -> usize {
-        let len = self.write(out, to, (pt, seq, time, self.ssrc), p.marker, &p.data);
+        let mut elements = [0u8; FrameExts::MAX_LEN];
+        let n = first.map_or(0, |us| self.frame_exts.write(us, &mut elements));
+        let header = (pt, seq, time, self.ssrc);
+        let len = self.write_with(out, to, header, p.marker, &p.data, &elements[..n]);
         self.rtx_budget = (self.rtx_budget + len as f32 * RTX_SHARE).min(RTX_BURST);
         len
     }
@@ -153,13 +162,31 @@ impl Direct {
         &mut self,
         out: &mut Outbox,
         to: SocketAddr,
-        (pt, index, time, ssrc): (u8, u64, u32, u32),
+        header: (u8, u64, u32, u32),
         marker: bool,
         payload: &[u8],
     ) -> usize {
-        let ext: &[u8] = match self.ssrc_bound && ssrc == self.ssrc {
+        self.write_with(out, to, header, marker, payload, &[])
+    }
+
+    /// `elements`: one-byte header extension elements besides the MID.
+    fn write_with(
+        &mut self,
+        out: &mut Outbox,
+        to: SocketAddr,
+        (pt, index, time, ssrc): (u8, u64, u32, u32),
+        marker: bool,
+        payload: &[u8],
+        elements: &[u8],
+    ) -> usize {
+        let mid: &[u8] = match self.ssrc_bound && ssrc == self.ssrc {
             true => &[],
             false => &self.ext,
+        };
+        let mut block = [0u8; 4 + MID_EXT_MAX + FrameExts::MAX_LEN + 3];
+        let ext: &[u8] = match elements.is_empty() {
+            true => mid,
+            false => one_byte_block(mid, elements, &mut block),
         };
         let header_len = 12 + ext.len();
         let len = header_len + payload.len() + TAG_LEN;
@@ -175,6 +202,53 @@ impl Direct {
             len
         });
         len
+    }
+}
+
+/// Most bytes of the MID extension block (header and a 16-byte MID, padded).
+const MID_EXT_MAX: usize = 4 + 17 + 3;
+
+/// A one-byte-form extension block (RFC 8285 §4.2): the elements of `mid_block` (a block or
+/// empty) and `elements`, zero-padded to whole words (zero bytes are padding between
+/// elements), in `buf`.
+fn one_byte_block<'a>(mid_block: &[u8], elements: &[u8], buf: &'a mut [u8]) -> &'a [u8] {
+    let mid = mid_block.get(4..).unwrap_or_default();
+    let body = mid.len() + elements.len();
+    let words = body.div_ceil(4);
+    buf[..2].copy_from_slice(&[0xBE, 0xDE]);
+    buf[2..4].copy_from_slice(&(words as u16).to_be_bytes());
+    buf[4..4 + mid.len()].copy_from_slice(mid);
+    buf[4 + mid.len()..4 + body].copy_from_slice(elements);
+    buf[4 + body..4 + words * 4].fill(0);
+    &buf[..4 + words * 4]
+}
+
+/// The header extensions a viewer negotiated that go on each frame's first packet.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct FrameExts {
+    /// abs-capture-time: the frame's ingest time, so a receiver knows its glass-to-glass delay.
+    pub abs_capture_time: Option<u8>,
+    /// playout-delay: the bounds of the viewer's jitter buffer.
+    pub playout_delay: Option<(u8, [u8; 3])>,
+}
+
+impl FrameExts {
+    const MAX_LEN: usize = 9 + 4;
+
+    /// The elements for a frame ingested at `unix_us`, into `buf`; their length.
+    fn write(&self, unix_us: u64, buf: &mut [u8; Self::MAX_LEN]) -> usize {
+        let mut n = 0;
+        if let Some(id) = self.abs_capture_time {
+            buf[0] = id << 4 | 7;
+            buf[1..9].copy_from_slice(&crate::wallclock::ntp64(unix_us).to_be_bytes());
+            n = 9;
+        }
+        if let Some((id, delay)) = self.playout_delay {
+            buf[n] = id << 4 | 2;
+            buf[n + 1..n + 4].copy_from_slice(&delay);
+            n += 4;
+        }
+        n
     }
 }
 
@@ -220,7 +294,8 @@ mod tests {
         let tx = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
         let mut out = Outbox::new(tx, Arc::new(Metrics::default()));
         let srtp = RtpProtector::aes_128_gcm(KEY, SALT);
-        let mut d = Direct::new(srtp, 0x1111, Some((0x2222, 97)), Some((4, "0")));
+        let ssrcs = (0x1111, Some((0x2222, 97)));
+        let mut d = Direct::new(srtp, ssrcs, Some((4, "0")), FrameExts::default());
         let start = 0xffff; // the frame's packets are 65535, 65536 (seq 0, ROC 1), 65537
         let frame: Arc<[Payload]> = vec![
             payload(false, 1, 1000),
@@ -231,10 +306,10 @@ mod tests {
         // Earlier packets (not kept) that earn the retransmission budget.
         let filler = payload(true, 0, 1000);
         for seq in start - 7..start {
-            d.send(&mut out, to, (96, seq, 87_000), &filler);
+            d.send(&mut out, to, (96, seq, 87_000), &filler, None);
         }
         for (i, p) in frame.iter().enumerate() {
-            d.send(&mut out, to, (96, start + i as u64, 90_000), p);
+            d.send(&mut out, to, (96, start + i as u64, 90_000), p, None);
         }
         d.remember(start, 96, 90_000, frame.clone());
         let next = start + 3;
@@ -272,7 +347,7 @@ mod tests {
         // The budget is 15 % of what was sent (~1,450 bytes here): spent.
         assert!(!d.resend(&mut out, to, 0, next), "past the budget");
         for seq in next..next + 7 {
-            d.send(&mut out, to, (96, seq, 93_000), &filler);
+            d.send(&mut out, to, (96, seq, 93_000), &filler, None);
         }
         assert!(d.resend(&mut out, to, 0, next + 7), "earned again");
 
@@ -281,7 +356,7 @@ mod tests {
         d.reported(0x3333);
         d.reported(0x1111);
         for seq in next + 7..next + 14 {
-            d.send(&mut out, to, (96, seq, 96_000), &filler);
+            d.send(&mut out, to, (96, seq, 96_000), &filler, None);
         }
         assert!(d.resend(&mut out, to, 0, next + 14));
         out.flush();
@@ -308,5 +383,41 @@ mod tests {
         );
         assert!(mid_extension(15, "0").is_empty(), "15 is reserved");
         assert!(mid_extension(1, &"x".repeat(17)).is_empty());
+    }
+
+    /// A frame's first packet carries abs-capture-time and playout-delay after the MID, in
+    /// one block of whole words; the others only the MID.
+    #[tokio::test]
+    async fn a_frames_first_packet_carries_its_ingest_time_and_the_playout_delay() {
+        let rx = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let to = rx.local_addr().unwrap();
+        let tx = Arc::new(tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap());
+        let mut out = Outbox::new(tx, Arc::new(Metrics::default()));
+        let srtp = RtpProtector::aes_128_gcm(KEY, SALT);
+        let delay = crate::webrtc::PlayoutDelay {
+            min_ms: 0,
+            max_ms: 400,
+        };
+        let exts = FrameExts {
+            abs_capture_time: Some(2),
+            playout_delay: Some((6, delay.bytes())),
+        };
+        let mut d = Direct::new(srtp, (0x1111, None), Some((4, "0")), exts);
+        let us = 1_765_000_000_250_000;
+        d.send(&mut out, to, (96, 10, 0), &payload(false, 1, 100), Some(us));
+        d.send(&mut out, to, (96, 11, 0), &payload(true, 2, 100), None);
+        out.flush();
+        let mut buf = [0u8; 1500];
+        let n = rx.recv(&mut buf).await.unwrap();
+        let ntp = crate::wallclock::ntp64(us).to_be_bytes();
+        let mut block = vec![0xBE, 0xDE, 0, 5, 0x40, b'0', 0, 0, 0x27];
+        block.extend_from_slice(&ntp);
+        block.extend_from_slice(&[0x62, 0, 0, 40, 0, 0, 0]);
+        assert_eq!(buf[0], 0x90, "extension bit");
+        assert_eq!(&buf[12..12 + block.len()], &block[..]);
+        assert_eq!(n, 12 + block.len() + 100 + TAG_LEN);
+        let n = rx.recv(&mut buf).await.unwrap();
+        assert_eq!(&buf[12..20], &[0xBE, 0xDE, 0, 1, 0x40, b'0', 0, 0]);
+        assert_eq!(n, 20 + 100 + TAG_LEN);
     }
 }

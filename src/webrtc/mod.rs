@@ -107,6 +107,49 @@ pub struct EngineOptions {
     pub direct_send: bool,
     /// A new viewer's GOP backlog (instant start) is paced at this many bytes per second.
     pub backlog_rate: u64,
+    /// What viewers that offer the playout-delay header extension are told; None: not
+    /// negotiated.
+    pub playout_delay: Option<PlayoutDelay>,
+}
+
+/// The playout-delay header extension's bounds on a viewer's jitter buffer, in milliseconds
+/// (sent in 10 ms steps, at most 40950).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlayoutDelay {
+    pub min_ms: u16,
+    pub max_ms: u16,
+}
+
+impl std::str::FromStr for PlayoutDelay {
+    type Err = String;
+
+    /// `MIN,MAX` in ms, or `off`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let rule = "MIN,MAX in milliseconds, 0 <= MIN <= MAX <= 40950 (e.g. 0,400), or off";
+        let (min, max) = s.split_once(',').ok_or(format!("{s:?}: {rule}"))?;
+        let ms = |v: &str| {
+            v.trim()
+                .parse::<u16>()
+                .map_err(|_| format!("{s:?}: {rule}"))
+        };
+        let (min_ms, max_ms) = (ms(min)?, ms(max)?);
+        if min_ms > max_ms || max_ms > 40_950 {
+            return Err(format!("{s:?}: {rule}"));
+        }
+        Ok(PlayoutDelay { min_ms, max_ms })
+    }
+}
+
+impl PlayoutDelay {
+    /// The extension's 3 bytes: MIN and MAX in 10 ms units, 12 bits each.
+    pub fn bytes(self) -> [u8; 3] {
+        let (min, max) = (self.min_ms / 10, self.max_ms.div_ceil(10));
+        [
+            (min >> 4) as u8,
+            (min << 4) as u8 | (max >> 8) as u8,
+            max as u8,
+        ]
+    }
 }
 
 /// A parsed SDP offer, with what we need from it besides str0m's view.
@@ -329,7 +372,13 @@ impl Engine {
             // bitrate, so they would cost a header write and a TWCC register entry per packet
             // per viewer (and the viewers' feedback) for nothing.
             .clear_extension_map()
-            .set_extension(4, Extension::RtpMid);
+            .set_extension(4, Extension::RtpMid)
+            // When offered: the frame's ingest time (receivers compute glass-to-glass delay),
+            // and bounds on the viewer's jitter buffer (a live source wants it small).
+            .set_extension(2, Extension::AbsoluteCaptureTime);
+        if self.opts.playout_delay.is_some() {
+            cfg = cfg.set_extension(6, Extension::PlayoutDelay);
+        }
         cfg = codecs::viewer_codecs(cfg, tracks, video, status.has_audio());
         // The direct path answers NACKs itself: it reads them from str0m's raw RTCP events.
         let (mut rtc, keys) = match self.opts.direct_send {

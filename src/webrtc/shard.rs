@@ -27,6 +27,7 @@ use super::outbox::Outbox;
 use super::session::{self, Session};
 use super::{short, Cmd, EngineOptions, NewSession, PatchError, SessionUrl};
 use crate::metrics::Metrics;
+use crate::stream::Stream;
 
 /// How often every session is checked for its end (ICE timeout, closed) and keyframe
 /// requests are collected.
@@ -139,6 +140,9 @@ pub(super) struct Shard {
     timers: BinaryHeap<Reverse<(Instant, usize)>>,
     next_sweep: Instant,
     events: crate::events::EventSink,
+    /// Frames queued for the wire since the last flush: their stream, arrival and ingest time,
+    /// for the latency measured at the flush.
+    queued_frames: Vec<(Arc<Stream>, Instant, u64)>,
 }
 
 impl Shard {
@@ -169,6 +173,7 @@ impl Shard {
             timers: BinaryHeap::new(),
             next_sweep: Instant::now(),
             events: shared.events,
+            queued_frames: Vec::new(),
         }
     }
 
@@ -209,7 +214,22 @@ impl Shard {
                 self.sweep(now);
                 self.next_sweep = now + SWEEP_EVERY;
             }
+            self.measure_latency();
             self.out.flush();
+        }
+    }
+
+    /// The frames queued since the last flush go on the wire now, their first packets first.
+    fn measure_latency(&mut self) {
+        if self.queued_frames.is_empty() {
+            return;
+        }
+        let now = Instant::now();
+        let wall = crate::wallclock::unix_micros(now);
+        for (stream, arrived, ingested_us) in self.queued_frames.drain(..) {
+            let from_ingest = Duration::from_micros(wall.saturating_sub(ingested_us));
+            let added = now.saturating_duration_since(arrived);
+            stream.stats.latency.record(added, from_ingest);
         }
     }
 
@@ -266,6 +286,10 @@ impl Shard {
                     self.settle(slot);
                 }
                 session::count_direct(&stream, &self.metrics, sent);
+                if sent.0 > 0 {
+                    let at = (frame.arrived, frame.ingested_us);
+                    self.queued_frames.push((stream.clone(), at.0, at.1));
+                }
                 self.by_stream.insert(stream.id, viewers);
             }
             Cmd::Datagram(source, data, at) => self.on_datagram(&data, source, at),

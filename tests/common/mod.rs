@@ -51,6 +51,8 @@ pub struct RtpPkt {
     pub ssrc: u32,
     pub payload: Vec<u8>,
     pub at: Instant,
+    /// Header extensions: (id, value).
+    pub exts: Vec<(u8, Vec<u8>)>,
 }
 
 impl RtpPkt {
@@ -64,6 +66,7 @@ impl RtpPkt {
             ssrc: 1,
             payload: payload.to_vec(),
             at: Instant::now(),
+            exts: Vec::new(),
         }
     }
 }
@@ -188,4 +191,39 @@ pub fn ca_signed_cert(
         "cert.pem",
     ]);
     (p("ca.pem"), p("cert.pem"), p("key.pem"))
+}
+
+/// URIs of the RTP header extensions the server answers when offered.
+pub const ABS_CAPTURE_TIME: &str = "http://www.webrtc.org/experiments/rtp-hdrext/abs-capture-time";
+pub const PLAYOUT_DELAY: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
+
+/// The id `a=extmap` gives `uri` in `sdp`.
+pub fn extmap_id(sdp: &str, uri: &str) -> Option<u8> {
+    sdp.lines().find_map(|l| {
+        let rest = l.trim().strip_prefix("a=extmap:")?;
+        let (id, what) = rest.split_once(' ')?;
+        (what.split_whitespace().next() == Some(uri))
+            .then(|| id.split('/').next()?.parse().ok())
+            .flatten()
+    })
+}
+
+/// (abs-capture-time as µs since the Unix epoch, the packet's arrival as the same) of each
+/// packet that carries one (extension `id`).
+pub fn capture_times(packets: &[RtpPkt], id: u8) -> Vec<(u64, u64)> {
+    let now = (Instant::now(), std::time::SystemTime::now());
+    let unix_us = |at: Instant| {
+        let t = now.1 - now.0.duration_since(at);
+        t.duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+    };
+    packets
+        .iter()
+        .filter_map(|p| {
+            let (_, v) = p.exts.iter().find(|(i, _)| *i == id)?;
+            let ntp = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+            let secs = (ntp >> 32).checked_sub(2_208_988_800)?;
+            let us = secs * 1_000_000 + (((ntp & 0xffff_ffff) * 1_000_000) >> 32);
+            Some((us, unix_us(p.at)))
+        })
+        .collect()
 }

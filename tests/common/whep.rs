@@ -18,7 +18,7 @@ use rtc::peer_connection::configuration::media_engine::{
 };
 use rtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use rtc::rtp_transceiver::rtp_sender::{
-    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RtpCodecKind,
+    RTCPFeedback, RTCRtpCodec, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RtpCodecKind,
 };
 use rtc::rtp_transceiver::{RTCRtpTransceiverDirection, RTCRtpTransceiverInit};
 use tokio::sync::{watch, Notify};
@@ -100,6 +100,8 @@ pub struct WhepOptions {
     /// The SRTP protection profiles the DTLS handshake offers; empty: webrtc-rs's default
     /// (AES-128-GCM, AES-256-GCM, AES-CM + HMAC-SHA1).
     pub srtp_profiles: Vec<SrtpProtectionProfile>,
+    /// RTP header extensions offered (URIs), on video and audio.
+    pub header_extensions: Vec<&'static str>,
 }
 
 impl Default for WhepOptions {
@@ -117,6 +119,7 @@ impl Default for WhepOptions {
             post_timeout: http::DEFAULT_TIMEOUT,
             plain_runtime: false,
             srtp_profiles: Vec::new(),
+            header_extensions: Vec::new(),
         }
     }
 }
@@ -291,6 +294,9 @@ async fn read_track(track: Arc<dyn TrackRemote>, shared: Arc<Shared>) {
                     ssrc: p.header.ssrc,
                     payload: p.payload.to_vec(),
                     at,
+                    exts: (p.header.extensions.iter())
+                        .map(|e| (e.id, e.payload.to_vec()))
+                        .collect(),
                 };
                 let codec = if codec_known {
                     None
@@ -415,6 +421,16 @@ async fn build_pc(
         media
             .register_codec(opus_codec(), RtpCodecKind::Audio)
             .map_err(err("register Opus"))?;
+    }
+    for uri in &opts.header_extensions {
+        for kind in [RtpCodecKind::Video, RtpCodecKind::Audio] {
+            let ext = RTCRtpHeaderExtensionCapability {
+                uri: uri.to_string(),
+            };
+            media
+                .register_header_extension(ext, kind, None)
+                .map_err(err("register a header extension"))?;
+        }
     }
     let registry =
         register_default_interceptors(Registry::new(), &mut media).map_err(err("interceptors"))?;

@@ -274,6 +274,9 @@ impl Demuxer {
         let index = self.pids.iter().position(|s| s.pid == pid);
         let is_pcr = self.pcr_pid() == Some(pid);
         if index.is_none() && !is_pcr {
+            if let Some(us) = super::mark::read_ingest_mark(pkt) {
+                out.push(DemuxEvent::Ingested(us));
+            }
             return; // not a PID of ours (or null packets)
         }
         if header.afc == 0 {
@@ -334,9 +337,7 @@ impl Demuxer {
         }
         match &mut self.pids[i].role {
             Role::Es(pes) => pes.push(
-                header.pusi,
-                af.random_access,
-                af.discontinuity,
+                (header.pusi, af.random_access, af.discontinuity, af.stuffed),
                 payload,
                 out,
             ),

@@ -205,6 +205,8 @@ mod tests {
             kind: Kind::Video,
             rtp_time: 0,
             wallclock: Instant::now(),
+            arrived: Instant::now(),
+            ingested_us: 0,
             data: vec![0u8; len].into(),
             keyframe: false,
             recovery: crate::stream::frame::Recovery::None,

@@ -76,6 +76,8 @@ pub(super) struct Session {
     queued_since: Option<Instant>,
     /// How fast `queued` drains.
     pace: Pace,
+    /// Told in the playout-delay extension, when the viewer negotiated it.
+    playout_delay: Option<super::PlayoutDelay>,
     /// Times this viewer was moved on to the next keyframe.
     skips: u64,
     /// The RTX payload type of the video PT this viewer gets: its packets are retransmissions.
@@ -142,6 +144,7 @@ impl Session {
             last_received: Instant::now(),
             queued_since: None,
             pace: Pace::new(opts.backlog_rate),
+            playout_delay: opts.playout_delay,
             skips: 0,
             rtx_pt: None,
             keys: n.keys,

@@ -5,9 +5,9 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use str0m::media::{Mid, Pt};
+use str0m::media::{MediaTime, Mid, Pt};
 use str0m::rtp::rtcp::Nack;
-use str0m::rtp::{Extension, RtpWrite, Ssrc};
+use str0m::rtp::{AbsCaptureTime, Extension, ExtensionValues, RtpWrite, Ssrc};
 use str0m::Input;
 use tracing::debug;
 
@@ -16,9 +16,10 @@ use crate::metrics::Metrics;
 use crate::stream::frame::{Frame, Kind, Recovery};
 use crate::stream::Stream;
 use crate::webrtc::codecs::choose_pt;
-use crate::webrtc::direct::Direct;
+use crate::webrtc::direct::{Direct, FrameExts};
 use crate::webrtc::outbox::Outbox;
 use crate::webrtc::srtp::RtpProtector;
+use crate::webrtc::PlayoutDelay;
 
 /// str0m sends a packet of each kind at least this often (its sender reports' RTP/NTP
 /// mapping); the rest goes the direct way.
@@ -109,7 +110,8 @@ impl Session {
         for (i, p) in f.payloads.iter().enumerate() {
             match direct {
                 Some((ref mut d, to)) if i < last || !refresh => {
-                    bytes += d.send(out, to, (*pt, *seq, time), p) as u64;
+                    let first = (i == 0).then_some(f.ingested_us);
+                    bytes += d.send(out, to, (*pt, *seq, time), p, first) as u64;
                     packets += 1;
                 }
                 _ => {
@@ -117,9 +119,13 @@ impl Session {
                     let Some(tx) = api.stream_tx_by_mid(mid, None) else {
                         return (packets, bytes);
                     };
-                    let write = RtpWrite::new(pt, (*seq).into(), time, f.wallclock, p.data.clone())
-                        .marker(p.marker)
-                        .nackable(nackable);
+                    let mut write =
+                        RtpWrite::new(pt, (*seq).into(), time, f.wallclock, p.data.clone())
+                            .marker(p.marker)
+                            .nackable(nackable);
+                    if i == 0 {
+                        write = write.ext_vals(frame_ext_vals(f, self.playout_delay));
+                    }
                     tx.write_rtp(write);
                     t.str0m_mapped = Some(f.wallclock);
                     to_str0m = true;
@@ -181,18 +187,38 @@ impl Session {
         let mut api = self.rtc.direct_api();
         let tx = api.stream_tx_by_mid(mid, None)?;
         let (ssrc, rtx) = (tx.ssrc(), tx.rtx());
-        let ext_id = self
-            .rtc
-            .media(mid)?
-            .remote_extmap()
-            .id_of(Extension::RtpMid);
+        let exts = self.rtc.media(mid)?.remote_extmap();
+        let one_byte = |e: Extension| exts.id_of(e).filter(|id| (1..=14).contains(id));
+        let ext_id = exts.id_of(Extension::RtpMid);
+        let frame_exts = FrameExts {
+            abs_capture_time: one_byte(Extension::AbsoluteCaptureTime),
+            playout_delay: one_byte(Extension::PlayoutDelay)
+                .zip(self.playout_delay.map(PlayoutDelay::bytes)),
+        };
         // Opus is not retransmitted (str0m's rule too): late audio is as good as lost.
         let rtx = rtx
             .zip(self.rtx_pt)
             .filter(|_| kind == Kind::Video)
             .map(|(ssrc, pt): (Ssrc, u8)| (*ssrc, pt));
-        Some(Direct::new(srtp, *ssrc, rtx, ext_id.map(|id| (id, &*mid))))
+        let mid = ext_id.map(|id| (id, &*mid));
+        Some(Direct::new(srtp, (*ssrc, rtx), mid, frame_exts))
     }
+}
+
+/// A frame's first packet's header extension values, for str0m (which writes those the viewer
+/// negotiated): its ingest time, and the playout delay.
+#[allow(clippy::field_reassign_with_default)] // non_exhaustive: no struct literal
+fn frame_ext_vals(f: &Frame, delay: Option<PlayoutDelay>) -> ExtensionValues {
+    let mut ev = ExtensionValues::default();
+    ev.abs_capture_time = Some(AbsCaptureTime {
+        capture_time: std::time::UNIX_EPOCH + Duration::from_micros(f.ingested_us),
+        clock_offset: None,
+    });
+    if let Some(d) = delay {
+        ev.play_delay_min = Some(MediaTime::from_hundredths(u64::from(d.min_ms / 10)));
+        ev.play_delay_max = Some(MediaTime::from_hundredths(u64::from(d.max_ms.div_ceil(10))));
+    }
+    ev
 }
 
 /// Count what the direct path sent to a stream's viewers (str0m's packets are counted as they
