@@ -66,6 +66,10 @@ struct Seen {
     pictures: Vec<u64>,
     /// (page ms, frames decoded) once a second.
     decoded_at: Vec<(u64, u64)>,
+    /// Whether the stream is live, as the page's WHEP events last said (`None`: not told).
+    live: Option<bool>,
+    /// The state line the page shows ("" when hidden).
+    message: String,
     last: String,
 }
 
@@ -129,6 +133,8 @@ async fn watch_page_with(
             seen.ended_by_server = v["endedByServer"].as_u64().unwrap_or(0);
             seen.freeze_count = v["video"]["freezeCount"].as_u64().unwrap_or(0);
             seen.first_picture_ms = v["firstFrameMs"].as_u64();
+            seen.live = v["live"].as_bool();
+            seen.message = v["message"].as_str().unwrap_or_default().to_owned();
             if let Some(p) = v["video"]["picture"].as_u64().filter(|&p| p != 0) {
                 seen.pictures.push(p);
             }
@@ -333,6 +339,68 @@ async fn chromium_learns_at_once_that_the_server_ended_its_session() {
         seen.ended_by_server > 0,
         "the page saw the server end the session: {seen:?}"
     );
+}
+
+/// Issue 24: the player on a stream whose source stops and comes back (within
+/// `--source-grace`) shows the waiting state the WHEP events give it, then plays again in the
+/// same session: new frames decoded, a picture that moves, the waiting line gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_shows_waiting_while_the_source_is_gone_and_plays_when_it_is_back() {
+    let test = "chromium_shows_waiting_while_the_source_is_gone_and_plays_when_it_is_back";
+    let Some(browser) = chromium_or_skip(test) else {
+        return;
+    };
+    let mut args = ServeArgs::loopback();
+    // Long enough that the viewer's session waits for the source rather than being ended.
+    args.source_grace = Duration::from_secs(30);
+    let server = Server::start(args).await.expect("server starts");
+    let ingest = format!("http://{}/ingest/cam", server.http_addr);
+    let push = move || {
+        let ingest = ingest.clone();
+        tokio::spawn(async move {
+            tsbridge::ingest::replay::push(&testdata("h264_opus.ts"), &ingest, true).await
+        })
+    };
+    let mut source = Some(push());
+    let url = format!("http://{}/play/cam?stats=1", server.http_addr);
+    // Plays; the source stops; the page says it waits; the source is back; it plays on.
+    let mut waiting: Option<Seen> = None;
+    let mut back_at = None;
+    let seen = watch_page(&browser, &url, Duration::from_secs(60), |s| {
+        if source.is_some() && waiting.is_none() && s.frames_decoded >= 30 && s.live == Some(true) {
+            source.take().expect("running").abort();
+        } else if source.is_none() && waiting.is_none() && s.live == Some(false) {
+            waiting = Some(s.clone());
+            back_at = Some(s.frames_decoded);
+            source = Some(push());
+        }
+        back_at.is_some_and(|n| {
+            s.live == Some(true) && s.message.is_empty() && s.frames_decoded >= n + 60
+        })
+    })
+    .await;
+    if let Some(s) = source {
+        s.abort();
+    }
+    eprintln!("chromium saw: {seen:?}");
+    let waiting = waiting.unwrap_or_else(|| panic!("never told the source was gone: {seen:?}"));
+    assert!(
+        waiting.message.contains("not live; waiting"),
+        "the page shows the waiting state: {waiting:?}"
+    );
+    let back_at = back_at.expect("restarted");
+    assert!(
+        seen.frames_decoded >= back_at + 60,
+        "plays again ({back_at} frames before the source came back): {seen:?}"
+    );
+    assert_eq!(seen.live, Some(true), "{seen:?}");
+    assert!(seen.message.is_empty(), "{seen:?}");
+    assert_eq!(seen.ended_by_server, 0, "the same session: {seen:?}");
+    // The picture moves after the restart (a frozen last frame would repeat one checksum).
+    let mut after: Vec<u64> = seen.pictures[waiting.pictures.len()..].to_vec();
+    after.sort_unstable();
+    after.dedup();
+    assert!(after.len() >= 3, "the picture moves again: {seen:?}");
 }
 
 /// A headless Chromium publishing the server's own `/publish/{s}` page: what it logs as
