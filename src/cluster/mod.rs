@@ -402,11 +402,32 @@ impl Cluster {
 
     /// The least-loaded other node with room for a session, if any.
     pub async fn elsewhere(&self) -> Option<NodeInfo> {
+        self.elsewhere_preferring(None).await
+    }
+
+    /// Node `preferred` if it has room, else the least-loaded other node with room.
+    async fn elsewhere_preferring(&self, preferred: Option<&str>) -> Option<NodeInfo> {
         let nodes = self.nodes().await.ok()?;
         nodes
             .into_iter()
             .filter(|n| n.id != self.id && n.has_room())
-            .min_by_key(|n| n.sessions)
+            .min_by_key(|n| (Some(n.id.as_str()) != preferred, n.sessions))
+    }
+
+    /// Where this node's viewers of stream `name` go now that its source is on another node:
+    /// that node when it has room (no hop between the source and them), else the
+    /// least-loaded other node with room. `None` while the name is claimed by nobody or by
+    /// this node, and on an edge (its pull follows the source wherever it goes, on the same
+    /// RTP clock: its viewers need not move).
+    pub async fn moved_to(&self, name: &str) -> Option<NodeInfo> {
+        if self.pulled_from(name).is_some() {
+            return None;
+        }
+        let owner = self.owner(name).await.ok()??;
+        if owner.id == self.id {
+            return None;
+        }
+        self.elsewhere_preferring(Some(&owner.id)).await
     }
 
     /// Leave the cluster (shutdown): new viewers go elsewhere, the node's key goes at once.
