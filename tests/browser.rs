@@ -460,6 +460,74 @@ async fn chromium_player_shows_live_latency() {
     }
 }
 
+/// The dashboard (`GET /`) is served with its plots' code: each stream's bitrate, viewers and
+/// added latency (`latency.added_ms.p99`) drawn from a history the page keeps. No browser
+/// needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_served_with_its_plots() {
+    let server = Server::start(ServeArgs::loopback())
+        .await
+        .expect("server starts");
+    let page = http_get_body(&format!("{}/", server.http_addr)).await;
+    for needle in [
+        "function sparkline(",
+        "ingest_bytes",
+        "added_ms.p99",
+        "data-plot=\"${kind}\"",
+        "'bitrate'",
+        "'viewers'",
+        "'latency'",
+    ] {
+        assert!(page.contains(needle), "the dashboard has {needle:?}");
+    }
+}
+
+/// Issue 24: Chromium draws the dashboard's plots of a live stream (replayed, one viewer):
+/// bitrate and viewers get a point a second; added latency only once the API reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_draws_the_dashboards_plots_of_a_live_stream() {
+    let Some(browser) = chromium_or_skip("chromium_draws_the_dashboards_plots_of_a_live_stream")
+    else {
+        return;
+    };
+    let mut args = ServeArgs::loopback();
+    args.replays.push(Named {
+        name: "cam".into(),
+        value: testdata("h264_opus.ts"),
+    });
+    let server = Server::start(args).await.expect("server starts");
+    let viewer = common::WhepSession::start(
+        &format!("http://{}/whep/cam", server.http_addr),
+        &common::WhepOptions::default(),
+    )
+    .await
+    .expect("a viewer");
+    assert_eq!(viewer.status, 201, "{:?}", viewer.error_body);
+    let url = format!("http://{}/?stats=1", server.http_addr);
+    let points = |s: &Seen, plot: &str| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&s.last).unwrap_or_default();
+        v["plots"]["cam"][plot].as_u64().unwrap_or(0)
+    };
+    let seen = watch_page(&browser, &url, Duration::from_secs(30), |s| {
+        points(s, "bitrate") >= 4 && points(s, "viewers") >= 5
+    })
+    .await;
+    let api: serde_json::Value =
+        serde_json::from_str(&http_get_body(&format!("{}/streams/cam", server.http_addr)).await)
+            .expect("JSON");
+    viewer.finish().await;
+    eprintln!("dashboard: {}", seen.last);
+    // The first sample of a stream has no rate yet: one bitrate point fewer.
+    assert!(points(&seen, "bitrate") >= 4, "{}", seen.last);
+    assert!(points(&seen, "viewers") >= 5, "{}", seen.last);
+    if api["latency"]["added_ms"]["p99"].is_number() {
+        assert!(points(&seen, "latency") >= 1, "{} / {api}", seen.last);
+    } else {
+        eprintln!("the API reports no added latency yet: its plot is empty");
+        assert_eq!(points(&seen, "latency"), 0, "{}", seen.last);
+    }
+}
+
 /// A headless Chromium publishing the server's own `/publish/{s}` page: what it logs as
 /// `TSBRIDGE_PUBLISH {json}` (once a second), the latest kept.
 struct PublisherPage {
