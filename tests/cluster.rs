@@ -551,34 +551,6 @@ async fn a_cold_edges_first_viewer_starts_at_once() {
     assert!(aus[0].is_keyframe(), "an IDR first: {:?}", aus[0].nal_types);
 }
 
-/// The events of an SSE stream as they come: (event, data) pairs, until `n` or `within`.
-async fn sse_events(
-    body: &mut common::http::BodyReader,
-    text: &mut String,
-    n: usize,
-    within: Duration,
-) -> Vec<(String, Value)> {
-    let deadline = Instant::now() + within;
-    loop {
-        let events: Vec<(String, Value)> = text
-            .split("\n\n")
-            .filter_map(|block| {
-                let event = block.lines().find_map(|l| l.strip_prefix("event: "))?;
-                let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
-                Some((event.to_owned(), serde_json::from_str(data).ok()?))
-            })
-            .collect();
-        let left = deadline.saturating_duration_since(Instant::now());
-        if events.len() >= n || left.is_zero() {
-            return events;
-        }
-        match tokio::time::timeout(left, body.chunk()).await {
-            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
-            _ => return events,
-        }
-    }
-}
-
 /// WHEP server-sent events (issue 24): the 201 links the extension; a subscription's stream
 /// says `active`, then the viewer count as it changes, and `reconnect` with another node's URL
 /// when this node drains — in that order. A caller without the view token gets none.
@@ -633,7 +605,7 @@ async fn whep_events_say_active_viewercount_and_reconnect_on_drain() {
         .unwrap();
     assert_eq!(stream.status, 200);
     let mut text = String::new();
-    let got = sse_events(&mut stream.body, &mut text, 2, Duration::from_secs(5)).await;
+    let got = common::sse::events(&mut stream.body, &mut text, 2, Duration::from_secs(5)).await;
     assert_eq!(got[0].0, "active", "{got:?}");
     assert_eq!(
         got[1],
@@ -642,7 +614,7 @@ async fn whep_events_say_active_viewercount_and_reconnect_on_drain() {
     let _v2 = WhepSession::start(&format!("{}/whep/cam", a.url), &opts)
         .await
         .unwrap();
-    let got = sse_events(&mut stream.body, &mut text, 3, Duration::from_secs(5)).await;
+    let got = common::sse::events(&mut stream.body, &mut text, 3, Duration::from_secs(5)).await;
     assert_eq!(
         got[2],
         ("viewercount".into(), serde_json::json!({"viewercount": 2})),
@@ -651,136 +623,9 @@ async fn whep_events_say_active_viewercount_and_reconnect_on_drain() {
     // The node drains: the viewer is sent to B.
     let Node { server, .. } = a;
     let stop = tokio::spawn(server.shutdown());
-    let got = sse_events(&mut stream.body, &mut text, 4, Duration::from_secs(5)).await;
+    let got = common::sse::events(&mut stream.body, &mut text, 4, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 4, "{got:?}");
     assert_eq!(got[3].0, "reconnect", "{got:?}");
     assert_eq!(got[3].1["url"], format!("{}/whep/cam", b.url), "{got:?}");
     let _ = stop.await;
-}
-
-/// The event stream of WHEP session `v` on node `base`: subscribed to `asked` (a JSON array)
-/// through the 201's `Link`, then opened.
-async fn subscribe(base: &str, v: &WhepSession, asked: &[u8]) -> common::http::StreamingResponse {
-    let links = v.response.headers_all("link");
-    let link = links
-        .iter()
-        .find(|l| l.contains("urn:ietf:params:whep:ext:core:server-sent-events"))
-        .unwrap_or_else(|| panic!("{links:?}"));
-    let sse = &link[1..link.find('>').unwrap()];
-    let json = [("Content-Type", "application/json")];
-    let r = request("POST", &format!("{base}{sse}"), &json, asked)
-        .await
-        .unwrap();
-    assert_eq!(r.status, 201, "{}", r.text());
-    let at = format!("{base}{}", r.header("location").unwrap());
-    let stream = common::http::open("GET", &at, &[], b"").await.unwrap();
-    assert_eq!(stream.status, 200);
-    stream
-}
-
-/// The source moves (issue 24): a viewer on A, where the source was, is told `inactive` when
-/// it stops, and `reconnect` to B once a source for the name starts there (B has its claim),
-/// so it watches where the source is rather than through a pull A would start for it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn whep_events_send_viewers_to_the_node_their_source_moved_to() {
-    let Some(redis) = redis("whep_events_send_viewers_to_the_node_their_source_moved_to").await
-    else {
-        return;
-    };
-    let a = node(&redis, |_| {}).await;
-    let b = node(&redis, |_| {}).await;
-    let looping = |n: &Node| {
-        let url = format!("{}/ingest/cam", n.url);
-        tokio::spawn(async move {
-            tsbridge::ingest::replay::push(&common::testdata("h264_opus.ts"), &url, true).await
-        })
-    };
-    let first = looping(&a);
-    owned(&a, "cam").await;
-    registered(&b, 2).await;
-    let v = WhepSession::start(&format!("{}/whep/cam", a.url), &WhepOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(v.status, 201, "{:?}", v.error_body);
-    let mut stream = subscribe(&a.url, &v, br#"["active", "inactive", "reconnect"]"#).await;
-    let mut text = String::new();
-    let got = sse_events(&mut stream.body, &mut text, 1, Duration::from_secs(5)).await;
-    assert_eq!(got[0].0, "active", "{got:?}");
-    first.abort();
-    let got = sse_events(&mut stream.body, &mut text, 2, Duration::from_secs(5)).await;
-    assert_eq!(
-        got.get(1).map(|e| e.0.as_str()),
-        Some("inactive"),
-        "{got:?}"
-    );
-    // B takes the name once A released its claim (within a tick).
-    let deadline = Instant::now() + Duration::from_secs(8);
-    let second = loop {
-        let p = looping(&b);
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        if !p.is_finished() {
-            break p;
-        }
-        assert!(Instant::now() < deadline, "B never got the name");
-    };
-    let got = sse_events(&mut stream.body, &mut text, 3, Duration::from_secs(5)).await;
-    assert_eq!(got.len(), 3, "{got:?}");
-    assert_eq!(got[2].0, "reconnect", "{got:?}");
-    assert_eq!(got[2].1["url"], format!("{}/whep/cam", b.url), "{got:?}");
-    v.finish().await;
-    second.abort();
-}
-
-/// A full node moves none of its viewers (documented in docs/DESIGN.md): its one session
-/// (`--max-sessions 1`) hears no `reconnect` while a second viewer's POST is sent to B
-/// (307), and goes on playing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_node_keeps_its_viewers_and_sends_new_ones_elsewhere() {
-    let Some(redis) = redis("a_full_node_keeps_its_viewers_and_sends_new_ones_elsewhere").await
-    else {
-        return;
-    };
-    let a = node(&redis, |a| {
-        replay(a, "cam");
-        a.max_sessions = 1;
-    })
-    .await;
-    let b = node(&redis, |_| {}).await;
-    owned(&a, "cam").await;
-    registered(&b, 2).await;
-    let v = WhepSession::start(&format!("{}/whep/cam", a.url), &WhepOptions::default())
-        .await
-        .unwrap();
-    assert_eq!(v.status, 201, "{:?}", v.error_body);
-    let mut stream = subscribe(&a.url, &v, br#"["active", "viewercount", "reconnect"]"#).await;
-    let mut text = String::new();
-    let got = sse_events(&mut stream.body, &mut text, 2, Duration::from_secs(5)).await;
-    assert_eq!(got.len(), 2, "{got:?}");
-    // A second viewer: A is full, B has room.
-    let offer = common::offer_sdp(&WhepOptions::default()).await.unwrap();
-    let r = request(
-        "POST",
-        &format!("{}/whep/cam", a.url),
-        &[("Content-Type", "application/sdp")],
-        offer.as_bytes(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status, 307, "{}", r.text());
-    assert_eq!(
-        r.header("location"),
-        Some(format!("{}/whep/cam", b.url).as_str())
-    );
-    let before = v.collected().video.len();
-    let got = sse_events(&mut stream.body, &mut text, 3, Duration::from_secs(3)).await;
-    assert!(
-        got.iter().all(|(e, _)| e != "reconnect"),
-        "a full node's viewer stays: {got:?}"
-    );
-    assert!(
-        v.wait_until(Duration::from_secs(3), |c| c.video.len() > before + 30)
-            .await,
-        "and plays on"
-    );
-    v.finish().await;
 }
