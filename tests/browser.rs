@@ -834,3 +834,83 @@ async fn chromium_follows_reconnect_when_its_node_drains() {
         seen.last
     );
 }
+
+/// Issue 24: the player follows `reconnect` when its stream's source moves. Chromium plays on
+/// A, where the source is pushed; the source stops (the page shows the waiting state) and
+/// starts on B; A sends the page to B, where it plays and hears B's events (a subscription
+/// from A's origin: CORS preflight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_follows_its_source_to_another_node() {
+    let test = "chromium_follows_its_source_to_another_node";
+    let Some(browser) = chromium_or_skip(test) else {
+        return;
+    };
+    let Some(redis) = common::redis::redis(test).await else {
+        return;
+    };
+    let node = || {
+        let redis = redis.url.clone();
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let mut args = ServeArgs::loopback();
+            args.cluster = Some(redis);
+            args.public_url = Some(url.clone());
+            args.cluster_token = Some("cluster-secret-0123456789".into());
+            (Server::start_on(listener, args).await.unwrap(), url)
+        }
+    };
+    let (_a, a_url) = node().await;
+    let (_b, b_url) = node().await;
+    let push = |to: &str| {
+        let ingest = format!("{to}/ingest/cam");
+        tokio::spawn(async move {
+            tsbridge::ingest::replay::push(&testdata("h264_opus.ts"), &ingest, true).await
+        })
+    };
+    let mut source = Some(push(&a_url));
+    let page = format!("{a_url}/play/cam?stats=1");
+    let moved_to = format!("{b_url}/whep/cam");
+    let b = b_url.clone();
+    let mut waited = false;
+    let mut on_b: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
+    let mut played_on_b_from = None;
+    let seen = watch_page(&browser, &page, Duration::from_secs(60), |s| {
+        if !waited && s.frames_decoded >= 30 && s.live == Some(true) {
+            if let Some(src) = source.take() {
+                src.abort();
+            }
+        }
+        if source.is_none() && !waited && s.live == Some(false) {
+            waited = true;
+        }
+        // B takes the name once A released its claim (a PUT before that is refused: 409).
+        if waited && on_b.as_ref().is_none_or(|p| p.is_finished()) {
+            on_b = Some(push(&b));
+        }
+        if s.last.contains(&format!("\"whep\":\"{moved_to}\"")) && played_on_b_from.is_none() {
+            played_on_b_from = Some(s.frames_decoded);
+        }
+        // Live as B's events say: the page subscribed there (another origin than A's page).
+        played_on_b_from.is_some_and(|n| s.frames_decoded >= n + 30 && s.live == Some(true))
+    })
+    .await;
+    if let Some(p) = on_b {
+        p.abort();
+    }
+    eprintln!("chromium saw: {seen:?}");
+    assert!(waited, "the page showed the waiting state: {seen:?}");
+    let from =
+        played_on_b_from.unwrap_or_else(|| panic!("the page did not move to B: {}", seen.last));
+    assert!(
+        seen.frames_decoded >= from + 30,
+        "not playing on B: {}",
+        seen.last
+    );
+    assert_eq!(
+        seen.live,
+        Some(true),
+        "B's events reach the page: {}",
+        seen.last
+    );
+}

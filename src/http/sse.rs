@@ -114,6 +114,24 @@ pub async fn subscribe(
     Ok(res)
 }
 
+/// `OPTIONS /whep/{s}/{id}/sse`: the CORS preflight of a subscription from another origin —
+/// the player after a `reconnect` subscribes on the node it moved to, from the first node's
+/// page (a JSON POST is not a simple request).
+pub async fn options() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ALLOW, "OPTIONS, POST, GET"),
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "OPTIONS, POST, GET"),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Content-Type, Authorization",
+            ),
+        ],
+    )
+        .into_response()
+}
+
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
     #[serde(default)]
