@@ -821,6 +821,7 @@ async fn chromium_follows_reconnect_when_its_node_drains() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     a.shutdown().await;
     let seen = watched.await.unwrap();
+    eprintln!("chromium saw: {seen:?}");
     assert!(
         seen.last
             .contains(&format!("\"whep\":\"{b_url}/whep/cam\"")),
@@ -828,6 +829,10 @@ async fn chromium_follows_reconnect_when_its_node_drains() {
         seen.last
     );
     assert!(seen.frames_decoded > 30, "not playing on B: {}", seen.last);
+    // The bound on the gap: a GOP (1 s in this file), from the page's move (its old
+    // session closed) to its first picture from B.
+    let gap = seen.first_picture_ms.expect("a first picture on B");
+    assert!(gap < 1000, "{gap} ms without a picture: {}", seen.last);
     assert!(
         seen.last.contains("\"viewers\":\"1 watching\""),
         "{}",
