@@ -66,6 +66,10 @@ struct Seen {
     pictures: Vec<u64>,
     /// (page ms, frames decoded) once a second.
     decoded_at: Vec<(u64, u64)>,
+    /// Whether the stream is live, as the page's WHEP events last said (`None`: not told).
+    live: Option<bool>,
+    /// The state line the page shows ("" when hidden).
+    message: String,
     last: String,
 }
 
@@ -129,6 +133,8 @@ async fn watch_page_with(
             seen.ended_by_server = v["endedByServer"].as_u64().unwrap_or(0);
             seen.freeze_count = v["video"]["freezeCount"].as_u64().unwrap_or(0);
             seen.first_picture_ms = v["firstFrameMs"].as_u64();
+            seen.live = v["live"].as_bool();
+            seen.message = v["message"].as_str().unwrap_or_default().to_owned();
             if let Some(p) = v["video"]["picture"].as_u64().filter(|&p| p != 0) {
                 seen.pictures.push(p);
             }
@@ -333,6 +339,193 @@ async fn chromium_learns_at_once_that_the_server_ended_its_session() {
         seen.ended_by_server > 0,
         "the page saw the server end the session: {seen:?}"
     );
+}
+
+/// Issue 24: the player on a stream whose source stops and comes back (within
+/// `--source-grace`) shows the waiting state the WHEP events give it, then plays again in the
+/// same session: new frames decoded, a picture that moves, the waiting line gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_shows_waiting_while_the_source_is_gone_and_plays_when_it_is_back() {
+    let test = "chromium_shows_waiting_while_the_source_is_gone_and_plays_when_it_is_back";
+    let Some(browser) = chromium_or_skip(test) else {
+        return;
+    };
+    let mut args = ServeArgs::loopback();
+    // Long enough that the viewer's session waits for the source rather than being ended.
+    args.source_grace = Duration::from_secs(30);
+    let server = Server::start(args).await.expect("server starts");
+    let ingest = format!("http://{}/ingest/cam", server.http_addr);
+    let push = move || {
+        let ingest = ingest.clone();
+        tokio::spawn(async move {
+            tsbridge::ingest::replay::push(&testdata("h264_opus.ts"), &ingest, true).await
+        })
+    };
+    let mut source = Some(push());
+    let url = format!("http://{}/play/cam?stats=1", server.http_addr);
+    // Plays; the source stops; the page says it waits; the source is back; it plays on.
+    let mut waiting: Option<Seen> = None;
+    let mut back_at = None;
+    let seen = watch_page(&browser, &url, Duration::from_secs(60), |s| {
+        if source.is_some() && waiting.is_none() && s.frames_decoded >= 30 && s.live == Some(true) {
+            source.take().expect("running").abort();
+        } else if source.is_none() && waiting.is_none() && s.live == Some(false) {
+            waiting = Some(s.clone());
+            back_at = Some(s.frames_decoded);
+            source = Some(push());
+        }
+        back_at.is_some_and(|n| {
+            s.live == Some(true) && s.message.is_empty() && s.frames_decoded >= n + 60
+        })
+    })
+    .await;
+    if let Some(s) = source {
+        s.abort();
+    }
+    eprintln!("chromium saw: {seen:?}");
+    let waiting = waiting.unwrap_or_else(|| panic!("never told the source was gone: {seen:?}"));
+    assert!(
+        waiting.message.contains("not live; waiting"),
+        "the page shows the waiting state: {waiting:?}"
+    );
+    let back_at = back_at.expect("restarted");
+    assert!(
+        seen.frames_decoded >= back_at + 60,
+        "plays again ({back_at} frames before the source came back): {seen:?}"
+    );
+    assert_eq!(seen.live, Some(true), "{seen:?}");
+    assert!(seen.message.is_empty(), "{seen:?}");
+    assert_eq!(seen.ended_by_server, 0, "the same session: {seen:?}");
+    // The picture moves after the restart (a frozen last frame would repeat one checksum).
+    let mut after: Vec<u64> = seen.pictures[waiting.pictures.len()..].to_vec();
+    after.sort_unstable();
+    after.dedup();
+    assert!(after.len() >= 3, "the picture moves again: {seen:?}");
+}
+
+/// Issue 24: the player shows live latency from `requestVideoFrameCallback`'s metadata —
+/// receive to render (`receiveTime`) always, glass to glass (`captureTime`) when the server
+/// answers abs-capture-time (Chromium has no capture time without it) — and offers
+/// abs-capture-time, which Chromium lists as stopped unless the page asks for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_player_shows_live_latency() {
+    let Some(browser) = chromium_or_skip("chromium_player_shows_live_latency") else {
+        return;
+    };
+    let mut args = ServeArgs::loopback();
+    args.replays.push(Named {
+        name: "cam".into(),
+        value: testdata("h264_opus.ts"),
+    });
+    let server = Server::start(args).await.expect("server starts");
+    let url = format!("http://{}/play/cam?stats=1", server.http_addr);
+    let stats =
+        |s: &Seen| -> serde_json::Value { serde_json::from_str(&s.last).unwrap_or_default() };
+    // Past the instant-start backlog (fast-forwarded frames): 3 s of playing.
+    let seen = watch_page(&browser, &url, Duration::from_secs(45), |s| {
+        let v = stats(s);
+        s.frames_decoded >= 90
+            && v["receiveToRenderMs"].is_number()
+            && (v["absCaptureTime"]["answered"] != true || v["latencyMs"].is_number())
+    })
+    .await;
+    eprintln!("chromium saw: {seen:?}");
+    let v = stats(&seen);
+    assert_eq!(v["absCaptureTime"]["offered"], true, "{v}");
+    let buffer = v["receiveToRenderMs"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("no receive to render: {v}"));
+    // Loopback, one machine's clock: small and not negative.
+    assert!(
+        (0.0..1000.0).contains(&buffer),
+        "receive to render {buffer} ms: {v}"
+    );
+    if v["absCaptureTime"]["answered"] == true {
+        let glass = v["latencyMs"]
+            .as_f64()
+            .unwrap_or_else(|| panic!("abs-capture-time answered, no latency: {v}"));
+        assert!(
+            (0.0..2000.0).contains(&glass),
+            "glass to glass {glass} ms: {v}"
+        );
+        assert!(buffer <= glass + 1.0, "a part of the whole: {v}");
+    } else if let Some(glass) = v["latencyMs"].as_f64() {
+        // A capture time from elsewhere (sender reports): still sane.
+        assert!(
+            (0.0..5000.0).contains(&glass),
+            "glass to glass {glass} ms: {v}"
+        );
+    } else {
+        eprintln!("the server did not answer abs-capture-time: no glass-to-glass figure");
+    }
+}
+
+/// The dashboard (`GET /`) is served with its plots' code: each stream's bitrate, viewers and
+/// added latency (`latency.added_ms.p99`) drawn from a history the page keeps. No browser
+/// needed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_is_served_with_its_plots() {
+    let server = Server::start(ServeArgs::loopback())
+        .await
+        .expect("server starts");
+    let page = http_get_body(&format!("{}/", server.http_addr)).await;
+    for needle in [
+        "function sparkline(",
+        "ingest_bytes",
+        "added_ms.p99",
+        "data-plot=\"${kind}\"",
+        "'bitrate'",
+        "'viewers'",
+        "'latency'",
+    ] {
+        assert!(page.contains(needle), "the dashboard has {needle:?}");
+    }
+}
+
+/// Issue 24: Chromium draws the dashboard's plots of a live stream (replayed, one viewer):
+/// bitrate and viewers get a point a second; added latency only once the API reports it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_draws_the_dashboards_plots_of_a_live_stream() {
+    let Some(browser) = chromium_or_skip("chromium_draws_the_dashboards_plots_of_a_live_stream")
+    else {
+        return;
+    };
+    let mut args = ServeArgs::loopback();
+    args.replays.push(Named {
+        name: "cam".into(),
+        value: testdata("h264_opus.ts"),
+    });
+    let server = Server::start(args).await.expect("server starts");
+    let viewer = common::WhepSession::start(
+        &format!("http://{}/whep/cam", server.http_addr),
+        &common::WhepOptions::default(),
+    )
+    .await
+    .expect("a viewer");
+    assert_eq!(viewer.status, 201, "{:?}", viewer.error_body);
+    let url = format!("http://{}/?stats=1", server.http_addr);
+    let points = |s: &Seen, plot: &str| -> u64 {
+        let v: serde_json::Value = serde_json::from_str(&s.last).unwrap_or_default();
+        v["plots"]["cam"][plot].as_u64().unwrap_or(0)
+    };
+    let seen = watch_page(&browser, &url, Duration::from_secs(30), |s| {
+        points(s, "bitrate") >= 4 && points(s, "viewers") >= 5
+    })
+    .await;
+    let api: serde_json::Value =
+        serde_json::from_str(&http_get_body(&format!("{}/streams/cam", server.http_addr)).await)
+            .expect("JSON");
+    viewer.finish().await;
+    eprintln!("dashboard: {}", seen.last);
+    // The first sample of a stream has no rate yet: one bitrate point fewer.
+    assert!(points(&seen, "bitrate") >= 4, "{}", seen.last);
+    assert!(points(&seen, "viewers") >= 5, "{}", seen.last);
+    if api["latency"]["added_ms"]["p99"].is_number() {
+        assert!(points(&seen, "latency") >= 1, "{} / {api}", seen.last);
+    } else {
+        eprintln!("the API reports no added latency yet: its plot is empty");
+        assert_eq!(points(&seen, "latency"), 0, "{}", seen.last);
+    }
 }
 
 /// A headless Chromium publishing the server's own `/publish/{s}` page: what it logs as
@@ -628,6 +821,7 @@ async fn chromium_follows_reconnect_when_its_node_drains() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     a.shutdown().await;
     let seen = watched.await.unwrap();
+    eprintln!("chromium saw: {seen:?}");
     assert!(
         seen.last
             .contains(&format!("\"whep\":\"{b_url}/whep/cam\"")),
@@ -635,9 +829,93 @@ async fn chromium_follows_reconnect_when_its_node_drains() {
         seen.last
     );
     assert!(seen.frames_decoded > 30, "not playing on B: {}", seen.last);
+    // The issue's bound on the gap: a GOP (1 s in this file), from the page's move (its old
+    // session closed) to its first picture from B.
+    let gap = seen.first_picture_ms.expect("a first picture on B");
+    assert!(gap < 1000, "{gap} ms without a picture: {}", seen.last);
     assert!(
         seen.last.contains("\"viewers\":\"1 watching\""),
         "{}",
+        seen.last
+    );
+}
+
+/// Issue 24: the player follows `reconnect` when its stream's source moves. Chromium plays on
+/// A, where the source is pushed; the source stops (the page shows the waiting state) and
+/// starts on B; A sends the page to B, where it plays and hears B's events (a subscription
+/// from A's origin: CORS preflight).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_follows_its_source_to_another_node() {
+    let test = "chromium_follows_its_source_to_another_node";
+    let Some(browser) = chromium_or_skip(test) else {
+        return;
+    };
+    let Some(redis) = common::redis::redis(test).await else {
+        return;
+    };
+    let node = || {
+        let redis = redis.url.clone();
+        async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let mut args = ServeArgs::loopback();
+            args.cluster = Some(redis);
+            args.public_url = Some(url.clone());
+            args.cluster_token = Some("cluster-secret-0123456789".into());
+            (Server::start_on(listener, args).await.unwrap(), url)
+        }
+    };
+    let (_a, a_url) = node().await;
+    let (_b, b_url) = node().await;
+    let push = |to: &str| {
+        let ingest = format!("{to}/ingest/cam");
+        tokio::spawn(async move {
+            tsbridge::ingest::replay::push(&testdata("h264_opus.ts"), &ingest, true).await
+        })
+    };
+    let mut source = Some(push(&a_url));
+    let page = format!("{a_url}/play/cam?stats=1");
+    let moved_to = format!("{b_url}/whep/cam");
+    let b = b_url.clone();
+    let mut waited = false;
+    let mut on_b: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
+    let mut played_on_b_from = None;
+    let seen = watch_page(&browser, &page, Duration::from_secs(60), |s| {
+        if !waited && s.frames_decoded >= 30 && s.live == Some(true) {
+            if let Some(src) = source.take() {
+                src.abort();
+            }
+        }
+        if source.is_none() && !waited && s.live == Some(false) {
+            waited = true;
+        }
+        // B takes the name once A released its claim (a PUT before that is refused: 409).
+        if waited && on_b.as_ref().is_none_or(|p| p.is_finished()) {
+            on_b = Some(push(&b));
+        }
+        if s.last.contains(&format!("\"whep\":\"{moved_to}\"")) && played_on_b_from.is_none() {
+            played_on_b_from = Some(s.frames_decoded);
+        }
+        // Live as B's events say: the page subscribed there (another origin than A's page).
+        played_on_b_from.is_some_and(|n| s.frames_decoded >= n + 30 && s.live == Some(true))
+    })
+    .await;
+    if let Some(p) = on_b {
+        p.abort();
+    }
+    eprintln!("chromium saw: {seen:?}");
+    assert!(waited, "the page showed the waiting state: {seen:?}");
+    let from =
+        played_on_b_from.unwrap_or_else(|| panic!("the page did not move to B: {}", seen.last));
+    assert!(
+        seen.frames_decoded >= from + 30,
+        "not playing on B: {}",
+        seen.last
+    );
+    assert_eq!(
+        seen.live,
+        Some(true),
+        "B's events reach the page: {}",
         seen.last
     );
 }

@@ -551,34 +551,6 @@ async fn a_cold_edges_first_viewer_starts_at_once() {
     assert!(aus[0].is_keyframe(), "an IDR first: {:?}", aus[0].nal_types);
 }
 
-/// The events of an SSE stream as they come: (event, data) pairs, until `n` or `within`.
-async fn sse_events(
-    body: &mut common::http::BodyReader,
-    text: &mut String,
-    n: usize,
-    within: Duration,
-) -> Vec<(String, Value)> {
-    let deadline = Instant::now() + within;
-    loop {
-        let events: Vec<(String, Value)> = text
-            .split("\n\n")
-            .filter_map(|block| {
-                let event = block.lines().find_map(|l| l.strip_prefix("event: "))?;
-                let data = block.lines().find_map(|l| l.strip_prefix("data: "))?;
-                Some((event.to_owned(), serde_json::from_str(data).ok()?))
-            })
-            .collect();
-        let left = deadline.saturating_duration_since(Instant::now());
-        if events.len() >= n || left.is_zero() {
-            return events;
-        }
-        match tokio::time::timeout(left, body.chunk()).await {
-            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
-            _ => return events,
-        }
-    }
-}
-
 /// WHEP server-sent events (issue 24): the 201 links the extension; a subscription's stream
 /// says `active`, then the viewer count as it changes, and `reconnect` with another node's URL
 /// when this node drains — in that order. A caller without the view token gets none.
@@ -633,7 +605,7 @@ async fn whep_events_say_active_viewercount_and_reconnect_on_drain() {
         .unwrap();
     assert_eq!(stream.status, 200);
     let mut text = String::new();
-    let got = sse_events(&mut stream.body, &mut text, 2, Duration::from_secs(5)).await;
+    let got = common::sse::events(&mut stream.body, &mut text, 2, Duration::from_secs(5)).await;
     assert_eq!(got[0].0, "active", "{got:?}");
     assert_eq!(
         got[1],
@@ -642,7 +614,7 @@ async fn whep_events_say_active_viewercount_and_reconnect_on_drain() {
     let _v2 = WhepSession::start(&format!("{}/whep/cam", a.url), &opts)
         .await
         .unwrap();
-    let got = sse_events(&mut stream.body, &mut text, 3, Duration::from_secs(5)).await;
+    let got = common::sse::events(&mut stream.body, &mut text, 3, Duration::from_secs(5)).await;
     assert_eq!(
         got[2],
         ("viewercount".into(), serde_json::json!({"viewercount": 2})),
@@ -651,7 +623,7 @@ async fn whep_events_say_active_viewercount_and_reconnect_on_drain() {
     // The node drains: the viewer is sent to B.
     let Node { server, .. } = a;
     let stop = tokio::spawn(server.shutdown());
-    let got = sse_events(&mut stream.body, &mut text, 4, Duration::from_secs(5)).await;
+    let got = common::sse::events(&mut stream.body, &mut text, 4, Duration::from_secs(5)).await;
     assert_eq!(got.len(), 4, "{got:?}");
     assert_eq!(got[3].0, "reconnect", "{got:?}");
     assert_eq!(got[3].1["url"], format!("{}/whep/cam", b.url), "{got:?}");

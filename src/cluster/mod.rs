@@ -402,11 +402,28 @@ impl Cluster {
 
     /// The least-loaded other node with room for a session, if any.
     pub async fn elsewhere(&self) -> Option<NodeInfo> {
-        let nodes = self.nodes().await.ok()?;
-        nodes
-            .into_iter()
-            .filter(|n| n.id != self.id && n.has_room())
-            .min_by_key(|n| n.sessions)
+        self.elsewhere_preferring(None).await
+    }
+
+    /// Node `preferred` if it has room, else the least-loaded other node with room.
+    async fn elsewhere_preferring(&self, preferred: Option<&str>) -> Option<NodeInfo> {
+        pick(self.nodes().await.ok()?, &self.id, preferred)
+    }
+
+    /// Where this node's viewers of stream `name` go now that its source is on another node:
+    /// that node when it has room (no hop between the source and them), else the
+    /// least-loaded other node with room. `None` while the name is claimed by nobody or by
+    /// this node, and on an edge (its pull follows the source wherever it goes, on the same
+    /// RTP clock: its viewers need not move).
+    pub async fn moved_to(&self, name: &str) -> Option<NodeInfo> {
+        if self.pulled_from(name).is_some() {
+            return None;
+        }
+        let owner = self.owner(name).await.ok()??;
+        if owner.id == self.id {
+            return None;
+        }
+        self.elsewhere_preferring(Some(&owner.id)).await
     }
 
     /// Leave the cluster (shutdown): new viewers go elsewhere, the node's key goes at once.
@@ -613,6 +630,15 @@ impl Cluster {
     }
 }
 
+/// Where to send a client of node `me`: node `preferred` if it has room, else the
+/// least-loaded other node with room.
+fn pick(nodes: Vec<NodeInfo>, me: &str, preferred: Option<&str>) -> Option<NodeInfo> {
+    nodes
+        .into_iter()
+        .filter(|n| n.id != me && n.has_room())
+        .min_by_key(|n| (Some(n.id.as_str()) != preferred, n.sessions))
+}
+
 /// Milliseconds since the Unix epoch (the scores of the node set).
 fn unix_ms() -> u64 {
     std::time::SystemTime::now()
@@ -644,5 +670,44 @@ pub async fn run(cluster: Arc<Cluster>) {
     loop {
         tick.tick().await;
         cluster.tick().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str, sessions: usize, max_sessions: usize) -> NodeInfo {
+        NodeInfo {
+            id: id.into(),
+            url: format!("http://{id}"),
+            sessions,
+            viewers: sessions,
+            max_sessions,
+            max_viewers: 100,
+            egress_bps: 0,
+            streams_owned: Vec::new(),
+            streams_pulled: Vec::new(),
+            draining: false,
+        }
+    }
+
+    #[test]
+    fn a_client_goes_to_the_preferred_node_while_it_has_room_else_the_least_loaded() {
+        let nodes = vec![node("me", 0, 10), node("owner", 8, 10), node("idle", 1, 10)];
+        let to =
+            |nodes: &[NodeInfo], preferred| pick(nodes.to_vec(), "me", preferred).map(|n| n.id);
+        assert_eq!(to(&nodes, None).as_deref(), Some("idle"));
+        assert_eq!(to(&nodes, Some("owner")).as_deref(), Some("owner"));
+        let full = vec![
+            node("me", 0, 10),
+            node("owner", 10, 10),
+            node("idle", 1, 10),
+        ];
+        assert_eq!(to(&full, Some("owner")).as_deref(), Some("idle"));
+        let mut draining = nodes.clone();
+        draining[2].draining = true;
+        draining[1].draining = true;
+        assert_eq!(to(&draining, Some("owner")), None, "never itself");
     }
 }

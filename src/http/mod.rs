@@ -43,7 +43,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route(
             "/whep/{stream}/{session}/sse",
-            post(sse::subscribe).get(sse::events),
+            post(sse::subscribe).get(sse::events).options(sse::options),
         )
         .route(
             "/whip/{stream}",

@@ -1,6 +1,8 @@
 //! WHEP server-sent events (draft-ietf-wish-whep, extension
 //! `urn:ietf:params:whep:ext:core:server-sent-events`): a viewer learns that its stream went
-//! away and came back, how many watch it, and where to go when this node drains.
+//! away and came back, how many watch it, and where to go when this node drains or the
+//! stream's source started again on another node. A node that is full moves nobody: its
+//! viewers are served, and new ones are sent elsewhere by the POST's 307 (docs/DESIGN.md).
 //!
 //! ```text
 //!  201 to POST /whep/{s}        Link: </whep/{s}/{id}/sse>; rel="urn:…:server-sent-events"; events="…"
@@ -12,7 +14,8 @@
 //! every other session request is. The event stream is stateless on the server (the events
 //! asked for are in its URL): a watcher of the stream's status, its viewer count (each second)
 //! and the cluster's draining flag, ended with the session (looked up only when the stream's
-//! sessions changed, so idle subscribers cost the engine nothing).
+//! sessions changed, so idle subscribers cost the engine nothing). While the stream is not
+//! live, a subscriber to `reconnect` asks Redis once a second who has its source.
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
@@ -41,7 +44,7 @@ enum Event {
     Inactive,
     /// How many watch the stream, when it changes.
     ViewerCount,
-    /// Go to this URL: the node drains.
+    /// Go to this URL: the node drains, or the stream's source went to another node.
     Reconnect,
 }
 
@@ -111,6 +114,24 @@ pub async fn subscribe(
     Ok(res)
 }
 
+/// `OPTIONS /whep/{s}/{id}/sse`: the CORS preflight of a subscription from another origin —
+/// the player after a `reconnect` subscribes on the node it moved to, from the first node's
+/// page (a JSON POST is not a simple request).
+pub async fn options() -> Response {
+    (
+        StatusCode::NO_CONTENT,
+        [
+            (header::ALLOW, "OPTIONS, POST, GET"),
+            (header::ACCESS_CONTROL_ALLOW_METHODS, "OPTIONS, POST, GET"),
+            (
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                "Content-Type, Authorization",
+            ),
+        ],
+    )
+        .into_response()
+}
+
 #[derive(Debug, Deserialize)]
 pub struct StreamQuery {
     #[serde(default)]
@@ -171,8 +192,17 @@ pub async fn events(
                     return;
                 }
             }
-            if let Some(c) = app.cluster.as_ref().filter(|c| c.is_draining()) {
-                if let Some(node) = c.elsewhere().await {
+            if let Some(c) = &app.cluster {
+                // Draining: every subscriber goes, asked for `reconnect` or not (the session
+                // ends with the node). The source moved: only those who asked move.
+                let to = if c.is_draining() {
+                    c.elsewhere().await
+                } else if !live && want(Event::Reconnect) {
+                    c.moved_to(&stream.name).await
+                } else {
+                    None
+                };
+                if let Some(node) = to {
                     let url = format!("{}/whep/{}", node.url, stream.name);
                     let data = serde_json::json!({ "url": url }).to_string();
                     if want(Event::Reconnect) {

@@ -8,6 +8,7 @@
 //!   RTP packets after the DTLS handshake were dropped).
 //! - [`server`]: start the `tsbridge` binary on ephemeral loopback ports, killed on drop.
 //! - [`cluster`]: cluster nodes as `tsbridge` processes on a real `redis-server` ([`redis`]).
+//! - [`sse`]: WHEP server-sent events: subscribe, read events as they come.
 //! - [`whip`]: a WHIP publisher on the same stack: a testdata TS file demuxed by tsbridge's own
 //!   demuxer, sent in real time (looping), keyframe requests counted.
 //! - [`tone`]: RMS and dominant frequency of decoded audio.
@@ -26,6 +27,7 @@ pub mod http;
 pub mod redis;
 pub mod runtime;
 pub mod server;
+pub mod sse;
 #[path = "../../src/codec/transcode/tone.rs"]
 pub mod tone;
 pub mod whep;
