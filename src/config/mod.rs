@@ -329,12 +329,14 @@ pub struct ServeArgs {
     pub gop_cache_max: GopBound,
 
     /// Bounds on viewers' jitter buffers, MIN,MAX in milliseconds, told to browsers in the
-    /// playout-delay RTP header extension (Chrome, Safari): MIN 0 lets a browser play a frame
-    /// as soon as it can, MAX caps the buffer it grows on a jittery link (a viewer whose link
-    /// jitters more than MAX sees stutter instead of delay). `off`: not negotiated, browsers
-    /// choose (up to seconds).
+    /// playout-delay RTP header extension (Chrome, Safari). The default keeps a browser's
+    /// adaptive buffer (it starts near 0 on a clean link) and caps it at 1 s. A MAX of 500 or
+    /// less with MIN 0 (e.g. 0,400) switches Chrome to its low-latency renderer: each frame is
+    /// shown as soon as it is decoded, tens of ms sooner, but a source or link that delivers
+    /// frames unevenly (a re-encoded B-frame source, Wi-Fi) then freezes now and then. `off`:
+    /// not negotiated (browsers buffer up to seconds on a bad link).
     #[arg(long, env = "TSBRIDGE_PLAYOUT_DELAY", value_name = "MIN,MAX|off",
-          default_value = "0,400", value_parser = parse_playout_delay)]
+          default_value = "0,1000", value_parser = parse_playout_delay)]
     pub playout_delay: PlayoutDelayFlag,
 
     /// A TOML file of these flags, named with `_` (`ice_udp = "0.0.0.0:8189"`,

@@ -125,7 +125,7 @@ impl std::str::FromStr for PlayoutDelay {
 
     /// `MIN,MAX` in ms, or `off`.
     fn from_str(s: &str) -> Result<Self, String> {
-        let rule = "MIN,MAX in milliseconds, 0 <= MIN <= MAX <= 40950 (e.g. 0,400), or off";
+        let rule = "MIN,MAX in milliseconds, 0 <= MIN <= MAX <= 40950 (e.g. 0,1000), or off";
         let (min, max) = s.split_once(',').ok_or(format!("{s:?}: {rule}"))?;
         let ms = |v: &str| {
             v.trim()
