@@ -13,6 +13,7 @@
 mod clock;
 mod reencode;
 mod state;
+mod tracks_log;
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -27,7 +28,6 @@ use crate::stream::frame::{FrameSink, Kind};
 use crate::stream::gop::GopBound;
 use crate::stream::ring::Read;
 use crate::stream::{Reencode, ReencodeWhy, StartPoints, Stream};
-use crate::ts::Codec;
 use reencode::{Done, Worker};
 pub use state::{MediaEvent, MediaProblem, MediaState, ReencodeJob};
 
@@ -84,22 +84,7 @@ impl Apply<'_> {
                 transcoding,
                 changed,
             } => {
-                for t in &tracks.tracks {
-                    match &t.codec {
-                        Codec::Unsupported { .. }
-                            if transcoding.is_some()
-                                && crate::ts::transcodable_audio(&tracks) == Some(t.pid) =>
-                        {
-                            info!(stream = %stream.name, pid = %t.pid, source = t.stream_type.name(),
-                                "transcoding audio to Opus for WebRTC");
-                        }
-                        Codec::Unsupported { reason } => warn!(
-                            stream = %stream.name, pid = %t.pid, stream_type = t.stream_type.0,
-                            codec = t.stream_type.name(), "track not playable over WebRTC: {reason}"
-                        ),
-                        codec => info!(stream = %stream.name, pid = %t.pid, ?codec, "track"),
-                    }
-                }
+                tracks_log::log_tracks(stream, &tracks, transcoding.is_some());
                 if changed {
                     info!(stream = %stream.name, "PMT changed");
                 }
@@ -229,6 +214,7 @@ pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, options: MediaOp
         .with_gop_bound(options.gop_cache_max)
         .with_transcoding(options.audio_transcode)
         .with_reencoding(options.video_transcode)
+        .with_audio(stream.audio_choice())
         .with_program(stream.program_choice());
     let mut apply = Apply {
         stream: &stream,
