@@ -207,3 +207,70 @@ async fn transcoding_off_leaves_aac_unsupported() {
         .unwrap();
     assert_eq!(aac["playable"], false);
 }
+
+/// `--features ffmpeg` (issue 21): AC-3, E-AC-3 5.1 and AAC 5.1 play as Opus at the source's
+/// pitch, 5.1 downmixed to stereo; the API says what the track is transcoded from.
+#[cfg(feature = "ffmpeg")]
+mod ffmpeg {
+    use super::*;
+
+    async fn plays_as_opus(file: &str, codec: &str) {
+        let s = serve("a", file, |_| {}).await;
+        let r = receive_audio(&format!("http://{}/whep/a", s.http_addr)).await;
+        check_tone(&r, 440.0);
+        let j = common::stream_json(s.http_addr, "a").await;
+        let audio = j["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["kind"] == "audio")
+            .unwrap_or_else(|| panic!("an audio track in {j}"));
+        assert_eq!(audio["codec"], codec, "{audio}");
+        assert_eq!(audio["playable"], true, "{audio}");
+        assert_eq!(audio["transcoded_to"], "Opus", "{audio}");
+        assert!(audio["transcoder_cpu_pct"].as_f64().unwrap() > 0.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ac3_plays_as_opus() {
+        plays_as_opus("h264_ac3.ts", "AC-3").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn eac3_5_1_plays_as_stereo_opus() {
+        plays_as_opus("h264_eac3_51.ts", "E-AC-3").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn aac_5_1_plays_as_stereo_opus() {
+        plays_as_opus("h264_aac_51.ts", "AAC (ADTS)").await;
+    }
+}
+
+/// Without FFmpeg's decoders, AC-3 says how to get them.
+#[cfg(not(feature = "ffmpeg"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ac3_without_ffmpeg_says_rebuild_with_the_feature() {
+    let s = serve("a", "h264_ac3.ts", |_| {}).await;
+    let r = whep_receive(
+        &format!("http://{}/whep/a", s.http_addr),
+        WhepOptions {
+            seconds: 3.0,
+            stop: StopWhen::VideoAus(10),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201);
+    let j = common::stream_json(s.http_addr, "a").await;
+    let ac3 = &j["tracks"][1];
+    assert_eq!(ac3["playable"], false, "{ac3}");
+    assert!(
+        ac3["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rebuild with --features ffmpeg"),
+        "{ac3}"
+    );
+}

@@ -60,6 +60,8 @@ impl StreamType {
             Self::AAC_ADTS => Some(SourceCodec::AacAdts),
             Self::AAC_LATM => Some(SourceCodec::AacLatm),
             Self::MPEG1_AUDIO | Self::MPEG2_AUDIO => Some(SourceCodec::MpegAudio),
+            Self::AC3 if cfg!(feature = "ffmpeg") => Some(SourceCodec::Ac3),
+            Self::EAC3 if cfg!(feature = "ffmpeg") => Some(SourceCodec::Eac3),
             _ => None,
         }
     }
@@ -459,12 +461,23 @@ fn data_kind(es_info: &[u8]) -> Option<&'static str> {
     }
 }
 
+const AC3_NEEDS_FFMPEG: &str = "AC-3 is not playable in WebRTC; it plays transcoded to Opus \
+     with FFmpeg's decoder: rebuild with --features ffmpeg";
+const E_AC3_NEEDS_FFMPEG: &str = "E-AC-3 is not playable in WebRTC; it plays transcoded to \
+     Opus with FFmpeg's decoder: rebuild with --features ffmpeg";
+
 /// Decides the codec from the stream_type and the ES_info descriptors alone (no probing).
 pub(crate) fn classify(stream_type: StreamType, es_info: &[u8]) -> (TrackKind, Codec) {
     let unsupported = |kind, reason| (kind, Codec::Unsupported { reason });
     let data = |what| (TrackKind::Data, Codec::Data { what });
     let audio = TrackKind::Audio;
     let video = TrackKind::Video;
+    // AC-3 / E-AC-3: transcoded with FFmpeg's decoders, when they are built in.
+    let dolby = |codec: SourceCodec| match codec {
+        _ if cfg!(feature = "ffmpeg") => (audio, Codec::Transcodable(codec)),
+        SourceCodec::Eac3 => unsupported(audio, E_AC3_NEEDS_FFMPEG),
+        _ => unsupported(audio, AC3_NEEDS_FFMPEG),
+    };
     match stream_type {
         StreamType::H264 => (video, Codec::H264),
         StreamType::PRIVATE_PES => {
@@ -492,11 +505,11 @@ pub(crate) fn classify(stream_type: StreamType, es_info: &[u8]) -> (TrackKind, C
                 };
             }
             if descriptors(es_info).any(|(tag, _)| tag == TAG_AC3) || registered(es_info, b"AC-3") {
-                unsupported(audio, "AC-3 is not playable in WebRTC")
+                dolby(SourceCodec::Ac3)
             } else if descriptors(es_info).any(|(tag, _)| tag == TAG_EAC3)
                 || registered(es_info, b"EAC3")
             {
-                unsupported(audio, "E-AC-3 is not playable in WebRTC")
+                dolby(SourceCodec::Eac3)
             } else if let Some(what) = data_kind(es_info) {
                 data(what)
             } else {
@@ -514,8 +527,8 @@ pub(crate) fn classify(stream_type: StreamType, es_info: &[u8]) -> (TrackKind, C
             unsupported(video, "MPEG-1/2 video is not playable in WebRTC")
         }
         StreamType::MPEG4_VIDEO => unsupported(video, "MPEG-4 video is not playable in WebRTC"),
-        StreamType::AC3 => unsupported(audio, "AC-3 is not playable in WebRTC"),
-        StreamType::EAC3 => unsupported(audio, "E-AC-3 is not playable in WebRTC"),
+        StreamType::AC3 => dolby(SourceCodec::Ac3),
+        StreamType::EAC3 => dolby(SourceCodec::Eac3),
         StreamType::SCTE35 => data("SCTE-35 cues"),
         StreamType::METADATA_PES => data(data_kind(es_info).unwrap_or("metadata")),
         StreamType::PRIVATE_SECTIONS => data(data_kind(es_info).unwrap_or("private sections")),
@@ -601,18 +614,17 @@ mod tests {
                 reason: "private data"
             }
         );
-        assert_eq!(
-            opus(&[0x6A, 0x01, 0x00]),
-            Codec::Unsupported {
-                reason: "AC-3 is not playable in WebRTC"
-            }
-        );
-        assert_eq!(
-            opus(&[0x7A, 0x01, 0x00]),
-            Codec::Unsupported {
-                reason: "E-AC-3 is not playable in WebRTC"
-            }
-        );
+        let (ac3, eac3) = if cfg!(feature = "ffmpeg") {
+            (
+                Codec::Transcodable(SourceCodec::Ac3),
+                Codec::Transcodable(SourceCodec::Eac3),
+            )
+        } else {
+            let reason = |reason| Codec::Unsupported { reason };
+            (reason(AC3_NEEDS_FFMPEG), reason(E_AC3_NEEDS_FFMPEG))
+        };
+        assert_eq!(opus(&[0x6A, 0x01, 0x00]), ac3);
+        assert_eq!(opus(&[0x7A, 0x01, 0x00]), eac3);
         // A truncated descriptor loop is not read past its end.
         assert_eq!(
             opus(&[0x05, 0x09, b'O', b'p']),
