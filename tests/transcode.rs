@@ -274,3 +274,25 @@ async fn ac3_without_ffmpeg_says_rebuild_with_the_feature() {
         "{ac3}"
     );
 }
+
+/// Without FFmpeg's decoders, 5.1 AAC (which the PMT does not tell from stereo) is found out
+/// by the transcoder: the API then says the track does not play, and how to make it.
+#[cfg(not(feature = "ffmpeg"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aac_5_1_without_ffmpeg_is_reported_not_playable() {
+    let s = serve("a", "h264_aac_51.ts", |_| {}).await;
+    let mut aac = serde_json::Value::Null;
+    for _ in 0..50 {
+        let j = common::stream_json(s.http_addr, "a").await;
+        aac = j["tracks"][1].clone();
+        if aac["playable"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(aac["playable"], false, "{aac}");
+    assert!(aac.get("transcoded_to").is_none(), "{aac}");
+    let reason = aac["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("more than 2 channels"), "{aac}");
+    assert!(reason.contains("rebuild with --features ffmpeg"), "{aac}");
+}

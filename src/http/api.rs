@@ -189,17 +189,31 @@ fn audio_json(
         .position(|a| a.pid == t.pid)
         .unwrap_or(0);
     let transcode = app.cfg.audio_transcode == Transcode::Auto;
-    let playable = t.playable(transcode);
-    let default = playable
-        && s.audio_choice()
-            .pick(t_set)
-            .is_some_and(|(_, a)| a.pid == t.pid);
+    // The stream made for the viewers who picked it, if any has.
+    let root = s.parent().unwrap_or(s);
+    let picked = root.programs().into_iter().find(|p| {
+        p.program_choice() == ProgramChoice::Number(t_set.program_number)
+            && p.audio_choice() == AudioChoice::Index(index as u8)
+    });
+    let sent_by_default = s
+        .audio_choice()
+        .pick(t_set)
+        .is_some_and(|(_, a)| a.pid == t.pid);
+    // What its transcoder found once it decoded it (the PMT does not say HE-AAC or 5.1).
+    let failed = match &picked {
+        _ if sent_by_default => st.transcode_error.clone(),
+        Some(p) => p.status().transcode_error,
+        None => None,
+    };
+    let playable = t.playable(transcode) && failed.is_none();
+    let default = playable && sent_by_default;
     v["audio_index"] = index.into();
     v["playable"] = playable.into();
     v["default"] = default.into();
     match &t.codec {
         Codec::Opus { channels } => v["channels"] = (*channels).into(),
         Codec::Transcodable(_) if playable => v["transcoded_to"] = "Opus".into(),
+        Codec::Transcodable(_) if failed.is_some() => {}
         Codec::Transcodable(c) => {
             v["reason"] = format!(
                 "{} plays only transcoded to Opus, and transcoding is off (--audio-transcode off)",
@@ -210,6 +224,9 @@ fn audio_json(
         Codec::Unsupported { reason } => v["reason"] = (*reason).into(),
         _ => {}
     }
+    if let Some(why) = failed {
+        v["reason"] = format!("the transcoder cannot play it: {why}").into();
+    }
     if !playable {
         return;
     }
@@ -218,7 +235,6 @@ fn audio_json(
         query = format!("program={n}&{query}");
     }
     // The stream viewers name (a program or an audio track of it is a variant of it).
-    let root = s.parent().unwrap_or(s);
     let n = &root.name;
     v["urls"] = json!({
         "whep": format!("/whep/{n}?{query}"),
@@ -226,10 +242,6 @@ fn audio_json(
     });
     // The stream that sends it: this one for its default track, else the one made for the
     // viewers who picked it (none while nobody has).
-    let picked = root.programs().into_iter().find(|p| {
-        p.program_choice() == ProgramChoice::Number(t_set.program_number)
-            && p.audio_choice() == AudioChoice::Index(index as u8)
-    });
     let (sender, transcoding) = match &picked {
         _ if default => (s, st.transcoding.is_some()),
         Some(p) => (p, p.status().transcoding.is_some()),

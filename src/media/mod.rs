@@ -91,6 +91,8 @@ impl Apply<'_> {
                 stream.update_status(|s| {
                     s.tracks = Some(tracks);
                     s.transcoding = transcoding;
+                    // A new transcoder, maybe for another track: it has not failed yet.
+                    s.transcode_error = s.transcode_error.take().filter(|_| !changed);
                 });
                 if changed {
                     self.sink.tracks_changed(stream);
@@ -161,6 +163,9 @@ impl Apply<'_> {
                 if p.is_ts_problem() {
                     st.ts_problems.fetch_add(1, Ordering::Relaxed);
                 }
+                if let MediaProblem::TranscodeUnsupported(e) = &p {
+                    tracks_log::transcode_failed(stream, Some(e));
+                }
                 if self.logged.insert(p.cause()) {
                     match p {
                         MediaProblem::Ts(p) => warn!(stream = %stream.name, problem = ?p,
@@ -175,7 +180,10 @@ impl Apply<'_> {
                     }
                 }
             }
-            MediaEvent::Ended => stream.gop.lock().clear(),
+            MediaEvent::Ended => {
+                stream.gop.lock().clear();
+                tracks_log::transcode_failed(stream, None);
+            }
         }
     }
 

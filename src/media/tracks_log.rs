@@ -1,4 +1,5 @@
-//! The media task's log lines for a new PMT: what viewers get of each track.
+//! The media task's log lines for a new PMT (what viewers get of each track), and the audio
+//! transcoder's verdict on its track, for the API.
 
 use tracing::{debug, info, warn};
 
@@ -34,5 +35,14 @@ pub(super) fn log_tracks(stream: &Stream, tracks: &TrackSet, transcoding: bool) 
             ),
             codec => info!(stream = %name, pid = %t.pid, ?codec, lang, "track"),
         }
+    }
+}
+
+/// The audio transcoder cannot play its track (`Some(why)`: HE-AAC or 5.1 AAC without FFmpeg's
+/// decoders, …), or a new source may be playable again (`None`): the API says so on the
+/// track. Published only when it changes (the transcoder repeats its error on every PES).
+pub(super) fn transcode_failed(stream: &Stream, why: Option<&str>) {
+    if stream.status().transcode_error.as_deref() != why {
+        stream.update_status(|s| s.transcode_error = why.map(Into::into));
     }
 }

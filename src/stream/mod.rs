@@ -42,6 +42,9 @@ pub struct Status {
     pub programs: Option<Arc<[TrackSet]>>,
     /// Audio the stream transcodes to Opus: the source codec's name.
     pub transcoding: Option<&'static str>,
+    /// Why the transcoder cannot play that audio after all (a variant the PMT does not show:
+    /// HE-AAC, more than two AAC channels without FFmpeg's decoders), until the source ends.
+    pub transcode_error: Option<Arc<str>>,
     /// Viewers can be answered: a playable track exists and, for video, its SPS is known.
     pub ready: bool,
     /// The video has B-frames (see `codec::reorder`): reported, since browsers play it badly.
@@ -106,6 +109,7 @@ impl Status {
             programs: None,
             video: None,
             transcoding: None,
+            transcode_error: None,
             ready: false,
             b_frames: false,
             reencode: Reencode::Off,
