@@ -7,6 +7,7 @@
 
 pub mod aac;
 pub mod ac3;
+pub mod deinterlace;
 #[cfg(feature = "ffmpeg")]
 pub mod ffmpeg;
 pub mod h264;

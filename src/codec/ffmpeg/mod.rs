@@ -26,6 +26,13 @@ extern "C" {
     fn tsb_audio_samples(d: *const Raw) -> c_int;
     fn tsb_audio_planes(d: *const Raw) -> c_int;
     fn tsb_audio_copy(d: *const Raw, out: *mut f32, cap: c_int) -> c_int;
+    fn tsb_video_open(which: c_int) -> *mut Raw;
+    fn tsb_video_close(d: *mut Raw);
+    fn tsb_video_send(d: *mut Raw, data: *const u8, size: c_int, pts: i64) -> c_int;
+    fn tsb_video_receive(d: *mut Raw) -> c_int;
+    fn tsb_video_info(d: *const Raw, info: *mut c_int);
+    fn tsb_video_pts(d: *const Raw) -> i64;
+    fn tsb_video_copy(d: *const Raw, out: *mut u8, cap: usize) -> c_int;
 }
 
 /// The audio decoders used.
@@ -147,6 +154,125 @@ impl Drop for AudioDecoder {
     }
 }
 
+/// The video decoders (for the H.264 re-encoder).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VideoCodec {
+    /// MPEG-2 video (and MPEG-1).
+    Mpeg2,
+    Hevc,
+}
+
+/// One decoded picture, in display order: 8-bit 4:2:0 as I420 (Y, U, V planes, no padding).
+#[derive(Debug, Default, Clone)]
+pub struct Picture {
+    pub width: usize,
+    pub height: usize,
+    /// The PTS its access unit was sent with.
+    pub pts: i64,
+    /// Two fields woven into one frame: to be deinterlaced before encoding.
+    pub interlaced: bool,
+    pub top_field_first: bool,
+    pub yuv: Vec<u8>,
+}
+
+impl Picture {
+    /// The chroma planes' size.
+    pub fn chroma(&self) -> (usize, usize) {
+        (self.width.div_ceil(2), self.height.div_ceil(2))
+    }
+}
+
+/// Why a picture did not come out.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum VideoError {
+    #[error("the decoder rejected the data (FFmpeg error {0})")]
+    Decode(i32),
+    #[error("{width}x{height} picture is not 8-bit 4:2:0, which the H.264 encoder takes")]
+    Format { width: usize, height: usize },
+}
+
+/// A libavcodec video decoder: access units in (decode order, with their PTS), pictures out
+/// in display order with the PTS of their own access unit (libavcodec keeps it through its
+/// reordering, unlike OpenH264).
+pub struct VideoDecoder {
+    raw: NonNull<Raw>,
+}
+
+// SAFETY: as for `AudioDecoder`: owned state, used through `&mut self` only.
+unsafe impl Send for VideoDecoder {}
+
+impl VideoDecoder {
+    pub fn new(codec: VideoCodec) -> Option<Self> {
+        let which = match codec {
+            VideoCodec::Mpeg2 => 0,
+            VideoCodec::Hevc => 1,
+        };
+        // SAFETY: plain constructor; a null pointer is handled.
+        NonNull::new(unsafe { tsb_video_open(which) }).map(|raw| VideoDecoder { raw })
+    }
+
+    /// One access unit in (an empty one drains what the decoder holds); the pictures it
+    /// completes are appended to `out`.
+    pub fn decode(
+        &mut self,
+        au: &[u8],
+        pts: i64,
+        out: &mut Vec<Picture>,
+    ) -> Result<(), VideoError> {
+        let size = c_int::try_from(au.len()).map_err(|_| VideoError::Decode(-1))?;
+        // SAFETY: a live decoder; `au` is valid for `size` bytes and copied.
+        let sent = unsafe { tsb_video_send(self.raw.as_ptr(), au.as_ptr(), size, pts) };
+        if sent < 0 {
+            return Err(VideoError::Decode(sent));
+        }
+        loop {
+            let d = self.raw.as_ptr();
+            // SAFETY: a live decoder.
+            let got = unsafe { tsb_video_receive(d) };
+            if got < 0 {
+                return Err(VideoError::Decode(got));
+            }
+            if got == 0 {
+                return Ok(());
+            }
+            let mut info: [c_int; 5] = [0; 5];
+            // SAFETY: a picture was just received; `info` has the 5 slots the shim writes.
+            let pts = unsafe {
+                tsb_video_info(d, info.as_mut_ptr());
+                tsb_video_pts(d)
+            };
+            let [w, h, interlaced, tff, i420] = info;
+            let (width, height) = (w.max(0) as usize, h.max(0) as usize);
+            if i420 == 0 {
+                return Err(VideoError::Format { width, height });
+            }
+            let mut p = Picture {
+                width,
+                height,
+                pts,
+                interlaced: interlaced != 0,
+                top_field_first: tff != 0,
+                yuv: Vec::new(),
+            };
+            let (cw, ch) = p.chroma();
+            p.yuv = vec![0; width * height + 2 * cw * ch];
+            // SAFETY: `yuv` has the I420 size of the picture, which `cap` says.
+            let copied = unsafe { tsb_video_copy(d, p.yuv.as_mut_ptr(), p.yuv.len()) };
+            if copied < 0 {
+                return Err(VideoError::Format { width, height });
+            }
+            out.push(p);
+        }
+    }
+}
+
+impl Drop for VideoDecoder {
+    fn drop(&mut self) {
+        // SAFETY: `raw` came from `tsb_video_open` and is freed once.
+        unsafe { tsb_video_close(self.raw.as_ptr()) }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -166,5 +292,73 @@ mod tests {
             }
             assert!(out.iter().all(|f| f.data.len() == f.planes * f.samples));
         }
+    }
+
+    /// The PES payloads and PTS of one PID of a testdata file (188-byte packets).
+    fn pes_of(name: &str, pid: u16) -> Option<Vec<(Vec<u8>, u64)>> {
+        use crate::ts::packet::{self, Header, Pid, PACKET_SIZE};
+        use crate::ts::pes::PesAssembler;
+        use crate::ts::DemuxEvent;
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(name);
+        let data = std::fs::read(path).ok()?;
+        let mut pes = PesAssembler::new(Pid(pid));
+        let mut events = Vec::new();
+        for pkt in data.chunks_exact(PACKET_SIZE) {
+            let pkt: &[u8; PACKET_SIZE] = pkt.try_into().ok()?;
+            let h = Header::parse(pkt);
+            if h.pid != Pid(pid) || !h.has_payload() {
+                continue;
+            }
+            let (af, payload) = packet::split(pkt, &h).ok()?;
+            pes.push(
+                h.pusi,
+                af.random_access,
+                af.discontinuity,
+                payload,
+                &mut events,
+            );
+        }
+        pes.flush(&mut events);
+        let out = events
+            .into_iter()
+            .filter_map(|e| match e {
+                DemuxEvent::Pes(p) => Some((p.data.to_vec(), p.pts?)),
+                _ => None,
+            })
+            .collect();
+        Some(out)
+    }
+
+    /// MPEG-2 576i with B-frames (testdata/mpeg2_576i_mp2.ts): every picture comes out, in
+    /// display order (rising PTS), interlaced, top field first; blending takes the combs
+    /// out of its moving parts.
+    #[test]
+    fn mpeg2_interlaced_pictures_come_out_in_display_order_and_deinterlace() {
+        use crate::codec::deinterlace::{blend_i420, combing};
+        let Some(aus) = pes_of("mpeg2_576i_mp2.ts", 0x100) else {
+            return;
+        };
+        assert_eq!(aus.len(), 25);
+        let mut d = VideoDecoder::new(VideoCodec::Mpeg2).expect("FFmpeg has MPEG-2");
+        let mut pictures = Vec::new();
+        for (au, pts) in &aus {
+            d.decode(au, *pts as i64, &mut pictures).unwrap();
+        }
+        d.decode(&[], 0, &mut pictures).unwrap();
+        assert_eq!(pictures.len(), 25);
+        assert!(
+            pictures.windows(2).all(|w| w[1].pts > w[0].pts),
+            "display order"
+        );
+        let p = &mut pictures[10];
+        assert_eq!((p.width, p.height), (720, 576));
+        assert!(p.interlaced && p.top_field_first);
+        let before = combing(&p.yuv[..720 * 576], 720, 576);
+        blend_i420(&mut p.yuv, 720, 576, &mut Vec::new());
+        let after = combing(&p.yuv[..720 * 576], 720, 576);
+        // (Averaged over the whole picture, most of which stands still.)
+        assert!(before > 0.5 && after < before / 5.0, "{before} -> {after}");
     }
 }

@@ -160,3 +160,95 @@ int tsb_audio_copy(const tsb_audio *d, float *out, int cap) {
     }
     return 0;
 }
+
+/* ---- video: MPEG-2 and HEVC pictures for the H.264 re-encoder ---- */
+
+typedef struct tsb_video {
+    AVCodecContext *ctx;
+    AVPacket *pkt;
+    AVFrame *frame;
+} tsb_video;
+
+/* Which decoder: 0 MPEG-2 video (MPEG-1 too), 1 HEVC. */
+tsb_video *tsb_video_open(int which) {
+    enum AVCodecID id;
+    switch (which) {
+    case 0: id = AV_CODEC_ID_MPEG2VIDEO; break;
+    case 1: id = AV_CODEC_ID_HEVC; break;
+    default: return NULL;
+    }
+    const AVCodec *codec = avcodec_find_decoder(id);
+    if (!codec) return NULL;
+    tsb_video *d = calloc(1, sizeof *d);
+    if (!d) return NULL;
+    d->ctx = avcodec_alloc_context3(codec);
+    d->pkt = av_packet_alloc();
+    d->frame = av_frame_alloc();
+    if (!d->ctx || !d->pkt || !d->frame) goto fail;
+    /* One thread: frame threading would add a frame of delay per thread, and the re-encoder
+     * runs on its own thread per stream already. */
+    d->ctx->thread_count = 1;
+    if (avcodec_open2(d->ctx, codec, NULL) < 0) goto fail;
+    return d;
+fail:
+    avcodec_free_context(&d->ctx);
+    av_packet_free(&d->pkt);
+    av_frame_free(&d->frame);
+    free(d);
+    return NULL;
+}
+
+void tsb_video_close(tsb_video *d) {
+    if (!d) return;
+    avcodec_free_context(&d->ctx);
+    av_packet_free(&d->pkt);
+    av_frame_free(&d->frame);
+    free(d);
+}
+
+/* One access unit (its timeline PTS travels through the decoder's reordering); size 0 drains.
+ * 0, or a negative AVERROR. */
+int tsb_video_send(tsb_video *d, const uint8_t *data, int size, int64_t pts) {
+    if (size == 0) return avcodec_send_packet(d->ctx, NULL);
+    av_packet_unref(d->pkt);
+    if (av_new_packet(d->pkt, size) < 0) return AVERROR(ENOMEM);
+    memcpy(d->pkt->data, data, size);
+    d->pkt->pts = pts;
+    return avcodec_send_packet(d->ctx, d->pkt);
+}
+
+/* The next picture in display order: 1, 0 when more input is needed, or a negative AVERROR. */
+int tsb_video_receive(tsb_video *d) {
+    int r = avcodec_receive_frame(d->ctx, d->frame);
+    if (r == AVERROR(EAGAIN) || r == AVERROR_EOF) return 0;
+    return r < 0 ? r : 1;
+}
+
+/* width, height, 1 if interlaced, 1 if top field first, 1 if 8-bit 4:2:0 (what is copied). */
+void tsb_video_info(const tsb_video *d, int *info) {
+    const AVFrame *f = d->frame;
+    info[0] = f->width;
+    info[1] = f->height;
+    info[2] = f->interlaced_frame;
+    info[3] = f->top_field_first;
+    info[4] = f->format == AV_PIX_FMT_YUV420P || f->format == AV_PIX_FMT_YUVJ420P;
+}
+
+int64_t tsb_video_pts(const tsb_video *d) { return d->frame->best_effort_timestamp; }
+
+/* Copies an 8-bit 4:2:0 picture into `out` as I420 (Y, then U, then V, no padding): width x
+ * height + 2 x ((width + 1) / 2 x (height + 1) / 2) bytes. 0, or -1 for another format or a
+ * short `cap`. */
+int tsb_video_copy(const tsb_video *d, uint8_t *out, size_t cap) {
+    const AVFrame *f = d->frame;
+    if (f->format != AV_PIX_FMT_YUV420P && f->format != AV_PIX_FMT_YUVJ420P) return -1;
+    size_t w = f->width, h = f->height, cw = (w + 1) / 2, ch = (h + 1) / 2;
+    if (cap < w * h + 2 * cw * ch) return -1;
+    for (size_t r = 0; r < h; r++) memcpy(out + r * w, f->data[0] + r * f->linesize[0], w);
+    out += w * h;
+    for (int p = 1; p <= 2; p++) {
+        for (size_t r = 0; r < ch; r++) memcpy(out + r * cw, f->data[p] + r * f->linesize[p], cw);
+        out += cw * ch;
+    }
+    return 0;
+}
