@@ -16,9 +16,7 @@ pub fn blend_plane(plane: &mut [u8], width: usize, height: usize, line: &mut Vec
     line.clear();
     line.extend_from_slice(&plane[..width]);
     for r in 1..height - 1 {
-        let (done, rest) = plane.split_at_mut(r * width);
-        let _ = done;
-        let (cur, below) = rest.split_at_mut(width);
+        let (cur, below) = plane[r * width..].split_at_mut(width);
         for x in 0..width {
             let (above, here) = (u16::from(line[x]), u16::from(cur[x]));
             line[x] = cur[x];

@@ -211,8 +211,9 @@ impl VideoDecoder {
         NonNull::new(unsafe { tsb_video_open(which) }).map(|raw| VideoDecoder { raw })
     }
 
-    /// One access unit in (an empty one drains what the decoder holds); the pictures it
-    /// completes are appended to `out`.
+    /// One access unit in; the pictures it completes are appended to `out`. An empty one
+    /// drains what the decoder holds back (the end of a stream): it takes nothing after that,
+    /// a new decoder does.
     pub fn decode(
         &mut self,
         au: &[u8],
