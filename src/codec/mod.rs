@@ -14,6 +14,7 @@ pub mod h264;
 pub mod h264_decoder;
 pub mod h265;
 pub mod mpa;
+pub mod mpeg2;
 pub mod opus;
 pub mod reencode;
 pub mod reorder;

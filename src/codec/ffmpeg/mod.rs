@@ -295,41 +295,18 @@ mod tests {
         }
     }
 
-    /// The PES payloads and PTS of one PID of a testdata file (188-byte packets).
+    /// The PES payloads and PTS of one PID of a testdata file.
     fn pes_of(name: &str, pid: u16) -> Option<Vec<(Vec<u8>, u64)>> {
-        use crate::ts::packet::{self, Header, Pid, PACKET_SIZE};
-        use crate::ts::pes::PesAssembler;
-        use crate::ts::DemuxEvent;
         let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("testdata")
             .join(name);
         let data = std::fs::read(path).ok()?;
-        let mut pes = PesAssembler::new(Pid(pid));
-        let mut events = Vec::new();
-        for pkt in data.chunks_exact(PACKET_SIZE) {
-            let pkt: &[u8; PACKET_SIZE] = pkt.try_into().ok()?;
-            let h = Header::parse(pkt);
-            if h.pid != Pid(pid) || !h.has_payload() {
-                continue;
-            }
-            let (af, payload) = packet::split(pkt, &h).ok()?;
-            pes.push(
-                h.pusi,
-                af.random_access,
-                af.discontinuity,
-                payload,
-                &mut events,
-            );
-        }
-        pes.flush(&mut events);
-        let out = events
-            .into_iter()
-            .filter_map(|e| match e {
-                DemuxEvent::Pes(p) => Some((p.data.to_vec(), p.pts?)),
-                _ => None,
-            })
-            .collect();
-        Some(out)
+        let pes = crate::ts::testutil::pes_of_pid(&data, pid);
+        Some(
+            pes.into_iter()
+                .filter_map(|(d, pts)| Some((d, pts?)))
+                .collect(),
+        )
     }
 
     /// MPEG-2 576i with B-frames (testdata/mpeg2_576i_mp2.ts): every picture comes out, in
