@@ -13,7 +13,8 @@ pub(super) fn log_tracks(stream: &Stream, tracks: &TrackSet, transcoding: bool) 
     let chosen = stream.audio_choice().pick(tracks).map(|(_, t)| t.pid);
     for t in &tracks.tracks {
         let index = tracks.audio_tracks().position(|a| a.pid == t.pid);
-        let lang = t.language.map(|l| l.to_string()).unwrap_or_default();
+        // (None is left out of the line.)
+        let lang = t.language.map(|l| l.to_string());
         match &t.codec {
             Codec::Transcodable(_) if transcoding && chosen == Some(t.pid) => {
                 info!(stream = %name, pid = %t.pid, source = t.codec_name(), lang,
