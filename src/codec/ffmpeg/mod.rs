@@ -339,4 +339,26 @@ mod tests {
         // (Averaged over the whole picture, most of which stands still.)
         assert!(before > 0.5 && after < before / 5.0, "{before} -> {after}");
     }
+
+    /// HEVC Main 640x360 (testdata/hevc_opus.ts): every one of its 180 pictures comes out,
+    /// progressive, each with its own access unit's PTS.
+    #[test]
+    fn hevc_pictures_come_out_with_their_pts() {
+        let Some(aus) = pes_of("hevc_opus.ts", 0x100) else {
+            return;
+        };
+        let mut d = VideoDecoder::new(VideoCodec::Hevc).expect("FFmpeg has HEVC");
+        let mut pictures = Vec::new();
+        for (au, pts) in &aus {
+            d.decode(au, *pts as i64, &mut pictures).unwrap();
+        }
+        d.decode(&[], 0, &mut pictures).unwrap();
+        assert_eq!(pictures.len(), 180);
+        let sent: Vec<i64> = aus.iter().map(|(_, pts)| *pts as i64).collect();
+        let got: Vec<i64> = pictures.iter().map(|p| p.pts).collect();
+        assert_eq!(got, sent, "no B-frames: display order is decode order");
+        let p = &pictures[0];
+        assert_eq!((p.width, p.height, p.interlaced), (640, 360, false));
+        assert_eq!(p.yuv.len(), 640 * 360 * 3 / 2);
+    }
 }
