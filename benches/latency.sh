@@ -70,7 +70,8 @@ for delay in 0,400 off; do
         curl -s "127.0.0.1:$PORT/streams/cam" | python3 -c '
 import json, sys
 l = json.load(sys.stdin)["latency"]
-print(f"tsbridge added (TS arrival to first RTP packet on the wire): p50 {l["added_ms"]["p50"]} ms, p99 {l["added_ms"]["p99"]} ms ({l["samples"]} frames)")'
+a, n = l["added_ms"], l["samples"]
+print(f"tsbridge added (TS arrival to first RTP packet on the wire): p50 {a['p50']} ms, p99 {a['p99']} ms ({n} frames)")'
     fi
     kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
 done

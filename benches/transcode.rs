@@ -1,7 +1,8 @@
 //! Cost of transcoding one stream's audio to Opus: 5 s of AAC-LC stereo 48 kHz
 //! (testdata/h264_aac.ts, looped) through `Transcoder`, i.e. ADTS framing, AAC decode and
 //! Opus encode (no resampling at 48 kHz), plus 44.1 kHz mono AAC and 44.1 kHz stereo MP2,
-//! which add the resampler.
+//! which add the resampler. With `--features ffmpeg`, also AC-3 stereo, E-AC-3 5.1 and AAC 5.1
+//! (FFmpeg's decoders, the BS.775 downmix).
 //!
 //! `cargo bench --bench transcode` prints, besides criterion's figures, the cost per 20 ms
 //! Opus frame and the share of one core needed for real time.
@@ -73,11 +74,20 @@ fn transcode(codec: SourceCodec, pes: &[(Vec<u8>, Option<u64>)]) -> usize {
 }
 
 fn bench(c: &mut Criterion) {
-    for (name, label) in [
+    let mut files = vec![
         ("h264_aac.ts", "aac_stereo_48k"),
         ("h264_aac_mono44.ts", "aac_mono_44k"),
         ("h264_mp2.ts", "mp2_stereo_44k"),
-    ] {
+    ];
+    // FFmpeg's decoders (`cargo bench --bench transcode --features ffmpeg`): 5.1 downmixed.
+    if cfg!(feature = "ffmpeg") {
+        files.extend([
+            ("h264_ac3.ts", "ac3_stereo_48k"),
+            ("h264_eac3_51.ts", "eac3_5_1_48k"),
+            ("h264_aac_51.ts", "aac_5_1_48k"),
+        ]);
+    }
+    for (name, label) in files {
         let Some((codec, pes)) = audio_pes(name) else {
             eprintln!("skipping {label}: testdata/{name} not found");
             continue;

@@ -16,7 +16,7 @@ use crate::codec::reorder::{ReorderDetector, B_FRAMES_ADVICE};
 use crate::codec::{VideoAssembler, VideoCodec, VideoProfile};
 #[cfg(doc)]
 use crate::ts::ProgramChoice;
-use crate::ts::{Codec, DemuxEvent, Demuxer, TrackInfo, TrackSet};
+use crate::ts::{AudioChoice, Codec, DemuxEvent, Demuxer, TrackInfo, TrackSet};
 
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -48,9 +48,23 @@ pub struct TrackReport {
     pub pid: u16,
     pub stream_type: u8,
     pub codec: String,
+    /// video, audio, data or unknown.
+    pub kind: String,
+    /// ISO 639-2, from the PMT.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
     pub playable: bool,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    /// Audio: its place among the program's audio tracks (`POST /whep/{s}?audio=N`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub audio_index: Option<u8>,
+    /// Audio: viewers get it when they pick none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default: Option<bool>,
+    /// What the server turns it into for viewers (`--audio-transcode auto`, the default).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transcoded_to: Option<String>,
     /// H.264: from the SPS.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profile_level_id: Option<String>,
@@ -196,14 +210,14 @@ impl Prober {
                 number: p.program_number,
                 pmt_pid: p.pmt_pid.0,
                 followed: Some(p.program_number) == followed,
-                tracks: p.tracks.iter().map(track_report).collect(),
+                tracks: p.tracks.iter().map(|t| track_report(p, t)).collect(),
             })
             .collect();
         let Some(ts) = self.tracks else { return r };
         r.program_number = Some(ts.program_number);
         r.pmt_pid = Some(ts.pmt_pid.0);
         for t in &ts.tracks {
-            let mut tr = track_report(t);
+            let mut tr = track_report(&ts, t);
             match &t.codec {
                 Codec::H264 | Codec::H265 if ts.video().is_some_and(|v| v.pid == t.pid) => {
                     if let Some(info) = self.video.as_ref().and_then(VideoAssembler::info) {
@@ -238,8 +252,10 @@ impl Prober {
                     tr.playable = false;
                     tr.reason = Some("another video track of the program is sent".to_string());
                 }
-                Codec::Opus { .. } => tr.frames = self.audio_packets,
-                Codec::Unsupported { .. } => {}
+                Codec::Opus { .. } if ts.audio().is_some_and(|a| a.pid == t.pid) => {
+                    tr.frames = self.audio_packets
+                }
+                _ => {}
             }
             r.tracks.push(tr);
         }
@@ -251,20 +267,28 @@ impl Prober {
     }
 }
 
-/// What the PMT alone says about a track.
-fn track_report(t: &TrackInfo) -> TrackReport {
+/// What the PMT alone says about a track of program `ts`, and what a viewer gets of it from
+/// a server with the default settings.
+fn track_report(ts: &TrackSet, t: &TrackInfo) -> TrackReport {
     let mut tr = TrackReport {
         pid: t.pid.0,
         stream_type: t.stream_type.0,
         codec: t.codec_name().to_string(),
+        kind: t.kind.name().to_string(),
+        language: t.language.map(|l| l.to_string()),
+        playable: t.playable(true),
         ..Default::default()
     };
+    if let Some(i) = ts.audio_tracks().position(|a| a.pid == t.pid) {
+        tr.audio_index = Some(i as u8);
+        let default = AudioChoice::Auto.pick(ts).map(|(i, _)| usize::from(i));
+        tr.default = Some(default == Some(i));
+    }
     match &t.codec {
-        Codec::H264 | Codec::H265 => tr.playable = true,
-        Codec::Opus { channels } => {
-            tr.playable = true;
-            tr.channels = Some(*channels);
-        }
+        Codec::H264 | Codec::H265 => {}
+        Codec::Opus { channels } => tr.channels = Some(*channels),
+        Codec::Transcodable(_) => tr.transcoded_to = Some("Opus".into()),
+        Codec::Data { what } => tr.reason = Some(format!("{what}: not sent to viewers")),
         Codec::Unsupported { reason } => tr.reason = Some(reason.to_string()),
     }
     tr
@@ -330,17 +354,30 @@ fn track_line(s: &mut String, t: &TrackReport, measured: bool) {
     if let Some(g) = t.gop_s {
         s.push_str(&format!(" GOP {g:.2} s"));
     }
+    if let Some(l) = &t.language {
+        s.push_str(&format!(" [{l}]"));
+    }
     if let Some(c) = t.channels {
         s.push_str(&format!(" {c} ch"));
-        if measured {
+        if measured && t.default == Some(true) {
             s.push_str(&format!(", {} packets", t.frames));
         }
+    }
+    if let Some(to) = &t.transcoded_to {
+        s.push_str(&format!(" -> {to} (transcoded)"));
+    }
+    match (t.audio_index, t.default) {
+        (Some(_), Some(true)) => s.push_str(" default audio"),
+        (Some(i), _) if t.playable => s.push_str(&format!(" picked with ?audio={i}")),
+        _ => {}
     }
     if t.b_frames == Some(true) {
         s.push_str(" B-frames");
     }
-    if let Some(r) = &t.reason {
-        s.push_str(&format!(" NOT PLAYABLE: {r}"));
+    match &t.reason {
+        Some(r) if t.kind == "data" => s.push_str(&format!(" ignored: {r}")),
+        Some(r) => s.push_str(&format!(" NOT PLAYABLE: {r}")),
+        None => {}
     }
     s.push('\n');
     if let Some(w) = &t.warning {

@@ -208,8 +208,13 @@ async fn probe_reports_tracks_profile_and_gop() {
     assert_eq!(tracks[0]["profile_level_id"], "64001e");
     assert_eq!(tracks[0]["gop_s"], 1.0);
     assert_eq!(tracks[0]["fps"], 30.0);
-    assert_eq!(tracks[1]["playable"], false);
-    assert!(tracks[1]["reason"].as_str().unwrap().contains("AAC"));
+    // AAC plays transcoded to Opus (issue 21: it was reported "not playable").
+    assert_eq!(tracks[1]["codec"], "AAC (ADTS)");
+    assert_eq!(tracks[1]["kind"], "audio");
+    assert_eq!(tracks[1]["playable"], true);
+    assert_eq!(tracks[1]["transcoded_to"], "Opus");
+    assert_eq!(tracks[1]["audio_index"], 0);
+    assert_eq!(tracks[1]["default"], true);
 }
 
 /// Byte surgery on whole 188-byte TS packets, for hostile-stream tests.

@@ -24,16 +24,32 @@ async fn serve(name: &str, file: &str, tweak: impl FnOnce(&mut ServeArgs)) -> Se
 /// of its own) to a loud tone at `tone` Hz.
 async fn plays_tone(file: &str, tone: f32) {
     let s = serve("a", file, |_| {}).await;
-    let r = whep_receive(
-        &format!("http://{}/whep/a", s.http_addr),
-        WhepOptions {
-            seconds: 6.0,
-            stop: StopWhen::AudioPackets(150),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let r = receive_audio(&format!("http://{}/whep/a", s.http_addr)).await;
+    check_tone(&r, tone);
+    let j = common::stream_json(s.http_addr, "a").await;
+    let audio = j["tracks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["kind"] == "audio")
+        .unwrap_or_else(|| panic!("an audio track in {j}"));
+    assert_eq!(audio["transcoded_to"], "Opus", "{audio}");
+    assert!(audio["transcoder_cpu_pct"].as_f64().unwrap() > 0.0);
+}
+
+/// A viewer of `url` until 150 Opus packets came (at most 6 s).
+async fn receive_audio(url: &str) -> common::WhepResult {
+    let opts = WhepOptions {
+        seconds: 6.0,
+        stop: StopWhen::AudioPackets(150),
+        ..Default::default()
+    };
+    whep_receive(url, opts).await.unwrap()
+}
+
+/// The viewing got ~3 s of Opus, 960 ticks per packet, that decodes (with a decoder of its
+/// own) to a loud tone at `tone` Hz, and video.
+fn check_tone(r: &common::WhepResult, tone: f32) {
     assert_eq!(r.status, 201, "{:?}", r.error_body);
     assert!(
         r.audio.len() >= 150,
@@ -76,16 +92,78 @@ async fn plays_tone(file: &str, tone: f32) {
         (f - tone).abs() < tone * 0.02,
         "dominant {f} Hz, want {tone} Hz"
     );
+}
 
+/// Issue 21: a TS with two AAC tracks (eng 440 Hz, spa 880 Hz). Both are listed with their
+/// language as playable (the second is no longer "not playable"); viewers get the first by
+/// default and the second with `?audio=1` or `?lang=spa`, and two viewers of the second share
+/// one transcoder (the track's stream has both).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_picks_the_audio_track_by_index_or_language() {
+    let s = serve("a", "h264_aac_eng_spa.ts", |_| {}).await;
+    let url = format!("http://{}/whep/a", s.http_addr);
+    check_tone(&receive_audio(&url).await, 440.0);
+
+    // Two viewers of the Spanish track at once, one by index, one by language.
+    let opts = WhepOptions {
+        seconds: 6.0,
+        stop: StopWhen::AudioPackets(150),
+        ..Default::default()
+    };
+    let (index_url, lang_url) = (format!("{url}?audio=1"), format!("{url}?lang=SPA"));
+    let by_index = common::WhepSession::start(&index_url, &opts);
+    let by_lang = common::WhepSession::start(&lang_url, &opts);
+    let (by_index, by_lang) = tokio::join!(by_index, by_lang);
+    let (by_index, by_lang) = (by_index.unwrap(), by_lang.unwrap());
+    tokio::join!(by_index.wait_stop(), by_lang.wait_stop());
     let j = common::stream_json(s.http_addr, "a").await;
-    let audio = j["tracks"]
+    let (by_index, by_lang) = tokio::join!(by_index.finish(), by_lang.finish());
+    check_tone(&by_index, 880.0);
+    check_tone(&by_lang, 880.0);
+
+    let audio: Vec<&serde_json::Value> = j["tracks"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|t| t["kind"] == "audio")
-        .unwrap_or_else(|| panic!("an audio track in {j}"));
-    assert_eq!(audio["transcoded_to"], "Opus", "{audio}");
-    assert!(audio["transcoder_cpu_pct"].as_f64().unwrap() > 0.0);
+        .filter(|t| t["kind"] == "audio")
+        .collect();
+    assert_eq!(audio.len(), 2, "{j}");
+    for (i, (t, lang)) in audio.iter().zip(["eng", "spa"]).enumerate() {
+        assert_eq!(t["audio_index"], i, "{t}");
+        assert_eq!(t["language"], lang, "{t}");
+        assert_eq!(t["playable"], true, "{t}");
+        assert_eq!(t["transcoded_to"], "Opus", "{t}");
+        assert!(t.get("reason").is_none(), "{t}");
+        assert!(t["transcoder_cpu_pct"].as_f64().unwrap() > 0.0, "{t}");
+        assert_eq!(t["urls"]["whep"], format!("/whep/a?audio={i}"), "{t}");
+    }
+    assert_eq!(audio[0]["default"], true);
+    assert_eq!(audio[1]["default"], false);
+    assert_eq!(
+        audio[1]["viewers"], 2,
+        "one stream for both viewers: {}",
+        audio[1]
+    );
+    assert_eq!(j["viewers"], 2, "{j}");
+
+    // Wrong picks say what there is.
+    for (query, status, says) in [
+        (
+            "?audio=2",
+            404,
+            "its audio tracks are 0 (eng, AAC (ADTS)), 1 (spa, AAC (ADTS))",
+        ),
+        ("?lang=fra", 404, "no audio track in"),
+        ("?lang=spanish", 400, "ISO 639-2"),
+        ("?audio=1&lang=spa", 400, "not both"),
+    ] {
+        let r = whep_receive(&format!("{url}{query}"), WhepOptions::default())
+            .await
+            .unwrap();
+        let body = r.error_body.unwrap_or_default();
+        assert_eq!(r.status, status, "{query}: {body}");
+        assert!(body.contains(says), "{query}: {body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -128,4 +206,93 @@ async fn transcoding_off_leaves_aac_unsupported() {
         .find(|t| t["stream_type"] == 0x0f)
         .unwrap();
     assert_eq!(aac["playable"], false);
+}
+
+/// `--features ffmpeg` (issue 21): AC-3, E-AC-3 5.1 and AAC 5.1 play as Opus at the source's
+/// pitch, 5.1 downmixed to stereo; the API says what the track is transcoded from.
+#[cfg(feature = "ffmpeg")]
+mod ffmpeg {
+    use super::*;
+
+    async fn plays_as_opus(file: &str, codec: &str) {
+        let s = serve("a", file, |_| {}).await;
+        let r = receive_audio(&format!("http://{}/whep/a", s.http_addr)).await;
+        check_tone(&r, 440.0);
+        let j = common::stream_json(s.http_addr, "a").await;
+        let audio = j["tracks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["kind"] == "audio")
+            .unwrap_or_else(|| panic!("an audio track in {j}"));
+        assert_eq!(audio["codec"], codec, "{audio}");
+        assert_eq!(audio["playable"], true, "{audio}");
+        assert_eq!(audio["transcoded_to"], "Opus", "{audio}");
+        assert!(audio["transcoder_cpu_pct"].as_f64().unwrap() > 0.0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ac3_plays_as_opus() {
+        plays_as_opus("h264_ac3.ts", "AC-3").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn eac3_5_1_plays_as_stereo_opus() {
+        plays_as_opus("h264_eac3_51.ts", "E-AC-3").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn aac_5_1_plays_as_stereo_opus() {
+        plays_as_opus("h264_aac_51.ts", "AAC (ADTS)").await;
+    }
+}
+
+/// Without FFmpeg's decoders, AC-3 says how to get them.
+#[cfg(not(feature = "ffmpeg"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ac3_without_ffmpeg_says_rebuild_with_the_feature() {
+    let s = serve("a", "h264_ac3.ts", |_| {}).await;
+    let r = whep_receive(
+        &format!("http://{}/whep/a", s.http_addr),
+        WhepOptions {
+            seconds: 3.0,
+            stop: StopWhen::VideoAus(10),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201);
+    let j = common::stream_json(s.http_addr, "a").await;
+    let ac3 = &j["tracks"][1];
+    assert_eq!(ac3["playable"], false, "{ac3}");
+    assert!(
+        ac3["reason"]
+            .as_str()
+            .unwrap()
+            .contains("rebuild with --features ffmpeg"),
+        "{ac3}"
+    );
+}
+
+/// Without FFmpeg's decoders, 5.1 AAC (which the PMT does not tell from stereo) is found out
+/// by the transcoder: the API then says the track does not play, and how to make it.
+#[cfg(not(feature = "ffmpeg"))]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aac_5_1_without_ffmpeg_is_reported_not_playable() {
+    let s = serve("a", "h264_aac_51.ts", |_| {}).await;
+    let mut aac = serde_json::Value::Null;
+    for _ in 0..50 {
+        let j = common::stream_json(s.http_addr, "a").await;
+        aac = j["tracks"][1].clone();
+        if aac["playable"] == false {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(aac["playable"], false, "{aac}");
+    assert!(aac.get("transcoded_to").is_none(), "{aac}");
+    let reason = aac["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("more than 2 channels"), "{aac}");
+    assert!(reason.contains("rebuild with --features ffmpeg"), "{aac}");
 }

@@ -1,4 +1,4 @@
-//! The audio transcoder (AAC ADTS / LATM, MPEG audio → Opus) on arbitrary PES payloads: framing,
+//! The audio transcoder (AAC ADTS / LATM, MPEG audio, AC-3 → Opus) on arbitrary PES payloads: framing,
 //! decoding (symphonia), resampling, downmixing and encoding (mousiki), with PTS that jump,
 //! repeat or go missing, discontinuities, flushes and resets in between.
 //!
@@ -17,10 +17,13 @@ fuzz_target!(|data: &[u8]| {
     let Some((&pick, mut rest)) = data.split_first() else {
         return;
     };
-    let codec = match pick % 3 {
+    let codec = match pick % 4 {
         0 => SourceCodec::AacAdts,
         1 => SourceCodec::AacLatm,
-        _ => SourceCodec::MpegAudio,
+        2 => SourceCodec::MpegAudio,
+        // AC-3 / E-AC-3 sync frames: decoded with `--features ffmpeg`, else `Unsupported`
+        // after the framing (our A/52 header parser) found a frame.
+        _ => SourceCodec::Ac3,
     };
     let mut t = Transcoder::new(codec);
     let mut out = Vec::new();

@@ -1,14 +1,20 @@
 //! Elementary stream parsing, sans-IO: H.264/H.265 access units and Opus packets out of PES
 //! payloads.
 
-// Denied, not forbidden: `h264_decoder` holds the few FFI calls OpenH264's safe API lacks.
+// Denied, not forbidden: `h264_decoder` holds the few FFI calls OpenH264's safe API lacks,
+// `ffmpeg` the calls to libavcodec (`--features ffmpeg`).
 #![deny(unsafe_code)]
 
 pub mod aac;
+pub mod ac3;
+pub mod deinterlace;
+#[cfg(feature = "ffmpeg")]
+pub mod ffmpeg;
 pub mod h264;
 pub mod h264_decoder;
 pub mod h265;
 pub mod mpa;
+pub mod mpeg2;
 pub mod opus;
 pub mod reencode;
 pub mod reorder;

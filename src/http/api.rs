@@ -16,11 +16,12 @@ use super::auth::{self, Action, Caller, Protocol};
 use super::{check_name, ApiError, AppState};
 use crate::codec::reencode::OUTPUT as REENCODED_TO;
 use crate::codec::reorder::{B_FRAMES_ADVICE, B_FRAMES_REENCODED};
+use crate::config::Transcode;
 use crate::stream::ring::Read;
 use crate::stream::starts::no_keyframes_reencoded;
 use crate::stream::{Reencode, ReencodeWhy, Status, Stream, VideoProfile};
 use crate::ts::start::StartPoint;
-use crate::ts::{mark, Codec, ProgramChoice, TrackInfo, TrackSet};
+use crate::ts::{mark, AudioChoice, Codec, ProgramChoice, TrackInfo, TrackKind, TrackSet};
 
 /// `GET /streams`: the streams the caller may see (a registered stream with its own view key
 /// only to a holder of that key or the admin).
@@ -74,13 +75,28 @@ const H265_NOTE: &str = "H.265 goes to viewers whose offer has H.265 (Chrome 136
      hardware decoder, Safari, GStreamer); other viewers get the stream's other tracks";
 
 /// One track of a PMT as JSON; codec details come from `st`, the status of the stream that
-/// demuxes its program (none for a program nobody watches).
-fn track_json(s: &Stream, st: &Status, t_set: &TrackSet, t: &TrackInfo) -> Value {
+/// demuxes its program (none for a program nobody watches). `program`: the program's number
+/// when viewers must ask for it (`?program=N`).
+fn track_json(
+    app: &AppState,
+    s: &Arc<Stream>,
+    st: &Status,
+    (t_set, program): (&TrackSet, Option<u16>),
+    t: &TrackInfo,
+) -> Value {
     let mut v = json!({
         "pid": t.pid.0,
         "stream_type": t.stream_type.0,
         "codec": t.codec_name(),
+        "kind": t.kind.name(),
     });
+    if let Some(lang) = t.language {
+        v["language"] = lang.as_str().into();
+    }
+    if t.kind == TrackKind::Audio {
+        audio_json(app, s, st, (t_set, program), t, &mut v);
+        return v;
+    }
     match &t.codec {
         Codec::H264 | Codec::H265 => {
             v["kind"] = "video".into();
@@ -142,33 +158,110 @@ fn track_json(s: &Stream, st: &Status, t_set: &TrackSet, t: &TrackInfo) -> Value
                 Reencode::Off => {}
             }
         }
-        Codec::Opus { channels } => {
-            v["kind"] = "audio".into();
-            v["playable"] = true.into();
-            v["channels"] = (*channels).into();
-        }
-        Codec::Unsupported { .. }
-            if st.transcoding.is_some() && crate::ts::transcodable_audio(t_set) == Some(t.pid) =>
-        {
-            let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-            let media_us = r(&s.stats.audio_packets) * 20_000;
-            let cpu = r(&s.stats.transcode_us) as f64 * 100.0 / media_us.max(1) as f64;
-            v["kind"] = "audio".into();
-            v["playable"] = true.into();
-            v["transcoded_to"] = "Opus".into();
-            v["transcoder_cpu_pct"] = ((cpu * 100.0).round() / 100.0).into();
-            v["transcode_errors"] = r(&s.stats.transcode_errors).into();
-        }
-        Codec::Unsupported { reason } => {
+        Codec::Data { what } => {
             v["playable"] = false.into();
-            v["reason"] = (*reason).into();
+            v["reason"] =
+                format!("{what}: not sent to viewers (WebRTC carries audio and video)").into();
+        }
+        Codec::Opus { .. } | Codec::Transcodable(_) | Codec::Unsupported { .. } => {
+            v["playable"] = false.into();
+            if let Codec::Unsupported { reason } = &t.codec {
+                v["reason"] = (*reason).into();
+            }
         }
     }
     v
 }
 
+/// An audio track: its place among the program's audio tracks (`?audio=N`), whether and how
+/// it plays, whether viewers get it by default, and the URLs that pick it. A track viewers
+/// picked is transcoded by the stream made for it (see `stream::Variant`), once for all of
+/// them: its figures are that stream's.
+fn audio_json(
+    app: &AppState,
+    s: &Arc<Stream>,
+    st: &Status,
+    (t_set, program): (&TrackSet, Option<u16>),
+    t: &TrackInfo,
+    v: &mut Value,
+) {
+    let index = t_set
+        .audio_tracks()
+        .position(|a| a.pid == t.pid)
+        .unwrap_or(0);
+    let transcode = app.cfg.audio_transcode == Transcode::Auto;
+    // The stream made for the viewers who picked it, if any has.
+    let root = s.parent().unwrap_or(s);
+    let picked = root.programs().into_iter().find(|p| {
+        p.program_choice() == ProgramChoice::Number(t_set.program_number)
+            && p.audio_choice() == AudioChoice::Index(index as u8)
+    });
+    let sent_by_default = s
+        .audio_choice()
+        .pick(t_set)
+        .is_some_and(|(_, a)| a.pid == t.pid);
+    // What its transcoder found once it decoded it (the PMT does not say HE-AAC or 5.1).
+    let failed = match &picked {
+        _ if sent_by_default => st.transcode_error.clone(),
+        Some(p) => p.status().transcode_error,
+        None => None,
+    };
+    let playable = t.playable(transcode) && failed.is_none();
+    let default = playable && sent_by_default;
+    v["audio_index"] = index.into();
+    v["playable"] = playable.into();
+    v["default"] = default.into();
+    match &t.codec {
+        Codec::Opus { channels } => v["channels"] = (*channels).into(),
+        Codec::Transcodable(_) if playable => v["transcoded_to"] = "Opus".into(),
+        Codec::Transcodable(_) if failed.is_some() => {}
+        Codec::Transcodable(c) => {
+            v["reason"] = format!(
+                "{} plays only transcoded to Opus, and transcoding is off (--audio-transcode off)",
+                c.name()
+            )
+            .into()
+        }
+        Codec::Unsupported { reason } => v["reason"] = (*reason).into(),
+        _ => {}
+    }
+    if let Some(why) = failed {
+        v["reason"] = format!("the transcoder cannot play it: {why}").into();
+    }
+    if !playable {
+        return;
+    }
+    let mut query = format!("audio={index}");
+    if let Some(n) = program {
+        query = format!("program={n}&{query}");
+    }
+    // The stream viewers name (a program or an audio track of it is a variant of it).
+    let n = &root.name;
+    v["urls"] = json!({
+        "whep": format!("/whep/{n}?{query}"),
+        "play": format!("/play/{n}?{query}"),
+    });
+    // The stream that sends it: this one for its default track, else the one made for the
+    // viewers who picked it (none while nobody has).
+    let (sender, transcoding) = match &picked {
+        _ if default => (s, st.transcoding.is_some()),
+        Some(p) => (p, p.status().transcoding.is_some()),
+        None => return,
+    };
+    if !default {
+        v["viewers"] = sender.stats.viewers.load(Ordering::Relaxed).into();
+    }
+    if transcoding {
+        let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        let media_us = r(&sender.stats.audio_packets) * 20_000;
+        let cpu = r(&sender.stats.transcode_us) as f64 * 100.0 / media_us.max(1) as f64;
+        v["transcoder_cpu_pct"] = ((cpu * 100.0).round() / 100.0).into();
+        v["transcode_errors"] = r(&sender.stats.transcode_errors).into();
+    }
+}
+
 /// Every program of the stream's TS: its tracks, viewers, and the URLs that play it.
-fn programs_json(s: &Arc<Stream>, st: &Status) -> Vec<Value> {
+fn programs_json(app: &AppState, s: &Arc<Stream>, st: &Status) -> Vec<Value> {
     let Some(programs) = &st.programs else {
         return Vec::new();
     };
@@ -182,9 +275,10 @@ fn programs_json(s: &Arc<Stream>, st: &Status) -> Vec<Value> {
                 .tracks
                 .as_ref()
                 .is_some_and(|t| t.program_number == number);
-            let own = demuxed
-                .iter()
-                .find(|p| p.program_choice() == ProgramChoice::Number(number));
+            let own = demuxed.iter().find(|p| {
+                p.program_choice() == ProgramChoice::Number(number)
+                    && p.audio_choice() == AudioChoice::Auto
+            });
             let (src, src_status) = match own {
                 _ if followed => (s, st.clone()),
                 Some(p) => (p, p.status()),
@@ -193,7 +287,10 @@ fn programs_json(s: &Arc<Stream>, st: &Status) -> Vec<Value> {
             let tracks: Vec<Value> = t_set
                 .tracks
                 .iter()
-                .map(|t| track_json(src, &src_status, t_set, t))
+                .map(|t| {
+                    let program = (!followed).then_some(number);
+                    track_json(app, src, &src_status, (t_set, program), t)
+                })
                 .collect();
             let viewers = match own {
                 _ if followed => s.stats.viewers.load(Ordering::Relaxed),
@@ -225,11 +322,11 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
             t_set
                 .tracks
                 .iter()
-                .map(|t| track_json(s, &st, t_set, t))
+                .map(|t| track_json(app, s, &st, (t_set, None), t))
                 .collect()
         })
         .unwrap_or_default();
-    let programs = programs_json(s, &st);
+    let programs = programs_json(app, s, &st);
     let viewers = s.stats.viewers.load(Ordering::Relaxed)
         + s.programs()
             .iter()

@@ -16,7 +16,8 @@ use super::session::{
     read_offer, session_id, session_started, session_url, SDP,
 };
 use super::{ApiError, AppState};
-use crate::stream::{Lookup, Status, Stream};
+use crate::stream::{Lookup, Status, Stream, Variant};
+use crate::ts::{AudioChoice, Language, TrackSet};
 use crate::webrtc::{Answered, OfferError, SessionUrl};
 
 /// Counts a WHEP POST waiting for its stream; the count drops however the wait ends (ready,
@@ -102,10 +103,126 @@ fn not_ready(stream: &Stream, waited: Duration) -> ApiError {
     }
 }
 
-/// `POST /whep/{s}?program=N`: a program of an MPTS other than the one the stream follows.
+/// `POST /whep/{s}?program=N`: a program of an MPTS other than the one the stream follows;
+/// `?audio=N` (from 0, in PMT order) or `?lang=spa` (ISO 639-2): one of its audio tracks.
 #[derive(Debug, serde::Deserialize)]
 pub struct WhepQuery {
     program: Option<u16>,
+    audio: Option<u8>,
+    lang: Option<String>,
+}
+
+/// How a viewer picked an audio track.
+#[derive(Debug, Clone, Copy)]
+enum AudioPick {
+    Index(u8),
+    Lang(Language),
+}
+
+impl WhepQuery {
+    fn audio_pick(&self) -> Result<Option<AudioPick>, ApiError> {
+        match (self.audio, &self.lang) {
+            (Some(_), Some(_)) => Err(ApiError::BadRequest(
+                "give ?audio=N or ?lang=xyz, not both".into(),
+            )),
+            (Some(n), None) => Ok(Some(AudioPick::Index(n))),
+            (None, Some(lang)) => lang
+                .parse()
+                .map(|l| Some(AudioPick::Lang(l)))
+                .map_err(|e| ApiError::BadRequest(format!("?lang: {e}"))),
+            (None, None) => Ok(None),
+        }
+    }
+}
+
+/// The audio tracks of a program as a viewer reads them in an error: `0 (eng, AAC (ADTS))`.
+fn audio_list(tracks: &TrackSet, transcode: bool) -> String {
+    let list: Vec<String> = tracks
+        .audio_tracks()
+        .enumerate()
+        .map(|(i, t)| {
+            let lang = t.language.map(|l| format!("{l}, ")).unwrap_or_default();
+            let plays = if t.playable(transcode) {
+                ""
+            } else {
+                ", not playable"
+            };
+            format!("{i} ({lang}{}{plays})", t.codec_name())
+        })
+        .collect();
+    if list.is_empty() {
+        "none".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// The stream a viewer who picked an audio track is served from: `stream` itself when that
+/// is the track it sends, else the variant made for that track (one per track, however many
+/// viewers picked it: its audio is transcoded once). Waits (within `deadline`) for the PMT.
+async fn audio_stream(
+    app: &AppState,
+    stream: Arc<Stream>,
+    pick: AudioPick,
+    deadline: Duration,
+) -> Result<Arc<Stream>, ApiError> {
+    let waiting = Waiting::new(stream.clone());
+    let mut rx = stream.subscribe();
+    let waited = tokio::time::timeout(deadline, rx.wait_for(|s| s.tracks.is_some())).await;
+    drop(waiting);
+    let tracks = match waited {
+        Ok(Ok(status)) => status.tracks.clone(),
+        _ => None,
+    };
+    let Some(tracks) = tracks else {
+        return Err(not_ready(&stream, deadline));
+    };
+    let transcode = app.cfg.audio_transcode == crate::config::Transcode::Auto;
+    let name = &stream.name;
+    let found = match pick {
+        AudioPick::Index(n) => tracks.audio_tracks().nth(usize::from(n)).map(|t| (n, t)),
+        AudioPick::Lang(lang) => {
+            let with_lang = || {
+                (tracks.audio_tracks().enumerate())
+                    .filter(|(_, t)| t.language == Some(lang))
+                    .map(|(i, t)| (i as u8, t))
+            };
+            with_lang()
+                .find(|(_, t)| t.playable(transcode))
+                .or_else(|| with_lang().next())
+        }
+    };
+    let Some((index, track)) = found else {
+        let asked = match pick {
+            AudioPick::Index(n) => format!("audio track {n}"),
+            AudioPick::Lang(l) => format!("audio track in {l:?}"),
+        };
+        return Err(ApiError::NotFound(format!(
+            "stream {name:?} has no {asked}; its audio tracks are {}",
+            audio_list(&tracks, transcode)
+        )));
+    };
+    if !track.playable(transcode) {
+        let why = match &track.codec {
+            crate::ts::Codec::Unsupported { reason } => reason.to_string(),
+            _ => "it plays only transcoded to Opus, and --audio-transcode is off".into(),
+        };
+        return Err(ApiError::NotAcceptable(format!(
+            "audio track {index} of stream {name:?} ({}) does not play: {why}; its audio \
+             tracks are {}",
+            track.codec_name(),
+            audio_list(&tracks, transcode)
+        )));
+    }
+    let sent = stream.audio_choice().pick(&tracks).map(|(i, _)| i);
+    if sent == Some(index) {
+        return Ok(stream);
+    }
+    let variant = Variant {
+        program: tracks.program_number,
+        audio: AudioChoice::Index(index),
+    };
+    Ok(app.registry.variant(&stream, variant))
 }
 
 /// The stream a viewer of program `number` of `parent` is served from: `parent` itself when
@@ -222,6 +339,7 @@ pub async fn post(
         }
         r => r?,
     };
+    let audio_pick = query.audio_pick()?;
 
     let posted = Instant::now();
     if app.cluster.as_ref().is_some_and(|c| c.is_draining()) {
@@ -245,6 +363,10 @@ pub async fn post(
     let stream = match query.program {
         None => stream,
         Some(n) => program_stream(&app, stream, n, left()).await?,
+    };
+    let stream = match audio_pick {
+        None => stream,
+        Some(pick) => audio_stream(&app, stream, pick, left()).await?,
     };
     let status = wait_ready(&stream, left(), app.cfg.source_grace).await?;
     drop(waiting_here);

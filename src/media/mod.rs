@@ -13,6 +13,7 @@
 mod clock;
 mod reencode;
 mod state;
+mod tracks_log;
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -27,7 +28,6 @@ use crate::stream::frame::{FrameSink, Kind};
 use crate::stream::gop::GopBound;
 use crate::stream::ring::Read;
 use crate::stream::{Reencode, ReencodeWhy, StartPoints, Stream};
-use crate::ts::Codec;
 use reencode::{Done, Worker};
 pub use state::{MediaEvent, MediaProblem, MediaState, ReencodeJob};
 
@@ -84,28 +84,15 @@ impl Apply<'_> {
                 transcoding,
                 changed,
             } => {
-                for t in &tracks.tracks {
-                    match &t.codec {
-                        Codec::Unsupported { .. }
-                            if transcoding.is_some()
-                                && crate::ts::transcodable_audio(&tracks) == Some(t.pid) =>
-                        {
-                            info!(stream = %stream.name, pid = %t.pid, source = t.stream_type.name(),
-                                "transcoding audio to Opus for WebRTC");
-                        }
-                        Codec::Unsupported { reason } => warn!(
-                            stream = %stream.name, pid = %t.pid, stream_type = t.stream_type.0,
-                            codec = t.stream_type.name(), "track not playable over WebRTC: {reason}"
-                        ),
-                        codec => info!(stream = %stream.name, pid = %t.pid, ?codec, "track"),
-                    }
-                }
+                tracks_log::log_tracks(stream, &tracks, transcoding.is_some());
                 if changed {
                     info!(stream = %stream.name, "PMT changed");
                 }
                 stream.update_status(|s| {
                     s.tracks = Some(tracks);
                     s.transcoding = transcoding;
+                    // A new transcoder, maybe for another track: it has not failed yet.
+                    s.transcode_error = s.transcode_error.take().filter(|_| !changed);
                 });
                 if changed {
                     self.sink.tracks_changed(stream);
@@ -176,6 +163,9 @@ impl Apply<'_> {
                 if p.is_ts_problem() {
                     st.ts_problems.fetch_add(1, Ordering::Relaxed);
                 }
+                if let MediaProblem::TranscodeUnsupported(e) = &p {
+                    tracks_log::transcode_failed(stream, Some(e));
+                }
                 if self.logged.insert(p.cause()) {
                     match p {
                         MediaProblem::Ts(p) => warn!(stream = %stream.name, problem = ?p,
@@ -190,7 +180,10 @@ impl Apply<'_> {
                     }
                 }
             }
-            MediaEvent::Ended => stream.gop.lock().clear(),
+            MediaEvent::Ended => {
+                stream.gop.lock().clear();
+                tracks_log::transcode_failed(stream, None);
+            }
         }
     }
 
@@ -229,6 +222,7 @@ pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, options: MediaOp
         .with_gop_bound(options.gop_cache_max)
         .with_transcoding(options.audio_transcode)
         .with_reencoding(options.video_transcode)
+        .with_audio(stream.audio_choice())
         .with_program(stream.program_choice());
     let mut apply = Apply {
         stream: &stream,

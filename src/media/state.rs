@@ -22,7 +22,9 @@ use crate::stream::gop::GopBound;
 use crate::stream::starts::{StartPoints, StartWatch};
 use crate::stream::{Reencode, ReencodeWhy};
 use crate::time::{self, ClockRate, Timeline};
-use crate::ts::{Codec, DemuxEvent, DemuxProblem, Demuxer, Pes, Pid, ProgramChoice, TrackSet};
+use crate::ts::{
+    AudioChoice, Codec, DemuxEvent, DemuxProblem, Demuxer, Pes, Pid, ProgramChoice, TrackSet,
+};
 
 /// What the state machine reports, in order.
 #[derive(Debug, Clone)]
@@ -131,6 +133,8 @@ pub struct MediaState {
     next_seq: u64,
     /// Transcode AAC/MPEG audio when there is no Opus (`--audio-transcode auto`).
     transcode: bool,
+    /// The audio track viewers get (`?audio=N`).
+    audio: AudioChoice,
     transcoder: Option<(Pid, Transcoder)>,
     last_transcoded: Option<u64>,
     /// The transcoder's CPU time is measured with this (instrumentation, not logic: tests
@@ -189,6 +193,7 @@ impl MediaState {
             audio_offset: u64::from(rand::random::<u32>()),
             next_seq: 0,
             transcode: false,
+            audio: AudioChoice::Auto,
             transcoder: None,
             last_transcoded: None,
             stopwatch: Instant::now,
@@ -233,6 +238,14 @@ impl MediaState {
     pub fn with_program(mut self, choice: ProgramChoice) -> Self {
         self.demux = Demuxer::with_program(choice);
         self.demux.set_transcodable_audio(self.transcode);
+        self.demux.set_audio(self.audio);
+        self
+    }
+
+    /// With `choice` of the program's audio tracks for the viewers.
+    pub fn with_audio(mut self, choice: AudioChoice) -> Self {
+        self.audio = choice;
+        self.demux.set_audio(choice);
         self
     }
 
@@ -275,8 +288,10 @@ impl MediaState {
         self.tracks.as_ref()?.video().map(|t| t.pid)
     }
 
+    /// The Opus track viewers get, when it is one.
     fn audio_pid(&self) -> Option<Pid> {
-        self.tracks.as_ref()?.audio().map(|t| t.pid)
+        let (_, t) = self.audio.pick(self.tracks.as_ref()?)?;
+        matches!(t.codec, Codec::Opus { .. }).then_some(t.pid)
     }
 
     fn handle_events(
@@ -330,11 +345,11 @@ impl MediaState {
     fn on_tracks(&mut self, tracks: TrackSet, out: &mut Vec<MediaEvent>) {
         let transcode = self
             .transcode
-            .then(|| crate::ts::transcodable_audio(&tracks))
+            .then(|| self.audio.transcoded(&tracks))
             .flatten()
-            .and_then(|pid| {
-                let t = tracks.track(pid)?;
-                Some((pid, t.stream_type.transcodable()?))
+            .and_then(|t| match t.codec {
+                Codec::Transcodable(codec) => Some((t.pid, codec)),
+                _ => None,
             });
         match (&self.transcoder, transcode) {
             (Some((old, _)), Some((pid, _))) if *old == pid => {}

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use tokio::sync::{watch, Notify};
 
-use crate::ts::{ProgramChoice, TrackSet};
+use crate::ts::{AudioChoice, ProgramChoice, TrackSet};
 use gop::GopCache;
 use ring::Ring;
 
@@ -42,6 +42,9 @@ pub struct Status {
     pub programs: Option<Arc<[TrackSet]>>,
     /// Audio the stream transcodes to Opus: the source codec's name.
     pub transcoding: Option<&'static str>,
+    /// Why the transcoder cannot play that audio after all (a variant the PMT does not show:
+    /// HE-AAC, more than two AAC channels without FFmpeg's decoders), until the source ends.
+    pub transcode_error: Option<Arc<str>>,
     /// Viewers can be answered: a playable track exists and, for video, its SPS is known.
     pub ready: bool,
     /// The video has B-frames (see `codec::reorder`): reported, since browsers play it badly.
@@ -50,6 +53,15 @@ pub struct Status {
     pub reencode: Reencode,
     /// The source's start points against the GOP cache bound (`media::StartPoints`).
     pub start_points: StartPoints,
+}
+
+/// What a stream demuxed on its own beside its parent serves (see [`Registry::variant`]): a
+/// program of the TS, with its default audio track or the one viewers picked. Its video is
+/// demuxed and packetized (and re-encoded, when the source needs it) once more for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub program: u16,
+    pub audio: AudioChoice,
 }
 
 /// The video re-encoder of a stream (see `codec::reencode`).
@@ -97,6 +109,7 @@ impl Status {
             programs: None,
             video: None,
             transcoding: None,
+            transcode_error: None,
             ready: false,
             b_frames: false,
             reencode: Reencode::Off,
@@ -167,10 +180,14 @@ pub struct Stream {
     /// The program the media task follows: the stream's choice, or a fixed one for a program
     /// of an MPTS that is not the stream's own.
     choice: ProgramChoice,
+    /// The audio track viewers of this stream get: the program's default, or the one a
+    /// variant of the stream was made for (see [`Registry::variant`]).
+    audio: AudioChoice,
     /// For such a program: the stream whose ring it reads (its source state is the parent's).
     parent: Option<Arc<Stream>>,
-    /// The programs of this stream that viewers asked for by number, each demuxed once.
-    programs: Mutex<HashMap<u16, Arc<Stream>>>,
+    /// The programs of this stream, and the audio tracks, that viewers asked for, each
+    /// demuxed once (see [`Variant`]).
+    programs: Mutex<HashMap<Variant, Arc<Stream>>>,
     /// Since when nobody watches or waits for this program (for removing it).
     unwatched_since: Mutex<Option<Instant>>,
     /// Wakes the media task of a removed program.
@@ -196,6 +213,7 @@ impl Stream {
             touched: Mutex::new(Instant::now()),
             ended_at: Mutex::new(None),
             choice: ProgramChoice::Auto,
+            audio: AudioChoice::Auto,
             parent: None,
             programs: Mutex::new(HashMap::new()),
             unwatched_since: Mutex::new(None),
@@ -237,12 +255,18 @@ impl Stream {
         self.choice
     }
 
+    /// Which audio track of its program the media task sends.
+    pub fn audio_choice(&self) -> AudioChoice {
+        self.audio
+    }
+
     /// For a program of an MPTS read from another stream: that stream.
     pub fn parent(&self) -> Option<&Arc<Stream>> {
         self.parent.as_ref()
     }
 
-    /// The programs viewers asked for by number (not the one the stream follows itself).
+    /// The programs viewers asked for by number (not the one the stream follows itself), and
+    /// the streams of the audio tracks viewers chose (see [`Variant`]).
     pub fn programs(&self) -> Vec<Arc<Stream>> {
         let mut v: Vec<_> = self.programs.lock().values().cloned().collect();
         v.sort_by_key(|p| p.id);
@@ -602,18 +626,36 @@ impl Registry {
     /// Program `number` of `parent`'s TS, demuxed on its own (once, however many viewers it
     /// has), for viewers who asked for a program the stream does not follow itself.
     pub fn program(&self, parent: &Arc<Stream>, number: u16) -> Arc<Stream> {
+        let variant = Variant {
+            program: number,
+            audio: AudioChoice::Auto,
+        };
+        self.variant(parent, variant)
+    }
+
+    /// `variant` of the TS `parent` (or the stream `parent` reads from) carries, demuxed on
+    /// its own, once however many viewers it has: a program the stream does not follow, or
+    /// another audio track than its default. It shares the ring and the source state of the
+    /// stream that has the source, and goes when nobody watched it for a while.
+    pub fn variant(&self, parent: &Arc<Stream>, variant: Variant) -> Arc<Stream> {
+        let parent = parent.parent.as_ref().unwrap_or(parent);
         let mut programs = parent.programs.lock();
-        if let Some(p) = programs.get(&number) {
+        if let Some(p) = programs.get(&variant) {
             return p.clone();
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let mut stream = Stream::new(format!("{}#{number}", parent.name), id, parent.ring.clone());
-        stream.choice = ProgramChoice::Number(number);
+        let name = match variant.audio {
+            AudioChoice::Auto => format!("{}#{}", parent.name, variant.program),
+            AudioChoice::Index(n) => format!("{}#{}/audio{n}", parent.name, variant.program),
+        };
+        let mut stream = Stream::new(name, id, parent.ring.clone());
+        stream.choice = ProgramChoice::Number(variant.program);
+        stream.audio = variant.audio;
         stream.parent = Some(parent.clone());
         let source = parent.status().source;
         stream.status.send_modify(|s| s.source = source);
         let stream = Arc::new(stream);
-        programs.insert(number, stream.clone());
+        programs.insert(variant, stream.clone());
         drop(programs);
         (self.on_new)(&stream);
         stream

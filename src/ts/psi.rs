@@ -4,6 +4,7 @@
 use std::fmt;
 
 use super::packet::{Pid, PidWriter, PACKET_SIZE};
+use super::track::{Language, TrackKind};
 use crate::codec::transcode::SourceCodec;
 
 /// An elementary stream_type from the PMT.
@@ -59,6 +60,8 @@ impl StreamType {
             Self::AAC_ADTS => Some(SourceCodec::AacAdts),
             Self::AAC_LATM => Some(SourceCodec::AacLatm),
             Self::MPEG1_AUDIO | Self::MPEG2_AUDIO => Some(SourceCodec::MpegAudio),
+            Self::AC3 if cfg!(feature = "ffmpeg") => Some(SourceCodec::Ac3),
+            Self::EAC3 if cfg!(feature = "ffmpeg") => Some(SourceCodec::Eac3),
             _ => None,
         }
     }
@@ -80,6 +83,14 @@ pub enum Codec {
     Opus {
         channels: u8,
     },
+    /// Audio the transcoder turns into Opus (AAC, MPEG audio): playable when transcoding is
+    /// on (`--audio-transcode auto`, the default), reassembled when viewers get it.
+    Transcodable(SourceCodec),
+    /// Teletext, subtitles, SCTE-35, KLV/ID3 metadata, private sections: `what` it is. Listed,
+    /// never reassembled, not a problem.
+    Data {
+        what: &'static str,
+    },
     /// Listed so it can be shown, never reassembled.
     Unsupported {
         reason: &'static str,
@@ -87,9 +98,9 @@ pub enum Codec {
 }
 
 impl Codec {
-    /// The demuxer reassembles its PES (H.264, H.265, Opus).
+    /// Viewers get it as it is: the demuxer reassembles its PES (H.264, H.265, Opus).
     pub fn is_supported(&self) -> bool {
-        !matches!(self, Codec::Unsupported { .. })
+        matches!(self, Codec::H264 | Codec::H265 | Codec::Opus { .. })
     }
 }
 
@@ -99,17 +110,28 @@ pub struct TrackInfo {
     pub pid: Pid,
     pub stream_type: StreamType,
     pub codec: Codec,
+    pub kind: TrackKind,
+    /// From the ISO 639 language descriptor (or a DVB teletext/subtitling descriptor).
+    pub language: Option<Language>,
 }
 
 impl TrackInfo {
-    /// The codec's name for people: "H.264", "Opus", or what the stream type says.
+    /// The codec's name for people: "H.264", "Opus", what the data is ("teletext"), or what
+    /// the stream type says.
     pub fn codec_name(&self) -> &'static str {
         match self.codec {
             Codec::H264 => "H.264",
             Codec::H265 => "H.265",
             Codec::Opus { .. } => "Opus",
+            Codec::Transcodable(c) => c.name(),
+            Codec::Data { what } => what,
             Codec::Unsupported { .. } => self.stream_type.name(),
         }
+    }
+
+    /// Viewers can be given it: as it is, or transcoded to Opus when `transcode` is on.
+    pub fn playable(&self, transcode: bool) -> bool {
+        self.codec.is_supported() || transcode && matches!(self.codec, Codec::Transcodable(_))
     }
 }
 
@@ -148,6 +170,12 @@ impl TrackSet {
         self.tracks
             .iter()
             .find(|t| matches!(t.codec, Codec::Opus { .. }))
+    }
+
+    /// The audio tracks in PMT order, playable or not: a viewer picks one by its place in
+    /// this list (`?audio=N`, from 0) or by its language.
+    pub fn audio_tracks(&self) -> impl Iterator<Item = &TrackInfo> + Clone {
+        self.tracks.iter().filter(|t| t.kind == TrackKind::Audio)
     }
 
     pub fn track(&self, pid: Pid) -> Option<&TrackInfo> {
@@ -346,10 +374,13 @@ pub(crate) fn parse_pmt(
         if tracks.iter().any(|t: &TrackInfo| t.pid == pid) {
             continue; // a PID listed twice: the first entry wins
         }
+        let (kind, codec) = classify(stream_type, descriptors);
         tracks.push(TrackInfo {
             pid,
             stream_type,
-            codec: classify(stream_type, descriptors),
+            codec,
+            kind,
+            language: language(descriptors),
         });
     }
     Ok(TrackSet {
@@ -362,6 +393,11 @@ pub(crate) fn parse_pmt(
 }
 
 const TAG_REGISTRATION: u8 = 0x05;
+const TAG_LANGUAGE: u8 = 0x0A;
+const TAG_METADATA: u8 = 0x26;
+const TAG_VBI_TELETEXT: u8 = 0x46;
+const TAG_TELETEXT: u8 = 0x56;
+const TAG_SUBTITLING: u8 = 0x59;
 const TAG_AC3: u8 = 0x6A;
 const TAG_EAC3: u8 = 0x7A;
 const TAG_EXTENSION: u8 = 0x7F;
@@ -378,65 +414,125 @@ fn descriptors(mut data: &[u8]) -> impl Iterator<Item = (u8, &[u8])> {
     })
 }
 
+/// The track's language: the ISO 639 language descriptor's first entry, else the first entry
+/// of a DVB teletext or subtitling descriptor (each entry starts with the code).
+fn language(es_info: &[u8]) -> Option<Language> {
+    descriptors(es_info)
+        .find(|&(tag, _)| tag == TAG_LANGUAGE)
+        .or_else(|| {
+            descriptors(es_info)
+                .find(|&(tag, _)| matches!(tag, TAG_TELETEXT | TAG_VBI_TELETEXT | TAG_SUBTITLING))
+        })
+        .and_then(|(_, d)| Language::new(d))
+}
+
+/// A registration descriptor (or a metadata descriptor's format identifier) says `id`.
+fn registered(es_info: &[u8], id: &[u8; 4]) -> bool {
+    descriptors(es_info).any(|(tag, d)| {
+        (tag == TAG_REGISTRATION && d.starts_with(id))
+            || (tag == TAG_METADATA && metadata_format(d) == Some(&id[..]))
+    })
+}
+
+/// The metadata_format_identifier of a metadata_descriptor (ISO/IEC 13818-1 §2.6.60): after
+/// the application format (2 bytes, 4 more when it is 0xFFFF) and a metadata_format of 0xFF.
+fn metadata_format(d: &[u8]) -> Option<&[u8]> {
+    let at = if d.get(..2)? == [0xFF, 0xFF] { 6 } else { 2 };
+    (*d.get(at)? == 0xFF).then_some(())?;
+    d.get(at + 1..at + 5)
+}
+
+/// What a data PID carries, from its descriptors (teletext, DVB subtitles, KLV, ID3), if it
+/// says.
+fn data_kind(es_info: &[u8]) -> Option<&'static str> {
+    let has = |t: u8| descriptors(es_info).any(|(tag, _)| tag == t);
+    if has(TAG_TELETEXT) || has(TAG_VBI_TELETEXT) {
+        Some("teletext")
+    } else if has(TAG_SUBTITLING) {
+        Some("DVB subtitles")
+    } else if registered(es_info, b"KLVA") {
+        Some("KLV metadata")
+    } else if registered(es_info, b"ID3 ") {
+        Some("ID3 metadata")
+    } else if registered(es_info, b"CUEI") {
+        Some("SCTE-35 cues")
+    } else {
+        None
+    }
+}
+
+const AC3_NEEDS_FFMPEG: &str = "AC-3 is not playable in WebRTC; it plays transcoded to Opus \
+     with FFmpeg's decoder: rebuild with --features ffmpeg";
+const E_AC3_NEEDS_FFMPEG: &str = "E-AC-3 is not playable in WebRTC; it plays transcoded to \
+     Opus with FFmpeg's decoder: rebuild with --features ffmpeg";
+
 /// Decides the codec from the stream_type and the ES_info descriptors alone (no probing).
-pub(crate) fn classify(stream_type: StreamType, es_info: &[u8]) -> Codec {
-    let unsupported = |reason| Codec::Unsupported { reason };
+pub(crate) fn classify(stream_type: StreamType, es_info: &[u8]) -> (TrackKind, Codec) {
+    let unsupported = |kind, reason| (kind, Codec::Unsupported { reason });
+    let data = |what| (TrackKind::Data, Codec::Data { what });
+    let audio = TrackKind::Audio;
+    let video = TrackKind::Video;
+    // AC-3 / E-AC-3: transcoded with FFmpeg's decoders, when they are built in.
+    let dolby = |codec: SourceCodec| match codec {
+        _ if cfg!(feature = "ffmpeg") => (audio, Codec::Transcodable(codec)),
+        SourceCodec::Eac3 => unsupported(audio, E_AC3_NEEDS_FFMPEG),
+        _ => unsupported(audio, AC3_NEEDS_FFMPEG),
+    };
     match stream_type {
-        StreamType::H264 => Codec::H264,
+        StreamType::H264 => (video, Codec::H264),
         StreamType::PRIVATE_PES => {
-            let opus = descriptors(es_info)
-                .any(|(tag, d)| tag == TAG_REGISTRATION && d.starts_with(b"Opus"));
+            let opus = registered(es_info, b"Opus");
             if opus {
                 let code = descriptors(es_info)
                     .find(|&(tag, d)| tag == TAG_EXTENSION && d.first() == Some(&EXT_TAG_OPUS))
                     .map(|(_, d)| d.get(1).copied());
                 return match code {
                     // No extension descriptor: stereo is the draft's default.
-                    None => Codec::Opus { channels: 2 },
-                    Some(None) => {
-                        unsupported("Opus extension descriptor without channel_config_code")
-                    }
-                    Some(Some(c @ 1..=2)) => Codec::Opus { channels: c },
+                    None => (audio, Codec::Opus { channels: 2 }),
+                    Some(None) => unsupported(
+                        audio,
+                        "Opus extension descriptor without channel_config_code",
+                    ),
+                    Some(Some(c @ 1..=2)) => (audio, Codec::Opus { channels: c }),
                     // Dual mono is two Opus streams (mapping family 255, multistream framing):
                     // a WebRTC Opus decoder only takes one stream.
-                    Some(Some(0)) => {
-                        unsupported("Opus dual mono (two streams) is not playable in WebRTC")
-                    }
-                    Some(Some(3..=8)) => unsupported("Opus with more than 2 channels"),
-                    Some(Some(_)) => unsupported("Opus channel configuration not supported"),
+                    Some(Some(0)) => unsupported(
+                        audio,
+                        "Opus dual mono (two streams) is not playable in WebRTC",
+                    ),
+                    Some(Some(3..=8)) => unsupported(audio, "Opus with more than 2 channels"),
+                    Some(Some(_)) => unsupported(audio, "Opus channel configuration not supported"),
                 };
             }
-            if descriptors(es_info).any(|(tag, _)| tag == TAG_AC3)
-                || descriptors(es_info)
-                    .any(|(tag, d)| tag == TAG_REGISTRATION && d.starts_with(b"AC-3"))
-            {
-                unsupported("AC-3 is not playable in WebRTC")
+            if descriptors(es_info).any(|(tag, _)| tag == TAG_AC3) || registered(es_info, b"AC-3") {
+                dolby(SourceCodec::Ac3)
             } else if descriptors(es_info).any(|(tag, _)| tag == TAG_EAC3)
-                || descriptors(es_info)
-                    .any(|(tag, d)| tag == TAG_REGISTRATION && d.starts_with(b"EAC3"))
+                || registered(es_info, b"EAC3")
             {
-                unsupported("E-AC-3 is not playable in WebRTC")
+                dolby(SourceCodec::Eac3)
+            } else if let Some(what) = data_kind(es_info) {
+                data(what)
             } else {
-                unsupported("private data")
+                unsupported(TrackKind::Unknown, "private data")
             }
         }
-        StreamType::AAC_ADTS => unsupported("AAC (ADTS) is not playable in WebRTC"),
-        StreamType::AAC_LATM => unsupported("AAC (LATM) is not playable in WebRTC"),
+        StreamType::AAC_ADTS => (audio, Codec::Transcodable(SourceCodec::AacAdts)),
+        StreamType::AAC_LATM => (audio, Codec::Transcodable(SourceCodec::AacLatm)),
         StreamType::MPEG1_AUDIO | StreamType::MPEG2_AUDIO => {
-            unsupported("MPEG audio is not playable in WebRTC")
+            (audio, Codec::Transcodable(SourceCodec::MpegAudio))
         }
-        StreamType::HEVC => Codec::H265,
-        StreamType::VVC => unsupported("H.266 is not supported (H.264 only)"),
+        StreamType::HEVC => (video, Codec::H265),
+        StreamType::VVC => unsupported(video, "H.266 is not supported (H.264 only)"),
         StreamType::MPEG1_VIDEO | StreamType::MPEG2_VIDEO => {
-            unsupported("MPEG-1/2 video is not playable in WebRTC")
+            unsupported(video, "MPEG-1/2 video is not playable in WebRTC")
         }
-        StreamType::MPEG4_VIDEO => unsupported("MPEG-4 video is not playable in WebRTC"),
-        StreamType::AC3 => unsupported("AC-3 is not playable in WebRTC"),
-        StreamType::EAC3 => unsupported("E-AC-3 is not playable in WebRTC"),
-        StreamType::PRIVATE_SECTIONS | StreamType::METADATA_PES | StreamType::SCTE35 => {
-            unsupported("data stream")
-        }
-        _ => unsupported("unknown stream type"),
+        StreamType::MPEG4_VIDEO => unsupported(video, "MPEG-4 video is not playable in WebRTC"),
+        StreamType::AC3 => dolby(SourceCodec::Ac3),
+        StreamType::EAC3 => dolby(SourceCodec::Eac3),
+        StreamType::SCTE35 => data("SCTE-35 cues"),
+        StreamType::METADATA_PES => data(data_kind(es_info).unwrap_or("metadata")),
+        StreamType::PRIVATE_SECTIONS => data(data_kind(es_info).unwrap_or("private sections")),
+        _ => unsupported(TrackKind::Unknown, "unknown stream type"),
     }
 }
 
@@ -491,7 +587,7 @@ mod tests {
     }
 
     fn opus(es_info: &[u8]) -> Codec {
-        classify(StreamType::PRIVATE_PES, es_info)
+        classify(StreamType::PRIVATE_PES, es_info).1
     }
 
     #[test]
@@ -518,18 +614,17 @@ mod tests {
                 reason: "private data"
             }
         );
-        assert_eq!(
-            opus(&[0x6A, 0x01, 0x00]),
-            Codec::Unsupported {
-                reason: "AC-3 is not playable in WebRTC"
-            }
-        );
-        assert_eq!(
-            opus(&[0x7A, 0x01, 0x00]),
-            Codec::Unsupported {
-                reason: "E-AC-3 is not playable in WebRTC"
-            }
-        );
+        let (ac3, eac3) = if cfg!(feature = "ffmpeg") {
+            (
+                Codec::Transcodable(SourceCodec::Ac3),
+                Codec::Transcodable(SourceCodec::Eac3),
+            )
+        } else {
+            let reason = |reason| Codec::Unsupported { reason };
+            (reason(AC3_NEEDS_FFMPEG), reason(E_AC3_NEEDS_FFMPEG))
+        };
+        assert_eq!(opus(&[0x6A, 0x01, 0x00]), ac3);
+        assert_eq!(opus(&[0x7A, 0x01, 0x00]), eac3);
         // A truncated descriptor loop is not read past its end.
         assert_eq!(
             opus(&[0x05, 0x09, b'O', b'p']),
@@ -540,24 +635,81 @@ mod tests {
     }
 
     #[test]
-    fn aac_is_listed_as_unsupported_and_hevc_as_h265() {
+    fn aac_is_transcodable_audio_and_hevc_is_h265() {
+        let codec = |t| classify(t, &[]).1;
         assert_eq!(
             classify(StreamType::AAC_ADTS, &[]),
-            Codec::Unsupported {
-                reason: "AAC (ADTS) is not playable in WebRTC"
-            }
+            (TrackKind::Audio, Codec::Transcodable(SourceCodec::AacAdts))
         );
-        assert!(!classify(StreamType::AAC_LATM, &[]).is_supported());
-        assert_eq!(classify(StreamType::HEVC, &[]), Codec::H265);
-        assert!(classify(StreamType::HEVC, &[]).is_supported());
+        assert_eq!(
+            codec(StreamType::AAC_LATM),
+            Codec::Transcodable(SourceCodec::AacLatm)
+        );
+        assert!(!codec(StreamType::AAC_LATM).is_supported());
+        assert_eq!(
+            classify(StreamType::HEVC, &[]),
+            (TrackKind::Video, Codec::H265)
+        );
+        assert!(codec(StreamType::HEVC).is_supported());
         assert_eq!(
             classify(StreamType(0x99), &[]),
-            Codec::Unsupported {
-                reason: "unknown stream type"
-            }
+            (
+                TrackKind::Unknown,
+                Codec::Unsupported {
+                    reason: "unknown stream type"
+                }
+            )
         );
         assert_eq!(StreamType::AAC_ADTS.name(), "AAC (ADTS)");
         assert_eq!(StreamType::H264.to_string(), "H.264 (0x1b)");
+    }
+
+    /// Broadcast data PIDs say what they are, as DVB, SCTE and ID3/KLV carriage signal it.
+    #[test]
+    fn data_pids_are_named_from_their_descriptors() {
+        let private = |d: &[u8]| classify(StreamType::PRIVATE_PES, d);
+        let data = |what| (TrackKind::Data, Codec::Data { what });
+        // teletext_descriptor: ISO 639 code, type/magazine, page.
+        assert_eq!(
+            private(&[0x56, 5, b'd', b'e', b'u', 0x09, 0x00]),
+            data("teletext")
+        );
+        assert_eq!(
+            private(&[0x59, 8, b'f', b'r', b'a', 0x10, 0, 1, 0, 1]),
+            data("DVB subtitles")
+        );
+        assert_eq!(classify(StreamType::SCTE35, &[]), data("SCTE-35 cues"));
+        // metadata_descriptor as HLS timed metadata writes it: application format 0xFFFF and
+        // 'ID3 ', format 0xFF and 'ID3 ', service id, flags.
+        let id3 = [
+            0x26, 13, 0xFF, 0xFF, b'I', b'D', b'3', b' ', 0xFF, b'I', b'D', b'3', b' ', 0, 0x0F,
+        ];
+        assert_eq!(
+            classify(StreamType::METADATA_PES, &id3),
+            data("ID3 metadata")
+        );
+        let klv = [0x05, 4, b'K', b'L', b'V', b'A'];
+        assert_eq!(private(&klv), data("KLV metadata"));
+        assert_eq!(classify(StreamType::METADATA_PES, &[]), data("metadata"));
+        assert_eq!(
+            classify(StreamType::PRIVATE_SECTIONS, &[]),
+            data("private sections")
+        );
+    }
+
+    #[test]
+    fn the_language_comes_from_the_iso_639_descriptor_or_a_dvb_text_descriptor() {
+        let lang = |d: &[u8]| language(d).map(|l| l.to_string());
+        assert_eq!(
+            lang(&[0x0A, 4, b's', b'p', b'a', 0]).as_deref(),
+            Some("spa")
+        );
+        assert_eq!(
+            lang(&[0x56, 5, b'd', b'e', b'u', 9, 0]).as_deref(),
+            Some("deu")
+        );
+        assert_eq!(lang(&[0x0A, 2, b's', b'p']), None, "too short");
+        assert_eq!(lang(&[]), None);
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use crate::codec::h264::{nal_units, AccessUnit, H264Assembler, NalType};
 use crate::codec::opus;
+use crate::codec::transcode::SourceCodec;
 use crate::time::Timeline;
 use crate::ts::{Codec, DemuxEvent, Demuxer, Pid, ProgramChoice, StreamType, TrackSet};
 
@@ -135,7 +136,7 @@ fn testdata_h264_opus() {
 }
 
 #[test]
-fn testdata_h264_aac_lists_aac_as_unsupported() {
+fn testdata_h264_aac_lists_aac_as_transcodable() {
     let Some(data) = read("h264_aac.ts") else {
         return;
     };
@@ -145,13 +146,36 @@ fn testdata_h264_aac_lists_aac_as_unsupported() {
     assert_eq!(t.audio(), None);
     let aac = t.track(Pid(0x101)).unwrap();
     assert_eq!(aac.stream_type, StreamType::AAC_ADTS);
-    assert_eq!(
-        aac.codec,
-        Codec::Unsupported {
-            reason: "AAC (ADTS) is not playable in WebRTC"
-        }
-    );
+    assert_eq!(aac.codec, Codec::Transcodable(SourceCodec::AacAdts));
+    assert_eq!(aac.language, None);
     check_video(&s, 120, 4, "64001e");
+}
+
+#[test]
+fn testdata_two_aac_tracks_have_their_languages() {
+    let Some(data) = read("h264_aac_eng_spa.ts") else {
+        return;
+    };
+    let (_, s) = demux(&data, 7 * 188);
+    assert_eq!(s.problems, 0);
+    let audio: Vec<(Pid, &Codec, String)> = s.tracks[0]
+        .audio_tracks()
+        .map(|t| {
+            (
+                t.pid,
+                &t.codec,
+                t.language.map(|l| l.to_string()).unwrap_or_default(),
+            )
+        })
+        .collect();
+    let aac = &Codec::Transcodable(SourceCodec::AacAdts);
+    assert_eq!(
+        audio,
+        [
+            (Pid(0x101), aac, "eng".into()),
+            (Pid(0x102), aac, "spa".into())
+        ]
+    );
 }
 
 #[test]

@@ -228,3 +228,39 @@ pub fn testdata_video_aus(file: &str) -> Option<Vec<crate::codec::h264::AccessUn
     }
     Some(aus)
 }
+
+/// The PES payloads and PTS of one PID of a TS (188-byte packets), whatever its stream type
+/// (the demuxer reassembles only the tracks it plays): for tests of codecs it does not.
+pub fn pes_of_pid(data: &[u8], pid: u16) -> Vec<(Vec<u8>, Option<u64>)> {
+    use super::packet::{self, Header, Pid};
+    use super::pes::PesAssembler;
+    use super::DemuxEvent;
+    let mut pes = PesAssembler::new(Pid(pid));
+    let mut events = Vec::new();
+    for pkt in data.chunks_exact(PACKET_SIZE) {
+        let Ok(pkt) = <&[u8; PACKET_SIZE]>::try_from(pkt) else {
+            continue;
+        };
+        let h = Header::parse(pkt);
+        if h.pid != Pid(pid) || !h.has_payload() {
+            continue;
+        }
+        if let Ok((af, payload)) = packet::split(pkt, &h) {
+            pes.push(
+                h.pusi,
+                af.random_access,
+                af.discontinuity,
+                payload,
+                &mut events,
+            );
+        }
+    }
+    pes.flush(&mut events);
+    events
+        .into_iter()
+        .filter_map(|e| match e {
+            DemuxEvent::Pes(p) => Some((p.data.to_vec(), p.pts)),
+            _ => None,
+        })
+        .collect()
+}

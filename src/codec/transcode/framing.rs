@@ -11,6 +11,7 @@ use std::ops::Range;
 
 use super::{SourceCodec, TranscodeStats};
 use crate::codec::aac::{self, AdtsHeader};
+use crate::codec::ac3::{self, Ac3Header};
 use crate::codec::mpa::{self, MpaHeader};
 
 /// Bytes kept while looking for a frame before the oldest are dropped as garbage.
@@ -21,6 +22,7 @@ pub(super) enum Header {
     Adts(AdtsHeader),
     Mpa(MpaHeader),
     Loas,
+    Ac3(Ac3Header),
 }
 
 /// Cuts the byte stream into frames, across PES boundaries, resyncing after garbage.
@@ -78,6 +80,7 @@ impl Framer {
             SourceCodec::AacAdts => 7,
             SourceCodec::AacLatm => 3,
             SourceCodec::MpegAudio => 4,
+            SourceCodec::Ac3 | SourceCodec::Eac3 => 8,
         }
     }
 
@@ -86,6 +89,9 @@ impl Framer {
             SourceCodec::AacAdts => aac::parse_adts(b).map(|h| (Header::Adts(h), h.frame_len)),
             SourceCodec::AacLatm => aac::loas_frame_len(b).map(|len| (Header::Loas, len)),
             SourceCodec::MpegAudio => mpa::parse_header(b).map(|h| (Header::Mpa(h), h.frame_len)),
+            SourceCodec::Ac3 | SourceCodec::Eac3 => {
+                ac3::parse_header(b).map(|h| (Header::Ac3(h), h.frame_len))
+            }
         }
     }
 
@@ -130,10 +136,10 @@ impl Framer {
                 None => {
                     self.locked = false;
                     // Skip to the next byte that could start a header.
-                    let sync = if self.codec == SourceCodec::AacLatm {
-                        0x56
-                    } else {
-                        0xFF
+                    let sync = match self.codec {
+                        SourceCodec::AacLatm => 0x56,
+                        SourceCodec::Ac3 | SourceCodec::Eac3 => 0x0B,
+                        _ => 0xFF,
                     };
                     let n = rest[1..]
                         .iter()

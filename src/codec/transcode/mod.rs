@@ -49,6 +49,8 @@ use super::mpa::MpaHeader;
 
 mod decode;
 mod encode;
+#[cfg(feature = "ffmpeg")]
+mod ffmpeg;
 mod framing;
 mod resample;
 mod timing;
@@ -70,6 +72,7 @@ pub const FRAME_SAMPLES: u32 = 960;
 pub const FRAME_TICKS: u64 = 1800;
 /// Frames in a row of an unsupported variant (HE-AAC, AAC Main, …) before the stream is
 /// declared unsupported: one corrupted header must not condemn a stream.
+#[cfg_attr(feature = "ffmpeg", allow(dead_code))]
 const UNSUPPORTED_AFTER: u32 = 8;
 
 /// The source audio formats this module transcodes, by PMT stream_type.
@@ -81,6 +84,11 @@ pub enum SourceCodec {
     AacLatm,
     /// stream_type 0x03 / 0x04: MPEG-1/2 audio, layer I, II or III.
     MpegAudio,
+    /// stream_type 0x81, or 0x06 with an AC-3 descriptor: decoded by FFmpeg
+    /// (`--features ffmpeg`).
+    Ac3,
+    /// stream_type 0x87, or 0x06 with an E-AC-3 descriptor: decoded by FFmpeg.
+    Eac3,
 }
 
 impl SourceCodec {
@@ -89,6 +97,8 @@ impl SourceCodec {
             Self::AacAdts => "AAC (ADTS)",
             Self::AacLatm => "AAC (LATM)",
             Self::MpegAudio => "MPEG audio",
+            Self::Ac3 => "AC-3",
+            Self::Eac3 => "E-AC-3",
         }
     }
 }
@@ -125,13 +135,20 @@ impl Default for TranscodeConfig {
     }
 }
 
+/// What a stream FFmpeg's decoders would play says when they are not built in.
+const FFMPEG_HINT: &str = if cfg!(feature = "ffmpeg") {
+    ""
+} else {
+    " (FFmpeg's decoders play it: rebuild with --features ffmpeg)"
+};
+
 /// What the caller surfaces; decode errors of single frames are not errors (they are counted
 /// in [`TranscodeStats`]), only a stream this transcoder cannot play is.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TranscodeError {
     /// The stream uses a codec variant the decoder cannot play (HE-AAC, AAC Main, more than two
     /// AAC channels, …). Sticky until [`Transcoder::reset`]; show it like an unsupported track.
-    #[error("unsupported: {0}")]
+    #[error("unsupported: {0}{FFMPEG_HINT}")]
     Unsupported(&'static str),
 }
 
@@ -181,6 +198,12 @@ pub struct Transcoder {
     unsupported_run: u32,
     pipeline: Pipeline,
     stats: TranscodeStats,
+    /// FFmpeg's decoder, for what symphonia does not play (AC-3, E-AC-3, multichannel and
+    /// HE-AAC), and its output buffers.
+    #[cfg(feature = "ffmpeg")]
+    ffmpeg: Option<crate::codec::ffmpeg::AudioDecoder>,
+    #[cfg(feature = "ffmpeg")]
+    ffmpeg_out: Vec<crate::codec::ffmpeg::DecodedAudio>,
 }
 
 impl Transcoder {
@@ -202,6 +225,10 @@ impl Transcoder {
             unsupported_run: 0,
             pipeline: Pipeline::new(config),
             stats: TranscodeStats::default(),
+            #[cfg(feature = "ffmpeg")]
+            ffmpeg: None,
+            #[cfg(feature = "ffmpeg")]
+            ffmpeg_out: Vec::new(),
         }
     }
 
@@ -237,6 +264,7 @@ impl Transcoder {
                 Header::Adts(h) => self.adts_frame(h, frame, pts, out),
                 Header::Mpa(h) => self.mpa_frame(h, frame, pts, out),
                 Header::Loas => self.loas_frame(frame, pts, out),
+                Header::Ac3(h) => self.ac3_frame(h, frame, pts, out),
             };
             self.framer.buf = buf;
             if let Err(e) = result {
@@ -266,6 +294,10 @@ impl Transcoder {
         self.framer.clear();
         self.latm.reset();
         self.decoder = None;
+        #[cfg(feature = "ffmpeg")]
+        {
+            self.ffmpeg = None;
+        }
         self.format = None;
         self.unsupported = None;
         self.unsupported_run = 0;
@@ -296,6 +328,19 @@ impl Transcoder {
         out: &mut Vec<OpusFrame>,
     ) -> Result<(), TranscodeError> {
         if let Some(reason) = h.config.unsupported() {
+            #[cfg(feature = "ffmpeg")]
+            {
+                let _ = reason;
+                use crate::codec::ffmpeg::AudioCodec;
+                let (rate, samples, ch) = (
+                    h.config.sample_rate,
+                    h.config.frame_samples,
+                    h.config.channels(),
+                );
+                self.ffmpeg_frame(AudioCodec::AacAdts, frame, (rate, samples, ch), pts, out);
+                return Ok(());
+            }
+            #[cfg(not(feature = "ffmpeg"))]
             return self.unsupported_frame(reason, out);
         }
         self.unsupported_run = 0;
@@ -309,6 +354,7 @@ impl Transcoder {
 
     /// A frame of a variant the decoder cannot play. One such header may be corruption (it
     /// becomes silence); [`UNSUPPORTED_AFTER`] in a row make the stream unsupported.
+    #[cfg_attr(feature = "ffmpeg", allow(dead_code))]
     fn unsupported_frame(
         &mut self,
         reason: &'static str,
@@ -360,6 +406,16 @@ impl Transcoder {
             }
         };
         if let Some(reason) = config.unsupported() {
+            #[cfg(feature = "ffmpeg")]
+            {
+                let _ = reason;
+                use crate::codec::ffmpeg::AudioCodec;
+                let (rate, samples, ch) =
+                    (config.sample_rate, config.frame_samples, config.channels());
+                self.ffmpeg_frame(AudioCodec::AacLatm, frame, (rate, samples, ch), pts, out);
+                return Ok(());
+            }
+            #[cfg(not(feature = "ffmpeg"))]
             return self.unsupported_frame(reason, out);
         }
         self.unsupported_run = 0;
@@ -399,6 +455,38 @@ impl Transcoder {
             _ => Decoder::aac(config),
         };
         self.decode(decoder, key, raw, decodable, rate, samples, out);
+    }
+
+    /// An AC-3 / E-AC-3 sync frame: FFmpeg's decoder, when built in. An E-AC-3 dependent
+    /// substream (channels beyond 5.1) is left out: its independent frame has the 5.1 mix.
+    fn ac3_frame(
+        &mut self,
+        h: crate::codec::ac3::Ac3Header,
+        frame: &[u8],
+        pts: Option<u64>,
+        out: &mut Vec<OpusFrame>,
+    ) -> Result<(), TranscodeError> {
+        #[cfg(feature = "ffmpeg")]
+        {
+            use crate::codec::ffmpeg::AudioCodec;
+            if h.dependent {
+                self.stats.skipped_bytes += frame.len() as u64;
+                return Ok(());
+            }
+            let codec = if h.eac3 {
+                AudioCodec::Eac3
+            } else {
+                AudioCodec::Ac3
+            };
+            let format = (h.sample_rate, h.samples, h.channels);
+            self.ffmpeg_frame(codec, frame, format, pts, out);
+            Ok(())
+        }
+        #[cfg(not(feature = "ffmpeg"))]
+        {
+            let _ = (h, frame, pts, out);
+            Err(TranscodeError::Unsupported("AC-3 and E-AC-3"))
+        }
     }
 
     fn mpa_frame(

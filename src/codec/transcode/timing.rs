@@ -192,6 +192,24 @@ impl Pipeline {
         self.feed_planes(frames, out, stats);
     }
 
+    /// Decoded planes (1, 2, or the 6 of 5.1 in ITU-R BS.775 order: L R C LFE Ls Rs), from a
+    /// decoder other than symphonia's.
+    #[cfg(feature = "ffmpeg")]
+    pub(super) fn feed_f32(
+        &mut self,
+        source: &[&[f32]],
+        frames: usize,
+        out: &mut Vec<OpusFrame>,
+        stats: &mut TranscodeStats,
+    ) {
+        let channels = self.encoder_channels(source.len());
+        let [left, right] = &mut self.planes;
+        left.clear();
+        right.clear();
+        mix(source, channels, left, right, frames);
+        self.feed_planes(frames, out, stats);
+    }
+
     /// Silence for a frame that could not be decoded, so the sample clock stays right.
     pub(super) fn feed_silence(
         &mut self,
@@ -311,8 +329,13 @@ fn encode_one(
     pending.drain(..frame_len);
 }
 
+/// The -3 dB gain ITU-R BS.775 gives the centre and surround channels in a stereo downmix.
+const BS775_MINUS_3DB: f32 = std::f32::consts::FRAC_1_SQRT_2;
+
 /// Mixes source planes to 1 or 2 output planes: mono is duplicated, stereo averaged for
-/// mono, more channels downmixed (front pair plus the rest at -3 dB each side).
+/// mono, 5.1 (L R C LFE Ls Rs) downmixed by ITU-R BS.775 (centre and each surround at -3 dB,
+/// LFE left out, scaled so a full-scale sum cannot clip), other counts with the front pair
+/// plus the rest at -3 dB each side.
 fn mix(
     source: &[&[f32]],
     channels: usize,
@@ -342,6 +365,21 @@ fn mix(
             left.extend_from_slice(get(0));
             right.extend_from_slice(get(1));
         }
+        (6, _) => {
+            let (fl, fr, c, sl, sr) = (get(0), get(1), get(2), get(4), get(5));
+            let scale = 1.0 / (1.0 + 2.0 * BS775_MINUS_3DB);
+            for i in 0..frames {
+                let centre = BS775_MINUS_3DB * at(c, i);
+                let l = (at(fl, i) + centre + BS775_MINUS_3DB * at(sl, i)) * scale;
+                let r = (at(fr, i) + centre + BS775_MINUS_3DB * at(sr, i)) * scale;
+                if channels == 1 {
+                    left.push(0.5 * (l + r));
+                } else {
+                    left.push(l);
+                    right.push(r);
+                }
+            }
+        }
         (n, _) => {
             // Front left/right, then every other channel shared by both sides at -3 dB.
             let scale = 1.0 / (1.0 + 0.707 * (n - 2) as f32);
@@ -362,5 +400,40 @@ fn mix(
     left.resize(frames, 0.0);
     if channels == 2 {
         right.resize(frames, 0.0);
+    }
+}
+
+#[cfg(test)]
+mod downmix_tests {
+    use super::*;
+
+    /// ITU-R BS.775: L' = L + 0.707 C + 0.707 Ls, R' = R + 0.707 C + 0.707 Rs, no LFE; scaled
+    /// by 1 / (1 + 2 x 0.707) so that in-phase full-scale channels stay within full scale.
+    #[test]
+    fn five_one_is_downmixed_by_bs775() {
+        let plane = |v: f32| vec![v; 4];
+        // L R C LFE Ls Rs, each with its own level.
+        let planes = [
+            plane(0.1),
+            plane(0.2),
+            plane(0.3),
+            plane(0.9),
+            plane(0.4),
+            plane(0.5),
+        ];
+        let source: Vec<&[f32]> = planes.iter().map(|p| &p[..]).collect();
+        let (mut left, mut right) = (Vec::new(), Vec::new());
+        mix(&source, 2, &mut left, &mut right, 4);
+        let g = std::f32::consts::FRAC_1_SQRT_2;
+        let scale = 1.0 / (1.0 + 2.0 * g);
+        let l = (0.1 + g * 0.3 + g * 0.4) * scale;
+        let r = (0.2 + g * 0.3 + g * 0.5) * scale;
+        assert!(left.iter().all(|&x| (x - l).abs() < 1e-6), "{left:?} {l}");
+        assert!(right.iter().all(|&x| (x - r).abs() < 1e-6), "{right:?} {r}");
+        // Full scale on every channel stays at full scale.
+        let ones: Vec<&[f32]> = vec![&[1.0f32][..]; 6];
+        let (mut left, mut right) = (Vec::new(), Vec::new());
+        mix(&ones, 2, &mut left, &mut right, 1);
+        assert!((left[0] - 1.0).abs() < 1e-6 && (right[0] - 1.0).abs() < 1e-6);
     }
 }

@@ -13,7 +13,7 @@ use super::event::{DemuxEvent, DemuxProblem};
 use super::packet::{self, Header, Pid, PACKET_SIZE};
 use super::pes::PesAssembler;
 use super::psi::{self, SectionBuf, SectionStep, TrackSet};
-use super::psi::{Codec, StreamType};
+use super::psi::{Codec, TrackInfo};
 
 impl From<AlignProblem> for DemuxProblem {
     fn from(p: AlignProblem) -> Self {
@@ -50,25 +50,44 @@ pub fn plays_everywhere(tracks: &TrackSet) -> bool {
         || transcodable_audio(tracks).is_some()
 }
 
-/// The track the audio transcoder takes: the first AAC (ADTS/LATM) or MPEG-1/2 audio track
-/// of a program that has no Opus track.
-pub fn transcodable_audio(tracks: &TrackSet) -> Option<Pid> {
-    if tracks.audio().is_some() {
-        return None;
+/// Which audio track of the followed program viewers get.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum AudioChoice {
+    /// The first Opus track (it needs no transcoding), else the first track the transcoder
+    /// takes.
+    #[default]
+    Auto,
+    /// This one of the program's audio tracks ([`TrackSet::audio_tracks`], from 0), when it
+    /// is Opus or transcodable; no audio otherwise.
+    Index(u8),
+}
+
+impl AudioChoice {
+    /// The track it picks, with its place among the audio tracks.
+    pub fn pick(self, tracks: &TrackSet) -> Option<(u8, &TrackInfo)> {
+        let audio = || tracks.audio_tracks().enumerate().map(|(i, t)| (i as u8, t));
+        match self {
+            AudioChoice::Auto => audio()
+                .find(|(_, t)| matches!(t.codec, Codec::Opus { .. }))
+                .or_else(|| audio().find(|(_, t)| matches!(t.codec, Codec::Transcodable(_)))),
+            AudioChoice::Index(n) => audio()
+                .nth(usize::from(n))
+                .filter(|(_, t)| matches!(t.codec, Codec::Opus { .. } | Codec::Transcodable(_))),
+        }
     }
-    tracks
-        .tracks
-        .iter()
-        .find(|t| {
-            matches!(
-                t.stream_type,
-                StreamType::AAC_ADTS
-                    | StreamType::AAC_LATM
-                    | StreamType::MPEG1_AUDIO
-                    | StreamType::MPEG2_AUDIO
-            )
-        })
-        .map(|t| t.pid)
+
+    /// The track it picks when that must be transcoded to Opus.
+    pub fn transcoded(self, tracks: &TrackSet) -> Option<&TrackInfo> {
+        self.pick(tracks)
+            .map(|(_, t)| t)
+            .filter(|t| matches!(t.codec, Codec::Transcodable(_)))
+    }
+}
+
+/// The track the audio transcoder takes by default: the first AAC (ADTS/LATM) or MPEG-1/2
+/// audio track of a program that has no Opus track.
+pub fn transcodable_audio(tracks: &TrackSet) -> Option<Pid> {
+    AudioChoice::Auto.transcoded(tracks).map(|t| t.pid)
 }
 
 #[derive(Debug)]
@@ -167,9 +186,11 @@ pub struct Demuxer {
     pids: Vec<PidState>,
     /// Complete PSI sections of the current packet.
     sections: Vec<u8>,
-    /// Also reassemble the first AAC/MPEG-audio track of a program without Opus (for the
-    /// audio transcoder).
+    /// Also reassemble the chosen audio track when it is AAC/MPEG audio (for the audio
+    /// transcoder).
     transcodable_audio: bool,
+    /// The audio track viewers get.
+    audio: AudioChoice,
 }
 
 impl Default for Demuxer {
@@ -179,9 +200,15 @@ impl Default for Demuxer {
 }
 
 impl Demuxer {
-    /// Reassemble PES of the transcodable audio track too (see [`transcodable_audio`]).
+    /// Reassemble PES of the chosen audio track too when it must be transcoded (see
+    /// [`AudioChoice::transcoded`]).
     pub fn set_transcodable_audio(&mut self, on: bool) {
         self.transcodable_audio = on;
+    }
+
+    /// Which audio track is chosen (the one reassembled for the transcoder).
+    pub fn set_audio(&mut self, choice: AudioChoice) {
+        self.audio = choice;
     }
 
     /// Follows the first program of the PAT ([`ProgramChoice::Auto`]).
@@ -202,6 +229,7 @@ impl Demuxer {
             pids: vec![PidState::new(Pid::PAT, Role::Pat(SectionBuf::default()))],
             sections: Vec::new(),
             transcodable_audio: false,
+            audio: AudioChoice::Auto,
         }
     }
 
@@ -215,12 +243,13 @@ impl Demuxer {
         self.followed
     }
 
-    /// Forgets all input state (a new source on the same stream); the program choice and
-    /// the transcodable-audio setting are kept.
+    /// Forgets all input state (a new source on the same stream); the program choice, the
+    /// audio choice and the transcodable-audio setting are kept.
     pub fn reset(&mut self) {
-        let transcodable_audio = self.transcodable_audio;
+        let (transcodable_audio, audio) = (self.transcodable_audio, self.audio);
         *self = Self::with_program(self.choice);
         self.transcodable_audio = transcodable_audio;
+        self.audio = audio;
     }
 
     /// Feeds any chunk of bytes; events of every packet completed by it go to `out`.
@@ -555,7 +584,8 @@ impl Demuxer {
         };
         self.pids
             .retain(|s| !matches!(s.role, Role::Es(_)) || same_codec(s.pid));
-        let transcoded = transcodable_audio(&tracks).filter(|_| self.transcodable_audio);
+        let transcoded =
+            (self.audio.transcoded(&tracks).map(|t| t.pid)).filter(|_| self.transcodable_audio);
         for track in tracks
             .tracks
             .iter()

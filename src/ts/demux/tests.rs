@@ -508,11 +508,62 @@ pub(super) fn unsupported_tracks_are_listed_not_reassembled() {
     assert_eq!(t.audio(), None);
     assert_eq!(
         t.tracks[1].codec,
-        Codec::Unsupported {
-            reason: "AAC (ADTS) is not playable in WebRTC"
-        }
+        Codec::Transcodable(crate::codec::transcode::SourceCodec::AacAdts)
     );
-    assert!(pes_events(&events).is_empty());
+    assert!(pes_events(&events).is_empty(), "no transcoder asked for it");
+}
+
+/// Two AAC tracks: the one the audio choice picks is reassembled for the transcoder, the
+/// other not; the language comes from each track's ISO 639 descriptor.
+#[test]
+fn the_chosen_audio_track_is_reassembled_for_the_transcoder() {
+    const SECOND: u16 = AUDIO + 1;
+    let eng: &[u8] = &[0x0A, 4, b'e', b'n', b'g', 0];
+    let spa: &[u8] = &[0x0A, 4, b's', b'p', b'a', 0];
+    let mut m = Mux::default();
+    m.psi(0, &pat(1, PMT_PID, 0));
+    let streams = [
+        (0x1B, VIDEO, &[][..]),
+        (0x0F, AUDIO, eng),
+        (0x0F, SECOND, spa),
+    ];
+    m.psi(PMT_PID, &pmt(1, 0, VIDEO, &streams));
+    m.pes(AUDIO, &pes_bytes(0xC0, Some(5), None, &[9; 100], true), &[]);
+    m.pes(
+        SECOND,
+        &pes_bytes(0xC0, Some(5), None, &[8; 100], true),
+        &[],
+    );
+    let pes_of = |choice| {
+        let mut d = Demuxer::new();
+        d.set_transcodable_audio(true);
+        d.set_audio(choice);
+        let mut events = Vec::new();
+        d.push(&m.out, &mut events);
+        d.flush(&mut events);
+        let t = tracks_events(&events)[0].clone();
+        let pids: Vec<Pid> = pes_events(&events).iter().map(|p| p.pid).collect();
+        (t, pids)
+    };
+    let (t, pids) = pes_of(AudioChoice::Auto);
+    assert_eq!(pids, [Pid(AUDIO)]);
+    let langs: Vec<String> = t
+        .audio_tracks()
+        .map(|a| a.language.unwrap().to_string())
+        .collect();
+    assert_eq!(langs, ["eng", "spa"]);
+    assert_eq!(
+        AudioChoice::Auto.pick(&t).map(|(i, a)| (i, a.pid)),
+        Some((0, Pid(AUDIO)))
+    );
+    let (t, pids) = pes_of(AudioChoice::Index(1));
+    assert_eq!(pids, [Pid(SECOND)]);
+    assert_eq!(
+        AudioChoice::Index(1).transcoded(&t).map(|a| a.pid),
+        Some(Pid(SECOND))
+    );
+    let (_, pids) = pes_of(AudioChoice::Index(2));
+    assert!(pids.is_empty(), "no third audio track");
 }
 
 #[test]
