@@ -10,6 +10,7 @@
 //! - [`cluster`]: cluster nodes as `tsbridge` processes on a real `redis-server` ([`redis`]).
 //! - [`whip`]: a WHIP publisher on the same stack: a testdata TS file demuxed by tsbridge's own
 //!   demuxer, sent in real time (looping), keyframe requests counted.
+//! - [`relay`]: a lossy UDP link (loss, duplicates, reordering, delay, jitter), both ways.
 //! - [`tone`]: RMS and dominant frequency of decoded audio.
 //! - [`h265`]: an RFC 7798 depacketizer (access units and their NAL unit types).
 //! - [`h264`]: an RFC 6184 depacketizer that reports what a sender did (NAL types, marker
@@ -24,6 +25,7 @@ pub mod h265;
 pub mod hook;
 pub mod http;
 pub mod redis;
+pub mod relay;
 pub mod runtime;
 pub mod server;
 #[path = "../../src/codec/transcode/tone.rs"]
