@@ -130,8 +130,9 @@ impl Server {
         for u in &cfg.udps {
             let stream = registry.get_or_create(&u.name);
             let addr = u.value;
+            let reorder = Duration::from_millis(cfg.udp_reorder_ms);
             tasks.spawn(async move {
-                if let Err(e) = ingest::udp::run(stream, addr).await {
+                if let Err(e) = ingest::udp::run(stream, addr, reorder).await {
                     warn!(%addr, error = %e, "UDP source failed");
                 }
             });

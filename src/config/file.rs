@@ -147,6 +147,7 @@ ice_username = "user"
 ice_credential = "pass"
 replay = ["a=a.ts", "b=b.ts"]
 udp = ["u=127.0.0.1:5000"]
+udp_reorder_ms = 30
 stdin = "in"
 whep_wait = 3
 demo = true

@@ -173,6 +173,19 @@ pub struct ServeArgs {
     #[arg(long = "udp", env = "TSBRIDGE_UDP", value_name = "NAME=ADDR", value_parser = parse_named::<SocketAddr>, value_delimiter = ',')]
     pub udps: Vec<Named<SocketAddr>>,
 
+    /// For `--udp` sources that send TS in RTP (RFC 2250, e.g. `ffmpeg -f rtp_mpegts`, IPTV
+    /// multicast; detected by itself): how long, in milliseconds, a packet that overtook
+    /// others waits for them before they are given up on (counted as lost in
+    /// `/streams/{s}`). More rides out more reordering at the cost of that much delay when a
+    /// packet is really lost; 0 passes packets in arrival order. Plain TS is never delayed.
+    #[arg(
+        long,
+        env = "TSBRIDGE_UDP_REORDER_MS",
+        value_name = "MS",
+        default_value_t = 50
+    )]
+    pub udp_reorder_ms: u64,
+
     /// Read MPEG-TS from standard input as stream NAME.
     #[arg(long, env = "TSBRIDGE_STDIN", value_name = "NAME", value_parser = parse_stream_name)]
     pub stdin: Option<String>,

@@ -272,6 +272,14 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
         "video_frames": s.stats.video_frames.load(Ordering::Relaxed),
         "audio_packets": s.stats.audio_packets.load(Ordering::Relaxed),
         "ts_problems": s.stats.ts_problems.load(Ordering::Relaxed),
+        "rtp": s.stats.link.rtp().map(|c| json!({
+            "packets": c.packets,
+            "lost": c.lost,
+            "reordered": c.reordered,
+            "duplicates": c.duplicates,
+            "late": c.late,
+            "resyncs": c.resyncs,
+        })),
         "gop_cache": gop,
         "urls": {
             "whep": format!("/whep/{n}"),
@@ -576,6 +584,38 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
         "viewer sessions created",
         &per(&|s| r(&s.stats.sessions_total)),
     );
+    let rtp = |f: fn(&crate::stream::link::RtpCounts) -> u64| {
+        move |s: &Stream| s.stats.link.rtp().as_ref().map_or(0, f)
+    };
+    for (name, help, f) in [
+        (
+            "tsbridge_rtp_packets_total",
+            "RTP packets of RTP-wrapped TS received on --udp (duplicates included)",
+            rtp(|c| c.packets),
+        ),
+        (
+            "tsbridge_rtp_lost_total",
+            "RTP packets of a --udp source given up on (missing when the reorder wait ended)",
+            rtp(|c| c.lost),
+        ),
+        (
+            "tsbridge_rtp_reordered_total",
+            "RTP packets of a --udp source that arrived out of order and were put back in order",
+            rtp(|c| c.reordered),
+        ),
+        (
+            "tsbridge_rtp_duplicates_total",
+            "RTP packets of a --udp source that arrived twice",
+            rtp(|c| c.duplicates),
+        ),
+        (
+            "tsbridge_rtp_late_total",
+            "RTP packets of a --udp source that came after they were given up on",
+            rtp(|c| c.late),
+        ),
+    ] {
+        counter(&mut out, name, help, &per(&f));
+    }
     for (name, help, f) in [
         (
             "tsbridge_video_frames_decoded_total",

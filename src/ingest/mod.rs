@@ -5,6 +5,7 @@
 //! stream's input closes and a later source continues the same stream.
 
 pub mod replay;
+pub mod rtp;
 pub mod udp;
 
 use std::sync::Arc;

@@ -2,6 +2,7 @@
 
 pub mod frame;
 pub mod gop;
+pub mod link;
 pub mod ring;
 pub mod starts;
 
@@ -143,6 +144,8 @@ pub struct Stats {
     pub reencode_us: AtomicU64,
     pub reencode_media_us: AtomicU64,
     pub reencode_keyframes: AtomicU64,
+    /// How the network treated the source (RTP sequence gaps).
+    pub link: link::LinkStats,
 }
 
 pub struct Stream {

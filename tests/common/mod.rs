@@ -11,6 +11,7 @@
 //! - [`whip`]: a WHIP publisher on the same stack: a testdata TS file demuxed by tsbridge's own
 //!   demuxer, sent in real time (looping), keyframe requests counted.
 //! - [`relay`]: a lossy UDP link (loss, duplicates, reordering, delay, jitter), both ways.
+//! - [`tools`]: outside programs (ffmpeg, srt-live-transmit): found, or a loud skip.
 //! - [`tone`]: RMS and dominant frequency of decoded audio.
 //! - [`h265`]: an RFC 7798 depacketizer (access units and their NAL unit types).
 //! - [`h264`]: an RFC 6184 depacketizer that reports what a sender did (NAL types, marker
@@ -30,6 +31,7 @@ pub mod runtime;
 pub mod server;
 #[path = "../../src/codec/transcode/tone.rs"]
 pub mod tone;
+pub mod tools;
 pub mod whep;
 pub mod whip;
 
