@@ -137,6 +137,22 @@ impl Server {
                 }
             });
         }
+        if let Some(addr) = cfg.srt_listen {
+            let opts = ingest::srt::listen::ListenOptions {
+                addr,
+                passphrase: cfg.srt_passphrase.clone(),
+                latency: Duration::from_millis(cfg.srt_latency_ms),
+            };
+            // libsrt missing or the port taken: the server does not start, saying why.
+            let listener = ingest::srt::listen::Listener::bind(opts)
+                .map_err(|e| std::io::Error::other(format!("--srt-listen {addr}: {e}")))?;
+            let gate = Arc::new(crate::http::srt::SrtGate(app.clone()));
+            tasks.spawn(async move {
+                if let Err(e) = listener.run(gate).await {
+                    warn!(%addr, error = %e, "SRT listener failed");
+                }
+            });
+        }
         if let Some(name) = &cfg.stdin {
             let stream = registry.get_or_create(name);
             tasks.spawn(ingest::pump_reader(stream, tokio::io::stdin(), "stdin"));

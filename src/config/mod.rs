@@ -88,6 +88,17 @@ fn parse_gop_bound(s: &str) -> Result<GopBound, String> {
     s.parse()
 }
 
+fn parse_srt_passphrase(s: &str) -> Result<String, String> {
+    if (10..=79).contains(&s.len()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "an SRT passphrase has 10 to 79 characters (this one has {})",
+            s.len()
+        ))
+    }
+}
+
 fn parse_stream_name(s: &str) -> Result<String, String> {
     if valid_stream_name(s) {
         Ok(s.to_string())
@@ -185,6 +196,33 @@ pub struct ServeArgs {
         default_value_t = 50
     )]
     pub udp_reorder_ms: u64,
+
+    /// Listen for SRT callers on ADDR (e.g. `0.0.0.0:8890`; off unless given): each publishes
+    /// TS into the stream its stream id names, `#!::r=NAME,m=publish,s=TOKEN` or `NAME`
+    /// (ffmpeg: `-f mpegts 'srt://HOST:8890?streamid=#!::r=cam1,s=TOKEN'`). The token is
+    /// checked as for HTTP publishing (--publish-token, the stream's own key, the auth hook
+    /// with protocol "srt"); one source per name, as for every source. Needs libsrt 1.5 at run
+    /// time (Debian/Ubuntu: apt-get install libsrt1.5-openssl).
+    #[arg(long, env = "TSBRIDGE_SRT_LISTEN", value_name = "ADDR")]
+    pub srt_listen: Option<SocketAddr>,
+
+    /// AES passphrase (10 to 79 characters) every SRT caller must encrypt with; unset: callers
+    /// must not encrypt.
+    #[arg(long, env = "TSBRIDGE_SRT_PASSPHRASE", hide_env_values = true,
+          value_parser = parse_srt_passphrase)]
+    pub srt_passphrase: Option<String>,
+
+    /// SRT receive latency in milliseconds: how long a lost packet may take to be sent again
+    /// (ARQ) before it is given up. About 4x the round trip time is the usual rule; more
+    /// survives worse links at the cost of that much delay. A caller that sets a larger
+    /// latency of its own gets that (SRT takes the larger of both sides).
+    #[arg(
+        long,
+        env = "TSBRIDGE_SRT_LATENCY_MS",
+        value_name = "MS",
+        default_value_t = 120
+    )]
+    pub srt_latency_ms: u64,
 
     /// Read MPEG-TS from standard input as stream NAME.
     #[arg(long, env = "TSBRIDGE_STDIN", value_name = "NAME", value_parser = parse_stream_name)]

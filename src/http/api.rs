@@ -280,6 +280,19 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
             "late": c.late,
             "resyncs": c.resyncs,
         })),
+        "srt": s.stats.link.srt().map(|(peer, c)| json!({
+            "peer": if internal { json!(peer) } else { json!(null) },
+            "rtt_ms": c.rtt_ms,
+            "bandwidth_mbps": c.bandwidth_mbps,
+            "recv_rate_mbps": c.recv_rate_mbps,
+            "packets": c.packets_received,
+            "lost": c.lost,
+            "retransmitted": c.retransmitted,
+            "dropped": c.dropped,
+            "undecrypted": c.undecrypted,
+            "receive_buffer_ms": c.receive_buffer_ms,
+            "latency_ms": c.latency_ms,
+        })),
         "gop_cache": gop,
         "urls": {
             "whep": format!("/whep/{n}"),
@@ -615,6 +628,47 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
         ),
     ] {
         counter(&mut out, name, help, &per(&f));
+    }
+    let srt = |f: fn(&crate::stream::link::SrtStats) -> u64| {
+        move |s: &Stream| s.stats.link.srt().as_ref().map_or(0, |(_, c)| f(c))
+    };
+    for (name, help, f) in [
+        (
+            "tsbridge_srt_packets_total",
+            "packets the stream's SRT publisher's connection received",
+            srt(|c| c.packets_received),
+        ),
+        (
+            "tsbridge_srt_lost_total",
+            "packets found missing on the SRT publisher's connection (then asked for again)",
+            srt(|c| c.lost),
+        ),
+        (
+            "tsbridge_srt_retransmitted_total",
+            "packets the SRT publisher sent again (ARQ)",
+            srt(|c| c.retransmitted),
+        ),
+        (
+            "tsbridge_srt_dropped_total",
+            "packets of the SRT publisher given up on: too late for --srt-latency-ms",
+            srt(|c| c.dropped),
+        ),
+    ] {
+        counter(&mut out, name, help, &per(&f));
+    }
+    for (name, help, f) in [
+        (
+            "tsbridge_srt_rtt_milliseconds",
+            "round trip time of the stream's SRT publisher's connection",
+            srt(|c| c.rtt_ms.round() as u64),
+        ),
+        (
+            "tsbridge_srt_receive_buffer_milliseconds",
+            "media time waiting in the SRT receive buffer",
+            srt(|c| c.receive_buffer_ms),
+        ),
+    ] {
+        gauge(&mut out, name, help, &per(&f));
     }
     for (name, help, f) in [
         (

@@ -6,6 +6,7 @@
 
 pub mod replay;
 pub mod rtp;
+pub mod srt;
 pub mod udp;
 
 use std::sync::Arc;

@@ -1,9 +1,12 @@
-//! What a source's transport saw on its way in: RTP sequence gaps on `--udp` (RTP-wrapped TS).
+//! What a source's transport saw on its way in: RTP sequence gaps on `--udp` (RTP-wrapped TS),
+//! the figures of an SRT connection.
 //!
 //! Kept apart from the stream's media counters: these say how the network treated the source,
 //! which is the first question when a contribution link from another site plays badly.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
 
 /// An RTP receiver's counts since its source began (plain numbers: the sans-IO depacketizer
 /// keeps them; [`LinkStats::set_rtp`] publishes them).
@@ -34,6 +37,8 @@ pub struct LinkStats {
     rtp_duplicates: AtomicU64,
     rtp_late: AtomicU64,
     rtp_resyncs: AtomicU64,
+    /// The SRT publisher's connection: its peer and latest figures (kept after it leaves).
+    srt: Mutex<Option<(String, SrtStats)>>,
 }
 
 impl LinkStats {
@@ -61,4 +66,38 @@ impl LinkStats {
         };
         (c.packets > 0).then_some(c)
     }
+
+    /// Publishes an SRT connection's figures (once a second while it lasts).
+    pub fn set_srt(&self, peer: String, stats: SrtStats) {
+        *self.srt.lock() = Some((peer, stats));
+    }
+
+    /// The latest SRT publisher's peer and figures, if one ever came.
+    pub fn srt(&self) -> Option<(String, SrtStats)> {
+        self.srt.lock().clone()
+    }
+}
+
+/// The figures of one SRT connection that the API and metrics show.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SrtStats {
+    pub rtt_ms: f64,
+    /// The link's estimated bandwidth.
+    pub bandwidth_mbps: f64,
+    pub recv_rate_mbps: f64,
+    pub send_rate_mbps: f64,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    /// Packets found missing (each then asked for again).
+    pub lost: u64,
+    /// Packets sent again (sender) or received again (receiver): the ARQ at work.
+    pub retransmitted: u64,
+    /// Packets given up on: too late to play (receiver) or to send (sender).
+    pub dropped: u64,
+    /// Packets that did not decrypt.
+    pub undecrypted: u64,
+    /// Media time waiting in the receive buffer.
+    pub receive_buffer_ms: u64,
+    /// The negotiated latency (TSBPD delay).
+    pub latency_ms: u64,
 }

@@ -1,0 +1,171 @@
+//! `--srt-listen`: callers publish TS into streams named by their stream id.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use super::ffi::{self, Recv, Socket};
+use super::{streamid, Gate, Mode};
+use crate::stream::SourceGuard;
+
+/// How long a receive waits before the pump looks at its stop flag and statistics.
+const POLL: Duration = Duration::from_millis(250);
+/// A publisher silent this long is taken for gone (libsrt's own peer timeout is 5 s).
+const PEER_IDLE: Duration = Duration::from_secs(5);
+
+/// The listener's settings.
+#[derive(Debug, Clone)]
+pub struct ListenOptions {
+    pub addr: SocketAddr,
+    /// Every caller must encrypt with it (`--srt-passphrase`); none: no encryption.
+    pub passphrase: Option<String>,
+    /// Receive latency (`--srt-latency-ms`): how long a packet may take to be repaired.
+    pub latency: Duration,
+}
+
+/// Closes the listener when the task that runs it ends (its accept thread then returns).
+struct CloseOnDrop(i32);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        ffi::close_id(self.0);
+    }
+}
+
+/// A bound SRT listener, not yet accepting.
+pub struct Listener {
+    socket: Socket,
+    opts: ListenOptions,
+}
+
+impl Listener {
+    /// Loads libsrt and binds; fails at once when libsrt is missing, the passphrase is refused
+    /// or the address cannot be bound (the server then does not start).
+    pub fn bind(opts: ListenOptions) -> std::io::Result<Listener> {
+        ffi::load().map_err(std::io::Error::other)?;
+        let socket = Socket::new()?;
+        socket.set_latency(opts.latency)?;
+        socket.set_int(ffi::SRTO_PEERIDLETIMEO, PEER_IDLE.as_millis() as i32)?;
+        if let Some(p) = &opts.passphrase {
+            socket.set_str(ffi::SRTO_PASSPHRASE, p)?;
+        }
+        socket.bind(opts.addr)?;
+        socket.listen(64)?;
+        Ok(Listener { socket, opts })
+    }
+
+    /// Accepts callers until the task is dropped (the listener is then closed).
+    pub async fn run(self, gate: Arc<dyn Gate>) -> std::io::Result<()> {
+        let Listener { socket, opts } = self;
+        let _close = CloseOnDrop(socket.id());
+        info!(
+            addr = %opts.addr, latency_ms = opts.latency.as_millis() as u64,
+            encrypted = opts.passphrase.is_some(),
+            "listening for SRT callers (streamid #!::r=NAME,m=publish,s=TOKEN or NAME)"
+        );
+        let (tx, mut rx) = mpsc::channel::<(Socket, Option<SocketAddr>)>(16);
+        std::thread::Builder::new()
+            .name("srt-accept".into())
+            .spawn(move || loop {
+                match socket.accept() {
+                    Ok(conn) => {
+                        if tx.blocking_send(conn).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "SRT listener closed");
+                        return;
+                    }
+                }
+            })?;
+        while let Some((sock, peer)) = rx.recv().await {
+            tokio::spawn(serve(sock, peer, gate.clone()));
+        }
+        Ok(())
+    }
+}
+
+/// One accepted caller: checked, then pumped into its stream until it leaves.
+async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
+    let raw = sock.stream_id();
+    let peer_s = peer.map_or_else(|| "?".into(), |p| p.to_string());
+    let id = match streamid::parse(&raw) {
+        Ok(id) => id,
+        Err(why) => {
+            warn!(peer = %peer_s, streamid = %raw, "SRT caller refused: {why}");
+            return;
+        }
+    };
+    if id.mode == Mode::Request {
+        warn!(peer = %peer_s, stream = %id.name,
+            "SRT caller refused: reading a stream over SRT (m=request) is not supported yet; \
+             use GET /streams/{{s}}.ts or WHEP");
+        return;
+    }
+    let name = id.name.clone();
+    let guard = match gate.publish(id, peer).await {
+        Ok(g) => g,
+        Err(why) => {
+            warn!(peer = %peer_s, stream = %name, "SRT publisher refused: {why}");
+            return;
+        }
+    };
+    info!(peer = %peer_s, stream = %name, "SRT publisher connected");
+    let stream = guard.stream().clone();
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = tokio::spawn({
+        let (stream, stop) = (stream.clone(), stop.clone());
+        async move {
+            stream.evicted().await;
+            stop.store(true, Ordering::SeqCst);
+        }
+    });
+    let pumped = tokio::task::spawn_blocking(move || pump(sock, guard, peer_s, stop)).await;
+    watcher.abort();
+    if let Err(e) = pumped {
+        warn!(stream = %name, error = %e, "SRT publisher's thread failed");
+    }
+}
+
+/// Receives into the stream until the caller leaves (or the stream is deleted); publishes
+/// the connection's figures once a second.
+fn pump(sock: Socket, guard: SourceGuard, peer: String, stop: Arc<AtomicBool>) {
+    let stream = guard.stream().clone();
+    if let Err(e) = sock.set_int(ffi::SRTO_RCVTIMEO, POLL.as_millis() as i32) {
+        warn!(stream = %stream.name, error = %e, "SRT: cannot set the receive timeout");
+        return;
+    }
+    let mut buf = vec![0u8; 1500];
+    let mut last_stats = Instant::now();
+    let why = loop {
+        if stop.load(Ordering::SeqCst) {
+            break "the stream was deleted".to_owned();
+        }
+        match sock.recv(&mut buf) {
+            Recv::Data(n) => guard.write(&buf[..n]),
+            Recv::Timeout => {}
+            Recv::Closed(e) => break e,
+        }
+        if last_stats.elapsed() >= Duration::from_secs(1) {
+            last_stats = Instant::now();
+            if let Some(s) = sock.stats() {
+                stream.stats.link.set_srt(peer.clone(), s);
+            }
+        }
+    };
+    // A broken connection may have no statistics any more: keep the last ones then.
+    if let Some(s) = sock.stats() {
+        stream.stats.link.set_srt(peer.clone(), s);
+    }
+    let s = stream.stats.link.srt().map(|(_, s)| s).unwrap_or_default();
+    info!(
+        stream = %stream.name, %peer, packets = s.packets_received, lost = s.lost,
+        retransmitted = s.retransmitted, dropped = s.dropped, rtt_ms = s.rtt_ms,
+        "SRT publisher left ({why})"
+    );
+}

@@ -1,0 +1,133 @@
+//! The SRT `streamid` a caller sends: which stream, publish or read, and its token.
+//!
+//! Two forms, as SRT peers write them:
+//! - SRT's access-control syntax (`#!::r=cam1,m=publish,s=TOKEN`): `r` the stream, `m`
+//!   `publish` (default) or `request`, the token from `s` (session), else `token`, else `u`
+//!   (user: some encoders have no other field). Unknown keys are ignored (the syntax reserves
+//!   many), a repeated key is refused. (Latency is the caller's own SRT option: SRT takes the
+//!   larger of both sides' by itself.)
+//! - A bare name, optionally with a query: `cam1`, `cam1?token=…&m=request`.
+
+use crate::config::{valid_stream_name, STREAM_NAME_RULE};
+
+/// Longest stream id SRT carries (512 bytes in libsrt).
+const MAX_LEN: usize = 512;
+
+/// What a caller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Send TS into the stream (a source).
+    Publish,
+    /// Read the stream as TS.
+    Request,
+}
+
+/// A parsed stream id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamId {
+    pub name: String,
+    pub mode: Mode,
+    pub token: Option<String>,
+}
+
+/// Parses `s`; the error says what is wrong and how it should look.
+pub fn parse(s: &str) -> Result<StreamId, String> {
+    const FORMS: &str = "expected #!::r=NAME,m=publish|request,s=TOKEN or NAME[?token=TOKEN]";
+    if s.len() > MAX_LEN {
+        return Err(format!("stream id longer than {MAX_LEN} bytes"));
+    }
+    let (pairs, sep, mut name): (&str, char, Option<&str>) = match s.strip_prefix("#!::") {
+        Some(rest) => (rest, ',', None),
+        None => {
+            let (name, query) = s.split_once('?').unwrap_or((s, ""));
+            (query, '&', Some(name))
+        }
+    };
+    let (mut mode, mut session, mut token, mut user) = (None, None, None, None);
+    for pair in pairs.split(sep).filter(|p| !p.is_empty()) {
+        let (k, v) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("{pair:?} in the stream id is not KEY=VALUE; {FORMS}"))?;
+        let slot = match k {
+            "r" if name.is_none() || sep == ',' => &mut name,
+            "m" => &mut mode,
+            "s" => &mut session,
+            "token" => &mut token,
+            "u" => &mut user,
+            _ => continue,
+        };
+        if slot.replace(v).is_some() {
+            return Err(format!("{k:?} is given twice in the stream id"));
+        }
+    }
+    let name = match name {
+        Some(n) if !n.is_empty() => n,
+        _ => return Err(format!("no stream name in the stream id; {FORMS}")),
+    };
+    if !valid_stream_name(name) {
+        return Err(format!("invalid stream name {name:?}: {STREAM_NAME_RULE}"));
+    }
+    let mode = match mode {
+        None | Some("publish") => Mode::Publish,
+        Some("request") => Mode::Request,
+        Some(m) => {
+            return Err(format!(
+                "mode m={m:?} is not supported: m=publish (send TS) or m=request (read TS)"
+            ))
+        }
+    };
+    let token = session.or(token).or(user).map(str::to_owned);
+    Ok(StreamId {
+        name: name.to_owned(),
+        mode,
+        token,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn access_control_syntax() {
+        let id = parse("#!::r=cam1,m=publish,s=secret,t=stream,latency=200").unwrap();
+        assert_eq!(
+            id,
+            StreamId {
+                name: "cam1".into(),
+                mode: Mode::Publish,
+                token: Some("secret".into()),
+            }
+        );
+        let id = parse("#!::u=tok,r=cam1,m=request").unwrap();
+        assert_eq!((id.mode, id.token.as_deref()), (Mode::Request, Some("tok")));
+    }
+
+    #[test]
+    fn bare_name_with_or_without_query() {
+        let id = parse("cam1").unwrap();
+        assert_eq!(
+            (id.name.as_str(), id.mode, id.token),
+            ("cam1", Mode::Publish, None)
+        );
+        let id = parse("cam1?token=abc&m=request").unwrap();
+        assert_eq!(id.token.as_deref(), Some("abc"));
+        assert_eq!(id.mode, Mode::Request);
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_a_reason() {
+        for (bad, says) in [
+            ("", "no stream name"),
+            ("#!::m=publish", "no stream name"),
+            ("#!::r=a,r=b", "twice"),
+            ("#!::r=../x", "invalid stream name"),
+            ("#!::r=a,m=bidirectional", "not supported"),
+            ("#!::r=a,oops", "KEY=VALUE"),
+        ] {
+            let e = parse(bad).unwrap_err();
+            assert!(e.contains(says), "{bad:?}: {e}");
+        }
+        assert!(parse(&"a".repeat(600)).is_err());
+    }
+}
