@@ -341,3 +341,45 @@ async fn srt_wrong_passphrase_or_token_is_refused_and_creates_nothing() {
         assert_eq!(r.status, 404, "{name}: {}", r.text());
     }
 }
+
+/// `m=request` reads a stream as TS over SRT: ffprobe sees its H.264 and Opus tracks; a wrong
+/// view token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_request_is_read_by_ffprobe() {
+    if !have_srt("srt_request_is_read_by_ffprobe") {
+        return;
+    }
+    let demo = common::testdata("h264_opus.ts");
+    let replay = format!("cam={}", demo.display());
+    let (server, srt) = srt_server(&["--replay", &replay, "--view-token", "view-tok"]);
+    let probe = |token: &str| {
+        tokio::process::Command::new("ffprobe")
+            .args(["-hide_banner", "-loglevel", "error", "-show_entries"])
+            .args(["stream=codec_name", "-of", "csv=p=0"])
+            .arg(format!(
+                "srt://{srt}?passphrase={PASSPHRASE}&streamid=#!::r=cam,m=request,s={token}"
+            ))
+            .kill_on_drop(true)
+            .output()
+    };
+    let out = tokio::time::timeout(Duration::from_secs(20), probe("view-tok"))
+        .await
+        .expect("ffprobe within 20 s")
+        .expect("ffprobe runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    // Each stream once, and again under its program.
+    let mut codecs: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    codecs.sort();
+    codecs.dedup();
+    assert_eq!(codecs, ["h264", "opus"], "{text}");
+    let since = std::time::Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(20), probe("nope"))
+        .await
+        .expect("ffprobe within 20 s")
+        .expect("ffprobe runs");
+    assert!(!out.status.success());
+    assert!(server
+        .logged_after(since, "SRT reader refused: wrong or missing token")
+        .is_some());
+}

@@ -454,11 +454,11 @@ fn join_at_last_gop(stream: &Stream) -> (crate::stream::ring::Cursor, StartPoint
 }
 
 /// Counts a TS pull reader of a stream for as long as its response lives.
-struct TsReader(Arc<Stream>);
+pub(super) struct TsReader(Arc<Stream>);
 
 impl TsReader {
     /// A reader, unless the stream has `max` already.
-    fn new(s: Arc<Stream>, max: usize) -> Option<Self> {
+    pub(super) fn new(s: Arc<Stream>, max: usize) -> Option<Self> {
         let readers = &s.stats.ts_readers;
         readers
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {

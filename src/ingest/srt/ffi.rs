@@ -78,6 +78,7 @@ struct Api {
     bstats: unsafe extern "C" fn(c_int, *mut PerfMon, c_int) -> c_int,
     getrejectreason: unsafe extern "C" fn(c_int) -> c_int,
     rejectreason_str: unsafe extern "C" fn(c_int) -> *const c_char,
+    getsockstate: unsafe extern "C" fn(c_int) -> c_int,
     setloglevel: unsafe extern "C" fn(c_int),
     setloghandler: unsafe extern "C" fn(*mut c_void, LogHandler),
 }
@@ -185,6 +186,7 @@ fn open() -> Result<Api, String> {
             "srt_rejectreason_str",
             unsafe extern "C" fn(c_int) -> *const c_char
         ),
+        getsockstate: sym!("srt_getsockstate", unsafe extern "C" fn(c_int) -> c_int),
         setloglevel: sym!("srt_setloglevel", unsafe extern "C" fn(c_int)),
         setloghandler: sym!(
             "srt_setloghandler",
@@ -439,6 +441,13 @@ impl Socket {
             return Err(last_error("srt_sendmsg"));
         }
         Ok(())
+    }
+
+    /// Whether the connection is up (SRTS_CONNECTED).
+    pub fn is_connected(&self) -> bool {
+        const SRTS_CONNECTED: c_int = 5;
+        // SAFETY: plain call with our socket id.
+        api().is_ok_and(|api| unsafe { (api.getsockstate)(self.0) } == SRTS_CONNECTED)
     }
 
     /// The connection's statistics since it began.

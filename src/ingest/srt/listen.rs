@@ -9,11 +9,15 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use super::ffi::{self, Recv, Socket};
-use super::{streamid, Gate, Mode};
+use super::{streamid, Gate, Mode, Reader};
+use crate::stream::ring::Read;
 use crate::stream::SourceGuard;
+use crate::ts::start::StartPoint;
 
 /// How long a receive waits before the pump looks at its stop flag and statistics.
 const POLL: Duration = Duration::from_millis(250);
+/// Live-mode message size: 7 TS packets (SRT's default payload size).
+const MESSAGE: usize = 7 * 188;
 /// A publisher silent this long is taken for gone (libsrt's own peer timeout is 5 s).
 const PEER_IDLE: Duration = Duration::from_secs(5);
 
@@ -102,9 +106,21 @@ async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
         }
     };
     if id.mode == Mode::Request {
-        warn!(peer = %peer_s, stream = %id.name,
-            "SRT caller refused: reading a stream over SRT (m=request) is not supported yet; \
-             use GET /streams/{{s}}.ts or WHEP");
+        let name = id.name.clone();
+        let reader = match gate.read(id, peer).await {
+            Ok(r) => r,
+            Err(why) => {
+                warn!(peer = %peer_s, stream = %name, "SRT reader refused: {why}");
+                return;
+            }
+        };
+        info!(peer = %peer_s, stream = %name, "SRT reader connected (m=request)");
+        let rt = tokio::runtime::Handle::current();
+        let sent = tokio::task::spawn_blocking(move || send_ts(sock, reader, rt)).await;
+        match sent {
+            Ok(why) => info!(peer = %peer_s, stream = %name, "SRT reader left ({why})"),
+            Err(e) => warn!(stream = %name, error = %e, "SRT reader's thread failed"),
+        }
         return;
     }
     let name = id.name.clone();
@@ -168,4 +184,39 @@ fn pump(sock: Socket, guard: SourceGuard, peer: String, stop: Arc<AtomicBool>) {
         retransmitted = s.retransmitted, dropped = s.dropped, rtt_ms = s.rtt_ms,
         "SRT publisher left ({why})"
     );
+}
+
+/// Sends the stream's TS to a reader from the next join point (PAT, PMT, keyframe: as
+/// `GET /streams/{s}.ts`), in messages of up to 7 TS packets, until it leaves or the stream
+/// shuts down; returns why it ended.
+fn send_ts(sock: Socket, reader: Reader, rt: tokio::runtime::Handle) -> String {
+    let stream = reader.stream.clone();
+    let mut cur = stream.ring.cursor();
+    let mut start = StartPoint::new();
+    let mut buf = vec![0u8; 188 * 512];
+    let mut out = Vec::new();
+    loop {
+        let read = rt.block_on(tokio::time::timeout(
+            Duration::from_secs(1),
+            stream.ring.read(&mut cur, &mut buf),
+        ));
+        match read {
+            Ok(Read::Data(n)) => {
+                out.clear();
+                start.push(&buf[..n], &mut out);
+                for message in out.chunks(MESSAGE) {
+                    if let Err(e) = sock.send(message) {
+                        return e.to_string();
+                    }
+                }
+            }
+            // Lapped: the reader goes on at the live edge (the demuxer downstream resyncs);
+            // the source ended: the next one continues the same ring.
+            Ok(Read::Lapped(_) | Read::EndOfInput) => {}
+            Ok(Read::Shutdown) => return "the stream was shut down".into(),
+            // Quiet: is the caller still there?
+            Err(_) if !sock.is_connected() => return "the caller left".into(),
+            Err(_) => {}
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //!                  (libsrt: ARQ,                         │
 //!                   AES, TSBPD)                          └─► pump thread: recv ──► SourceGuard
 //!                                                             stats each second ─► /streams/{s}
+//!  caller ◄─SRT── (m=request) ◄── send thread: ring ─► join point (PAT, PMT, keyframe) ─► 7×188
 //! ```
 //!
 //! libsrt does the protocol on its own threads (`ffi.rs`); our side of each connection is a
@@ -23,7 +24,9 @@ use std::pin::Pin;
 
 pub use streamid::{Mode, StreamId};
 
-use crate::stream::SourceGuard;
+use std::sync::Arc;
+
+use crate::stream::{SourceGuard, Stream};
 
 /// Decides whether a caller may publish, and hands it its stream's source guard.
 pub trait Gate: Send + Sync + 'static {
@@ -34,4 +37,18 @@ pub trait Gate: Send + Sync + 'static {
         id: StreamId,
         peer: Option<SocketAddr>,
     ) -> Pin<Box<dyn Future<Output = Result<SourceGuard, String>> + Send + '_>>;
+
+    /// Checks `id` from `peer` like a `GET /streams/{s}.ts` reader.
+    fn read(
+        &self,
+        id: StreamId,
+        peer: Option<SocketAddr>,
+    ) -> Pin<Box<dyn Future<Output = Result<Reader, String>> + Send + '_>>;
+}
+
+/// A caller allowed to read a stream.
+pub struct Reader {
+    pub stream: Arc<Stream>,
+    /// Held for as long as it reads (it counts against `--max-ts-readers`).
+    pub slot: Box<dyn Send>,
 }
