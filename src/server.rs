@@ -153,6 +153,17 @@ impl Server {
                 }
             });
         }
+        for p in &cfg.srt_pulls {
+            let url: ingest::srt::SrtUrl = p
+                .value
+                .parse()
+                .map_err(|e| std::io::Error::other(format!("--srt-pull {}: {e}", p.name)))?;
+            ingest::srt::ffi::load()
+                .map_err(|e| std::io::Error::other(format!("--srt-pull {}: {e}", p.name)))?;
+            let stream = registry.get_or_create(&p.name);
+            let latency = Duration::from_millis(cfg.srt_latency_ms);
+            tasks.spawn(ingest::srt::pull::run(stream, url, latency));
+        }
         if let Some(name) = &cfg.stdin {
             let stream = registry.get_or_create(name);
             tasks.spawn(ingest::pump_reader(stream, tokio::io::stdin(), "stdin"));

@@ -383,3 +383,94 @@ async fn srt_request_is_read_by_ffprobe() {
         .logged_after(since, "SRT reader refused: wrong or missing token")
         .is_some());
 }
+
+/// `srt-live-transmit` as an SRT listener (AES) relaying the UDP TS it gets on `udp_in`.
+fn srt_live_transmit(udp_in: u16, srt_port: u16) -> tokio::process::Child {
+    tokio::process::Command::new("srt-live-transmit")
+        .arg("-q")
+        .arg(format!("udp://127.0.0.1:{udp_in}"))
+        .arg(format!("srt://:{srt_port}?passphrase={PASSPHRASE}"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start srt-live-transmit")
+}
+
+/// Waits (up to `within`) for the `n`th log line with `needle` read after `since`.
+async fn logged_times(
+    server: &common::TsbridgeProcess,
+    since: std::time::Instant,
+    needle: &str,
+    within: Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if server.logged_after(since, needle).is_some() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `--srt-pull` calls `srt-live-transmit` (listener, AES): the stream plays; when the listener
+/// restarts, the pull connects again by itself and the stream plays again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_pull_plays_and_reconnects_after_the_listener_restarts() {
+    if !have_srt("srt_pull_plays_and_reconnects_after_the_listener_restarts") {
+        return;
+    }
+    let (udp_in, srt_port) = (
+        common::tools::free_udp_port(),
+        common::tools::free_udp_port(),
+    );
+    let _ffmpeg = ffmpeg_publish(&format!("udp://127.0.0.1:{udp_in}?pkt_size=1316"));
+    let mut slt = srt_live_transmit(udp_in, srt_port);
+    let pull = format!("pulled=srt://127.0.0.1:{srt_port}?passphrase={PASSPHRASE}");
+    let server =
+        common::TsbridgeProcess::serve(env!("CARGO_BIN_EXE_tsbridge"), &["--srt-pull", &pull])
+            .expect("starts");
+    let url = server.whep_url("pulled");
+    let watch = || {
+        common::whep_receive(
+            &url,
+            common::WhepOptions {
+                seconds: 10.0,
+                stop: common::StopWhen::VideoAus(45),
+                ..Default::default()
+            },
+        )
+    };
+    let r = watch().await.expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    assert!(decode_all(&r.video) >= 40);
+
+    let since = std::time::Instant::now();
+    let _ = slt.kill().await;
+    assert!(
+        logged_times(
+            &server,
+            since,
+            "SRT pull: connection ended",
+            Duration::from_secs(10)
+        )
+        .await,
+        "the pull noticed the listener going away"
+    );
+    let restarted = std::time::Instant::now();
+    let _slt = srt_live_transmit(udp_in, srt_port);
+    assert!(
+        logged_times(
+            &server,
+            restarted,
+            "SRT pull: connected",
+            Duration::from_secs(15)
+        )
+        .await,
+        "the pull connected again"
+    );
+    let r = watch().await.expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    assert!(decode_all(&r.video) >= 40);
+}

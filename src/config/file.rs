@@ -151,6 +151,7 @@ udp_reorder_ms = 30
 srt_listen = "127.0.0.1:8890"
 srt_passphrase = "0123456789ab"
 srt_latency_ms = 200
+srt_pull = ["p=srt://127.0.0.1:9000?streamid=x", "q=srt://127.0.0.1:9001"]
 stdin = "in"
 whep_wait = 3
 demo = true

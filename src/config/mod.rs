@@ -206,6 +206,15 @@ pub struct ServeArgs {
     #[arg(long, env = "TSBRIDGE_SRT_LISTEN", value_name = "ADDR")]
     pub srt_listen: Option<SocketAddr>,
 
+    /// Pull stream NAME from a remote SRT listener (an encoder, a peer server,
+    /// `srt-live-transmit`): `NAME=srt://HOST:PORT[?streamid=…&passphrase=…&latency=MS]`
+    /// (values as ffmpeg writes them; latency defaults to --srt-latency-ms). When the
+    /// connection fails or ends, it is called again with backoff (0.5 s doubling to 5 s);
+    /// each change is logged once. Repeat for several. Needs libsrt 1.5 at run time.
+    #[arg(long = "srt-pull", env = "TSBRIDGE_SRT_PULL", value_name = "NAME=URL",
+          value_parser = parse_named::<String>, value_delimiter = ',')]
+    pub srt_pulls: Vec<Named<String>>,
+
     /// AES passphrase (10 to 79 characters) every SRT caller must encrypt with; unset: callers
     /// must not encrypt.
     #[arg(long, env = "TSBRIDGE_SRT_PASSPHRASE", hide_env_values = true,

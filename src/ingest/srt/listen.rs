@@ -148,13 +148,18 @@ async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
     }
 }
 
-/// Receives into the stream until the caller leaves (or the stream is deleted); publishes
-/// the connection's figures once a second.
-fn pump(sock: Socket, guard: SourceGuard, peer: String, stop: Arc<AtomicBool>) {
+/// Receives into the stream until the peer leaves (or the stream is deleted); publishes the
+/// connection's figures once a second. Returns why it ended.
+pub(super) fn pump(
+    sock: Socket,
+    guard: SourceGuard,
+    peer: String,
+    stop: Arc<AtomicBool>,
+) -> String {
     let stream = guard.stream().clone();
     if let Err(e) = sock.set_int(ffi::SRTO_RCVTIMEO, POLL.as_millis() as i32) {
         warn!(stream = %stream.name, error = %e, "SRT: cannot set the receive timeout");
-        return;
+        return e.to_string();
     }
     let mut buf = vec![0u8; 1500];
     let mut last_stats = Instant::now();
@@ -182,8 +187,9 @@ fn pump(sock: Socket, guard: SourceGuard, peer: String, stop: Arc<AtomicBool>) {
     info!(
         stream = %stream.name, %peer, packets = s.packets_received, lost = s.lost,
         retransmitted = s.retransmitted, dropped = s.dropped, rtt_ms = s.rtt_ms,
-        "SRT publisher left ({why})"
+        "SRT source left ({why})"
     );
+    why
 }
 
 /// Sends the stream's TS to a reader from the next join point (PAT, PMT, keyframe: as

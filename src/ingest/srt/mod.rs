@@ -16,13 +16,16 @@
 
 pub mod ffi;
 pub mod listen;
+pub mod pull;
 pub mod streamid;
+pub mod url;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::pin::Pin;
 
 pub use streamid::{Mode, StreamId};
+pub use url::SrtUrl;
 
 use std::sync::Arc;
 
