@@ -474,3 +474,41 @@ async fn srt_pull_plays_and_reconnects_after_the_listener_restarts() {
     assert_eq!(r.status, 201, "{:?}", r.error_body);
     assert!(decode_all(&r.video) >= 40);
 }
+
+/// An SRT publisher that goes away and comes back within `--source-grace` is the same stream
+/// to its viewers: the viewer stays connected and its video goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_publisher_returning_within_the_grace_keeps_its_viewers() {
+    if !have_srt("srt_publisher_returning_within_the_grace_keeps_its_viewers") {
+        return;
+    }
+    let (server, srt) = srt_server(&["--source-grace", "10"]);
+    let url = format!("srt://{srt}?passphrase={PASSPHRASE}&streamid=#!::r=back,s={TOKEN}");
+    let mut first = ffmpeg_publish(&url);
+    let viewer = common::WhepSession::start(&server.whep_url("back"), &Default::default())
+        .await
+        .expect("WHEP");
+    assert_eq!(viewer.status, 201, "{:?}", viewer.error_body);
+    let aus = |c: &common::whep::Collected| common::h264_access_units(&c.video).len();
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(10), |c| aus(c) >= 30)
+            .await
+    );
+    let since = std::time::Instant::now();
+    let _ = first.kill().await;
+    assert!(
+        logged_times(&server, since, "SRT source left", Duration::from_secs(10)).await,
+        "the publisher's leaving was seen"
+    );
+    let before = aus(&viewer.collected());
+    let _second = ffmpeg_publish(&url);
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(10), |c| aus(c) >= before + 30)
+            .await,
+        "the same viewer gets the returning publisher's video"
+    );
+    let r = viewer.finish().await;
+    assert!(common::h264_access_units(&r.video).len() >= before + 30);
+}
