@@ -57,6 +57,11 @@ pub const SRT_REJ_BADSECRET: c_int = 10;
 pub const SRT_REJX_BAD_REQUEST: c_int = 1400;
 pub const SRT_REJX_UNAUTHORIZED: c_int = 1401;
 
+/// `srt_listen_callback_fn`: called on libsrt's receive thread for each caller, before the
+/// handshake completes; a negative return refuses the caller.
+pub type ListenHook =
+    extern "C" fn(*mut c_void, c_int, c_int, *const libc::sockaddr, *const c_char) -> c_int;
+
 type LogHandler =
     extern "C" fn(*mut c_void, c_int, *const c_char, c_int, *const c_char, *const c_char);
 
@@ -79,6 +84,8 @@ struct Api {
     getrejectreason: unsafe extern "C" fn(c_int) -> c_int,
     rejectreason_str: unsafe extern "C" fn(c_int) -> *const c_char,
     getsockstate: unsafe extern "C" fn(c_int) -> c_int,
+    listen_callback: unsafe extern "C" fn(c_int, ListenHook, *mut c_void) -> c_int,
+    setrejectreason: unsafe extern "C" fn(c_int, c_int) -> c_int,
     setloglevel: unsafe extern "C" fn(c_int),
     setloghandler: unsafe extern "C" fn(*mut c_void, LogHandler),
 }
@@ -185,6 +192,14 @@ fn open() -> Result<Api, String> {
         rejectreason_str: sym!(
             "srt_rejectreason_str",
             unsafe extern "C" fn(c_int) -> *const c_char
+        ),
+        listen_callback: sym!(
+            "srt_listen_callback",
+            unsafe extern "C" fn(c_int, ListenHook, *mut c_void) -> c_int
+        ),
+        setrejectreason: sym!(
+            "srt_setrejectreason",
+            unsafe extern "C" fn(c_int, c_int) -> c_int
         ),
         getsockstate: sym!("srt_getsockstate", unsafe extern "C" fn(c_int) -> c_int),
         setloglevel: sym!("srt_setloglevel", unsafe extern "C" fn(c_int)),
@@ -371,6 +386,16 @@ impl Socket {
         Ok(())
     }
 
+    /// Has `hook` look at each caller's stream id before its handshake completes (listener).
+    pub fn set_listen_hook(&self, hook: ListenHook) -> std::io::Result<()> {
+        let api = api().map_err(std::io::Error::other)?;
+        // SAFETY: a static function and no state (null opaque pointer).
+        if unsafe { (api.listen_callback)(self.0, hook, std::ptr::null_mut()) } < 0 {
+            return Err(last_error("srt_listen_callback"));
+        }
+        Ok(())
+    }
+
     /// Waits for a caller; fails when the listener is closed.
     pub fn accept(&self) -> std::io::Result<(Socket, Option<SocketAddr>)> {
         let api = api().map_err(std::io::Error::other)?;
@@ -474,6 +499,82 @@ impl Socket {
             latency_ms: p.ms_rcv_tsbpd_delay.max(p.ms_snd_tsbpd_delay).max(0) as u64,
         })
     }
+}
+
+/// Options for a caller's socket inside a [`ListenHook`] (it owns no [`Socket`] yet).
+pub struct Pending(pub c_int);
+
+impl Pending {
+    /// The rejection reason the caller is told (a `SRT_REJX_*` code).
+    pub fn reject(&self, reason: c_int) {
+        if let Ok(api) = api() {
+            // SAFETY: plain call with the id libsrt handed the hook.
+            unsafe { (api.setrejectreason)(self.0, reason) };
+        }
+    }
+
+    /// Its receive latency (settable until the handshake completes).
+    pub fn set_latency(&self, latency: Duration) -> std::io::Result<()> {
+        let api = api().map_err(std::io::Error::other)?;
+        let ms = latency.as_millis().min(i32::MAX as u128) as c_int;
+        // SAFETY: an int option, its size given.
+        let r = unsafe {
+            (api.setsockflag)(
+                self.0,
+                SRTO_LATENCY,
+                (&ms as *const c_int).cast(),
+                size_of::<c_int>() as c_int,
+            )
+        };
+        if r < 0 {
+            return Err(last_error("srt_setsockflag"));
+        }
+        Ok(())
+    }
+}
+
+/// Reads the arguments of a [`ListenHook`] call: the caller's address and stream id.
+///
+/// # Safety
+/// `peer` is null or a valid sockaddr, `stream_id` null or NUL-terminated (as libsrt passes).
+pub unsafe fn hook_args(
+    peer: *const libc::sockaddr,
+    stream_id: *const c_char,
+) -> (Option<SocketAddr>, String) {
+    let id = if stream_id.is_null() {
+        String::new()
+    } else {
+        // SAFETY: the caller's contract.
+        unsafe { CStr::from_ptr(stream_id) }
+            .to_string_lossy()
+            .into_owned()
+    };
+    let addr = if peer.is_null() {
+        None
+    } else {
+        // SAFETY: the caller's contract; the family says how many bytes there are.
+        let family = unsafe { (*peer).sa_family } as c_int;
+        let len = match family {
+            libc::AF_INET => size_of::<libc::sockaddr_in>(),
+            libc::AF_INET6 => size_of::<libc::sockaddr_in6>(),
+            _ => 0,
+        };
+        (len > 0)
+            .then(|| {
+                // SAFETY: socket2 hands storage for any address; `len` bytes of it are read.
+                unsafe {
+                    SockAddr::try_init(|storage, l| {
+                        std::ptr::copy_nonoverlapping(peer.cast::<u8>(), storage.cast::<u8>(), len);
+                        *l = len as libc::socklen_t;
+                        Ok(())
+                    })
+                }
+                .ok()
+                .and_then(|(_, a)| a.as_socket())
+            })
+            .flatten()
+    };
+    (addr, id)
 }
 
 /// Closes the socket with this id (to end a blocked `accept` from another thread; closing an

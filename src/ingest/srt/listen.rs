@@ -57,6 +57,7 @@ impl Listener {
         if let Some(p) = &opts.passphrase {
             socket.set_str(ffi::SRTO_PASSPHRASE, p)?;
         }
+        socket.set_listen_hook(listen_hook)?;
         socket.bind(opts.addr)?;
         socket.listen(64)?;
         Ok(Listener { socket, opts })
@@ -92,6 +93,40 @@ impl Listener {
         }
         Ok(())
     }
+}
+
+/// Looks at a caller's stream id during its handshake: a malformed one is refused there
+/// (`SRT_REJX_BAD_REQUEST`, which the caller reports), and `latency=` sets the connection's
+/// latency. Runs on libsrt's receive thread: no waiting (the token is checked after accept,
+/// where the auth hook may be asked), and no panic may cross into C.
+extern "C" fn listen_hook(
+    _: *mut std::ffi::c_void,
+    ns: i32,
+    _hs_version: i32,
+    peer: *const libc::sockaddr,
+    stream_id: *const std::ffi::c_char,
+) -> i32 {
+    std::panic::catch_unwind(|| {
+        // SAFETY: libsrt passes a valid address (or null) and a NUL-terminated id (or null).
+        let (peer, raw) = unsafe { ffi::hook_args(peer, stream_id) };
+        let pending = ffi::Pending(ns);
+        match streamid::parse(&raw) {
+            Err(why) => {
+                let peer = peer.map_or_else(|| "?".into(), |p| p.to_string());
+                warn!(%peer, streamid = %raw, "SRT caller refused: {why}");
+                pending.reject(ffi::SRT_REJX_BAD_REQUEST);
+                -1
+            }
+            Ok(id) => match id.latency.map(|l| pending.set_latency(l)) {
+                Some(Err(e)) => {
+                    warn!(error = %e, "SRT caller's latency= not applied");
+                    0
+                }
+                _ => 0,
+            },
+        }
+    })
+    .unwrap_or(-1)
 }
 
 /// One accepted caller: checked, then pumped into its stream until it leaves.

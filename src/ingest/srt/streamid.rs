@@ -3,10 +3,12 @@
 //! Two forms, as SRT peers write them:
 //! - SRT's access-control syntax (`#!::r=cam1,m=publish,s=TOKEN`): `r` the stream, `m`
 //!   `publish` (default) or `request`, the token from `s` (session), else `token`, else `u`
-//!   (user: some encoders have no other field). Unknown keys are ignored (the syntax reserves
-//!   many), a repeated key is refused. (Latency is the caller's own SRT option: SRT takes the
-//!   larger of both sides' by itself.)
-//! - A bare name, optionally with a query: `cam1`, `cam1?token=…&m=request`.
+//!   (user: some encoders have no other field), `latency` in milliseconds (the connection's
+//!   latency in place of `--srt-latency-ms`; SRT still takes the caller's own if larger).
+//!   Unknown keys are ignored (the syntax reserves many), a repeated key is refused.
+//! - A bare name, optionally with a query: `cam1`, `cam1?token=…&m=request&latency=300`.
+
+use std::time::Duration;
 
 use crate::config::{valid_stream_name, STREAM_NAME_RULE};
 
@@ -28,6 +30,8 @@ pub struct StreamId {
     pub name: String,
     pub mode: Mode,
     pub token: Option<String>,
+    /// `latency=`: this connection's latency.
+    pub latency: Option<Duration>,
 }
 
 /// Parses `s`; the error says what is wrong and how it should look.
@@ -43,7 +47,7 @@ pub fn parse(s: &str) -> Result<StreamId, String> {
             (query, '&', Some(name))
         }
     };
-    let (mut mode, mut session, mut token, mut user) = (None, None, None, None);
+    let (mut mode, mut session, mut token, mut user, mut latency) = (None, None, None, None, None);
     for pair in pairs.split(sep).filter(|p| !p.is_empty()) {
         let (k, v) = pair
             .split_once('=')
@@ -54,6 +58,7 @@ pub fn parse(s: &str) -> Result<StreamId, String> {
             "s" => &mut session,
             "token" => &mut token,
             "u" => &mut user,
+            "latency" => &mut latency,
             _ => continue,
         };
         if slot.replace(v).is_some() {
@@ -76,11 +81,22 @@ pub fn parse(s: &str) -> Result<StreamId, String> {
             ))
         }
     };
+    let latency = match latency {
+        None => None,
+        Some(l) => Some(
+            l.parse::<u64>()
+                .ok()
+                .filter(|&ms| ms <= 60_000)
+                .map(Duration::from_millis)
+                .ok_or_else(|| format!("latency={l:?}: milliseconds, 0 to 60000"))?,
+        ),
+    };
     let token = session.or(token).or(user).map(str::to_owned);
     Ok(StreamId {
         name: name.to_owned(),
         mode,
         token,
+        latency,
     })
 }
 
@@ -97,6 +113,7 @@ mod tests {
                 name: "cam1".into(),
                 mode: Mode::Publish,
                 token: Some("secret".into()),
+                latency: Some(Duration::from_millis(200)),
             }
         );
         let id = parse("#!::u=tok,r=cam1,m=request").unwrap();
@@ -124,6 +141,7 @@ mod tests {
             ("#!::r=../x", "invalid stream name"),
             ("#!::r=a,m=bidirectional", "not supported"),
             ("#!::r=a,oops", "KEY=VALUE"),
+            ("#!::r=a,latency=soon", "latency"),
         ] {
             let e = parse(bad).unwrap_err();
             assert!(e.contains(says), "{bad:?}: {e}");
