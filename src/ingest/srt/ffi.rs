@@ -241,7 +241,8 @@ extern "C" fn log_handler(
             "SRT connection refused: wrong passphrase (the caller's passphrase does not match \
              --srt-passphrase) [{msg}]"
         );
-    } else if level <= LOG_ERR {
+    } else if level <= LOG_ERR && !msg.contains("is already closed") {
+        // (A closed listener's accept thread says "already closed" as it ends: our doing.)
         tracing::warn!(target: "srt", "libsrt: {msg}");
     } else {
         tracing::debug!(target: "srt", "libsrt: {msg}");

@@ -113,7 +113,7 @@ extern "C" fn listen_hook(
         match streamid::parse(&raw) {
             Err(why) => {
                 let peer = peer.map_or_else(|| "?".into(), |p| p.to_string());
-                warn!(%peer, streamid = %raw, "SRT caller refused: {why}");
+                warn!(%peer, streamid = %streamid::redacted(&raw), "SRT caller refused: {why}");
                 pending.reject(ffi::SRT_REJX_BAD_REQUEST);
                 -1
             }
@@ -136,7 +136,7 @@ async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
     let id = match streamid::parse(&raw) {
         Ok(id) => id,
         Err(why) => {
-            warn!(peer = %peer_s, streamid = %raw, "SRT caller refused: {why}");
+            warn!(peer = %peer_s, streamid = %streamid::redacted(&raw), "SRT caller refused: {why}");
             return;
         }
     };

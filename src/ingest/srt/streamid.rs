@@ -100,6 +100,26 @@ pub fn parse(s: &str) -> Result<StreamId, String> {
     })
 }
 
+/// `s` for a log line: the values of `s`, `token` and `u` (tokens) replaced by `…`.
+pub fn redacted(s: &str) -> String {
+    let (head, pairs, sep) = match s.strip_prefix("#!::") {
+        Some(rest) => ("#!::", rest, ','),
+        None => match s.split_once('?') {
+            Some((name, q)) => (name, q, '&'),
+            None => return s.to_owned(),
+        },
+    };
+    let pairs: Vec<String> = pairs
+        .split(sep)
+        .map(|p| match p.split_once('=') {
+            Some((k @ ("s" | "token" | "u"), _)) => format!("{k}=…"),
+            _ => p.to_owned(),
+        })
+        .collect();
+    let joiner = if sep == '&' { "?" } else { "" };
+    format!("{head}{joiner}{}", pairs.join(&sep.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,6 +138,16 @@ mod tests {
         );
         let id = parse("#!::u=tok,r=cam1,m=request").unwrap();
         assert_eq!((id.mode, id.token.as_deref()), (Mode::Request, Some("tok")));
+    }
+
+    #[test]
+    fn tokens_stay_out_of_log_lines() {
+        assert_eq!(
+            redacted("#!::r=a,s=secret,m=publish"),
+            "#!::r=a,s=…,m=publish"
+        );
+        assert_eq!(redacted("a?token=secret&m=request"), "a?token=…&m=request");
+        assert_eq!(redacted("a"), "a");
     }
 
     #[test]
