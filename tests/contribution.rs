@@ -557,3 +557,78 @@ async fn srt_publisher_returning_within_the_grace_keeps_its_viewers() {
     let j = common::stream_json(server.authority().parse().unwrap(), "back").await;
     assert_eq!(j["srt"]["latency_ms"], 300, "{j}");
 }
+
+/// RTP-wrapped TS over a link that loses packets: each gap is given up on after
+/// `--udp-reorder-ms` and counted lost (as many as the link dropped; not late, not a
+/// duplicate), and the stream plays on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_wrapped_ts_with_loss_counts_it_and_plays_on() {
+    let test = "rtp_wrapped_ts_with_loss_counts_it_and_plays_on";
+    if !common::tools::have(test, "ffmpeg", "-version", "ffmpeg") {
+        return;
+    }
+    let port = common::tools::free_udp_port();
+    let server = common::TsbridgeProcess::serve(
+        env!("CARGO_BIN_EXE_tsbridge"),
+        &[
+            "--udp",
+            &format!("lossy=127.0.0.1:{port}"),
+            "--udp-reorder-ms",
+            "30",
+        ],
+    )
+    .expect("tsbridge starts");
+    let link = Impairment {
+        loss: 0.02,
+        ..Impairment::NONE
+    };
+    let relay = Relay::loopback(format!("127.0.0.1:{port}").parse().unwrap(), link, 9).await;
+    let mut ffmpeg = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-stream_loop",
+            "-1",
+        ])
+        .arg("-i")
+        .arg(common::testdata("h264_opus.ts"))
+        .args(["-c", "copy", "-f", "rtp_mpegts"])
+        .arg(format!("rtp://{}", relay.addr()))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ffmpeg");
+    let r = common::whep_receive(
+        &server.whep_url("lossy"),
+        common::WhepOptions {
+            seconds: 12.0,
+            stop: common::StopWhen::VideoAus(150),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let (clean, total, _) = decode_count(&r.video);
+    let http = server.authority().parse().unwrap();
+    let j = stream_until(http, "lossy", |j| j["rtp"]["lost"].as_u64() > Some(0)).await;
+    let _ = ffmpeg.kill().await;
+    eprintln!("relay forward: {}", relay.stats.forward.summary());
+    eprintln!(
+        "stream rtp: {}; {clean} of {total} access units decoded",
+        j["rtp"]
+    );
+    let dropped = relay.stats.forward.dropped.load(Ordering::Relaxed);
+    let rtp = &j["rtp"];
+    assert!(rtp["lost"].as_u64() > Some(0), "{j}");
+    assert!(
+        rtp["lost"].as_u64() <= Some(dropped),
+        "no more lost than dropped: {j}"
+    );
+    assert_eq!(rtp["late"], 0, "{j}");
+    assert_eq!(rtp["duplicates"], 0, "{j}");
+    // A lost TS packet damages its picture and those after it until the next keyframe
+    // (every second here): the stream goes on, and decodes again at each keyframe.
+    assert!(total >= 100 && clean >= 30, "{clean} of {total}");
+}
