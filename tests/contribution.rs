@@ -632,3 +632,35 @@ async fn rtp_wrapped_ts_with_loss_counts_it_and_plays_on() {
     // (every second here): the stream goes on, and decodes again at each keyframe.
     assert!(total >= 100 && clean >= 30, "{clean} of {total}");
 }
+
+/// Stopping the server (in process: dropping it) closes its SRT connections: the publisher
+/// learns at once, rather than sending into a server that no longer listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_closes_its_srt_connections() {
+    if !have_srt("stopping_the_server_closes_its_srt_connections") {
+        return;
+    }
+    let srt: std::net::SocketAddr = format!("127.0.0.1:{}", common::tools::free_udp_port())
+        .parse()
+        .unwrap();
+    let mut args = tsbridge::config::ServeArgs::loopback();
+    args.srt_listen = Some(srt);
+    let server = tsbridge::server::Server::start(args).await.expect("starts");
+    let mut ffmpeg = ffmpeg_publish(&format!("srt://{srt}?streamid=stop"));
+    let http = server.http_addr;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // ffmpeg connects
+    let j = stream_until(http, "stop", |j| j["source"] == "live").await;
+    assert_eq!(j["source"], "live", "{j}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), ffmpeg.wait())
+            .await
+            .is_err(),
+        "ffmpeg publishes"
+    );
+    drop(server);
+    let status = tokio::time::timeout(Duration::from_secs(3), ffmpeg.wait())
+        .await
+        .expect("ffmpeg sees its connection closed within 3 s (not SRT's 5 s peer timeout)")
+        .expect("ffmpeg ran");
+    assert!(!status.success());
+}

@@ -88,8 +88,12 @@ impl Listener {
                     }
                 }
             })?;
+        // The connections' tasks: when this task is dropped (server shutdown), so are they,
+        // and their threads stop (see `StopOnDrop`).
+        let mut conns = tokio::task::JoinSet::new();
         while let Some((sock, peer)) = rx.recv().await {
-            tokio::spawn(serve(sock, peer, gate.clone()));
+            while conns.try_join_next().is_some() {}
+            conns.spawn(serve(sock, peer, gate.clone()));
         }
         Ok(())
     }
@@ -129,6 +133,18 @@ extern "C" fn listen_hook(
     .unwrap_or(-1)
 }
 
+/// A flag a connection's thread checks between receives (every 250 ms) or reads (every
+/// second): set when the task that waits for the thread is dropped (server shutdown, a pull
+/// stopped), since a blocking thread cannot be aborted.
+#[derive(Default)]
+pub(super) struct StopOnDrop(pub(super) Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
 /// One accepted caller: checked, then pumped into its stream until it leaves.
 async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
     let raw = sock.stream_id();
@@ -151,7 +167,9 @@ async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
         };
         info!(peer = %peer_s, stream = %name, "SRT reader connected (m=request)");
         let rt = tokio::runtime::Handle::current();
-        let sent = tokio::task::spawn_blocking(move || send_ts(sock, reader, rt)).await;
+        let stop = StopOnDrop::default();
+        let flag = stop.0.clone();
+        let sent = tokio::task::spawn_blocking(move || send_ts(sock, reader, rt, flag)).await;
         match sent {
             Ok(why) => info!(peer = %peer_s, stream = %name, "SRT reader left ({why})"),
             Err(e) => warn!(stream = %name, error = %e, "SRT reader's thread failed"),
@@ -168,15 +186,16 @@ async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
     };
     info!(peer = %peer_s, stream = %name, "SRT publisher connected");
     let stream = guard.stream().clone();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = StopOnDrop::default();
     let watcher = tokio::spawn({
-        let (stream, stop) = (stream.clone(), stop.clone());
+        let (stream, stop) = (stream.clone(), stop.0.clone());
         async move {
             stream.evicted().await;
             stop.store(true, Ordering::SeqCst);
         }
     });
-    let pumped = tokio::task::spawn_blocking(move || pump(sock, guard, peer_s, stop)).await;
+    let flag = stop.0.clone();
+    let pumped = tokio::task::spawn_blocking(move || pump(sock, guard, peer_s, flag)).await;
     watcher.abort();
     if let Err(e) = pumped {
         warn!(stream = %name, error = %e, "SRT publisher's thread failed");
@@ -200,7 +219,7 @@ pub(super) fn pump(
     let mut last_stats = Instant::now();
     let why = loop {
         if stop.load(Ordering::SeqCst) {
-            break "the stream was deleted".to_owned();
+            break "the stream was deleted, or the server is stopping".to_owned();
         }
         match sock.recv(&mut buf) {
             Recv::Data(n) => guard.write(&buf[..n]),
@@ -230,13 +249,21 @@ pub(super) fn pump(
 /// Sends the stream's TS to a reader from the next join point (PAT, PMT, keyframe: as
 /// `GET /streams/{s}.ts`), in messages of up to 7 TS packets, until it leaves or the stream
 /// shuts down; returns why it ended.
-fn send_ts(sock: Socket, reader: Reader, rt: tokio::runtime::Handle) -> String {
+fn send_ts(
+    sock: Socket,
+    reader: Reader,
+    rt: tokio::runtime::Handle,
+    stop: Arc<AtomicBool>,
+) -> String {
     let stream = reader.stream.clone();
     let mut cur = stream.ring.cursor();
     let mut start = StartPoint::new();
     let mut buf = vec![0u8; 188 * 512];
     let mut out = Vec::new();
     loop {
+        if stop.load(Ordering::SeqCst) {
+            return "the server is stopping".into();
+        }
         let read = rt.block_on(tokio::time::timeout(
             Duration::from_secs(1),
             stream.ring.read(&mut cur, &mut buf),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use super::ffi::{self, Socket};
-use super::listen::pump;
+use super::listen::{pump, StopOnDrop};
 use super::url::SrtUrl;
 use crate::stream::Stream;
 
@@ -31,7 +31,11 @@ pub async fn run(stream: Arc<Stream>, url: SrtUrl, latency: Duration) {
     loop {
         let started = Instant::now();
         let (s, u) = (stream.clone(), url.clone());
-        let outcome = tokio::task::spawn_blocking(move || connect_and_pump(s, &u, latency)).await;
+        let stop = StopOnDrop::default();
+        let flag = stop.0.clone();
+        let outcome =
+            tokio::task::spawn_blocking(move || connect_and_pump(s, &u, latency, flag)).await;
+        drop(stop);
         let failure = match outcome {
             Ok(Ok(why)) => {
                 info!(stream = %stream.name, url = %url.authority,
@@ -63,6 +67,7 @@ fn connect_and_pump(
     stream: Arc<Stream>,
     url: &SrtUrl,
     latency: Duration,
+    stop: Arc<AtomicBool>,
 ) -> Result<String, String> {
     let addr: SocketAddr = url
         .authority
@@ -83,10 +88,5 @@ fn connect_and_pump(
     sock.connect(addr).map_err(|e| e.to_string())?;
     info!(stream = %stream.name, %addr, "SRT pull: connected");
     let guard = stream.attach_source();
-    Ok(pump(
-        sock,
-        guard,
-        addr.to_string(),
-        Arc::new(AtomicBool::new(false)),
-    ))
+    Ok(pump(sock, guard, addr.to_string(), stop))
 }
