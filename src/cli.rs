@@ -40,6 +40,7 @@ pub async fn serve(args: ServeArgs) -> Result<(), String> {
         .iter()
         .map(|r| r.name.clone())
         .chain(args.udps.iter().map(|u| u.name.clone()))
+        .chain(args.srt_pulls.iter().map(|p| p.name.clone()))
         .chain(args.stdin.clone())
         .chain(args.demo.then(|| "demo".to_string()))
         .collect();

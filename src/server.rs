@@ -131,11 +131,39 @@ impl Server {
         for u in &cfg.udps {
             let stream = registry.get_or_create(&u.name);
             let addr = u.value;
+            let reorder = Duration::from_millis(cfg.udp_reorder_ms);
             tasks.spawn(async move {
-                if let Err(e) = ingest::udp::run(stream, addr).await {
+                if let Err(e) = ingest::udp::run(stream, addr, reorder).await {
                     warn!(%addr, error = %e, "UDP source failed");
                 }
             });
+        }
+        if let Some(addr) = cfg.srt_listen {
+            let opts = ingest::srt::listen::ListenOptions {
+                addr,
+                passphrase: cfg.srt_passphrase.clone(),
+                latency: Duration::from_millis(cfg.srt_latency_ms),
+            };
+            // libsrt missing or the port taken: the server does not start, saying why.
+            let listener = ingest::srt::listen::Listener::bind(opts)
+                .map_err(|e| std::io::Error::other(format!("--srt-listen {addr}: {e}")))?;
+            let gate = Arc::new(crate::http::srt::SrtGate(app.clone()));
+            tasks.spawn(async move {
+                if let Err(e) = listener.run(gate).await {
+                    warn!(%addr, error = %e, "SRT listener failed");
+                }
+            });
+        }
+        for p in &cfg.srt_pulls {
+            let url: ingest::srt::SrtUrl = p
+                .value
+                .parse()
+                .map_err(|e| std::io::Error::other(format!("--srt-pull {}: {e}", p.name)))?;
+            ingest::srt::ffi::load()
+                .map_err(|e| std::io::Error::other(format!("--srt-pull {}: {e}", p.name)))?;
+            let stream = registry.get_or_create(&p.name);
+            let latency = Duration::from_millis(cfg.srt_latency_ms);
+            tasks.spawn(ingest::srt::pull::run(stream, url, latency));
         }
         if let Some(name) = &cfg.stdin {
             let stream = registry.get_or_create(name);

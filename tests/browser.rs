@@ -909,3 +909,50 @@ async fn chromium_follows_its_source_to_another_node() {
         seen.last
     );
 }
+
+/// A stream published over SRT (ffmpeg, AES) plays in Chromium.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_plays_an_srt_published_stream() {
+    let test = "chromium_plays_an_srt_published_stream";
+    let Some(browser) = chromium_or_skip(test) else {
+        return;
+    };
+    if !common::tools::have(test, "ffmpeg", "-version", "ffmpeg")
+        || !common::tools::have(test, "srt-live-transmit", "-version", "srt-tools")
+    {
+        return;
+    }
+    let srt: std::net::SocketAddr = format!("127.0.0.1:{}", common::tools::free_udp_port())
+        .parse()
+        .unwrap();
+    let mut args = ServeArgs::loopback();
+    args.srt_listen = Some(srt);
+    args.srt_passphrase = Some("browser-passphrase".into());
+    let server = Server::start(args).await.expect("server starts");
+    let _ffmpeg = Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-stream_loop",
+            "-1",
+        ])
+        .arg("-i")
+        .arg(testdata("h264_opus.ts"))
+        .args(["-c", "copy", "-f", "mpegts"])
+        .arg(format!(
+            "srt://{srt}?passphrase=browser-passphrase&streamid=#!::r=srtcam,m=publish"
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ffmpeg");
+    let url = format!("http://{}/play/srtcam?stats=1", server.http_addr);
+    let seen = watch_page(&browser, &url, Duration::from_secs(45), |s| {
+        s.frames_decoded >= 60 && s.audio_samples > 0
+    })
+    .await;
+    eprintln!("chromium saw: {seen:?}");
+    assert!(seen.frames_decoded >= 60, "video frames decoded: {seen:?}");
+    assert!(seen.audio_samples > 0, "audio samples received: {seen:?}");
+}

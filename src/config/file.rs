@@ -147,6 +147,11 @@ ice_username = "user"
 ice_credential = "pass"
 replay = ["a=a.ts", "b=b.ts"]
 udp = ["u=127.0.0.1:5000"]
+udp_reorder_ms = 30
+srt_listen = "127.0.0.1:8890"
+srt_passphrase = "0123456789ab"
+srt_latency_ms = 200
+srt_pull = ["p=srt://127.0.0.1:9000?streamid=x", "q=srt://127.0.0.1:9001"]
 stdin = "in"
 whep_wait = 3
 demo = true

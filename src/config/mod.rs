@@ -100,6 +100,17 @@ fn parse_playout_delay(s: &str) -> Result<PlayoutDelayFlag, String> {
     }
 }
 
+fn parse_srt_passphrase(s: &str) -> Result<String, String> {
+    if (10..=79).contains(&s.len()) {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "an SRT passphrase has 10 to 79 characters (this one has {})",
+            s.len()
+        ))
+    }
+}
+
 fn parse_stream_name(s: &str) -> Result<String, String> {
     if valid_stream_name(s) {
         Ok(s.to_string())
@@ -184,6 +195,55 @@ pub struct ServeArgs {
     /// Receive MPEG-TS over UDP as stream NAME (a multicast ADDR is joined).
     #[arg(long = "udp", env = "TSBRIDGE_UDP", value_name = "NAME=ADDR", value_parser = parse_named::<SocketAddr>, value_delimiter = ',')]
     pub udps: Vec<Named<SocketAddr>>,
+
+    /// For `--udp` sources that send TS in RTP (RFC 2250, e.g. `ffmpeg -f rtp_mpegts`, IPTV
+    /// multicast; detected by itself): how long, in milliseconds, a packet that overtook
+    /// others waits for them before they are given up on (counted as lost in
+    /// `/streams/{s}`). More rides out more reordering at the cost of that much delay when a
+    /// packet is really lost; 0 passes packets in arrival order. Plain TS is never delayed.
+    #[arg(
+        long,
+        env = "TSBRIDGE_UDP_REORDER_MS",
+        value_name = "MS",
+        default_value_t = 50
+    )]
+    pub udp_reorder_ms: u64,
+
+    /// Listen for SRT callers on ADDR (e.g. `0.0.0.0:8890`; off unless given): each publishes
+    /// TS into the stream its stream id names, `#!::r=NAME,m=publish,s=TOKEN` or `NAME`
+    /// (ffmpeg: `-f mpegts 'srt://HOST:8890?streamid=#!::r=cam1,s=TOKEN'`). The token is
+    /// checked as for HTTP publishing (--publish-token, the stream's own key, the auth hook
+    /// with protocol "srt"); one source per name, as for every source. Needs libsrt 1.5 at run
+    /// time (Debian/Ubuntu: apt-get install libsrt1.5-openssl).
+    #[arg(long, env = "TSBRIDGE_SRT_LISTEN", value_name = "ADDR")]
+    pub srt_listen: Option<SocketAddr>,
+
+    /// Pull stream NAME from a remote SRT listener (an encoder, a peer server,
+    /// `srt-live-transmit`): `NAME=srt://HOST:PORT[?streamid=…&passphrase=…&latency=MS]`
+    /// (values as ffmpeg writes them; latency defaults to --srt-latency-ms). When the
+    /// connection fails or ends, it is called again with backoff (0.5 s doubling to 5 s);
+    /// each change is logged once. Repeat for several. Needs libsrt 1.5 at run time.
+    #[arg(long = "srt-pull", env = "TSBRIDGE_SRT_PULL", value_name = "NAME=URL",
+          value_parser = parse_named::<String>, value_delimiter = ',')]
+    pub srt_pulls: Vec<Named<String>>,
+
+    /// AES passphrase (10 to 79 characters) every SRT caller must encrypt with; unset: callers
+    /// must not encrypt.
+    #[arg(long, env = "TSBRIDGE_SRT_PASSPHRASE", hide_env_values = true,
+          value_parser = parse_srt_passphrase)]
+    pub srt_passphrase: Option<String>,
+
+    /// SRT receive latency in milliseconds: how long a lost packet may take to be sent again
+    /// (ARQ) before it is given up. About 4x the round trip time is the usual rule; more
+    /// survives worse links at the cost of that much delay. A caller that sets a larger
+    /// latency of its own gets that (SRT takes the larger of both sides).
+    #[arg(
+        long,
+        env = "TSBRIDGE_SRT_LATENCY_MS",
+        value_name = "MS",
+        default_value_t = 120
+    )]
+    pub srt_latency_ms: u64,
 
     /// Read MPEG-TS from standard input as stream NAME.
     #[arg(long, env = "TSBRIDGE_STDIN", value_name = "NAME", value_parser = parse_stream_name)]

@@ -372,6 +372,27 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
         "ts_problems": s.stats.ts_problems.load(Ordering::Relaxed),
         "bytes_sent": s.stats.bytes_sent.load(Ordering::Relaxed),
         "latency": s.stats.latency.summary(),
+        "rtp": s.stats.link.rtp().map(|c| json!({
+            "packets": c.packets,
+            "lost": c.lost,
+            "reordered": c.reordered,
+            "duplicates": c.duplicates,
+            "late": c.late,
+            "resyncs": c.resyncs,
+        })),
+        "srt": s.stats.link.srt().map(|(peer, c)| json!({
+            "peer": if internal { json!(peer) } else { json!(null) },
+            "rtt_ms": c.rtt_ms,
+            "bandwidth_mbps": c.bandwidth_mbps,
+            "recv_rate_mbps": c.recv_rate_mbps,
+            "packets": c.packets_received,
+            "lost": c.lost,
+            "retransmitted": c.retransmitted,
+            "dropped": c.dropped,
+            "undecrypted": c.undecrypted,
+            "receive_buffer_ms": c.receive_buffer_ms,
+            "latency_ms": c.latency_ms,
+        })),
         "gop_cache": gop,
         "urls": {
             "whep": format!("/whep/{n}"),
@@ -539,11 +560,11 @@ fn join_at_last_gop(stream: &Stream) -> (crate::stream::ring::Cursor, StartPoint
 }
 
 /// Counts a TS pull reader of a stream for as long as its response lives.
-struct TsReader(Arc<Stream>);
+pub(super) struct TsReader(Arc<Stream>);
 
 impl TsReader {
     /// A reader, unless the stream has `max` already.
-    fn new(s: Arc<Stream>, max: usize) -> Option<Self> {
+    pub(super) fn new(s: Arc<Stream>, max: usize) -> Option<Self> {
         let readers = &s.stats.ts_readers;
         readers
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
@@ -682,6 +703,79 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
         "viewer sessions created",
         &per(&|s| r(&s.stats.sessions_total)),
     );
+    let rtp = |f: fn(&crate::stream::link::RtpCounts) -> u64| {
+        move |s: &Stream| s.stats.link.rtp().as_ref().map_or(0, f)
+    };
+    for (name, help, f) in [
+        (
+            "tsbridge_rtp_packets_total",
+            "RTP packets of RTP-wrapped TS received on --udp (duplicates included)",
+            rtp(|c| c.packets),
+        ),
+        (
+            "tsbridge_rtp_lost_total",
+            "RTP packets of a --udp source given up on (missing when the reorder wait ended)",
+            rtp(|c| c.lost),
+        ),
+        (
+            "tsbridge_rtp_reordered_total",
+            "RTP packets of a --udp source that arrived out of order and were put back in order",
+            rtp(|c| c.reordered),
+        ),
+        (
+            "tsbridge_rtp_duplicates_total",
+            "RTP packets of a --udp source that arrived twice",
+            rtp(|c| c.duplicates),
+        ),
+        (
+            "tsbridge_rtp_late_total",
+            "RTP packets of a --udp source that came after they were given up on",
+            rtp(|c| c.late),
+        ),
+    ] {
+        counter(&mut out, name, help, &per(&f));
+    }
+    let srt = |f: fn(&crate::stream::link::SrtStats) -> u64| {
+        move |s: &Stream| s.stats.link.srt().as_ref().map_or(0, |(_, c)| f(c))
+    };
+    for (name, help, f) in [
+        (
+            "tsbridge_srt_packets_total",
+            "packets the stream's SRT publisher's connection received",
+            srt(|c| c.packets_received),
+        ),
+        (
+            "tsbridge_srt_lost_total",
+            "packets found missing on the SRT publisher's connection (then asked for again)",
+            srt(|c| c.lost),
+        ),
+        (
+            "tsbridge_srt_retransmitted_total",
+            "packets the SRT publisher sent again (ARQ)",
+            srt(|c| c.retransmitted),
+        ),
+        (
+            "tsbridge_srt_dropped_total",
+            "packets of the SRT publisher given up on: too late for --srt-latency-ms",
+            srt(|c| c.dropped),
+        ),
+    ] {
+        counter(&mut out, name, help, &per(&f));
+    }
+    for (name, help, f) in [
+        (
+            "tsbridge_srt_rtt_milliseconds",
+            "round trip time of the stream's SRT publisher's connection",
+            srt(|c| c.rtt_ms.round() as u64),
+        ),
+        (
+            "tsbridge_srt_receive_buffer_milliseconds",
+            "media time waiting in the SRT receive buffer",
+            srt(|c| c.receive_buffer_ms),
+        ),
+    ] {
+        gauge(&mut out, name, help, &per(&f));
+    }
     for (name, help, f) in [
         (
             "tsbridge_video_frames_decoded_total",

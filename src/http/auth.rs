@@ -61,6 +61,8 @@ pub enum Protocol {
     Ingest,
     Ts,
     Api,
+    /// An SRT caller (`--srt-listen`).
+    Srt,
 }
 
 impl Protocol {
@@ -71,6 +73,7 @@ impl Protocol {
             Protocol::Ingest => "ingest",
             Protocol::Ts => "ts",
             Protocol::Api => "api",
+            Protocol::Srt => "srt",
         }
     }
 }

@@ -9,6 +9,7 @@ mod openapi;
 mod pages;
 pub mod serve;
 mod session;
+pub mod srt;
 mod sse;
 mod whep;
 mod whip;

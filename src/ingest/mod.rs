@@ -5,6 +5,8 @@
 //! stream's input closes and a later source continues the same stream.
 
 pub mod replay;
+pub mod rtp;
+pub mod srt;
 pub mod udp;
 
 use std::sync::Arc;

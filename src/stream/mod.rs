@@ -2,6 +2,7 @@
 
 pub mod frame;
 pub mod gop;
+pub mod link;
 pub mod ring;
 pub mod starts;
 
@@ -158,6 +159,8 @@ pub struct Stats {
     pub reencode_keyframes: AtomicU64,
     /// From a frame's arrival to its first RTP packet on the wire (see `metrics::Latency`).
     pub latency: crate::metrics::Latency,
+    /// How the network treated the source (RTP sequence gaps).
+    pub link: link::LinkStats,
 }
 
 pub struct Stream {

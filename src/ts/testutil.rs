@@ -246,13 +246,8 @@ pub fn pes_of_pid(data: &[u8], pid: u16) -> Vec<(Vec<u8>, Option<u64>)> {
             continue;
         }
         if let Ok((af, payload)) = packet::split(pkt, &h) {
-            pes.push(
-                h.pusi,
-                af.random_access,
-                af.discontinuity,
-                payload,
-                &mut events,
-            );
+            let flags = (h.pusi, af.random_access, af.discontinuity, af.stuffed);
+            pes.push(flags, payload, &mut events);
         }
     }
     pes.flush(&mut events);

@@ -11,6 +11,8 @@
 //! - [`sse`]: WHEP server-sent events: subscribe, read events as they come.
 //! - [`whip`]: a WHIP publisher on the same stack: a testdata TS file demuxed by tsbridge's own
 //!   demuxer, sent in real time (looping), keyframe requests counted.
+//! - [`relay`]: a lossy UDP link (loss, duplicates, reordering, delay, jitter), both ways.
+//! - [`tools`]: outside programs (ffmpeg, srt-live-transmit): found, or a loud skip.
 //! - [`tone`]: RMS and dominant frequency of decoded audio.
 //! - [`h265`]: an RFC 7798 depacketizer (access units and their NAL unit types).
 //! - [`h264`]: an RFC 6184 depacketizer that reports what a sender did (NAL types, marker
@@ -25,11 +27,13 @@ pub mod h265;
 pub mod hook;
 pub mod http;
 pub mod redis;
+pub mod relay;
 pub mod runtime;
 pub mod server;
 pub mod sse;
 #[path = "../../src/codec/transcode/tone.rs"]
 pub mod tone;
+pub mod tools;
 pub mod whep;
 pub mod whip;
 

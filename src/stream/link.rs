@@ -1,0 +1,103 @@
+//! What a source's transport saw on its way in: RTP sequence gaps on `--udp` (RTP-wrapped TS),
+//! the figures of an SRT connection.
+//!
+//! Kept apart from the stream's media counters: these say how the network treated the source,
+//! which is the first question when a contribution link from another site plays badly.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+/// An RTP receiver's counts since its source began (plain numbers: the sans-IO depacketizer
+/// keeps them; [`LinkStats::set_rtp`] publishes them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RtpCounts {
+    /// RTP packets carrying TS that arrived (duplicates included).
+    pub packets: u64,
+    /// Sequence numbers given up on: not there when the reorder window had to move on.
+    pub lost: u64,
+    /// Packets that arrived after one with a higher sequence number, in time to be put back
+    /// in order.
+    pub reordered: u64,
+    /// Packets that arrived twice (the copy is dropped).
+    pub duplicates: u64,
+    /// Packets that came after they were given up on (dropped: their place was passed).
+    pub late: u64,
+    /// Times the sequence jumped so far (or the SSRC changed) that the sender was taken as
+    /// restarted rather than thousands of packets counted lost.
+    pub resyncs: u64,
+}
+
+/// The transport counters of a stream, read by the API and metrics.
+#[derive(Debug, Default)]
+pub struct LinkStats {
+    rtp_packets: AtomicU64,
+    rtp_lost: AtomicU64,
+    rtp_reordered: AtomicU64,
+    rtp_duplicates: AtomicU64,
+    rtp_late: AtomicU64,
+    rtp_resyncs: AtomicU64,
+    /// The SRT publisher's connection: its peer and latest figures (kept after it leaves).
+    srt: Mutex<Option<(String, SrtStats)>>,
+}
+
+impl LinkStats {
+    /// Publishes the RTP receiver's counts (cumulative, so a store).
+    pub fn set_rtp(&self, c: &RtpCounts) {
+        let r = Ordering::Relaxed;
+        self.rtp_packets.store(c.packets, r);
+        self.rtp_lost.store(c.lost, r);
+        self.rtp_reordered.store(c.reordered, r);
+        self.rtp_duplicates.store(c.duplicates, r);
+        self.rtp_late.store(c.late, r);
+        self.rtp_resyncs.store(c.resyncs, r);
+    }
+
+    /// The RTP counts; `None` when no RTP-wrapped TS came.
+    pub fn rtp(&self) -> Option<RtpCounts> {
+        let r = Ordering::Relaxed;
+        let c = RtpCounts {
+            packets: self.rtp_packets.load(r),
+            lost: self.rtp_lost.load(r),
+            reordered: self.rtp_reordered.load(r),
+            duplicates: self.rtp_duplicates.load(r),
+            late: self.rtp_late.load(r),
+            resyncs: self.rtp_resyncs.load(r),
+        };
+        (c.packets > 0).then_some(c)
+    }
+
+    /// Publishes an SRT connection's figures (once a second while it lasts).
+    pub fn set_srt(&self, peer: String, stats: SrtStats) {
+        *self.srt.lock() = Some((peer, stats));
+    }
+
+    /// The latest SRT publisher's peer and figures, if one ever came.
+    pub fn srt(&self) -> Option<(String, SrtStats)> {
+        self.srt.lock().clone()
+    }
+}
+
+/// The figures of one SRT connection that the API and metrics show.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SrtStats {
+    pub rtt_ms: f64,
+    /// The link's estimated bandwidth.
+    pub bandwidth_mbps: f64,
+    pub recv_rate_mbps: f64,
+    pub send_rate_mbps: f64,
+    pub packets_received: u64,
+    pub packets_sent: u64,
+    /// Packets found missing (each then asked for again).
+    pub lost: u64,
+    /// Packets sent again (sender) or received again (receiver): the ARQ at work.
+    pub retransmitted: u64,
+    /// Packets given up on: too late to play (receiver) or to send (sender).
+    pub dropped: u64,
+    /// Packets that did not decrypt.
+    pub undecrypted: u64,
+    /// Media time waiting in the receive buffer.
+    pub receive_buffer_ms: u64,
+    /// The negotiated latency (TSBPD delay).
+    pub latency_ms: u64,
+}

@@ -1,0 +1,29 @@
+//! Outside programs a test runs (ffmpeg, srt-live-transmit): present, or the test says loudly
+//! that it skips — unless `TSBRIDGE_REQUIRE_PEERS` (set by `.ci/run`) makes it a failure.
+
+use std::process::{Command, Stdio};
+
+/// Whether `program` runs (`program {version_arg}` exits), else a loud skip line naming the
+/// Debian package that has it; panics instead when `TSBRIDGE_REQUIRE_PEERS` is set.
+pub fn have(test: &str, program: &str, version_arg: &str, package: &str) -> bool {
+    let ok = Command::new(program)
+        .arg(version_arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok();
+    if !ok {
+        assert!(
+            std::env::var_os("TSBRIDGE_REQUIRE_PEERS").is_none(),
+            "{test}: {program} is required here (apt-get install {package})"
+        );
+        eprintln!("\n*** SKIPPED {test}: no {program} on PATH (apt-get install {package}) ***\n");
+    }
+    ok
+}
+
+/// A free UDP port on 127.0.0.1 (bound once and let go: good enough for a test).
+pub fn free_udp_port() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+    s.local_addr().expect("bound").port()
+}

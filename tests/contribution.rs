@@ -1,0 +1,666 @@
+//! Contribution over real networks: the lossy link of the test support, and sources that
+//! cross it (RTP-wrapped TS on `--udp`).
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use common::relay::{Impairment, Relay};
+use tokio::net::UdpSocket;
+
+/// Loss, duplicates and reordering happen at about their rates, and replies come back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_impairs_at_its_rates_and_carries_replies() {
+    let echo = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = echo.recv_from(&mut buf).await {
+            let _ = echo.send_to(&buf[..n], from).await;
+        }
+    });
+    let imp = Impairment {
+        loss: 0.1,
+        duplicate: 0.05,
+        reorder: 0.1,
+        ..Impairment::NONE
+    };
+    let relay = Relay::start(
+        "127.0.0.1:0".parse().unwrap(),
+        echo_addr,
+        imp,
+        Impairment::NONE,
+        7,
+    )
+    .await
+    .unwrap();
+    let client = std::sync::Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap());
+    // Read while sending: a burst of replies would overflow the socket's buffer.
+    let reader = tokio::spawn({
+        let client = client.clone();
+        async move {
+            let mut got = Vec::new();
+            let mut buf = [0u8; 16];
+            while let Ok(Ok((4, _))) =
+                tokio::time::timeout(Duration::from_millis(500), client.recv_from(&mut buf)).await
+            {
+                got.push(u32::from_be_bytes(buf[..4].try_into().unwrap()));
+            }
+            got
+        }
+    });
+    for i in 0..1000u32 {
+        client
+            .send_to(&i.to_be_bytes(), relay.addr())
+            .await
+            .unwrap();
+        if i % 20 == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let got = reader.await.unwrap();
+    let f = &relay.stats.forward;
+    eprintln!("forward: {}", f.summary());
+    let dropped = f.dropped.load(Ordering::Relaxed);
+    assert!((60..=140).contains(&dropped), "{}", f.summary());
+    assert!(f.duplicated.load(Ordering::Relaxed) > 20, "{}", f.summary());
+    assert_eq!(got.len() as u64, f.sent.load(Ordering::Relaxed));
+    assert_eq!(
+        relay.stats.backward.sent.load(Ordering::Relaxed),
+        got.len() as u64
+    );
+    assert!(
+        got.windows(2).any(|w| w[1] < w[0]),
+        "some datagrams overtook others"
+    );
+}
+
+/// Polls `GET /streams/{name}` until `pred` holds (or 10 s pass); returns the last answer.
+async fn stream_until(
+    http: std::net::SocketAddr,
+    name: &str,
+    pred: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let j = common::stream_json(http, name).await;
+        if pred(&j) || std::time::Instant::now() >= deadline {
+            return j;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every access unit from the first keyframe on is whole (no RTP gap) and decodes without an
+/// error or concealment; returns how many there were.
+fn decode_all(video: &[common::RtpPkt]) -> usize {
+    let (clean, total, problems) = decode_count(video);
+    assert_eq!(clean, total, "{problems:?}");
+    total
+}
+
+/// From the first keyframe on: how many access units are whole and decode cleanly, how many
+/// there are, and what was wrong with the others.
+fn decode_count(video: &[common::RtpPkt]) -> (usize, usize, Vec<String>) {
+    use tsbridge::codec::h264_decoder::H264Decoder;
+    let aus = common::h264_access_units(video);
+    let first = aus
+        .iter()
+        .position(|a| a.is_keyframe())
+        .expect("a keyframe");
+    let mut d = H264Decoder::new(false).expect("OpenH264");
+    let (mut clean, mut problems) = (0, Vec::new());
+    for (i, au) in aus[first..].iter().enumerate() {
+        if !au.complete {
+            problems.push(format!("access unit {i}: {:?}", au.problems));
+            continue;
+        }
+        let (state, _) = d.decode(&au.annex_b());
+        if state.fails(0) {
+            problems.push(format!("access unit {i} did not decode cleanly: {state:?}"));
+        } else {
+            clean += 1;
+        }
+    }
+    (clean, aus.len() - first, problems)
+}
+
+/// `ffmpeg -f rtp_mpegts` (TS in RTP, RFC 2250) into `--udp` through a link that reorders,
+/// duplicates and delays: the headers are stripped, the packets put back in order, and a
+/// webrtc-rs viewer decodes every frame; the API and metrics count what the link did.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_wrapped_ts_over_a_reordering_link_plays() {
+    let test = "rtp_wrapped_ts_over_a_reordering_link_plays";
+    if !common::tools::have(test, "ffmpeg", "-version", "ffmpeg") {
+        return;
+    }
+    let port = common::tools::free_udp_port();
+    let server = common::TsbridgeProcess::serve(
+        env!("CARGO_BIN_EXE_tsbridge"),
+        &["--udp", &format!("rtp=127.0.0.1:{port}")],
+    )
+    .expect("tsbridge starts");
+    let link = Impairment {
+        reorder: 0.1,
+        reorder_hold: Duration::from_millis(8),
+        duplicate: 0.03,
+        delay: Duration::from_millis(5),
+        jitter: Duration::from_millis(4),
+        ..Impairment::NONE
+    };
+    let relay = Relay::loopback(format!("127.0.0.1:{port}").parse().unwrap(), link, 22).await;
+    let mut ffmpeg = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-stream_loop",
+            "-1",
+        ])
+        .arg("-i")
+        .arg(common::testdata("h264_opus.ts"))
+        .args(["-c", "copy", "-f", "rtp_mpegts"])
+        .arg(format!("rtp://{}", relay.addr()))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ffmpeg");
+    let r = common::whep_receive(
+        &server.whep_url("rtp"),
+        common::WhepOptions {
+            seconds: 12.0,
+            stop: common::StopWhen::VideoAus(150),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let decoded = decode_all(&r.video);
+    assert!(decoded >= 120, "{decoded} access units decoded");
+    assert!(r.audio.len() > 100, "{} audio packets", r.audio.len());
+
+    let http = server.authority().parse().unwrap();
+    let j = stream_until(http, "rtp", |j| {
+        j["rtp"]["reordered"].as_u64() > Some(0) && j["rtp"]["duplicates"].as_u64() > Some(0)
+    })
+    .await;
+    let _ = ffmpeg.kill().await;
+    eprintln!("relay forward: {}", relay.stats.forward.summary());
+    eprintln!("stream rtp: {}", j["rtp"]);
+    let rtp = &j["rtp"];
+    assert!(rtp["packets"].as_u64() > Some(200), "{j}");
+    assert!(rtp["reordered"].as_u64() > Some(0), "{j}");
+    assert!(rtp["duplicates"].as_u64() > Some(0), "{j}");
+    assert_eq!(rtp["lost"], 0, "{j}");
+    assert_eq!(j["ts_problems"], 0, "no TS damage: {j}");
+    let metrics = common::request("GET", &format!("{}/metrics", server.base), &[], b"")
+        .await
+        .expect("GET /metrics");
+    let text = metrics.text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("tsbridge_rtp_reordered_total{stream=\"rtp\"}"))
+        .unwrap_or_else(|| panic!("no RTP reorder counter in\n{text}"));
+    assert!(!line.ends_with(" 0"), "{line}");
+    assert!(server
+        .logged_after(
+            std::time::Instant::now() - Duration::from_secs(60),
+            "RTP-wrapped TS"
+        )
+        .is_some());
+}
+
+/// ffmpeg and libsrt (through `srt-live-transmit`, whose package brings the library) for the
+/// SRT tests; a loud skip when missing.
+fn have_srt(test: &str) -> bool {
+    common::tools::have(test, "ffmpeg", "-version", "ffmpeg")
+        && common::tools::have(test, "srt-live-transmit", "-version", "srt-tools")
+}
+
+/// `ffmpeg -re -stream_loop -1 -i h264_opus.ts -c copy -f mpegts {url}`, killed on drop.
+fn ffmpeg_publish(url: &str) -> tokio::process::Child {
+    tokio::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-stream_loop",
+            "-1",
+        ])
+        .arg("-i")
+        .arg(common::testdata("h264_opus.ts"))
+        .args(["-c", "copy", "-f", "mpegts"])
+        .arg(url)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ffmpeg")
+}
+
+const PASSPHRASE: &str = "correct-horse-battery";
+const TOKEN: &str = "srt-publish-token";
+
+/// `tsbridge serve --srt-listen` on a free port, with a passphrase and a publish token.
+fn srt_server(extra: &[&str]) -> (common::TsbridgeProcess, std::net::SocketAddr) {
+    let port = common::tools::free_udp_port();
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let listen = addr.to_string();
+    let mut args = vec![
+        "--srt-listen",
+        &listen,
+        "--srt-passphrase",
+        PASSPHRASE,
+        "--publish-token",
+        TOKEN,
+    ];
+    args.extend_from_slice(extra);
+    let server =
+        common::TsbridgeProcess::serve(env!("CARGO_BIN_EXE_tsbridge"), &args).expect("starts");
+    (server, addr)
+}
+
+/// ffmpeg publishes over SRT (AES, token in the stream id) through a link that loses 5 % of
+/// the datagrams both ways with 30 ms of jitter: SRT's retransmissions repair it within the
+/// latency, and a webrtc-rs viewer decodes every frame with no gap; the API shows the
+/// connection's figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_publisher_over_a_lossy_link_plays_without_a_gap() {
+    if !have_srt("srt_publisher_over_a_lossy_link_plays_without_a_gap") {
+        return;
+    }
+    let (server, srt) = srt_server(&[]);
+    let link = Impairment {
+        loss: 0.05,
+        delay: Duration::from_millis(5),
+        jitter: Duration::from_millis(30),
+        ..Impairment::NONE
+    };
+    let relay = Relay::loopback(srt, link, 5).await;
+    let _ffmpeg = ffmpeg_publish(&format!(
+        "srt://{}?passphrase={PASSPHRASE}&streamid=#!::r=lossy,m=publish,s={TOKEN}",
+        relay.addr(),
+    ));
+    let r = common::whep_receive(
+        &server.whep_url("lossy"),
+        common::WhepOptions {
+            seconds: 15.0,
+            stop: common::StopWhen::VideoAus(240),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let decoded = decode_all(&r.video);
+    let http = server.authority().parse().unwrap();
+    let j = common::stream_json(http, "lossy").await;
+    eprintln!("relay forward: {}", relay.stats.forward.summary());
+    eprintln!("relay backward: {}", relay.stats.backward.summary());
+    eprintln!("stream srt: {}", j["srt"]);
+    assert!(decoded >= 200, "{decoded} access units decoded");
+    assert!(relay.stats.forward.dropped.load(Ordering::Relaxed) > 20);
+    let srt = &j["srt"];
+    assert!(srt["retransmitted"].as_u64() > Some(0), "{j}");
+    assert!(srt["lost"].as_u64() > Some(0), "{j}");
+    assert_eq!(srt["dropped"], 0, "nothing given up: {j}");
+    assert_eq!(j["ts_problems"], 0, "no TS damage: {j}");
+}
+
+/// A caller with the wrong passphrase, and one with the wrong token, are refused with a log
+/// line each, and no stream is created for them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_wrong_passphrase_or_token_is_refused_and_creates_nothing() {
+    if !have_srt("srt_wrong_passphrase_or_token_is_refused_and_creates_nothing") {
+        return;
+    }
+    let (server, srt) = srt_server(&[]);
+    let since = std::time::Instant::now();
+    let tries = [
+        (
+            "badpass",
+            "some other passphrase",
+            TOKEN,
+            "wrong passphrase",
+        ),
+        (
+            "badtoken",
+            PASSPHRASE,
+            "not-the-token",
+            "wrong or missing token",
+        ),
+    ];
+    for (name, pass, token, logged) in tries {
+        let mut ffmpeg = ffmpeg_publish(&format!(
+            "srt://{srt}?passphrase={pass}&streamid=#!::r={name},s={token}"
+        ));
+        let status = tokio::time::timeout(Duration::from_secs(10), ffmpeg.wait())
+            .await
+            .expect("ffmpeg gives up within 10 s")
+            .expect("ffmpeg ran");
+        assert!(!status.success(), "{name}: ffmpeg should fail");
+        let deadline = std::time::Instant::now() + Duration::from_secs(3);
+        while server.logged_after(since, logged).is_none() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            server.logged_after(since, logged).is_some(),
+            "{name}: no log line with {logged:?}"
+        );
+        let r = common::request("GET", &format!("{}/streams/{name}", server.base), &[], b"")
+            .await
+            .unwrap();
+        assert_eq!(r.status, 404, "{name}: {}", r.text());
+    }
+    // A stream id that does not parse is refused in the handshake, saying why.
+    let mut ffmpeg = ffmpeg_publish(&format!(
+        "srt://{srt}?passphrase={PASSPHRASE}&streamid=#!::r=../up,s={TOKEN}"
+    ));
+    let status = tokio::time::timeout(Duration::from_secs(10), ffmpeg.wait())
+        .await
+        .expect("ffmpeg gives up within 10 s")
+        .expect("ffmpeg ran");
+    assert!(!status.success());
+    assert!(
+        logged_times(
+            &server,
+            since,
+            "SRT caller refused: invalid stream name",
+            Duration::from_secs(3)
+        )
+        .await
+    );
+}
+
+/// `m=request` reads a stream as TS over SRT: ffprobe sees its H.264 and Opus tracks; a wrong
+/// view token is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_request_is_read_by_ffprobe() {
+    if !have_srt("srt_request_is_read_by_ffprobe") {
+        return;
+    }
+    let demo = common::testdata("h264_opus.ts");
+    let replay = format!("cam={}", demo.display());
+    let (server, srt) = srt_server(&["--replay", &replay, "--view-token", "view-tok"]);
+    let probe = |token: &str| {
+        tokio::process::Command::new("ffprobe")
+            .args(["-hide_banner", "-loglevel", "error", "-show_entries"])
+            .args(["stream=codec_name", "-of", "csv=p=0"])
+            .arg(format!(
+                "srt://{srt}?passphrase={PASSPHRASE}&streamid=#!::r=cam,m=request,s={token}"
+            ))
+            .kill_on_drop(true)
+            .output()
+    };
+    let out = tokio::time::timeout(Duration::from_secs(20), probe("view-tok"))
+        .await
+        .expect("ffprobe within 20 s")
+        .expect("ffprobe runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    // Each stream once, and again under its program.
+    let mut codecs: Vec<&str> = text.lines().filter(|l| !l.is_empty()).collect();
+    codecs.sort();
+    codecs.dedup();
+    assert_eq!(codecs, ["h264", "opus"], "{text}");
+    let since = std::time::Instant::now();
+    let out = tokio::time::timeout(Duration::from_secs(20), probe("nope"))
+        .await
+        .expect("ffprobe within 20 s")
+        .expect("ffprobe runs");
+    assert!(!out.status.success());
+    assert!(server
+        .logged_after(since, "SRT reader refused: wrong or missing token")
+        .is_some());
+}
+
+/// `srt-live-transmit` as an SRT listener (AES) relaying the UDP TS it gets on `udp_in`.
+fn srt_live_transmit(udp_in: u16, srt_port: u16) -> tokio::process::Child {
+    tokio::process::Command::new("srt-live-transmit")
+        .arg("-q")
+        .arg(format!("udp://127.0.0.1:{udp_in}"))
+        .arg(format!("srt://:{srt_port}?passphrase={PASSPHRASE}"))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start srt-live-transmit")
+}
+
+/// Waits (up to `within`) for the `n`th log line with `needle` read after `since`.
+async fn logged_times(
+    server: &common::TsbridgeProcess,
+    since: std::time::Instant,
+    needle: &str,
+    within: Duration,
+) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if server.logged_after(since, needle).is_some() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `--srt-pull` calls `srt-live-transmit` (listener, AES): the stream plays; when the listener
+/// restarts, the pull connects again by itself and the stream plays again. (ffmpeg feeds
+/// srt-live-transmit over plain UDP, which a loaded machine may drop: a few pictures may not
+/// decode.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_pull_plays_and_reconnects_after_the_listener_restarts() {
+    if !have_srt("srt_pull_plays_and_reconnects_after_the_listener_restarts") {
+        return;
+    }
+    let (udp_in, srt_port) = (
+        common::tools::free_udp_port(),
+        common::tools::free_udp_port(),
+    );
+    let _ffmpeg = ffmpeg_publish(&format!("udp://127.0.0.1:{udp_in}?pkt_size=1316"));
+    let mut slt = srt_live_transmit(udp_in, srt_port);
+    let pull = format!("pulled=srt://127.0.0.1:{srt_port}?passphrase={PASSPHRASE}");
+    let server =
+        common::TsbridgeProcess::serve(env!("CARGO_BIN_EXE_tsbridge"), &["--srt-pull", &pull])
+            .expect("starts");
+    let url = server.whep_url("pulled");
+    let watch = || {
+        common::whep_receive(
+            &url,
+            common::WhepOptions {
+                seconds: 10.0,
+                stop: common::StopWhen::VideoAus(45),
+                ..Default::default()
+            },
+        )
+    };
+    let r = watch().await.expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let (clean, total, problems) = decode_count(&r.video);
+    assert!(
+        clean >= 35 && total >= 40,
+        "{clean} of {total}: {problems:?}"
+    );
+
+    let since = std::time::Instant::now();
+    let _ = slt.kill().await;
+    assert!(
+        logged_times(
+            &server,
+            since,
+            "SRT pull: connection ended",
+            Duration::from_secs(10)
+        )
+        .await,
+        "the pull noticed the listener going away"
+    );
+    let restarted = std::time::Instant::now();
+    let _slt = srt_live_transmit(udp_in, srt_port);
+    assert!(
+        logged_times(
+            &server,
+            restarted,
+            "SRT pull: connected",
+            Duration::from_secs(15)
+        )
+        .await,
+        "the pull connected again"
+    );
+    let r = watch().await.expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let (clean, total, problems) = decode_count(&r.video);
+    assert!(
+        clean >= 35 && total >= 40,
+        "{clean} of {total}: {problems:?}"
+    );
+}
+
+/// An SRT publisher that goes away and comes back within `--source-grace` is the same stream
+/// to its viewers: the viewer stays connected and its video goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_publisher_returning_within_the_grace_keeps_its_viewers() {
+    if !have_srt("srt_publisher_returning_within_the_grace_keeps_its_viewers") {
+        return;
+    }
+    let (server, srt) = srt_server(&["--source-grace", "10"]);
+    // `latency=` in the stream id sets the connection's latency.
+    let url =
+        format!("srt://{srt}?passphrase={PASSPHRASE}&streamid=#!::r=back,s={TOKEN},latency=300");
+    let mut first = ffmpeg_publish(&url);
+    let viewer = common::WhepSession::start(&server.whep_url("back"), &Default::default())
+        .await
+        .expect("WHEP");
+    assert_eq!(viewer.status, 201, "{:?}", viewer.error_body);
+    let aus = |c: &common::whep::Collected| common::h264_access_units(&c.video).len();
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(10), |c| aus(c) >= 30)
+            .await
+    );
+    let since = std::time::Instant::now();
+    let _ = first.kill().await;
+    assert!(
+        logged_times(&server, since, "SRT source left", Duration::from_secs(10)).await,
+        "the publisher's leaving was seen"
+    );
+    let before = aus(&viewer.collected());
+    let _second = ffmpeg_publish(&url);
+    assert!(
+        viewer
+            .wait_until(Duration::from_secs(10), |c| aus(c) >= before + 30)
+            .await,
+        "the same viewer gets the returning publisher's video"
+    );
+    let r = viewer.finish().await;
+    assert!(common::h264_access_units(&r.video).len() >= before + 30);
+    let j = common::stream_json(server.authority().parse().unwrap(), "back").await;
+    assert_eq!(j["srt"]["latency_ms"], 300, "{j}");
+}
+
+/// RTP-wrapped TS over a link that loses packets: each gap is given up on after
+/// `--udp-reorder-ms` and counted lost (as many as the link dropped; not late, not a
+/// duplicate), and the stream plays on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rtp_wrapped_ts_with_loss_counts_it_and_plays_on() {
+    let test = "rtp_wrapped_ts_with_loss_counts_it_and_plays_on";
+    if !common::tools::have(test, "ffmpeg", "-version", "ffmpeg") {
+        return;
+    }
+    let port = common::tools::free_udp_port();
+    let server = common::TsbridgeProcess::serve(
+        env!("CARGO_BIN_EXE_tsbridge"),
+        &[
+            "--udp",
+            &format!("lossy=127.0.0.1:{port}"),
+            "--udp-reorder-ms",
+            "30",
+        ],
+    )
+    .expect("tsbridge starts");
+    let link = Impairment {
+        loss: 0.02,
+        ..Impairment::NONE
+    };
+    let relay = Relay::loopback(format!("127.0.0.1:{port}").parse().unwrap(), link, 9).await;
+    let mut ffmpeg = tokio::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-stream_loop",
+            "-1",
+        ])
+        .arg("-i")
+        .arg(common::testdata("h264_opus.ts"))
+        .args(["-c", "copy", "-f", "rtp_mpegts"])
+        .arg(format!("rtp://{}", relay.addr()))
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ffmpeg");
+    let r = common::whep_receive(
+        &server.whep_url("lossy"),
+        common::WhepOptions {
+            seconds: 12.0,
+            stop: common::StopWhen::VideoAus(150),
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("WHEP");
+    assert_eq!(r.status, 201, "{:?}", r.error_body);
+    let (clean, total, _) = decode_count(&r.video);
+    let http = server.authority().parse().unwrap();
+    let j = stream_until(http, "lossy", |j| j["rtp"]["lost"].as_u64() > Some(0)).await;
+    let _ = ffmpeg.kill().await;
+    eprintln!("relay forward: {}", relay.stats.forward.summary());
+    eprintln!(
+        "stream rtp: {}; {clean} of {total} access units decoded",
+        j["rtp"]
+    );
+    let dropped = relay.stats.forward.dropped.load(Ordering::Relaxed);
+    let rtp = &j["rtp"];
+    assert!(rtp["lost"].as_u64() > Some(0), "{j}");
+    assert!(
+        rtp["lost"].as_u64() <= Some(dropped),
+        "no more lost than dropped: {j}"
+    );
+    assert_eq!(rtp["late"], 0, "{j}");
+    assert_eq!(rtp["duplicates"], 0, "{j}");
+    // A lost TS packet damages its picture and those after it until the next keyframe
+    // (every second here): the stream goes on, and decodes again at each keyframe.
+    assert!(total >= 100 && clean >= 30, "{clean} of {total}");
+}
+
+/// Stopping the server (in process: dropping it) closes its SRT connections: the publisher
+/// learns at once, rather than sending into a server that no longer listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_the_server_closes_its_srt_connections() {
+    if !have_srt("stopping_the_server_closes_its_srt_connections") {
+        return;
+    }
+    let srt: std::net::SocketAddr = format!("127.0.0.1:{}", common::tools::free_udp_port())
+        .parse()
+        .unwrap();
+    let mut args = tsbridge::config::ServeArgs::loopback();
+    args.srt_listen = Some(srt);
+    let server = tsbridge::server::Server::start(args).await.expect("starts");
+    let mut ffmpeg = ffmpeg_publish(&format!("srt://{srt}?streamid=stop"));
+    let http = server.http_addr;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // ffmpeg connects
+    let j = stream_until(http, "stop", |j| j["source"] == "live").await;
+    assert_eq!(j["source"], "live", "{j}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), ffmpeg.wait())
+            .await
+            .is_err(),
+        "ffmpeg publishes"
+    );
+    drop(server);
+    let status = tokio::time::timeout(Duration::from_secs(3), ffmpeg.wait())
+        .await
+        .expect("ffmpeg sees its connection closed within 3 s (not SRT's 5 s peer timeout)")
+        .expect("ffmpeg ran");
+    assert!(!status.success());
+}
