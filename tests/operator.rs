@@ -707,3 +707,43 @@ impl rustls::client::danger::ServerCertVerifier for PinnedCert {
         self.1.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// Issue 23: `/healthz` and `/readyz` answer without a token (a server with tokens set); a
+/// clustered node whose Redis is out of reach is alive but not ready (503, with why).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_readiness_answer_without_a_token() {
+    let s = serve(|a| {
+        a.view_token = Some("view-secret".into());
+        a.admin_token = Some("admin-secret".into());
+    })
+    .await;
+    let get = |path: &str| {
+        let u = url(&s, path);
+        async move { request("GET", &u, &[], b"").await.unwrap() }
+    };
+    let (health, ready) = (get("/healthz").await, get("/readyz").await);
+    assert_eq!(
+        (health.status, ready.status),
+        (200, 200),
+        "{}",
+        ready.text()
+    );
+    assert!(ready.text().contains("\"ready\""), "{}", ready.text());
+
+    // Nothing listens on port 1: the node starts, and says it is not ready.
+    let lonely = serve(|a| {
+        a.cluster = Some("redis://127.0.0.1:1/0".into());
+        a.cluster_token = Some("cluster-secret-0123456789".into());
+        a.public_url = Some("http://127.0.0.1:9".into());
+    })
+    .await;
+    let ready = request("GET", &url(&lonely, "/readyz"), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(ready.status, 503, "{}", ready.text());
+    assert!(ready.text().contains("Redis"), "{}", ready.text());
+    let health = request("GET", &url(&lonely, "/healthz"), &[], b"")
+        .await
+        .unwrap();
+    assert_eq!(health.status, 200);
+}

@@ -4,6 +4,7 @@ mod admin;
 mod api;
 mod app;
 pub mod auth;
+mod health;
 mod ingest;
 mod openapi;
 mod pages;
@@ -74,6 +75,8 @@ pub fn router(app: AppState) -> Router {
             axum::routing::delete(admin::kick),
         )
         .route("/openapi.json", get(openapi::spec))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
         .route("/cluster", get(api::cluster))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         // Every body but TS ingest is read here, within --http-timeout and --max-body.
