@@ -141,9 +141,14 @@ impl std::str::FromStr for PlayoutDelay {
 }
 
 impl PlayoutDelay {
+    /// MIN and MAX in the extension's 10 ms units (MAX rounded up).
+    pub fn units(self) -> (u16, u16) {
+        (self.min_ms / 10, self.max_ms.div_ceil(10))
+    }
+
     /// The extension's 3 bytes: MIN and MAX in 10 ms units, 12 bits each.
     pub fn bytes(self) -> [u8; 3] {
-        let (min, max) = (self.min_ms / 10, self.max_ms.div_ceil(10));
+        let (min, max) = self.units();
         [
             (min >> 4) as u8,
             (min << 4) as u8 | (max >> 8) as u8,

@@ -16,49 +16,55 @@
 #define TSB_NEW_LAYOUT 1
 #endif
 
-typedef struct tsb_audio {
+/* A decoder: its context and the packet and frame it reuses (audio and video alike). */
+typedef struct tsb_dec {
     AVCodecContext *ctx;
     AVPacket *pkt;
     AVFrame *frame;
-} tsb_audio;
+} tsb_dec;
+typedef tsb_dec tsb_audio;
+typedef tsb_dec tsb_video;
 
-/* Which decoder: 0 AC-3, 1 E-AC-3, 2 AAC (ADTS or raw), 3 AAC in LATM (LOAS frames). */
-tsb_audio *tsb_audio_open(int which) {
-    enum AVCodecID id;
-    switch (which) {
-    case 0: id = AV_CODEC_ID_AC3; break;
-    case 1: id = AV_CODEC_ID_EAC3; break;
-    case 2: id = AV_CODEC_ID_AAC; break;
-    case 3: id = AV_CODEC_ID_AAC_LATM; break;
-    default: return NULL;
-    }
-    const AVCodec *codec = avcodec_find_decoder(id);
-    if (!codec) return NULL;
-    tsb_audio *d = calloc(1, sizeof *d);
-    if (!d) return NULL;
-    d->ctx = avcodec_alloc_context3(codec);
-    d->pkt = av_packet_alloc();
-    d->frame = av_frame_alloc();
-    if (!d->ctx || !d->pkt || !d->frame) goto fail;
-    /* One thread: a stream's audio is a few percent of a core, and threads would reorder. */
-    d->ctx->thread_count = 1;
-    if (avcodec_open2(d->ctx, codec, NULL) < 0) goto fail;
-    return d;
-fail:
-    avcodec_free_context(&d->ctx);
-    av_packet_free(&d->pkt);
-    av_frame_free(&d->frame);
-    free(d);
-    return NULL;
-}
-
-void tsb_audio_close(tsb_audio *d) {
+static void dec_close(tsb_dec *d) {
     if (!d) return;
     avcodec_free_context(&d->ctx);
     av_packet_free(&d->pkt);
     av_frame_free(&d->frame);
     free(d);
 }
+
+/* One thread: a stream's audio is a few percent of a core and threads would reorder it; for
+ * video, frame threading would add a frame of delay per thread, and the re-encoder runs on its
+ * own thread per stream already. */
+static tsb_dec *dec_open(enum AVCodecID id) {
+    const AVCodec *codec = avcodec_find_decoder(id);
+    if (!codec) return NULL;
+    tsb_dec *d = calloc(1, sizeof *d);
+    if (!d) return NULL;
+    d->ctx = avcodec_alloc_context3(codec);
+    d->pkt = av_packet_alloc();
+    d->frame = av_frame_alloc();
+    if (!d->ctx || !d->pkt || !d->frame) goto fail;
+    d->ctx->thread_count = 1;
+    if (avcodec_open2(d->ctx, codec, NULL) < 0) goto fail;
+    return d;
+fail:
+    dec_close(d);
+    return NULL;
+}
+
+/* Which decoder: 0 AC-3, 1 E-AC-3, 2 AAC (ADTS or raw), 3 AAC in LATM (LOAS frames). */
+tsb_audio *tsb_audio_open(int which) {
+    switch (which) {
+    case 0: return dec_open(AV_CODEC_ID_AC3);
+    case 1: return dec_open(AV_CODEC_ID_EAC3);
+    case 2: return dec_open(AV_CODEC_ID_AAC);
+    case 3: return dec_open(AV_CODEC_ID_AAC_LATM);
+    default: return NULL;
+    }
+}
+
+void tsb_audio_close(tsb_audio *d) { dec_close(d); }
 
 /* One coded frame in (copied by libavcodec). 0, or a negative AVERROR. */
 int tsb_audio_send(tsb_audio *d, const uint8_t *data, int size) {
@@ -163,48 +169,16 @@ int tsb_audio_copy(const tsb_audio *d, float *out, int cap) {
 
 /* ---- video: MPEG-2 and HEVC pictures for the H.264 re-encoder ---- */
 
-typedef struct tsb_video {
-    AVCodecContext *ctx;
-    AVPacket *pkt;
-    AVFrame *frame;
-} tsb_video;
-
 /* Which decoder: 0 MPEG-2 video (MPEG-1 too), 1 HEVC. */
 tsb_video *tsb_video_open(int which) {
-    enum AVCodecID id;
     switch (which) {
-    case 0: id = AV_CODEC_ID_MPEG2VIDEO; break;
-    case 1: id = AV_CODEC_ID_HEVC; break;
+    case 0: return dec_open(AV_CODEC_ID_MPEG2VIDEO);
+    case 1: return dec_open(AV_CODEC_ID_HEVC);
     default: return NULL;
     }
-    const AVCodec *codec = avcodec_find_decoder(id);
-    if (!codec) return NULL;
-    tsb_video *d = calloc(1, sizeof *d);
-    if (!d) return NULL;
-    d->ctx = avcodec_alloc_context3(codec);
-    d->pkt = av_packet_alloc();
-    d->frame = av_frame_alloc();
-    if (!d->ctx || !d->pkt || !d->frame) goto fail;
-    /* One thread: frame threading would add a frame of delay per thread, and the re-encoder
-     * runs on its own thread per stream already. */
-    d->ctx->thread_count = 1;
-    if (avcodec_open2(d->ctx, codec, NULL) < 0) goto fail;
-    return d;
-fail:
-    avcodec_free_context(&d->ctx);
-    av_packet_free(&d->pkt);
-    av_frame_free(&d->frame);
-    free(d);
-    return NULL;
 }
 
-void tsb_video_close(tsb_video *d) {
-    if (!d) return;
-    avcodec_free_context(&d->ctx);
-    av_packet_free(&d->pkt);
-    av_frame_free(&d->frame);
-    free(d);
-}
+void tsb_video_close(tsb_video *d) { dec_close(d); }
 
 /* One access unit (its timeline PTS travels through the decoder's reordering); size 0 drains.
  * 0, or a negative AVERROR. */

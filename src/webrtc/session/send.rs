@@ -215,8 +215,9 @@ fn frame_ext_vals(f: &Frame, delay: Option<PlayoutDelay>) -> ExtensionValues {
         clock_offset: None,
     });
     if let Some(d) = delay {
-        ev.play_delay_min = Some(MediaTime::from_hundredths(u64::from(d.min_ms / 10)));
-        ev.play_delay_max = Some(MediaTime::from_hundredths(u64::from(d.max_ms.div_ceil(10))));
+        let (min, max) = d.units();
+        ev.play_delay_min = Some(MediaTime::from_hundredths(u64::from(min)));
+        ev.play_delay_max = Some(MediaTime::from_hundredths(u64::from(max)));
     }
     ev
 }
