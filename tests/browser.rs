@@ -858,14 +858,14 @@ async fn chromium_follows_its_source_to_another_node() {
     let (_a, a_url) = node().await;
     let (_b, b_url) = node().await;
     let push = |to: &str| {
-        let ingest = format!("{to}/ingest/cam");
+        let ingest = format!("{to}/ingest/moving");
         tokio::spawn(async move {
             tsbridge::ingest::replay::push(&testdata("h264_opus.ts"), &ingest, true).await
         })
     };
     let mut source = Some(push(&a_url));
-    let page = format!("{a_url}/play/cam?stats=1");
-    let moved_to = format!("{b_url}/whep/cam");
+    let page = format!("{a_url}/play/moving?stats=1");
+    let moved_to = format!("{b_url}/whep/moving");
     let b = b_url.clone();
     let mut waited = false;
     let mut on_b: Option<tokio::task::JoinHandle<Result<(), String>>> = None;
@@ -875,6 +875,14 @@ async fn chromium_follows_its_source_to_another_node() {
             if let Some(src) = source.take() {
                 src.abort();
             }
+        }
+        // A push that ended before it was stopped (refused, or the server was slow) goes again.
+        if let Some(src) = source.as_mut().filter(|p| p.is_finished()) {
+            eprintln!(
+                "the push to A ended: {:?}",
+                futures_util::FutureExt::now_or_never(&mut *src)
+            );
+            *src = push(&a_url);
         }
         if source.is_none() && !waited && s.live == Some(false) {
             waited = true;

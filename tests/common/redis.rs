@@ -16,13 +16,16 @@ impl Redis {
     /// Kills it and starts it again on the same port, empty (no persistence).
     pub async fn restart(&mut self) {
         let _ = self.child.kill().await;
-        self.child = start(self.port, &self.args).await;
+        self.child = start(self.port, &self.args)
+            .await
+            .expect("redis-server restarts on its port");
     }
 }
 
-/// `redis-server` with `args`, once `port` accepts connections.
-async fn start(port: u16, args: &[String]) -> tokio::process::Child {
-    let child = tokio::process::Command::new("redis-server")
+/// `redis-server` with `args`, once it answers PING on `port`. `None` when it exited instead:
+/// someone else took the port between our pick and its bind (the caller picks another).
+async fn start(port: u16, args: &[String]) -> Option<tokio::process::Child> {
+    let mut child = tokio::process::Command::new("redis-server")
         .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(args)
         .stdout(Stdio::null())
@@ -31,14 +34,39 @@ async fn start(port: u16, args: &[String]) -> tokio::process::Child {
         .spawn()
         .expect("start redis-server");
     let deadline = Instant::now() + Duration::from_secs(5);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
+    loop {
+        // Whatever answers on the port must be this child: it is alive and says PONG. (A TLS
+        // port answers no plain PING; its being alive after a connect is the check there.)
+        if let Ok(Some(_)) = child.try_wait() {
+            return None;
+        }
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            if args.iter().any(|a| a == "--tls-port") || pong(&mut s).await {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                return match child.try_wait() {
+                    Ok(None) => Some(child),
+                    _ => None,
+                };
+            }
+        }
         assert!(Instant::now() < deadline, "redis-server did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    child
+}
+
+async fn pong(s: &mut tokio::net::TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = [0u8; 64];
+    let answer = async {
+        s.write_all(b"PING\r\n").await.ok()?;
+        let n = s.read(&mut buf).await.ok()?;
+        Some(buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
+    };
+    tokio::time::timeout(Duration::from_secs(1), answer)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
 }
 
 /// A fresh redis-server, or `None` (said loudly) when there is none and CI does not require it.
@@ -85,7 +113,7 @@ pub async fn redis_tls(test: &str, cert: &std::path::Path, key: &std::path::Path
 }
 
 /// A redis-server with the arguments `args(port)` gives, once `port` accepts connections.
-async fn redis_on(test: &str, args: impl FnOnce(u16) -> Vec<String>) -> Option<Redis> {
+async fn redis_on(test: &str, args: impl Fn(u16) -> Vec<String>) -> Option<Redis> {
     let found = std::process::Command::new("redis-server")
         .arg("--version")
         .output()
@@ -98,12 +126,22 @@ async fn redis_on(test: &str, args: impl FnOnce(u16) -> Vec<String>) -> Option<R
         eprintln!("SKIPPED {test}: no redis-server on this machine (apt-get install redis-server)");
         return None;
     }
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
+    // A port picked by binding 0 may be taken again before redis-server binds it: try another.
+    let (port, args, child) = {
+        let mut tries = 0;
+        loop {
+            let port = {
+                let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+                l.local_addr().unwrap().port()
+            };
+            let args = args(port);
+            if let Some(child) = start(port, &args).await {
+                break (port, args, child);
+            }
+            tries += 1;
+            assert!(tries < 5, "{test}: redis-server would not start");
+        }
     };
-    let args = args(port);
-    let child = start(port, &args).await;
     Some(Redis {
         child,
         url: format!("redis://127.0.0.1:{port}/0"),
