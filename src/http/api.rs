@@ -393,6 +393,10 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
             "receive_buffer_ms": c.receive_buffer_ms,
             "latency_ms": c.latency_ms,
         })),
+        "scte35": {
+            "cues": s.stats.cues.total.load(Ordering::Relaxed),
+            "recent": s.stats.cues.recent().iter().map(|c| super::sse::cue_json(c)).collect::<Vec<_>>(),
+        },
         "gop_cache": gop,
         "urls": {
             "whep": format!("/whep/{n}"),

@@ -1,7 +1,7 @@
 //! WHEP server-sent events (draft-ietf-wish-whep, extension
 //! `urn:ietf:params:whep:ext:core:server-sent-events`): a viewer learns that its stream went
-//! away and came back, how many watch it, and where to go when this node drains or the
-//! stream's source started again on another node. A node that is full moves nobody: its
+//! away and came back, how many watch it, where to go when this node drains or the stream's
+//! source started again on another node, and the stream's SCTE-35 cues (`scte35`). A node that is full moves nobody: its
 //! viewers are served, and new ones are sent elsewhere by the POST's 307 (docs/DESIGN.md).
 //!
 //! ```text
@@ -19,6 +19,7 @@
 
 use std::convert::Infallible;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::{Body, Bytes};
@@ -30,6 +31,7 @@ use serde::Deserialize;
 use super::auth::{self, Action, Caller, Protocol};
 use super::session::header_value;
 use super::{check_name, require_content_type, ApiError, AppState};
+use crate::stream::cues::StreamCue;
 use crate::stream::SourceState;
 
 /// The extension's link relation.
@@ -46,14 +48,17 @@ enum Event {
     ViewerCount,
     /// Go to this URL: the node drains, or the stream's source went to another node.
     Reconnect,
+    /// An SCTE-35 cue of the stream (an ad break, a program boundary), as it arrived.
+    Scte35,
 }
 
 impl Event {
-    const ALL: [Event; 4] = [
+    const ALL: [Event; 5] = [
         Event::Active,
         Event::Inactive,
         Event::ViewerCount,
         Event::Reconnect,
+        Event::Scte35,
     ];
 
     fn name(self) -> &'static str {
@@ -62,6 +67,7 @@ impl Event {
             Event::Inactive => "inactive",
             Event::ViewerCount => "viewercount",
             Event::Reconnect => "reconnect",
+            Event::Scte35 => "scte35",
         }
     }
 
@@ -100,7 +106,7 @@ pub async fn subscribe(
             Some(_) => {}
             None => {
                 return Err(ApiError::BadRequest(format!(
-                "unknown event {a:?}: this server sends active, inactive, viewercount, reconnect"
+                "unknown event {a:?}: this server sends active, inactive, viewercount, reconnect, scte35"
             )))
             }
         }
@@ -157,6 +163,7 @@ pub async fn events(
     let want = move |e: Event| wanted.contains(&e);
     tokio::spawn(async move {
         let mut status = stream.subscribe();
+        let mut cues = want(Event::Scte35).then(|| stream.stats.cues.subscribe());
         let mut active: Option<bool> = None;
         let mut viewers: Option<usize> = None;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -213,6 +220,13 @@ pub async fn events(
             }
             tokio::select! {
                 changed = status.changed() => if changed.is_err() { return },
+                cue = next_cue(&mut cues) => {
+                    if let Some(cue) = cue {
+                        if !send(Event::Scte35, cue_json(&cue).to_string()).await {
+                            return;
+                        }
+                    }
+                }
                 _ = tick.tick() => {
                     // Ask the engine (every shard) only when a session came or went.
                     let sessions = (
@@ -243,6 +257,68 @@ pub async fn events(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// The next cue for a subscriber to `scte35` (never, for others); `None` when it fell behind
+/// and lost some (it goes on with the next).
+async fn next_cue(
+    cues: &mut Option<tokio::sync::broadcast::Receiver<Arc<StreamCue>>>,
+) -> Option<Arc<StreamCue>> {
+    match cues {
+        Some(rx) => rx.recv().await.ok(),
+        None => std::future::pending().await,
+    }
+}
+
+/// A cue as JSON, for the `scte35` event and the stream API: what it says, how far ahead its
+/// splice point is (`in_ms`, media time from the video before it), and the whole section in
+/// hex (as HLS's `SCTE35-OUT=0x…` carries it) for a field not read here.
+pub(super) fn cue_json(c: &StreamCue) -> serde_json::Value {
+    use crate::ts::scte35::{type_name, Command};
+    let ms = |ticks: u64| ticks / 90;
+    let mut v = serde_json::json!({
+        "pid": c.pid.0,
+        "command": c.cue.command.name(),
+        "splice_pts": c.cue.splice_pts(),
+        "in_ms": c.in_ms,
+        "received_unix_ms": c.unix_ms,
+        "encrypted": c.cue.encrypted,
+        "section_hex": format!("0x{}", hex(&c.cue.section)),
+    });
+    if let Command::Insert(i) = &c.cue.command {
+        v["event_id"] = i.event_id.into();
+        v["cancel"] = i.cancel.into();
+        v["out_of_network"] = i.out_of_network.into();
+        v["immediate"] = i.immediate.into();
+        v["duration_ms"] = i.duration.map(|(d, _)| ms(d)).into();
+        v["auto_return"] = i.duration.map(|(_, a)| a).into();
+    }
+    let segments: Vec<serde_json::Value> = c
+        .cue
+        .segments
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "event_id": s.event_id,
+                "cancel": s.cancel,
+                "type_id": s.type_id,
+                "type": type_name(s.type_id),
+                "duration_ms": s.duration.map(ms),
+                "upid_type": s.upid_type,
+                "upid_hex": hex(&s.upid),
+                "segment_num": s.segment_num,
+                "segments_expected": s.segments_expected,
+            })
+        })
+        .collect();
+    if !segments.is_empty() {
+        v["segments"] = segments.into();
+    }
+    v
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|b| format!("{b:02X}")).collect()
 }
 
 /// 404 unless viewer session `id` of stream `name` is on this node.

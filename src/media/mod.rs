@@ -156,6 +156,11 @@ impl Apply<'_> {
                 st.transcode_us.fetch_add(micros, Ordering::Relaxed);
                 st.transcode_errors.fetch_add(errors, Ordering::Relaxed);
             }
+            MediaEvent::Cue(cue) => {
+                debug!(stream = %stream.name, pid = %cue.pid, command = cue.cue.command.name(),
+                    in_ms = ?cue.in_ms, "SCTE-35 cue");
+                stream.stats.cues.push(cue);
+            }
             MediaEvent::Discontinuity(pid) => {
                 debug!(stream = %stream.name, %pid, "discontinuity");
             }

@@ -17,6 +17,7 @@ use crate::codec::reorder::ReorderDetector;
 use crate::codec::transcode::Transcoder;
 use crate::codec::{Recovery, VideoAssembler, VideoCodec, VideoInfo};
 use crate::rtp::{H264Packetizer, H265Packetizer, OpusPacketizer, Packetizer, Payload};
+use crate::stream::cues::StreamCue;
 use crate::stream::frame::{Frame, Kind};
 use crate::stream::gop::GopBound;
 use crate::stream::starts::{StartPoints, StartWatch};
@@ -57,6 +58,8 @@ pub enum MediaEvent {
     Transcoded { errors: u64, micros: u64 },
     /// A discontinuity on a track (lost packets, a flagged discontinuity).
     Discontinuity(Pid),
+    /// An SCTE-35 cue of the followed program.
+    Cue(StreamCue),
     /// Something wrong in the input; the stream carries on.
     Problem(MediaProblem),
     /// The source ended: what was complete has been reported; the GOP cache is stale.
@@ -163,6 +166,9 @@ pub struct MediaState {
     arrived: Instant,
     /// The latest ingest mark: the origin's µs, and when it came.
     mark: Option<(u64, Instant)>,
+    /// The PTS (33-bit, as sent) of the last video PES, to say how far ahead a cue's splice
+    /// point is.
+    last_video_pts: Option<u64>,
     /// (timeline time, arrival, ingest µs) of the video frames the re-encoder may be given,
     /// so that its pictures are measured from their source's arrival.
     to_encoder: VecDeque<(u64, Instant, u64)>,
@@ -211,6 +217,7 @@ impl MediaState {
             passed_until: None,
             arrived: Instant::now(),
             mark: None,
+            last_video_pts: None,
             to_encoder: VecDeque::new(),
         }
     }
@@ -311,6 +318,22 @@ impl MediaState {
                 DemuxEvent::Discontinuity { pid } => out.push(MediaEvent::Discontinuity(pid)),
                 DemuxEvent::Problem(p) => out.push(MediaEvent::Problem(MediaProblem::Ts(p))),
                 DemuxEvent::Ingested(us) => self.mark = Some((us, now)),
+                DemuxEvent::Cue { pid, cue } => {
+                    // Both on the source's 33-bit clock: the nearer way round the wrap.
+                    let in_ms = cue.splice_pts().zip(self.last_video_pts).map(|(at, last)| {
+                        let d = (at.wrapping_sub(last) & time::PTS_MASK) as i64;
+                        let d = if d >= 1 << 32 { d - (1 << 33) } else { d };
+                        d / 90
+                    });
+                    let unix_ms = crate::wallclock::unix_micros(now) / 1000;
+                    let cue = *cue;
+                    out.push(MediaEvent::Cue(StreamCue {
+                        pid,
+                        cue,
+                        in_ms,
+                        unix_ms,
+                    }));
+                }
             }
         }
     }
@@ -387,6 +410,7 @@ impl MediaState {
             return;
         };
         if Some(pes.pid) == self.video_pid() {
+            self.last_video_pts = Some(pts);
             self.on_video(pes, now, out);
         } else if Some(pes.pid) == self.audio_pid() {
             self.on_audio(pes, pts, now, out);

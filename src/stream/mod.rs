@@ -1,5 +1,6 @@
 //! Streams: the per-name ring buffer, the ready state WHEP waits on, and the registry.
 
+pub mod cues;
 pub mod frame;
 pub mod gop;
 pub mod link;
@@ -161,6 +162,8 @@ pub struct Stats {
     pub latency: crate::metrics::Latency,
     /// How the network treated the source (RTP sequence gaps).
     pub link: link::LinkStats,
+    /// SCTE-35 cues of the followed program.
+    pub cues: cues::Cues,
 }
 
 pub struct Stream {

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::packet::Pid;
 use super::psi::TrackSet;
+use super::scte35::Cue;
 
 /// A complete PES packet of a supported track.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,6 +58,8 @@ pub enum DemuxEvent {
     Discontinuity { pid: Pid },
     /// Something wrong in the input; see [`DemuxProblem::cause`] for logging once per cause.
     Problem(DemuxProblem),
+    /// An SCTE-35 splice_info_section on one of the followed program's cue PIDs.
+    Cue { pid: Pid, cue: Box<Cue> },
     /// An ingest mark (see [`super::mark`]): the bytes after it reached the cluster's origin
     /// at this many µs since the Unix epoch.
     Ingested(u64),

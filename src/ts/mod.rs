@@ -24,6 +24,7 @@ pub mod mux;
 pub(crate) mod packet;
 pub(crate) mod pes;
 mod psi;
+pub mod scte35;
 pub mod start;
 #[cfg(test)]
 mod testdata;

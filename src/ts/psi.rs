@@ -217,6 +217,8 @@ pub fn crc32_mpeg2(data: &[u8]) -> u32 {
 
 /// Largest section_length allowed for PAT and PMT.
 const MAX_SECTION_LENGTH: usize = 1021;
+/// Largest section_length of a private section (SCTE-35's splice_info_section).
+const MAX_PRIVATE_SECTION_LENGTH: usize = 4093;
 
 /// Reassembles sections of one PSI PID across packets.
 #[derive(Debug, Default)]
@@ -224,6 +226,9 @@ pub(crate) struct SectionBuf {
     buf: Vec<u8>,
     /// A section has started and is not complete yet.
     active: bool,
+    /// Short-form sections up to 4093 bytes (SCTE-35's splice_info_section), not PAT/PMT's
+    /// long form.
+    private: bool,
 }
 
 /// What one chunk of section bytes produced.
@@ -239,6 +244,14 @@ pub(crate) enum SectionStep {
 }
 
 impl SectionBuf {
+    /// For a PID of private sections (SCTE-35 cues).
+    pub fn private() -> Self {
+        SectionBuf {
+            private: true,
+            ..Default::default()
+        }
+    }
+
     pub fn reset(&mut self) {
         self.buf.clear();
         self.active = false;
@@ -275,11 +288,15 @@ impl SectionBuf {
             return SectionStep::Incomplete;
         }
         let section_length = usize::from(self.buf[1] & 0x0F) << 8 | usize::from(self.buf[2]);
-        if self.buf[1] & 0x80 == 0 {
+        if self.private {
+            if section_length > MAX_PRIVATE_SECTION_LENGTH {
+                self.reset();
+                return SectionStep::Bad("section_length above 4093");
+            }
+        } else if self.buf[1] & 0x80 == 0 {
             self.reset();
             return SectionStep::Bad("section_syntax_indicator is 0");
-        }
-        if section_length > MAX_SECTION_LENGTH {
+        } else if section_length > MAX_SECTION_LENGTH {
             self.reset();
             return SectionStep::Bad("section_length above 1021");
         }
@@ -442,6 +459,9 @@ fn metadata_format(d: &[u8]) -> Option<&[u8]> {
     d.get(at + 1..at + 5)
 }
 
+/// What an SCTE-35 PID is listed as; the demuxer reads these PIDs' sections.
+pub const SCTE35_CUES: &str = "SCTE-35 cues";
+
 /// What a data PID carries, from its descriptors (teletext, DVB subtitles, KLV, ID3), if it
 /// says.
 fn data_kind(es_info: &[u8]) -> Option<&'static str> {
@@ -455,7 +475,7 @@ fn data_kind(es_info: &[u8]) -> Option<&'static str> {
     } else if registered(es_info, b"ID3 ") {
         Some("ID3 metadata")
     } else if registered(es_info, b"CUEI") {
-        Some("SCTE-35 cues")
+        Some(SCTE35_CUES)
     } else {
         None
     }
@@ -529,7 +549,7 @@ pub(crate) fn classify(stream_type: StreamType, es_info: &[u8]) -> (TrackKind, C
         StreamType::MPEG4_VIDEO => unsupported(video, "MPEG-4 video is not playable in WebRTC"),
         StreamType::AC3 => dolby(SourceCodec::Ac3),
         StreamType::EAC3 => dolby(SourceCodec::Eac3),
-        StreamType::SCTE35 => data("SCTE-35 cues"),
+        StreamType::SCTE35 => data(SCTE35_CUES),
         StreamType::METADATA_PES => data(data_kind(es_info).unwrap_or("metadata")),
         StreamType::PRIVATE_SECTIONS => data(data_kind(es_info).unwrap_or("private sections")),
         _ => unsupported(TrackKind::Unknown, "unknown stream type"),

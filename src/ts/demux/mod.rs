@@ -13,7 +13,8 @@ use super::event::{DemuxEvent, DemuxProblem};
 use super::packet::{self, Header, Pid, PACKET_SIZE};
 use super::pes::PesAssembler;
 use super::psi::{self, SectionBuf, SectionStep, TrackSet};
-use super::psi::{Codec, TrackInfo};
+use super::psi::{Codec, TrackInfo, SCTE35_CUES};
+use super::scte35;
 
 impl From<AlignProblem> for DemuxProblem {
     fn from(p: AlignProblem) -> Self {
@@ -95,6 +96,8 @@ enum Role {
     Pat(SectionBuf),
     Pmt(SectionBuf),
     Es(PesAssembler),
+    /// SCTE-35 splice information of the followed program.
+    Cues(SectionBuf),
 }
 
 /// Per-PID state of the PIDs the demuxer follows (PAT, the PMTs, supported tracks).
@@ -352,7 +355,9 @@ impl Demuxer {
                     out.push(DemuxEvent::Discontinuity { pid });
                     pes.discontinuity(true);
                 }
-                Role::Pat(sections) | Role::Pmt(sections) => sections.reset(),
+                Role::Pat(sections) | Role::Pmt(sections) | Role::Cues(sections) => {
+                    sections.reset()
+                }
             }
         }
         if !header.has_payload() {
@@ -373,6 +378,10 @@ impl Demuxer {
             Role::Pat(sections) | Role::Pmt(sections) => {
                 collect_sections(sections, pid, header.pusi, payload, &mut self.sections, out);
                 self.handle_sections(pid, out);
+            }
+            Role::Cues(sections) => {
+                collect_sections(sections, pid, header.pusi, payload, &mut self.sections, out);
+                self.handle_cues(pid, out);
             }
         }
     }
@@ -400,6 +409,28 @@ impl Demuxer {
             }
         }
         self.sections = sections;
+        self.sections.clear();
+    }
+
+    /// SCTE-35 sections: each a cue, or a problem (another table on the PID is skipped).
+    fn handle_cues(&mut self, pid: Pid, out: &mut Vec<DemuxEvent>) {
+        let mut rest = &self.sections[..];
+        while rest.len() >= 3 {
+            let len =
+                (3 + (usize::from(rest[1] & 0x0F) << 8 | usize::from(rest[2]))).min(rest.len());
+            let (section, tail) = rest.split_at(len);
+            rest = tail;
+            if section[0] != scte35::TABLE_ID {
+                continue;
+            }
+            match scte35::parse(section) {
+                Ok(cue) => out.push(DemuxEvent::Cue {
+                    pid,
+                    cue: Box::new(cue),
+                }),
+                Err(reason) => Self::problem(out, DemuxProblem::BadPsi { pid, reason }),
+            }
+        }
         self.sections.clear();
     }
 
@@ -584,6 +615,21 @@ impl Demuxer {
         };
         self.pids
             .retain(|s| !matches!(s.role, Role::Es(_)) || same_codec(s.pid));
+        let is_cues = |t: &TrackInfo| t.codec == (Codec::Data { what: SCTE35_CUES });
+        let cue_pids: Vec<Pid> = tracks
+            .tracks
+            .iter()
+            .filter(|t| is_cues(t))
+            .map(|t| t.pid)
+            .collect();
+        self.pids
+            .retain(|s| !matches!(s.role, Role::Cues(_)) || cue_pids.contains(&s.pid));
+        for &pid in &cue_pids {
+            if !self.pids.iter().any(|s| s.pid == pid) {
+                self.pids
+                    .push(PidState::new(pid, Role::Cues(SectionBuf::private())));
+            }
+        }
         let transcoded =
             (self.audio.transcoded(&tracks).map(|t| t.pid)).filter(|_| self.transcodable_audio);
         for track in tracks

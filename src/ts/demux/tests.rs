@@ -665,3 +665,56 @@ pub(super) fn stride_change_after_garbage_resyncs() {
 }
 
 mod programs;
+
+/// SCTE-35 (issue 21): the cue PID of the followed program is read, each splice_info_section
+/// becomes a `Cue`, a long one across packets too; a bad one is a problem, and the media go on.
+#[test]
+fn scte35_sections_become_cues() {
+    use crate::ts::scte35;
+    const CUES: u16 = 0x1F0;
+    let mut m = Mux::default();
+    m.psi(0, &pat(1, PMT_PID, 0));
+    let streams: &[(u8, u16, &[u8])] = &[
+        (0x1B, VIDEO, &[]),
+        (0x86, CUES, &[0x05, 4, b'C', b'U', b'E', b'I']),
+    ];
+    m.psi(PMT_PID, &pmt(1, 0, VIDEO, streams));
+    let insert = scte35::insert_command(7, true, Some(90_000), Some(30 * 90_000));
+    m.psi(CUES, &scte35::section(0, 0x05, &insert, &[]));
+    // A time_signal with 40 descriptors: ~400 bytes, three packets.
+    let mut desc = Vec::new();
+    for i in 0..40u8 {
+        desc.extend_from_slice(&[0x00, 8, b'C', b'U', b'E', b'I', 0, 0, 0, i]);
+    }
+    m.psi(CUES, &scte35::section(0, 0x06, &[0xFE, 0, 0, 0, 9], &desc));
+    let mut bad = scte35::section(0, 0x00, &[], &[]);
+    bad[5] ^= 1;
+    m.psi(CUES, &bad);
+    m.pes(
+        VIDEO,
+        &pes_bytes(0xE0, Some(0), None, &[1; 300], false),
+        &[],
+    );
+    let events = demux_all(&[&m.out]);
+    let cues: Vec<&scte35::Cue> = events
+        .iter()
+        .filter_map(|e| match e {
+            DemuxEvent::Cue { pid, cue } if pid.0 == CUES => Some(&**cue),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(cues.len(), 2, "{events:?}");
+    assert!(
+        matches!(&cues[0].command, scte35::Command::Insert(i) if i.event_id == 7 && i.out_of_network)
+    );
+    assert_eq!(cues[0].splice_pts(), Some(90_000));
+    assert_eq!(cues[1].command, scte35::Command::TimeSignal(Some(9)));
+    assert!(events.iter().any(|e| matches!(
+        e,
+        DemuxEvent::Problem(DemuxProblem::BadPsi {
+            reason: "CRC mismatch",
+            ..
+        })
+    )));
+    assert_eq!(pes_events(&events).len(), 1, "the video goes on");
+}

@@ -142,7 +142,7 @@ fn demux(ts: &[u8]) -> Demuxed {
     for e in events {
         match e {
             DemuxEvent::Tracks(t) => r.tracks.push(t),
-            DemuxEvent::Programs(_) | DemuxEvent::Ingested(_) => {}
+            DemuxEvent::Programs(_) | DemuxEvent::Ingested(_) | DemuxEvent::Cue { .. } => {}
             DemuxEvent::Problem(p) => r.problems.push(p),
             DemuxEvent::Pcr { pcr_27mhz, .. } => r.pcrs.push(pcr_27mhz),
             DemuxEvent::Discontinuity { .. } => r.discontinuities += 1,
