@@ -1,5 +1,6 @@
 //! `tsbridge serve`: start, print where to look, run until Ctrl-C / SIGTERM. And
-//! `tsbridge loadtest`: hand over to the load tool's own binary.
+//! `tsbridge loadtest`: hand over to the load tool's own binary. `tsbridge health`: ask a
+//! server whether it is ready, for container health checks.
 
 use std::ffi::OsString;
 
@@ -133,5 +134,25 @@ pub fn loadtest(args: &[OsString]) -> Result<(), String> {
         } else {
             Err(format!("{} ended with {status}", tool.display()))
         }
+    }
+}
+
+/// `tsbridge health`: GET `/readyz` (or `/healthz` with `--live`) of a server; `Ok` on a 2xx
+/// within the timeout, else what went wrong (the caller exits 1).
+pub async fn health(args: &crate::config::HealthArgs) -> Result<(), String> {
+    use crate::client::{Client, Request, Timeouts};
+    let path = if args.live { "/healthz" } else { "/readyz" };
+    let url = format!("{}{path}", args.url.trim_end_matches('/'));
+    let timeout = std::time::Duration::from_secs_f64(args.timeout.clamp(0.1, 60.0));
+    let r = Client::new()
+        .request(Request::get(&url), Timeouts::all(timeout))
+        .await
+        .map_err(|e| e.to_string())?;
+    let body = String::from_utf8_lossy(&r.body);
+    if (200..300).contains(&r.status) {
+        say!("{url}: {} {}", r.status, body.trim());
+        Ok(())
+    } else {
+        Err(format!("{url}: {} {}", r.status, body.trim()))
     }
 }

@@ -63,5 +63,6 @@ async fn run(cmd: Command) -> Result<(), String> {
             Ok(())
         }
         Command::Loadtest(args) => tsbridge::cli::loadtest(&args.args),
+        Command::Health(args) => tsbridge::cli::health(&args).await,
     }
 }

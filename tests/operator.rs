@@ -746,4 +746,21 @@ async fn health_and_readiness_answer_without_a_token() {
         .await
         .unwrap();
     assert_eq!(health.status, 200);
+
+    // `tsbridge health`, the container's HEALTHCHECK: 0 when ready, 1 when not (with why),
+    // 0 with --live on a node that serves but is not ready.
+    let health_cmd = |base: String, live: bool| async move {
+        let mut c = tokio::process::Command::new(env!("CARGO_BIN_EXE_tsbridge"));
+        c.args(["health", "--url", &base]);
+        if live {
+            c.arg("--live");
+        }
+        c.output().await.unwrap()
+    };
+    let base = |s: &tsbridge::server::Server| format!("http://{}", s.http_addr);
+    assert!(health_cmd(base(&s), false).await.status.success());
+    let not_ready = health_cmd(base(&lonely), false).await;
+    assert_eq!(not_ready.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&not_ready.stderr).contains("503"));
+    assert!(health_cmd(base(&lonely), true).await.status.success());
 }

@@ -34,6 +34,28 @@ pub enum Command {
     /// times: runs the load tool `tsbridge-loadtest` from this binary's directory.
     #[command(disable_help_flag = true)]
     Loadtest(LoadtestArgs),
+    /// Ask a server whether it is ready (GET /readyz, or /healthz with --live): exit 0 when it
+    /// answers 2xx within the timeout, 1 otherwise. For container HEALTHCHECKs and probes in
+    /// images without curl.
+    Health(HealthArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The server's base URL.
+    #[arg(
+        long,
+        default_value = "http://127.0.0.1:8889",
+        env = "TSBRIDGE_HEALTH_URL"
+    )]
+    pub url: String,
+    /// Ask whether the process serves at all (/healthz), not whether it takes work (/readyz:
+    /// 503 while draining or while its cluster's Redis is out of reach).
+    #[arg(long)]
+    pub live: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3.0)]
+    pub timeout: f64,
 }
 
 /// `tsbridge loadtest ARGS…`: handed as they are to `tsbridge-loadtest` (a client of the
