@@ -1,10 +1,8 @@
 //! H.264 RTP payloader, RFC 6184 packetization-mode=1: single NAL unit packets, STAP-A
 //! aggregation (§5.7.1) and FU-A fragmentation (§5.8).
 
-use std::sync::Arc;
-
-use super::{Payload, DEFAULT_MAX_PAYLOAD};
-use crate::codec::h264::{nal_units, NalType};
+use super::nal::{NalPacketizer, NalSyntax};
+use crate::codec::h264::NalType;
 
 /// STAP-A (single-time aggregation packet) NAL unit type.
 pub const STAP_A: u8 = 24;
@@ -13,176 +11,48 @@ pub const FU_A: u8 = 28;
 
 /// F bit and NRI of a NAL unit header.
 const F_NRI: u8 = 0xE0;
-const NRI: u8 = 0x60;
-const FU_START: u8 = 0x80;
-const FU_END: u8 = 0x40;
-/// An FU-A carries at least one byte after its FU indicator and FU header.
-const MIN_PAYLOAD: usize = 3;
-/// STAP-A NAL unit sizes are 16 bits.
-const MAX_PAYLOAD: usize = u16::MAX as usize;
+const F: u16 = 0x80;
+const NRI: u16 = 0x60;
 
-/// Packetizes H.264 access units for RTP, once per stream (see the [module](super) docs).
-///
-/// Per access unit, in order:
-/// - NAL units that can't be sent are dropped: AUD (9) and filler data (12), which carry
-///   nothing over RTP, and types 0 and 24–31, which are unspecified in H.264 and would be read
-///   as RTP aggregation/fragmentation packets by the receiver.
-/// - Runs of consecutive NAL units that fit in one packet together (SPS + PPS, often with SEI or
-///   a small slice) are aggregated greedily into a STAP-A; a NAL unit with nothing to aggregate
-///   with goes as a single NAL unit packet.
-/// - A NAL unit larger than `max_payload` is split into FU-A fragments, each `max_payload`
-///   bytes except the last.
-/// - The marker bit is set on the last payload of the access unit (RFC 6184 §5.1).
-///
-/// Stateless across access units (SPS/PPS before IDRs are the assembler's job), so it never
-/// holds back or reorders data. The only state is a scratch buffer, reused.
-#[derive(Clone, Debug)]
-pub struct H264Packetizer {
-    max_payload: usize,
-    /// STAP-A / FU-A under construction.
-    scratch: Vec<u8>,
-}
+/// H.264's NAL unit header: one byte, F (1 bit), NRI (2), type (5).
+#[derive(Clone, Copy, Debug)]
+pub struct Avc;
 
-impl Default for H264Packetizer {
-    fn default() -> Self {
-        Self::new(DEFAULT_MAX_PAYLOAD)
+impl NalSyntax for Avc {
+    const HEADER_LEN: usize = 1;
+
+    /// Not AUD (9) and filler data (12), which carry nothing over RTP, nor types 0 and
+    /// 24–31, unspecified in H.264 and read as RTP aggregation/fragmentation packets by the
+    /// receiver.
+    fn sendable(nal: &[u8]) -> bool {
+        let t = nal.first().map_or(0, |h| h & 0x1F);
+        !(t == 0 || t >= STAP_A || t == NalType::AUD.0 || t == NalType::FILLER.0)
+    }
+
+    /// RFC 6184 §5.7: F ORed, the highest NRI.
+    fn merge(acc: u16, header: u16) -> u16 {
+        (acc | header) & F | (acc & NRI).max(header & NRI)
+    }
+
+    fn aggregate(merged: u16) -> u16 {
+        merged | u16::from(STAP_A)
+    }
+
+    fn fu_prefix(nal: &[u8]) -> [u8; 3] {
+        [(nal[0] & F_NRI) | FU_A, nal[0] & 0x1F, 0]
     }
 }
 
-/// Consecutive small NAL units waiting to go out as one packet.
-struct Pending<'a> {
-    first: &'a [u8],
-    count: usize,
-    /// Size of the STAP-A holding them: 1 + Σ (2 + len).
-    size: usize,
-    /// OR of the F bits, max of the NRIs (RFC 6184 §5.7).
-    f: u8,
-    nri: u8,
-}
-
-impl H264Packetizer {
-    /// `max_payload`: the largest RTP payload to produce (no RTP header, extensions or SRTP
-    /// tag included); [`DEFAULT_MAX_PAYLOAD`] is 1120. Clamped to 3..=65535.
-    pub fn new(max_payload: usize) -> Self {
-        Self {
-            max_payload: max_payload.clamp(MIN_PAYLOAD, MAX_PAYLOAD),
-            scratch: Vec::with_capacity(max_payload.clamp(MIN_PAYLOAD, MAX_PAYLOAD)),
-        }
-    }
-
-    pub fn max_payload(&self) -> usize {
-        self.max_payload
-    }
-
-    /// One access unit in Annex B form (start codes; as made by
-    /// [`H264Assembler`](crate::codec::h264::H264Assembler)); its payloads are appended to
-    /// `out`, the last one with the marker bit. Nothing is appended when the access unit has no
-    /// NAL unit worth sending. Any input is safe: garbage gives garbage payloads, never a panic.
-    pub fn packetize(&mut self, au: &[u8], out: &mut Vec<Payload>) {
-        let before = out.len();
-        let mut pending: Option<Pending<'_>> = None;
-        for nal in nal_units(au) {
-            // `nal_units` never yields an empty unit.
-            let header = nal[0];
-            let t = header & 0x1F;
-            if t == 0 || t >= STAP_A || t == NalType::AUD.0 || t == NalType::FILLER.0 {
-                continue;
-            }
-            if nal.len() > self.max_payload {
-                if let Some(p) = pending.take() {
-                    self.flush(p, out);
-                }
-                self.fragment(nal, out);
-                continue;
-            }
-            match &mut pending {
-                Some(p) if p.size + 2 + nal.len() <= self.max_payload => {
-                    if p.count == 1 {
-                        self.scratch.clear();
-                        self.scratch.push(0); // STAP-A header, set in `flush`
-                        put_sized(&mut self.scratch, p.first);
-                    }
-                    put_sized(&mut self.scratch, nal);
-                    p.count += 1;
-                    p.size += 2 + nal.len();
-                    p.f |= header & 0x80;
-                    p.nri = p.nri.max(header & NRI);
-                }
-                _ => {
-                    if let Some(p) = pending.take() {
-                        self.flush(p, out);
-                    }
-                    pending = Some(Pending {
-                        first: nal,
-                        count: 1,
-                        size: 1 + 2 + nal.len(),
-                        f: header & 0x80,
-                        nri: header & NRI,
-                    });
-                }
-            }
-        }
-        if let Some(p) = pending.take() {
-            self.flush(p, out);
-        }
-        if out.len() > before {
-            if let Some(last) = out.last_mut() {
-                last.marker = true;
-            }
-        }
-    }
-
-    /// Sends the pending NAL units: one as a single NAL unit packet, more as the STAP-A built
-    /// in `scratch`.
-    fn flush(&mut self, p: Pending<'_>, out: &mut Vec<Payload>) {
-        let data: Arc<[u8]> = if p.count == 1 {
-            Arc::from(p.first)
-        } else {
-            self.scratch[0] = p.f | p.nri | STAP_A;
-            Arc::from(&self.scratch[..])
-        };
-        out.push(Payload {
-            marker: false,
-            data,
-        });
-    }
-
-    /// FU-A fragments of a NAL unit longer than `max_payload` (so at least two fragments: the
-    /// start and end bits are never both set).
-    fn fragment(&mut self, nal: &[u8], out: &mut Vec<Payload>) {
-        let indicator = (nal[0] & F_NRI) | FU_A;
-        let nal_type = nal[0] & 0x1F;
-        let body = &nal[1..];
-        let per_fragment = self.max_payload - 2;
-        let last = (body.len() - 1) / per_fragment;
-        for (i, chunk) in body.chunks(per_fragment).enumerate() {
-            let mut fu_header = nal_type;
-            if i == 0 {
-                fu_header |= FU_START;
-            }
-            if i == last {
-                fu_header |= FU_END;
-            }
-            self.scratch.clear();
-            self.scratch.extend_from_slice(&[indicator, fu_header]);
-            self.scratch.extend_from_slice(chunk);
-            out.push(Payload {
-                marker: false,
-                data: Arc::from(&self.scratch[..]),
-            });
-        }
-    }
-}
-
-/// A STAP-A entry: 16-bit size, then the NAL unit (whose size fits, as it is ≤ max_payload).
-fn put_sized(buf: &mut Vec<u8>, nal: &[u8]) {
-    buf.extend_from_slice(&(nal.len() as u16).to_be_bytes());
-    buf.extend_from_slice(nal);
-}
+/// Packetizes H.264 access units for RTP, RFC 6184 packetization-mode=1: single NAL unit
+/// packets, STAP-A (§5.7.1), FU-A (§5.8); see [`NalPacketizer`].
+pub type H264Packetizer = NalPacketizer<Avc>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::h264::nal_units;
+    use crate::rtp::nal::{FU_END, FU_START};
+    use crate::rtp::{Payload, DEFAULT_MAX_PAYLOAD};
 
     /// Annex B with 4-byte start codes.
     fn annexb(nals: &[&[u8]]) -> Vec<u8> {
@@ -229,7 +99,7 @@ mod tests {
                         assert!(len > 0 && 2 + len <= rest.len(), "bad STAP-A size");
                         let n = &rest[2..2 + len];
                         f |= n[0] & 0x80;
-                        nri = nri.max(n[0] & NRI);
+                        nri = nri.max(n[0] & NRI as u8);
                         nals.push(n.to_vec());
                         rest = &rest[2 + len..];
                         count += 1;

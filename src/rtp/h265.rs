@@ -5,10 +5,7 @@
 //! The same shapes as RFC 6184's single NAL unit / STAP-A / FU-A, with HEVC's 2-byte NAL unit
 //! header as the payload header: F (1 bit), type (6), LayerId (6), TID (3).
 
-use std::sync::Arc;
-
-use super::{Payload, DEFAULT_MAX_PAYLOAD};
-use crate::codec::h264::nal_units;
+use super::nal::{NalPacketizer, NalSyntax};
 use crate::codec::h265::NalType;
 
 /// Aggregation packet payload header type (RFC 7798 §4.4.2).
@@ -16,200 +13,63 @@ pub const AP: u8 = 48;
 /// Fragmentation unit payload header type (RFC 7798 §4.4.3).
 pub const FU: u8 = 49;
 
-/// NAL unit header / payload header length.
-const HEADER_LEN: usize = 2;
 /// The F bit of the first header byte.
 const F_BIT: u8 = 0x80;
-/// LayerId in the 16-bit header: the 6 bits after the type.
+/// F, LayerId and TID (nuh_temporal_id_plus1) in the 16-bit header.
+const F: u16 = 0x8000;
 const LAYER_ID: u16 = 0x01F8;
-/// TID (nuh_temporal_id_plus1): the lowest 3 bits.
 const TID: u16 = 0x0007;
 /// Type bits of the first header byte.
 const TYPE_SHIFT: u8 = 1;
-const FU_START: u8 = 0x80;
-const FU_END: u8 = 0x40;
 /// Types 48–63 are unspecified in H.265 and used by RFC 7798 (AP, FU, PACI) or reserved.
 const FIRST_RTP_TYPE: u8 = AP;
-/// An FU carries at least one byte after its payload header and FU header.
-const MIN_PAYLOAD: usize = HEADER_LEN + 1 + 1;
-/// AP NAL unit sizes are 16 bits.
-const MAX_PAYLOAD: usize = u16::MAX as usize;
 
-/// Packetizes H.265 access units for RTP, once per stream (see the [module](super) docs).
-///
-/// Per access unit, in order:
-/// - NAL units that can't be sent are dropped: AUD (35) and filler data (38), which carry
-///   nothing over RTP; types 48–63, which the receiver would read as RTP aggregation,
-///   fragmentation or PACI packets; and units shorter than the 2-byte NAL unit header.
-/// - Runs of consecutive NAL units that fit in one packet together (VPS + SPS + PPS, often
-///   with SEI or a small slice) are aggregated greedily into an AP; a NAL unit with nothing to
-///   aggregate with goes as a single NAL unit packet.
-/// - A NAL unit larger than `max_payload` is split into FUs, each `max_payload` bytes except
-///   the last.
-/// - The marker bit is set on the last payload of the access unit (RFC 7798 §4.1).
-///
-/// Stateless across access units (parameter sets before IRAP pictures are the assembler's
-/// job), so it never holds back or reorders data. The only state is a scratch buffer, reused.
-#[derive(Clone, Debug)]
-pub struct H265Packetizer {
-    max_payload: usize,
-    /// AP / FU under construction.
-    scratch: Vec<u8>,
-}
+/// H.265's NAL unit header: two bytes, F (1 bit), type (6), LayerId (6), TID (3).
+#[derive(Clone, Copy, Debug)]
+pub struct Hevc;
 
-impl Default for H265Packetizer {
-    fn default() -> Self {
-        Self::new(DEFAULT_MAX_PAYLOAD)
+impl NalSyntax for Hevc {
+    const HEADER_LEN: usize = 2;
+
+    /// Not AUD (35) and filler data (38), which carry nothing over RTP, nor types 48–63,
+    /// which the receiver would read as RTP aggregation, fragmentation or PACI packets, nor
+    /// units shorter than the header.
+    fn sendable(nal: &[u8]) -> bool {
+        NalType::of(nal)
+            .is_some_and(|t| t != NalType::AUD && t != NalType::FD && t.0 < FIRST_RTP_TYPE)
+    }
+
+    /// RFC 7798 §4.4.2: F ORed, the lowest LayerId and the lowest TID.
+    fn merge(acc: u16, header: u16) -> u16 {
+        (acc | header) & F | (acc & LAYER_ID).min(header & LAYER_ID) | (acc & TID).min(header & TID)
+    }
+
+    fn aggregate(merged: u16) -> u16 {
+        merged | u16::from(AP << TYPE_SHIFT) << 8
+    }
+
+    /// The payload header keeps the unit's F, LayerId and TID with type FU; the FU header
+    /// carries the unit's type.
+    fn fu_prefix(nal: &[u8]) -> [u8; 3] {
+        [
+            (nal[0] & (F_BIT | 0x01)) | (FU << TYPE_SHIFT),
+            nal[1],
+            (nal[0] >> TYPE_SHIFT) & 0x3F,
+        ]
     }
 }
 
-/// Consecutive small NAL units waiting to go out as one packet.
-struct Pending<'a> {
-    first: &'a [u8],
-    count: usize,
-    /// Size of the AP holding them: 2 + Σ (2 + len).
-    size: usize,
-    /// OR of the F bits (RFC 7798 §4.4.2).
-    f: u8,
-    /// Lowest LayerId and lowest TID (§4.4.2), each in its place in the header's low 9 bits.
-    layer_id: u16,
-    tid: u16,
-}
-
-/// The two header bytes as one number; `nal` has both (checked by `NalType::of`).
-fn header(nal: &[u8]) -> u16 {
-    u16::from_be_bytes([nal[0], nal[1]])
-}
-
-impl H265Packetizer {
-    /// `max_payload`: the largest RTP payload to produce (no RTP header, extensions or SRTP
-    /// tag included); [`DEFAULT_MAX_PAYLOAD`] is 1120. Clamped to 4..=65535.
-    pub fn new(max_payload: usize) -> Self {
-        let max_payload = max_payload.clamp(MIN_PAYLOAD, MAX_PAYLOAD);
-        Self {
-            max_payload,
-            scratch: Vec::with_capacity(max_payload),
-        }
-    }
-
-    pub fn max_payload(&self) -> usize {
-        self.max_payload
-    }
-
-    /// One access unit in Annex B form (start codes; as made by
-    /// [`H265Assembler`](crate::codec::h265::H265Assembler)); its payloads are appended to
-    /// `out`, the last one with the marker bit. Nothing is appended when the access unit has no
-    /// NAL unit worth sending. Any input is safe: garbage gives garbage payloads, never a panic.
-    pub fn packetize(&mut self, au: &[u8], out: &mut Vec<Payload>) {
-        let before = out.len();
-        let mut pending: Option<Pending<'_>> = None;
-        for nal in nal_units(au) {
-            let Some(t) = NalType::of(nal) else { continue };
-            if t == NalType::AUD || t == NalType::FD || t.0 >= FIRST_RTP_TYPE {
-                continue;
-            }
-            if nal.len() > self.max_payload {
-                if let Some(p) = pending.take() {
-                    self.flush(p, out);
-                }
-                self.fragment(nal, out);
-                continue;
-            }
-            let h = header(nal);
-            match &mut pending {
-                Some(p) if p.size + 2 + nal.len() <= self.max_payload => {
-                    if p.count == 1 {
-                        self.scratch.clear();
-                        self.scratch.extend_from_slice(&[0; HEADER_LEN]); // set in `flush`
-                        put_sized(&mut self.scratch, p.first);
-                    }
-                    put_sized(&mut self.scratch, nal);
-                    p.count += 1;
-                    p.size += 2 + nal.len();
-                    p.f |= nal[0] & F_BIT;
-                    p.layer_id = p.layer_id.min(h & LAYER_ID);
-                    p.tid = p.tid.min(h & TID);
-                }
-                _ => {
-                    if let Some(p) = pending.take() {
-                        self.flush(p, out);
-                    }
-                    pending = Some(Pending {
-                        first: nal,
-                        count: 1,
-                        size: HEADER_LEN + 2 + nal.len(),
-                        f: nal[0] & F_BIT,
-                        layer_id: h & LAYER_ID,
-                        tid: h & TID,
-                    });
-                }
-            }
-        }
-        if let Some(p) = pending.take() {
-            self.flush(p, out);
-        }
-        if out.len() > before {
-            if let Some(last) = out.last_mut() {
-                last.marker = true;
-            }
-        }
-    }
-
-    /// Sends the pending NAL units: one as a single NAL unit packet, more as the AP built in
-    /// `scratch`.
-    fn flush(&mut self, p: Pending<'_>, out: &mut Vec<Payload>) {
-        let data: Arc<[u8]> = if p.count == 1 {
-            Arc::from(p.first)
-        } else {
-            let h = u16::from(AP << TYPE_SHIFT) << 8 | p.layer_id | p.tid;
-            self.scratch[..HEADER_LEN].copy_from_slice(&h.to_be_bytes());
-            self.scratch[0] |= p.f;
-            Arc::from(&self.scratch[..])
-        };
-        out.push(Payload {
-            marker: false,
-            data,
-        });
-    }
-
-    /// FUs of a NAL unit longer than `max_payload` (so at least two fragments: the start and
-    /// end bits are never both set). The NAL unit header is not repeated: the payload header
-    /// carries its F, LayerId and TID, the FU header its type.
-    fn fragment(&mut self, nal: &[u8], out: &mut Vec<Payload>) {
-        let payload_header = [(nal[0] & (F_BIT | 0x01)) | (FU << TYPE_SHIFT), nal[1]];
-        let nal_type = (nal[0] >> TYPE_SHIFT) & 0x3F;
-        let body = &nal[HEADER_LEN..];
-        let per_fragment = self.max_payload - HEADER_LEN - 1;
-        let last = (body.len() - 1) / per_fragment;
-        for (i, chunk) in body.chunks(per_fragment).enumerate() {
-            let mut fu_header = nal_type;
-            if i == 0 {
-                fu_header |= FU_START;
-            }
-            if i == last {
-                fu_header |= FU_END;
-            }
-            self.scratch.clear();
-            self.scratch.extend_from_slice(&payload_header);
-            self.scratch.push(fu_header);
-            self.scratch.extend_from_slice(chunk);
-            out.push(Payload {
-                marker: false,
-                data: Arc::from(&self.scratch[..]),
-            });
-        }
-    }
-}
-
-/// An AP entry: 16-bit size, then the NAL unit (whose size fits, as it is ≤ max_payload).
-fn put_sized(buf: &mut Vec<u8>, nal: &[u8]) {
-    buf.extend_from_slice(&(nal.len() as u16).to_be_bytes());
-    buf.extend_from_slice(nal);
-}
+/// Packetizes H.265 access units for RTP, RFC 7798 without decoding order numbers
+/// (`sprop-max-don-diff` 0): single NAL unit packets (§4.4.1), aggregation packets (§4.4.2)
+/// and fragmentation units (§4.4.3); see [`NalPacketizer`].
+pub type H265Packetizer = NalPacketizer<Hevc>;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::codec::h264::nal_units;
+    use crate::rtp::nal::{FU_END, FU_START};
+    use crate::rtp::{Payload, DEFAULT_MAX_PAYLOAD};
 
     /// Annex B with 4-byte start codes.
     fn annexb(nals: &[&[u8]]) -> Vec<u8> {

@@ -27,6 +27,7 @@
 
 pub mod h264;
 pub mod h265;
+pub mod nal;
 pub mod opus;
 
 use std::sync::Arc;
