@@ -28,6 +28,10 @@ pub struct Server {
     pub app: Arc<App>,
     /// Every task the server runs: stopped together.
     tasks: Tasks,
+    /// Tells the HTTP side to stop accepting and drain.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// The HTTP accept loop, awaited while it drains.
+    http: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
@@ -179,20 +183,27 @@ impl Server {
             }
             _ => None,
         };
-        tasks.spawn(crate::http::serve::serve(listener, router, limits, tls));
+        let (stop, stopping) = tokio::sync::watch::channel(false);
+        let http = tokio::spawn(crate::http::serve::serve(
+            listener, router, limits, tls, stopping,
+        ));
         info!(http = %http_addr, "tsbridge listening");
         Ok(Server {
             http_addr,
             udp_addr: engine.local_addr(),
             app,
             tasks,
+            stop,
+            http: Some(http),
         })
     }
 
-    /// Closes every session (RTCP BYE, DTLS close_notify; bounded in time), then stops every
-    /// task: sources, media tasks, pipeline commands (killed and reaped), HTTP.
-    pub async fn shutdown(self) {
-        // A cluster node leaves first: new viewers go to other nodes from now on.
+    /// Stops in order, each step bounded in time: a cluster node leaves the cluster (new
+    /// viewers go elsewhere, its viewers' event streams send them on); HTTP stops accepting
+    /// and lets requests in flight finish; every session is closed (RTCP BYE, DTLS
+    /// close_notify); the event streams and other long responses end with them; then every
+    /// task stops: sources, media tasks, pipeline commands (killed and reaped).
+    pub async fn shutdown(mut self) {
         if let Some(c) = &self.app.cluster {
             c.leave().await;
             // Viewers' event streams send them to another node (`reconnect`) within a tick.
@@ -200,13 +211,21 @@ impl Server {
                 tokio::time::sleep(Duration::from_millis(1200)).await;
             }
         }
+        let _ = self.stop.send(true);
         let _ = tokio::time::timeout(Duration::from_secs(3), self.app.engine.shutdown()).await;
+        if let Some(http) = self.http.take() {
+            // Bounded by the accept loop's own drain.
+            let _ = http.await;
+        }
         self.tasks.abort_all();
     }
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
+        if let Some(http) = &self.http {
+            http.abort();
+        }
         self.tasks.abort_all();
     }
 }

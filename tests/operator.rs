@@ -764,3 +764,55 @@ async fn health_and_readiness_answer_without_a_token() {
     assert!(String::from_utf8_lossy(&not_ready.stderr).contains("503"));
     assert!(health_cmd(base(&lonely), true).await.status.success());
 }
+
+/// Shutdown drains (issue 23): new connections are refused at once, an idle keep-alive
+/// connection is closed, and a request in flight (its body still coming) is answered before
+/// its connection closes; the whole stop is bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_refuses_new_connections_and_answers_requests_in_flight() {
+    let s = serve(|_| {}).await;
+    let addr = s.http_addr;
+    // In flight: a WHEP POST whose body is not sent yet.
+    let body = b"not an SDP offer";
+    let mut in_flight = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "POST /whep/cam HTTP/1.1\r\nHost: x\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    in_flight.write_all(head.as_bytes()).await.unwrap();
+    // Idle: a keep-alive connection after one request.
+    let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+    idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    let n = idle.read(&mut buf).await.unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = Instant::now();
+    let stopping = tokio::spawn(s.shutdown());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = tokio::net::TcpStream::connect(addr).await;
+    assert!(
+        refused.is_err(),
+        "a new connection was accepted while stopping"
+    );
+    // The idle connection was closed (EOF), not left open.
+    let n = tokio::time::timeout(Duration::from_secs(2), idle.read(&mut buf))
+        .await
+        .expect("the idle connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    // The request in flight gets its answer (a 400 for its body), then the connection ends.
+    in_flight.write_all(body).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(3), in_flight.read_to_end(&mut answer))
+        .await
+        .expect("answered and closed within the drain")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    stopping.await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(8));
+}

@@ -9,6 +9,12 @@
 //! ([`WriteTimeout`]), and TCP keepalive finds peers that vanished without a close.
 //! With `--tls-cert/--tls-key` every connection is HTTPS (rustls; the handshake counts against
 //! the same timeout).
+//!
+//! Stopping drains, as mini-redis does: when [`Stop`] fires the loop stops accepting (the
+//! listener is closed, so new connections are refused by the kernel, not left in a queue),
+//! every connection is told to finish its request in flight and close (idle keep-alive ones
+//! close at once), and [`serve`] returns when all are gone or [`DRAIN`] has passed; what is
+//! left then (a TS upload, a TS reader, an event stream) is cut when its task is dropped.
 
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
@@ -33,6 +39,18 @@ use tower_layer::Layer;
 use tracing::{debug, warn};
 
 use crate::limits::PerIp;
+
+/// How long requests in flight get to finish once the server stops.
+pub const DRAIN: Duration = Duration::from_secs(3);
+
+/// The server's stop signal: `true` once it stops (a `watch`, so a connection that starts
+/// waiting late still sees it).
+pub type Stop = tokio::sync::watch::Receiver<bool>;
+
+async fn stopped(stop: &mut Stop) {
+    // An error means the sender is gone: the server is gone, which is a stop too.
+    let _ = stop.wait_for(|s| *s).await;
+}
 
 /// The limits of the HTTP side.
 #[derive(Debug, Clone)]
@@ -96,12 +114,14 @@ pub fn tls_acceptor(cert: &Path, key: &Path) -> Result<tokio_rustls::TlsAcceptor
     Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
 }
 
-/// Serve `router` on `listener` until the process ends (HTTPS when `tls` is given).
+/// Serve `router` on `listener` until `stop` fires, then drain (see the module docs; HTTPS
+/// when `tls` is given).
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: HttpLimits,
     tls: Option<tokio_rustls::TlsAcceptor>,
+    mut stop: Stop,
 ) {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let per_ip = PerIp::new(
@@ -111,7 +131,11 @@ pub async fn serve(
     );
     let mut full_logged = false;
     loop {
-        let (tcp, peer) = match listener.accept().await {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            () = stopped(&mut stop) => break,
+        };
+        let (tcp, peer) = match accepted {
             Ok(c) => c,
             Err(e) => {
                 // Out of file descriptors, most likely: wait for some to be freed.
@@ -142,12 +166,12 @@ pub async fn serve(
         keepalive(&tcp);
         let timeout = limits.timeout;
         let tcp = WriteTimeout::new(tcp, timeout);
-        let (router, tls) = (router.clone(), tls.clone());
+        let (router, tls, stop) = (router.clone(), tls.clone(), stop.clone());
         tokio::spawn(async move {
             match tls {
-                None => connection(tcp, peer, router, timeout).await,
+                None => connection(tcp, peer, router, timeout, stop).await,
                 Some(tls) => match tokio::time::timeout(timeout, tls.accept(tcp)).await {
-                    Ok(Ok(stream)) => connection(stream, peer, router, timeout).await,
+                    Ok(Ok(stream)) => connection(stream, peer, router, timeout, stop).await,
                     Ok(Err(e)) => debug!(%peer, error = %e, "TLS handshake failed"),
                     Err(_) => debug!(%peer, "TLS handshake timed out"),
                 },
@@ -155,9 +179,18 @@ pub async fn serve(
             drop((permit, ip_slot));
         });
     }
+    drop(listener);
+    // Every connection holds a permit: all of them back means all connections are gone.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(DRAIN, permits.acquire_many(all)).await;
+    let left = limits.max_connections - permits.available_permits();
+    match drained {
+        Ok(_) => debug!("HTTP: every connection finished"),
+        Err(_) => debug!(left, "HTTP: connections still open after the drain are cut"),
+    }
 }
 
-async fn connection<I>(io: I, peer: SocketAddr, router: Router, timeout: Duration)
+async fn connection<I>(io: I, peer: SocketAddr, router: Router, timeout: Duration, mut stop: Stop)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -168,7 +201,16 @@ where
         .header_read_timeout(timeout)
         .serve_connection(TokioIo::new(io), service)
         .with_upgrades();
-    if let Err(e) = conn.await {
+    let mut conn = std::pin::pin!(conn);
+    let ended = tokio::select! {
+        r = conn.as_mut() => r,
+        () = stopped(&mut stop) => {
+            // The request in flight is answered, then the connection closes.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = ended {
         debug!(%peer, error = %e, "HTTP connection ended");
     }
 }
