@@ -48,7 +48,7 @@ class Whep:
         self.url, self.token = url, token
         self.t_post = None
         self.location = None
-        self.result = {"url": url, "errors": []}
+        self.result = {"url": url, "http_status": None, "errors": []}
 
     def ms(self, t):
         """Milliseconds from the POST to monotonic time t (None stays None)."""

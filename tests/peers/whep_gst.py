@@ -46,8 +46,8 @@ RECVONLY = GstWebRTC.WebRTCRTPTransceiverDirection.RECVONLY
 
 def ecdsa_certificate():
     """(PEM of a self-signed P-256 certificate and its key, the certificate's SHA-256
-    fingerprint). GStreamer 1.22 makes an RSA certificate by default, and a DTLS client that
-    offers only ECDSA cipher suites (tsbridge answers a=setup:active) cannot handshake with it."""
+    fingerprint). GStreamer 1.22 makes an RSA certificate by default, and tsbridge's DTLS
+    (str0m's, ECDSA only) ends the handshake with it."""
     with tempfile.TemporaryDirectory() as d:
         subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                         "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj", "/CN=whep_gst",
