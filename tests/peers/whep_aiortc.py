@@ -79,8 +79,7 @@ def main():
     p = whep_common.arg_parser(__doc__.splitlines()[0])
     p.add_argument("--no-audio", action="store_true", help="offer a video section only")
     args = p.parse_args()
-    whep = whep_common.Whep(args.url, args.token)
-    whep.result["peer"] = "aiortc"
+    whep = whep_common.Whep("aiortc", args.url, args.token)
     video, audio = whep_common.VideoMeter(), whep_common.AudioMeter()
     asyncio.run(run(args, whep, video, audio))
     sys.exit(whep_common.finish(whep, video, audio))

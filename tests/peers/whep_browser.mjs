@@ -134,7 +134,7 @@ async function main() {
     console.error(e.message);
     process.exit(64);
   }
-  const res = { url: args.url, peer: 'chromium', browser: null, http_status: null,
+  const res = { peer: 'chromium', url: args.url, browser: null, http_status: null,
     post_to_answer_ms: null, first_frame_ms: null, video: null, audio: null, errors: [] };
   let browser;
   try {

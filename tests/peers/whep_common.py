@@ -44,11 +44,11 @@ def http(method, url, body=None, token=None, timeout=10.0):
 class Whep:
     """One WHEP session: post() the offer, delete() the resource. Times are from the POST."""
 
-    def __init__(self, url, token):
+    def __init__(self, peer, url, token):
         self.url, self.token = url, token
         self.t_post = None
         self.location = None
-        self.result = {"url": url, "http_status": None, "errors": []}
+        self.result = {"peer": peer, "url": url, "http_status": None, "errors": []}
 
     def ms(self, t):
         """Milliseconds from the POST to monotonic time t (None stays None)."""

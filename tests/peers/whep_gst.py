@@ -194,8 +194,7 @@ def main():
                    help="H265: offer H.265 before the H.264 profiles (default H264 only)")
     args = p.parse_args()
     Gst.init(None)
-    whep = whep_common.Whep(args.url, args.token)
-    whep.result["peer"] = "gstreamer"
+    whep = whep_common.Whep("gstreamer", args.url, args.token)
     viewer = Viewer(args, whep)
     viewer.run()
     code = whep_common.finish(whep, viewer.video, viewer.audio)
