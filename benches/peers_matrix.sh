@@ -1,19 +1,18 @@
 #!/usr/bin/env bash
 # Every source shape × every outside WebRTC stack: what each viewer decoded.
 #
-#   PEERS=../shared/peers benches/peers_matrix.sh
+#   benches/peers_matrix.sh
 #
 # Starts `tsbridge serve` replaying each testdata shape (H.264+Opus, Opus only, H.264 only,
-# H.264+AC-3, HEVC+Opus, M2TS, both programs of an MPTS), then runs each viewer of $PEERS on
-# each: aiortc (python3 + aiortc), GStreamer webrtcbin (/usr/bin/python3 + python3-gi; offers
-# H.265 first for the HEVC stream), headless Chromium (node + playwright-core: set PEERS_NODE to
-# a copy of $PEERS where `npm install` ran). Prints one row per (shape, viewer): HTTP status,
+# H.264+AC-3, HEVC+Opus, M2TS, both programs of an MPTS), then runs each viewer of tests/peers
+# on each: aiortc (python3 + aiortc), GStreamer webrtcbin (/usr/bin/python3 + python3-gi; offers
+# H.265 first for the HEVC stream), headless Chromium (node + playwright-core: `npm install` in
+# tests/peers first; see tests/peers/README.md). Prints one row per (shape, viewer): HTTP status,
 # video frames decoded, audio samples. The webrtc-rs viewer is the integration tests'
 # (tests/every_stream.rs). A viewer that is not installed is reported as "skipped".
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PEERS=${PEERS:-../shared/peers}
-PEERS_NODE=${PEERS_NODE:-$PEERS}
+PEERS=tests/peers
 SECONDS_EACH=${SECONDS_EACH:-5}
 BIN=${BIN:-target/release/tsbridge}
 [ -x "$BIN" ] || cargo build --release --quiet
@@ -55,15 +54,15 @@ printf '%-30s %-10s %6s %8s %10s\n' shape viewer status frames samples
 while IFS='|' read -r name path codec; do
   url="http://127.0.0.1:$PORT/whep/$path"
   if python3 -c 'import aiortc' 2>/dev/null; then
-    r=$(python3 "$PEERS/whep_client_aiortc.py" "$url" --seconds "$SECONDS_EACH" 2>/dev/null | summary)
+    r=$(python3 "$PEERS/whep_aiortc.py" "$url" --seconds "$SECONDS_EACH" 2>/dev/null | summary)
   else r="skipped - -"; fi
   printf '%-30s %-10s %6s %8s %10s\n' "$name" aiortc $r
   if /usr/bin/python3 -c 'import gi' 2>/dev/null; then
-    r=$(/usr/bin/python3 "$PEERS/whep_client_gst.py" "$url" --seconds "$SECONDS_EACH" --video-codec "$codec" 2>/dev/null | summary)
+    r=$(/usr/bin/python3 "$PEERS/whep_gst.py" "$url" --seconds "$SECONDS_EACH" --video-codec "$codec" 2>/dev/null | summary)
   else r="skipped - -"; fi
   printf '%-30s %-10s %6s %8s %10s\n' "$name" gstreamer $r
-  if [ -d "$PEERS_NODE/node_modules/playwright-core" ]; then
-    r=$(node "$PEERS_NODE/whep_client_browser.mjs" "$url" --seconds "$SECONDS_EACH" 2>/dev/null | summary)
+  if [ -d "$PEERS/node_modules/playwright-core" ]; then
+    r=$(node "$PEERS/whep_browser.mjs" "$url" --seconds "$SECONDS_EACH" 2>/dev/null | summary)
   else r="skipped - -"; fi
   printf '%-30s %-10s %6s %8s %10s\n' "$name" chromium $r
 done <<<"$SHAPES"

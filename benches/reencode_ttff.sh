@@ -3,13 +3,12 @@
 # GOP (libx264 High -bf 3, 720p30, 2.5 Mbit/s + Opus), re-encoded (the default) and, for
 # comparison, passed through (--video-transcode off).
 #
-#   PEERS_NODE=<a copy of ../shared/peers where `npm install` ran> benches/reencode_ttff.sh
+#   benches/reencode_ttff.sh      (after `npm install` in tests/peers: see tests/peers/README.md)
 #
 # Prints one row per join (at random points of the GOP): first frame ms, frames decoded in
 # RUN_SECONDS, freezes, packets lost; then the server's view of the re-encoder (CPU share).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-PEERS_NODE=${PEERS_NODE:-../shared/peers}
 RUNS=${RUNS:-10}
 RUN_SECONDS=${RUN_SECONDS:-4}
 BIN=${BIN:-target/release/tsbridge}
@@ -31,10 +30,10 @@ for mode in auto off; do
   runs=$RUNS; [ $mode = off ] && runs=3
   for i in $(seq 1 $runs); do
     sleep 0.$((RANDOM % 9 + 1))
-    node "$PEERS_NODE/whep_client_browser.mjs" "http://127.0.0.1:$PORT/whep/bf" \
+    node tests/peers/whep_browser.mjs "http://127.0.0.1:$PORT/whep/bf" \
       --seconds "$RUN_SECONDS" --screenshot /tmp/reencode_ttff.png 2>/dev/null | python3 -c '
 import json, sys
-j = json.loads(sys.stdin.read()); v = j.get("video", {})
+j = json.loads(sys.stdin.read()); v = j.get("video") or {}
 print(j.get("first_frame_ms"), v.get("framesDecoded"), v.get("freezeCount"), v.get("packetsLost"))'
   done
   curl -s "127.0.0.1:$PORT/streams/bf" | python3 -c '

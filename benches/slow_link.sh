@@ -10,12 +10,12 @@
 # over the viewer's whole run (after retransmissions; the start's burst is where it happens)
 # and the time to its first complete keyframe, then the server's NACK/retransmission counts.
 #
-# With PEERS=/path/to/shared/peers (npm-installed), each join is a headless Chromium instead
-# (whep_client_browser.mjs), and the line gives first frame, packets lost, freezes and frames
-# decoded.
+# With CHROMIUM=1 (after `npm install` in tests/peers), each join is a headless Chromium instead
+# (tests/peers/whep_browser.mjs), and the line gives first frame, packets lost, freezes and
+# frames decoded.
 #
 # Needs root, iproute2 (ip, tc), ffmpeg, curl. Usage:
-#   benches/slow_link.sh      (env: RATES="1000 25 16" LINK_MBIT=20 JOINS=6 BIN=… PEERS=…)
+#   benches/slow_link.sh      (env: RATES="1000 25 16" LINK_MBIT=20 JOINS=6 BIN=… CHROMIUM=1)
 set -euo pipefail
 
 RATES=${RATES:-1000 25 16}
@@ -75,11 +75,11 @@ for rate in $RATES; do
     echo "--backlog-rate $rate"
     for _ in $(seq "$JOINS"); do
         sleep "0.$((RANDOM % 100))"
-        if [[ -n "${PEERS:-}" ]]; then
-            (cd "$PEERS" && timeout 60 ip netns exec "$NS" node whep_client_browser.mjs "$URL" \
-                --seconds 5 --allow-ip all --chromium-arg \
+        if [[ -n "${CHROMIUM:-}" ]]; then
+            timeout 60 ip netns exec "$NS" node tests/peers/whep_browser.mjs "$URL" \
+                --seconds 5 --chromium-arg \
                 --disable-features=WebRtcHideLocalIpsWithMdns,PrivateNetworkAccessSendPreflights,BlockInsecurePrivateNetworkRequests,LocalNetworkAccessChecks \
-                2>/dev/null | tail -1) |
+                2>/dev/null | tail -1 |
                 jq -r '"  first frame \(.first_frame_ms) ms, lost \(.video.packetsLost), freezes \(.video.freezeCount) (\(.video.totalFreezesDuration) s), frames decoded \(.video.framesDecoded)"'
         else
             ip netns exec "$NS" "$BIN" loadtest --url "$URL" --viewers 1 --seconds 5 \
