@@ -20,7 +20,7 @@ use common::{whep_receive, StopWhen, WhepOptions};
 const BASE: &str = "localhost/tsbridge-test-base:bookworm";
 const IMAGE: &str = "localhost/tsbridge:test";
 
-/// Podman with the settings these machines need (`../shared`-free: the test writes them):
+/// Podman with the settings these machines need (written by the test, nothing outside it):
 /// runc (crun cannot set its limits here) and containers inheriting the host's ulimits.
 struct Podman {
     conf: PathBuf,

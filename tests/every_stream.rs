@@ -1,7 +1,7 @@
 //! Every stream plays for every WebRTC stack: streams with one kind of track, codecs a viewer
 //! cannot take, answered so that stacks other than Chromium accept them. The viewer is the
 //! `webrtc` crate (an independent stack) offering audio + video, and, where installed, aiortc
-//! (`../shared/peers/whep_client_aiortc.py`; required in CI by `TSBRIDGE_REQUIRE_PEERS`).
+//! (`tests/peers/whep_aiortc.py`; required in CI by `TSBRIDGE_REQUIRE_PEERS`).
 
 mod common;
 
@@ -239,13 +239,13 @@ async fn offer_that_can_take_nothing_is_406_saying_why() {
 
 // ---- outside peers ------------------------------------------------------------------------
 
-/// `../shared/peers` (or `TSBRIDGE_PEERS`), when aiortc is importable; else `None` after saying
+/// `tests/peers` (or `TSBRIDGE_PEERS`), when aiortc is importable; else `None` after saying
 /// loudly that `test` is skipped (a panic when `TSBRIDGE_REQUIRE_PEERS` is set, as in CI).
 fn aiortc_or_skip(test: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("TSBRIDGE_PEERS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/peers"));
-    let script = dir.join("whep_client_aiortc.py");
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers"));
+    let script = dir.join("whep_aiortc.py");
     let importable = std::process::Command::new("python3")
         .args(["-c", "import aiortc"])
         .output()
@@ -258,14 +258,14 @@ fn aiortc_or_skip(test: &str) -> Option<PathBuf> {
         panic!("aiortc is required (TSBRIDGE_REQUIRE_PEERS is set) but missing: {why}");
     }
     eprintln!("\n*** SKIPPED {test}: no aiortc peer: {why} ***");
-    eprintln!("*** pip install -r ../shared/peers/requirements.txt ***\n");
+    eprintln!("*** pip install -r tests/peers/requirements.txt ***\n");
     None
 }
 
 /// Runs the aiortc WHEP viewer for `seconds`; its one JSON line.
 async fn aiortc_view(peers: &std::path::Path, url: &str, seconds: f64) -> serde_json::Value {
     let out = tokio::process::Command::new("python3")
-        .arg(peers.join("whep_client_aiortc.py"))
+        .arg(peers.join("whep_aiortc.py"))
         .arg(url)
         .args(["--seconds", &seconds.to_string()])
         .output()
@@ -661,13 +661,13 @@ async fn hevc_to_an_h264_only_viewer_plays_its_audio_or_is_406() {
     assert!(why.contains("H.265"), "{why}");
 }
 
-/// GStreamer's webrtcbin (`../shared/peers/whep_client_gst.py`, Debian's python3-gi), when
+/// GStreamer's webrtcbin (`tests/peers/whep_gst.py`, Debian's python3-gi), when
 /// installed; else `None` after saying so loudly (a panic with `TSBRIDGE_REQUIRE_PEERS`).
 fn gstreamer_or_skip(test: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("TSBRIDGE_PEERS")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/peers"));
-    let script = dir.join("whep_client_gst.py");
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/peers"));
+    let script = dir.join("whep_gst.py");
     let check = "import gi; gi.require_version('Gst', '1.0'); gi.require_version('GstWebRTC', '1.0'); \
                  from gi.repository import Gst; Gst.init(None); \
                  assert Gst.ElementFactory.find('webrtcbin') and Gst.ElementFactory.find('avdec_h265')";
@@ -686,13 +686,13 @@ fn gstreamer_or_skip(test: &str) -> Option<PathBuf> {
         panic!("GStreamer is required (TSBRIDGE_REQUIRE_PEERS is set) but missing: {why}");
     }
     eprintln!("\n*** SKIPPED {test}: no GStreamer peer: {why} ***");
-    eprintln!("*** apt-get install python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-bad gstreamer1.0-nice gstreamer1.0-libav gstreamer1.0-plugins-good ***\n");
+    eprintln!("*** apt-get install python3-gi gir1.2-gst-plugins-bad-1.0 gstreamer1.0-plugins-bad gstreamer1.0-nice gstreamer1.0-libav gstreamer1.0-plugins-good openssl ***\n");
     None
 }
 
 async fn gst_view(peers: &std::path::Path, url: &str, codec: &str) -> serde_json::Value {
     let out = tokio::process::Command::new("/usr/bin/python3")
-        .arg(peers.join("whep_client_gst.py"))
+        .arg(peers.join("whep_gst.py"))
         .arg(url)
         .args(["--seconds", "4", "--video-codec", codec])
         .output()
