@@ -28,6 +28,28 @@ pub struct RtpCounts {
     pub resyncs: u64,
 }
 
+/// A WHIP publisher's jitter buffer figures (video and audio together, the delay is the
+/// video's), since the publisher began.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WhipCounts {
+    /// The hold now (`--whip-jitter-ms` between MIN and MAX).
+    pub delay_ms: u64,
+    pub packets: u64,
+    /// Packets given up on: missing when their deadline passed.
+    pub lost: u64,
+    /// Packets that came after they were given up on.
+    pub late: u64,
+    /// Packets that filled a hole in time: reordered, or resent after a NACK.
+    pub recovered: u64,
+    pub duplicates: u64,
+    /// Video access units dropped while waiting for a keyframe after a loss.
+    pub skipped_frames: u64,
+    /// Keyframe requests (PLI) sent to the publisher.
+    pub plis: u64,
+    /// NACKs sent to the publisher (str0m's count).
+    pub nacks: u64,
+}
+
 /// The transport counters of a stream, read by the API and metrics.
 #[derive(Debug, Default)]
 pub struct LinkStats {
@@ -39,6 +61,8 @@ pub struct LinkStats {
     rtp_resyncs: AtomicU64,
     /// The SRT publisher's connection: its peer and latest figures (kept after it leaves).
     srt: Mutex<Option<(String, SrtStats)>>,
+    /// The WHIP publisher's jitter buffer (kept after it leaves).
+    whip: Mutex<Option<WhipCounts>>,
 }
 
 impl LinkStats {
@@ -70,6 +94,16 @@ impl LinkStats {
     /// Publishes an SRT connection's figures (once a second while it lasts).
     pub fn set_srt(&self, peer: String, stats: SrtStats) {
         *self.srt.lock() = Some((peer, stats));
+    }
+
+    /// Publishes a WHIP publisher's jitter buffer figures.
+    pub fn set_whip(&self, c: WhipCounts) {
+        *self.whip.lock() = Some(c);
+    }
+
+    /// The latest WHIP publisher's jitter buffer figures, if one ever came.
+    pub fn whip(&self) -> Option<WhipCounts> {
+        *self.whip.lock()
     }
 
     /// The latest SRT publisher's peer and figures, if one ever came.
