@@ -493,6 +493,23 @@ mod tests {
     }
 
     #[test]
+    fn a_slower_route_is_followed_and_the_delay_comes_back() {
+        let t0 = Instant::now();
+        let mut b = JitterBuffer::new(cfg(40, 400), 90_000);
+        let mut out = 0;
+        for i in 0..4000u16 {
+            // From packet 500 on, every packet takes 150 ms longer.
+            let extra = if i < 500 { 0 } else { 150 };
+            let at = t0 + MS * (10 * u32::from(i) + extra);
+            b.push(at, i, ts(i), true, i);
+            out += drain(&mut b, at).len();
+        }
+        assert_eq!(b.delay(), 40 * MS, "the floor moved with the route");
+        assert_eq!(b.counts().lost, 0);
+        assert!(out > 3900, "{out}");
+    }
+
+    #[test]
     fn a_sender_restart_resyncs_instead_of_counting_thousands_lost() {
         let t0 = Instant::now();
         let mut b = JitterBuffer::new(cfg(0, 0), 90_000);

@@ -92,6 +92,8 @@ pub struct Ingest {
     pub plis: u64,
     /// The delay last logged, to log each change of it once.
     logged_delay: Duration,
+    /// Lost packets when loss was last logged.
+    logged_lost: u64,
     holds: bool,
 }
 
@@ -117,6 +119,7 @@ impl Ingest {
             frames: 0,
             plis: 0,
             logged_delay: jitter.min,
+            logged_lost: 0,
             holds: !jitter.is_off(),
         }
     }
@@ -192,6 +195,15 @@ impl Ingest {
                 let r = self.muxer.write_audio(&p.payload, pts, &mut self.out);
                 self.written(MediaKind::Audio, r);
             }
+        }
+        // Loss is logged when it starts, then once per 1000 packets (a bad link is not a log
+        // line per hole).
+        let lost = self.video_buffer.counts().lost + self.audio_buffer.counts().lost;
+        if lost > 0 && (self.logged_lost == 0 || lost >= self.logged_lost + 1000) {
+            let c = self.counts();
+            info!(stream = %self.stream_name(), lost, late = c.late, recovered = c.recovered,
+                delay_ms = c.delay_ms, "WHIP packets lost: missing at their jitter buffer deadline");
+            self.logged_lost = lost;
         }
         let delay = self.video_buffer.delay();
         if delay != self.logged_delay && delay.abs_diff(self.logged_delay) >= DELAY_LOG_STEP {
