@@ -170,6 +170,8 @@ impl Ingest {
         while let Some(o) = self.video_buffer.pop(now) {
             match o {
                 Out::Gap { .. } => self.assembler.gap(),
+                // Padding (bandwidth probes): it held its sequence number, that is all.
+                Out::Packet(p) if p.payload.is_empty() => {}
                 Out::Packet(p) => {
                     want_keyframe |=
                         self.assembler
@@ -190,7 +192,11 @@ impl Ingest {
         }
         self.aus = aus;
         while let Some(o) = self.audio_buffer.pop(now) {
+            // A gap in Opus is just missing audio; padding carries none.
             if let Out::Packet(p) = o {
+                if p.payload.is_empty() {
+                    continue;
+                }
                 let pts = self.audio.map32(p.ts, self.arrival_90k(p.arrival));
                 let r = self.muxer.write_audio(&p.payload, pts, &mut self.out);
                 self.written(MediaKind::Audio, r);
