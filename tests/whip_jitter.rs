@@ -140,7 +140,10 @@ async fn whip_over_a_lossy_link_decodes_cleanly_only_with_the_jitter_buffer() {
     let w = &on.whip;
     assert!(w["recovered"].as_u64() > Some(10), "holes filled: {w}");
     assert!(w["nacks"].as_u64() > Some(0), "{w}");
-    assert!(w["packets"].as_u64() > Some(500), "{w}");
+    assert!(w["packets"].as_u64() > Some(300), "{w}");
+    // Most of the video the relay dropped came back after a NACK.
+    let lost = w["lost"].as_u64().expect("lost");
+    assert!(lost * 3 < on.dropped, "{lost} video packets lost of {} dropped", on.dropped);
     let delay = w["delay_ms"].as_u64().expect("a delay");
     assert!((40..=400).contains(&delay), "{w}");
     let line = on

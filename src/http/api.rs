@@ -403,6 +403,8 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
             "skipped_frames": c.skipped_frames,
             "nacks": c.nacks,
             "plis": c.plis,
+            "audio_packets": c.audio_packets,
+            "audio_lost": c.audio_lost,
         })),
         "gop_cache": gop,
         "urls": {
@@ -779,22 +781,22 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
     for (name, help, f) in [
         (
             "tsbridge_whip_packets_total",
-            "RTP packets of the stream's WHIP publisher (duplicates included)",
+            "video RTP packets of the stream's WHIP publisher (duplicates included)",
             whip(|c| c.packets),
         ),
         (
             "tsbridge_whip_lost_total",
-            "RTP packets of a WHIP publisher given up on: missing at their --whip-jitter-ms deadline",
+            "video RTP packets of a WHIP publisher given up on: missing at their --whip-jitter-ms deadline",
             whip(|c| c.lost),
         ),
         (
             "tsbridge_whip_late_total",
-            "RTP packets of a WHIP publisher that came after they were given up on",
+            "video RTP packets of a WHIP publisher that came after they were given up on",
             whip(|c| c.late),
         ),
         (
             "tsbridge_whip_recovered_total",
-            "RTP packets of a WHIP publisher that filled a hole in time (reordered, or resent after a NACK)",
+            "video RTP packets of a WHIP publisher that filled a hole in time (reordered, or resent after a NACK)",
             whip(|c| c.recovered),
         ),
         (
@@ -811,6 +813,11 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
             "tsbridge_whip_plis_total",
             "keyframe requests (PLI) sent to the stream's WHIP publisher",
             whip(|c| c.plis),
+        ),
+        (
+            "tsbridge_whip_audio_lost_total",
+            "audio RTP packets of a WHIP publisher given up on (audio is not NACKed)",
+            whip(|c| c.audio_lost),
         ),
     ] {
         counter(&mut out, name, help, &per(&f));

@@ -28,18 +28,19 @@ pub struct RtpCounts {
     pub resyncs: u64,
 }
 
-/// A WHIP publisher's jitter buffer figures (video and audio together, the delay is the
-/// video's), since the publisher began.
+/// A WHIP publisher's jitter buffer figures since it began: the video's (where a hole costs
+/// pictures, and which is NACKed), and the audio's packets and losses.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct WhipCounts {
-    /// The hold now (`--whip-jitter-ms` between MIN and MAX).
+    /// The video's hold now (`--whip-jitter-ms` between MIN and MAX).
     pub delay_ms: u64,
+    /// Video RTP packets (duplicates included).
     pub packets: u64,
-    /// Packets given up on: missing when their deadline passed.
+    /// Video packets given up on: missing when their deadline passed.
     pub lost: u64,
-    /// Packets that came after they were given up on.
+    /// Video packets that came after they were given up on.
     pub late: u64,
-    /// Packets that filled a hole in time: reordered, or resent after a NACK.
+    /// Video packets that filled a hole in time: reordered, or resent after a NACK.
     pub recovered: u64,
     pub duplicates: u64,
     /// Video access units dropped while waiting for a keyframe after a loss.
@@ -48,6 +49,10 @@ pub struct WhipCounts {
     pub plis: u64,
     /// NACKs sent to the publisher (str0m's count).
     pub nacks: u64,
+    /// Audio RTP packets, and those given up on (audio is not NACKed: a lost Opus packet is
+    /// a few ms of sound the decoder conceals).
+    pub audio_packets: u64,
+    pub audio_lost: u64,
 }
 
 /// The transport counters of a stream, read by the API and metrics.

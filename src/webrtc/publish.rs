@@ -202,13 +202,13 @@ impl Ingest {
                 self.written(MediaKind::Audio, r);
             }
         }
-        // Loss is logged when it starts, then once per 1000 packets (a bad link is not a log
-        // line per hole).
-        let lost = self.video_buffer.counts().lost + self.audio_buffer.counts().lost;
+        // Video loss is logged when it starts, then once per 1000 packets (a bad link is not a
+        // log line per hole).
+        let lost = self.video_buffer.counts().lost;
         if lost > 0 && (self.logged_lost == 0 || lost >= self.logged_lost + 1000) {
             let c = self.counts();
             info!(stream = %self.stream_name(), lost, late = c.late, recovered = c.recovered,
-                delay_ms = c.delay_ms, "WHIP packets lost: missing at their jitter buffer deadline");
+                delay_ms = c.delay_ms, "WHIP video packets lost: missing at their jitter buffer deadline");
             self.logged_lost = lost;
         }
         let delay = self.video_buffer.delay();
@@ -225,14 +225,16 @@ impl Ingest {
         let (v, a) = (self.video_buffer.counts(), self.audio_buffer.counts());
         WhipCounts {
             delay_ms: self.video_buffer.delay().as_millis() as u64,
-            packets: v.packets + a.packets,
-            lost: v.lost + a.lost,
-            late: v.late + a.late,
-            recovered: v.recovered + a.recovered,
-            duplicates: v.duplicates + a.duplicates,
+            packets: v.packets,
+            lost: v.lost,
+            late: v.late,
+            recovered: v.recovered,
+            duplicates: v.duplicates,
             skipped_frames: self.assembler.skipped,
             plis: self.plis,
             nacks: 0,
+            audio_packets: a.packets,
+            audio_lost: a.lost,
         }
     }
 
