@@ -143,7 +143,11 @@ async fn whip_over_a_lossy_link_decodes_cleanly_only_with_the_jitter_buffer() {
     assert!(w["packets"].as_u64() > Some(300), "{w}");
     // Most of the video the relay dropped came back after a NACK.
     let lost = w["lost"].as_u64().expect("lost");
-    assert!(lost * 3 < on.dropped, "{lost} video packets lost of {} dropped", on.dropped);
+    assert!(
+        lost * 3 < on.dropped,
+        "{lost} video packets lost of {} dropped",
+        on.dropped
+    );
     let delay = w["delay_ms"].as_u64().expect("a delay");
     assert!((40..=400).contains(&delay), "{w}");
     let line = on
