@@ -67,6 +67,7 @@ impl Server {
                 direct_send: !cfg.no_direct_send,
                 backlog_rate: (cfg.backlog_rate * 1e6 / 8.0) as u64,
                 playout_delay: cfg.playout_delay,
+                whip_jitter: cfg.whip_jitter_ms,
             },
             events.clone(),
         )

@@ -184,6 +184,7 @@ no_direct_send = true
 backlog_rate = 12.5
 gop_cache_max = "4,8MiB"
 playout_delay = "0,100"
+whip_jitter_ms = "20,200"
 cluster = "redis://127.0.0.1:6379/0"
 public_url = "http://10.0.0.5:8889"
 cluster_token = "c"

@@ -421,6 +421,21 @@ pub struct ServeArgs {
           default_value = "0,1000", value_parser = parse_playout_delay)]
     pub playout_delay: PlayoutDelayFlag,
 
+    /// WHIP publishers' jitter buffer, MIN[,MAX] in milliseconds: their RTP is put back in
+    /// order and held at least MIN; a missing packet is asked for again (NACK) until its
+    /// deadline, past which the video skips to the next keyframe and asks the publisher for
+    /// one (PLI). The hold grows toward MAX while the link's jitter (or the resends it needs)
+    /// demands, and shrinks back when it calms down. MAX left out: a fixed MIN. `0`: off
+    /// (packets pass in arrival order at once; a loss goes on to the decoder, which shows a
+    /// broken picture until the next keyframe).
+    #[arg(
+        long,
+        env = "TSBRIDGE_WHIP_JITTER_MS",
+        value_name = "MIN[,MAX]",
+        default_value = "40,400"
+    )]
+    pub whip_jitter_ms: crate::webrtc::jitter::JitterConfig,
+
     /// A TOML file of these flags, named with `_` (`ice_udp = "0.0.0.0:8189"`,
     /// `replay = ["cam=cam.ts"]`); flags and the environment override it; an unknown key is an
     /// error.

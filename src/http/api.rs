@@ -397,6 +397,19 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
             "cues": s.stats.cues.total.load(Ordering::Relaxed),
             "recent": s.stats.cues.recent().iter().map(|c| super::sse::cue_json(c)).collect::<Vec<_>>(),
         },
+        "whip": s.stats.link.whip().map(|c| json!({
+            "delay_ms": c.delay_ms,
+            "packets": c.packets,
+            "lost": c.lost,
+            "late": c.late,
+            "recovered": c.recovered,
+            "duplicates": c.duplicates,
+            "skipped_frames": c.skipped_frames,
+            "nacks": c.nacks,
+            "plis": c.plis,
+            "audio_packets": c.audio_packets,
+            "audio_lost": c.audio_lost,
+        })),
         "gop_cache": gop,
         "urls": {
             "whep": format!("/whep/{n}"),
@@ -766,6 +779,59 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
     ] {
         counter(&mut out, name, help, &per(&f));
     }
+    let whip = |f: fn(&crate::stream::link::WhipCounts) -> u64| {
+        move |s: &Stream| s.stats.link.whip().as_ref().map_or(0, f)
+    };
+    for (name, help, f) in [
+        (
+            "tsbridge_whip_packets_total",
+            "video RTP packets of the stream's WHIP publisher (duplicates included)",
+            whip(|c| c.packets),
+        ),
+        (
+            "tsbridge_whip_lost_total",
+            "video RTP packets of a WHIP publisher given up on: missing at their --whip-jitter-ms deadline",
+            whip(|c| c.lost),
+        ),
+        (
+            "tsbridge_whip_late_total",
+            "video RTP packets of a WHIP publisher that came after they were given up on",
+            whip(|c| c.late),
+        ),
+        (
+            "tsbridge_whip_recovered_total",
+            "video RTP packets of a WHIP publisher that filled a hole in time (reordered, or resent after a NACK)",
+            whip(|c| c.recovered),
+        ),
+        (
+            "tsbridge_whip_skipped_frames_total",
+            "video frames of a WHIP publisher dropped while waiting for a keyframe after a loss",
+            whip(|c| c.skipped_frames),
+        ),
+        (
+            "tsbridge_whip_nacks_total",
+            "NACKs sent to the stream's WHIP publisher",
+            whip(|c| c.nacks),
+        ),
+        (
+            "tsbridge_whip_plis_total",
+            "keyframe requests (PLI) sent to the stream's WHIP publisher",
+            whip(|c| c.plis),
+        ),
+        (
+            "tsbridge_whip_audio_lost_total",
+            "audio RTP packets of a WHIP publisher given up on (audio is not NACKed)",
+            whip(|c| c.audio_lost),
+        ),
+    ] {
+        counter(&mut out, name, help, &per(&f));
+    }
+    gauge(
+        &mut out,
+        "tsbridge_whip_jitter_delay_milliseconds",
+        "the hold of the WHIP publisher's jitter buffer now (between --whip-jitter-ms MIN and MAX)",
+        &per(&whip(|c| c.delay_ms)),
+    );
     for (name, help, f) in [
         (
             "tsbridge_srt_rtt_milliseconds",

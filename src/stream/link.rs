@@ -28,6 +28,33 @@ pub struct RtpCounts {
     pub resyncs: u64,
 }
 
+/// A WHIP publisher's jitter buffer figures since it began: the video's (where a hole costs
+/// pictures, and which is NACKed), and the audio's packets and losses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WhipCounts {
+    /// The video's hold now (`--whip-jitter-ms` between MIN and MAX).
+    pub delay_ms: u64,
+    /// Video RTP packets (duplicates included).
+    pub packets: u64,
+    /// Video packets given up on: missing when their deadline passed.
+    pub lost: u64,
+    /// Video packets that came after they were given up on.
+    pub late: u64,
+    /// Video packets that filled a hole in time: reordered, or resent after a NACK.
+    pub recovered: u64,
+    pub duplicates: u64,
+    /// Video access units dropped while waiting for a keyframe after a loss.
+    pub skipped_frames: u64,
+    /// Keyframe requests (PLI) sent to the publisher.
+    pub plis: u64,
+    /// NACKs sent to the publisher (str0m's count).
+    pub nacks: u64,
+    /// Audio RTP packets, and those given up on (audio is not NACKed: a lost Opus packet is
+    /// a few ms of sound the decoder conceals).
+    pub audio_packets: u64,
+    pub audio_lost: u64,
+}
+
 /// The transport counters of a stream, read by the API and metrics.
 #[derive(Debug, Default)]
 pub struct LinkStats {
@@ -39,6 +66,8 @@ pub struct LinkStats {
     rtp_resyncs: AtomicU64,
     /// The SRT publisher's connection: its peer and latest figures (kept after it leaves).
     srt: Mutex<Option<(String, SrtStats)>>,
+    /// The WHIP publisher's jitter buffer (kept after it leaves).
+    whip: Mutex<Option<WhipCounts>>,
 }
 
 impl LinkStats {
@@ -70,6 +99,16 @@ impl LinkStats {
     /// Publishes an SRT connection's figures (once a second while it lasts).
     pub fn set_srt(&self, peer: String, stats: SrtStats) {
         *self.srt.lock() = Some((peer, stats));
+    }
+
+    /// Publishes a WHIP publisher's jitter buffer figures.
+    pub fn set_whip(&self, c: WhipCounts) {
+        *self.whip.lock() = Some(c);
+    }
+
+    /// The latest WHIP publisher's jitter buffer figures, if one ever came.
+    pub fn whip(&self) -> Option<WhipCounts> {
+        *self.whip.lock()
     }
 
     /// The latest SRT publisher's peer and figures, if one ever came.

@@ -7,7 +7,9 @@
 //! is sans-IO.
 
 mod codecs;
+mod depack;
 mod direct;
+pub mod jitter;
 mod outbox;
 pub mod publish;
 mod sdp;
@@ -110,6 +112,8 @@ pub struct EngineOptions {
     /// What viewers that offer the playout-delay header extension are told; None: not
     /// negotiated.
     pub playout_delay: Option<PlayoutDelay>,
+    /// WHIP publishers' jitter buffer (`--whip-jitter-ms`).
+    pub whip_jitter: jitter::JitterConfig,
 }
 
 /// The playout-delay header extension's bounds on a viewer's jitter buffer, in milliseconds
@@ -474,6 +478,10 @@ impl Engine {
             .set_dtls_cert(self.dtls_cert.clone())
             .enable_h264(true)
             .enable_opus(true, false)
+            // Our jitter buffer and depacketizer take the RTP (see `publish`); str0m still
+            // NACKs holes, unwraps RTX and drops duplicates, and counts the NACKs it sent.
+            .set_rtp_mode(true)
+            .set_stats_interval(Some(Duration::from_secs(1)))
             .build(Instant::now());
         let answer = self.answer(&mut rtc, offer.sdp)?;
         // Sections str0m rejected (a codec it does not take) are answered inactive, as for
@@ -494,7 +502,12 @@ impl Engine {
                 stream,
                 rtc,
                 remote_ufrag: offer.remote_ufrag,
-                ingest: Some(publish::Ingest::new(guard, video, audio)),
+                ingest: Some(publish::Ingest::new(
+                    guard,
+                    video,
+                    audio,
+                    self.opts.whip_jitter,
+                )),
                 keys: None,
                 active: Vec::new(),
                 client_ip: None,

@@ -104,6 +104,9 @@ pub struct WhipOptions {
     pub headers: Vec<(String, String)>,
     /// Wait this long after `Connected` before the first frame is sent.
     pub media_delay: Duration,
+    /// Send the media to this address instead of the answer's candidates (a lossy relay in
+    /// front of the server's ICE port): each candidate's address in the answer is replaced.
+    pub media_via: Option<std::net::SocketAddr>,
 }
 
 impl Default for WhipOptions {
@@ -117,6 +120,7 @@ impl Default for WhipOptions {
             post_timeout: http::DEFAULT_TIMEOUT,
             headers: Vec::new(),
             media_delay: Duration::ZERO,
+            media_via: None,
         }
     }
 }
@@ -454,6 +458,24 @@ pub async fn whip_publish(
         return Err(e);
     }
     Ok(p)
+}
+
+/// `sdp` with every candidate's address and port replaced by `via`.
+fn candidates_at(sdp: &str, via: std::net::SocketAddr) -> String {
+    sdp.split_inclusive('\n')
+        .map(|line| {
+            let Some(rest) = line.strip_prefix("a=candidate:") else {
+                return line.to_owned();
+            };
+            let eol = &line[line.trim_end().len()..];
+            let mut f: Vec<String> = rest.trim_end().split(' ').map(str::to_owned).collect();
+            if f.len() > 5 {
+                f[4] = via.ip().to_string();
+                f[5] = via.port().to_string();
+            }
+            format!("a=candidate:{}{eol}", f.join(" "))
+        })
+        .collect()
 }
 
 fn err<E: std::fmt::Display>(what: &'static str) -> impl FnOnce(E) -> String {
@@ -899,7 +921,11 @@ async fn setup(
     };
     if setup.status == 201 {
         setup.answer_sdp = setup.response.text();
-        let applied = match RTCSessionDescription::answer(setup.answer_sdp.clone()) {
+        let answer = match opts.media_via {
+            Some(via) => candidates_at(&setup.answer_sdp, via),
+            None => setup.answer_sdp.clone(),
+        };
+        let applied = match RTCSessionDescription::answer(answer) {
             Ok(answer) => built.pc.set_remote_description(answer).await,
             Err(e) => Err(e),
         };

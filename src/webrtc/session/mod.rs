@@ -94,6 +94,12 @@ pub(super) struct Session {
     /// The video's latest loss and round-trip time from the peer's receiver reports.
     loss: Option<f32>,
     rtt: Option<Duration>,
+    /// A publisher's jitter buffer figures last published to the stream, and the NACKs str0m
+    /// counted per mid.
+    whip_published: crate::stream::link::WhipCounts,
+    nacks_sent: Vec<(Mid, u64)>,
+    /// A publisher's video streams whose NACKs were turned on.
+    nack_on: Vec<str0m::rtp::Ssrc>,
 }
 
 /// A viewer whose receiver reports say it lost more than this share of the video (after
@@ -154,6 +160,9 @@ impl Session {
             sent: (0, 0),
             loss: None,
             rtt: None,
+            whip_published: Default::default(),
+            nacks_sent: Vec::new(),
+            nack_on: Vec::new(),
         }
     }
 
@@ -225,13 +234,13 @@ impl Session {
         let Some((mid, _)) = self.video.slot else {
             return false;
         };
-        let Some(mut w) = self.rtc.writer(mid) else {
+        // Publishers are in RTP mode (str0m's frame `writer` panics there): the receive
+        // stream of the video mid takes the request.
+        let mut api = self.rtc.direct_api();
+        let Some(rx) = api.stream_rx_by_mid(mid, None) else {
             return false;
         };
-        if !w.is_request_keyframe_possible(KeyframeRequestKind::Pli) {
-            return false;
-        }
-        let _ = w.request_keyframe(None, KeyframeRequestKind::Pli);
+        rx.request_keyframe(KeyframeRequestKind::Pli);
         self.last_keyframe_request = Some(now);
         debug!(stream = %self.stream.name, "PLI sent to publisher");
         true
@@ -251,6 +260,13 @@ impl Session {
     pub fn poll(&mut self, out: &mut Outbox) {
         let (mut packets, mut bytes) = (0, 0);
         self.poll_counting(out, &mut packets, &mut bytes);
+        if self.drain_ingest(Instant::now()) {
+            // The PLI goes out now.
+            self.poll_counting(out, &mut packets, &mut bytes);
+        }
+        if let Some(due) = self.ingest.as_ref().and_then(Ingest::deadline) {
+            self.next_timeout = self.next_timeout.min(due);
+        }
         self.count_sent(packets, bytes);
         // One update of the stream's shared counters per poll, not per packet.
         if packets > 0 {
@@ -258,6 +274,26 @@ impl Session {
             st.packets_sent.fetch_add(packets, Ordering::Relaxed);
             st.bytes_sent.fetch_add(bytes, Ordering::Relaxed);
         }
+    }
+
+    /// A publisher's media that its jitter buffers release at `now` goes into the stream;
+    /// true when a keyframe request was sent.
+    fn drain_ingest(&mut self, now: Instant) -> bool {
+        let Some(ingest) = self.ingest.as_mut() else {
+            return false;
+        };
+        let sent = ingest.drain(now) && self.request_keyframe();
+        let Some(ingest) = self.ingest.as_mut() else {
+            return sent;
+        };
+        ingest.plis += u64::from(sent);
+        let mut c = ingest.counts();
+        c.nacks = self.nacks_sent.iter().map(|(_, n)| n).sum();
+        if c != self.whip_published {
+            self.whip_published = c;
+            self.stream.stats.link.set_whip(c);
+        }
+        sent
     }
 
     fn poll_counting(&mut self, out: &mut Outbox, packets: &mut u64, bytes: &mut u64) {
@@ -374,15 +410,41 @@ impl Session {
                 }
                 *prev = now;
             }
-            Event::MediaData(d) => {
-                let kind = match (self.video.slot, self.audio.slot) {
-                    (Some((mid, _)), _) if mid == d.mid => MediaKind::Video,
-                    (_, Some((mid, _))) if mid == d.mid => MediaKind::Audio,
-                    _ => return,
+            Event::RtpPacket(_) if self.ingest.is_none() => {}
+            Event::RtpPacket(p) => {
+                let pt = p.header.payload_type;
+                let video = self
+                    .rtc
+                    .codec_config()
+                    .params()
+                    .iter()
+                    .find(|c| c.pt() == pt)
+                    .map(|c| c.spec().codec.is_video());
+                let kind = match video {
+                    Some(true) => MediaKind::Video,
+                    Some(false) => MediaKind::Audio,
+                    None => return,
                 };
-                let want = self.ingest.as_mut().is_some_and(|i| i.push(kind, &d));
-                if want {
-                    self.request_keyframe();
+                let ssrc = p.header.ssrc;
+                let holds = self.ingest.as_ref().is_some_and(Ingest::holds);
+                if kind == MediaKind::Video && holds && !self.nack_on.contains(&ssrc) {
+                    // str0m NACKs only streams with an RTX payload type; a publisher without
+                    // one (webrtc-rs, GStreamer) resends on the stream itself, which str0m
+                    // takes just as well: the jitter buffer's holes are worth asking for (with
+                    // the buffer off, a resend would only come late).
+                    if let Some(rx) = self.rtc.direct_api().stream_rx(&ssrc) {
+                        rx.suppress_nack(false);
+                        self.nack_on.push(ssrc);
+                    }
+                }
+                if let Some(i) = self.ingest.as_mut() {
+                    i.push_rtp(kind, p.timestamp, &p.header, p.payload);
+                }
+            }
+            Event::MediaIngressStats(st) => {
+                match self.nacks_sent.iter_mut().find(|(m, _)| *m == st.mid) {
+                    Some((_, n)) => *n = st.nacks,
+                    None => self.nacks_sent.push((st.mid, st.nacks)),
                 }
             }
             _ => {}
