@@ -245,6 +245,111 @@ mod ffmpeg {
     async fn aac_5_1_plays_as_stereo_opus() {
         plays_as_opus("h264_aac_51.ts", "AAC (ADTS)").await;
     }
+
+    /// The pictures OpenH264 decodes from a viewing's H.264, from its first IDR on: how many,
+    /// and their sizes.
+    fn decode_h264(r: &common::WhepResult) -> (usize, Vec<(usize, usize)>) {
+        use openh264::decoder::{Decoder, DecoderConfig, Flush};
+        use openh264::formats::YUVSource;
+        let aus = common::h264_access_units(&r.video);
+        let Some(start) = aus
+            .iter()
+            .position(|a| a.is_keyframe() && a.sps().is_some())
+        else {
+            return (0, Vec::new());
+        };
+        let mut decoder = Decoder::with_api_config(
+            openh264::OpenH264API::from_source(),
+            DecoderConfig::new().flush_after_decode(Flush::NoFlush),
+        )
+        .unwrap();
+        let mut sizes = Vec::new();
+        let mut pictures = 0;
+        for au in aus[start..].iter().filter(|a| a.complete) {
+            if let Ok(Some(p)) = decoder.decode(&au.annex_b()) {
+                pictures += 1;
+                if !sizes.contains(&p.dimensions()) {
+                    sizes.push(p.dimensions());
+                }
+            }
+        }
+        (pictures, sizes)
+    }
+
+    /// The video track of stream `a` once the API says it is re-encoded (at most 10 s).
+    async fn reencoded_video(s: &Server) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let j = common::stream_json(s.http_addr, "a").await;
+            let video = j["tracks"]
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["kind"] == "video"))
+                .cloned();
+            if let Some(v) = video.filter(|v| v.get("transcoded_to").is_some()) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not re-encoded: {j}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// MPEG-2 (which no browser decodes) reaches a WebRTC viewer as H.264 that OpenH264
+    /// decodes to pictures of the source's size; the API says why it is re-encoded.
+    async fn mpeg2_plays_as_h264(file: &str, size: (usize, usize), pictures: usize) -> Server {
+        let s = serve("a", file, |_| {}).await;
+        let r = whep_receive(
+            &format!("http://{}/whep/a", s.http_addr),
+            WhepOptions {
+                seconds: 15.0,
+                stop: StopWhen::VideoAus(pictures + 25),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 201, "{:?}", r.error_body);
+        assert_eq!(r.video_pt_mime.as_deref(), Some("video/H264"));
+        let (decoded, sizes) = decode_h264(&r);
+        assert!(decoded >= pictures, "{decoded} pictures decoded");
+        assert_eq!(sizes, [size]);
+        let video = reencoded_video(&s).await;
+        assert_eq!(video["codec"], "MPEG-2 video", "{video}");
+        assert_eq!(video["playable"], true, "{video}");
+        assert_eq!(
+            video["transcoded_to"], "H.264 Constrained Baseline",
+            "{video}"
+        );
+        let reason = video["transcode_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("MPEG-2 video"), "{video}");
+        assert_eq!(
+            (video["width"].as_u64(), video["height"].as_u64()),
+            (Some(size.0 as u64), Some(size.1 as u64)),
+            "{video}"
+        );
+        assert!(video["frames_encoded"].as_u64().unwrap() > 0, "{video}");
+        eprintln!(
+            "{file}: {decoded} pictures decoded, re-encoder at {}% of a core",
+            video["transcoder_cpu_pct"]
+        );
+        s
+    }
+
+    /// DVB SD: MPEG-2 576i (deinterlaced) + MP2.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mpeg2_576i_plays_as_h264() {
+        mpeg2_plays_as_h264("mpeg2_576i_mp2.ts", (720, 576), 40).await;
+    }
+
+    /// ATSC HD: MPEG-2 1080i + AC-3 5.1: H.264 pictures and the tone as stereo Opus.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mpeg2_1080i_with_ac3_5_1_plays_as_h264_and_opus() {
+        let s = mpeg2_plays_as_h264("mpeg2_1080i_ac3_51.ts", (1920, 1080), 10).await;
+        let r = receive_audio(&format!("http://{}/whep/a", s.http_addr)).await;
+        check_tone(&r, 440.0);
+    }
 }
 
 /// Without FFmpeg's decoders, AC-3 says how to get them.

@@ -98,7 +98,7 @@ fn track_json(
         return v;
     }
     match &t.codec {
-        Codec::H264 | Codec::H265 => {
+        Codec::H264 | Codec::H265 | Codec::Mpeg2Video => {
             v["kind"] = "video".into();
             // A program may have both; viewers get the first H.264 track, else H.265.
             let sent = t_set.video().is_some_and(|sent| sent.pid == t.pid);
@@ -140,6 +140,7 @@ fn track_json(
                     v["transcode_reason"] = match why {
                         ReencodeWhy::BFrames => B_FRAMES_REENCODED.to_string(),
                         ReencodeWhy::NoKeyframes => no_keyframes_reencoded(bound),
+                        ReencodeWhy::Codec(c) => ReencodeWhy::codec_reason(*c),
                     }
                     .into();
                     v["transcoder_cpu_pct"] = ((cpu * 100.0).round() / 100.0).into();
@@ -147,6 +148,11 @@ fn track_json(
                     v["frames_decoded"] = r(&s.stats.reencode_decoded).into();
                     v["frames_encoded"] = r(&s.stats.reencode_encoded).into();
                     v["keyframes_on_request"] = r(&s.stats.reencode_keyframes).into();
+                }
+                Reencode::Unsupported(why) if t.codec == Codec::Mpeg2Video => {
+                    // It plays re-encoded or not at all.
+                    v["playable"] = false.into();
+                    v["reason"] = why.as_ref().into();
                 }
                 Reencode::Unsupported(why) => {
                     if st.b_frames {

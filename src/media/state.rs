@@ -67,8 +67,13 @@ pub enum MediaEvent {
 #[derive(Debug, Clone)]
 pub enum ReencodeJob {
     /// Start (again): from the next keyframe on, encode the pictures shown from `from` on
-    /// (those before went out as they were). Results carry `generation`.
-    Start { generation: u64, from: u64 },
+    /// (those before went out as they were); the access units are `source`'s. Results carry
+    /// `generation`.
+    Start {
+        generation: u64,
+        from: u64,
+        source: VideoCodec,
+    },
     /// An access unit of the source, in decode order, on the stream's timeline.
     Frame {
         generation: u64,
@@ -359,12 +364,14 @@ impl MediaState {
         let codec = tracks.video().and_then(|t| match t.codec {
             Codec::H264 => Some(VideoCodec::H264),
             Codec::H265 => Some(VideoCodec::H265),
+            Codec::Mpeg2Video => Some(VideoCodec::Mpeg2),
             _ => None,
         });
         if let Some(codec) = codec.filter(|&c| c != self.video.codec()) {
             self.video = VideoAssembler::new(codec);
             self.video_rtp = match codec {
-                VideoCodec::H264 => Packetizer::H264(H264Packetizer::default()),
+                // MPEG-2 goes to viewers re-encoded.
+                VideoCodec::H264 | VideoCodec::Mpeg2 => Packetizer::H264(H264Packetizer::default()),
                 VideoCodec::H265 => Packetizer::H265(H265Packetizer::default()),
             };
             self.video_info = None;
@@ -407,7 +414,8 @@ impl MediaState {
             self.report_video(self.video.info(), out);
         }
         for au in aus.drain(..) {
-            let b_frames = self.reorder.push(au.pts);
+            // (MPEG-2's B-frames go with its re-encoding: nothing to report.)
+            let b_frames = self.video.codec() != VideoCodec::Mpeg2 && self.reorder.push(au.pts);
             if b_frames {
                 out.push(MediaEvent::BFrames(true));
             }
@@ -434,6 +442,17 @@ impl MediaState {
                     recovery: au.recovery,
                     data: au.data.clone(),
                 }));
+                continue;
+            }
+            if self.video.codec() == VideoCodec::Mpeg2 {
+                // No viewer decodes it as it is: nothing goes out until the re-encoder runs,
+                // from the first keyframe (or ever, when it cannot).
+                if au.keyframe && !self.reencode_blocked {
+                    self.held.clear();
+                    self.held
+                        .push((t, au.keyframe, au.recovery, au.data.clone()));
+                    self.start_reencoding(ReencodeWhy::Codec(VideoCodec::Mpeg2), out);
+                }
                 continue;
             }
             if self.reencode_on && !self.reencode_blocked && self.video.codec() == VideoCodec::H264
@@ -508,11 +527,21 @@ impl MediaState {
     /// reason is reported).
     fn start_reencoding(&mut self, why: ReencodeWhy, out: &mut Vec<MediaEvent>) -> bool {
         let format = match &self.video {
-            crate::codec::VideoAssembler::H264(a) => a.sps().map(reencode::check_format),
-            crate::codec::VideoAssembler::H265(_) => None,
+            VideoAssembler::H264(a) => a.sps().map(reencode::check_format),
+            VideoAssembler::H265(_) | VideoAssembler::Mpeg2(_) => None,
         };
         if let Some(Err(e)) = format {
             self.reencode_failed(self.generation, e.to_string(), out);
+            return false;
+        }
+        if !self.reencode_on {
+            // (Only a codec no browser decodes asks while re-encoding is off.)
+            let why = format!(
+                "{} plays re-encoded to H.264 and video re-encoding is off: run with \
+                 --video-transcode auto (the default)",
+                self.video.codec().name()
+            );
+            self.reencode_failed(self.generation, why, out);
             return false;
         }
         self.generation += 1;
@@ -522,6 +551,7 @@ impl MediaState {
         out.push(MediaEvent::Reencode(ReencodeJob::Start {
             generation,
             from: self.passed_until.map_or(0, |t| t + 1),
+            source: self.video.codec(),
         }));
         for (pts, keyframe, recovery, data) in self.held.drain(..) {
             out.push(MediaEvent::Reencode(ReencodeJob::Frame {
@@ -810,7 +840,9 @@ mod tests {
                 while !events.is_empty() {
                     for ev in std::mem::take(events) {
                         match &ev {
-                            MediaEvent::Reencode(ReencodeJob::Start { generation, from }) => {
+                            MediaEvent::Reencode(ReencodeJob::Start {
+                                generation, from, ..
+                            }) => {
                                 self.1 = *generation;
                                 self.0.start_at(*from);
                             }

@@ -85,6 +85,20 @@ pub enum ReencodeWhy {
     /// No keyframe within the GOP cache bound (periodic intra refresh, very long GOPs):
     /// browsers start only at a keyframe, and the re-encoder makes one on their request.
     NoKeyframes,
+    /// A codec browsers do not decode (MPEG-2 video).
+    Codec(crate::codec::VideoCodec),
+}
+
+impl ReencodeWhy {
+    /// Why a codec is re-encoded, for the API and the log.
+    pub fn codec_reason(codec: crate::codec::VideoCodec) -> String {
+        format!(
+            "the video is {}, which browsers' WebRTC decoders do not decode: it is decoded \
+             with FFmpeg's decoder (interlaced pictures deinterlaced) and re-encoded, once for \
+             all viewers",
+            codec.name()
+        )
+    }
 }
 
 impl Status {
