@@ -248,10 +248,10 @@ mod ffmpeg {
 
     /// The pictures OpenH264 decodes from a viewing's H.264, from its first IDR on: how many,
     /// and their sizes.
-    fn decode_h264(r: &common::WhepResult) -> (usize, Vec<(usize, usize)>) {
+    fn decode_h264(video: &[common::RtpPkt]) -> (usize, Vec<(usize, usize)>) {
         use openh264::decoder::{Decoder, DecoderConfig, Flush};
         use openh264::formats::YUVSource;
-        let aus = common::h264_access_units(&r.video);
+        let aus = common::h264_access_units(video);
         let Some(start) = aus
             .iter()
             .position(|a| a.is_keyframe() && a.sps().is_some())
@@ -312,7 +312,7 @@ mod ffmpeg {
         .unwrap();
         assert_eq!(r.status, 201, "{:?}", r.error_body);
         assert_eq!(r.video_pt_mime.as_deref(), Some("video/H264"));
-        let (decoded, sizes) = decode_h264(&r);
+        let (decoded, sizes) = decode_h264(&r.video);
         assert!(decoded >= pictures, "{decoded} pictures decoded");
         assert_eq!(sizes, [size]);
         let video = reencoded_video(&s).await;
@@ -335,6 +335,70 @@ mod ffmpeg {
             video["transcoder_cpu_pct"]
         );
         s
+    }
+
+    /// HEVC + AAC: a viewer whose offer has no H.265 gets the video re-encoded to H.264 (by
+    /// the variant made for such viewers, while they watch), one that offers H.265 at the
+    /// same time gets it as it is; the API says so on the stream's HEVC track.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hevc_plays_as_h264_to_a_viewer_without_h265_and_as_it_is_to_one_with() {
+        let s = serve("a", "hevc_aac.ts", |_| {}).await;
+        let whep = format!("http://{}/whep/a", s.http_addr);
+        let opts = |h265| WhepOptions {
+            h265,
+            seconds: 20.0,
+            ..Default::default()
+        };
+        let h264 = common::WhepSession::start(&whep, &opts(false))
+            .await
+            .unwrap();
+        assert_eq!(h264.status, 201, "{:?}", h264.error_body);
+        let h265 = common::WhepSession::start(&whep, &opts(true))
+            .await
+            .unwrap();
+        assert_eq!(h265.status, 201, "{:?}", h265.error_body);
+        let enough = |c: &common::whep::Collected| {
+            common::h264_access_units(&c.video).len() >= 80 && c.audio.len() >= 50
+        };
+        assert!(h264.wait_until(Duration::from_secs(15), enough).await);
+        let enough = |c: &common::whep::Collected| {
+            common::h265::hevc_access_units(&c.video).len() >= 40 && c.audio.len() >= 50
+        };
+        assert!(h265.wait_until(Duration::from_secs(15), enough).await);
+        let c = h264.collected();
+        assert_eq!(c.video_mime.as_deref(), Some("video/H264"));
+        let (decoded, sizes) = decode_h264(&c.video);
+        let j = common::stream_json(s.http_addr, "a").await;
+        let aus = common::h264_access_units(&c.video);
+        let complete = aus.iter().filter(|a| a.complete).count();
+        // (From the first IDR that carries its SPS: 1 s of GOP may come before it.)
+        assert!(
+            decoded >= 30,
+            "{decoded} pictures decoded of {} access units ({complete} complete): {j}",
+            aus.len()
+        );
+        assert_eq!(sizes, [(1280, 720)]);
+        assert_eq!(h265.collected().video_mime.as_deref(), Some("video/H265"));
+        let video = j["tracks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["kind"] == "video"))
+            .cloned()
+            .unwrap_or_else(|| panic!("a video track in {j}"));
+        assert_eq!(video["codec"], "H.265", "{video}");
+        assert!(
+            video.get("transcoded_to").is_none(),
+            "passed through: {video}"
+        );
+        let w = &video["without_h265"];
+        assert_eq!(w["viewers"], 1, "{video}");
+        assert_eq!(w["transcoded_to"], "H.264 Constrained Baseline", "{video}");
+        let reason = w["transcode_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("H.265"), "{video}");
+        assert_eq!(j["viewers"], 2, "{j}");
+        eprintln!(
+            "hevc_aac.ts: {decoded} pictures decoded of {} access units, re-encoder: {w}",
+            aus.len()
+        );
     }
 
     /// DVB SD: MPEG-2 576i (deinterlaced) + MP2.

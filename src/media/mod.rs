@@ -228,6 +228,7 @@ pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, options: MediaOp
         .with_transcoding(options.audio_transcode)
         .with_reencoding(options.video_transcode)
         .with_audio(stream.audio_choice())
+        .with_h264_video(stream.h264_video())
         .with_program(stream.program_choice());
     let mut apply = Apply {
         stream: &stream,

@@ -153,6 +153,8 @@ pub struct MediaState {
     /// B-frames in the video: reported, and re-encoded away when `reencode_on`.
     reorder: ReorderDetector,
     reencode_on: bool,
+    /// HEVC goes out re-encoded to H.264 (the variant for viewers without H.265).
+    hevc_to_h264: bool,
     /// The generation of the re-encoder's current run, while the video is re-encoded.
     reencoding: Option<u64>,
     generation: u64,
@@ -208,6 +210,7 @@ impl MediaState {
             payloads: Vec::new(),
             reorder: ReorderDetector::new(),
             reencode_on: false,
+            hevc_to_h264: false,
             reencoding: None,
             generation: 0,
             reencode_blocked: false,
@@ -230,6 +233,22 @@ impl MediaState {
     pub fn with_reencoding(mut self, on: bool) -> Self {
         self.reencode_on = on;
         self
+    }
+
+    /// With HEVC video re-encoded to H.264 (for viewers without H.265, `Variant::h264`).
+    pub fn with_h264_video(mut self, on: bool) -> Self {
+        self.hevc_to_h264 = on;
+        self
+    }
+
+    /// Whether the video goes to viewers only re-encoded: MPEG-2 (no browser decodes it),
+    /// HEVC for the viewers without H.265.
+    fn only_reencoded(&self) -> bool {
+        match self.video.codec() {
+            VideoCodec::Mpeg2 => true,
+            VideoCodec::H265 => self.hevc_to_h264,
+            VideoCodec::H264 => false,
+        }
     }
 
     /// With the audio transcoder on (AAC/MPEG audio → Opus when there is no Opus track).
@@ -370,9 +389,11 @@ impl MediaState {
         if let Some(codec) = codec.filter(|&c| c != self.video.codec()) {
             self.video = VideoAssembler::new(codec);
             self.video_rtp = match codec {
-                // MPEG-2 goes to viewers re-encoded.
-                VideoCodec::H264 | VideoCodec::Mpeg2 => Packetizer::H264(H264Packetizer::default()),
-                VideoCodec::H265 => Packetizer::H265(H265Packetizer::default()),
+                VideoCodec::H265 if !self.hevc_to_h264 => {
+                    Packetizer::H265(H265Packetizer::default())
+                }
+                // MPEG-2 (and HEVC for viewers without H.265) go to viewers re-encoded.
+                _ => Packetizer::H264(H264Packetizer::default()),
             };
             self.video_info = None;
             self.stop_reencoding(out);
@@ -409,13 +430,14 @@ impl MediaState {
     fn on_video(&mut self, pes: &Pes, now: Instant, out: &mut Vec<MediaEvent>) {
         let mut aus = std::mem::take(&mut self.aus);
         self.video.push(pes, &mut aus);
-        // While re-encoding, viewers get the encoder's SPS (see `reencoded`).
-        if self.reencoding.is_none() {
+        // While re-encoding, viewers get the encoder's SPS (see `reencoded`); so do they when
+        // the video goes out only re-encoded.
+        if self.reencoding.is_none() && !self.only_reencoded() {
             self.report_video(self.video.info(), out);
         }
         for au in aus.drain(..) {
             // (MPEG-2's B-frames go with its re-encoding: nothing to report.)
-            let b_frames = self.video.codec() != VideoCodec::Mpeg2 && self.reorder.push(au.pts);
+            let b_frames = !self.only_reencoded() && self.reorder.push(au.pts);
             if b_frames {
                 out.push(MediaEvent::BFrames(true));
             }
@@ -444,14 +466,14 @@ impl MediaState {
                 }));
                 continue;
             }
-            if self.video.codec() == VideoCodec::Mpeg2 {
-                // No viewer decodes it as it is: nothing goes out until the re-encoder runs,
-                // from the first keyframe (or ever, when it cannot).
+            if self.only_reencoded() {
+                // These viewers cannot decode it as it is: nothing goes out until the
+                // re-encoder runs, from the first keyframe (or ever, when it cannot).
                 if au.keyframe && !self.reencode_blocked {
                     self.held.clear();
                     self.held
                         .push((t, au.keyframe, au.recovery, au.data.clone()));
-                    self.start_reencoding(ReencodeWhy::Codec(VideoCodec::Mpeg2), out);
+                    self.start_reencoding(ReencodeWhy::Codec(self.video.codec()), out);
                 }
                 continue;
             }
@@ -588,7 +610,9 @@ impl MediaState {
         self.reencode_blocked = true;
         self.held.clear();
         out.push(MediaEvent::Reencoding(Reencode::Unsupported(why.into())));
-        self.report_video(self.video.info(), out);
+        if !self.only_reencoded() {
+            self.report_video(self.video.info(), out);
+        }
     }
 
     /// A picture from the re-encoder (in display order), for the viewers: on the stream's
