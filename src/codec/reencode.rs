@@ -886,6 +886,58 @@ mod tests {
         assert_eq!(keys, starts);
     }
 
+    /// MPEG-2 and HEVC through libavcodec into the same encoder: every picture once, in
+    /// display order, IDRs (with SPS and PPS, the source's size) where the source has
+    /// keyframes; 576i deinterlaced on the way.
+    #[cfg(feature = "ffmpeg")]
+    #[test]
+    fn mpeg2_and_hevc_become_baseline_pictures_in_display_order() {
+        use crate::codec::{VideoAssembler, VideoCodec};
+        for (file, codec, size, pictures) in [
+            ("mpeg2_576i_mp2.ts", VideoCodec::Mpeg2, (720, 576), 25),
+            ("hevc_aac.ts", VideoCodec::H265, (1280, 720), 60),
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata")
+                .join(file);
+            let Ok(data) = std::fs::read(path) else {
+                return;
+            };
+            let mut assembler = VideoAssembler::new(codec);
+            let mut aus = Vec::new();
+            for (payload, pts) in crate::ts::testutil::pes_of_pid(&data, 0x100) {
+                let unit = crate::codec::EsUnit {
+                    data: &payload,
+                    pts,
+                    dts: None,
+                };
+                assembler.push(unit, &mut aus);
+            }
+            if let VideoAssembler::Mpeg2(_) = &assembler {
+                // The last picture is complete only at the end of the source.
+                assert_eq!(aus.len(), pictures - 1, "{file}");
+            }
+            let mut r = Reencoder::for_source(codec);
+            let mut out = Vec::new();
+            for au in &aus {
+                r.push(SourceFrame::from(au), &mut out).unwrap();
+            }
+            r.flush(&mut out);
+            let stats = r.stats();
+            assert_eq!(stats.decode_errors, 0, "{file}");
+            assert_eq!(out.len(), aus.len(), "{file}: every picture, once");
+            assert!(out.windows(2).all(|w| w[1].pts > w[0].pts), "{file}");
+            let source_keys: Vec<u64> = aus.iter().filter(|a| a.keyframe).map(|a| a.pts).collect();
+            let keys: Vec<u64> = out.iter().filter(|f| f.keyframe).map(|f| f.pts).collect();
+            assert_eq!(keys, source_keys, "{file}");
+            for f in out.iter().filter(|f| f.keyframe) {
+                let sps = find_sps(&f.data).and_then(parse_sps).unwrap();
+                assert_eq!((sps.width, sps.height), size, "{file}");
+                assert_eq!(sps.profile_level_id.profile_idc(), 66);
+            }
+        }
+    }
+
     #[test]
     fn formats_the_decoder_cannot_take_are_named() {
         let sps = SpsInfo {
