@@ -406,7 +406,9 @@ pub async fn post(
         None => stream,
         Some(pick) => audio_stream(&app, stream, pick, left()).await?,
     };
-    let stream = match cfg!(feature = "ffmpeg") && !offer.has_codec("H265") {
+    // (An offer without video, or with H.265, needs no H.264 made for it.)
+    let h264_only = offer.has_codec("H264") && !offer.has_codec("H265");
+    let stream = match cfg!(feature = "ffmpeg") && h264_only {
         true => h264_stream(&app, stream, left()).await?,
         false => stream,
     };

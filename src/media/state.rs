@@ -749,6 +749,73 @@ mod tests {
         out
     }
 
+    /// What goes to the re-encoder (and what to viewers) for a video that plays only
+    /// re-encoded: MPEG-2 always, HEVC in the variant for viewers without H.265.
+    #[cfg(feature = "ffmpeg")]
+    fn only_reencoded(file: &str, h264_video: bool) -> Vec<MediaEvent> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(file);
+        let data = std::fs::read(path).expect("testdata");
+        let mut m = MediaState::new()
+            .with_transcoding(true)
+            .with_reencoding(true)
+            .with_h264_video(h264_video);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        m.push(&data, now, &mut out);
+        m.end_of_input(now, &mut out);
+        out
+    }
+
+    /// MPEG-2, and HEVC for viewers without H.265: no video frame goes out as the source
+    /// sent it; the re-encoder starts at the first keyframe, told the codec, with the reason
+    /// reported; the packetizer is H.264's. HEVC otherwise passes through.
+    #[cfg(feature = "ffmpeg")]
+    #[test]
+    fn mpeg2_and_hevc_for_h264_viewers_go_to_the_reencoder_from_a_keyframe() {
+        for (file, h264_video, codec, aus) in [
+            ("mpeg2_576i_mp2.ts", false, VideoCodec::Mpeg2, 24),
+            ("hevc_aac.ts", true, VideoCodec::H265, 60),
+        ] {
+            let events = only_reencoded(file, h264_video);
+            assert!(frames(&events, Kind::Video).is_empty(), "{file}");
+            assert!(
+                !frames(&events, Kind::Audio).is_empty(),
+                "{file}: audio plays"
+            );
+            let active = events.iter().find_map(|e| match e {
+                MediaEvent::Reencoding(Reencode::Active(why)) => Some(*why),
+                _ => None,
+            });
+            assert_eq!(active, Some(ReencodeWhy::Codec(codec)), "{file}");
+            let start = events.iter().find_map(|e| match e {
+                MediaEvent::Reencode(ReencodeJob::Start { source, .. }) => Some(*source),
+                _ => None,
+            });
+            assert_eq!(start, Some(codec), "{file}");
+            let sent: Vec<bool> = events
+                .iter()
+                .filter_map(|e| match e {
+                    MediaEvent::Reencode(ReencodeJob::Frame { keyframe, .. }) => Some(*keyframe),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(sent.len(), aus, "{file}");
+            assert!(sent[0], "{file}: from a keyframe");
+            assert!(!events
+                .iter()
+                .any(|e| matches!(e, MediaEvent::BFrames(true))));
+        }
+        let events = only_reencoded("hevc_aac.ts", false);
+        assert_eq!(
+            frames(&events, Kind::Video).len(),
+            60,
+            "HEVC passes through"
+        );
+        assert!(!events.iter().any(|e| matches!(e, MediaEvent::Reencode(_))));
+    }
+
     fn frames(events: &[MediaEvent], kind: Kind) -> Vec<&Frame> {
         events
             .iter()
