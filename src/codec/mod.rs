@@ -168,6 +168,19 @@ impl Mpeg2Units {
         }
     }
 
+    /// The end of the source: the picture being collected is complete.
+    fn flush(&mut self, out: &mut Vec<AccessUnit>) {
+        self.pictures.flush(&mut self.scratch);
+        self.push(
+            EsUnit {
+                data: &[],
+                pts: None,
+                dts: None,
+            },
+            out,
+        );
+    }
+
     /// The sequence header's details.
     pub fn sequence(&self) -> Option<mpeg2::SequenceInfo> {
         self.pictures.sequence()
@@ -211,6 +224,14 @@ impl VideoAssembler {
                 height: s.height,
             }),
             VideoAssembler::Mpeg2(_) => None,
+        }
+    }
+
+    /// The end of the source: what is complete only then (an MPEG-2 picture; H.264 and
+    /// H.265 access units come out with their PES).
+    pub fn flush(&mut self, out: &mut Vec<AccessUnit>) {
+        if let VideoAssembler::Mpeg2(a) = self {
+            a.flush(out);
         }
     }
 

@@ -289,6 +289,11 @@ impl MediaState {
         self.demux.flush(&mut events);
         self.handle_events(&mut events, now, out);
         self.events = events;
+        // An MPEG-2 picture is complete when the next starts: the last one, at the end.
+        let mut aus = std::mem::take(&mut self.aus);
+        self.video.flush(&mut aus);
+        self.on_access_units(&mut aus, now, out);
+        self.aus = aus;
         if let Some((_, tc)) = self.transcoder.as_mut() {
             let mut frames = Vec::new();
             tc.flush(&mut frames);
@@ -430,6 +435,16 @@ impl MediaState {
     fn on_video(&mut self, pes: &Pes, now: Instant, out: &mut Vec<MediaEvent>) {
         let mut aus = std::mem::take(&mut self.aus);
         self.video.push(pes, &mut aus);
+        self.on_access_units(&mut aus, now, out);
+        self.aus = aus;
+    }
+
+    fn on_access_units(
+        &mut self,
+        aus: &mut Vec<AccessUnit>,
+        now: Instant,
+        out: &mut Vec<MediaEvent>,
+    ) {
         // While re-encoding, viewers get the encoder's SPS (see `reencoded`); so do they when
         // the video goes out only re-encoded.
         if self.reencoding.is_none() && !self.only_reencoded() {
@@ -505,7 +520,6 @@ impl MediaState {
                 out,
             );
         }
-        self.aus = aus;
     }
 
     /// A video frame at timeline time `t`, for the viewers; `start`: whether it is a keyframe,
@@ -775,7 +789,7 @@ mod tests {
     #[test]
     fn mpeg2_and_hevc_for_h264_viewers_go_to_the_reencoder_from_a_keyframe() {
         for (file, h264_video, codec, aus) in [
-            ("mpeg2_576i_mp2.ts", false, VideoCodec::Mpeg2, 24),
+            ("mpeg2_576i_mp2.ts", false, VideoCodec::Mpeg2, 25),
             ("hevc_aac.ts", true, VideoCodec::H265, 60),
         ] {
             let events = only_reencoded(file, h264_video);
