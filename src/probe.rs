@@ -238,9 +238,10 @@ impl Prober {
                     }
                     tr.frames = self.video_pts.len() as u64;
                     tr.keyframes = self.key_pts.len() as u64;
-                    tr.b_frames = Some(self.reorder.has_b_frames());
-                    // (MPEG-2 is re-encoded anyway: its B-frames are gone with it.)
-                    if self.reorder.has_b_frames() && t.codec != Codec::Mpeg2Video {
+                    // (MPEG-2 is re-encoded anyway: its B-frames go with it.)
+                    let mpeg2 = t.codec == Codec::Mpeg2Video;
+                    tr.b_frames = (!mpeg2).then(|| self.reorder.has_b_frames());
+                    if self.reorder.has_b_frames() && !mpeg2 {
                         tr.warning = Some(B_FRAMES_ADVICE.to_string());
                     }
                     if self.key_pts.len() > 1 {
@@ -357,6 +358,8 @@ fn track_line(s: &mut String, t: &TrackReport, measured: bool) {
             t.width.unwrap_or(0),
             t.height.unwrap_or(0)
         ));
+    } else if let (Some(w), Some(h)) = (t.width, t.height) {
+        s.push_str(&format!(" {w}x{h}"));
     }
     if let Some(fps) = t.fps {
         s.push_str(&format!(" {fps} fps"));
