@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, BufReader};
 
 use crate::client;
 use crate::codec::opus;
+use crate::codec::reencode::OUTPUT as REENCODED_TO;
 use crate::codec::reorder::{ReorderDetector, B_FRAMES_ADVICE};
 use crate::codec::{VideoAssembler, VideoCodec, VideoProfile};
 #[cfg(doc)]
@@ -154,6 +155,7 @@ impl Prober {
                     let codec = t.video().and_then(|v| match v.codec {
                         Codec::H264 => Some(VideoCodec::H264),
                         Codec::H265 => Some(VideoCodec::H265),
+                        Codec::Mpeg2Video => Some(VideoCodec::Mpeg2),
                         _ => None,
                     });
                     if codec != self.video.as_ref().map(VideoAssembler::codec) {
@@ -219,7 +221,13 @@ impl Prober {
         for t in &ts.tracks {
             let mut tr = track_report(&ts, t);
             match &t.codec {
-                Codec::H264 | Codec::H265 if ts.video().is_some_and(|v| v.pid == t.pid) => {
+                c if c.is_video() && ts.video().is_some_and(|v| v.pid == t.pid) => {
+                    if let Some(VideoAssembler::Mpeg2(a)) = &self.video {
+                        if let Some(seq) = a.sequence() {
+                            tr.width = Some(seq.width);
+                            tr.height = Some(seq.height);
+                        }
+                    }
                     if let Some(info) = self.video.as_ref().and_then(VideoAssembler::info) {
                         match info.profile {
                             VideoProfile::H264(p) => tr.profile_level_id = Some(p.to_string()),
@@ -230,8 +238,10 @@ impl Prober {
                     }
                     tr.frames = self.video_pts.len() as u64;
                     tr.keyframes = self.key_pts.len() as u64;
-                    tr.b_frames = Some(self.reorder.has_b_frames());
-                    if self.reorder.has_b_frames() {
+                    // (MPEG-2 is re-encoded anyway: its B-frames go with it.)
+                    let mpeg2 = t.codec == Codec::Mpeg2Video;
+                    tr.b_frames = (!mpeg2).then(|| self.reorder.has_b_frames());
+                    if self.reorder.has_b_frames() && !mpeg2 {
                         tr.warning = Some(B_FRAMES_ADVICE.to_string());
                     }
                     if self.key_pts.len() > 1 {
@@ -248,7 +258,7 @@ impl Prober {
                         }
                     }
                 }
-                Codec::H264 | Codec::H265 => {
+                c if c.is_video() => {
                     tr.playable = false;
                     tr.reason = Some("another video track of the program is sent".to_string());
                 }
@@ -286,6 +296,7 @@ fn track_report(ts: &TrackSet, t: &TrackInfo) -> TrackReport {
     }
     match &t.codec {
         Codec::H264 | Codec::H265 => {}
+        Codec::Mpeg2Video => tr.transcoded_to = Some(REENCODED_TO.into()),
         Codec::Opus { channels } => tr.channels = Some(*channels),
         Codec::Transcodable(_) => tr.transcoded_to = Some("Opus".into()),
         Codec::Data { what } => tr.reason = Some(format!("{what}: not sent to viewers")),
@@ -347,6 +358,8 @@ fn track_line(s: &mut String, t: &TrackReport, measured: bool) {
             t.width.unwrap_or(0),
             t.height.unwrap_or(0)
         ));
+    } else if let (Some(w), Some(h)) = (t.width, t.height) {
+        s.push_str(&format!(" {w}x{h}"));
     }
     if let Some(fps) = t.fps {
         s.push_str(&format!(" {fps} fps"));

@@ -245,6 +245,175 @@ mod ffmpeg {
     async fn aac_5_1_plays_as_stereo_opus() {
         plays_as_opus("h264_aac_51.ts", "AAC (ADTS)").await;
     }
+
+    /// The pictures OpenH264 decodes from a viewing's H.264, from its first IDR on: how many,
+    /// and their sizes.
+    fn decode_h264(video: &[common::RtpPkt]) -> (usize, Vec<(usize, usize)>) {
+        use openh264::decoder::{Decoder, DecoderConfig, Flush};
+        use openh264::formats::YUVSource;
+        let aus = common::h264_access_units(video);
+        let Some(start) = aus
+            .iter()
+            .position(|a| a.is_keyframe() && a.sps().is_some())
+        else {
+            return (0, Vec::new());
+        };
+        let mut decoder = Decoder::with_api_config(
+            openh264::OpenH264API::from_source(),
+            DecoderConfig::new().flush_after_decode(Flush::NoFlush),
+        )
+        .unwrap();
+        let mut sizes = Vec::new();
+        let mut pictures = 0;
+        for au in aus[start..].iter().filter(|a| a.complete) {
+            if let Ok(Some(p)) = decoder.decode(&au.annex_b()) {
+                pictures += 1;
+                if !sizes.contains(&p.dimensions()) {
+                    sizes.push(p.dimensions());
+                }
+            }
+        }
+        (pictures, sizes)
+    }
+
+    /// The video track of stream `a` once the API says it is re-encoded (at most 10 s).
+    async fn reencoded_video(s: &Server) -> serde_json::Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let j = common::stream_json(s.http_addr, "a").await;
+            let video = j["tracks"]
+                .as_array()
+                .and_then(|t| t.iter().find(|t| t["kind"] == "video"))
+                .cloned();
+            if let Some(v) = video.filter(|v| v.get("transcoded_to").is_some()) {
+                return v;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not re-encoded: {j}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// MPEG-2 (which no browser decodes) reaches a WebRTC viewer as H.264 that OpenH264
+    /// decodes to pictures of the source's size; the API says why it is re-encoded.
+    async fn mpeg2_plays_as_h264(file: &str, size: (usize, usize), pictures: usize) -> Server {
+        let s = serve("a", file, |_| {}).await;
+        let r = whep_receive(
+            &format!("http://{}/whep/a", s.http_addr),
+            WhepOptions {
+                seconds: 15.0,
+                stop: StopWhen::VideoAus(pictures + 25),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 201, "{:?}", r.error_body);
+        assert_eq!(r.video_pt_mime.as_deref(), Some("video/H264"));
+        let (decoded, sizes) = decode_h264(&r.video);
+        assert!(decoded >= pictures, "{decoded} pictures decoded");
+        assert_eq!(sizes, [size]);
+        let video = reencoded_video(&s).await;
+        assert_eq!(video["codec"], "MPEG-2 video", "{video}");
+        assert_eq!(video["playable"], true, "{video}");
+        assert_eq!(
+            video["transcoded_to"], "H.264 Constrained Baseline",
+            "{video}"
+        );
+        let reason = video["transcode_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("MPEG-2 video"), "{video}");
+        assert_eq!(
+            (video["width"].as_u64(), video["height"].as_u64()),
+            (Some(size.0 as u64), Some(size.1 as u64)),
+            "{video}"
+        );
+        assert!(video["frames_encoded"].as_u64().unwrap() > 0, "{video}");
+        eprintln!(
+            "{file}: {decoded} pictures decoded, re-encoder at {}% of a core",
+            video["transcoder_cpu_pct"]
+        );
+        s
+    }
+
+    /// HEVC + AAC: a viewer whose offer has no H.265 gets the video re-encoded to H.264 (by
+    /// the variant made for such viewers, while they watch), one that offers H.265 at the
+    /// same time gets it as it is; the API says so on the stream's HEVC track.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn hevc_plays_as_h264_to_a_viewer_without_h265_and_as_it_is_to_one_with() {
+        let s = serve("a", "hevc_aac.ts", |_| {}).await;
+        let whep = format!("http://{}/whep/a", s.http_addr);
+        let opts = |h265| WhepOptions {
+            h265,
+            seconds: 20.0,
+            ..Default::default()
+        };
+        let h264 = common::WhepSession::start(&whep, &opts(false))
+            .await
+            .unwrap();
+        assert_eq!(h264.status, 201, "{:?}", h264.error_body);
+        let h265 = common::WhepSession::start(&whep, &opts(true))
+            .await
+            .unwrap();
+        assert_eq!(h265.status, 201, "{:?}", h265.error_body);
+        let enough = |c: &common::whep::Collected| {
+            common::h264_access_units(&c.video).len() >= 80 && c.audio.len() >= 50
+        };
+        assert!(h264.wait_until(Duration::from_secs(15), enough).await);
+        let enough = |c: &common::whep::Collected| {
+            common::h265::hevc_access_units(&c.video).len() >= 40 && c.audio.len() >= 50
+        };
+        assert!(h265.wait_until(Duration::from_secs(15), enough).await);
+        let c = h264.collected();
+        assert_eq!(c.video_mime.as_deref(), Some("video/H264"));
+        let (decoded, sizes) = decode_h264(&c.video);
+        let j = common::stream_json(s.http_addr, "a").await;
+        let aus = common::h264_access_units(&c.video);
+        let complete = aus.iter().filter(|a| a.complete).count();
+        // (From the first IDR that carries its SPS: 1 s of GOP may come before it.)
+        assert!(
+            decoded >= 30,
+            "{decoded} pictures decoded of {} access units ({complete} complete): {j}",
+            aus.len()
+        );
+        assert_eq!(sizes, [(1280, 720)]);
+        assert_eq!(h265.collected().video_mime.as_deref(), Some("video/H265"));
+        let video = j["tracks"]
+            .as_array()
+            .and_then(|t| t.iter().find(|t| t["kind"] == "video"))
+            .cloned()
+            .unwrap_or_else(|| panic!("a video track in {j}"));
+        assert_eq!(video["codec"], "H.265", "{video}");
+        assert!(
+            video.get("transcoded_to").is_none(),
+            "passed through: {video}"
+        );
+        let w = &video["without_h265"];
+        assert_eq!(w["viewers"], 1, "{video}");
+        assert_eq!(w["transcoded_to"], "H.264 Constrained Baseline", "{video}");
+        let reason = w["transcode_reason"].as_str().unwrap_or_default();
+        assert!(reason.contains("H.265"), "{video}");
+        assert_eq!(j["viewers"], 2, "{j}");
+        eprintln!(
+            "hevc_aac.ts: {decoded} pictures decoded of {} access units, re-encoder: {w}",
+            aus.len()
+        );
+    }
+
+    /// DVB SD: MPEG-2 576i (deinterlaced) + MP2.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mpeg2_576i_plays_as_h264() {
+        mpeg2_plays_as_h264("mpeg2_576i_mp2.ts", (720, 576), 40).await;
+    }
+
+    /// ATSC HD: MPEG-2 1080i + AC-3 5.1: H.264 pictures and the tone as stereo Opus.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn mpeg2_1080i_with_ac3_5_1_plays_as_h264_and_opus() {
+        let s = mpeg2_plays_as_h264("mpeg2_1080i_ac3_51.ts", (1920, 1080), 10).await;
+        let r = receive_audio(&format!("http://{}/whep/a", s.http_addr)).await;
+        check_tone(&r, 440.0);
+    }
 }
 
 /// Without FFmpeg's decoders, AC-3 says how to get them.

@@ -60,11 +60,13 @@ impl Recovery {
     }
 }
 
-/// The video codecs viewers get.
+/// The video codecs of the tracks viewers get: as they are (H.264, H.265), or re-encoded to
+/// H.264 (MPEG-2, which no browser decodes; `--features ffmpeg`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VideoCodec {
     H264,
     H265,
+    Mpeg2,
 }
 
 impl VideoCodec {
@@ -72,6 +74,7 @@ impl VideoCodec {
         match self {
             VideoCodec::H264 => "H.264",
             VideoCodec::H265 => "H.265",
+            VideoCodec::Mpeg2 => "MPEG-2 video",
         }
     }
 }
@@ -125,6 +128,63 @@ impl From<&h264::SpsInfo> for VideoInfo {
 pub enum VideoAssembler {
     H264(H264Assembler),
     H265(H265Assembler),
+    Mpeg2(Mpeg2Units),
+}
+
+/// MPEG-2 pictures as access units: the same shape as H.264's, so the media task times,
+/// holds and hands them to the re-encoder alike (they never go to viewers as they are).
+#[derive(Debug, Default)]
+pub struct Mpeg2Units {
+    pictures: mpeg2::Mpeg2Assembler,
+    scratch: Vec<mpeg2::Picture>,
+    /// The latest picture's PTS (decode order), for one that came without.
+    last_pts: Option<u64>,
+}
+
+impl Mpeg2Units {
+    fn push<'a>(&mut self, pes: impl Into<EsUnit<'a>>, out: &mut Vec<AccessUnit>) {
+        self.pictures.push(pes, &mut self.scratch);
+        // A PES that starts no picture gives its PTS to none; a picture without one is given
+        // the last one plus a frame (in decode order: a guess the decoder's reordering does
+        // not use, but one that keeps the timeline moving).
+        let frame = self.pictures.sequence().map_or(3000, |s| {
+            (90_000 * u64::from(s.frame_rate.1)) / u64::from(s.frame_rate.0.max(1))
+        });
+        for p in self.scratch.drain(..) {
+            let pts = match (p.pts, self.last_pts) {
+                (Some(pts), _) => pts,
+                (None, Some(last)) => (last + frame) & ((1 << 33) - 1),
+                // Nothing to time it by yet: a decoder could not start there anyway.
+                (None, None) => continue,
+            };
+            self.last_pts = Some(pts);
+            out.push(AccessUnit {
+                pts,
+                dts: pts,
+                keyframe: p.keyframe,
+                recovery: Recovery::None,
+                data: p.data,
+            });
+        }
+    }
+
+    /// The end of the source: the picture being collected is complete.
+    fn flush(&mut self, out: &mut Vec<AccessUnit>) {
+        self.pictures.flush(&mut self.scratch);
+        self.push(
+            EsUnit {
+                data: &[],
+                pts: None,
+                dts: None,
+            },
+            out,
+        );
+    }
+
+    /// The sequence header's details.
+    pub fn sequence(&self) -> Option<mpeg2::SequenceInfo> {
+        self.pictures.sequence()
+    }
 }
 
 impl VideoAssembler {
@@ -132,6 +192,7 @@ impl VideoAssembler {
         match codec {
             VideoCodec::H264 => VideoAssembler::H264(H264Assembler::new()),
             VideoCodec::H265 => VideoAssembler::H265(H265Assembler::new()),
+            VideoCodec::Mpeg2 => VideoAssembler::Mpeg2(Mpeg2Units::default()),
         }
     }
 
@@ -139,6 +200,7 @@ impl VideoAssembler {
         match self {
             VideoAssembler::H264(_) => VideoCodec::H264,
             VideoAssembler::H265(_) => VideoCodec::H265,
+            VideoAssembler::Mpeg2(_) => VideoCodec::Mpeg2,
         }
     }
 
@@ -147,10 +209,12 @@ impl VideoAssembler {
         match self {
             VideoAssembler::H264(a) => a.push(pes, out),
             VideoAssembler::H265(a) => a.push(pes, out),
+            VideoAssembler::Mpeg2(a) => a.push(pes, out),
         }
     }
 
-    /// From the latest SPS that parsed.
+    /// From the latest SPS that parsed (none for MPEG-2: viewers get the re-encoder's H.264,
+    /// described by its SPS).
     pub fn info(&self) -> Option<VideoInfo> {
         match self {
             VideoAssembler::H264(a) => a.sps().map(VideoInfo::from),
@@ -159,6 +223,15 @@ impl VideoAssembler {
                 width: s.width,
                 height: s.height,
             }),
+            VideoAssembler::Mpeg2(_) => None,
+        }
+    }
+
+    /// The end of the source: what is complete only then (an MPEG-2 picture; H.264 and
+    /// H.265 access units come out with their PES).
+    pub fn flush(&mut self, out: &mut Vec<AccessUnit>) {
+        if let VideoAssembler::Mpeg2(a) = self {
+            a.flush(out);
         }
     }
 

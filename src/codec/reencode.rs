@@ -1,5 +1,8 @@
 //! Video re-encoding, sans-IO: H.264 with B-frames in (decode order), H.264 without B-frames
-//! out (display order), for browsers' WebRTC decoders, which do not reorder.
+//! out (display order), for browsers' WebRTC decoders, which do not reorder. With
+//! `--features ffmpeg` also MPEG-2 video (which no browser decodes; interlaced pictures are
+//! deinterlaced by [`deinterlace`](super::deinterlace)) and HEVC (for viewers without H.265):
+//! libavcodec decodes them into the same encoder ([`Source`]).
 //!
 //! ```text
 //! access unit (decode order, timeline PTS) ─► OpenH264 decoder (Main/High, B-frames; it
@@ -37,7 +40,7 @@ use openh264::{OpenH264API, Timestamp};
 
 use super::h264::{find_sps, parse_sps, AccessUnit, SpsInfo};
 use super::h264_decoder::{DecodeState, H264Decoder};
-use super::Recovery;
+use super::{Recovery, VideoCodec};
 
 /// What the output is, for the API and logs.
 pub const OUTPUT: &str = "H.264 Constrained Baseline";
@@ -124,8 +127,98 @@ struct Output {
     bps: u32,
 }
 
+/// The decoder of the source's codec: OpenH264 for H.264 (its decoder conceals a start at a
+/// recovery point), libavcodec for MPEG-2 and HEVC.
+enum Decoder {
+    H264(H264Decoder),
+    #[cfg(feature = "ffmpeg")]
+    Ffmpeg(super::ffmpeg::VideoDecoder),
+}
+
+/// What is decoded with what: OpenH264 for H.264, FFmpeg's decoders for the rest.
+fn decoder_for(source: VideoCodec, concealing: bool) -> Result<Decoder, ReencodeError> {
+    match source {
+        VideoCodec::H264 => H264Decoder::new(concealing)
+            .map(Decoder::H264)
+            .map_err(ReencodeError::Setup),
+        #[cfg(feature = "ffmpeg")]
+        VideoCodec::Mpeg2 | VideoCodec::H265 => {
+            use super::ffmpeg::{VideoCodec as Ff, VideoDecoder};
+            let which = match source {
+                VideoCodec::Mpeg2 => Ff::Mpeg2,
+                _ => Ff::Hevc,
+            };
+            VideoDecoder::new(which)
+                .map(Decoder::Ffmpeg)
+                .ok_or_else(|| {
+                    ReencodeError::Setup(format!("FFmpeg has no {} decoder", source.name()))
+                })
+        }
+        #[cfg(not(feature = "ffmpeg"))]
+        VideoCodec::Mpeg2 | VideoCodec::H265 => Err(ReencodeError::Unsupported(format!(
+            "{} is re-encoded with FFmpeg's decoder: rebuild with --features ffmpeg",
+            source.name()
+        ))),
+    }
+}
+
+/// An I420 picture in one buffer (libavcodec's, copied out by the shim), for the encoder.
+#[cfg_attr(not(feature = "ffmpeg"), allow(dead_code))]
+struct I420<'a> {
+    width: usize,
+    height: usize,
+    yuv: &'a [u8],
+}
+
+#[cfg_attr(not(feature = "ffmpeg"), allow(dead_code))]
+impl I420<'_> {
+    fn chroma(&self) -> (usize, usize) {
+        (self.width.div_ceil(2), self.height.div_ceil(2))
+    }
+
+    /// The buffer holds the three planes (else it is not encoded).
+    fn is_whole(&self) -> bool {
+        let (cw, ch) = self.chroma();
+        self.yuv.len() >= self.width * self.height + 2 * cw * ch
+    }
+}
+
+impl YUVSource for I420<'_> {
+    fn dimensions(&self) -> (usize, usize) {
+        (self.width, self.height)
+    }
+
+    fn strides(&self) -> (usize, usize, usize) {
+        let (cw, _) = self.chroma();
+        (self.width, cw, cw)
+    }
+
+    fn y(&self) -> &[u8] {
+        &self.yuv[..self.width * self.height]
+    }
+
+    fn u(&self) -> &[u8] {
+        let (cw, ch) = self.chroma();
+        let at = self.width * self.height;
+        &self.yuv[at..at + cw * ch]
+    }
+
+    fn v(&self) -> &[u8] {
+        let (cw, ch) = self.chroma();
+        let at = self.width * self.height + cw * ch;
+        &self.yuv[at..at + cw * ch]
+    }
+}
+
 pub struct Reencoder {
-    decoder: Option<H264Decoder>,
+    /// What the source is coded with.
+    source: VideoCodec,
+    decoder: Option<Decoder>,
+    #[cfg(feature = "ffmpeg")]
+    pictures: Vec<super::ffmpeg::Picture>,
+    /// Scratch line of the deinterlacer.
+    #[cfg(feature = "ffmpeg")]
+    line: Vec<u8>,
     /// PTS of the access units in the decoder not yet out as pictures, with whether each is a
     /// source start point (keyframe or recovery point: the output has an IDR there).
     pending: BTreeMap<u64, bool>,
@@ -171,9 +264,21 @@ impl Default for Reencoder {
 }
 
 impl Reencoder {
+    /// For H.264.
     pub fn new() -> Self {
+        Self::for_source(VideoCodec::H264)
+    }
+
+    /// For a source coded with `source` (MPEG-2 and HEVC need `--features ffmpeg`; without,
+    /// the first keyframe is an [`ReencodeError::Unsupported`] that says so).
+    pub fn for_source(source: VideoCodec) -> Self {
         Reencoder {
+            source,
             decoder: None,
+            #[cfg(feature = "ffmpeg")]
+            pictures: Vec::new(),
+            #[cfg(feature = "ffmpeg")]
+            line: Vec::new(),
             pending: BTreeMap::new(),
             need_keyframe: true,
             started_at_point: false,
@@ -188,6 +293,14 @@ impl Reencoder {
 
     pub fn stats(&self) -> ReencodeStats {
         self.stats
+    }
+
+    /// The source's codec changed (a new PMT): what is held is of the old one.
+    pub fn set_source(&mut self, source: VideoCodec) {
+        if source != self.source {
+            self.source = source;
+            self.reset();
+        }
     }
 
     /// Start (again) at the next keyframe; pictures shown before `pts` are decoded but not
@@ -232,13 +345,27 @@ impl Reencoder {
             return Ok(());
         }
         self.measure(au);
-        let decoder = match &mut self.decoder {
-            Some(d) => d,
-            None => self
-                .decoder
-                .insert(H264Decoder::new(self.started_at_point).map_err(ReencodeError::Setup)?),
-        };
+        if self.decoder.is_none() {
+            self.decoder = Some(decoder_for(self.source, self.started_at_point)?);
+        }
         self.pending.insert(au.pts, au.is_start());
+        match &mut self.decoder {
+            Some(Decoder::H264(_)) => self.push_h264(au, out),
+            #[cfg(feature = "ffmpeg")]
+            Some(Decoder::Ffmpeg(_)) => self.push_ffmpeg(au, out)?,
+            None => {}
+        }
+        // Pictures the decoder dropped without an error: do not let their PTS shift the others.
+        while self.pending.len() > MAX_PENDING {
+            self.pending.pop_first();
+        }
+        Ok(())
+    }
+
+    fn push_h264(&mut self, au: SourceFrame<'_>, out: &mut Vec<EncodedFrame>) {
+        let Some(Decoder::H264(decoder)) = &mut self.decoder else {
+            return;
+        };
         let mut allowed = 0;
         if self.started_at_point {
             allowed |= DecodeState::CONCEALED;
@@ -251,34 +378,97 @@ impl Reencoder {
         if state.fails(allowed) {
             // A corrupt access unit: start again at the next start point (viewers keep the
             // last picture meanwhile).
-            self.stats.decode_errors += 1;
-            self.decoder = None;
-            self.pending.clear();
-            self.need_keyframe = true;
+            self.decode_failed();
         } else if let Some(picture) = picture {
             self.stats.decoded += 1;
             if let Some((pts, key)) = self.pending.pop_first() {
                 self.enc.picture(&mut self.stats, &picture, pts, key, out);
             }
         }
-        // Pictures the decoder dropped without an error: do not let their PTS shift the others.
-        while self.pending.len() > MAX_PENDING {
-            self.pending.pop_first();
+    }
+
+    /// libavcodec keeps each picture's PTS through its reordering: the pending entry of that
+    /// PTS says whether it was a start point; entries before it were dropped by the decoder.
+    /// An empty `data` drains the decoder (the end of the source).
+    #[cfg(feature = "ffmpeg")]
+    fn push_ffmpeg(
+        &mut self,
+        au: SourceFrame<'_>,
+        out: &mut Vec<EncodedFrame>,
+    ) -> Result<(), ReencodeError> {
+        use super::ffmpeg::VideoError;
+        let Some(Decoder::Ffmpeg(decoder)) = &mut self.decoder else {
+            return Ok(());
+        };
+        let mut pictures = std::mem::take(&mut self.pictures);
+        let pts = i64::try_from(au.pts).unwrap_or(i64::MAX);
+        match decoder.decode(au.data, pts, &mut pictures) {
+            Ok(()) => {}
+            Err(VideoError::Format { width, height }) => {
+                return Err(ReencodeError::Unsupported(format!(
+                    "{} {width}x{height} is not 8-bit 4:2:0, which the H.264 encoder takes",
+                    self.source.name()
+                )));
+            }
+            // A corrupt access unit: what came out before it still goes; then start again
+            // at the next start point.
+            Err(VideoError::Decode(_)) => self.decode_failed(),
         }
+        for p in pictures.iter_mut() {
+            self.stats.decoded += 1;
+            let pts = u64::try_from(p.pts).unwrap_or(0);
+            let key = self.pending.remove(&pts).unwrap_or(false);
+            self.pending = self.pending.split_off(&pts);
+            if p.interlaced {
+                super::deinterlace::blend_i420(&mut p.yuv, p.width, p.height, &mut self.line);
+            }
+            let picture = I420 {
+                width: p.width,
+                height: p.height,
+                yuv: &p.yuv,
+            };
+            if picture.is_whole() {
+                self.enc.picture(&mut self.stats, &picture, pts, key, out);
+            }
+        }
+        pictures.clear();
+        self.pictures = pictures;
         Ok(())
+    }
+
+    fn decode_failed(&mut self) {
+        self.stats.decode_errors += 1;
+        self.decoder = None;
+        self.pending.clear();
+        self.need_keyframe = true;
     }
 
     /// The source ended: the pictures the decoder still holds, encoded.
     pub fn flush(&mut self, out: &mut Vec<EncodedFrame>) {
-        let Some(decoder) = self.decoder.as_mut() else {
-            return;
-        };
-        for picture in decoder.flush_remaining() {
-            self.stats.decoded += 1;
-            let Some((pts, key)) = self.pending.pop_first() else {
-                break;
-            };
-            self.enc.picture(&mut self.stats, &picture, pts, key, out);
+        match self.decoder.as_mut() {
+            None => {}
+            Some(Decoder::H264(decoder)) => {
+                for picture in decoder.flush_remaining() {
+                    self.stats.decoded += 1;
+                    let Some((pts, key)) = self.pending.pop_first() else {
+                        break;
+                    };
+                    self.enc.picture(&mut self.stats, &picture, pts, key, out);
+                }
+            }
+            #[cfg(feature = "ffmpeg")]
+            Some(Decoder::Ffmpeg(_)) => {
+                let drain = SourceFrame {
+                    pts: 0,
+                    keyframe: false,
+                    recovery: Recovery::None,
+                    data: &[],
+                };
+                let _ = self.push_ffmpeg(drain, out);
+                // A drained libavcodec decoder takes nothing more.
+                self.decoder = None;
+                self.need_keyframe = true;
+            }
         }
     }
 
@@ -286,7 +476,12 @@ impl Reencoder {
     /// is an error; a new SPS restarts the decoder), start the decoder there if it waits for
     /// one, and take the bitrate since the last one.
     fn on_start(&mut self, au: SourceFrame<'_>) -> Result<(), ReencodeError> {
-        if let Some(sps) = find_sps(au.data) {
+        // (H.264's SPS only: an MPEG-2 slice start code reads as an H.264 SPS NAL header.
+        // libavcodec follows parameter changes by itself.)
+        let sps = (self.source == VideoCodec::H264)
+            .then(|| find_sps(au.data))
+            .flatten();
+        if let Some(sps) = sps {
             if let Some(info) = parse_sps(sps) {
                 check_format(&info)?;
             }
@@ -689,6 +884,58 @@ mod tests {
         let keys: Vec<u64> = out.iter().filter(|f| f.keyframe).map(|f| f.pts).collect();
         let starts: Vec<u64> = [0, 30, 60, 90].iter().map(|&i| source[i].pts).collect();
         assert_eq!(keys, starts);
+    }
+
+    /// MPEG-2 and HEVC through libavcodec into the same encoder: every picture once, in
+    /// display order, IDRs (with SPS and PPS, the source's size) where the source has
+    /// keyframes; 576i deinterlaced on the way.
+    #[cfg(feature = "ffmpeg")]
+    #[test]
+    fn mpeg2_and_hevc_become_baseline_pictures_in_display_order() {
+        use crate::codec::{VideoAssembler, VideoCodec};
+        for (file, codec, size, pictures) in [
+            ("mpeg2_576i_mp2.ts", VideoCodec::Mpeg2, (720, 576), 25),
+            ("hevc_aac.ts", VideoCodec::H265, (1280, 720), 60),
+        ] {
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("testdata")
+                .join(file);
+            let Ok(data) = std::fs::read(path) else {
+                return;
+            };
+            let mut assembler = VideoAssembler::new(codec);
+            let mut aus = Vec::new();
+            for (payload, pts) in crate::ts::testutil::pes_of_pid(&data, 0x100) {
+                let unit = crate::codec::EsUnit {
+                    data: &payload,
+                    pts,
+                    dts: None,
+                };
+                assembler.push(unit, &mut aus);
+            }
+            if let VideoAssembler::Mpeg2(_) = &assembler {
+                // The last picture is complete only at the end of the source.
+                assert_eq!(aus.len(), pictures - 1, "{file}");
+            }
+            let mut r = Reencoder::for_source(codec);
+            let mut out = Vec::new();
+            for au in &aus {
+                r.push(SourceFrame::from(au), &mut out).unwrap();
+            }
+            r.flush(&mut out);
+            let stats = r.stats();
+            assert_eq!(stats.decode_errors, 0, "{file}");
+            assert_eq!(out.len(), aus.len(), "{file}: every picture, once");
+            assert!(out.windows(2).all(|w| w[1].pts > w[0].pts), "{file}");
+            let source_keys: Vec<u64> = aus.iter().filter(|a| a.keyframe).map(|a| a.pts).collect();
+            let keys: Vec<u64> = out.iter().filter(|f| f.keyframe).map(|f| f.pts).collect();
+            assert_eq!(keys, source_keys, "{file}");
+            for f in out.iter().filter(|f| f.keyframe) {
+                let sps = find_sps(&f.data).and_then(parse_sps).unwrap();
+                assert_eq!((sps.width, sps.height), size, "{file}");
+                assert_eq!(sps.profile_level_id.profile_idc(), 66);
+            }
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ use super::{check_name, ApiError, AppState};
 use crate::codec::reencode::OUTPUT as REENCODED_TO;
 use crate::codec::reorder::{B_FRAMES_ADVICE, B_FRAMES_REENCODED};
 use crate::config::Transcode;
+use crate::stream::gop::GopBound;
 use crate::stream::ring::Read;
 use crate::stream::starts::no_keyframes_reencoded;
 use crate::stream::{Reencode, ReencodeWhy, Status, Stream, VideoProfile};
@@ -74,6 +75,29 @@ pub async fn get(
 const H265_NOTE: &str = "H.265 goes to viewers whose offer has H.265 (Chrome 136+ with a \
      hardware decoder, Safari, GStreamer); other viewers get the stream's other tracks";
 
+/// Who plays H.265 when FFmpeg's decoder is built in.
+const H265_NOTE_FFMPEG: &str = "H.265 goes to viewers whose offer has H.265 (Chrome 136+ \
+     with a hardware decoder, Safari, GStreamer); other viewers get it re-encoded to H.264, \
+     once for all of them, while they watch (`without_h265`)";
+
+/// What the video re-encoder of `s` does, and why.
+fn reencoded_json(s: &Stream, why: &ReencodeWhy, bound: GopBound, v: &mut Value) {
+    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+    let cpu = r(&s.stats.reencode_us) as f64 * 100.0 / r(&s.stats.reencode_media_us).max(1) as f64;
+    v["transcoded_to"] = REENCODED_TO.into();
+    v["transcode_reason"] = match why {
+        ReencodeWhy::BFrames => B_FRAMES_REENCODED.to_string(),
+        ReencodeWhy::NoKeyframes => no_keyframes_reencoded(bound),
+        ReencodeWhy::Codec(c) => ReencodeWhy::codec_reason(*c),
+    }
+    .into();
+    v["transcoder_cpu_pct"] = ((cpu * 100.0).round() / 100.0).into();
+    v["transcode_errors"] = r(&s.stats.reencode_errors).into();
+    v["frames_decoded"] = r(&s.stats.reencode_decoded).into();
+    v["frames_encoded"] = r(&s.stats.reencode_encoded).into();
+    v["keyframes_on_request"] = r(&s.stats.reencode_keyframes).into();
+}
+
 /// One track of a PMT as JSON; codec details come from `st`, the status of the stream that
 /// demuxes its program (none for a program nobody watches). `program`: the program's number
 /// when viewers must ask for it (`?program=N`).
@@ -98,7 +122,7 @@ fn track_json(
         return v;
     }
     match &t.codec {
-        Codec::H264 | Codec::H265 => {
+        Codec::H264 | Codec::H265 | Codec::Mpeg2Video => {
             v["kind"] = "video".into();
             // A program may have both; viewers get the first H.264 track, else H.265.
             let sent = t_set.video().is_some_and(|sent| sent.pid == t.pid);
@@ -122,31 +146,40 @@ fn track_json(
                 }
                 None => {}
             }
+            let bound = s.gop.lock().bound();
             if t.codec == Codec::H265 {
-                v["note"] = H265_NOTE.into();
+                let root = s.parent().unwrap_or(s);
+                let h264 = root.programs().into_iter().find(|p| {
+                    p.h264_video()
+                        && p.program_choice() == ProgramChoice::Number(t_set.program_number)
+                });
+                v["note"] = match cfg!(feature = "ffmpeg") {
+                    true => H265_NOTE_FFMPEG,
+                    false => H265_NOTE,
+                }
+                .into();
+                // The variant that re-encodes it for viewers without H.265, while it exists.
+                if let Some(h) = h264 {
+                    let mut w = json!({
+                        "viewers": h.stats.viewers.load(Ordering::Relaxed),
+                    });
+                    if let Reencode::Active(why) = &h.status().reencode {
+                        reencoded_json(&h, why, bound, &mut w);
+                    }
+                    v["without_h265"] = w;
+                }
             }
             v["b_frames"] = st.b_frames.into();
-            let bound = s.gop.lock().bound();
             let reencoded = matches!(st.reencode, Reencode::Active(_));
             if let Some(report) = st.start_points.report(bound, reencoded) {
                 v["start_points"] = report.into();
             }
             match &st.reencode {
-                Reencode::Active(why) => {
-                    let r = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
-                    let cpu = r(&s.stats.reencode_us) as f64 * 100.0
-                        / r(&s.stats.reencode_media_us).max(1) as f64;
-                    v["transcoded_to"] = REENCODED_TO.into();
-                    v["transcode_reason"] = match why {
-                        ReencodeWhy::BFrames => B_FRAMES_REENCODED.to_string(),
-                        ReencodeWhy::NoKeyframes => no_keyframes_reencoded(bound),
-                    }
-                    .into();
-                    v["transcoder_cpu_pct"] = ((cpu * 100.0).round() / 100.0).into();
-                    v["transcode_errors"] = r(&s.stats.reencode_errors).into();
-                    v["frames_decoded"] = r(&s.stats.reencode_decoded).into();
-                    v["frames_encoded"] = r(&s.stats.reencode_encoded).into();
-                    v["keyframes_on_request"] = r(&s.stats.reencode_keyframes).into();
+                Reencode::Active(why) => reencoded_json(s, why, bound, &mut v),
+                Reencode::Unsupported(why) if t.codec == Codec::Mpeg2Video => {
+                    // It plays re-encoded or not at all.
+                    v["playable"] = false.into();
+                    v["reason"] = why.as_ref().into();
                 }
                 Reencode::Unsupported(why) => {
                     if st.b_frames {
@@ -195,6 +228,7 @@ fn audio_json(
     let picked = root.programs().into_iter().find(|p| {
         p.program_choice() == ProgramChoice::Number(t_set.program_number)
             && p.audio_choice() == AudioChoice::Index(index as u8)
+            && !p.h264_video()
     });
     let sent_by_default = s
         .audio_choice()
@@ -278,6 +312,7 @@ fn programs_json(app: &AppState, s: &Arc<Stream>, st: &Status) -> Vec<Value> {
             let own = demuxed.iter().find(|p| {
                 p.program_choice() == ProgramChoice::Number(number)
                     && p.audio_choice() == AudioChoice::Auto
+                    && !p.h264_video()
             });
             let (src, src_status) = match own {
                 _ if followed => (s, st.clone()),

@@ -221,6 +221,44 @@ async fn audio_stream(
     let variant = Variant {
         program: tracks.program_number,
         audio: AudioChoice::Index(index),
+        h264: false,
+    };
+    Ok(app.registry.variant(&stream, variant))
+}
+
+/// The stream a viewer whose offer has no H.265 is served from: `stream` itself unless its
+/// video is HEVC, else the variant that re-encodes it to H.264 (`--features ffmpeg`,
+/// `--video-transcode auto`): one for all such viewers, there only while they watch. Waits
+/// (within `deadline`) for the PMT.
+async fn h264_stream(
+    app: &AppState,
+    stream: Arc<Stream>,
+    deadline: Duration,
+) -> Result<Arc<Stream>, ApiError> {
+    if app.cfg.video_transcode != crate::config::Transcode::Auto || stream.h264_video() {
+        return Ok(stream);
+    }
+    let waiting = Waiting::new(stream.clone());
+    let mut rx = stream.subscribe();
+    let waited = tokio::time::timeout(deadline, rx.wait_for(|s| s.tracks.is_some())).await;
+    drop(waiting);
+    let tracks = match waited {
+        Ok(Ok(status)) => status.tracks.clone(),
+        _ => None,
+    };
+    let Some(tracks) = tracks else {
+        return Err(not_ready(&stream, deadline));
+    };
+    if tracks
+        .video()
+        .is_none_or(|t| t.codec != crate::ts::Codec::H265)
+    {
+        return Ok(stream);
+    }
+    let variant = Variant {
+        program: tracks.program_number,
+        audio: stream.audio_choice(),
+        h264: true,
     };
     Ok(app.registry.variant(&stream, variant))
 }
@@ -367,6 +405,12 @@ pub async fn post(
     let stream = match audio_pick {
         None => stream,
         Some(pick) => audio_stream(&app, stream, pick, left()).await?,
+    };
+    // (An offer without video, or with H.265, needs no H.264 made for it.)
+    let h264_only = offer.has_codec("H264") && !offer.has_codec("H265");
+    let stream = match cfg!(feature = "ffmpeg") && h264_only {
+        true => h264_stream(&app, stream, left()).await?,
+        false => stream,
     };
     let status = wait_ready(&stream, left(), app.cfg.source_grace).await?;
     drop(waiting_here);

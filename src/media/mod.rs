@@ -146,6 +146,11 @@ impl Apply<'_> {
                          for all viewers, with a keyframe at each start point of the source \
                          and on each viewer's request (--video-transcode off sends it as it is)",
                         self.gop_bound),
+                    Reencode::Active(ReencodeWhy::Codec(c)) => info!(stream = %stream.name,
+                        "{} to {REENCODED_TO}", ReencodeWhy::codec_reason(*c)),
+                    // (B-frames pass through as they are; a codec no browser decodes cannot.)
+                    Reencode::Unsupported(why) if !stream.status().b_frames => warn!(
+                        stream = %stream.name, "the video cannot be re-encoded here: {why}"),
                     Reencode::Unsupported(why) => warn!(stream = %stream.name,
                         "{B_FRAMES_ADVICE}; it cannot be re-encoded here: {why}"),
                     Reencode::Off => debug!(stream = %stream.name, "video re-encoder stopped"),
@@ -228,6 +233,7 @@ pub async fn run(stream: Arc<Stream>, sink: Arc<dyn FrameSink>, options: MediaOp
         .with_transcoding(options.audio_transcode)
         .with_reencoding(options.video_transcode)
         .with_audio(stream.audio_choice())
+        .with_h264_video(stream.h264_video())
         .with_program(stream.program_choice());
     let mut apply = Apply {
         stream: &stream,

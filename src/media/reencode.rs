@@ -21,7 +21,7 @@ use tracing::warn;
 
 use super::state::ReencodeJob;
 use crate::codec::reencode::{EncodedFrame, Reencoder, SourceFrame};
-use crate::codec::Recovery;
+use crate::codec::{Recovery, VideoCodec};
 use crate::metrics::thread_cpu_time;
 use crate::stream::Stream;
 
@@ -48,6 +48,8 @@ pub(super) struct Worker {
     stream: Arc<Stream>,
     /// The queue was full: drop access units until a keyframe.
     behind: bool,
+    /// The source's codec, from the latest start (a restart after falling behind repeats it).
+    source: VideoCodec,
 }
 
 impl Worker {
@@ -63,6 +65,7 @@ impl Worker {
             done,
             stream: stream.clone(),
             behind: false,
+            source: VideoCodec::H264,
         })
     }
 
@@ -72,7 +75,11 @@ impl Worker {
 
     pub(super) fn send(&mut self, job: ReencodeJob) {
         match &job {
-            ReencodeJob::Start { .. } | ReencodeJob::Stop => self.behind = false,
+            ReencodeJob::Start { source, .. } => {
+                self.behind = false;
+                self.source = *source;
+            }
+            ReencodeJob::Stop => self.behind = false,
             ReencodeJob::Frame {
                 generation,
                 pts,
@@ -83,6 +90,7 @@ impl Worker {
                 let restart = ReencodeJob::Start {
                     generation: *generation,
                     from: *pts,
+                    source: self.source,
                 };
                 if !self.try_send(Job::Media(restart)) {
                     return self.dropped();
@@ -136,8 +144,10 @@ fn work(stream: &Stream, jobs: &Receiver<Job>, done: &UnboundedSender<Done>) {
             Job::Media(ReencodeJob::Start {
                 generation: g,
                 from,
+                source,
             }) => {
                 generation = g;
+                r.set_source(source);
                 r.start_at(from);
                 last_pts = None;
                 continue;

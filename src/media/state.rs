@@ -70,8 +70,13 @@ pub enum MediaEvent {
 #[derive(Debug, Clone)]
 pub enum ReencodeJob {
     /// Start (again): from the next keyframe on, encode the pictures shown from `from` on
-    /// (those before went out as they were). Results carry `generation`.
-    Start { generation: u64, from: u64 },
+    /// (those before went out as they were); the access units are `source`'s. Results carry
+    /// `generation`.
+    Start {
+        generation: u64,
+        from: u64,
+        source: VideoCodec,
+    },
     /// An access unit of the source, in decode order, on the stream's timeline.
     Frame {
         generation: u64,
@@ -151,6 +156,8 @@ pub struct MediaState {
     /// B-frames in the video: reported, and re-encoded away when `reencode_on`.
     reorder: ReorderDetector,
     reencode_on: bool,
+    /// HEVC goes out re-encoded to H.264 (the variant for viewers without H.265).
+    hevc_to_h264: bool,
     /// The generation of the re-encoder's current run, while the video is re-encoded.
     reencoding: Option<u64>,
     generation: u64,
@@ -209,6 +216,7 @@ impl MediaState {
             payloads: Vec::new(),
             reorder: ReorderDetector::new(),
             reencode_on: false,
+            hevc_to_h264: false,
             reencoding: None,
             generation: 0,
             reencode_blocked: false,
@@ -232,6 +240,22 @@ impl MediaState {
     pub fn with_reencoding(mut self, on: bool) -> Self {
         self.reencode_on = on;
         self
+    }
+
+    /// With HEVC video re-encoded to H.264 (for viewers without H.265, `Variant::h264`).
+    pub fn with_h264_video(mut self, on: bool) -> Self {
+        self.hevc_to_h264 = on;
+        self
+    }
+
+    /// Whether the video goes to viewers only re-encoded: MPEG-2 (no browser decodes it),
+    /// HEVC for the viewers without H.265.
+    fn only_reencoded(&self) -> bool {
+        match self.video.codec() {
+            VideoCodec::Mpeg2 => true,
+            VideoCodec::H265 => self.hevc_to_h264,
+            VideoCodec::H264 => false,
+        }
     }
 
     /// With the audio transcoder on (AAC/MPEG audio → Opus when there is no Opus track).
@@ -272,6 +296,11 @@ impl MediaState {
         self.demux.flush(&mut events);
         self.handle_events(&mut events, now, out);
         self.events = events;
+        // An MPEG-2 picture is complete when the next starts: the last one, at the end.
+        let mut aus = std::mem::take(&mut self.aus);
+        self.video.flush(&mut aus);
+        self.on_access_units(&mut aus, now, out);
+        self.aus = aus;
         if let Some((_, tc)) = self.transcoder.as_mut() {
             let mut frames = Vec::new();
             tc.flush(&mut frames);
@@ -382,13 +411,17 @@ impl MediaState {
         let codec = tracks.video().and_then(|t| match t.codec {
             Codec::H264 => Some(VideoCodec::H264),
             Codec::H265 => Some(VideoCodec::H265),
+            Codec::Mpeg2Video => Some(VideoCodec::Mpeg2),
             _ => None,
         });
         if let Some(codec) = codec.filter(|&c| c != self.video.codec()) {
             self.video = VideoAssembler::new(codec);
             self.video_rtp = match codec {
-                VideoCodec::H264 => Packetizer::H264(H264Packetizer::default()),
-                VideoCodec::H265 => Packetizer::H265(H265Packetizer::default()),
+                VideoCodec::H265 if !self.hevc_to_h264 => {
+                    Packetizer::H265(H265Packetizer::default())
+                }
+                // MPEG-2 (and HEVC for viewers without H.265) go to viewers re-encoded.
+                _ => Packetizer::H264(H264Packetizer::default()),
             };
             self.video_info = None;
             self.stop_reencoding(out);
@@ -426,12 +459,24 @@ impl MediaState {
     fn on_video(&mut self, pes: &Pes, now: Instant, out: &mut Vec<MediaEvent>) {
         let mut aus = std::mem::take(&mut self.aus);
         self.video.push(pes, &mut aus);
-        // While re-encoding, viewers get the encoder's SPS (see `reencoded`).
-        if self.reencoding.is_none() {
+        self.on_access_units(&mut aus, now, out);
+        self.aus = aus;
+    }
+
+    fn on_access_units(
+        &mut self,
+        aus: &mut Vec<AccessUnit>,
+        now: Instant,
+        out: &mut Vec<MediaEvent>,
+    ) {
+        // While re-encoding, viewers get the encoder's SPS (see `reencoded`); so do they when
+        // the video goes out only re-encoded.
+        if self.reencoding.is_none() && !self.only_reencoded() {
             self.report_video(self.video.info(), out);
         }
         for au in aus.drain(..) {
-            let b_frames = self.reorder.push(au.pts);
+            // (MPEG-2's B-frames go with its re-encoding: nothing to report.)
+            let b_frames = !self.only_reencoded() && self.reorder.push(au.pts);
             if b_frames {
                 out.push(MediaEvent::BFrames(true));
             }
@@ -458,6 +503,17 @@ impl MediaState {
                     recovery: au.recovery,
                     data: au.data.clone(),
                 }));
+                continue;
+            }
+            if self.only_reencoded() {
+                // These viewers cannot decode it as it is: nothing goes out until the
+                // re-encoder runs, from the first keyframe (or ever, when it cannot).
+                if au.keyframe && !self.reencode_blocked {
+                    self.held.clear();
+                    self.held
+                        .push((t, au.keyframe, au.recovery, au.data.clone()));
+                    self.start_reencoding(ReencodeWhy::Codec(self.video.codec()), out);
+                }
                 continue;
             }
             if self.reencode_on && !self.reencode_blocked && self.video.codec() == VideoCodec::H264
@@ -488,7 +544,6 @@ impl MediaState {
                 out,
             );
         }
-        self.aus = aus;
     }
 
     /// A video frame at timeline time `t`, for the viewers; `start`: whether it is a keyframe,
@@ -532,11 +587,21 @@ impl MediaState {
     /// reason is reported).
     fn start_reencoding(&mut self, why: ReencodeWhy, out: &mut Vec<MediaEvent>) -> bool {
         let format = match &self.video {
-            crate::codec::VideoAssembler::H264(a) => a.sps().map(reencode::check_format),
-            crate::codec::VideoAssembler::H265(_) => None,
+            VideoAssembler::H264(a) => a.sps().map(reencode::check_format),
+            VideoAssembler::H265(_) | VideoAssembler::Mpeg2(_) => None,
         };
         if let Some(Err(e)) = format {
             self.reencode_failed(self.generation, e.to_string(), out);
+            return false;
+        }
+        if !self.reencode_on {
+            // (Only a codec no browser decodes asks while re-encoding is off.)
+            let why = format!(
+                "{} plays re-encoded to H.264 and video re-encoding is off: run with \
+                 --video-transcode auto (the default)",
+                self.video.codec().name()
+            );
+            self.reencode_failed(self.generation, why, out);
             return false;
         }
         self.generation += 1;
@@ -546,6 +611,7 @@ impl MediaState {
         out.push(MediaEvent::Reencode(ReencodeJob::Start {
             generation,
             from: self.passed_until.map_or(0, |t| t + 1),
+            source: self.video.codec(),
         }));
         for (pts, keyframe, recovery, data) in self.held.drain(..) {
             out.push(MediaEvent::Reencode(ReencodeJob::Frame {
@@ -582,7 +648,9 @@ impl MediaState {
         self.reencode_blocked = true;
         self.held.clear();
         out.push(MediaEvent::Reencoding(Reencode::Unsupported(why.into())));
-        self.report_video(self.video.info(), out);
+        if !self.only_reencoded() {
+            self.report_video(self.video.info(), out);
+        }
     }
 
     /// A picture from the re-encoder (in display order), for the viewers: on the stream's
@@ -719,6 +787,73 @@ mod tests {
         out
     }
 
+    /// What goes to the re-encoder (and what to viewers) for a video that plays only
+    /// re-encoded: MPEG-2 always, HEVC in the variant for viewers without H.265.
+    #[cfg(feature = "ffmpeg")]
+    fn only_reencoded(file: &str, h264_video: bool) -> Vec<MediaEvent> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata")
+            .join(file);
+        let data = std::fs::read(path).expect("testdata");
+        let mut m = MediaState::new()
+            .with_transcoding(true)
+            .with_reencoding(true)
+            .with_h264_video(h264_video);
+        let mut out = Vec::new();
+        let now = Instant::now();
+        m.push(&data, now, &mut out);
+        m.end_of_input(now, &mut out);
+        out
+    }
+
+    /// MPEG-2, and HEVC for viewers without H.265: no video frame goes out as the source
+    /// sent it; the re-encoder starts at the first keyframe, told the codec, with the reason
+    /// reported; the packetizer is H.264's. HEVC otherwise passes through.
+    #[cfg(feature = "ffmpeg")]
+    #[test]
+    fn mpeg2_and_hevc_for_h264_viewers_go_to_the_reencoder_from_a_keyframe() {
+        for (file, h264_video, codec, aus) in [
+            ("mpeg2_576i_mp2.ts", false, VideoCodec::Mpeg2, 25),
+            ("hevc_aac.ts", true, VideoCodec::H265, 60),
+        ] {
+            let events = only_reencoded(file, h264_video);
+            assert!(frames(&events, Kind::Video).is_empty(), "{file}");
+            assert!(
+                !frames(&events, Kind::Audio).is_empty(),
+                "{file}: audio plays"
+            );
+            let active = events.iter().find_map(|e| match e {
+                MediaEvent::Reencoding(Reencode::Active(why)) => Some(*why),
+                _ => None,
+            });
+            assert_eq!(active, Some(ReencodeWhy::Codec(codec)), "{file}");
+            let start = events.iter().find_map(|e| match e {
+                MediaEvent::Reencode(ReencodeJob::Start { source, .. }) => Some(*source),
+                _ => None,
+            });
+            assert_eq!(start, Some(codec), "{file}");
+            let sent: Vec<bool> = events
+                .iter()
+                .filter_map(|e| match e {
+                    MediaEvent::Reencode(ReencodeJob::Frame { keyframe, .. }) => Some(*keyframe),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(sent.len(), aus, "{file}");
+            assert!(sent[0], "{file}: from a keyframe");
+            assert!(!events
+                .iter()
+                .any(|e| matches!(e, MediaEvent::BFrames(true))));
+        }
+        let events = only_reencoded("hevc_aac.ts", false);
+        assert_eq!(
+            frames(&events, Kind::Video).len(),
+            60,
+            "HEVC passes through"
+        );
+        assert!(!events.iter().any(|e| matches!(e, MediaEvent::Reencode(_))));
+    }
+
     fn frames(events: &[MediaEvent], kind: Kind) -> Vec<&Frame> {
         events
             .iter()
@@ -834,7 +969,9 @@ mod tests {
                 while !events.is_empty() {
                     for ev in std::mem::take(events) {
                         match &ev {
-                            MediaEvent::Reencode(ReencodeJob::Start { generation, from }) => {
+                            MediaEvent::Reencode(ReencodeJob::Start {
+                                generation, from, ..
+                            }) => {
                                 self.1 = *generation;
                                 self.0.start_at(*from);
                             }

@@ -58,12 +58,16 @@ pub struct Status {
 }
 
 /// What a stream demuxed on its own beside its parent serves (see [`Registry::variant`]): a
-/// program of the TS, with its default audio track or the one viewers picked. Its video is
-/// demuxed and packetized (and re-encoded, when the source needs it) once more for it.
+/// program of the TS, with its default audio track or the one viewers picked, and its HEVC
+/// video as it is or re-encoded to H.264 for viewers without H.265. Its video is demuxed and
+/// packetized (and re-encoded, when the source needs it) once more for it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
     pub program: u16,
     pub audio: AudioChoice,
+    /// HEVC video re-encoded to H.264 (`--features ffmpeg`): for viewers whose offer has no
+    /// H.265, only while they watch.
+    pub h264: bool,
 }
 
 /// The video re-encoder of a stream (see `codec::reencode`).
@@ -86,6 +90,27 @@ pub enum ReencodeWhy {
     /// No keyframe within the GOP cache bound (periodic intra refresh, very long GOPs):
     /// browsers start only at a keyframe, and the re-encoder makes one on their request.
     NoKeyframes,
+    /// A codec browsers do not decode (MPEG-2 video), or that the viewers of this stream did
+    /// not offer (HEVC, in the variant for viewers without H.265).
+    Codec(crate::codec::VideoCodec),
+}
+
+impl ReencodeWhy {
+    /// Why a codec is re-encoded, for the API and the log.
+    pub fn codec_reason(codec: crate::codec::VideoCodec) -> String {
+        if codec == crate::codec::VideoCodec::H265 {
+            return "the video is H.265, which these viewers' offers do not have: it is \
+                    decoded with FFmpeg's decoder and re-encoded for them, once, while they \
+                    watch (viewers that offer H.265 get it as it is)"
+                .into();
+        }
+        format!(
+            "the video is {}, which browsers' WebRTC decoders do not decode: it is decoded \
+             with FFmpeg's decoder (interlaced pictures deinterlaced) and re-encoded, once for \
+             all viewers",
+            codec.name()
+        )
+    }
 }
 
 impl Status {
@@ -189,6 +214,8 @@ pub struct Stream {
     /// The audio track viewers of this stream get: the program's default, or the one a
     /// variant of the stream was made for (see [`Registry::variant`]).
     audio: AudioChoice,
+    /// Its HEVC video goes out re-encoded to H.264 (see [`Variant::h264`]).
+    h264: bool,
     /// For such a program: the stream whose ring it reads (its source state is the parent's).
     parent: Option<Arc<Stream>>,
     /// The programs of this stream, and the audio tracks, that viewers asked for, each
@@ -220,6 +247,7 @@ impl Stream {
             ended_at: Mutex::new(None),
             choice: ProgramChoice::Auto,
             audio: AudioChoice::Auto,
+            h264: false,
             parent: None,
             programs: Mutex::new(HashMap::new()),
             unwatched_since: Mutex::new(None),
@@ -264,6 +292,11 @@ impl Stream {
     /// Which audio track of its program the media task sends.
     pub fn audio_choice(&self) -> AudioChoice {
         self.audio
+    }
+
+    /// Whether its HEVC video goes out re-encoded to H.264 (see [`Variant::h264`]).
+    pub fn h264_video(&self) -> bool {
+        self.h264
     }
 
     /// For a program of an MPTS read from another stream: that stream.
@@ -635,6 +668,7 @@ impl Registry {
         let variant = Variant {
             program: number,
             audio: AudioChoice::Auto,
+            h264: false,
         };
         self.variant(parent, variant)
     }
@@ -650,13 +684,17 @@ impl Registry {
             return p.clone();
         }
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let name = match variant.audio {
+        let mut name = match variant.audio {
             AudioChoice::Auto => format!("{}#{}", parent.name, variant.program),
             AudioChoice::Index(n) => format!("{}#{}/audio{n}", parent.name, variant.program),
         };
+        if variant.h264 {
+            name.push_str("/h264");
+        }
         let mut stream = Stream::new(name, id, parent.ring.clone());
         stream.choice = ProgramChoice::Number(variant.program);
         stream.audio = variant.audio;
+        stream.h264 = variant.h264;
         stream.parent = Some(parent.clone());
         let source = parent.status().source;
         stream.status.send_modify(|s| s.source = source);

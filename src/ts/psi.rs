@@ -79,6 +79,9 @@ pub enum Codec {
     H264,
     /// HEVC: sent to viewers whose offer has H.265 (RFC 7798).
     H265,
+    /// MPEG-2 video: sent re-encoded to H.264 (`--features ffmpeg`; without it, it is
+    /// `Unsupported` with that advice).
+    Mpeg2Video,
     /// Single-stream Opus, mono or stereo.
     Opus {
         channels: u8,
@@ -98,9 +101,17 @@ pub enum Codec {
 }
 
 impl Codec {
-    /// Viewers get it as it is: the demuxer reassembles its PES (H.264, H.265, Opus).
+    /// Viewers get it (MPEG-2 video re-encoded): the demuxer reassembles its PES.
     pub fn is_supported(&self) -> bool {
-        matches!(self, Codec::H264 | Codec::H265 | Codec::Opus { .. })
+        matches!(
+            self,
+            Codec::H264 | Codec::H265 | Codec::Mpeg2Video | Codec::Opus { .. }
+        )
+    }
+
+    /// A video codec viewers get, as it is or re-encoded.
+    pub fn is_video(&self) -> bool {
+        matches!(self, Codec::H264 | Codec::H265 | Codec::Mpeg2Video)
     }
 }
 
@@ -122,6 +133,7 @@ impl TrackInfo {
         match self.codec {
             Codec::H264 => "H.264",
             Codec::H265 => "H.265",
+            Codec::Mpeg2Video => "MPEG-2 video",
             Codec::Opus { .. } => "Opus",
             Codec::Transcodable(c) => c.name(),
             Codec::Data { what } => what,
@@ -150,9 +162,11 @@ pub struct TrackSet {
 
 impl TrackSet {
     /// The video track viewers get: the first H.264 track (every WebRTC stack plays it),
-    /// else the first H.265 one.
+    /// else the first H.265 one, else the first MPEG-2 one (re-encoded to H.264).
     pub fn video(&self) -> Option<&TrackInfo> {
-        self.h264().or_else(|| self.hevc())
+        self.h264()
+            .or_else(|| self.hevc())
+            .or_else(|| self.tracks.iter().find(|t| t.codec == Codec::Mpeg2Video))
     }
 
     /// The first H.264 track.
@@ -486,6 +500,9 @@ const AC3_NEEDS_FFMPEG: &str = "AC-3 is not playable in WebRTC; it plays transco
 const E_AC3_NEEDS_FFMPEG: &str = "E-AC-3 is not playable in WebRTC; it plays transcoded to \
      Opus with FFmpeg's decoder: rebuild with --features ffmpeg";
 
+const MPEG2_NEEDS_FFMPEG: &str = "MPEG-2 video is not playable in WebRTC; it plays \
+     re-encoded to H.264 with FFmpeg's decoder: rebuild with --features ffmpeg";
+
 /// Decides the codec from the stream_type and the ES_info descriptors alone (no probing).
 pub(crate) fn classify(stream_type: StreamType, es_info: &[u8]) -> (TrackKind, Codec) {
     let unsupported = |kind, reason| (kind, Codec::Unsupported { reason });
@@ -543,9 +560,9 @@ pub(crate) fn classify(stream_type: StreamType, es_info: &[u8]) -> (TrackKind, C
         }
         StreamType::HEVC => (video, Codec::H265),
         StreamType::VVC => unsupported(video, "H.266 is not supported (H.264 only)"),
-        StreamType::MPEG1_VIDEO | StreamType::MPEG2_VIDEO => {
-            unsupported(video, "MPEG-1/2 video is not playable in WebRTC")
-        }
+        StreamType::MPEG2_VIDEO if cfg!(feature = "ffmpeg") => (video, Codec::Mpeg2Video),
+        StreamType::MPEG2_VIDEO => unsupported(video, MPEG2_NEEDS_FFMPEG),
+        StreamType::MPEG1_VIDEO => unsupported(video, "MPEG-1 video is not playable in WebRTC"),
         StreamType::MPEG4_VIDEO => unsupported(video, "MPEG-4 video is not playable in WebRTC"),
         StreamType::AC3 => dolby(SourceCodec::Ac3),
         StreamType::EAC3 => dolby(SourceCodec::Eac3),

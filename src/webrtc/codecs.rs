@@ -25,7 +25,10 @@ pub(super) fn viewer_codecs(
     audio: bool,
 ) -> RtcConfig {
     match (tracks.video().map(|t| &t.codec), video.map(|v| v.profile)) {
-        (Some(Codec::H264), profile) => {
+        // MPEG-2 goes out re-encoded to H.264 (its profile is the encoder's, once known), and
+        // so does HEVC in the variant for viewers without H.265 (its SPS says H.264).
+        (Some(Codec::H264 | Codec::Mpeg2Video), profile)
+        | (Some(Codec::H265), profile @ Some(VideoProfile::H264(_))) => {
             cfg = cfg.enable_h264(true);
             // str0m's defaults cover Baseline, Constrained Baseline, Main and High; add
             // Constrained High (Safari) and the source's own profile when it is none of

@@ -193,6 +193,16 @@ pub enum OfferError {
 }
 
 impl Offer {
+    /// Whether it offers `codec` (an `a=rtpmap` encoding name, any case: "H265").
+    pub fn has_codec(&self, codec: &str) -> bool {
+        self.text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("a=rtpmap:"))
+            .filter_map(|l| l.split_whitespace().nth(1))
+            .filter_map(|c| c.split('/').next())
+            .any(|c| c.eq_ignore_ascii_case(codec))
+    }
+
     pub fn parse(sdp: &str) -> Result<Offer, OfferError> {
         let parsed =
             SdpOffer::from_sdp_string(sdp).map_err(|e| OfferError::Malformed(e.to_string()))?;

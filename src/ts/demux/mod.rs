@@ -47,7 +47,13 @@ pub fn plays_everywhere(tracks: &TrackSet) -> bool {
     tracks
         .tracks
         .iter()
-        .any(|t| matches!(t.codec, Codec::H264 | Codec::Opus { .. }))
+        // (MPEG-2 video exists only with FFmpeg's decoder built in: re-encoded to H.264.)
+        .any(|t| {
+            matches!(
+                t.codec,
+                Codec::H264 | Codec::Mpeg2Video | Codec::Opus { .. }
+            )
+        })
         || transcodable_audio(tracks).is_some()
 }
 
