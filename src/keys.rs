@@ -40,6 +40,10 @@ pub struct StreamKeys {
     pub publish_sha256: String,
     /// `None`: viewing takes the server's `--view-token` rule.
     pub view_sha256: Option<String>,
+    /// The stream's own SRT passphrase, in clear: libsrt needs the passphrase itself to derive
+    /// the stream's AES key (a hash would not do). `None`: `--srt-passphrase` applies.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub srt_passphrase: Option<String>,
 }
 
 impl StreamKeys {
@@ -48,7 +52,14 @@ impl StreamKeys {
         StreamKeys {
             publish_sha256: sha256_hex(publish),
             view_sha256: view.map(sha256_hex),
+            srt_passphrase: None,
         }
+    }
+
+    /// With the stream's own SRT passphrase.
+    pub fn with_srt_passphrase(mut self, passphrase: Option<String>) -> Self {
+        self.srt_passphrase = passphrase;
+        self
     }
 
     /// Whether `token` is the publish key.

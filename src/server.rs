@@ -150,11 +150,11 @@ impl Server {
                 latency: Duration::from_millis(cfg.srt_latency_ms),
             };
             // libsrt missing or the port taken: the server does not start, saying why.
-            let listener = ingest::srt::listen::Listener::bind(opts)
+            let gate = Arc::new(crate::http::srt::SrtGate::new(app.clone()));
+            let listener = ingest::srt::listen::Listener::bind(opts, gate)
                 .map_err(|e| std::io::Error::other(format!("--srt-listen {addr}: {e}")))?;
-            let gate = Arc::new(crate::http::srt::SrtGate(app.clone()));
             tasks.spawn(async move {
-                if let Err(e) = listener.run(gate).await {
+                if let Err(e) = listener.run().await {
                     warn!(%addr, error = %e, "SRT listener failed");
                 }
             });

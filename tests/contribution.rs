@@ -666,3 +666,83 @@ async fn stopping_the_server_closes_its_srt_connections() {
         .expect("ffmpeg ran");
     assert!(!status.success());
 }
+
+/// A stream registered with its own SRT passphrase (issue 22): its publisher encrypts with
+/// that one and plays; the listener's `--srt-passphrase` no longer opens it (refused in the
+/// handshake, logged); other streams keep the listener's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registered_stream_has_its_own_srt_passphrase() {
+    let test = "a_registered_stream_has_its_own_srt_passphrase";
+    if !have_srt(test) {
+        return;
+    }
+    let (server, srt) = srt_server(&["--admin-token", "admin-secret-token"]);
+    let own = "own-stream-passphrase";
+    let body = format!(r#"{{"publish_token": "own-publish-token", "srt_passphrase": "{own}"}}"#);
+    let r = common::request(
+        "POST",
+        &format!("{}/streams/own", server.base),
+        &[
+            ("Authorization", "Bearer admin-secret-token"),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert!(r.text().contains(own), "{}", r.text());
+    // Too short for libsrt: refused with why.
+    let r = common::request(
+        "POST",
+        &format!("{}/streams/short", server.base),
+        &[("Authorization", "Bearer admin-secret-token")],
+        br#"{"srt_passphrase": "short"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 400, "{}", r.text());
+
+    // The listener's passphrase does not open the registered stream.
+    let since = std::time::Instant::now();
+    let mut wrong = ffmpeg_publish(&format!(
+        "srt://{srt}?passphrase={PASSPHRASE}&streamid=#!::r=own,s=own-publish-token"
+    ));
+    let status = tokio::time::timeout(Duration::from_secs(10), wrong.wait())
+        .await
+        .expect("ffmpeg gives up within 10 s")
+        .expect("ffmpeg ran");
+    assert!(!status.success());
+    assert!(
+        logged_times(&server, since, "wrong passphrase", Duration::from_secs(3)).await,
+        "the refusal is logged"
+    );
+    // Its own does.
+    let _ffmpeg = ffmpeg_publish(&format!(
+        "srt://{srt}?passphrase={own}&streamid=#!::r=own,s=own-publish-token"
+    ));
+    let http: std::net::SocketAddr = server.authority().parse().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let j = common::stream_json(http, "own").await;
+        if j["video_frames"].as_u64().unwrap_or(0) > 25 {
+            assert!(j["srt"].is_object(), "{j}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "not playing: {j}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Another stream still takes the listener's passphrase.
+    let _other = ffmpeg_publish(&format!(
+        "srt://{srt}?passphrase={PASSPHRASE}&streamid=#!::r=other,s={TOKEN}"
+    ));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let j = common::stream_json(http, "other").await;
+        if j["video_frames"].as_u64().unwrap_or(0) > 25 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "other not playing: {j}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

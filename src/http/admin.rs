@@ -30,6 +30,10 @@ struct Register {
     /// `--view-token` (if any).
     #[serde(default)]
     view_token: Option<Value>,
+    /// The stream's own SRT passphrase (10 to 79 characters, as libsrt takes), `true` to have
+    /// one made, or absent/null: `--srt-passphrase` (if any) applies to it.
+    #[serde(default)]
+    srt_passphrase: Option<Value>,
 }
 
 pub async fn register(
@@ -64,12 +68,23 @@ pub async fn register(
             )))
         }
     };
+    let srt_passphrase = match req.srt_passphrase {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => None,
+        Some(Value::Bool(true)) => Some(new_token()),
+        Some(Value::String(s)) if (10..=79).contains(&s.len()) && !s.contains('\0') => Some(s),
+        Some(v) => {
+            return Err(ApiError::BadRequest(format!(
+                "srt_passphrase: 10 to 79 characters (libsrt's rule), true or null, not {v}"
+            )))
+        }
+    };
     let publish_token = req
         .publish_token
         .map(token)
         .transpose()?
         .unwrap_or_else(new_token);
-    let keys = StreamKeys::new(&publish_token, view_token.as_deref());
+    let keys = StreamKeys::new(&publish_token, view_token.as_deref())
+        .with_srt_passphrase(srt_passphrase.clone());
     if !app.keys.register(&name, &keys).await.map_err(key_error)? {
         return Err(ApiError::Conflict(format!(
             "stream {name:?} is registered already: DELETE /streams/{name} first to change its keys"
@@ -83,6 +98,7 @@ pub async fn register(
         // Shown this once: only their hashes are kept.
         "publish_token": publish_token,
         "view_token": view_token,
+        "srt_passphrase": srt_passphrase,
         "persistent": app.keys.persistent(),
         "kept_in": kept_in,
         "urls": {

@@ -12,16 +12,49 @@ use super::{App, AppState};
 use crate::ingest::srt::{Gate, Reader, StreamId};
 use crate::stream::SourceGuard;
 
+/// How long a caller's handshake may wait for its stream's keys (Redis in a cluster).
+const KEY_LOOKUP: std::time::Duration = std::time::Duration::from_millis(300);
+
 /// [`Gate`] on the server's state.
-pub struct SrtGate(pub AppState);
+pub struct SrtGate {
+    app: AppState,
+    /// For the passphrase lookup, which libsrt's thread (outside the runtime) waits for.
+    rt: tokio::runtime::Handle,
+}
+
+impl SrtGate {
+    /// Made inside the server's runtime.
+    pub fn new(app: AppState) -> Self {
+        SrtGate {
+            app,
+            rt: tokio::runtime::Handle::current(),
+        }
+    }
+}
 
 impl Gate for SrtGate {
+    fn passphrase(&self, name: &str) -> Option<String> {
+        let app = &self.app;
+        let lookup = async { tokio::time::timeout(KEY_LOOKUP, app.keys.get(name)).await };
+        match self.rt.block_on(lookup) {
+            Ok(Ok(keys)) => keys.and_then(|k| k.srt_passphrase),
+            Ok(Err(e)) => {
+                tracing::warn!(stream = %name, error = %e, "SRT: the stream's keys are out of reach; the listener's passphrase applies");
+                None
+            }
+            Err(_) => {
+                tracing::warn!(stream = %name, "SRT: the stream's keys took over {KEY_LOOKUP:?}; the listener's passphrase applies");
+                None
+            }
+        }
+    }
+
     fn publish(
         &self,
         id: StreamId,
         peer: Option<SocketAddr>,
     ) -> Pin<Box<dyn Future<Output = Result<SourceGuard, String>> + Send + '_>> {
-        Box::pin(publish(self.0.clone(), id, peer))
+        Box::pin(publish(self.app.clone(), id, peer))
     }
 
     fn read(
@@ -29,7 +62,7 @@ impl Gate for SrtGate {
         id: StreamId,
         peer: Option<SocketAddr>,
     ) -> Pin<Box<dyn Future<Output = Result<Reader, String>> + Send + '_>> {
-        Box::pin(read(self.0.clone(), id, peer))
+        Box::pin(read(self.app.clone(), id, peer))
     }
 }
 

@@ -388,10 +388,11 @@ impl Socket {
     }
 
     /// Has `hook` look at each caller's stream id before its handshake completes (listener).
-    pub fn set_listen_hook(&self, hook: ListenHook) -> std::io::Result<()> {
+    pub fn set_listen_hook(&self, hook: ListenHook, opaque: *mut c_void) -> std::io::Result<()> {
         let api = api().map_err(std::io::Error::other)?;
-        // SAFETY: a static function and no state (null opaque pointer).
-        if unsafe { (api.listen_callback)(self.0, hook, std::ptr::null_mut()) } < 0 {
+        // SAFETY: a static function; `opaque` is handed back to it as is (the caller keeps
+        // what it points to alive for as long as the listener can call the hook).
+        if unsafe { (api.listen_callback)(self.0, hook, opaque) } < 0 {
             return Err(last_error("srt_listen_callback"));
         }
         Ok(())
@@ -512,6 +513,24 @@ impl Pending {
             // SAFETY: plain call with the id libsrt handed the hook.
             unsafe { (api.setrejectreason)(self.0, reason) };
         }
+    }
+
+    /// Its passphrase (settable until the handshake completes; libsrt takes 10 to 79 bytes).
+    pub fn set_passphrase(&self, passphrase: &str) -> std::io::Result<()> {
+        let api = api().map_err(std::io::Error::other)?;
+        // SAFETY: a string option: its bytes and their length.
+        let r = unsafe {
+            (api.setsockflag)(
+                self.0,
+                SRTO_PASSPHRASE,
+                passphrase.as_ptr().cast(),
+                passphrase.len() as c_int,
+            )
+        };
+        if r < 0 {
+            return Err(last_error("srt_setsockflag"));
+        }
+        Ok(())
     }
 
     /// Its receive latency (settable until the handshake completes).

@@ -44,12 +44,14 @@ impl Drop for CloseOnDrop {
 pub struct Listener {
     socket: Socket,
     opts: ListenOptions,
+    gate: Arc<dyn Gate>,
 }
 
 impl Listener {
     /// Loads libsrt and binds; fails at once when libsrt is missing, the passphrase is refused
-    /// or the address cannot be bound (the server then does not start).
-    pub fn bind(opts: ListenOptions) -> std::io::Result<Listener> {
+    /// or the address cannot be bound (the server then does not start). `gate` checks its
+    /// callers (and gives a stream's own passphrase during the handshake).
+    pub fn bind(opts: ListenOptions, gate: Arc<dyn Gate>) -> std::io::Result<Listener> {
         ffi::load().map_err(std::io::Error::other)?;
         let socket = Socket::new()?;
         socket.set_latency(opts.latency)?;
@@ -57,15 +59,18 @@ impl Listener {
         if let Some(p) = &opts.passphrase {
             socket.set_str(ffi::SRTO_PASSPHRASE, p)?;
         }
-        socket.set_listen_hook(listen_hook)?;
+        // The hook's state lives as long as the process: libsrt may call the hook until the
+        // listener is closed, and one small allocation per listener is not worth a race.
+        let hook_gate: &'static Arc<dyn Gate> = Box::leak(Box::new(gate.clone()));
+        socket.set_listen_hook(listen_hook, hook_gate as *const Arc<dyn Gate> as *mut _)?;
         socket.bind(opts.addr)?;
         socket.listen(64)?;
-        Ok(Listener { socket, opts })
+        Ok(Listener { socket, opts, gate })
     }
 
     /// Accepts callers until the task is dropped (the listener is then closed).
-    pub async fn run(self, gate: Arc<dyn Gate>) -> std::io::Result<()> {
-        let Listener { socket, opts } = self;
+    pub async fn run(self) -> std::io::Result<()> {
+        let Listener { socket, opts, gate } = self;
         let _close = CloseOnDrop(socket.id());
         info!(
             addr = %opts.addr, latency_ms = opts.latency.as_millis() as u64,
@@ -100,11 +105,13 @@ impl Listener {
 }
 
 /// Looks at a caller's stream id during its handshake: a malformed one is refused there
-/// (`SRT_REJX_BAD_REQUEST`, which the caller reports), and `latency=` sets the connection's
-/// latency. Runs on libsrt's receive thread: no waiting (the token is checked after accept,
-/// where the auth hook may be asked), and no panic may cross into C.
+/// (`SRT_REJX_BAD_REQUEST`, which the caller reports), `latency=` sets the connection's
+/// latency, and a stream registered with its own passphrase gets it (the caller must use that
+/// one, not `--srt-passphrase`). Runs on libsrt's receive thread: the only wait is the
+/// gate's bounded passphrase lookup (the token is checked after accept, where the auth hook
+/// may be asked), and no panic may cross into C.
 extern "C" fn listen_hook(
-    _: *mut std::ffi::c_void,
+    gate: *mut std::ffi::c_void,
     ns: i32,
     _hs_version: i32,
     peer: *const libc::sockaddr,
@@ -121,13 +128,21 @@ extern "C" fn listen_hook(
                 pending.reject(ffi::SRT_REJX_BAD_REQUEST);
                 -1
             }
-            Ok(id) => match id.latency.map(|l| pending.set_latency(l)) {
-                Some(Err(e)) => {
+            Ok(id) => {
+                if let Some(Err(e)) = id.latency.map(|l| pending.set_latency(l)) {
                     warn!(error = %e, "SRT caller's latency= not applied");
-                    0
                 }
-                _ => 0,
-            },
+                // SAFETY: `bind` passed a pointer to an `Arc<dyn Gate>` that is never freed.
+                let gate = unsafe { &*(gate as *const Arc<dyn Gate>) };
+                if let Some(p) = gate.passphrase(&id.name) {
+                    if let Err(e) = pending.set_passphrase(&p) {
+                        warn!(stream = %id.name, error = %e, "SRT: the stream's passphrase not applied");
+                        pending.reject(ffi::SRT_REJX_BAD_REQUEST);
+                        return -1;
+                    }
+                }
+                0
+            }
         }
     })
     .unwrap_or(-1)

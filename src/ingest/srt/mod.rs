@@ -47,6 +47,10 @@ pub trait Gate: Send + Sync + 'static {
         id: StreamId,
         peer: Option<SocketAddr>,
     ) -> Pin<Box<dyn Future<Output = Result<Reader, String>> + Send + '_>>;
+
+    /// Stream `name`'s own passphrase, if it was registered with one. Called on libsrt's
+    /// thread during a caller's handshake: it may block, briefly (a bounded key lookup).
+    fn passphrase(&self, name: &str) -> Option<String>;
 }
 
 /// A caller allowed to read a stream.
