@@ -721,28 +721,28 @@ async fn a_registered_stream_has_its_own_srt_passphrase() {
     let _ffmpeg = ffmpeg_publish(&format!(
         "srt://{srt}?passphrase={own}&streamid=#!::r=own,s=own-publish-token"
     ));
-    let http: std::net::SocketAddr = server.authority().parse().unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let j = common::stream_json(http, "own").await;
-        if j["video_frames"].as_u64().unwrap_or(0) > 25 {
-            assert!(j["srt"].is_object(), "{j}");
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "not playing: {j}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    plays(&server, "own").await;
     // Another stream still takes the listener's passphrase.
     let _other = ffmpeg_publish(&format!(
         "srt://{srt}?passphrase={PASSPHRASE}&streamid=#!::r=other,s={TOKEN}"
     ));
+    plays(&server, "other").await;
+}
+
+/// Waits (10 s at most) until stream `name` exists and got video over SRT.
+async fn plays(server: &common::TsbridgeProcess, name: &str) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let j = common::stream_json(http, "other").await;
-        if j["video_frames"].as_u64().unwrap_or(0) > 25 {
-            break;
+        let url = format!("{}/streams/{name}", server.base);
+        let r = common::request("GET", &url, &[], b"").await.unwrap();
+        let j: serde_json::Value = serde_json::from_slice(&r.body).unwrap_or_default();
+        if j["video_frames"].as_u64().unwrap_or(0) > 25 && j["srt"].is_object() {
+            return;
         }
-        assert!(std::time::Instant::now() < deadline, "other not playing: {j}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} not playing: {j}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

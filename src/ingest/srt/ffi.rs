@@ -239,7 +239,7 @@ extern "C" fn log_handler(
         tracing::warn!(
             target: "srt",
             "SRT connection refused: wrong passphrase (the caller's passphrase does not match \
-             --srt-passphrase) [{msg}]"
+             the stream's own, if it was registered with one, else --srt-passphrase) [{msg}]"
         );
     } else if level <= LOG_ERR && !msg.contains("is already closed") {
         // (A closed listener's accept thread says "already closed" as it ends: our doing.)
@@ -388,7 +388,14 @@ impl Socket {
     }
 
     /// Has `hook` look at each caller's stream id before its handshake completes (listener).
-    pub fn set_listen_hook(&self, hook: ListenHook, opaque: *mut c_void) -> std::io::Result<()> {
+    /// # Safety
+    /// `opaque` is handed to `hook` as it is, from libsrt's threads, for as long as the
+    /// listener lives: what it points to must stay valid (and be `Sync`) that long.
+    pub unsafe fn set_listen_hook(
+        &self,
+        hook: ListenHook,
+        opaque: *mut c_void,
+    ) -> std::io::Result<()> {
         let api = api().map_err(std::io::Error::other)?;
         // SAFETY: a static function; `opaque` is handed back to it as is (the caller keeps
         // what it points to alive for as long as the listener can call the hook).

@@ -62,7 +62,10 @@ impl Listener {
         // The hook's state lives as long as the process: libsrt may call the hook until the
         // listener is closed, and one small allocation per listener is not worth a race.
         let hook_gate: &'static Arc<dyn Gate> = Box::leak(Box::new(gate.clone()));
-        socket.set_listen_hook(listen_hook, hook_gate as *const Arc<dyn Gate> as *mut _)?;
+        // SAFETY: the pointer is to a leaked (never freed) `Arc<dyn Gate>`, which is `Sync`.
+        unsafe {
+            socket.set_listen_hook(listen_hook, hook_gate as *const Arc<dyn Gate> as *mut _)?
+        };
         socket.bind(opts.addr)?;
         socket.listen(64)?;
         Ok(Listener { socket, opts, gate })
