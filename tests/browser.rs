@@ -964,3 +964,46 @@ async fn chromium_plays_an_srt_published_stream() {
     assert!(seen.frames_decoded >= 60, "video frames decoded: {seen:?}");
     assert!(seen.audio_samples > 0, "audio samples received: {seen:?}");
 }
+
+/// Broadcast TS (issue 21), with FFmpeg's decoders (`--features ffmpeg`): every shape of the
+/// issue plays in Chromium with picture and sound — MPEG-2 SD + MP2, MPEG-2 1080i + AC-3 5.1
+/// (re-encoded to H.264, the AC-3 to Opus), H.264 + E-AC-3 5.1, H.264 + AAC 5.1, HEVC + AAC
+/// (Chromium here offers no H.265: re-encoded for it), and the second of two AAC tracks picked
+/// with `?lang=spa`. One server at a time: the re-encodes are heavy on two cores.
+#[cfg(feature = "ffmpeg")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_shapes_play_in_chromium_with_picture_and_sound() {
+    let Some(browser) = chromium_or_skip("broadcast_shapes_play_in_chromium_with_picture_and_sound")
+    else {
+        return;
+    };
+    // (file, page query, frames to see; the 1080i re-encode is slow in a debug build).
+    let shapes = [
+        ("mpeg2_576i_mp2.ts", "", 30),
+        ("mpeg2_1080i_ac3_51.ts", "", 5),
+        ("h264_eac3_51.ts", "", 30),
+        ("h264_aac_51.ts", "", 30),
+        ("hevc_aac.ts", "", 20),
+        ("h264_aac_eng_spa.ts", "&lang=spa", 30),
+    ];
+    let mut failed = Vec::new();
+    for (file, query, frames) in shapes {
+        let mut args = ServeArgs::loopback();
+        args.replays.push(Named {
+            name: "tv".into(),
+            value: testdata(file),
+        });
+        let server = Server::start(args).await.expect("server starts");
+        let url = format!("http://{}/play/tv?stats=1{query}", server.http_addr);
+        let seen = watch_page(&browser, &url, Duration::from_secs(40), |s| {
+            s.frames_decoded >= frames && s.audio_samples > 48_000
+        })
+        .await;
+        eprintln!("{file}: chromium saw: {seen:?}");
+        if seen.frames_decoded < frames || seen.audio_samples == 0 || seen.frame_width == 0 {
+            failed.push(format!("{file}: {seen:?}"));
+        }
+        server.shutdown().await;
+    }
+    assert!(failed.is_empty(), "no picture or no sound: {failed:#?}");
+}
