@@ -12,6 +12,10 @@
 //!   units) and the encoding.
 //!
 //! `ENCODE_ONLY_SECONDS=N` shortens the real-time part. Without ffmpeg it says so and stops.
+//!
+//! With `--features ffmpeg` (libavcodec decodes what browsers cannot): broadcast video made
+//! the same way (10 s each) — MPEG-2 576i25 and 1080i25 (interlaced, deinterlaced before
+//! encoding), HEVC 720p30 without B-frames — through the same re-encoder, CPU only.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -19,6 +23,8 @@ use std::time::{Duration, Instant};
 
 use tsbridge::codec::h264::{AccessUnit, H264Assembler};
 use tsbridge::codec::reencode::{Reencoder, SourceFrame};
+#[cfg(feature = "ffmpeg")]
+use tsbridge::codec::VideoCodec;
 use tsbridge::ts::{DemuxEvent, Demuxer};
 
 struct Clip {
@@ -53,6 +59,11 @@ fn main() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(10.0);
+    #[cfg(feature = "ffmpeg")]
+    broadcast(&dir);
+    if std::env::var_os("BROADCAST_ONLY").is_some() {
+        return;
+    }
     for clip in &CLIPS {
         let file = make_clip(&dir, clip);
         let aus = access_units(&file);
@@ -113,6 +124,93 @@ fn main() {
             q(0.5),
             q(0.99),
             q(1.0)
+        );
+    }
+}
+
+/// Broadcast shapes for the FFmpeg decoders: label, codec, ffmpeg output arguments.
+#[cfg(feature = "ffmpeg")]
+const BROADCAST: [(&str, VideoCodec, &str); 3] = [
+    (
+        "mpeg2_576i25",
+        VideoCodec::Mpeg2,
+        "-vf scale=720:576,setfield=tff -r 25 -c:v mpeg2video -b:v 4M -g 12 -bf 2 -flags +ilme+ildct -top 1",
+    ),
+    (
+        "mpeg2_1080i25",
+        VideoCodec::Mpeg2,
+        "-vf scale=1920:1080,setfield=tff -r 25 -c:v mpeg2video -b:v 12M -g 12 -bf 2 -flags +ilme+ildct -top 1",
+    ),
+    (
+        "hevc_720p30",
+        VideoCodec::H265,
+        "-vf scale=1280:720 -r 30 -c:v libx265 -x265-params bframes=0:keyint=60:log-level=error -b:v 2M",
+    ),
+];
+
+/// CPU of the re-encoder on each broadcast shape, as for the B-frame clips.
+#[cfg(feature = "ffmpeg")]
+fn broadcast(dir: &Path) {
+    use tsbridge::codec::VideoAssembler;
+    for (label, codec, args) in BROADCAST {
+        let file = dir.join(format!("{label}.ts"));
+        if !file.exists() {
+            let status = Command::new("ffmpeg")
+                .args([
+                    "-v",
+                    "error",
+                    "-y",
+                    "-f",
+                    "lavfi",
+                    "-i",
+                    "testsrc2=size=1920x1080:rate=30",
+                ])
+                .args(["-t", "10"])
+                .args(args.split(' '))
+                .args(["-f", "mpegts"])
+                .arg(&file)
+                .status()
+                .expect("run ffmpeg");
+            assert!(status.success(), "ffmpeg made no {}", file.display());
+        }
+        let data = std::fs::read(&file).expect("clip");
+        let mut demuxer = Demuxer::new();
+        let mut events = Vec::new();
+        demuxer.push(&data, &mut events);
+        demuxer.flush(&mut events);
+        let mut assembler = VideoAssembler::new(codec);
+        let mut aus = Vec::new();
+        for e in &events {
+            if let DemuxEvent::Pes(pes) = e {
+                assembler.push(pes, &mut aus);
+            }
+        }
+        assembler.flush(&mut aus);
+        let fps = if label.contains("25") { 25.0 } else { 30.0 };
+        let media_s = aus.len() as f64 / fps;
+        let mut best = f64::MAX;
+        for _ in 0..3 {
+            let mut r = Reencoder::for_source(codec);
+            let mut out = Vec::new();
+            let start = thread_cpu_seconds();
+            for au in &aus {
+                r.push(SourceFrame::from(au), &mut out).expect("re-encodes");
+            }
+            r.flush(&mut out);
+            best = best.min(thread_cpu_seconds() - start);
+            assert!(
+                out.len() + 3 >= aus.len(),
+                "{label}: {} of {}",
+                out.len(),
+                aus.len()
+            );
+        }
+        println!(
+            "{label}: {} pictures ({media_s:.1} s): CPU {:.1} ms per picture, {:.1} % of one \
+             core for real time",
+            aus.len(),
+            best * 1e3 / aus.len() as f64,
+            best / media_s * 100.0
         );
     }
 }

@@ -85,6 +85,7 @@ fn bench(c: &mut Criterion) {
             ("h264_ac3.ts", "ac3_stereo_48k"),
             ("h264_eac3_51.ts", "eac3_5_1_48k"),
             ("h264_aac_51.ts", "aac_5_1_48k"),
+            ("mpeg2_1080i_ac3_51.ts", "ac3_5_1_48k"),
         ]);
     }
     for (name, label) in files {

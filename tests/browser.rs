@@ -973,7 +973,8 @@ async fn chromium_plays_an_srt_published_stream() {
 #[cfg(feature = "ffmpeg")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn broadcast_shapes_play_in_chromium_with_picture_and_sound() {
-    let Some(browser) = chromium_or_skip("broadcast_shapes_play_in_chromium_with_picture_and_sound")
+    let Some(browser) =
+        chromium_or_skip("broadcast_shapes_play_in_chromium_with_picture_and_sound")
     else {
         return;
     };
