@@ -34,6 +34,8 @@ pub mod secret;
 pub mod server;
 pub mod stream;
 pub mod tasks;
+#[cfg(test)]
+mod testdata;
 pub mod time;
 pub mod ts;
 pub mod wallclock;

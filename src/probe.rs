@@ -461,13 +461,7 @@ mod tests {
     use super::*;
 
     fn probe(name: &str) -> Option<Report> {
-        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata")
-            .join(name);
-        let Ok(data) = std::fs::read(&path) else {
-            eprintln!("skipping: {} not found", path.display());
-            return None;
-        };
+        let data = crate::testdata::read(name)?;
         let mut p = Prober::new();
         for chunk in data.chunks(188 * 256) {
             p.push(chunk);

@@ -198,9 +198,7 @@ mod tests {
     /// 25 fps, one picture per PES; cut anywhere, the same pictures come out.
     #[test]
     fn pictures_of_ffmpeg_mpeg2_576i() {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/mpeg2_576i_mp2.ts");
-        let Ok(data) = std::fs::read(path) else {
+        let Some(data) = crate::testdata::read("mpeg2_576i_mp2.ts") else {
             return;
         };
         let pes = crate::ts::testutil::pes_of_pid(&data, 0x100);

@@ -897,10 +897,7 @@ mod tests {
             ("mpeg2_576i_mp2.ts", VideoCodec::Mpeg2, (720, 576), 25),
             ("hevc_aac.ts", VideoCodec::H265, (1280, 720), 60),
         ] {
-            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("testdata")
-                .join(file);
-            let Ok(data) = std::fs::read(path) else {
+            let Some(data) = crate::testdata::read(file) else {
                 return;
             };
             let mut assembler = VideoAssembler::new(codec);

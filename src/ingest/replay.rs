@@ -481,11 +481,7 @@ mod tests {
     #[test]
     fn loop_length_covers_the_longest_track() {
         // ffmpeg's h264_opus.ts: 180 video frames (6.0 s) but 61 Opus PES of 100 ms (6.1 s).
-        let file = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/testdata/h264_opus.ts"
-        ))
-        .unwrap();
+        let file = crate::testdata::bytes("h264_opus.ts");
         assert_eq!(pass_duration(&Pass::new(&file).unwrap()), 61 * 9000);
     }
 
@@ -520,16 +516,7 @@ mod tests {
         assert_eq!(n, 30);
     }
 
-    fn testdata(name: &str) -> Option<Vec<u8>> {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata")
-            .join(name);
-        let data = std::fs::read(&path).ok();
-        if data.is_none() {
-            eprintln!("skipping: {} not found", path.display());
-        }
-        data
-    }
+    use crate::testdata::read as testdata;
 
     /// (PTS, DTS, payload) of the video and of the audio PES, whatever their PIDs.
     type PesList = Vec<(Option<u64>, Option<u64>, bytes::Bytes)>;

@@ -773,10 +773,7 @@ mod tests {
     use crate::codec::h264_decoder::{DecodeState, H264Decoder};
 
     fn run(file: &str, chunk: usize) -> Vec<MediaEvent> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata")
-            .join(file);
-        let data = std::fs::read(path).expect("testdata");
+        let data = crate::testdata::bytes(file);
         let mut m = MediaState::new().with_transcoding(true);
         let mut out = Vec::new();
         let now = Instant::now();
@@ -791,10 +788,7 @@ mod tests {
     /// re-encoded: MPEG-2 always, HEVC in the variant for viewers without H.265.
     #[cfg(feature = "ffmpeg")]
     fn only_reencoded(file: &str, h264_video: bool) -> Vec<MediaEvent> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata")
-            .join(file);
-        let data = std::fs::read(path).expect("testdata");
+        let data = crate::testdata::bytes(file);
         let mut m = MediaState::new()
             .with_transcoding(true)
             .with_reencoding(true)
@@ -951,9 +945,7 @@ mod tests {
     #[test]
     fn b_frames_go_to_the_reencoder_and_come_back_as_one_rising_video_timeline() {
         use crate::codec::reencode::{Reencoder, SourceFrame};
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/h264_bframes.ts");
-        let data = std::fs::read(path).expect("testdata");
+        let data = crate::testdata::bytes("h264_bframes.ts");
         let mut m = MediaState::new().with_reencoding(true);
         let now = Instant::now();
         // The media task's part, synchronously: jobs to the re-encoder, pictures back.
@@ -1097,9 +1089,7 @@ mod tests {
     /// `testdata/h264_intra_refresh.ts` (one IDR, then recovery points) and a 1 s GOP cache
     /// bound.
     fn intra_refresh_with_a_1s_bound() -> (Vec<u8>, GopBound) {
-        let path =
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/h264_intra_refresh.ts");
-        let data = std::fs::read(path).expect("testdata");
+        let data = crate::testdata::bytes("h264_intra_refresh.ts");
         let bound = GopBound {
             ticks: 90_000,
             bytes: 1 << 20,

@@ -400,9 +400,7 @@ mod tests {
         use crate::codec::h265::{H265Assembler, NalType as T};
         use crate::ts::{DemuxEvent, Demuxer};
 
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/hevc_opus.ts");
-        let Ok(ts) = std::fs::read(&path) else {
-            eprintln!("skipping: {} not found", path.display());
+        let Some(ts) = crate::testdata::read("hevc_opus.ts") else {
             return;
         };
         let mut demuxer = Demuxer::new();

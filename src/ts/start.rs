@@ -261,11 +261,7 @@ mod tests {
     use crate::ts::{DemuxEvent, Demuxer};
 
     fn file() -> Vec<u8> {
-        std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/testdata/h264_opus.ts"
-        ))
-        .unwrap()
+        crate::testdata::bytes("h264_opus.ts")
     }
 
     fn pid_of(pkt: &[u8; PACKET_SIZE]) -> u16 {
@@ -293,8 +289,7 @@ mod tests {
 
     #[test]
     fn last_start_is_the_gop_the_stream_is_in() {
-        let f =
-            std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/long_gop.ts")).unwrap();
+        let f = crate::testdata::bytes("long_gop.ts");
         // Bytes a ring holds: both GOPs (IDRs at 0 and 5 s), 2 s into the second.
         let held = &f[..f.len() * 7 / 10];
         let (at, psi) = last_start(held).expect("a start point");
@@ -338,11 +333,8 @@ mod tests {
 
     #[test]
     fn joins_m2ts_input_and_outputs_188_byte_packets() {
-        let Ok(m2ts) = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/testdata/h264_opus.m2ts"
-        )) else {
-            return eprintln!("skipping: testdata/h264_opus.m2ts not found");
+        let Some(m2ts) = crate::testdata::read("h264_opus.m2ts") else {
+            return;
         };
         // Join in the middle of a unit, fed in chunks that are no multiple of anything.
         let mut sp = StartPoint::new();
@@ -370,11 +362,8 @@ mod tests {
     #[test]
     fn joins_hevc_at_an_irap_with_its_parameter_sets() {
         use crate::codec::h265::H265Assembler;
-        let Ok(f) = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/testdata/hevc_opus.ts"
-        )) else {
-            return eprintln!("skipping: testdata/hevc_opus.ts not found");
+        let Some(f) = crate::testdata::read("hevc_opus.ts") else {
+            return;
         };
         let mut sp = StartPoint::new();
         let mut out = Vec::new();
@@ -426,11 +415,7 @@ mod tests {
     /// reader that joins after the IDR starts at the next recovery point, not never.
     #[test]
     fn joins_an_intra_refresh_source_at_a_recovery_point() {
-        let f = std::fs::read(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/testdata/h264_intra_refresh.ts"
-        ))
-        .unwrap();
+        let f = crate::testdata::bytes("h264_intra_refresh.ts");
         let mut sp = StartPoint::new();
         let mut out = Vec::new();
         for chunk in f[f.len() / 3..].chunks(1000) {

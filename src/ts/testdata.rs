@@ -1,24 +1,13 @@
 //! Demux the `testdata/*.ts` files (made with ffmpeg, each described by its `.txt`) through
 //! `ts`, `codec` and `time`. A missing file skips its test.
 
-use std::path::PathBuf;
-
 use crate::codec::h264::{nal_units, AccessUnit, H264Assembler, NalType};
 use crate::codec::opus;
 use crate::codec::transcode::SourceCodec;
 use crate::time::Timeline;
 use crate::ts::{Codec, DemuxEvent, Demuxer, Pid, ProgramChoice, StreamType, TrackSet};
 
-fn read(name: &str) -> Option<Vec<u8>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(name);
-    let data = std::fs::read(&path).ok();
-    if data.is_none() {
-        eprintln!("skipping: {} not found", path.display());
-    }
-    data
-}
+use crate::testdata::read;
 
 #[derive(Default)]
 struct Summary {

@@ -201,13 +201,7 @@ impl Mux {
 pub fn testdata_video_aus(file: &str) -> Option<Vec<crate::codec::h264::AccessUnit>> {
     use crate::codec::{VideoAssembler, VideoCodec};
     use crate::ts::{Codec, DemuxEvent, Demuxer};
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(file);
-    let Ok(ts) = std::fs::read(&path) else {
-        eprintln!("skipping: {} not found", path.display());
-        return None;
-    };
+    let ts = crate::testdata::read(file)?;
     let mut demuxer = Demuxer::new();
     let mut events = Vec::new();
     demuxer.push(&ts, &mut events);

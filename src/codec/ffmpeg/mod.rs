@@ -297,10 +297,7 @@ mod tests {
 
     /// The PES payloads and PTS of one PID of a testdata file.
     fn pes_of(name: &str, pid: u16) -> Option<Vec<(Vec<u8>, u64)>> {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("testdata")
-            .join(name);
-        let data = std::fs::read(path).ok()?;
+        let data = crate::testdata::read(name)?;
         let pes = crate::ts::testutil::pes_of_pid(&data, pid);
         Some(
             pes.into_iter()

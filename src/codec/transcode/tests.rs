@@ -11,16 +11,7 @@ use crate::time::Timeline;
 use crate::ts::{DemuxEvent, Demuxer};
 use tone::{dominant_frequency, rms};
 
-fn read(name: &str) -> Option<Vec<u8>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(name);
-    let data = std::fs::read(&path).ok();
-    if data.is_none() {
-        eprintln!("skipping: {} not found", path.display());
-    }
-    data
-}
+use crate::testdata::read;
 
 /// A PES payload and its PTS on the unwrapped timeline.
 struct AudioPes {

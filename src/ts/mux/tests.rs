@@ -1,8 +1,6 @@
 //! The muxer against the demuxer, ffprobe and hand-made input: round trips, AUD and parameter
 //! sets, the 33-bit wrap, continuity, PSI and PCR timing, hostile input.
 
-use std::path::PathBuf;
-
 use super::*;
 use crate::codec::h264::{nal_units, AccessUnit, H264Assembler, NalType, AUD};
 use crate::codec::opus::split_pes;
@@ -27,16 +25,7 @@ struct AudioIn {
     pts: u64,
 }
 
-fn testdata(name: &str) -> Option<Vec<u8>> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(name);
-    let data = std::fs::read(&path).ok();
-    if data.is_none() {
-        eprintln!("skipping: {} not found", path.display());
-    }
-    data
-}
+use crate::testdata::read as testdata;
 
 fn has_idr(annexb: &[u8]) -> bool {
     nal_units(annexb).any(|n| NalType::of(n) == Some(NalType::IDR))
