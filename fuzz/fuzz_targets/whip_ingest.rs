@@ -173,7 +173,7 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(audio, want);
                 assert_eq!(t.pcr_pid, cfg.pcr_pid());
             }
-            DemuxEvent::Programs(_) => {}
+            DemuxEvent::Programs(_) | DemuxEvent::Ingested(_) | DemuxEvent::Cue { .. } => {}
             DemuxEvent::Pes(p) => pes.push(p),
             DemuxEvent::Discontinuity { pid } if *pid == cfg.pcr_pid() => discontinuity = true,
             DemuxEvent::Discontinuity { .. } => {}
