@@ -344,6 +344,8 @@ mod ffmpeg {
     async fn hevc_plays_as_h264_to_a_viewer_without_h265_and_as_it_is_to_one_with() {
         let s = serve("a", "hevc_aac.ts", |_| {}).await;
         let whep = format!("http://{}/whep/a", s.http_addr);
+        // Its AAC as Opus: the file's 440 Hz.
+        check_tone(&receive_audio(&whep).await, 440.0);
         let opts = |h265| WhepOptions {
             h265,
             seconds: 20.0,
@@ -404,7 +406,10 @@ mod ffmpeg {
     /// DVB SD: MPEG-2 576i (deinterlaced) + MP2.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn mpeg2_576i_plays_as_h264() {
-        mpeg2_plays_as_h264("mpeg2_576i_mp2.ts", (720, 576), 40).await;
+        let s = mpeg2_plays_as_h264("mpeg2_576i_mp2.ts", (720, 576), 40).await;
+        // Its MP2 as Opus: the file's 440 Hz.
+        let r = receive_audio(&format!("http://{}/whep/a", s.http_addr)).await;
+        check_tone(&r, 440.0);
     }
 
     /// ATSC HD: MPEG-2 1080i + AC-3 5.1: H.264 pictures and the tone as stereo Opus.
