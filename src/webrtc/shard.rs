@@ -261,9 +261,11 @@ impl Shard {
         addrs.insert(addr, self.index);
     }
 
+    /// The session at `slot` after it did something, at the shard's time.
     fn poll(&mut self, slot: usize) {
+        let now = Instant::now();
         if let Some(s) = self.sessions.get_mut(slot).and_then(Option::as_mut) {
-            s.poll(&mut self.out);
+            s.poll(now, &mut self.out);
         }
         self.settle(slot);
     }
@@ -276,10 +278,11 @@ impl Shard {
                     return;
                 };
                 let viewers = std::mem::take(viewers);
+                let now = Instant::now();
                 let mut sent = (0, 0);
                 for &slot in &viewers {
                     if let Some(s) = self.sessions.get_mut(slot).and_then(Option::as_mut) {
-                        let (p, b) = s.write_frame(&frame, &mut self.out);
+                        let (p, b) = s.write_frame(&frame, now, &mut self.out);
                         s.count_sent(p, b);
                         sent = (sent.0 + p, sent.1 + b);
                     }
@@ -386,7 +389,7 @@ impl Shard {
         let role = if publisher { "publisher" } else { "viewer" };
         info!(stream = %n.stream.name, session = %short(&n.id), shard = self.index,
             "{role} session created");
-        let s = Session::new(n, &self.opts, self.metrics.clone());
+        let s = Session::new(n, &self.opts, self.metrics.clone(), Instant::now());
         let slot = match self.free.pop() {
             Some(slot) => slot,
             None => {
@@ -487,9 +490,9 @@ impl Shard {
             s.armed = None;
             if s.next_timeout <= now {
                 s.handle_input(Input::Timeout(now));
-                s.poll(&mut self.out);
+                s.poll(now, &mut self.out);
                 if s.has_queue() {
-                    s.drain_queue(&mut self.out);
+                    s.drain_queue(now, &mut self.out);
                 }
             }
             self.settle(slot);
@@ -527,7 +530,7 @@ impl Shard {
     fn request_keyframe(&mut self, stream: u64, spread: bool) {
         if let Some(&slot) = self.publishers.get(&stream) {
             if let Some(p) = self.session(slot) {
-                if p.request_keyframe() {
+                if p.request_keyframe(Instant::now()) {
                     self.metrics
                         .keyframes_requested_upstream
                         .fetch_add(1, Ordering::Relaxed);
@@ -567,7 +570,7 @@ impl Shard {
         self.live.fetch_sub(1, Ordering::Relaxed);
         self.router.load[self.index].fetch_sub(1, Ordering::Relaxed);
         self.metrics.session_closed(why);
-        s.close(&mut self.out);
+        s.close(Instant::now(), &mut self.out);
         self.ids.remove(&s.id);
         self.router.ids.lock().remove(&s.id);
         self.by_ufrag.remove(&s.local_ufrag);

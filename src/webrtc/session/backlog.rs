@@ -25,11 +25,11 @@ pub(super) struct Pace {
 }
 
 impl Pace {
-    pub(super) fn new(rate: u64) -> Self {
+    pub(super) fn new(rate: u64, now: Instant) -> Self {
         Pace {
             rate: rate.max(1),
             credit: 0,
-            at: Instant::now(),
+            at: now,
         }
     }
 
@@ -70,7 +70,7 @@ impl Session {
     /// sending and end at the live frame, at least a tick apart: the browser sees frames
     /// arrive as their timestamps say (its jitter estimate stays calm), plays the backlog in
     /// fast motion and goes on at live pace. Audio starts live.
-    pub(super) fn send_backlog(&mut self, out: &mut Outbox) {
+    pub(super) fn send_backlog(&mut self, now: Instant, out: &mut Outbox) {
         let backlog = self.stream.gop.lock().snapshot();
         let (Some(first), Some(last)) = (backlog.first(), backlog.last()) else {
             return;
@@ -94,7 +94,6 @@ impl Session {
                 ..f
             })
             .collect();
-        let now = Instant::now();
         // The viewer is skipped if its queue has not drained `SLOW_QUEUE` after the backlog
         // should have gone.
         let sending = Duration::from_secs_f64(bytes as f64 / self.pace.rate as f64);
@@ -102,13 +101,12 @@ impl Session {
         debug!(stream = %self.stream.name, frames = n, bytes, rate = self.pace.rate,
             "sending the GOP backlog");
         self.pace.start(now);
-        self.drain_queue(out);
+        self.drain_queue(now, out);
     }
 
     /// Write queued frames (the backlog, then live frames that came meanwhile) as far as the
     /// pace allows: neither our socket buffer nor the viewer's link should overflow.
-    pub fn drain_queue(&mut self, out: &mut Outbox) {
-        let now = Instant::now();
+    pub fn drain_queue(&mut self, now: Instant, out: &mut Outbox) {
         self.pace.refill(now);
         let mut sent = (0, 0);
         while self.pace.credit > 0 {
@@ -116,7 +114,7 @@ impl Session {
                 break;
             };
             self.pace.credit -= f.data.len() as i64;
-            let (p, b) = self.write_now(&f, out);
+            let (p, b) = self.write_now(&f, now, out);
             sent = (sent.0 + p, sent.1 + b);
         }
         self.count_sent(sent.0, sent.1);
@@ -132,16 +130,16 @@ impl Session {
 
     /// A frame from the stream: sent now, or after what is still queued. Returns the
     /// (packets, bytes) sent the direct way (see `write_now`).
-    pub fn write_frame(&mut self, f: &Frame, out: &mut Outbox) -> (u64, u64) {
+    pub fn write_frame(&mut self, f: &Frame, now: Instant, out: &mut Outbox) -> (u64, u64) {
         if self.queued.is_empty() {
             self.queued_since = None;
-            return self.write_now(f, out);
+            return self.write_now(f, now, out);
         } else if self.connected {
-            let since = *self.queued_since.get_or_insert_with(Instant::now);
-            if since.elapsed() > SLOW_QUEUE {
+            let since = *self.queued_since.get_or_insert(now);
+            if now.saturating_duration_since(since) > SLOW_QUEUE {
                 self.queued.clear();
                 self.skip_to_keyframe("its queue has not drained for 2 s");
-                return self.write_now(f, out);
+                return self.write_now(f, now, out);
             }
             self.queued.push_back(f.clone());
         }
@@ -228,7 +226,7 @@ mod tests {
     fn backlog_pace_banks_one_tick_and_waits_out_an_overdraft() {
         let ms = Duration::from_millis;
         let t0 = Instant::now();
-        let mut p = Pace::new(1_000_000); // 1 MB/s: 2000 bytes per 2 ms tick
+        let mut p = Pace::new(1_000_000, t0); // 1 MB/s: 2000 bytes per 2 ms tick
         p.start(t0);
         assert_eq!(p.credit, 2000);
         p.credit -= 10_000; // an IDR goes whole
@@ -242,6 +240,6 @@ mod tests {
             "an idle second banks one tick, not a second's worth"
         );
         // 1000 Mbit/s: 250 kB a tick.
-        assert_eq!(Pace::new(125_000_000).tick_bytes(), 250_000);
+        assert_eq!(Pace::new(125_000_000, Instant::now()).tick_bytes(), 250_000);
     }
 }

@@ -111,7 +111,7 @@ const SLOW_LOSS: f32 = 0.10;
 const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
 impl Session {
-    pub fn new(n: NewSession, opts: &EngineOptions, metrics: Arc<Metrics>) -> Self {
+    pub fn new(n: NewSession, opts: &EngineOptions, metrics: Arc<Metrics>, now: Instant) -> Self {
         if n.ingest.is_none() {
             let st = &n.stream.stats;
             st.viewers.fetch_add(1, Ordering::Relaxed);
@@ -124,7 +124,7 @@ impl Session {
             url_stream: n.url_stream,
             stream: n.stream,
             rtc,
-            next_timeout: Instant::now(),
+            next_timeout: now,
             armed: None,
             local_ufrag,
             peer_addrs: Vec::new(),
@@ -137,7 +137,7 @@ impl Session {
             leading: false,
             backlog_due: false,
             last_seq: None,
-            created: Instant::now(),
+            created: now,
             disconnected_since: None,
             ice_timeout: opts.ice_timeout,
             ingest: n.ingest,
@@ -147,9 +147,9 @@ impl Session {
             feedback: Vec::new(),
             first_frame_sent: false,
             queued: Default::default(),
-            last_received: Instant::now(),
+            last_received: now,
             queued_since: None,
-            pace: Pace::new(opts.backlog_rate),
+            pace: Pace::new(opts.backlog_rate, now),
             playout_delay: opts.playout_delay,
             skips: 0,
             rtx_pt: None,
@@ -223,8 +223,7 @@ impl Session {
     }
 
     /// Ask this (publishing) peer for a keyframe, at most every 500 ms. True if one was sent.
-    pub fn request_keyframe(&mut self) -> bool {
-        let now = Instant::now();
+    pub fn request_keyframe(&mut self, now: Instant) -> bool {
         if self
             .last_keyframe_request
             .is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL)
@@ -257,12 +256,13 @@ impl Session {
     }
 
     /// Drain the `Rtc`'s output: send datagrams, handle events, note the next timeout.
-    pub fn poll(&mut self, out: &mut Outbox) {
+    /// `now` is the caller's (the shard's) time: the session reads no clock.
+    pub fn poll(&mut self, now: Instant, out: &mut Outbox) {
         let (mut packets, mut bytes) = (0, 0);
-        self.poll_counting(out, &mut packets, &mut bytes);
-        if self.drain_ingest(Instant::now()) {
+        self.poll_counting(now, out, &mut packets, &mut bytes);
+        if self.drain_ingest(now) {
             // The PLI goes out now.
-            self.poll_counting(out, &mut packets, &mut bytes);
+            self.poll_counting(now, out, &mut packets, &mut bytes);
         }
         if let Some(due) = self.ingest.as_ref().and_then(Ingest::deadline) {
             self.next_timeout = self.next_timeout.min(due);
@@ -282,7 +282,7 @@ impl Session {
         let Some(ingest) = self.ingest.as_mut() else {
             return false;
         };
-        let sent = ingest.drain(now) && self.request_keyframe();
+        let sent = ingest.drain(now) && self.request_keyframe(now);
         let Some(ingest) = self.ingest.as_mut() else {
             return sent;
         };
@@ -296,7 +296,13 @@ impl Session {
         sent
     }
 
-    fn poll_counting(&mut self, out: &mut Outbox, packets: &mut u64, bytes: &mut u64) {
+    fn poll_counting(
+        &mut self,
+        now: Instant,
+        out: &mut Outbox,
+        packets: &mut u64,
+        bytes: &mut u64,
+    ) {
         while self.rtc.is_alive() {
             match self.rtc.poll_output() {
                 Ok(Output::Transmit(t)) => {
@@ -322,11 +328,11 @@ impl Session {
                     self.next_timeout = if self.queued.is_empty() {
                         t
                     } else {
-                        t.min(self.pace.next(Instant::now()))
+                        t.min(self.pace.next(now))
                     };
                     if self.backlog_due {
                         self.backlog_due = false;
-                        self.send_backlog(out);
+                        self.send_backlog(now, out);
                         continue;
                     }
                     return;
@@ -344,27 +350,27 @@ impl Session {
                     }
                     _ => {}
                 },
-                Ok(Output::Event(e)) => self.on_event(e),
+                Ok(Output::Event(e)) => self.on_event(e, now),
                 Err(e) => {
                     warn!(stream = %self.stream.name, error = %e, "session failed");
                     self.rtc.disconnect();
                 }
             }
         }
-        self.next_timeout = Instant::now();
+        self.next_timeout = now;
     }
 
-    fn on_event(&mut self, e: Event) {
+    fn on_event(&mut self, e: Event, now: Instant) {
         match e {
             Event::Connected => {
                 self.connected = true;
                 self.backlog_due = !self.is_publisher();
                 info!(stream = %self.stream.name, session = %super::short(&self.id),
-                    setup_ms = self.created.elapsed().as_millis() as u64, "{} connected", self.role());
+                    setup_ms = now.saturating_duration_since(self.created).as_millis() as u64, "{} connected", self.role());
             }
             Event::IceConnectionStateChange(state) => match state {
                 IceConnectionState::Disconnected => {
-                    self.disconnected_since.get_or_insert_with(Instant::now);
+                    self.disconnected_since.get_or_insert(now);
                 }
                 IceConnectionState::Connected | IceConnectionState::Completed => {
                     self.disconnected_since = None;
@@ -553,12 +559,12 @@ impl Session {
 
     /// End the session and tell the peer: RTCP BYE and a DTLS close_notify, so a browser sees
     /// the connection close at once instead of waiting for its consent checks to fail.
-    pub fn close(&mut self, out: &mut Outbox) {
+    pub fn close(&mut self, now: Instant, out: &mut Outbox) {
         if let Err(e) = self.rtc.close() {
             debug!(error = %e, "closing the session");
             self.rtc.disconnect();
         }
-        self.poll(out);
+        self.poll(now, out);
         if !self.is_publisher() {
             self.stream.stats.viewers.fetch_sub(1, Ordering::Relaxed);
         }

@@ -52,7 +52,7 @@ impl Session {
 
     /// Returns the (packets, bytes) sent the direct way, for the caller to count (once per
     /// frame or tick for all its viewers, not per viewer: the counters are shared by cores).
-    pub(super) fn write_now(&mut self, f: &Frame, out: &mut Outbox) -> (u64, u64) {
+    pub(super) fn write_now(&mut self, f: &Frame, now: Instant, out: &mut Outbox) -> (u64, u64) {
         if !self.connected || self.last_seq.is_some_and(|s| f.seq <= s) {
             return (0, 0);
         }
@@ -140,16 +140,17 @@ impl Session {
         self.last_seq = Some(f.seq);
         if f.kind == Kind::Video && !self.first_frame_sent {
             self.first_frame_sent = true;
-            self.metrics.first_frame(self.created.elapsed());
+            self.metrics
+                .first_frame(now.saturating_duration_since(self.created));
         }
         if to_str0m {
             // str0m releases a written packet on its next timeout. Beside the direct path,
             // make that now, so the packet goes out in order with the direct ones around it
             // (on its own, str0m keeps its order, and a timer turn per frame costs more).
             if direct_path {
-                self.handle_input(Input::Timeout(Instant::now()));
+                self.handle_input(Input::Timeout(now));
             }
-            self.poll(out);
+            self.poll(now, out);
         }
         (packets, bytes)
     }
