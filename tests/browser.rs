@@ -937,24 +937,11 @@ async fn chromium_plays_an_srt_published_stream() {
     args.srt_listen = Some(srt);
     args.srt_passphrase = Some("browser-passphrase".into());
     let server = Server::start(args).await.expect("server starts");
-    let _ffmpeg = Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-stream_loop",
-            "-1",
-        ])
-        .arg("-i")
-        .arg(testdata("h264_opus.ts"))
-        .args(["-c", "copy", "-f", "mpegts"])
-        .arg(format!(
-            "srt://{srt}?passphrase=browser-passphrase&streamid=#!::r=srtcam,m=publish"
-        ))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start ffmpeg");
+    let _ffmpeg = common::tools::ffmpeg_loop(
+        "h264_opus.ts",
+        "mpegts",
+        &format!("srt://{srt}?passphrase=browser-passphrase&streamid=#!::r=srtcam,m=publish"),
+    );
     let url = format!("http://{}/play/srtcam?stats=1", server.http_addr);
     let seen = watch_page(&browser, &url, Duration::from_secs(45), |s| {
         s.frames_decoded >= 60 && s.audio_samples > 0

@@ -150,22 +150,11 @@ async fn rtp_wrapped_ts_over_a_reordering_link_plays() {
         ..Impairment::NONE
     };
     let relay = Relay::loopback(format!("127.0.0.1:{port}").parse().unwrap(), link, 22).await;
-    let mut ffmpeg = tokio::process::Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-stream_loop",
-            "-1",
-        ])
-        .arg("-i")
-        .arg(common::testdata("h264_opus.ts"))
-        .args(["-c", "copy", "-f", "rtp_mpegts"])
-        .arg(format!("rtp://{}", relay.addr()))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start ffmpeg");
+    let mut ffmpeg = common::tools::ffmpeg_loop(
+        "h264_opus.ts",
+        "rtp_mpegts",
+        &format!("rtp://{}", relay.addr()),
+    );
     let r = common::whep_receive(
         &server.whep_url("rtp"),
         common::WhepOptions {
@@ -219,24 +208,9 @@ fn have_srt(test: &str) -> bool {
         && common::tools::have(test, "srt-live-transmit", "-version", "srt-tools")
 }
 
-/// `ffmpeg -re -stream_loop -1 -i h264_opus.ts -c copy -f mpegts {url}`, killed on drop.
+/// `h264_opus.ts` sent live to `url` as MPEG-TS (SRT here), killed on drop.
 fn ffmpeg_publish(url: &str) -> tokio::process::Child {
-    tokio::process::Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-stream_loop",
-            "-1",
-        ])
-        .arg("-i")
-        .arg(common::testdata("h264_opus.ts"))
-        .args(["-c", "copy", "-f", "mpegts"])
-        .arg(url)
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start ffmpeg")
+    common::tools::ffmpeg_loop("h264_opus.ts", "mpegts", url)
 }
 
 const PASSPHRASE: &str = "correct-horse-battery";
@@ -585,22 +559,11 @@ async fn rtp_wrapped_ts_with_loss_counts_it_and_plays_on() {
         ..Impairment::NONE
     };
     let relay = Relay::loopback(format!("127.0.0.1:{port}").parse().unwrap(), link, 9).await;
-    let mut ffmpeg = tokio::process::Command::new("ffmpeg")
-        .args([
-            "-hide_banner",
-            "-loglevel",
-            "error",
-            "-re",
-            "-stream_loop",
-            "-1",
-        ])
-        .arg("-i")
-        .arg(common::testdata("h264_opus.ts"))
-        .args(["-c", "copy", "-f", "rtp_mpegts"])
-        .arg(format!("rtp://{}", relay.addr()))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start ffmpeg");
+    let mut ffmpeg = common::tools::ffmpeg_loop(
+        "h264_opus.ts",
+        "rtp_mpegts",
+        &format!("rtp://{}", relay.addr()),
+    );
     let r = common::whep_receive(
         &server.whep_url("lossy"),
         common::WhepOptions {

@@ -157,6 +157,23 @@ fn audio_list(tracks: &TrackSet, transcode: bool) -> String {
     }
 }
 
+/// The stream's tracks once its PMT is known (counted as a waiting viewer meanwhile), or the
+/// not-ready answer after `deadline`.
+async fn tracks_within(
+    stream: &Arc<Stream>,
+    deadline: Duration,
+) -> Result<Arc<crate::ts::TrackSet>, ApiError> {
+    let waiting = Waiting::new(stream.clone());
+    let mut rx = stream.subscribe();
+    let waited = tokio::time::timeout(deadline, rx.wait_for(|s| s.tracks.is_some())).await;
+    drop(waiting);
+    match waited {
+        Ok(Ok(status)) => status.tracks.clone(),
+        _ => None,
+    }
+    .ok_or_else(|| not_ready(stream, deadline))
+}
+
 /// The stream a viewer who picked an audio track is served from: `stream` itself when that
 /// is the track it sends, else the variant made for that track (one per track, however many
 /// viewers picked it: its audio is transcoded once). Waits (within `deadline`) for the PMT.
@@ -166,17 +183,7 @@ async fn audio_stream(
     pick: AudioPick,
     deadline: Duration,
 ) -> Result<Arc<Stream>, ApiError> {
-    let waiting = Waiting::new(stream.clone());
-    let mut rx = stream.subscribe();
-    let waited = tokio::time::timeout(deadline, rx.wait_for(|s| s.tracks.is_some())).await;
-    drop(waiting);
-    let tracks = match waited {
-        Ok(Ok(status)) => status.tracks.clone(),
-        _ => None,
-    };
-    let Some(tracks) = tracks else {
-        return Err(not_ready(&stream, deadline));
-    };
+    let tracks = tracks_within(&stream, deadline).await?;
     let transcode = app.cfg.audio_transcode == crate::config::Transcode::Auto;
     let name = &stream.name;
     let found = match pick {
@@ -238,17 +245,7 @@ async fn h264_stream(
     if app.cfg.video_transcode != crate::config::Transcode::Auto || stream.h264_video() {
         return Ok(stream);
     }
-    let waiting = Waiting::new(stream.clone());
-    let mut rx = stream.subscribe();
-    let waited = tokio::time::timeout(deadline, rx.wait_for(|s| s.tracks.is_some())).await;
-    drop(waiting);
-    let tracks = match waited {
-        Ok(Ok(status)) => status.tracks.clone(),
-        _ => None,
-    };
-    let Some(tracks) = tracks else {
-        return Err(not_ready(&stream, deadline));
-    };
+    let tracks = tracks_within(&stream, deadline).await?;
     if tracks
         .video()
         .is_none_or(|t| t.codec != crate::ts::Codec::H265)

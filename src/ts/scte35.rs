@@ -266,13 +266,22 @@ fn splice_time(r: &mut Bits) -> Result<Option<u64>, &'static str> {
     }
 }
 
+/// What splice_insert and segmentation_descriptor start with: the event's id, whether it
+/// is cancelled, 7 reserved bits.
+fn event_head(r: &mut Bits) -> Result<(u32, bool), &'static str> {
+    let id = r.read(32)? as u32;
+    let cancel = r.flag()?;
+    r.skip(7)?;
+    Ok((id, cancel))
+}
+
 fn read_insert(r: &mut Bits) -> Result<SpliceInsert, &'static str> {
+    let (event_id, cancel) = event_head(r)?;
     let mut s = SpliceInsert {
-        event_id: r.read(32)? as u32,
-        cancel: r.flag()?,
+        event_id,
+        cancel,
         ..Default::default()
     };
-    r.skip(7)?;
     if s.cancel {
         return Ok(s);
     }
@@ -311,12 +320,12 @@ fn read_insert(r: &mut Bits) -> Result<SpliceInsert, &'static str> {
 /// A segmentation_descriptor after its identifier.
 fn read_segmentation(data: &[u8]) -> Result<Segmentation, &'static str> {
     let mut r = Bits::new(data);
+    let (event_id, cancel) = event_head(&mut r)?;
     let mut s = Segmentation {
-        event_id: r.read(32)? as u32,
-        cancel: r.flag()?,
+        event_id,
+        cancel,
         ..Default::default()
     };
-    r.skip(7)?;
     if s.cancel {
         return Ok(s);
     }

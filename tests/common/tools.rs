@@ -27,3 +27,23 @@ pub fn free_udp_port() -> u16 {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     s.local_addr().expect("bound").port()
 }
+
+/// `ffmpeg -re -stream_loop -1 -i testdata/{file} -c copy -f {format} {url}`: a live source
+/// sent forever (killed when the child is dropped).
+pub fn ffmpeg_loop(file: &str, format: &str, url: &str) -> tokio::process::Child {
+    tokio::process::Command::new("ffmpeg")
+        .args([
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-re",
+            "-stream_loop",
+            "-1",
+        ])
+        .arg("-i")
+        .arg(super::testdata(file))
+        .args(["-c", "copy", "-f", format, url])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ffmpeg")
+}
