@@ -100,15 +100,17 @@ fn decode_all(video: &[common::RtpPkt]) -> usize {
     total
 }
 
-/// From the first keyframe on: how many access units are whole and decode cleanly, how many
-/// there are, and what was wrong with the others.
+/// From the first keyframe (with its SPS) on: how many access units are whole and decode
+/// cleanly, how many there are, and what was wrong with the others.
 fn decode_count(video: &[common::RtpPkt]) -> (usize, usize, Vec<String>) {
     use tsbridge::codec::h264_decoder::H264Decoder;
     let aus = common::h264_access_units(video);
+    // From the first keyframe that carries its SPS (7): webrtc-rs (the client) drops its very
+    // first packet when that packet is the keyframe's SPS/PPS aggregate.
     let first = aus
         .iter()
-        .position(|a| a.is_keyframe())
-        .expect("a keyframe");
+        .position(|a| a.is_keyframe() && a.nal_types.contains(&7))
+        .expect("a keyframe with its SPS");
     let mut d = H264Decoder::new(false).expect("OpenH264");
     let (mut clean, mut problems) = (0, Vec::new());
     for (i, au) in aus[first..].iter().enumerate() {
