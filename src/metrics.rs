@@ -1,5 +1,7 @@
-//! Counters for `GET /metrics` (Prometheus text exposition). Updated with relaxed atomics on
-//! the hot paths; rendered on request.
+//! What is counted, and how it is written out: the node's counters, histograms of durations,
+//! a stream's latency, and the Prometheus text exposition (`Exposition`, fed tables of
+//! `Family`). Counters are updated with relaxed atomics on the hot paths and read on request;
+//! every family of `GET /metrics` is declared in one place, `http/metrics.rs`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write;
@@ -11,7 +13,7 @@ use parking_lot::Mutex;
 /// Upper bounds (seconds) of the time-to-first-frame histogram buckets.
 pub const TTFF_BUCKETS: [f64; 9] = [0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0];
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
     pub viewers_created: AtomicU64,
     pub publishers_created: AtomicU64,
@@ -31,82 +33,72 @@ pub struct Metrics {
     pub keyframes_requested_upstream: AtomicU64,
     /// Viewers that fell behind and were moved on to the next keyframe.
     pub slow_viewer_skips: AtomicU64,
-    ttff: Histogram<{ TTFF_BUCKETS.len() }>,
+    ttff: Histogram,
 }
 
-/// A Prometheus histogram of durations: a count per bucket (upper bounds in seconds, the last
-/// one +Inf) and the sum; updated with relaxed atomics.
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            viewers_created: AtomicU64::new(0),
+            publishers_created: AtomicU64::new(0),
+            closed: Mutex::default(),
+            packets_sent: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+            send_drops: AtomicU64::new(0),
+            nacks_received: AtomicU64::new(0),
+            retransmissions: AtomicU64::new(0),
+            direct_packets: AtomicU64::new(0),
+            plis_received: AtomicU64::new(0),
+            firs_received: AtomicU64::new(0),
+            keyframes_requested_upstream: AtomicU64::new(0),
+            slow_viewer_skips: AtomicU64::new(0),
+            ttff: Histogram::new(&TTFF_BUCKETS),
+        }
+    }
+}
+
+/// A Prometheus histogram of durations: a count per bucket (upper bounds in seconds, then
+/// +Inf) and the sum; updated with relaxed atomics.
 #[derive(Debug)]
-pub struct Histogram<const N: usize> {
-    bounds: [f64; N],
-    counts: [AtomicU64; N],
-    over: AtomicU64,
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One per bound, then the +Inf bucket.
+    counts: Box<[AtomicU64]>,
     sum_us: AtomicU64,
 }
 
-impl<const N: usize> Histogram<N> {
-    pub fn new(bounds: [f64; N]) -> Self {
+impl Histogram {
+    pub fn new(bounds: &'static [f64]) -> Self {
         Histogram {
             bounds,
-            counts: std::array::from_fn(|_| AtomicU64::new(0)),
-            over: AtomicU64::new(0),
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
             sum_us: AtomicU64::new(0),
         }
     }
 
     pub fn observe(&self, d: Duration) {
         let s = d.as_secs_f64();
-        match self.bounds.iter().position(|&b| s <= b) {
-            Some(i) => self.counts[i].fetch_add(1, Ordering::Relaxed),
-            None => self.over.fetch_add(1, Ordering::Relaxed),
-        };
+        let i = self.bounds.partition_point(|&b| b < s);
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
         self.sum_us
             .fetch_add(d.as_micros() as u64, Ordering::Relaxed);
     }
 
-    /// The `_bucket`, `_sum` and `_count` lines of one labelled series (`labels` without
-    /// braces, may be empty).
-    fn render_series(&self, out: &mut String, name: &str, labels: &str) {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+    /// The `_bucket`, `_sum` and `_count` lines of one series.
+    fn write_series(&self, out: &mut String, name: &str, labels: &str) {
         let sep = if labels.is_empty() { "" } else { "," };
-        let mut cumulative = 0;
         let les = self.bounds.iter().map(|b| b.to_string());
-        let counts = self.counts.iter().chain([&self.over]);
-        for (le, count) in les.chain(["+Inf".to_string()]).zip(counts) {
-            cumulative += g(count);
+        let mut cumulative = 0;
+        for (le, count) in les.chain(["+Inf".to_string()]).zip(self.counts.iter()) {
+            cumulative += get(count);
             let _ = writeln!(
                 out,
                 "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {cumulative}"
             );
         }
-        let braces = |l: &str| match l.is_empty() {
-            true => String::new(),
-            false => format!("{{{l}}}"),
-        };
-        let sum = g(&self.sum_us) as f64 / 1e6;
+        let sum = get(&self.sum_us) as f64 / 1e6;
         let _ = writeln!(out, "{name}_sum{} {sum}", braces(labels));
         let _ = writeln!(out, "{name}_count{} {cumulative}", braces(labels));
-    }
-}
-
-/// The time-to-first-frame histogram's buckets (`Metrics` is made by `Default`).
-impl Default for Histogram<{ TTFF_BUCKETS.len() }> {
-    fn default() -> Self {
-        Histogram::new(TTFF_BUCKETS)
-    }
-}
-
-/// One histogram family; `series` is `(label text without braces, histogram)`.
-pub fn histogram<const N: usize>(
-    out: &mut String,
-    name: &str,
-    help: &str,
-    series: &[(&str, &Histogram<N>)],
-) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} histogram");
-    for (labels, h) in series {
-        h.render_series(out, name, labels);
     }
 }
 
@@ -124,16 +116,16 @@ const RECENT: usize = 2048;
 /// the API's percentiles.
 #[derive(Debug)]
 pub struct Latency {
-    pub added: Histogram<{ LATENCY_BUCKETS.len() }>,
-    pub from_ingest: Histogram<{ LATENCY_BUCKETS.len() }>,
+    pub added: Histogram,
+    pub from_ingest: Histogram,
     recent: Mutex<VecDeque<(u32, u32)>>,
 }
 
 impl Default for Latency {
     fn default() -> Self {
         Latency {
-            added: Histogram::new(LATENCY_BUCKETS),
-            from_ingest: Histogram::new(LATENCY_BUCKETS),
+            added: Histogram::new(&LATENCY_BUCKETS),
+            from_ingest: Histogram::new(&LATENCY_BUCKETS),
             recent: Mutex::new(VecDeque::with_capacity(RECENT)),
         }
     }
@@ -191,96 +183,18 @@ impl Metrics {
         *self.closed.lock().entry(reason).or_default() += 1;
     }
 
+    /// Sessions closed so far, by cause.
+    pub fn closed(&self) -> Vec<(&'static str, u64)> {
+        self.closed.lock().iter().map(|(k, v)| (*k, *v)).collect()
+    }
+
     /// Time from the WHEP answer to the first video frame sent to that viewer.
     pub fn first_frame(&self, after: Duration) {
         self.ttff.observe(after);
     }
 
-    /// The global part of the exposition.
-    pub fn render(&self, out: &mut String) {
-        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        counter(
-            out,
-            "tsbridge_sessions_created_total",
-            "WebRTC sessions created",
-            &[
-                ("role=\"viewer\"", g(&self.viewers_created)),
-                ("role=\"publisher\"", g(&self.publishers_created)),
-            ],
-        );
-        let closed: Vec<(String, u64)> = self
-            .closed
-            .lock()
-            .iter()
-            .map(|(k, v)| (format!("cause=\"{k}\""), *v))
-            .collect();
-        let closed: Vec<(&str, u64)> = closed.iter().map(|(k, v)| (k.as_str(), *v)).collect();
-        counter(
-            out,
-            "tsbridge_sessions_closed_total",
-            "WebRTC sessions closed, by cause",
-            &closed,
-        );
-        for (name, help, v) in [
-            (
-                "tsbridge_packets_sent_total",
-                "UDP datagrams sent to WebRTC peers",
-                &self.packets_sent,
-            ),
-            (
-                "tsbridge_bytes_sent_total",
-                "UDP bytes sent to WebRTC peers",
-                &self.bytes_sent,
-            ),
-            (
-                "tsbridge_send_drops_total",
-                "datagrams dropped on a full socket buffer",
-                &self.send_drops,
-            ),
-            (
-                "tsbridge_nacks_received_total",
-                "NACKs received from viewers",
-                &self.nacks_received,
-            ),
-            (
-                "tsbridge_retransmissions_total",
-                "RTP packets retransmitted (RTX) in answer to NACKs",
-                &self.retransmissions,
-            ),
-            (
-                "tsbridge_direct_packets_total",
-                "video RTP packets protected and sent by the direct path (not through str0m)",
-                &self.direct_packets,
-            ),
-            (
-                "tsbridge_plis_received_total",
-                "PLIs received from viewers",
-                &self.plis_received,
-            ),
-            (
-                "tsbridge_firs_received_total",
-                "FIRs received from viewers",
-                &self.firs_received,
-            ),
-            (
-                "tsbridge_keyframes_requested_upstream_total",
-                "keyframe requests forwarded to WHIP publishers",
-                &self.keyframes_requested_upstream,
-            ),
-            (
-                "tsbridge_slow_viewer_skips_total",
-                "slow viewers moved on to the next keyframe",
-                &self.slow_viewer_skips,
-            ),
-        ] {
-            counter(out, name, help, &[("", g(v))]);
-        }
-        histogram(
-            out,
-            "tsbridge_time_to_first_frame_seconds",
-            "WHEP answer to first video frame sent",
-            &[("", &self.ttff)],
-        );
+    pub fn time_to_first_frame(&self) -> &Histogram {
+        &self.ttff
     }
 }
 
@@ -298,24 +212,114 @@ pub fn thread_cpu_time() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-/// One counter family; `labels` is `(label text without braces, value)`.
-pub fn counter(out: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
-    family(out, name, help, "counter", values);
+/// An atomic counter's value now.
+pub fn get(a: &AtomicU64) -> u64 {
+    a.load(Ordering::Relaxed)
 }
 
-pub fn gauge(out: &mut String, name: &str, help: &str, values: &[(&str, u64)]) {
-    family(out, name, help, "gauge", values);
+/// Counter (only goes up) or gauge (a level now).
+#[derive(Debug, Clone, Copy)]
+pub enum Kind {
+    Counter,
+    Gauge,
 }
 
-fn family(out: &mut String, name: &str, help: &str, kind: &str, values: &[(&str, u64)]) {
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
-    for (labels, v) in values {
-        if labels.is_empty() {
-            let _ = writeln!(out, "{name} {v}");
-        } else {
-            let _ = writeln!(out, "{name}{{{labels}}} {v}");
+/// One family of the exposition read off a subject (the node's counters, a stream, the
+/// cluster): each subject gives one series. Families are declared in tables, in one place
+/// (`http/metrics.rs`).
+pub struct Family<T> {
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub value: fn(&T) -> u64,
+}
+
+impl<T> Family<T> {
+    pub const fn counter(name: &'static str, help: &'static str, value: fn(&T) -> u64) -> Self {
+        Family {
+            name,
+            help,
+            kind: Kind::Counter,
+            value,
         }
+    }
+
+    pub const fn gauge(name: &'static str, help: &'static str, value: fn(&T) -> u64) -> Self {
+        Family {
+            name,
+            help,
+            kind: Kind::Gauge,
+            value,
+        }
+    }
+}
+
+/// The Prometheus text exposition (format 0.0.4) being written. Labels are given as their
+/// text without braces (`stream="cam"`), empty for none.
+#[derive(Default)]
+pub struct Exposition {
+    out: String,
+}
+
+impl Exposition {
+    /// Each of `families`, with one series per subject: `(labels, subject)`.
+    pub fn families<T>(&mut self, families: &[Family<T>], subjects: &[(&str, &T)]) {
+        for f in families {
+            self.family(
+                f.name,
+                f.help,
+                f.kind,
+                subjects.iter().map(|(l, s)| (*l, (f.value)(s))),
+            );
+        }
+    }
+
+    /// One family from its series: `(labels, value)`.
+    pub fn family<L: AsRef<str>>(
+        &mut self,
+        name: &str,
+        help: &str,
+        kind: Kind,
+        series: impl IntoIterator<Item = (L, u64)>,
+    ) {
+        let kind = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+        };
+        self.head(name, help, kind);
+        for (labels, v) in series {
+            let _ = writeln!(self.out, "{name}{} {v}", braces(labels.as_ref()));
+        }
+    }
+
+    /// One histogram family from its series: `(labels, histogram)`.
+    pub fn histogram<'h, L: AsRef<str>>(
+        &mut self,
+        name: &str,
+        help: &str,
+        series: impl IntoIterator<Item = (L, &'h Histogram)>,
+    ) {
+        self.head(name, help, "histogram");
+        for (labels, h) in series {
+            h.write_series(&mut self.out, name, labels.as_ref());
+        }
+    }
+
+    fn head(&mut self, name: &str, help: &str, kind: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}");
+        let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    pub fn finish(self) -> String {
+        self.out
+    }
+}
+
+/// `{labels}`, or nothing for no labels.
+fn braces(labels: &str) -> String {
+    match labels.is_empty() {
+        true => String::new(),
+        false => format!("{{{labels}}}"),
     }
 }
 
@@ -330,8 +334,21 @@ mod tests {
         m.first_frame(Duration::from_millis(250));
         m.first_frame(Duration::from_secs(20));
         m.session_closed("deleted by client");
-        let mut s = String::new();
-        m.render(&mut s);
+        let mut x = Exposition::default();
+        x.histogram(
+            "tsbridge_time_to_first_frame_seconds",
+            "h",
+            [("", m.time_to_first_frame())],
+        );
+        x.family(
+            "tsbridge_sessions_closed_total",
+            "h",
+            Kind::Counter,
+            m.closed()
+                .iter()
+                .map(|(k, v)| (format!("cause=\"{k}\""), *v)),
+        );
+        let s = x.finish();
         assert!(s.contains("tsbridge_time_to_first_frame_seconds_bucket{le=\"0.05\"} 1\n"));
         assert!(s.contains("tsbridge_time_to_first_frame_seconds_bucket{le=\"0.3\"} 2\n"));
         assert!(s.contains("tsbridge_time_to_first_frame_seconds_bucket{le=\"+Inf\"} 3\n"));
@@ -353,8 +370,9 @@ mod tests {
             (s.ingest_to_send_ms.p50, s.ingest_to_send_ms.p99),
             (51.0, 99.0)
         );
-        let mut out = String::new();
-        histogram(&mut out, "x", "h", &[("stream=\"a\"", &l.added)]);
+        let mut x = Exposition::default();
+        x.histogram("x", "h", [("stream=\"a\"", &l.added)]);
+        let out = x.finish();
         assert!(
             out.contains("x_bucket{stream=\"a\",le=\"0.0005\"} 50\n"),
             "{out}"

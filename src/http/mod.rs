@@ -6,6 +6,7 @@ mod app;
 pub mod auth;
 mod health;
 mod ingest;
+mod metrics;
 mod openapi;
 mod pages;
 pub mod serve;
@@ -61,7 +62,7 @@ pub fn router(app: AppState) -> Router {
         )
         .route("/publish/{stream}", get(pages::publish))
         .route("/ingest/{stream}", put(ingest::put).post(ingest::put))
-        .route("/metrics", get(api::metrics))
+        .route("/metrics", get(metrics::metrics))
         .route("/streams", get(api::list))
         .route(
             "/streams/{stream}",

@@ -1,0 +1,400 @@
+//! `GET /metrics`: the Prometheus text exposition. Every family is declared here, in tables read
+//! off their subject: the node's counters, each stream (labelled `stream="…"`), the cluster and
+//! the event hook; the few families labelled otherwise (by role, by cause, by where latency is
+//! counted from) are written after them with the same `Exposition`.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+use super::auth::{self, Caller};
+use super::AppState;
+use crate::cluster::ClusterStats;
+use crate::events::EventStats;
+use crate::metrics::{get, Exposition, Family, Kind, Metrics};
+use crate::stream::link::{RtpCounts, SrtStats, WhipCounts};
+use crate::stream::Stream;
+
+pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
+    if let Err(e) = auth::metrics(&app, &caller) {
+        return e.into_response();
+    }
+    let mut x = Exposition::default();
+    let m = &app.engine.metrics;
+    x.family(
+        "tsbridge_sessions_created_total",
+        "WebRTC sessions created",
+        Kind::Counter,
+        [
+            ("role=\"viewer\"", get(&m.viewers_created)),
+            ("role=\"publisher\"", get(&m.publishers_created)),
+        ],
+    );
+    x.family(
+        "tsbridge_sessions_closed_total",
+        "WebRTC sessions closed, by cause",
+        Kind::Counter,
+        m.closed()
+            .into_iter()
+            .map(|(cause, n)| (format!("cause=\"{cause}\""), n)),
+    );
+    x.families(NODE, &[("", m)]);
+    x.histogram(
+        "tsbridge_time_to_first_frame_seconds",
+        "WHEP answer to first video frame sent",
+        [("", m.time_to_first_frame())],
+    );
+
+    let streams = app.registry.list();
+    x.family(
+        "tsbridge_streams",
+        "streams known",
+        Kind::Gauge,
+        [("", streams.len() as u64)],
+    );
+    x.family(
+        "tsbridge_waiting_for_unknown_streams",
+        "WHEP POSTs waiting for a name that has no stream (yet)",
+        Kind::Gauge,
+        [("", app.registry.waiting_for_unknown() as u64)],
+    );
+    let labels: Vec<String> = streams
+        .iter()
+        .map(|s| format!("stream=\"{}\"", s.name))
+        .collect();
+    let subjects: Vec<(&str, &Stream)> = labels
+        .iter()
+        .map(String::as_str)
+        .zip(streams.iter().map(|s| &**s))
+        .collect();
+    x.families(STREAM, &subjects);
+    x.histogram(
+        "tsbridge_latency_seconds",
+        "from a frame's arrival on this node (from=\"arrival\": what the bridge adds), or its \
+         ingest into the cluster (from=\"ingest\": across an edge hop), to its first RTP packet \
+         on the wire",
+        subjects.iter().flat_map(|(l, s)| {
+            let latency = &s.stats.latency;
+            [
+                (format!("{l},from=\"arrival\""), &latency.added),
+                (format!("{l},from=\"ingest\""), &latency.from_ingest),
+            ]
+        }),
+    );
+
+    if let Some(c) = &app.cluster {
+        x.families(CLUSTER, &[("", &c.stats)]);
+    }
+    x.families(EVENTS, &[("", &*app.engine.events.stats)]);
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        x.finish(),
+    )
+        .into_response()
+}
+
+/// The node's media counters (`Engine::metrics`).
+const NODE: &[Family<Metrics>] = &[
+    Family::counter(
+        "tsbridge_packets_sent_total",
+        "UDP datagrams sent to WebRTC peers",
+        |m| get(&m.packets_sent),
+    ),
+    Family::counter(
+        "tsbridge_bytes_sent_total",
+        "UDP bytes sent to WebRTC peers",
+        |m| get(&m.bytes_sent),
+    ),
+    Family::counter(
+        "tsbridge_send_drops_total",
+        "datagrams dropped on a full socket buffer",
+        |m| get(&m.send_drops),
+    ),
+    Family::counter(
+        "tsbridge_nacks_received_total",
+        "NACKs received from viewers",
+        |m| get(&m.nacks_received),
+    ),
+    Family::counter(
+        "tsbridge_retransmissions_total",
+        "RTP packets retransmitted (RTX) in answer to NACKs",
+        |m| get(&m.retransmissions),
+    ),
+    Family::counter(
+        "tsbridge_direct_packets_total",
+        "video RTP packets protected and sent by the direct path (not through str0m)",
+        |m| get(&m.direct_packets),
+    ),
+    Family::counter(
+        "tsbridge_plis_received_total",
+        "PLIs received from viewers",
+        |m| get(&m.plis_received),
+    ),
+    Family::counter(
+        "tsbridge_firs_received_total",
+        "FIRs received from viewers",
+        |m| get(&m.firs_received),
+    ),
+    Family::counter(
+        "tsbridge_keyframes_requested_upstream_total",
+        "keyframe requests forwarded to WHIP publishers",
+        |m| get(&m.keyframes_requested_upstream),
+    ),
+    Family::counter(
+        "tsbridge_slow_viewer_skips_total",
+        "slow viewers moved on to the next keyframe",
+        |m| get(&m.slow_viewer_skips),
+    ),
+];
+
+/// A value of the stream's RTP-wrapped TS source (`--udp`), 0 without one.
+fn rtp(s: &Stream, f: fn(&RtpCounts) -> u64) -> u64 {
+    s.stats.link.rtp().as_ref().map_or(0, f)
+}
+
+/// A value of the stream's SRT publisher's connection, 0 without one.
+fn srt(s: &Stream, f: fn(&SrtStats) -> u64) -> u64 {
+    s.stats.link.srt().as_ref().map_or(0, |(_, c)| f(c))
+}
+
+/// A value of the stream's WHIP publisher's jitter buffer, 0 without one.
+fn whip(s: &Stream, f: fn(&WhipCounts) -> u64) -> u64 {
+    s.stats.link.whip().as_ref().map_or(0, f)
+}
+
+/// One series per stream, labelled `stream="NAME"`.
+const STREAM: &[Family<Stream>] = &[
+    Family::gauge("tsbridge_viewers", "viewers connected", |s| {
+        s.stats.viewers.load(Ordering::Relaxed) as u64
+    }),
+    Family::gauge(
+        "tsbridge_waiting_viewers",
+        "WHEP POSTs waiting for the stream",
+        |s| s.stats.waiting_viewers.load(Ordering::Relaxed) as u64,
+    ),
+    Family::gauge("tsbridge_source_live", "1 while a source is writing", |s| {
+        u64::from(s.has_source())
+    }),
+    Family::counter(
+        "tsbridge_ingest_bytes_total",
+        "TS bytes received from sources",
+        |s| get(&s.stats.ingest_bytes),
+    ),
+    Family::counter(
+        "tsbridge_ts_errors_total",
+        "TS problems (resyncs, CC errors, bad PSI/PES)",
+        |s| get(&s.stats.ts_problems),
+    ),
+    Family::counter(
+        "tsbridge_video_frames_total",
+        "video access units demuxed",
+        |s| get(&s.stats.video_frames),
+    ),
+    Family::counter(
+        "tsbridge_audio_packets_total",
+        "Opus packets demuxed",
+        |s| get(&s.stats.audio_packets),
+    ),
+    Family::counter(
+        "tsbridge_stream_packets_sent_total",
+        "datagrams sent to the stream's viewers",
+        |s| get(&s.stats.packets_sent),
+    ),
+    Family::counter(
+        "tsbridge_stream_bytes_sent_total",
+        "bytes sent to the stream's viewers",
+        |s| get(&s.stats.bytes_sent),
+    ),
+    Family::counter(
+        "tsbridge_stream_slow_viewer_skips_total",
+        "times a viewer of the stream fell behind and was moved on to the next keyframe",
+        |s| get(&s.stats.slow_viewer_skips),
+    ),
+    Family::counter(
+        "tsbridge_viewer_sessions_total",
+        "viewer sessions created",
+        |s| get(&s.stats.sessions_total),
+    ),
+    Family::gauge("tsbridge_gop_cache_bytes", "bytes in the GOP cache", |s| {
+        s.gop.lock().bytes() as u64
+    }),
+    Family::gauge(
+        "tsbridge_gop_cache_frames",
+        "frames in the GOP cache",
+        |s| s.gop.lock().frames() as u64,
+    ),
+    Family::counter(
+        "tsbridge_rtp_packets_total",
+        "RTP packets of RTP-wrapped TS received on --udp (duplicates included)",
+        |s| rtp(s, |c| c.packets),
+    ),
+    Family::counter(
+        "tsbridge_rtp_lost_total",
+        "RTP packets of a --udp source given up on (missing when the reorder wait ended)",
+        |s| rtp(s, |c| c.lost),
+    ),
+    Family::counter(
+        "tsbridge_rtp_reordered_total",
+        "RTP packets of a --udp source that arrived out of order and were put back in order",
+        |s| rtp(s, |c| c.reordered),
+    ),
+    Family::counter(
+        "tsbridge_rtp_duplicates_total",
+        "RTP packets of a --udp source that arrived twice",
+        |s| rtp(s, |c| c.duplicates),
+    ),
+    Family::counter(
+        "tsbridge_rtp_late_total",
+        "RTP packets of a --udp source that came after they were given up on",
+        |s| rtp(s, |c| c.late),
+    ),
+    Family::counter(
+        "tsbridge_srt_packets_total",
+        "packets the stream's SRT publisher's connection received",
+        |s| srt(s, |c| c.packets_received),
+    ),
+    Family::counter(
+        "tsbridge_srt_lost_total",
+        "packets found missing on the SRT publisher's connection (then asked for again)",
+        |s| srt(s, |c| c.lost),
+    ),
+    Family::counter(
+        "tsbridge_srt_retransmitted_total",
+        "packets the SRT publisher sent again (ARQ)",
+        |s| srt(s, |c| c.retransmitted),
+    ),
+    Family::counter(
+        "tsbridge_srt_dropped_total",
+        "packets of the SRT publisher given up on: too late for --srt-latency-ms",
+        |s| srt(s, |c| c.dropped),
+    ),
+    Family::gauge(
+        "tsbridge_srt_rtt_milliseconds",
+        "round trip time of the stream's SRT publisher's connection",
+        |s| srt(s, |c| c.rtt_ms.round() as u64),
+    ),
+    Family::gauge(
+        "tsbridge_srt_receive_buffer_milliseconds",
+        "media time waiting in the SRT receive buffer",
+        |s| srt(s, |c| c.receive_buffer_ms),
+    ),
+    Family::counter(
+        "tsbridge_whip_packets_total",
+        "video RTP packets of the stream's WHIP publisher (duplicates included)",
+        |s| whip(s, |c| c.packets),
+    ),
+    Family::counter(
+        "tsbridge_whip_lost_total",
+        "video RTP packets of a WHIP publisher given up on: missing at their --whip-jitter-ms \
+         deadline",
+        |s| whip(s, |c| c.lost),
+    ),
+    Family::counter(
+        "tsbridge_whip_late_total",
+        "video RTP packets of a WHIP publisher that came after they were given up on",
+        |s| whip(s, |c| c.late),
+    ),
+    Family::counter(
+        "tsbridge_whip_recovered_total",
+        "video RTP packets of a WHIP publisher that filled a hole in time (reordered, or resent \
+         after a NACK)",
+        |s| whip(s, |c| c.recovered),
+    ),
+    Family::counter(
+        "tsbridge_whip_skipped_frames_total",
+        "video frames of a WHIP publisher dropped while waiting for a keyframe after a loss",
+        |s| whip(s, |c| c.skipped_frames),
+    ),
+    Family::counter(
+        "tsbridge_whip_nacks_total",
+        "NACKs sent to the stream's WHIP publisher",
+        |s| whip(s, |c| c.nacks),
+    ),
+    Family::counter(
+        "tsbridge_whip_plis_total",
+        "keyframe requests (PLI) sent to the stream's WHIP publisher",
+        |s| whip(s, |c| c.plis),
+    ),
+    Family::counter(
+        "tsbridge_whip_audio_lost_total",
+        "audio RTP packets of a WHIP publisher given up on (audio is not NACKed)",
+        |s| whip(s, |c| c.audio_lost),
+    ),
+    Family::gauge(
+        "tsbridge_whip_jitter_delay_milliseconds",
+        "the hold of the WHIP publisher's jitter buffer now (between --whip-jitter-ms MIN and \
+         MAX)",
+        |s| whip(s, |c| c.delay_ms),
+    ),
+    Family::counter(
+        "tsbridge_video_frames_decoded_total",
+        "pictures the video re-encoder decoded (B-frame sources)",
+        |s| get(&s.stats.reencode_decoded),
+    ),
+    Family::counter(
+        "tsbridge_video_frames_encoded_total",
+        "pictures the video re-encoder encoded",
+        |s| get(&s.stats.reencode_encoded),
+    ),
+    Family::counter(
+        "tsbridge_video_transcode_errors_total",
+        "video re-encoder errors: decoder restarts, encoder failures, pictures dropped behind",
+        |s| get(&s.stats.reencode_errors),
+    ),
+    Family::counter(
+        "tsbridge_video_transcode_cpu_seconds_total",
+        "CPU time of the video re-encoder's thread",
+        |s| get(&s.stats.reencode_us) / 1_000_000,
+    ),
+];
+
+/// This node's part in the cluster (only with `--cluster`).
+const CLUSTER: &[Family<ClusterStats>] = &[
+    Family::counter(
+        "tsbridge_cluster_pulls_total",
+        "TS pulls this edge started from streams' owners",
+        |c| get(&c.pulls_started),
+    ),
+    Family::counter(
+        "tsbridge_cluster_redirects_total",
+        "WHEP POSTs sent to another node (307) because this one was full",
+        |c| get(&c.redirects),
+    ),
+    Family::counter(
+        "tsbridge_cluster_redis_errors_total",
+        "Redis commands that failed or timed out",
+        |c| get(&c.redis_errors),
+    ),
+    Family::counter(
+        "tsbridge_cluster_forged_records_total",
+        "records in Redis that did not verify with the cluster token (ignored)",
+        |c| get(&c.forged_records),
+    ),
+    Family::counter(
+        "tsbridge_cluster_redis_data_lost_total",
+        "times Redis was seen to have lost its data (registered keys gone)",
+        |c| get(&c.redis_data_lost),
+    ),
+];
+
+/// The event hook's delivery (`--event-hook`).
+const EVENTS: &[Family<EventStats>] = &[
+    Family::counter(
+        "tsbridge_events_delivered_total",
+        "events the event hook took",
+        |e| get(&e.delivered),
+    ),
+    Family::counter(
+        "tsbridge_events_failed_total",
+        "events given up on after retries (the hook refused or was down)",
+        |e| get(&e.failed),
+    ),
+    Family::counter(
+        "tsbridge_events_dropped_total",
+        "events dropped on a full queue (the hook too slow)",
+        |e| get(&e.dropped),
+    ),
+];
