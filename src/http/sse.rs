@@ -32,7 +32,7 @@ use super::auth::{self, Action, Caller, Protocol};
 use super::session::header_value;
 use super::{check_name, require_content_type, ApiError, AppState};
 use crate::stream::cues::StreamCue;
-use crate::stream::SourceState;
+use crate::stream::{SourceState, Stream};
 
 /// The extension's link relation.
 pub const REL: &str = "urn:ietf:params:whep:ext:core:server-sent-events";
@@ -160,90 +160,7 @@ pub async fn events(
         .get(&name)
         .ok_or_else(|| ApiError::NotFound(format!("no stream {name:?}")))?;
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    let want = move |e: Event| wanted.contains(&e);
-    tokio::spawn(async move {
-        let mut status = stream.subscribe();
-        let mut cues = want(Event::Scte35).then(|| stream.stats.cues.subscribe());
-        let mut active: Option<bool> = None;
-        let mut viewers: Option<usize> = None;
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        // Viewers and sessions ever made when this session was last seen to exist.
-        let mut checked = (
-            stream.stats.viewers.load(Ordering::Relaxed),
-            stream.stats.sessions_total.load(Ordering::Relaxed),
-        );
-        let send = |e: Event, data: String| {
-            let tx = tx.clone();
-            async move {
-                let msg = format!("event: {}\ndata: {data}\n\n", e.name());
-                tx.send(Bytes::from(msg)).await.is_ok()
-            }
-        };
-        loop {
-            let live = {
-                let s = status.borrow_and_update();
-                s.ready && s.source != SourceState::Ended
-            };
-            if active != Some(live) {
-                active = Some(live);
-                let e = if live { Event::Active } else { Event::Inactive };
-                if want(e) && !send(e, "{}".into()).await {
-                    return;
-                }
-            }
-            let n = stream.stats.viewers.load(Ordering::Relaxed);
-            if viewers != Some(n) {
-                viewers = Some(n);
-                let data = serde_json::json!({ "viewercount": n }).to_string();
-                if want(Event::ViewerCount) && !send(Event::ViewerCount, data).await {
-                    return;
-                }
-            }
-            if let Some(c) = &app.cluster {
-                // Draining: every subscriber goes, asked for `reconnect` or not (the session
-                // ends with the node). The source moved: only those who asked move.
-                let to = if c.is_draining() {
-                    c.elsewhere().await
-                } else if !live && want(Event::Reconnect) {
-                    c.moved_to(&stream.name).await
-                } else {
-                    None
-                };
-                if let Some(node) = to {
-                    let url = format!("{}/whep/{}", node.url, stream.name);
-                    let data = serde_json::json!({ "url": url }).to_string();
-                    if want(Event::Reconnect) {
-                        let _ = send(Event::Reconnect, data).await;
-                    }
-                    return;
-                }
-            }
-            tokio::select! {
-                changed = status.changed() => if changed.is_err() { return },
-                cue = next_cue(&mut cues) => {
-                    if let Some(cue) = cue {
-                        if !send(Event::Scte35, cue_json(&cue).to_string()).await {
-                            return;
-                        }
-                    }
-                }
-                _ = tick.tick() => {
-                    // Ask the engine (every shard) only when a session came or went.
-                    let sessions = (
-                        stream.stats.viewers.load(Ordering::Relaxed),
-                        stream.stats.sessions_total.load(Ordering::Relaxed),
-                    );
-                    if sessions != checked {
-                        checked = sessions;
-                        if session_exists(&app, &stream.name, &id).await.is_err() {
-                            return;
-                        }
-                    }
-                }
-                () = tx.closed() => return,
-            }
-        }
-    });
+    tokio::spawn(feed(app, stream, id, wanted, tx));
     let body = futures_util::stream::unfold(rx, |mut rx| async move {
         let chunk = rx.recv().await?;
         Some((Ok::<_, Infallible>(chunk), rx))
@@ -257,6 +174,99 @@ pub async fn events(
         Body::from_stream(body),
     )
         .into_response())
+}
+
+/// Writes the events of session `id` the subscriber `wanted` into `tx`, as they happen, until
+/// the session or the subscriber goes (or the subscriber is sent to another node).
+async fn feed(
+    app: AppState,
+    stream: Arc<Stream>,
+    id: String,
+    wanted: Vec<Event>,
+    tx: tokio::sync::mpsc::Sender<Bytes>,
+) {
+    let want = |e: Event| wanted.contains(&e);
+    let mut status = stream.subscribe();
+    let mut cues = want(Event::Scte35).then(|| stream.stats.cues.subscribe());
+    let mut active: Option<bool> = None;
+    let mut viewers: Option<usize> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Viewers and sessions ever made when this session was last seen to exist.
+    let mut checked = (
+        stream.stats.viewers.load(Ordering::Relaxed),
+        stream.stats.sessions_total.load(Ordering::Relaxed),
+    );
+    let send = |e: Event, data: String| {
+        let tx = tx.clone();
+        async move {
+            let msg = format!("event: {}\ndata: {data}\n\n", e.name());
+            tx.send(Bytes::from(msg)).await.is_ok()
+        }
+    };
+    loop {
+        let live = {
+            let s = status.borrow_and_update();
+            s.ready && s.source != SourceState::Ended
+        };
+        if active != Some(live) {
+            active = Some(live);
+            let e = if live { Event::Active } else { Event::Inactive };
+            if want(e) && !send(e, "{}".into()).await {
+                return;
+            }
+        }
+        let n = stream.stats.viewers.load(Ordering::Relaxed);
+        if viewers != Some(n) {
+            viewers = Some(n);
+            let data = serde_json::json!({ "viewercount": n }).to_string();
+            if want(Event::ViewerCount) && !send(Event::ViewerCount, data).await {
+                return;
+            }
+        }
+        if let Some(c) = &app.cluster {
+            // Draining: every subscriber goes, asked for `reconnect` or not (the session
+            // ends with the node). The source moved: only those who asked move.
+            let to = if c.is_draining() {
+                c.elsewhere().await
+            } else if !live && want(Event::Reconnect) {
+                c.moved_to(&stream.name).await
+            } else {
+                None
+            };
+            if let Some(node) = to {
+                let url = format!("{}/whep/{}", node.url, stream.name);
+                let data = serde_json::json!({ "url": url }).to_string();
+                if want(Event::Reconnect) {
+                    let _ = send(Event::Reconnect, data).await;
+                }
+                return;
+            }
+        }
+        tokio::select! {
+            changed = status.changed() => if changed.is_err() { return },
+            cue = next_cue(&mut cues) => {
+                if let Some(cue) = cue {
+                    if !send(Event::Scte35, cue_json(&cue).to_string()).await {
+                        return;
+                    }
+                }
+            }
+            _ = tick.tick() => {
+                // Ask the engine (every shard) only when a session came or went.
+                let sessions = (
+                    stream.stats.viewers.load(Ordering::Relaxed),
+                    stream.stats.sessions_total.load(Ordering::Relaxed),
+                );
+                if sessions != checked {
+                    checked = sessions;
+                    if session_exists(&app, &stream.name, &id).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            () = tx.closed() => return,
+        }
+    }
 }
 
 /// The next cue for a subscriber to `scte35` (never, for others); `None` when it fell behind

@@ -134,29 +134,7 @@ impl Apply<'_> {
                 stream.update_status(|st| st.start_points = s);
             }
             MediaEvent::Reencode(job) => self.reencode(job),
-            MediaEvent::Reencoding(r) => {
-                match &r {
-                    Reencode::Active(ReencodeWhy::BFrames) => info!(stream = %stream.name,
-                        "the video has B-frames, which browsers cannot show: re-encoding it to \
-                         {REENCODED_TO} without them, once for all viewers (encode the source \
-                         with -bf 0 to save this CPU; --video-transcode off sends it as it is)"),
-                    Reencode::Active(ReencodeWhy::NoKeyframes) => info!(stream = %stream.name,
-                        "the video has no keyframe within the GOP cache bound ({}), and \
-                         browsers start only at one: re-encoding it to {REENCODED_TO}, once \
-                         for all viewers, with a keyframe at each start point of the source \
-                         and on each viewer's request (--video-transcode off sends it as it is)",
-                        self.gop_bound),
-                    Reencode::Active(ReencodeWhy::Codec(c)) => info!(stream = %stream.name,
-                        "{} to {REENCODED_TO}", ReencodeWhy::codec_reason(*c)),
-                    // (B-frames pass through as they are; a codec no browser decodes cannot.)
-                    Reencode::Unsupported(why) if !stream.status().b_frames => warn!(
-                        stream = %stream.name, "the video cannot be re-encoded here: {why}"),
-                    Reencode::Unsupported(why) => warn!(stream = %stream.name,
-                        "{B_FRAMES_ADVICE}; it cannot be re-encoded here: {why}"),
-                    Reencode::Off => debug!(stream = %stream.name, "video re-encoder stopped"),
-                }
-                stream.update_status(|s| s.reencode = r);
-            }
+            MediaEvent::Reencoding(r) => self.reencoding(r),
             MediaEvent::Transcoded { errors, micros } => {
                 st.transcode_us.fetch_add(micros, Ordering::Relaxed);
                 st.transcode_errors.fetch_add(errors, Ordering::Relaxed);
@@ -169,30 +147,61 @@ impl Apply<'_> {
             MediaEvent::Discontinuity(pid) => {
                 debug!(stream = %stream.name, %pid, "discontinuity");
             }
-            MediaEvent::Problem(p) => {
-                if p.is_ts_problem() {
-                    st.ts_problems.fetch_add(1, Ordering::Relaxed);
-                }
-                if let MediaProblem::TranscodeUnsupported(e) = &p {
-                    tracks_log::transcode_failed(stream, Some(e));
-                }
-                if self.logged.insert(p.cause()) {
-                    match p {
-                        MediaProblem::Ts(p) => warn!(stream = %stream.name, problem = ?p,
-                            "bad TS input (logged once per cause); resyncing and carrying on"),
-                        MediaProblem::PesWithoutPts(pid) => {
-                            warn!(stream = %stream.name, %pid, "PES without PTS dropped")
-                        }
-                        MediaProblem::OpusHeader(e) => warn!(stream = %stream.name, error = %e,
-                            "bad Opus access unit (logged once); keeping the good ones"),
-                        MediaProblem::TranscodeUnsupported(e) => warn!(stream = %stream.name,
-                            error = %e, "audio cannot be transcoded; video plays without it"),
-                    }
-                }
-            }
+            MediaEvent::Problem(p) => self.problem(p),
             MediaEvent::Ended => {
                 stream.gop.lock().clear();
                 tracks_log::transcode_failed(stream, None);
+            }
+        }
+    }
+
+    /// The re-encoder started (and why), cannot run, or stopped: logged, and in the status.
+    fn reencoding(&self, r: Reencode) {
+        let stream = self.stream;
+        match &r {
+            Reencode::Active(ReencodeWhy::BFrames) => info!(stream = %stream.name,
+                "the video has B-frames, which browsers cannot show: re-encoding it to \
+                 {REENCODED_TO} without them, once for all viewers (encode the source \
+                 with -bf 0 to save this CPU; --video-transcode off sends it as it is)"),
+            Reencode::Active(ReencodeWhy::NoKeyframes) => info!(stream = %stream.name,
+                "the video has no keyframe within the GOP cache bound ({}), and \
+                 browsers start only at one: re-encoding it to {REENCODED_TO}, once \
+                 for all viewers, with a keyframe at each start point of the source \
+                 and on each viewer's request (--video-transcode off sends it as it is)",
+                self.gop_bound),
+            Reencode::Active(ReencodeWhy::Codec(c)) => info!(stream = %stream.name,
+                "{} to {REENCODED_TO}", ReencodeWhy::codec_reason(*c)),
+            // (B-frames pass through as they are; a codec no browser decodes cannot.)
+            Reencode::Unsupported(why) if !stream.status().b_frames => warn!(
+                stream = %stream.name, "the video cannot be re-encoded here: {why}"),
+            Reencode::Unsupported(why) => warn!(stream = %stream.name,
+                "{B_FRAMES_ADVICE}; it cannot be re-encoded here: {why}"),
+            Reencode::Off => debug!(stream = %stream.name, "video re-encoder stopped"),
+        }
+        stream.update_status(|s| s.reencode = r);
+    }
+
+    /// A problem of the input: counted, and logged once per cause.
+    fn problem(&mut self, p: MediaProblem) {
+        let stream = self.stream;
+        let st = &stream.stats;
+        if p.is_ts_problem() {
+            st.ts_problems.fetch_add(1, Ordering::Relaxed);
+        }
+        if let MediaProblem::TranscodeUnsupported(e) = &p {
+            tracks_log::transcode_failed(stream, Some(e));
+        }
+        if self.logged.insert(p.cause()) {
+            match p {
+                MediaProblem::Ts(p) => warn!(stream = %stream.name, problem = ?p,
+                    "bad TS input (logged once per cause); resyncing and carrying on"),
+                MediaProblem::PesWithoutPts(pid) => {
+                    warn!(stream = %stream.name, %pid, "PES without PTS dropped")
+                }
+                MediaProblem::OpusHeader(e) => warn!(stream = %stream.name, error = %e,
+                    "bad Opus access unit (logged once); keeping the good ones"),
+                MediaProblem::TranscodeUnsupported(e) => warn!(stream = %stream.name,
+                    error = %e, "audio cannot be transcoded; video plays without it"),
             }
         }
     }

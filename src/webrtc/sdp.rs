@@ -194,19 +194,7 @@ pub(super) fn shape_answer(answer: &str, offer: &str, wanted: impl Fn(&str) -> b
         .iter()
         .filter_map(|m| Some((mid(m)?, m)))
         .collect();
-    // The transport, each line once, in order (str0m writes it into rejected sections too).
-    let mut transport: Vec<&str> = Vec::new();
-    for l in ans
-        .media
-        .iter()
-        .flatten()
-        .copied()
-        .filter(|l| is_transport(l))
-    {
-        if !transport.contains(&l) {
-            transport.push(l);
-        }
-    }
+    let transport = transport_lines(&ans);
 
     let mut active_kinds: Vec<&str> = Vec::new();
     let (mut active, mut idle, mut bundle) = (Vec::new(), Vec::new(), Vec::new());
@@ -250,39 +238,80 @@ pub(super) fn shape_answer(answer: &str, offer: &str, wanted: impl Fn(&str) -> b
             media_out.push(as_is());
             continue;
         };
-        let dropped = |l: &&str| {
-            [
-                "a=sendonly",
-                "a=recvonly",
-                "a=sendrecv",
-                "a=inactive",
-                "a=rtpmap:",
-                "a=fmtp:",
-                "a=rtcp-fb:",
-                "a=ssrc",
-                "a=msid:",
-            ]
-            .iter()
-            .any(|p| l.starts_with(p))
-        };
-        let kept: Vec<&str> = section.iter().copied().filter(|l| !dropped(l)).collect();
-        let mut tail = vec!["a=inactive".to_string()];
-        for name in ["rtpmap", "fmtp"] {
-            let prefix = format!("a={name}:{format} ");
-            tail.extend(
-                o.iter()
-                    .filter(|l| l.starts_with(&prefix))
-                    .map(|l| l.to_string()),
-            );
-        }
         let m = format!("m={kind} 9 {proto} {format}");
-        media_out.push(with_transport(m, &kept, &transport, &tail));
+        media_out.push(idle_section(m, section, o, format, &transport));
         idle.push(kind.to_string());
         bundle.push(id);
     }
 
-    let mut out = String::with_capacity(answer.len() + 512);
-    for line in &ans.session {
+    Shaped {
+        answer: write_answer(&ans.session, &bundle, &media_out, answer.len() + 512),
+        active,
+        idle,
+    }
+}
+
+/// The transport lines of `ans`, each once, in order (str0m writes them into rejected
+/// sections too).
+fn transport_lines<'a>(ans: &Sections<'a>) -> Vec<&'a str> {
+    let mut transport: Vec<&str> = Vec::new();
+    for l in ans
+        .media
+        .iter()
+        .flatten()
+        .copied()
+        .filter(|l| is_transport(l))
+    {
+        if !transport.contains(&l) {
+            transport.push(l);
+        }
+    }
+    transport
+}
+
+/// An idle section: `m_line`, the section's lines but its direction, formats and sources,
+/// the whole transport, then `a=inactive` and the offered `rtpmap`/`fmtp` of `format`.
+fn idle_section(
+    m_line: String,
+    section: &[&str],
+    offered: &[&str],
+    format: &str,
+    transport: &[&str],
+) -> Vec<String> {
+    let dropped = |l: &&str| {
+        [
+            "a=sendonly",
+            "a=recvonly",
+            "a=sendrecv",
+            "a=inactive",
+            "a=rtpmap:",
+            "a=fmtp:",
+            "a=rtcp-fb:",
+            "a=ssrc",
+            "a=msid:",
+        ]
+        .iter()
+        .any(|p| l.starts_with(p))
+    };
+    let kept: Vec<&str> = section.iter().copied().filter(|l| !dropped(l)).collect();
+    let mut tail = vec!["a=inactive".to_string()];
+    for name in ["rtpmap", "fmtp"] {
+        let prefix = format!("a={name}:{format} ");
+        tail.extend(
+            offered
+                .iter()
+                .filter(|l| l.starts_with(&prefix))
+                .map(|l| l.to_string()),
+        );
+    }
+    with_transport(m_line, &kept, transport, &tail)
+}
+
+/// The session lines (the BUNDLE group made of `bundle`, or none when it is empty), then the
+/// media sections.
+fn write_answer(session: &[&str], bundle: &[&str], media: &[Vec<String>], cap: usize) -> String {
+    let mut out = String::with_capacity(cap);
+    for line in session {
         if line.starts_with("a=group:BUNDLE") {
             if !bundle.is_empty() {
                 out.push_str("a=group:BUNDLE ");
@@ -294,15 +323,11 @@ pub(super) fn shape_answer(answer: &str, offer: &str, wanted: impl Fn(&str) -> b
             out.push_str("\r\n");
         }
     }
-    for l in media_out.iter().flatten() {
+    for l in media.iter().flatten() {
         out.push_str(l);
         out.push_str("\r\n");
     }
-    Shaped {
-        answer: out,
-        active,
-        idle,
-    }
+    out
 }
 
 /// A section as `m_line`, its `c=`/`b=` lines, the whole transport, its other lines (the

@@ -20,13 +20,14 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use str0m::net::{Protocol, Receive};
 use str0m::Input;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info};
 
 use super::outbox::Outbox;
 use super::session::{self, Session};
-use super::{short, Cmd, EngineOptions, NewSession, PatchError, SessionUrl};
+use super::{short, Cmd, EngineOptions, NewSession, Patch, PatchError, PatchReply, SessionUrl};
 use crate::metrics::Metrics;
+use crate::stream::frame::Frame;
 use crate::stream::Stream;
 
 /// How often every session is checked for its end (ICE timeout, closed) and keyframe
@@ -273,50 +274,10 @@ impl Shard {
     fn on_cmd(&mut self, cmd: Cmd) {
         match cmd {
             Cmd::Add(n) => self.add(*n),
-            Cmd::Frame(stream, frame) => {
-                let Some(viewers) = self.by_stream.get_mut(&stream.id) else {
-                    return;
-                };
-                let viewers = std::mem::take(viewers);
-                let now = Instant::now();
-                let mut sent = (0, 0);
-                for &slot in &viewers {
-                    if let Some(s) = self.sessions.get_mut(slot).and_then(Option::as_mut) {
-                        let (p, b) = s.write_frame(&frame, now, &mut self.out);
-                        s.count_sent(p, b);
-                        sent = (sent.0 + p, sent.1 + b);
-                    }
-                    self.settle(slot);
-                }
-                session::count_direct(&stream, &self.metrics, sent);
-                if sent.0 > 0 {
-                    let at = (frame.arrived, frame.ingested_us);
-                    self.queued_frames.push((stream.clone(), at.0, at.1));
-                }
-                self.by_stream.insert(stream.id, viewers);
-            }
+            Cmd::Frame(stream, frame) => self.frame(&stream, &frame),
             Cmd::Datagram(source, data, at) => self.on_datagram(&data, source, at),
             Cmd::KeyframeWanted(stream) => self.request_keyframe(stream, false),
-            Cmd::Patch(url, patch, reply) => {
-                let Some(slot) = self.slot_of(&url) else {
-                    let _ = reply.send(Err(PatchError::NotFound));
-                    return;
-                };
-                let candidates = self.candidates.clone();
-                let Some(s) = self.session(slot) else { return };
-                let old_ufrag = s.local_ufrag.clone();
-                let r = s.patch(patch, &candidates);
-                let new_ufrag = s.local_ufrag.clone();
-                if new_ufrag != old_ufrag {
-                    self.by_ufrag.remove(&old_ufrag);
-                    self.by_ufrag.insert(new_ufrag.clone(), slot);
-                    let mut ufrags = self.router.ufrags.write();
-                    ufrags.remove(&old_ufrag);
-                    ufrags.insert(new_ufrag, self.index);
-                }
-                self.poll(slot);
-                let _ = reply.send(r);
-            }
+            Cmd::Patch(url, patch, reply) => self.patch(&url, patch, reply),
             Cmd::Delete(url, why, reply) => {
                 let found = match self.slot_of(&url) {
                     Some(slot) => self.remove(slot, why),
@@ -377,6 +338,52 @@ impl Shard {
                 let _ = reply.send(list);
             }
         }
+    }
+
+    /// A frame of `stream` to each of its viewers on this shard.
+    fn frame(&mut self, stream: &Arc<Stream>, frame: &Frame) {
+        let Some(viewers) = self.by_stream.get_mut(&stream.id) else {
+            return;
+        };
+        let viewers = std::mem::take(viewers);
+        let now = Instant::now();
+        let mut sent = (0, 0);
+        for &slot in &viewers {
+            if let Some(s) = self.sessions.get_mut(slot).and_then(Option::as_mut) {
+                let (p, b) = s.write_frame(frame, now, &mut self.out);
+                s.count_sent(p, b);
+                sent = (sent.0 + p, sent.1 + b);
+            }
+            self.settle(slot);
+        }
+        session::count_direct(stream, &self.metrics, sent);
+        if sent.0 > 0 {
+            let at = (frame.arrived, frame.ingested_us);
+            self.queued_frames.push((stream.clone(), at.0, at.1));
+        }
+        self.by_stream.insert(stream.id, viewers);
+    }
+
+    /// A viewer's ICE restart or trickled candidates (`PATCH`), answered on `reply`.
+    fn patch(&mut self, url: &SessionUrl, patch: Patch, reply: oneshot::Sender<PatchReply>) {
+        let Some(slot) = self.slot_of(url) else {
+            let _ = reply.send(Err(PatchError::NotFound));
+            return;
+        };
+        let candidates = self.candidates.clone();
+        let Some(s) = self.session(slot) else { return };
+        let old_ufrag = s.local_ufrag.clone();
+        let r = s.patch(patch, &candidates);
+        let new_ufrag = s.local_ufrag.clone();
+        if new_ufrag != old_ufrag {
+            self.by_ufrag.remove(&old_ufrag);
+            self.by_ufrag.insert(new_ufrag.clone(), slot);
+            let mut ufrags = self.router.ufrags.write();
+            ufrags.remove(&old_ufrag);
+            ufrags.insert(new_ufrag, self.index);
+        }
+        self.poll(slot);
+        let _ = reply.send(r);
     }
 
     fn add(&mut self, n: NewSession) {
