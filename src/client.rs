@@ -592,6 +592,13 @@ impl Drop for Driver {
     }
 }
 
+/// An exchange's connection while its response body is read: dropped at the end of the
+/// exchange (the driver first, which aborts the connection's task).
+struct Open {
+    _driver: Driver,
+    _sender: hyper::client::conn::http1::SendRequest<ReqBody>,
+}
+
 /// Send `req` on `io` (an upload from `upload` instead of `req.body` when given) and read the
 /// response as `read` says; bounded by `t` except `t.total` (the caller's) and `t.connect`.
 async fn exchange<IO>(
@@ -606,10 +613,24 @@ where
     IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
 {
     let url = target.shown();
-    let http = |source| ClientError::Http {
-        url: url.clone(),
-        source,
-    };
+    let max_body = req.max_body;
+    let (request, upload_ended) = hyper_request(target, &url, req, upload)?;
+    // The connection runs until `_open` is dropped: after the body has been read.
+    let (response, _open) = send(io, request, upload_ended, t.head, &url).await?;
+    match read {
+        Read::Whole => read_whole(response, max_body, t, &url).await.map(Some),
+        Read::Stream(sink) => read_stream(response, sink, t, &url).await.map(|()| None),
+    }
+}
+
+/// `req` as hyper's request to `target`, with its body (or the `upload`, chunked: then also
+/// the signal that the upload has ended).
+fn hyper_request(
+    target: &Target,
+    url: &str,
+    req: Request,
+    upload: Option<mpsc::Receiver<Bytes>>,
+) -> Result<(hyper::Request<ReqBody>, Option<oneshot::Receiver<()>>), ClientError> {
     let (body, upload_ended) = match upload {
         None => (ReqBody::Full(Some(req.body)), None),
         Some(rx) => {
@@ -638,17 +659,36 @@ where
             HeaderValue::from_str(v),
         ) else {
             return Err(ClientError::Header {
-                url,
+                url: url.to_owned(),
                 name: k.clone(),
             });
         };
         head = head.header(name, value);
     }
     let request = head.body(body).map_err(|_| ClientError::Url {
-        url: url.clone(),
+        url: url.to_owned(),
         why: "not a valid request target",
     })?;
+    Ok((request, upload_ended))
+}
 
+/// The HTTP/1 handshake on `io`, then `request` sent and its response head read, within
+/// `head` of sending it (of the upload's end, `upload_ended`, for a streamed upload). The
+/// connection stays [`Open`] while the body is read.
+async fn send<IO>(
+    io: IO,
+    request: hyper::Request<ReqBody>,
+    upload_ended: Option<oneshot::Receiver<()>>,
+    head: Duration,
+    url: &str,
+) -> Result<(hyper::Response<Incoming>, Open), ClientError>
+where
+    IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let http = |source| ClientError::Http {
+        url: url.to_owned(),
+        source,
+    };
     let (mut sender, conn) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(MAX_BUF)
         .max_header_size(MAX_HEAD)
@@ -663,12 +703,12 @@ where
 
     let responding = sender.send_request(request);
     let head_timeout = || ClientError::ReadTimeout {
-        url: url.clone(),
-        after: t.head,
+        url: url.to_owned(),
+        after: head,
         waiting_for: "the response head",
     };
     let response = match upload_ended {
-        None => tokio::time::timeout(t.head, responding)
+        None => tokio::time::timeout(head, responding)
             .await
             .map_err(|_| head_timeout())?,
         Some(ended) => {
@@ -677,7 +717,7 @@ where
                 // Dropped unsent when hyper drops the body (a failure, an early answer):
                 // `responding` has the outcome then.
                 let _ = ended.await;
-                tokio::time::sleep(t.head).await;
+                tokio::time::sleep(head).await;
             };
             tokio::select! {
                 r = &mut responding => r,
@@ -686,52 +726,78 @@ where
         }
     }
     .map_err(http)?;
-    let (parts, mut body) = response.into_parts();
-    let status = parts.status.as_u16();
+    Ok((
+        response,
+        Open {
+            _driver,
+            _sender: sender,
+        },
+    ))
+}
 
-    let mut wait = (t.first_data, "the body's first bytes");
-    match read {
-        Read::Whole => {
-            let limit = req.max_body;
-            let too_large = || ClientError::BodyTooLarge {
-                url: url.clone(),
-                limit,
-            };
-            if body.size_hint().lower() > limit as u64 {
-                return Err(too_large());
-            }
-            let mut all = BytesMut::new();
-            while let Some(data) = next_data(&mut body, wait, &url).await? {
-                if data.len() > limit - all.len() {
-                    return Err(too_large());
-                }
-                all.extend_from_slice(&data);
-                if !data.is_empty() {
-                    wait = (t.idle, "more of the body");
-                }
-            }
-            Ok(Some(Response {
-                status,
-                headers: parts.headers,
-                body: all.freeze(),
-            }))
+/// What a body read waits for, as [`ClientError::ReadTimeout`] names it: its first bytes
+/// (within `Timeouts::first_data`), then more (within `Timeouts::idle`).
+const FIRST_DATA: &str = "the body's first bytes";
+const MORE_DATA: &str = "more of the body";
+
+/// The whole body, at most `limit` bytes.
+async fn read_whole(
+    response: hyper::Response<Incoming>,
+    limit: usize,
+    t: Timeouts,
+    url: &str,
+) -> Result<Response, ClientError> {
+    let (parts, mut body) = response.into_parts();
+    let too_large = || ClientError::BodyTooLarge {
+        url: url.to_owned(),
+        limit,
+    };
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large());
+    }
+    let mut wait = (t.first_data, FIRST_DATA);
+    let mut all = BytesMut::new();
+    while let Some(data) = next_data(&mut body, wait, url).await? {
+        if data.len() > limit - all.len() {
+            return Err(too_large());
         }
-        Read::Stream(mut sink) => {
-            if !parts.status.is_success() {
-                return Err(ClientError::Status { url, status });
-            }
-            while let Some(data) = next_data(&mut body, wait, &url).await? {
-                if data.is_empty() {
-                    continue;
-                }
-                wait = (t.idle, "more of the body");
-                if !sink(data) {
-                    break;
-                }
-            }
-            Ok(None)
+        all.extend_from_slice(&data);
+        if !data.is_empty() {
+            wait = (t.idle, MORE_DATA);
         }
     }
+    Ok(Response {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: all.freeze(),
+    })
+}
+
+/// A 2xx response's body, piece by piece into `sink` until it returns false or the body ends.
+async fn read_stream(
+    response: hyper::Response<Incoming>,
+    mut sink: Box<dyn FnMut(Bytes) -> bool + Send + '_>,
+    t: Timeouts,
+    url: &str,
+) -> Result<(), ClientError> {
+    let (parts, mut body) = response.into_parts();
+    if !parts.status.is_success() {
+        return Err(ClientError::Status {
+            url: url.to_owned(),
+            status: parts.status.as_u16(),
+        });
+    }
+    let mut wait = (t.first_data, FIRST_DATA);
+    while let Some(data) = next_data(&mut body, wait, url).await? {
+        if data.is_empty() {
+            continue;
+        }
+        wait = (t.idle, MORE_DATA);
+        if !sink(data) {
+            break;
+        }
+    }
+    Ok(())
 }
 
 /// The body's next data (empty for a frame without any), `None` at its end; at most

@@ -5,6 +5,9 @@
 //! Each viewer socket gets a waker that puts the viewer's index on the loop's ready queue,
 //! so a wake-up costs O(viewers with data), not O(viewers); a scan of every viewer (at least
 //! every 100 ms, sooner when a viewer's timer is due) drives timeouts and connect deadlines.
+//!
+//! [`EventLoops`] is the coordinator's handle on them: start, hand over viewers, mark the
+//! steady-state window, finish.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -353,5 +356,62 @@ fn end(v: &mut Viewer, why: &str, progress: &Progress) {
     } else {
         v.stats.error.get_or_insert_with(|| why.to_string());
         progress.failed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The coordinator's handle on the event loops: `n` tasks, each an [`EventLoop`].
+pub(crate) struct EventLoops {
+    senders: Vec<mpsc::UnboundedSender<Ctrl>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl EventLoops {
+    /// Spawn `n` event loops that publish to `progress` (`n` is at least 1: see `--tasks`).
+    pub(crate) fn start(n: usize, progress: &Arc<Progress>, decrypt_all: bool) -> Self {
+        let mut loops = EventLoops {
+            senders: Vec::new(),
+            tasks: Vec::new(),
+        };
+        for _ in 0..n {
+            let (tx, rx) = mpsc::unbounded_channel();
+            let ev = EventLoop::new(rx, progress.clone(), decrypt_all);
+            loops.senders.push(tx);
+            loops.tasks.push(tokio::spawn(ev.run()));
+        }
+        loops
+    }
+
+    /// Hand the `nth` answered viewer to a loop (round robin).
+    pub(crate) fn add(&self, nth: usize, v: NewViewer) {
+        let _ = self.senders[nth % self.senders.len()].send(Ctrl::Add(Box::new(v)));
+    }
+
+    /// Start the steady-state window in every loop; returns once each has marked its viewers.
+    pub(crate) async fn mark(&self) {
+        let mut acks = Vec::new();
+        for l in &self.senders {
+            let (tx, rx) = oneshot::channel();
+            let _ = l.send(Ctrl::Mark(tx));
+            acks.push(rx);
+        }
+        for a in acks {
+            let _ = a.await;
+        }
+    }
+
+    /// Stop every loop and collect its viewers' statistics.
+    pub(crate) async fn finish(self) -> Vec<Stats> {
+        let mut stats: Vec<Stats> = Vec::new();
+        for l in &self.senders {
+            let (tx, rx) = oneshot::channel();
+            let _ = l.send(Ctrl::Finish(tx));
+            if let Ok(s) = rx.await {
+                stats.extend(s);
+            }
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+        stats
     }
 }
