@@ -122,75 +122,7 @@ fn track_json(
         return v;
     }
     match &t.codec {
-        Codec::H264 | Codec::H265 | Codec::Mpeg2Video => {
-            v["kind"] = "video".into();
-            // A program may have both; viewers get the first H.264 track, else H.265.
-            let sent = t_set.video().is_some_and(|sent| sent.pid == t.pid);
-            v["playable"] = sent.into();
-            if !sent {
-                v["reason"] = "another video track of the program is sent".into();
-                return v;
-            }
-            match st.video.map(|vi| (vi, vi.profile)) {
-                Some((vi, VideoProfile::H264(p))) => {
-                    v["profile_level_id"] = p.to_string().into();
-                    v["width"] = vi.width.into();
-                    v["height"] = vi.height.into();
-                }
-                Some((vi, VideoProfile::H265(p))) => {
-                    v["profile_id"] = p.profile_id.into();
-                    v["tier_flag"] = u8::from(p.tier_flag).into();
-                    v["level_id"] = p.level_id.into();
-                    v["width"] = vi.width.into();
-                    v["height"] = vi.height.into();
-                }
-                None => {}
-            }
-            let bound = s.gop.lock().bound();
-            if t.codec == Codec::H265 {
-                let root = s.parent().unwrap_or(s);
-                let h264 = root.programs().into_iter().find(|p| {
-                    p.h264_video()
-                        && p.program_choice() == ProgramChoice::Number(t_set.program_number)
-                });
-                v["note"] = match cfg!(feature = "ffmpeg") {
-                    true => H265_NOTE_FFMPEG,
-                    false => H265_NOTE,
-                }
-                .into();
-                // The variant that re-encodes it for viewers without H.265, while it exists.
-                if let Some(h) = h264 {
-                    let mut w = json!({
-                        "viewers": h.stats.viewers.load(Ordering::Relaxed),
-                    });
-                    if let Reencode::Active(why) = &h.status().reencode {
-                        reencoded_json(&h, why, bound, &mut w);
-                    }
-                    v["without_h265"] = w;
-                }
-            }
-            v["b_frames"] = st.b_frames.into();
-            let reencoded = matches!(st.reencode, Reencode::Active(_));
-            if let Some(report) = st.start_points.report(bound, reencoded) {
-                v["start_points"] = report.into();
-            }
-            match &st.reencode {
-                Reencode::Active(why) => reencoded_json(s, why, bound, &mut v),
-                Reencode::Unsupported(why) if t.codec == Codec::Mpeg2Video => {
-                    // It plays re-encoded or not at all.
-                    v["playable"] = false.into();
-                    v["reason"] = why.as_ref().into();
-                }
-                Reencode::Unsupported(why) => {
-                    if st.b_frames {
-                        v["warning"] = B_FRAMES_ADVICE.into();
-                    }
-                    v["transcode_error"] = why.as_ref().into();
-                }
-                Reencode::Off if st.b_frames => v["warning"] = B_FRAMES_ADVICE.into(),
-                Reencode::Off => {}
-            }
-        }
+        Codec::H264 | Codec::H265 | Codec::Mpeg2Video => video_json(s, st, t_set, t, &mut v),
         Codec::Data { what } => {
             v["playable"] = false.into();
             v["reason"] =
@@ -204,6 +136,77 @@ fn track_json(
         }
     }
     v
+}
+
+/// A video track: whether it is the one sent, its profile and size, the H.264 rendition of an
+/// H.265 track, B-frames, start points and the re-encoder.
+fn video_json(s: &Arc<Stream>, st: &Status, t_set: &TrackSet, t: &TrackInfo, v: &mut Value) {
+    v["kind"] = "video".into();
+    // A program may have both; viewers get the first H.264 track, else H.265.
+    let sent = t_set.video().is_some_and(|sent| sent.pid == t.pid);
+    v["playable"] = sent.into();
+    if !sent {
+        v["reason"] = "another video track of the program is sent".into();
+        return;
+    }
+    match st.video.map(|vi| (vi, vi.profile)) {
+        Some((vi, VideoProfile::H264(p))) => {
+            v["profile_level_id"] = p.to_string().into();
+            v["width"] = vi.width.into();
+            v["height"] = vi.height.into();
+        }
+        Some((vi, VideoProfile::H265(p))) => {
+            v["profile_id"] = p.profile_id.into();
+            v["tier_flag"] = u8::from(p.tier_flag).into();
+            v["level_id"] = p.level_id.into();
+            v["width"] = vi.width.into();
+            v["height"] = vi.height.into();
+        }
+        None => {}
+    }
+    let bound = s.gop.lock().bound();
+    if t.codec == Codec::H265 {
+        let root = s.parent().unwrap_or(s);
+        let h264 = root.programs().into_iter().find(|p| {
+            p.h264_video() && p.program_choice() == ProgramChoice::Number(t_set.program_number)
+        });
+        v["note"] = match cfg!(feature = "ffmpeg") {
+            true => H265_NOTE_FFMPEG,
+            false => H265_NOTE,
+        }
+        .into();
+        // The variant that re-encodes it for viewers without H.265, while it exists.
+        if let Some(h) = h264 {
+            let mut w = json!({
+                "viewers": h.stats.viewers.load(Ordering::Relaxed),
+            });
+            if let Reencode::Active(why) = &h.status().reencode {
+                reencoded_json(&h, why, bound, &mut w);
+            }
+            v["without_h265"] = w;
+        }
+    }
+    v["b_frames"] = st.b_frames.into();
+    let reencoded = matches!(st.reencode, Reencode::Active(_));
+    if let Some(report) = st.start_points.report(bound, reencoded) {
+        v["start_points"] = report.into();
+    }
+    match &st.reencode {
+        Reencode::Active(why) => reencoded_json(s, why, bound, v),
+        Reencode::Unsupported(why) if t.codec == Codec::Mpeg2Video => {
+            // It plays re-encoded or not at all.
+            v["playable"] = false.into();
+            v["reason"] = why.as_ref().into();
+        }
+        Reencode::Unsupported(why) => {
+            if st.b_frames {
+                v["warning"] = B_FRAMES_ADVICE.into();
+            }
+            v["transcode_error"] = why.as_ref().into();
+        }
+        Reencode::Off if st.b_frames => v["warning"] = B_FRAMES_ADVICE.into(),
+        Reencode::Off => {}
+    }
 }
 
 /// An audio track: its place among the program's audio tracks (`?audio=N`), whether and how

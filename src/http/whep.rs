@@ -393,23 +393,11 @@ pub async fn post(
         .waiting
         .acquire(caller.ip)
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    let stream = find_stream(&app, &name, app.cfg.whep_wait).await?;
-    let left = || app.cfg.whep_wait.saturating_sub(posted.elapsed());
-    let stream = match query.program {
-        None => stream,
-        Some(n) => program_stream(&app, stream, n, left()).await?,
-    };
-    let stream = match audio_pick {
-        None => stream,
-        Some(pick) => audio_stream(&app, stream, pick, left()).await?,
-    };
     // (An offer without video, or with H.265, needs no H.264 made for it.)
     let h264_only = offer.has_codec("H264") && !offer.has_codec("H265");
-    let stream = match cfg!(feature = "ffmpeg") && h264_only {
-        true => h264_stream(&app, stream, left()).await?,
-        false => stream,
-    };
-    let status = wait_ready(&stream, left(), app.cfg.source_grace).await?;
+    let stream = served_stream(&app, &name, &query, audio_pick, h264_only, posted).await?;
+    let left = app.cfg.whep_wait.saturating_sub(posted.elapsed());
+    let status = wait_ready(&stream, left, app.cfg.source_grace).await?;
     drop(waiting_here);
     if let Err(full) = check_session_limit(&app) {
         return Err(elsewhere(&app, ("whep", &name), &caller, full).await);
@@ -465,6 +453,33 @@ pub async fn post(
         header_value(&super::sse::link(&name, &session_id)),
     );
     Ok(res)
+}
+
+/// The stream a viewer of `name` is served from, waited for until `--whep-wait` after
+/// `posted`: the stream itself, or the one made for its `?program=`, its audio pick, or an
+/// H.264 rendition for an offer that takes nothing else.
+async fn served_stream(
+    app: &AppState,
+    name: &str,
+    query: &WhepQuery,
+    audio_pick: Option<AudioPick>,
+    h264_only: bool,
+    posted: Instant,
+) -> Result<Arc<Stream>, ApiError> {
+    let stream = find_stream(app, name, app.cfg.whep_wait).await?;
+    let left = || app.cfg.whep_wait.saturating_sub(posted.elapsed());
+    let stream = match query.program {
+        None => stream,
+        Some(n) => program_stream(app, stream, n, left()).await?,
+    };
+    let stream = match audio_pick {
+        None => stream,
+        Some(pick) => audio_stream(app, stream, pick, left()).await?,
+    };
+    Ok(match cfg!(feature = "ffmpeg") && h264_only {
+        true => h264_stream(app, stream, left()).await?,
+        false => stream,
+    })
 }
 
 pub async fn patch(

@@ -53,41 +53,9 @@ impl Session {
     /// Returns the (packets, bytes) sent the direct way, for the caller to count (once per
     /// frame or tick for all its viewers, not per viewer: the counters are shared by cores).
     pub(super) fn write_now(&mut self, f: &Frame, now: Instant, out: &mut Outbox) -> (u64, u64) {
-        if !self.connected || self.last_seq.is_some_and(|s| f.seq <= s) {
-            return (0, 0);
-        }
-        let Some((mid, pt)) = self.track(f.kind).slot else {
+        let Some((mid, pt)) = self.admit(f) else {
             return (0, 0);
         };
-        if f.kind == Kind::Video && !self.video_started {
-            if !f.is_start() {
-                return (0, 0);
-            }
-            self.video_started = true;
-            self.leading = true;
-        } else if f.kind == Kind::Video && self.leading {
-            // RASL pictures after the CRA it started at refer to pictures it never got.
-            if f.recovery == Recovery::Rasl {
-                return (0, 0);
-            }
-            self.leading = false;
-        }
-        let pt = match pt {
-            Some(pt) => pt,
-            None => {
-                let Some(chosen) = self.choose_pt(mid, f.kind) else {
-                    return (0, 0);
-                };
-                self.track(f.kind).slot = Some((mid, Some(chosen)));
-                chosen
-            }
-        };
-        if !self.track(f.kind).direct_decided {
-            let direct = self.start_direct(mid, f.kind);
-            let t = self.track(f.kind);
-            t.direct_decided = true;
-            t.direct = direct;
-        }
         // RTP mode: the stream packetized the frame once; this viewer adds its header (SSRC,
         // sequence number, timestamp) and the SRTP. That is the direct path's, but for the
         // last packet of a frame a second after the last one str0m sent (its sender reports
@@ -153,6 +121,44 @@ impl Session {
             self.poll(now, out);
         }
         (packets, bytes)
+    }
+
+    /// Whether frame `f` goes to this viewer now, and where: the section's mid and the
+    /// payload type (chosen, and the direct path decided, at the kind's first frame). Video
+    /// starts at a start point and skips the RASL pictures after it.
+    fn admit(&mut self, f: &Frame) -> Option<(Mid, Pt)> {
+        if !self.connected || self.last_seq.is_some_and(|s| f.seq <= s) {
+            return None;
+        }
+        let (mid, pt) = self.track(f.kind).slot?;
+        if f.kind == Kind::Video && !self.video_started {
+            if !f.is_start() {
+                return None;
+            }
+            self.video_started = true;
+            self.leading = true;
+        } else if f.kind == Kind::Video && self.leading {
+            // RASL pictures after the CRA it started at refer to pictures it never got.
+            if f.recovery == Recovery::Rasl {
+                return None;
+            }
+            self.leading = false;
+        }
+        let pt = match pt {
+            Some(pt) => pt,
+            None => {
+                let chosen = self.choose_pt(mid, f.kind)?;
+                self.track(f.kind).slot = Some((mid, Some(chosen)));
+                chosen
+            }
+        };
+        if !self.track(f.kind).direct_decided {
+            let direct = self.start_direct(mid, f.kind);
+            let t = self.track(f.kind);
+            t.direct_decided = true;
+            t.direct = direct;
+        }
+        Some((mid, pt))
     }
 
     /// The payload type for `kind` on `mid`, among those the viewer offered (see
