@@ -395,13 +395,7 @@ async fn srt_request_is_read_by_ffprobe() {
 
 /// `srt-live-transmit` as an SRT listener (AES) relaying the UDP TS it gets on `udp_in`.
 fn srt_live_transmit(udp_in: u16, srt_port: u16) -> tokio::process::Child {
-    tokio::process::Command::new("srt-live-transmit")
-        .arg("-q")
-        .arg(format!("udp://127.0.0.1:{udp_in}"))
-        .arg(format!("srt://:{srt_port}?passphrase={PASSPHRASE}"))
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start srt-live-transmit")
+    common::tools::srt_live_transmit(udp_in, srt_port, Some(PASSPHRASE))
 }
 
 /// Waits (up to `within`) for the `n`th log line with `needle` read after `since`.
