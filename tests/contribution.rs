@@ -393,6 +393,86 @@ async fn srt_request_is_read_by_ffprobe() {
         .is_some());
 }
 
+/// An SRT reader (`m=request`, ffmpeg for 5 s of the stream) is listed in `/streams/{s}` with
+/// its connection's sender-side figures while it reads (packets sent, an RTT; its address for
+/// the admin only), and is gone from the list once it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_reader_figures_are_listed_while_it_reads() {
+    if !have_srt("srt_reader_figures_are_listed_while_it_reads") {
+        return;
+    }
+    const ADMIN: &str = "admin-secret-token";
+    let demo = common::testdata("h264_opus.ts");
+    let replay = format!("cam={}", demo.display());
+    let (server, srt) = srt_server(&["--replay", &replay, "--admin-token", ADMIN]);
+    let http: std::net::SocketAddr = server.authority().parse().unwrap();
+    let admin = format!("Bearer {ADMIN}");
+    let mut reader = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(format!(
+            "srt://{srt}?passphrase={PASSPHRASE}&streamid=#!::r=cam,m=request"
+        ))
+        .args(["-t", "5", "-c", "copy", "-f", "mpegts", "-y", "/dev/null"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ffmpeg");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let j = loop {
+        let j = common::stream_json_with(http, "cam", &[("Authorization", &admin)]).await;
+        let r = &j["srt_readers"][0];
+        if r["packets_sent"].as_u64() > Some(0) && r["rtt_ms"].as_f64() > Some(0.0) {
+            break j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reader with figures: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("while reading: {}", j["srt_readers"]);
+    let readers = j["srt_readers"].as_array().unwrap();
+    assert_eq!(readers.len(), 1, "{j}");
+    let r = &readers[0];
+    assert!(
+        r["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{r}"
+    );
+    assert!(r["bytes_sent"].as_u64() > Some(1000), "{r}");
+    assert!(r["latency_ms"].as_u64() > Some(0), "{r}");
+    assert_eq!(r["dropped"], 0, "{r}");
+    // Without the admin token, no address.
+    let anon = common::stream_json(http, "cam").await;
+    assert_eq!(
+        anon["srt_readers"][0]["peer"],
+        serde_json::Value::Null,
+        "{anon}"
+    );
+
+    let status = tokio::time::timeout(Duration::from_secs(20), reader.wait())
+        .await
+        .expect("ffmpeg reads 5 s and leaves")
+        .expect("ffmpeg ran");
+    assert!(status.success(), "{status:?}");
+    let left = std::time::Instant::now();
+    loop {
+        let j = common::stream_json(http, "cam").await;
+        if j["srt_readers"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            left.elapsed() < Duration::from_secs(10),
+            "the reader is still listed: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "the reader left the list {:.1} s after ffmpeg exited",
+        left.elapsed().as_secs_f64()
+    );
+}
+
 /// `srt-live-transmit` as an SRT listener (AES) relaying the UDP TS it gets on `udp_in`.
 fn srt_live_transmit(udp_in: u16, srt_port: u16) -> tokio::process::Child {
     common::tools::srt_live_transmit(udp_in, srt_port, Some(PASSPHRASE))

@@ -1,5 +1,6 @@
 //! What a source's transport saw on its way in: RTP sequence gaps on `--udp` (RTP-wrapped TS),
-//! the figures of an SRT connection.
+//! the figures of an SRT connection; and on the way out, those of each SRT reader
+//! (`m=request`).
 //!
 //! Kept apart from the stream's media counters: these say how the network treated the source,
 //! which is the first question when a contribution link from another site plays badly.
@@ -68,6 +69,19 @@ pub struct LinkStats {
     srt: Mutex<Option<(String, SrtStats)>>,
     /// The WHIP publisher's jitter buffer (kept after it leaves).
     whip: Mutex<Option<WhipCounts>>,
+    /// The SRT readers connected now, in the order they came (each removed as it leaves).
+    srt_readers: Mutex<Vec<SrtReader>>,
+    next_reader: AtomicU64,
+}
+
+/// One SRT reader (`m=request`) of a stream: its peer and its connection's latest sender-side
+/// figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SrtReader {
+    /// Its place in [`LinkStats`] (see [`LinkStats::add_srt_reader`]).
+    pub id: u64,
+    pub peer: String,
+    pub stats: SrtSendStats,
 }
 
 impl LinkStats {
@@ -115,6 +129,35 @@ impl LinkStats {
     pub fn srt(&self) -> Option<(String, SrtStats)> {
         self.srt.lock().clone()
     }
+
+    /// Lists an SRT reader that just connected (no figures yet); its id is for
+    /// [`LinkStats::set_srt_reader`] and [`LinkStats::remove_srt_reader`].
+    pub fn add_srt_reader(&self, peer: String) -> u64 {
+        let id = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        self.srt_readers.lock().push(SrtReader {
+            id,
+            peer,
+            stats: SrtSendStats::default(),
+        });
+        id
+    }
+
+    /// Publishes an SRT reader's figures (once a second while it reads).
+    pub fn set_srt_reader(&self, id: u64, stats: SrtSendStats) {
+        if let Some(r) = self.srt_readers.lock().iter_mut().find(|r| r.id == id) {
+            r.stats = stats;
+        }
+    }
+
+    /// The reader left.
+    pub fn remove_srt_reader(&self, id: u64) {
+        self.srt_readers.lock().retain(|r| r.id != id);
+    }
+
+    /// The SRT readers connected now.
+    pub fn srt_readers(&self) -> Vec<SrtReader> {
+        self.srt_readers.lock().clone()
+    }
 }
 
 /// The figures of one SRT connection that the API and metrics show.
@@ -139,4 +182,61 @@ pub struct SrtStats {
     pub receive_buffer_ms: u64,
     /// The negotiated latency (TSBPD delay).
     pub latency_ms: u64,
+}
+
+/// The sender side of one SRT connection (a reader's, `m=request`): what libsrt's
+/// `srt_bstats` says of the packets this node sent and the receiver's reports on them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SrtSendStats {
+    pub rtt_ms: f64,
+    /// The link's estimated bandwidth.
+    pub bandwidth_mbps: f64,
+    pub send_rate_mbps: f64,
+    /// Packets and payload bytes sent (retransmissions included).
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    /// Packets the receiver reported missing (NAKs; each then sent again unless too late).
+    pub lost: u64,
+    /// Packets sent again.
+    pub retransmitted: u64,
+    /// Packets given up on: too late to send within the latency (the reader's picture is
+    /// damaged).
+    pub dropped: u64,
+    /// Media time waiting in the send buffer (unsent or unacknowledged).
+    pub send_buffer_ms: u64,
+    /// The negotiated latency (TSBPD delay).
+    pub latency_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn srt_readers_are_listed_updated_and_removed_each_by_its_own_id() {
+        let link = LinkStats::default();
+        let a = link.add_srt_reader("10.0.0.1:5000".into());
+        let b = link.add_srt_reader("10.0.0.2:5000".into());
+        assert_ne!(a, b);
+        let figures = SrtSendStats {
+            packets_sent: 7,
+            ..Default::default()
+        };
+        link.set_srt_reader(b, figures);
+        let readers = link.srt_readers();
+        assert_eq!(readers.len(), 2);
+        assert_eq!(readers[0].stats, SrtSendStats::default());
+        assert_eq!(
+            (readers[1].peer.as_str(), readers[1].stats),
+            ("10.0.0.2:5000", figures)
+        );
+        link.remove_srt_reader(a);
+        assert_eq!(
+            link.srt_readers().iter().map(|r| r.id).collect::<Vec<_>>(),
+            [b]
+        );
+        link.remove_srt_reader(b);
+        link.set_srt_reader(b, figures);
+        assert!(link.srt_readers().is_empty(), "a reader gone stays gone");
+    }
 }

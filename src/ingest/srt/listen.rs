@@ -10,6 +10,7 @@ use tracing::{info, warn};
 
 use super::ffi::{self, Recv, Socket};
 use super::{streamid, Gate, Mode, Reader};
+use crate::stream::link::LinkStats;
 use crate::stream::ring::Read;
 use crate::stream::SourceGuard;
 use crate::ts::start::StartPoint;
@@ -187,7 +188,8 @@ async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
         let rt = tokio::runtime::Handle::current();
         let stop = StopOnDrop::default();
         let flag = stop.0.clone();
-        let sent = tokio::task::spawn_blocking(move || send_ts(sock, reader, rt, flag)).await;
+        let peer = peer_s.clone();
+        let sent = tokio::task::spawn_blocking(move || send_ts(sock, reader, peer, rt, flag)).await;
         match sent {
             Ok(why) => info!(peer = %peer_s, stream = %name, "SRT reader left ({why})"),
             Err(e) => warn!(stream = %name, error = %e, "SRT reader's thread failed"),
@@ -264,23 +266,49 @@ pub(super) fn pump(
     why
 }
 
+/// An SRT reader's entry in its stream's link figures, removed when the reader leaves.
+struct Listed<'a> {
+    link: &'a LinkStats,
+    id: u64,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.link.remove_srt_reader(self.id);
+    }
+}
+
 /// Sends the stream's TS to a reader from the next join point (PAT, PMT, keyframe: as
 /// `GET /streams/{s}.ts`), in messages of up to 7 TS packets, until it leaves or the stream
-/// shuts down; returns why it ended.
+/// shuts down; publishes the connection's sender-side figures once a second while it lasts
+/// (listed in the stream's `srt_readers` until it leaves); returns why it ended.
 fn send_ts(
     sock: Socket,
     reader: Reader,
+    peer: String,
     rt: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
 ) -> String {
     let stream = reader.stream.clone();
+    let link = &stream.stats.link;
+    let listed = Listed {
+        link,
+        id: link.add_srt_reader(peer),
+    };
     let mut cur = stream.ring.cursor();
     let mut start = StartPoint::new();
     let mut buf = vec![0u8; 188 * 512];
     let mut out = Vec::new();
+    let mut last_stats = Instant::now();
     loop {
         if stop.load(Ordering::SeqCst) {
             return "the server is stopping".into();
+        }
+        if last_stats.elapsed() >= Duration::from_secs(1) {
+            last_stats = Instant::now();
+            if let Some(s) = sock.send_stats() {
+                link.set_srt_reader(listed.id, s);
+            }
         }
         let read = rt.block_on(tokio::time::timeout(
             Duration::from_secs(1),
