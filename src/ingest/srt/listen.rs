@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
-use super::ffi::{self, Recv, Socket};
+use super::ffi::{self, Recv, Socket, SrtSendStats};
 use super::{streamid, Gate, Mode, Reader};
 use crate::stream::link::LinkStats;
 use crate::stream::ring::Read;
@@ -191,7 +191,11 @@ async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
         let peer = peer_s.clone();
         let sent = tokio::task::spawn_blocking(move || send_ts(sock, reader, peer, rt, flag)).await;
         match sent {
-            Ok(why) => info!(peer = %peer_s, stream = %name, "SRT reader left ({why})"),
+            Ok((why, s)) => info!(
+                peer = %peer_s, stream = %name, packets = s.packets_sent, lost = s.lost,
+                retransmitted = s.retransmitted, dropped = s.dropped, rtt_ms = s.rtt_ms,
+                "SRT reader left ({why})"
+            ),
             Err(e) => warn!(stream = %name, error = %e, "SRT reader's thread failed"),
         }
         return;
@@ -281,14 +285,15 @@ impl Drop for Listed<'_> {
 /// Sends the stream's TS to a reader from the next join point (PAT, PMT, keyframe: as
 /// `GET /streams/{s}.ts`), in messages of up to 7 TS packets, until it leaves or the stream
 /// shuts down; publishes the connection's sender-side figures once a second while it lasts
-/// (listed in the stream's `srt_readers` until it leaves); returns why it ended.
+/// (listed in the stream's `srt_readers` until it leaves); returns why it ended, and its last
+/// figures.
 fn send_ts(
     sock: Socket,
     reader: Reader,
     peer: String,
     rt: tokio::runtime::Handle,
     stop: Arc<AtomicBool>,
-) -> String {
+) -> (String, SrtSendStats) {
     let stream = reader.stream.clone();
     let link = &stream.stats.link;
     let listed = Listed {
@@ -300,9 +305,9 @@ fn send_ts(
     let mut buf = vec![0u8; 188 * 512];
     let mut out = Vec::new();
     let mut last_stats = Instant::now();
-    loop {
+    let why = 'read: loop {
         if stop.load(Ordering::SeqCst) {
-            return "the server is stopping".into();
+            break "the server is stopping".into();
         }
         if last_stats.elapsed() >= Duration::from_secs(1) {
             last_stats = Instant::now();
@@ -320,17 +325,23 @@ fn send_ts(
                 start.push(&buf[..n], &mut out);
                 for message in out.chunks(MESSAGE) {
                     if let Err(e) = sock.send(message) {
-                        return e.to_string();
+                        break 'read e.to_string();
                     }
                 }
             }
             // Lapped: the reader goes on at the live edge (the demuxer downstream resyncs);
             // the source ended: the next one continues the same ring.
             Ok(Read::Lapped(_) | Read::EndOfInput) => {}
-            Ok(Read::Shutdown) => return "the stream was shut down".into(),
+            Ok(Read::Shutdown) => break "the stream was shut down".into(),
             // Quiet: is the caller still there?
-            Err(_) if !sock.is_connected() => return "the caller left".into(),
+            Err(_) if !sock.is_connected() => break "the caller left".into(),
             Err(_) => {}
         }
-    }
+    };
+    // A broken connection may have no statistics any more: the last ones published then.
+    let last = sock.send_stats().or_else(|| {
+        let readers = link.srt_readers();
+        readers.iter().find(|r| r.id == listed.id).map(|r| r.stats)
+    });
+    (why, last.unwrap_or_default())
 }
