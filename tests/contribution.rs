@@ -714,6 +714,79 @@ async fn stopping_the_server_closes_its_srt_connections() {
     assert!(!status.success());
 }
 
+/// A server (in process) stopping while an SRT reader (`m=request`) is connected, and its
+/// runtime with it: the reader's thread, which waits on the runtime for the stream's bytes, is
+/// woken first and ends without a panic (a tokio timer still waiting when its runtime stops
+/// panics), also while its stream is silent. The server runs on a runtime of its own, whose
+/// threads' panics are recorded.
+#[test]
+fn stopping_the_runtime_with_an_srt_reader_connected_panics_nothing() {
+    let test = "stopping_the_runtime_with_an_srt_reader_connected_panics_nothing";
+    if !have_srt(test) {
+        return;
+    }
+    const THREADS: &str = "srt-reader-stop-test";
+    let panics = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let panics = panics.clone();
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some(THREADS) {
+                panics.lock().unwrap().push(info.to_string());
+            }
+            before(info);
+        }));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(THREADS)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut reader = rt.block_on(async {
+        let srt: std::net::SocketAddr = format!("127.0.0.1:{}", common::tools::free_udp_port())
+            .parse()
+            .unwrap();
+        let mut args = tsbridge::config::ServeArgs::loopback();
+        args.srt_listen = Some(srt);
+        let server = tsbridge::server::Server::start(args).await.expect("starts");
+        let url = format!("http://{}/ingest/cam", server.http_addr);
+        let pushing = tokio::spawn(async move {
+            tsbridge::ingest::replay::push(&common::testdata("h264_opus.ts"), &url, true).await
+        });
+        let created = format!("http://{}/streams/cam", server.http_addr);
+        while common::request("GET", &created, &[], b"")
+            .await
+            .unwrap()
+            .status
+            != 200
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let reader = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-i"])
+            .arg(format!("srt://{srt}?streamid=#!::r=cam,m=request"))
+            .args(["-t", "60", "-c", "copy", "-f", "mpegts", "-y", "/dev/null"])
+            .spawn()
+            .expect("start ffmpeg");
+        let j = stream_until(server.http_addr, "cam", |j| {
+            j["srt_readers"][0]["packets_sent"].as_u64() > Some(0)
+        })
+        .await;
+        assert_eq!(j["srt_readers"].as_array().map(Vec::len), Some(1), "{j}");
+        // The source ends: the reader's thread waits for bytes that do not come.
+        pushing.abort();
+        stream_until(server.http_addr, "cam", |j| j["source"] == "ended").await;
+        server.shutdown().await;
+        reader
+    });
+    drop(rt);
+    let _ = reader.kill();
+    let _ = reader.wait();
+    let panics = panics.lock().unwrap();
+    assert!(panics.is_empty(), "{panics:#?}");
+}
+
 /// A stream registered with its own SRT passphrase (issue 22): its publisher encrypts with
 /// that one and plays; the listener's `--srt-passphrase` no longer opens it (refused in the
 /// handshake, logged); other streams keep the listener's.

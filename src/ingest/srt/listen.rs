@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
 use super::ffi::{self, Recv, Socket, SrtSendStats};
@@ -164,6 +164,19 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// Wakes a reader's thread from its wait on the ring when the task that waits for the thread
+/// is dropped: that wait runs on the runtime (with a tokio timer), and a tokio timer still
+/// waiting when the runtime stops panics; woken, the thread leaves the wait first.
+#[derive(Default)]
+struct WakeOnDrop(Arc<Notify>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        // A permit if the thread is not waiting now: its next wait ends at once.
+        self.0.notify_one();
+    }
+}
+
 /// One accepted caller: checked, then pumped into its stream until it leaves.
 async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
     let raw = sock.stream_id();
@@ -187,9 +200,12 @@ async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
         info!(peer = %peer_s, stream = %name, "SRT reader connected (m=request)");
         let rt = tokio::runtime::Handle::current();
         let stop = StopOnDrop::default();
-        let flag = stop.0.clone();
+        let wake = WakeOnDrop::default();
+        let (flag, woken) = (stop.0.clone(), wake.0.clone());
         let peer = peer_s.clone();
-        let sent = tokio::task::spawn_blocking(move || send_ts(sock, reader, peer, rt, flag)).await;
+        let sent =
+            tokio::task::spawn_blocking(move || send_ts(sock, reader, peer, rt, (flag, woken)))
+                .await;
         match sent {
             Ok((why, s)) => info!(
                 peer = %peer_s, stream = %name, packets = s.packets_sent, lost = s.lost,
@@ -292,7 +308,7 @@ fn send_ts(
     reader: Reader,
     peer: String,
     rt: tokio::runtime::Handle,
-    stop: Arc<AtomicBool>,
+    (stop, woken): (Arc<AtomicBool>, Arc<Notify>),
 ) -> (String, SrtSendStats) {
     let stream = reader.stream.clone();
     let link = &stream.stats.link;
@@ -315,10 +331,19 @@ fn send_ts(
                 link.set_srt_reader(listed.id, s);
             }
         }
-        let read = rt.block_on(tokio::time::timeout(
-            Duration::from_secs(1),
-            stream.ring.read(&mut cur, &mut buf),
-        ));
+        let read = rt.block_on(async {
+            tokio::select! {
+                biased;
+                _ = woken.notified() => None,
+                r = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    stream.ring.read(&mut cur, &mut buf),
+                ) => Some(r),
+            }
+        });
+        let Some(read) = read else {
+            break "the server is stopping".into();
+        };
         match read {
             Ok(Read::Data(n)) => {
                 out.clear();
