@@ -72,6 +72,20 @@ pub struct LinkStats {
     /// The SRT readers connected now, in the order they came (each removed as it leaves).
     srt_readers: Mutex<Vec<SrtReader>>,
     next_reader: AtomicU64,
+    /// The SRT readers' counts summed over every reader since the stream began (each reader's
+    /// growth added as it is published, so what left stays counted): for counters.
+    srt_reader_totals: Mutex<SrtReaderTotals>,
+}
+
+/// What every SRT reader of a stream was sent, summed since the stream began (never going
+/// down as readers leave, as counters must not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SrtReaderTotals {
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub lost: u64,
+    pub retransmitted: u64,
+    pub dropped: u64,
 }
 
 /// One SRT reader (`m=request`) of a stream: its peer and its connection's latest sender-side
@@ -142,11 +156,25 @@ impl LinkStats {
         id
     }
 
-    /// Publishes an SRT reader's figures (once a second while it reads).
+    /// Publishes an SRT reader's figures (once a second while it reads, and as it leaves).
     pub fn set_srt_reader(&self, id: u64, stats: SrtSendStats) {
-        if let Some(r) = self.srt_readers.lock().iter_mut().find(|r| r.id == id) {
-            r.stats = stats;
-        }
+        let mut readers = self.srt_readers.lock();
+        let Some(r) = readers.iter_mut().find(|r| r.id == id) else {
+            return;
+        };
+        let (was, now) = (r.stats, stats);
+        let mut t = self.srt_reader_totals.lock();
+        t.packets_sent += now.packets_sent.saturating_sub(was.packets_sent);
+        t.bytes_sent += now.bytes_sent.saturating_sub(was.bytes_sent);
+        t.lost += now.lost.saturating_sub(was.lost);
+        t.retransmitted += now.retransmitted.saturating_sub(was.retransmitted);
+        t.dropped += now.dropped.saturating_sub(was.dropped);
+        r.stats = stats;
+    }
+
+    /// Every SRT reader's counts summed since the stream began (readers gone included).
+    pub fn srt_reader_totals(&self) -> SrtReaderTotals {
+        *self.srt_reader_totals.lock()
     }
 
     /// The reader left.
@@ -238,5 +266,27 @@ mod tests {
         link.remove_srt_reader(b);
         link.set_srt_reader(b, figures);
         assert!(link.srt_readers().is_empty(), "a reader gone stays gone");
+    }
+
+    #[test]
+    fn srt_reader_totals_add_each_readers_growth_and_keep_what_left() {
+        let link = LinkStats::default();
+        let a = link.add_srt_reader("a".into());
+        let b = link.add_srt_reader("b".into());
+        let sent = |packets_sent, lost| SrtSendStats {
+            packets_sent,
+            bytes_sent: packets_sent * 1316,
+            lost,
+            ..Default::default()
+        };
+        link.set_srt_reader(a, sent(10, 1));
+        link.set_srt_reader(a, sent(25, 1));
+        link.set_srt_reader(b, sent(5, 0));
+        link.remove_srt_reader(a);
+        let t = link.srt_reader_totals();
+        assert_eq!((t.packets_sent, t.bytes_sent, t.lost), (30, 30 * 1316, 1));
+        // A figure going down (never from libsrt) adds nothing.
+        link.set_srt_reader(b, sent(3, 0));
+        assert_eq!(link.srt_reader_totals().packets_sent, 30);
     }
 }

@@ -364,9 +364,10 @@ fn send_ts(
         }
     };
     // A broken connection may have no statistics any more: the last ones published then.
-    let last = sock.send_stats().or_else(|| {
-        let readers = link.srt_readers();
-        readers.iter().find(|r| r.id == listed.id).map(|r| r.stats)
-    });
+    if let Some(s) = sock.send_stats() {
+        link.set_srt_reader(listed.id, s);
+    }
+    let readers = link.srt_readers();
+    let last = readers.iter().find(|r| r.id == listed.id).map(|r| r.stats);
     (why, last.unwrap_or_default())
 }
