@@ -168,7 +168,12 @@ impl Server {
                 .map_err(|e| std::io::Error::other(format!("--srt-pull {}: {e}", p.name)))?;
             let stream = registry.get_or_create(&p.name);
             let latency = Duration::from_millis(cfg.srt_latency_ms);
-            tasks.spawn(ingest::srt::pull::run(stream, url, latency));
+            tasks.spawn(ingest::srt::pull::run(
+                stream,
+                url,
+                latency,
+                app.cluster.clone().map(pull_claim),
+            ));
         }
         if let Some(name) = &cfg.stdin {
             let stream = registry.get_or_create(name);
@@ -244,6 +249,15 @@ pub async fn run(
     shutdown.await;
     server.shutdown().await;
     Ok(())
+}
+
+/// `--srt-pull`'s claim in the cluster, as an HTTP or SRT publisher's (`Cluster::claim_source`):
+/// the URL of the node that has the name's source, if another has it.
+fn pull_claim(cluster: Arc<crate::cluster::Cluster>) -> ingest::srt::pull::Claim {
+    Arc::new(move |name: String| {
+        let cluster = cluster.clone();
+        Box::pin(async move { cluster.claim_source(&name).await })
+    })
 }
 
 /// The demo file: next to the binary's source tree (cargo run) or in the working directory.

@@ -467,6 +467,10 @@ async fn the_dashboard_is_served_with_its_plots() {
         "'bitrate'",
         "'viewers'",
         "'latency'",
+        "s.whip",
+        "WHIP: delay",
+        "srt_readers",
+        "SRT reader: RTT",
     ] {
         assert!(page.contains(needle), "the dashboard has {needle:?}");
     }
@@ -516,6 +520,77 @@ async fn chromium_draws_the_dashboards_plots_of_a_live_stream() {
         eprintln!("the API reports no added latency yet: its plot is empty");
         assert_eq!(points(&seen, "latency"), 0, "{}", seen.last);
     }
+}
+
+/// Issue 22: the dashboard shows a WHIP publisher's jitter buffer line (webrtc-rs publishing)
+/// and a line per SRT reader (ffmpeg reading the same stream with `m=request`) beside the
+/// source, as Chromium renders them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_shows_the_whip_and_srt_reader_lines_on_the_dashboard() {
+    let test = "chromium_shows_the_whip_and_srt_reader_lines_on_the_dashboard";
+    let Some(browser) = chromium_or_skip(test) else {
+        return;
+    };
+    if !common::tools::have(test, "ffmpeg", "-version", "ffmpeg")
+        || !common::tools::have(test, "srt-live-transmit", "-version", "srt-tools")
+    {
+        return;
+    }
+    let srt: std::net::SocketAddr = format!("127.0.0.1:{}", common::tools::free_udp_port())
+        .parse()
+        .unwrap();
+    let mut args = ServeArgs::loopback();
+    args.srt_listen = Some(srt);
+    let server = Server::start(args).await.expect("server starts");
+    let mut publisher = common::whip_publish(
+        &format!("http://{}/whip/cam", server.http_addr),
+        &testdata("h264_opus.ts"),
+        common::WhipOptions::default(),
+    )
+    .await
+    .expect("WHIP publisher");
+    assert_eq!(publisher.status, 201, "{:?}", publisher.error_body);
+    let _reader = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(format!("srt://{srt}?streamid=#!::r=cam,m=request"))
+        .args(["-t", "40", "-c", "copy", "-f", "mpegts", "-y", "/dev/null"])
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start ffmpeg");
+    let lines = |s: &Seen| -> Vec<String> {
+        let v: serde_json::Value = serde_json::from_str(&s.last).unwrap_or_default();
+        v["links"]["cam"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|l| l.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let has = |s: &Seen, start: &str| lines(s).iter().any(|l| l.starts_with(start));
+    let url = format!("http://{}/?stats=1", server.http_addr);
+    // (A reader's first line, before its first figures a second in, says "sent 0".)
+    let sending = |s: &Seen| {
+        lines(s)
+            .iter()
+            .any(|l| l.starts_with("SRT reader: RTT") && !l.contains(", sent 0,"))
+    };
+    let seen = watch_page(&browser, &url, Duration::from_secs(30), |s| {
+        has(s, "WHIP: delay") && sending(s)
+    })
+    .await;
+    publisher.delete().await;
+    server.shutdown().await;
+    eprintln!("dashboard lines: {:?}", lines(&seen));
+    assert!(has(&seen, "WHIP: delay"), "{}", seen.last);
+    assert!(sending(&seen), "{}", seen.last);
+    assert_eq!(
+        lines(&seen).len(),
+        2,
+        "no SRT publisher or RTP line: {}",
+        seen.last
+    );
 }
 
 /// A headless Chromium publishing the server's own `/publish/{s}` page: what it logs as

@@ -665,3 +665,78 @@ async fn an_edge_stamps_frames_with_the_origins_ingest_time() {
     assert!(p50("ingest_to_send_ms") > p50("added_ms"), "{l}");
     assert!(p50("ingest_to_send_ms") < 50.0, "{l}");
 }
+
+/// `--srt-pull` claims its name as a publisher does: while node A's HTTP push has `cam`, node
+/// B, configured to pull `cam` from an SRT listener (`srt-live-transmit`), does not call it
+/// (its stream has no source and no SRT figures); once A's source ends and its claim is
+/// released, B calls, claims the name and the stream has frames there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_pull_waits_while_another_node_has_the_name() {
+    let test = "srt_pull_waits_while_another_node_has_the_name";
+    let Some(redis) = redis(test).await else {
+        return;
+    };
+    if !common::tools::have(test, "ffmpeg", "-version", "ffmpeg")
+        || !common::tools::have(test, "srt-live-transmit", "-version", "srt-tools")
+    {
+        return;
+    }
+    let (udp_in, srt_port) = (
+        common::tools::free_udp_port(),
+        common::tools::free_udp_port(),
+    );
+    let _ffmpeg = common::tools::ffmpeg_loop(
+        "h264_opus.ts",
+        "mpegts",
+        &format!("udp://127.0.0.1:{udp_in}?pkt_size=1316"),
+    );
+    let _slt = common::tools::srt_live_transmit(udp_in, srt_port, None);
+    let a = node(&redis, |_| {}).await;
+    // (A push before the node reached Redis is a 503: its stream keys are out of reach.)
+    registered(&a, 1).await;
+    let url = format!("{}/ingest/cam", a.url);
+    let pushing = tokio::spawn(async move {
+        tsbridge::ingest::replay::push(&common::testdata("h264_opus.ts"), &url, true).await
+    });
+    owned(&a, "cam").await;
+    let b = node(&redis, |b| {
+        b.srt_pulls.push(Named {
+            name: "cam".into(),
+            value: format!("srt://127.0.0.1:{srt_port}"),
+        })
+    })
+    .await;
+    registered(&b, 2).await;
+    // Several of the pull's tries (0.5, 1, 2 s apart) fall in these 4 s.
+    let until = Instant::now() + Duration::from_secs(4);
+    while Instant::now() < until {
+        let j = as_node(&b, "cam").await;
+        assert_eq!(j["srt"], Value::Null, "B called while A has the name: {j}");
+        assert_eq!(j["source"], "waiting", "{j}");
+        assert_eq!(j["video_frames"], 0, "{j}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let j = as_node(&a, "cam").await;
+    assert_eq!(j["source"], "live", "A still has the source: {j}");
+
+    pushing.abort();
+    let ended = Instant::now();
+    let deadline = ended + Duration::from_secs(20);
+    let j = loop {
+        let j = as_node(&b, "cam").await;
+        if j["srt"].is_object() && j["video_frames"].as_u64() > Some(25) {
+            break j;
+        }
+        assert!(Instant::now() < deadline, "B never pulled: {j}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!(
+        "B pulled {:.1} s after A's source ended: {} frames, srt {}",
+        ended.elapsed().as_secs_f64(),
+        j["video_frames"],
+        j["srt"]
+    );
+    assert_eq!(j["source"], "live", "{j}");
+    assert!(j["srt"]["packets"].as_u64() > Some(0), "{j}");
+    owned(&b, "cam").await;
+}

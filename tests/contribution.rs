@@ -393,15 +393,97 @@ async fn srt_request_is_read_by_ffprobe() {
         .is_some());
 }
 
-/// `srt-live-transmit` as an SRT listener (AES) relaying the UDP TS it gets on `udp_in`.
-fn srt_live_transmit(udp_in: u16, srt_port: u16) -> tokio::process::Child {
-    tokio::process::Command::new("srt-live-transmit")
-        .arg("-q")
-        .arg(format!("udp://127.0.0.1:{udp_in}"))
-        .arg(format!("srt://:{srt_port}?passphrase={PASSPHRASE}"))
+/// An SRT reader (`m=request`, ffmpeg for 5 s of the stream) is listed in `/streams/{s}` with
+/// its connection's sender-side figures while it reads (packets sent, an RTT; its address for
+/// the admin only), and is gone from the list once it left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srt_reader_figures_are_listed_while_it_reads() {
+    if !have_srt("srt_reader_figures_are_listed_while_it_reads") {
+        return;
+    }
+    const ADMIN: &str = "admin-secret-token";
+    let demo = common::testdata("h264_opus.ts");
+    let replay = format!("cam={}", demo.display());
+    let (server, srt) = srt_server(&["--replay", &replay, "--admin-token", ADMIN]);
+    let http: std::net::SocketAddr = server.authority().parse().unwrap();
+    let admin = format!("Bearer {ADMIN}");
+    let since = std::time::Instant::now();
+    let mut reader = tokio::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-i"])
+        .arg(format!(
+            "srt://{srt}?passphrase={PASSPHRASE}&streamid=#!::r=cam,m=request"
+        ))
+        .args(["-t", "5", "-c", "copy", "-f", "mpegts", "-y", "/dev/null"])
         .kill_on_drop(true)
         .spawn()
-        .expect("start srt-live-transmit")
+        .expect("start ffmpeg");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let j = loop {
+        let j = common::stream_json_with(http, "cam", &[("Authorization", &admin)]).await;
+        let r = &j["srt_readers"][0];
+        // (Its first figures may come before the first keyframe was sent: a few packets.)
+        if r["packets_sent"].as_u64() > Some(20) && r["rtt_ms"].as_f64() > Some(0.0) {
+            break j;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reader with figures: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    eprintln!("while reading: {}", j["srt_readers"]);
+    let readers = j["srt_readers"].as_array().unwrap();
+    assert_eq!(readers.len(), 1, "{j}");
+    let r = &readers[0];
+    assert!(
+        r["peer"]
+            .as_str()
+            .is_some_and(|p| p.starts_with("127.0.0.1:")),
+        "{r}"
+    );
+    assert!(r["bytes_sent"].as_u64() > Some(1000), "{r}");
+    assert!(r["latency_ms"].as_u64() > Some(0), "{r}");
+    assert_eq!(r["dropped"], 0, "{r}");
+    // Without the admin token, no address.
+    let anon = common::stream_json(http, "cam").await;
+    assert_eq!(
+        anon["srt_readers"][0]["peer"],
+        serde_json::Value::Null,
+        "{anon}"
+    );
+
+    let status = tokio::time::timeout(Duration::from_secs(20), reader.wait())
+        .await
+        .expect("ffmpeg reads 5 s and leaves")
+        .expect("ffmpeg ran");
+    assert!(status.success(), "{status:?}");
+    let left = std::time::Instant::now();
+    loop {
+        let j = common::stream_json(http, "cam").await;
+        if j["srt_readers"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(
+            left.elapsed() < Duration::from_secs(10),
+            "the reader is still listed: {j}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "the reader left the list {:.1} s after ffmpeg exited",
+        left.elapsed().as_secs_f64()
+    );
+    // Its last figures are logged as it leaves.
+    let (_, line) = server
+        .logged_after(since, "SRT reader left")
+        .expect("a log line as the reader leaves");
+    eprintln!("{line}");
+    assert!(line.contains("packets="), "{line}");
+}
+
+/// `srt-live-transmit` as an SRT listener (AES) relaying the UDP TS it gets on `udp_in`.
+fn srt_live_transmit(udp_in: u16, srt_port: u16) -> tokio::process::Child {
+    common::tools::srt_live_transmit(udp_in, srt_port, Some(PASSPHRASE))
 }
 
 /// Waits (up to `within`) for the `n`th log line with `needle` read after `since`.
@@ -630,6 +712,79 @@ async fn stopping_the_server_closes_its_srt_connections() {
         .expect("ffmpeg sees its connection closed within 3 s (not SRT's 5 s peer timeout)")
         .expect("ffmpeg ran");
     assert!(!status.success());
+}
+
+/// A server (in process) stopping while an SRT reader (`m=request`) is connected, and its
+/// runtime with it: the reader's thread, which waits on the runtime for the stream's bytes, is
+/// woken first and ends without a panic (a tokio timer still waiting when its runtime stops
+/// panics), also while its stream is silent. The server runs on a runtime of its own, whose
+/// threads' panics are recorded.
+#[test]
+fn stopping_the_runtime_with_an_srt_reader_connected_panics_nothing() {
+    let test = "stopping_the_runtime_with_an_srt_reader_connected_panics_nothing";
+    if !have_srt(test) {
+        return;
+    }
+    const THREADS: &str = "srt-reader-stop-test";
+    let panics = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    {
+        let panics = panics.clone();
+        let before = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if std::thread::current().name() == Some(THREADS) {
+                panics.lock().unwrap().push(info.to_string());
+            }
+            before(info);
+        }));
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name(THREADS)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut reader = rt.block_on(async {
+        let srt: std::net::SocketAddr = format!("127.0.0.1:{}", common::tools::free_udp_port())
+            .parse()
+            .unwrap();
+        let mut args = tsbridge::config::ServeArgs::loopback();
+        args.srt_listen = Some(srt);
+        let server = tsbridge::server::Server::start(args).await.expect("starts");
+        let url = format!("http://{}/ingest/cam", server.http_addr);
+        let pushing = tokio::spawn(async move {
+            tsbridge::ingest::replay::push(&common::testdata("h264_opus.ts"), &url, true).await
+        });
+        let created = format!("http://{}/streams/cam", server.http_addr);
+        while common::request("GET", &created, &[], b"")
+            .await
+            .unwrap()
+            .status
+            != 200
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let reader = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-i"])
+            .arg(format!("srt://{srt}?streamid=#!::r=cam,m=request"))
+            .args(["-t", "60", "-c", "copy", "-f", "mpegts", "-y", "/dev/null"])
+            .spawn()
+            .expect("start ffmpeg");
+        let j = stream_until(server.http_addr, "cam", |j| {
+            j["srt_readers"][0]["packets_sent"].as_u64() > Some(0)
+        })
+        .await;
+        assert_eq!(j["srt_readers"].as_array().map(Vec::len), Some(1), "{j}");
+        // The source ends: the reader's thread waits for bytes that do not come.
+        pushing.abort();
+        stream_until(server.http_addr, "cam", |j| j["source"] == "ended").await;
+        server.shutdown().await;
+        reader
+    });
+    drop(rt);
+    let _ = reader.kill();
+    let _ = reader.wait();
+    let panics = panics.lock().unwrap();
+    assert!(panics.is_empty(), "{panics:#?}");
 }
 
 /// A stream registered with its own SRT passphrase (issue 22): its publisher encrypts with

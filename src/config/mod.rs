@@ -244,7 +244,9 @@ pub struct ServeArgs {
     /// `srt-live-transmit`): `NAME=srt://HOST:PORT[?streamid=…&passphrase=…&latency=MS]`
     /// (values as ffmpeg writes them; latency defaults to --srt-latency-ms). When the
     /// connection fails or ends, it is called again with backoff (0.5 s doubling to 5 s);
-    /// each change is logged once. Repeat for several. Needs libsrt 1.5 at run time.
+    /// each change is logged once. In a cluster the name is claimed before each call, as a
+    /// publisher's: while another node has its source, the pull waits and asks again. Repeat
+    /// for several. Needs libsrt 1.5 at run time.
     #[arg(long = "srt-pull", env = "TSBRIDGE_SRT_PULL", value_name = "NAME=URL",
           value_parser = parse_named::<String>, value_delimiter = ',')]
     pub srt_pulls: Vec<Named<String>>,

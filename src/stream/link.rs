@@ -1,5 +1,6 @@
 //! What a source's transport saw on its way in: RTP sequence gaps on `--udp` (RTP-wrapped TS),
-//! the figures of an SRT connection.
+//! the figures of an SRT connection; and on the way out, those of each SRT reader
+//! (`m=request`).
 //!
 //! Kept apart from the stream's media counters: these say how the network treated the source,
 //! which is the first question when a contribution link from another site plays badly.
@@ -68,6 +69,33 @@ pub struct LinkStats {
     srt: Mutex<Option<(String, SrtStats)>>,
     /// The WHIP publisher's jitter buffer (kept after it leaves).
     whip: Mutex<Option<WhipCounts>>,
+    /// The SRT readers connected now, in the order they came (each removed as it leaves).
+    srt_readers: Mutex<Vec<SrtReader>>,
+    next_reader: AtomicU64,
+    /// The SRT readers' counts summed over every reader since the stream began (each reader's
+    /// growth added as it is published, so what left stays counted): for counters.
+    srt_reader_totals: Mutex<SrtReaderTotals>,
+}
+
+/// What every SRT reader of a stream was sent, summed since the stream began (never going
+/// down as readers leave, as counters must not).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SrtReaderTotals {
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    pub lost: u64,
+    pub retransmitted: u64,
+    pub dropped: u64,
+}
+
+/// One SRT reader (`m=request`) of a stream: its peer and its connection's latest sender-side
+/// figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SrtReader {
+    /// Its place in [`LinkStats`] (see [`LinkStats::add_srt_reader`]).
+    pub id: u64,
+    pub peer: String,
+    pub stats: SrtSendStats,
 }
 
 impl LinkStats {
@@ -115,6 +143,49 @@ impl LinkStats {
     pub fn srt(&self) -> Option<(String, SrtStats)> {
         self.srt.lock().clone()
     }
+
+    /// Lists an SRT reader that just connected (no figures yet); its id is for
+    /// [`LinkStats::set_srt_reader`] and [`LinkStats::remove_srt_reader`].
+    pub fn add_srt_reader(&self, peer: String) -> u64 {
+        let id = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        self.srt_readers.lock().push(SrtReader {
+            id,
+            peer,
+            stats: SrtSendStats::default(),
+        });
+        id
+    }
+
+    /// Publishes an SRT reader's figures (once a second while it reads, and as it leaves).
+    pub fn set_srt_reader(&self, id: u64, stats: SrtSendStats) {
+        let mut readers = self.srt_readers.lock();
+        let Some(r) = readers.iter_mut().find(|r| r.id == id) else {
+            return;
+        };
+        let (was, now) = (r.stats, stats);
+        let mut t = self.srt_reader_totals.lock();
+        t.packets_sent += now.packets_sent.saturating_sub(was.packets_sent);
+        t.bytes_sent += now.bytes_sent.saturating_sub(was.bytes_sent);
+        t.lost += now.lost.saturating_sub(was.lost);
+        t.retransmitted += now.retransmitted.saturating_sub(was.retransmitted);
+        t.dropped += now.dropped.saturating_sub(was.dropped);
+        r.stats = stats;
+    }
+
+    /// Every SRT reader's counts summed since the stream began (readers gone included).
+    pub fn srt_reader_totals(&self) -> SrtReaderTotals {
+        *self.srt_reader_totals.lock()
+    }
+
+    /// The reader left.
+    pub fn remove_srt_reader(&self, id: u64) {
+        self.srt_readers.lock().retain(|r| r.id != id);
+    }
+
+    /// The SRT readers connected now.
+    pub fn srt_readers(&self) -> Vec<SrtReader> {
+        self.srt_readers.lock().clone()
+    }
 }
 
 /// The figures of one SRT connection that the API and metrics show.
@@ -139,4 +210,83 @@ pub struct SrtStats {
     pub receive_buffer_ms: u64,
     /// The negotiated latency (TSBPD delay).
     pub latency_ms: u64,
+}
+
+/// The sender side of one SRT connection (a reader's, `m=request`): what libsrt's
+/// `srt_bstats` says of the packets this node sent and the receiver's reports on them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct SrtSendStats {
+    pub rtt_ms: f64,
+    /// The link's estimated bandwidth.
+    pub bandwidth_mbps: f64,
+    pub send_rate_mbps: f64,
+    /// Packets and payload bytes sent (retransmissions included).
+    pub packets_sent: u64,
+    pub bytes_sent: u64,
+    /// Packets the receiver reported missing (NAKs; each then sent again unless too late).
+    pub lost: u64,
+    /// Packets sent again.
+    pub retransmitted: u64,
+    /// Packets given up on: too late to send within the latency (the reader's picture is
+    /// damaged).
+    pub dropped: u64,
+    /// Media time waiting in the send buffer (unsent or unacknowledged).
+    pub send_buffer_ms: u64,
+    /// The negotiated latency (TSBPD delay).
+    pub latency_ms: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn srt_readers_are_listed_updated_and_removed_each_by_its_own_id() {
+        let link = LinkStats::default();
+        let a = link.add_srt_reader("10.0.0.1:5000".into());
+        let b = link.add_srt_reader("10.0.0.2:5000".into());
+        assert_ne!(a, b);
+        let figures = SrtSendStats {
+            packets_sent: 7,
+            ..Default::default()
+        };
+        link.set_srt_reader(b, figures);
+        let readers = link.srt_readers();
+        assert_eq!(readers.len(), 2);
+        assert_eq!(readers[0].stats, SrtSendStats::default());
+        assert_eq!(
+            (readers[1].peer.as_str(), readers[1].stats),
+            ("10.0.0.2:5000", figures)
+        );
+        link.remove_srt_reader(a);
+        assert_eq!(
+            link.srt_readers().iter().map(|r| r.id).collect::<Vec<_>>(),
+            [b]
+        );
+        link.remove_srt_reader(b);
+        link.set_srt_reader(b, figures);
+        assert!(link.srt_readers().is_empty(), "a reader gone stays gone");
+    }
+
+    #[test]
+    fn srt_reader_totals_add_each_readers_growth_and_keep_what_left() {
+        let link = LinkStats::default();
+        let a = link.add_srt_reader("a".into());
+        let b = link.add_srt_reader("b".into());
+        let sent = |packets_sent, lost| SrtSendStats {
+            packets_sent,
+            bytes_sent: packets_sent * 1316,
+            lost,
+            ..Default::default()
+        };
+        link.set_srt_reader(a, sent(10, 1));
+        link.set_srt_reader(a, sent(25, 1));
+        link.set_srt_reader(b, sent(5, 0));
+        link.remove_srt_reader(a);
+        let t = link.srt_reader_totals();
+        assert_eq!((t.packets_sent, t.bytes_sent, t.lost), (30, 30 * 1316, 1));
+        // A figure going down (never from libsrt) adds nothing.
+        link.set_srt_reader(b, sent(3, 0));
+        assert_eq!(link.srt_reader_totals().packets_sent, 30);
+    }
 }

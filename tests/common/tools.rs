@@ -47,3 +47,23 @@ pub fn ffmpeg_loop(file: &str, format: &str, url: &str) -> tokio::process::Child
         .spawn()
         .expect("start ffmpeg")
 }
+
+/// `srt-live-transmit` as an SRT listener on `srt_port` (AES with `passphrase`, if any)
+/// relaying the UDP TS it gets on `udp_in` to its caller (killed on drop).
+pub fn srt_live_transmit(
+    udp_in: u16,
+    srt_port: u16,
+    passphrase: Option<&str>,
+) -> tokio::process::Child {
+    let srt = match passphrase {
+        Some(p) => format!("srt://:{srt_port}?passphrase={p}"),
+        None => format!("srt://:{srt_port}"),
+    };
+    tokio::process::Command::new("srt-live-transmit")
+        .arg("-q")
+        .arg(format!("udp://127.0.0.1:{udp_in}"))
+        .arg(srt)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start srt-live-transmit")
+}

@@ -20,7 +20,7 @@ use std::time::Duration;
 
 use socket2::SockAddr;
 
-pub use crate::stream::link::SrtStats;
+pub use crate::stream::link::{SrtSendStats, SrtStats};
 
 /// Library file names tried in order (Debian/Ubuntu: `libsrt1.5-openssl` has `libsrt.so.1.5`,
 /// `libsrt1.5-gnutls` — which `srt-tools` and ffmpeg pull in — `libsrt-gnutls.so.1.5`).
@@ -484,8 +484,8 @@ impl Socket {
         api().is_ok_and(|api| unsafe { (api.getsockstate)(self.0) } == SRTS_CONNECTED)
     }
 
-    /// The connection's statistics since it began.
-    pub fn stats(&self) -> Option<SrtStats> {
+    /// libsrt's figures of the connection since it began.
+    fn perf(&self) -> Option<PerfMon> {
         let api = api().ok()?;
         // SAFETY: PerfMon is plain data; zero is a valid value for every field.
         let mut p: PerfMon = unsafe { std::mem::zeroed() };
@@ -493,6 +493,30 @@ impl Socket {
         if unsafe { (api.bstats)(self.0, &mut p, 0) } < 0 {
             return None;
         }
+        Some(p)
+    }
+
+    /// The sender side's figures since the connection began (a reader's connection).
+    pub fn send_stats(&self) -> Option<SrtSendStats> {
+        let p = self.perf()?;
+        let n = |v: i64| v.max(0) as u64;
+        Some(SrtSendStats {
+            rtt_ms: p.ms_rtt,
+            bandwidth_mbps: p.mbps_bandwidth,
+            send_rate_mbps: p.mbps_send_rate,
+            packets_sent: n(p.pkt_sent_total),
+            bytes_sent: p.byte_sent_total,
+            lost: n(p.pkt_snd_loss_total.into()),
+            retransmitted: n(p.pkt_retrans_total.into()),
+            dropped: n(p.pkt_snd_drop_total.into()),
+            send_buffer_ms: n(p.ms_snd_buf.into()),
+            latency_ms: n(p.ms_snd_tsbpd_delay.into()),
+        })
+    }
+
+    /// The connection's statistics since it began.
+    pub fn stats(&self) -> Option<SrtStats> {
+        let p = self.perf()?;
         Some(SrtStats {
             rtt_ms: p.ms_rtt,
             bandwidth_mbps: p.mbps_bandwidth,

@@ -5,11 +5,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tracing::{info, warn};
 
-use super::ffi::{self, Recv, Socket};
+use super::ffi::{self, Recv, Socket, SrtSendStats};
 use super::{streamid, Gate, Mode, Reader};
+use crate::stream::link::LinkStats;
 use crate::stream::ring::Read;
 use crate::stream::SourceGuard;
 use crate::ts::start::StartPoint;
@@ -163,6 +164,19 @@ impl Drop for StopOnDrop {
     }
 }
 
+/// Wakes a reader's thread from its wait on the ring when the task that waits for the thread
+/// is dropped: that wait runs on the runtime (with a tokio timer), and a tokio timer still
+/// waiting when the runtime stops panics; woken, the thread leaves the wait first.
+#[derive(Default)]
+struct WakeOnDrop(Arc<Notify>);
+
+impl Drop for WakeOnDrop {
+    fn drop(&mut self) {
+        // A permit if the thread is not waiting now: its next wait ends at once.
+        self.0.notify_one();
+    }
+}
+
 /// One accepted caller: checked, then pumped into its stream until it leaves.
 async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
     let raw = sock.stream_id();
@@ -186,10 +200,18 @@ async fn serve(sock: Socket, peer: Option<SocketAddr>, gate: Arc<dyn Gate>) {
         info!(peer = %peer_s, stream = %name, "SRT reader connected (m=request)");
         let rt = tokio::runtime::Handle::current();
         let stop = StopOnDrop::default();
-        let flag = stop.0.clone();
-        let sent = tokio::task::spawn_blocking(move || send_ts(sock, reader, rt, flag)).await;
+        let wake = WakeOnDrop::default();
+        let (flag, woken) = (stop.0.clone(), wake.0.clone());
+        let peer = peer_s.clone();
+        let sent =
+            tokio::task::spawn_blocking(move || send_ts(sock, reader, peer, rt, (flag, woken)))
+                .await;
         match sent {
-            Ok(why) => info!(peer = %peer_s, stream = %name, "SRT reader left ({why})"),
+            Ok((why, s)) => info!(
+                peer = %peer_s, stream = %name, packets = s.packets_sent, lost = s.lost,
+                retransmitted = s.retransmitted, dropped = s.dropped, rtt_ms = s.rtt_ms,
+                "SRT reader left ({why})"
+            ),
             Err(e) => warn!(stream = %name, error = %e, "SRT reader's thread failed"),
         }
         return;
@@ -264,45 +286,88 @@ pub(super) fn pump(
     why
 }
 
+/// An SRT reader's entry in its stream's link figures, removed when the reader leaves.
+struct Listed<'a> {
+    link: &'a LinkStats,
+    id: u64,
+}
+
+impl Drop for Listed<'_> {
+    fn drop(&mut self) {
+        self.link.remove_srt_reader(self.id);
+    }
+}
+
 /// Sends the stream's TS to a reader from the next join point (PAT, PMT, keyframe: as
 /// `GET /streams/{s}.ts`), in messages of up to 7 TS packets, until it leaves or the stream
-/// shuts down; returns why it ended.
+/// shuts down; publishes the connection's sender-side figures once a second while it lasts
+/// (listed in the stream's `srt_readers` until it leaves); returns why it ended, and its last
+/// figures.
 fn send_ts(
     sock: Socket,
     reader: Reader,
+    peer: String,
     rt: tokio::runtime::Handle,
-    stop: Arc<AtomicBool>,
-) -> String {
+    (stop, woken): (Arc<AtomicBool>, Arc<Notify>),
+) -> (String, SrtSendStats) {
     let stream = reader.stream.clone();
+    let link = &stream.stats.link;
+    let listed = Listed {
+        link,
+        id: link.add_srt_reader(peer),
+    };
     let mut cur = stream.ring.cursor();
     let mut start = StartPoint::new();
     let mut buf = vec![0u8; 188 * 512];
     let mut out = Vec::new();
-    loop {
+    let mut last_stats = Instant::now();
+    let why = 'read: loop {
         if stop.load(Ordering::SeqCst) {
-            return "the server is stopping".into();
+            break "the server is stopping".into();
         }
-        let read = rt.block_on(tokio::time::timeout(
-            Duration::from_secs(1),
-            stream.ring.read(&mut cur, &mut buf),
-        ));
+        if last_stats.elapsed() >= Duration::from_secs(1) {
+            last_stats = Instant::now();
+            if let Some(s) = sock.send_stats() {
+                link.set_srt_reader(listed.id, s);
+            }
+        }
+        let read = rt.block_on(async {
+            tokio::select! {
+                biased;
+                _ = woken.notified() => None,
+                r = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    stream.ring.read(&mut cur, &mut buf),
+                ) => Some(r),
+            }
+        });
+        let Some(read) = read else {
+            break "the server is stopping".into();
+        };
         match read {
             Ok(Read::Data(n)) => {
                 out.clear();
                 start.push(&buf[..n], &mut out);
                 for message in out.chunks(MESSAGE) {
                     if let Err(e) = sock.send(message) {
-                        return e.to_string();
+                        break 'read e.to_string();
                     }
                 }
             }
             // Lapped: the reader goes on at the live edge (the demuxer downstream resyncs);
             // the source ended: the next one continues the same ring.
             Ok(Read::Lapped(_) | Read::EndOfInput) => {}
-            Ok(Read::Shutdown) => return "the stream was shut down".into(),
+            Ok(Read::Shutdown) => break "the stream was shut down".into(),
             // Quiet: is the caller still there?
-            Err(_) if !sock.is_connected() => return "the caller left".into(),
+            Err(_) if !sock.is_connected() => break "the caller left".into(),
             Err(_) => {}
         }
+    };
+    // A broken connection may have no statistics any more: the last ones published then.
+    if let Some(s) = sock.send_stats() {
+        link.set_srt_reader(listed.id, s);
     }
+    let readers = link.srt_readers();
+    let last = readers.iter().find(|r| r.id == listed.id).map(|r| r.stats);
+    (why, last.unwrap_or_default())
 }
