@@ -479,6 +479,24 @@ async fn srt_reader_figures_are_listed_while_it_reads() {
         .expect("a log line as the reader leaves");
     eprintln!("{line}");
     assert!(line.contains("packets="), "{line}");
+    // The metrics keep what the reader was sent after it left.
+    let metrics = common::request(
+        "GET",
+        &format!("{}/metrics", server.base),
+        &[("Authorization", &admin)],
+        b"",
+    )
+    .await
+    .expect("GET /metrics");
+    let text = metrics.text();
+    let value = |name: &str| {
+        let series = format!("{name}{{stream=\"cam\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+    };
+    assert!(value("tsbridge_srt_reader_packets_sent_total") > 20);
+    assert_eq!(value("tsbridge_srt_readers"), 0);
 }
 
 /// `srt-live-transmit` as an SRT listener (AES) relaying the UDP TS it gets on `udp_in`.

@@ -14,7 +14,7 @@ use super::AppState;
 use crate::cluster::ClusterStats;
 use crate::events::EventStats;
 use crate::metrics::{get, Exposition, Family, Kind, Metrics};
-use crate::stream::link::{RtpCounts, SrtStats, WhipCounts};
+use crate::stream::link::{RtpCounts, SrtReaderTotals, SrtSendStats, SrtStats, WhipCounts};
 use crate::stream::Stream;
 
 pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
@@ -160,6 +160,21 @@ fn srt(s: &Stream, f: fn(&SrtStats) -> u64) -> u64 {
     s.stats.link.srt().as_ref().map_or(0, |(_, c)| f(c))
 }
 
+/// A count summed over every SRT reader (`m=request`) the stream has had.
+fn srt_readers(s: &Stream, f: fn(&SrtReaderTotals) -> u64) -> u64 {
+    f(&s.stats.link.srt_reader_totals())
+}
+
+/// The largest of a figure among the stream's SRT readers connected now, 0 without one.
+fn srt_readers_max(s: &Stream, f: fn(&SrtSendStats) -> f64) -> u64 {
+    let readers = s.stats.link.srt_readers();
+    readers
+        .iter()
+        .map(|r| f(&r.stats))
+        .fold(0.0, f64::max)
+        .round() as u64
+}
+
 /// A value of the stream's WHIP publisher's jitter buffer, 0 without one.
 fn whip(s: &Stream, f: fn(&WhipCounts) -> u64) -> u64 {
     s.stats.link.whip().as_ref().map_or(0, f)
@@ -280,6 +295,46 @@ const STREAM: &[Family<Stream>] = &[
         "tsbridge_srt_receive_buffer_milliseconds",
         "media time waiting in the SRT receive buffer",
         |s| srt(s, |c| c.receive_buffer_ms),
+    ),
+    Family::gauge(
+        "tsbridge_srt_readers",
+        "SRT readers (m=request) of the stream connected now",
+        |s| s.stats.link.srt_readers().len() as u64,
+    ),
+    Family::counter(
+        "tsbridge_srt_reader_packets_sent_total",
+        "packets sent to the stream's SRT readers, retransmissions included",
+        |s| srt_readers(s, |t| t.packets_sent),
+    ),
+    Family::counter(
+        "tsbridge_srt_reader_bytes_sent_total",
+        "payload bytes sent to the stream's SRT readers",
+        |s| srt_readers(s, |t| t.bytes_sent),
+    ),
+    Family::counter(
+        "tsbridge_srt_reader_lost_total",
+        "packets the stream's SRT readers reported missing (then sent again unless too late)",
+        |s| srt_readers(s, |t| t.lost),
+    ),
+    Family::counter(
+        "tsbridge_srt_reader_retransmitted_total",
+        "packets sent again to the stream's SRT readers (ARQ)",
+        |s| srt_readers(s, |t| t.retransmitted),
+    ),
+    Family::counter(
+        "tsbridge_srt_reader_dropped_total",
+        "packets for the stream's SRT readers given up on: too late to send within the latency",
+        |s| srt_readers(s, |t| t.dropped),
+    ),
+    Family::gauge(
+        "tsbridge_srt_reader_rtt_milliseconds",
+        "largest round trip time among the stream's connected SRT readers",
+        |s| srt_readers_max(s, |r| r.rtt_ms),
+    ),
+    Family::gauge(
+        "tsbridge_srt_reader_send_buffer_milliseconds",
+        "largest send-buffer backlog among the stream's connected SRT readers",
+        |s| srt_readers_max(s, |r| r.send_buffer_ms as f64),
     ),
     Family::counter(
         "tsbridge_whip_packets_total",
