@@ -92,32 +92,7 @@ impl Server {
         let http_addr = listener.local_addr()?;
         let file_keys =
             crate::keys::FileKeys::open(cfg.data_dir.as_deref()).map_err(std::io::Error::other)?;
-        let cluster = match (&cfg.cluster, &cfg.public_url) {
-            (Some(redis), Some(url)) => {
-                let local = crate::cluster::Local {
-                    registry: registry.clone(),
-                    engine: engine.clone(),
-                    tasks: tasks.clone(),
-                    max_sessions: cfg.max_sessions,
-                    max_viewers: cfg.max_viewers,
-                };
-                let token = crate::config::cluster_token(&cfg).map_err(std::io::Error::other)?;
-                let cluster = crate::cluster::Cluster::new(redis, url, token, local)
-                    .map_err(std::io::Error::other)?;
-                Some(Arc::new(cluster))
-            }
-            _ => None,
-        };
-        let keys = match &cluster {
-            Some(c) => {
-                tasks.spawn(crate::cluster::run(c.clone()));
-                tasks.spawn(crate::cluster::waiting::run(c.clone()));
-                let (keys, import) = crate::keys::KeyStore::in_cluster(c.clone(), file_keys);
-                tasks.spawn(import);
-                keys
-            }
-            None => crate::keys::KeyStore::File(file_keys),
-        };
+        let (cluster, keys) = start_cluster(&cfg, &registry, &engine, &tasks, file_keys)?;
         let pipelines =
             crate::pipeline::Pipelines::new(cfg.pipeline.clone(), registry.clone(), tasks.clone());
         let app = Arc::new(App::new(
@@ -129,56 +104,7 @@ impl Server {
             cluster,
         ));
 
-        for r in &cfg.replays {
-            let stream = registry.get_or_create(&r.name);
-            tasks.spawn(ingest::replay::serve_file(stream, r.value.clone()));
-        }
-        for u in &cfg.udps {
-            let stream = registry.get_or_create(&u.name);
-            let addr = u.value;
-            let reorder = Duration::from_millis(cfg.udp_reorder_ms);
-            tasks.spawn(async move {
-                if let Err(e) = ingest::udp::run(stream, addr, reorder).await {
-                    warn!(%addr, error = %e, "UDP source failed");
-                }
-            });
-        }
-        if let Some(addr) = cfg.srt_listen {
-            let opts = ingest::srt::listen::ListenOptions {
-                addr,
-                passphrase: cfg.srt_passphrase.clone(),
-                latency: Duration::from_millis(cfg.srt_latency_ms),
-            };
-            // libsrt missing or the port taken: the server does not start, saying why.
-            let gate = Arc::new(crate::http::srt::SrtGate::new(app.clone()));
-            let listener = ingest::srt::listen::Listener::bind(opts, gate)
-                .map_err(|e| std::io::Error::other(format!("--srt-listen {addr}: {e}")))?;
-            tasks.spawn(async move {
-                if let Err(e) = listener.run().await {
-                    warn!(%addr, error = %e, "SRT listener failed");
-                }
-            });
-        }
-        for p in &cfg.srt_pulls {
-            let url: ingest::srt::SrtUrl = p
-                .value
-                .parse()
-                .map_err(|e| std::io::Error::other(format!("--srt-pull {}: {e}", p.name)))?;
-            ingest::srt::ffi::load()
-                .map_err(|e| std::io::Error::other(format!("--srt-pull {}: {e}", p.name)))?;
-            let stream = registry.get_or_create(&p.name);
-            let latency = Duration::from_millis(cfg.srt_latency_ms);
-            tasks.spawn(ingest::srt::pull::run(
-                stream,
-                url,
-                latency,
-                app.cluster.clone().map(pull_claim),
-            ));
-        }
-        if let Some(name) = &cfg.stdin {
-            let stream = registry.get_or_create(name);
-            tasks.spawn(ingest::pump_reader(stream, tokio::io::stdin(), "stdin"));
-        }
+        start_sources(&cfg, &app, &tasks)?;
         tasks.spawn(housekeeping(app.clone()));
 
         let router = crate::http::router(app.clone());
@@ -268,6 +194,102 @@ fn demo_file() -> PathBuf {
     } else {
         PathBuf::from("testdata/h264_opus.ts")
     }
+}
+
+/// With `--cluster` and `--public-url`: the node's cluster duties started (its tick, the
+/// waiting viewers' lookups), and the keys kept in Redis (the file's imported); else none,
+/// and the keys in the file.
+fn start_cluster(
+    cfg: &ServeArgs,
+    registry: &Arc<Registry>,
+    engine: &Engine,
+    tasks: &Tasks,
+    file_keys: crate::keys::FileKeys,
+) -> std::io::Result<(Option<Arc<crate::cluster::Cluster>>, crate::keys::KeyStore)> {
+    let cluster = match (&cfg.cluster, &cfg.public_url) {
+        (Some(redis), Some(url)) => {
+            let local = crate::cluster::Local {
+                registry: registry.clone(),
+                engine: engine.clone(),
+                tasks: tasks.clone(),
+                max_sessions: cfg.max_sessions,
+                max_viewers: cfg.max_viewers,
+            };
+            let token = crate::config::cluster_token(cfg).map_err(std::io::Error::other)?;
+            let cluster = crate::cluster::Cluster::new(redis, url, token, local)
+                .map_err(std::io::Error::other)?;
+            Some(Arc::new(cluster))
+        }
+        _ => None,
+    };
+    let keys = match &cluster {
+        Some(c) => {
+            tasks.spawn(crate::cluster::run(c.clone()));
+            tasks.spawn(crate::cluster::waiting::run(c.clone()));
+            let (keys, import) = crate::keys::KeyStore::in_cluster(c.clone(), file_keys);
+            tasks.spawn(import);
+            keys
+        }
+        None => crate::keys::KeyStore::File(file_keys),
+    };
+    Ok((cluster, keys))
+}
+
+/// The sources the command line names: replays, UDP, the SRT listener and pulls, stdin.
+/// libsrt missing or a port taken: the server does not start, saying why.
+fn start_sources(cfg: &ServeArgs, app: &Arc<App>, tasks: &Tasks) -> std::io::Result<()> {
+    let registry = &app.registry;
+    for r in &cfg.replays {
+        let stream = registry.get_or_create(&r.name);
+        tasks.spawn(ingest::replay::serve_file(stream, r.value.clone()));
+    }
+    for u in &cfg.udps {
+        let stream = registry.get_or_create(&u.name);
+        let addr = u.value;
+        let reorder = Duration::from_millis(cfg.udp_reorder_ms);
+        tasks.spawn(async move {
+            if let Err(e) = ingest::udp::run(stream, addr, reorder).await {
+                warn!(%addr, error = %e, "UDP source failed");
+            }
+        });
+    }
+    if let Some(addr) = cfg.srt_listen {
+        let opts = ingest::srt::listen::ListenOptions {
+            addr,
+            passphrase: cfg.srt_passphrase.clone(),
+            latency: Duration::from_millis(cfg.srt_latency_ms),
+        };
+        // libsrt missing or the port taken: the server does not start, saying why.
+        let gate = Arc::new(crate::http::srt::SrtGate::new(app.clone()));
+        let listener = ingest::srt::listen::Listener::bind(opts, gate)
+            .map_err(|e| std::io::Error::other(format!("--srt-listen {addr}: {e}")))?;
+        tasks.spawn(async move {
+            if let Err(e) = listener.run().await {
+                warn!(%addr, error = %e, "SRT listener failed");
+            }
+        });
+    }
+    for p in &cfg.srt_pulls {
+        let url: ingest::srt::SrtUrl = p
+            .value
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("--srt-pull {}: {e}", p.name)))?;
+        ingest::srt::ffi::load()
+            .map_err(|e| std::io::Error::other(format!("--srt-pull {}: {e}", p.name)))?;
+        let stream = registry.get_or_create(&p.name);
+        let latency = Duration::from_millis(cfg.srt_latency_ms);
+        tasks.spawn(ingest::srt::pull::run(
+            stream,
+            url,
+            latency,
+            app.cluster.clone().map(pull_claim),
+        ));
+    }
+    if let Some(name) = &cfg.stdin {
+        let stream = registry.get_or_create(name);
+        tasks.spawn(ingest::pump_reader(stream, tokio::io::stdin(), "stdin"));
+    }
+    Ok(())
 }
 
 /// Once a second: bitrates, and the viewers of sources gone past their grace. Every 10 s:

@@ -390,7 +390,7 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
         None => json!(st.source),
     };
     let pulled = pulled.filter(|_| internal);
-    json!({
+    let mut v = json!({
         "name": n,
         "source": source,
         "owner": pulled,
@@ -410,6 +410,28 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
         "ts_problems": s.stats.ts_problems.load(Ordering::Relaxed),
         "bytes_sent": s.stats.bytes_sent.load(Ordering::Relaxed),
         "latency": s.stats.latency.summary(),
+        "scte35": {
+            "cues": s.stats.cues.total.load(Ordering::Relaxed),
+            "recent": s.stats.cues.recent().iter().map(|c| super::sse::cue_json(c)).collect::<Vec<_>>(),
+        },
+        "gop_cache": gop,
+        "urls": {
+            "whep": format!("/whep/{n}"),
+            "play": format!("/play/{n}"),
+            "ts": format!("/streams/{n}.ts"),
+        },
+    });
+    if let (Value::Object(v), Value::Object(link)) = (&mut v, link_json(s, internal)) {
+        v.extend(link);
+    }
+    v
+}
+
+/// How the network treated the stream's source and SRT readers: `rtp` (RTP-wrapped TS on
+/// `--udp`), `srt` (an SRT publisher), `srt_readers` (`m=request`), `whip` (a WHIP
+/// publisher's jitter buffer); each null (or empty) without one. Peers only to `internal`.
+fn link_json(s: &Stream, internal: bool) -> Value {
+    json!({
         "rtp": s.stats.link.rtp().map(|c| json!({
             "packets": c.packets,
             "lost": c.lost,
@@ -444,10 +466,6 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
             "send_buffer_ms": r.stats.send_buffer_ms,
             "latency_ms": r.stats.latency_ms,
         })).collect::<Vec<_>>(),
-        "scte35": {
-            "cues": s.stats.cues.total.load(Ordering::Relaxed),
-            "recent": s.stats.cues.recent().iter().map(|c| super::sse::cue_json(c)).collect::<Vec<_>>(),
-        },
         "whip": s.stats.link.whip().map(|c| json!({
             "delay_ms": c.delay_ms,
             "packets": c.packets,
@@ -461,12 +479,6 @@ fn describe(app: &AppState, s: &Arc<Stream>, internal: bool) -> Value {
             "audio_packets": c.audio_packets,
             "audio_lost": c.audio_lost,
         })),
-        "gop_cache": gop,
-        "urls": {
-            "whep": format!("/whep/{n}"),
-            "play": format!("/play/{n}"),
-            "ts": format!("/streams/{n}.ts"),
-        },
     })
 }
 

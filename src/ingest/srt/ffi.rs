@@ -101,7 +101,8 @@ fn api() -> Result<&'static Api, String> {
     API.get_or_init(open).as_ref().map_err(Clone::clone)
 }
 
-fn open() -> Result<Api, String> {
+/// libsrt, opened: `$TSBRIDGE_LIBSRT` if set, else the first of [`LIBRARIES`] found.
+fn load_library() -> Result<*mut c_void, String> {
     let explicit = std::env::var(LIBRARY_ENV).ok();
     let names: Vec<String> = explicit
         .iter()
@@ -121,13 +122,19 @@ fn open() -> Result<Api, String> {
         }
     }
     if handle.is_null() {
-        return Err(format!(
+        Err(format!(
             "SRT needs libsrt 1.5 (Haivision's SRT library), which was not found as {}: \
              install it (Debian/Ubuntu: apt-get install libsrt1.5-openssl, or srt-tools) or \
              set {LIBRARY_ENV}=/path/to/libsrt.so",
             names.join(", ")
-        ));
+        ))
+    } else {
+        Ok(handle)
     }
+}
+
+fn open() -> Result<Api, String> {
+    let handle = load_library()?;
     macro_rules! sym {
         ($name:literal, $t:ty) => {{
             // SAFETY: the symbol name is NUL-terminated; a non-null result is the function of
