@@ -531,16 +531,10 @@ async fn chromium_shows_the_whip_and_srt_reader_lines_on_the_dashboard() {
     let Some(browser) = chromium_or_skip(test) else {
         return;
     };
-    if !common::tools::have(test, "ffmpeg", "-version", "ffmpeg")
-        || !common::tools::have(test, "srt-live-transmit", "-version", "srt-tools")
-    {
+    if !common::tools::have_srt(test) {
         return;
     }
-    let srt: std::net::SocketAddr = format!("127.0.0.1:{}", common::tools::free_udp_port())
-        .parse()
-        .unwrap();
-    let mut args = ServeArgs::loopback();
-    args.srt_listen = Some(srt);
+    let (args, srt) = common::srt_loopback();
     let server = Server::start(args).await.expect("server starts");
     let mut publisher = common::whip_publish(
         &format!("http://{}/whip/cam", server.http_addr),
@@ -1000,16 +994,10 @@ async fn chromium_plays_an_srt_published_stream() {
     let Some(browser) = chromium_or_skip(test) else {
         return;
     };
-    if !common::tools::have(test, "ffmpeg", "-version", "ffmpeg")
-        || !common::tools::have(test, "srt-live-transmit", "-version", "srt-tools")
-    {
+    if !common::tools::have_srt(test) {
         return;
     }
-    let srt: std::net::SocketAddr = format!("127.0.0.1:{}", common::tools::free_udp_port())
-        .parse()
-        .unwrap();
-    let mut args = ServeArgs::loopback();
-    args.srt_listen = Some(srt);
+    let (mut args, srt) = common::srt_loopback();
     args.srt_passphrase = Some("browser-passphrase".into());
     let server = Server::start(args).await.expect("server starts");
     let _ffmpeg = common::tools::ffmpeg_loop(

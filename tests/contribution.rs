@@ -203,13 +203,6 @@ async fn rtp_wrapped_ts_over_a_reordering_link_plays() {
         .is_some());
 }
 
-/// ffmpeg and libsrt (through `srt-live-transmit`, whose package brings the library) for the
-/// SRT tests; a loud skip when missing.
-fn have_srt(test: &str) -> bool {
-    common::tools::have(test, "ffmpeg", "-version", "ffmpeg")
-        && common::tools::have(test, "srt-live-transmit", "-version", "srt-tools")
-}
-
 /// `h264_opus.ts` sent live to `url` as MPEG-TS (SRT here), killed on drop.
 fn ffmpeg_publish(url: &str) -> tokio::process::Child {
     common::tools::ffmpeg_loop("h264_opus.ts", "mpegts", url)
@@ -243,7 +236,7 @@ fn srt_server(extra: &[&str]) -> (common::TsbridgeProcess, std::net::SocketAddr)
 /// connection's figures.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srt_publisher_over_a_lossy_link_plays_without_a_gap() {
-    if !have_srt("srt_publisher_over_a_lossy_link_plays_without_a_gap") {
+    if !common::tools::have_srt("srt_publisher_over_a_lossy_link_plays_without_a_gap") {
         return;
     }
     // 300 ms (6x the relay's RTT): 120 ms holds 5 % loss on an idle machine, but the test
@@ -290,7 +283,7 @@ async fn srt_publisher_over_a_lossy_link_plays_without_a_gap() {
 /// line each, and no stream is created for them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srt_wrong_passphrase_or_token_is_refused_and_creates_nothing() {
-    if !have_srt("srt_wrong_passphrase_or_token_is_refused_and_creates_nothing") {
+    if !common::tools::have_srt("srt_wrong_passphrase_or_token_is_refused_and_creates_nothing") {
         return;
     }
     let (server, srt) = srt_server(&[]);
@@ -355,7 +348,7 @@ async fn srt_wrong_passphrase_or_token_is_refused_and_creates_nothing() {
 /// view token is refused.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srt_request_is_read_by_ffprobe() {
-    if !have_srt("srt_request_is_read_by_ffprobe") {
+    if !common::tools::have_srt("srt_request_is_read_by_ffprobe") {
         return;
     }
     let demo = common::testdata("h264_opus.ts");
@@ -398,7 +391,7 @@ async fn srt_request_is_read_by_ffprobe() {
 /// the admin only), and is gone from the list once it left.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srt_reader_figures_are_listed_while_it_reads() {
-    if !have_srt("srt_reader_figures_are_listed_while_it_reads") {
+    if !common::tools::have_srt("srt_reader_figures_are_listed_while_it_reads") {
         return;
     }
     const ADMIN: &str = "admin-secret-token";
@@ -529,7 +522,7 @@ async fn logged_times(
 /// decode.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srt_pull_plays_and_reconnects_after_the_listener_restarts() {
-    if !have_srt("srt_pull_plays_and_reconnects_after_the_listener_restarts") {
+    if !common::tools::have_srt("srt_pull_plays_and_reconnects_after_the_listener_restarts") {
         return;
     }
     let (udp_in, srt_port) = (
@@ -598,7 +591,7 @@ async fn srt_pull_plays_and_reconnects_after_the_listener_restarts() {
 /// to its viewers: the viewer stays connected and its video goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn srt_publisher_returning_within_the_grace_keeps_its_viewers() {
-    if !have_srt("srt_publisher_returning_within_the_grace_keeps_its_viewers") {
+    if !common::tools::have_srt("srt_publisher_returning_within_the_grace_keeps_its_viewers") {
         return;
     }
     let (server, srt) = srt_server(&["--source-grace", "10"]);
@@ -704,14 +697,10 @@ async fn rtp_wrapped_ts_with_loss_counts_it_and_plays_on() {
 /// learns at once, rather than sending into a server that no longer listens.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stopping_the_server_closes_its_srt_connections() {
-    if !have_srt("stopping_the_server_closes_its_srt_connections") {
+    if !common::tools::have_srt("stopping_the_server_closes_its_srt_connections") {
         return;
     }
-    let srt: std::net::SocketAddr = format!("127.0.0.1:{}", common::tools::free_udp_port())
-        .parse()
-        .unwrap();
-    let mut args = tsbridge::config::ServeArgs::loopback();
-    args.srt_listen = Some(srt);
+    let (args, srt) = common::srt_loopback();
     let server = tsbridge::server::Server::start(args).await.expect("starts");
     let mut ffmpeg = ffmpeg_publish(&format!("srt://{srt}?streamid=stop"));
     let http = server.http_addr;
@@ -740,7 +729,7 @@ async fn stopping_the_server_closes_its_srt_connections() {
 #[test]
 fn stopping_the_runtime_with_an_srt_reader_connected_panics_nothing() {
     let test = "stopping_the_runtime_with_an_srt_reader_connected_panics_nothing";
-    if !have_srt(test) {
+    if !common::tools::have_srt(test) {
         return;
     }
     const THREADS: &str = "srt-reader-stop-test";
@@ -762,11 +751,7 @@ fn stopping_the_runtime_with_an_srt_reader_connected_panics_nothing() {
         .build()
         .unwrap();
     let mut reader = rt.block_on(async {
-        let srt: std::net::SocketAddr = format!("127.0.0.1:{}", common::tools::free_udp_port())
-            .parse()
-            .unwrap();
-        let mut args = tsbridge::config::ServeArgs::loopback();
-        args.srt_listen = Some(srt);
+        let (args, srt) = common::srt_loopback();
         let server = tsbridge::server::Server::start(args).await.expect("starts");
         let url = format!("http://{}/ingest/cam", server.http_addr);
         let pushing = tokio::spawn(async move {
@@ -811,7 +796,7 @@ fn stopping_the_runtime_with_an_srt_reader_connected_panics_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_registered_stream_has_its_own_srt_passphrase() {
     let test = "a_registered_stream_has_its_own_srt_passphrase";
-    if !have_srt(test) {
+    if !common::tools::have_srt(test) {
         return;
     }
     let (server, srt) = srt_server(&["--admin-token", "admin-secret-token"]);

@@ -78,6 +78,16 @@ impl RtpPkt {
 }
 
 /// The repository's `testdata/` directory.
+/// Loopback server arguments with an SRT listener on a free port, and its address.
+pub fn srt_loopback() -> (tsbridge::config::ServeArgs, std::net::SocketAddr) {
+    let srt: std::net::SocketAddr = format!("127.0.0.1:{}", tools::free_udp_port())
+        .parse()
+        .unwrap();
+    let mut args = tsbridge::config::ServeArgs::loopback();
+    args.srt_listen = Some(srt);
+    (args, srt)
+}
+
 pub fn testdata(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("testdata")

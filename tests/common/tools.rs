@@ -22,6 +22,13 @@ pub fn have(test: &str, program: &str, version_arg: &str, package: &str) -> bool
     ok
 }
 
+/// `have` for what the SRT tests run: ffmpeg (with libsrt) and srt-live-transmit (whose
+/// package, srt-tools, brings the libsrt tsbridge loads).
+pub fn have_srt(test: &str) -> bool {
+    have(test, "ffmpeg", "-version", "ffmpeg")
+        && have(test, "srt-live-transmit", "-version", "srt-tools")
+}
+
 /// A free UDP port on 127.0.0.1 (bound once and let go: good enough for a test).
 pub fn free_udp_port() -> u16 {
     let s = std::net::UdpSocket::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
