@@ -241,6 +241,9 @@ impl Session {
         };
         rx.request_keyframe(KeyframeRequestKind::Pli);
         self.last_keyframe_request = Some(now);
+        if let Some(ingest) = self.ingest.as_mut() {
+            ingest.plis += 1;
+        }
         debug!(stream = %self.stream.name, "PLI sent to publisher");
         true
     }
@@ -283,10 +286,9 @@ impl Session {
             return false;
         };
         let sent = ingest.drain(now) && self.request_keyframe(now);
-        let Some(ingest) = self.ingest.as_mut() else {
+        let Some(ingest) = self.ingest.as_ref() else {
             return sent;
         };
-        ingest.plis += u64::from(sent);
         let mut c = ingest.counts();
         c.nacks = self.nacks_sent.iter().map(|(_, n)| n).sum();
         if c != self.whip_published {
