@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 /// Upper bounds (seconds) of the time-to-first-frame histogram buckets.
 pub const TTFF_BUCKETS: [f64; 9] = [0.05, 0.1, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0, 10.0];
 
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct Metrics {
     pub viewers_created: AtomicU64,
     pub publishers_created: AtomicU64,
@@ -33,27 +33,17 @@ pub struct Metrics {
     pub keyframes_requested_upstream: AtomicU64,
     /// Viewers that fell behind and were moved on to the next keyframe.
     pub slow_viewer_skips: AtomicU64,
-    ttff: Histogram,
+    ttff: Ttff,
 }
 
-impl Default for Metrics {
+/// The time-to-first-frame histogram (its own type for its buckets, so `Metrics` derives
+/// `Default`).
+#[derive(Debug)]
+struct Ttff(Histogram);
+
+impl Default for Ttff {
     fn default() -> Self {
-        Metrics {
-            viewers_created: AtomicU64::new(0),
-            publishers_created: AtomicU64::new(0),
-            closed: Mutex::default(),
-            packets_sent: AtomicU64::new(0),
-            bytes_sent: AtomicU64::new(0),
-            send_drops: AtomicU64::new(0),
-            nacks_received: AtomicU64::new(0),
-            retransmissions: AtomicU64::new(0),
-            direct_packets: AtomicU64::new(0),
-            plis_received: AtomicU64::new(0),
-            firs_received: AtomicU64::new(0),
-            keyframes_requested_upstream: AtomicU64::new(0),
-            slow_viewer_skips: AtomicU64::new(0),
-            ttff: Histogram::new(&TTFF_BUCKETS),
-        }
+        Ttff(Histogram::new(&TTFF_BUCKETS))
     }
 }
 
@@ -190,11 +180,11 @@ impl Metrics {
 
     /// Time from the WHEP answer to the first video frame sent to that viewer.
     pub fn first_frame(&self, after: Duration) {
-        self.ttff.observe(after);
+        self.ttff.0.observe(after);
     }
 
     pub fn time_to_first_frame(&self) -> &Histogram {
-        &self.ttff
+        &self.ttff.0
     }
 }
 

@@ -24,6 +24,17 @@ pub const PTS_WRAP: u64 = 1 << 33;
 /// The 33 bits of a PTS/DTS/PCR base.
 pub const PTS_MASK: u64 = PTS_WRAP - 1;
 
+/// `to - from` on the 33-bit clock, in (-2^32, 2^32]: a step above 2^32 is a step back.
+pub fn pts_diff(from: u64, to: u64) -> i64 {
+    // Below 2^33: fits i64.
+    let d = (to.wrapping_sub(from) & PTS_MASK) as i64;
+    if d > (PTS_WRAP / 2) as i64 {
+        d - PTS_WRAP as i64
+    } else {
+        d
+    }
+}
+
 /// Unwraps 33-bit PTS values into a 64-bit timeline that starts at the first value: each step
 /// is taken modulo 2^33, and a step above 2^32 is a step backwards.
 #[derive(Clone, Debug, Default)]

@@ -144,6 +144,17 @@ pub struct Mpeg2Units {
 impl Mpeg2Units {
     fn push<'a>(&mut self, pes: impl Into<EsUnit<'a>>, out: &mut Vec<AccessUnit>) {
         self.pictures.push(pes, &mut self.scratch);
+        self.take_pictures(out);
+    }
+
+    /// The end of the source: the picture being collected is complete.
+    fn flush(&mut self, out: &mut Vec<AccessUnit>) {
+        self.pictures.flush(&mut self.scratch);
+        self.take_pictures(out);
+    }
+
+    /// The pictures completed, timed, as access units.
+    fn take_pictures(&mut self, out: &mut Vec<AccessUnit>) {
         // A PES that starts no picture gives its PTS to none; a picture without one is given
         // the last one plus a frame (in decode order: a guess the decoder's reordering does
         // not use, but one that keeps the timeline moving).
@@ -153,7 +164,7 @@ impl Mpeg2Units {
         for p in self.scratch.drain(..) {
             let pts = match (p.pts, self.last_pts) {
                 (Some(pts), _) => pts,
-                (None, Some(last)) => (last + frame) & ((1 << 33) - 1),
+                (None, Some(last)) => (last + frame) & crate::time::PTS_MASK,
                 // Nothing to time it by yet: a decoder could not start there anyway.
                 (None, None) => continue,
             };
@@ -166,19 +177,6 @@ impl Mpeg2Units {
                 data: p.data,
             });
         }
-    }
-
-    /// The end of the source: the picture being collected is complete.
-    fn flush(&mut self, out: &mut Vec<AccessUnit>) {
-        self.pictures.flush(&mut self.scratch);
-        self.push(
-            EsUnit {
-                data: &[],
-                pts: None,
-                dts: None,
-            },
-            out,
-        );
     }
 
     /// The sequence header's details.

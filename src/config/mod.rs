@@ -122,8 +122,13 @@ fn parse_playout_delay(s: &str) -> Result<PlayoutDelayFlag, String> {
     }
 }
 
+/// libsrt's rule for a passphrase (`SRTO_PASSPHRASE`): 10 to 79 characters.
+pub fn valid_srt_passphrase(s: &str) -> bool {
+    (10..=79).contains(&s.len())
+}
+
 fn parse_srt_passphrase(s: &str) -> Result<String, String> {
-    if (10..=79).contains(&s.len()) {
+    if valid_srt_passphrase(s) {
         Ok(s.to_string())
     } else {
         Err(format!(

@@ -17,6 +17,7 @@ use tracing::info;
 
 use super::auth::{self, Caller};
 use super::{check_name, ApiError, AppState};
+use crate::config::valid_srt_passphrase;
 use crate::keys::{new_token, KeyError, StreamKeys};
 use crate::webrtc::SessionUrl;
 
@@ -71,7 +72,7 @@ pub async fn register(
     let srt_passphrase = match req.srt_passphrase {
         None | Some(Value::Null) | Some(Value::Bool(false)) => None,
         Some(Value::Bool(true)) => Some(new_token()),
-        Some(Value::String(s)) if (10..=79).contains(&s.len()) && !s.contains('\0') => Some(s),
+        Some(Value::String(s)) if valid_srt_passphrase(&s) && !s.contains('\0') => Some(s),
         Some(v) => {
             return Err(ApiError::BadRequest(format!(
                 "srt_passphrase: 10 to 79 characters (libsrt's rule), true or null, not {v}"

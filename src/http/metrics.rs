@@ -4,6 +4,7 @@
 //! counted from) are written after them with the same `Exposition`.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -64,19 +65,16 @@ pub async fn metrics(State(app): State<AppState>, caller: Caller) -> Response {
         .iter()
         .map(|s| format!("stream=\"{}\"", s.name))
         .collect();
-    let subjects: Vec<(&str, &Stream)> = labels
-        .iter()
-        .map(String::as_str)
-        .zip(streams.iter().map(|s| &**s))
-        .collect();
+    let figures: Vec<Figures> = streams.iter().map(Figures::of).collect();
+    let subjects: Vec<(&str, &Figures)> = labels.iter().map(String::as_str).zip(&figures).collect();
     x.families(STREAM, &subjects);
     x.histogram(
         "tsbridge_latency_seconds",
         "from a frame's arrival on this node (from=\"arrival\": what the bridge adds), or its \
          ingest into the cluster (from=\"ingest\": across an edge hop), to its first RTP packet \
          on the wire",
-        subjects.iter().flat_map(|(l, s)| {
-            let latency = &s.stats.latency;
+        subjects.iter().flat_map(|(l, f)| {
+            let latency = &f.s.stats.latency;
             [
                 (format!("{l},from=\"arrival\""), &latency.added),
                 (format!("{l},from=\"ingest\""), &latency.from_ingest),
@@ -150,259 +148,276 @@ const NODE: &[Family<Metrics>] = &[
     ),
 ];
 
-/// A value of the stream's RTP-wrapped TS source (`--udp`), 0 without one.
-fn rtp(s: &Stream, f: fn(&RtpCounts) -> u64) -> u64 {
-    s.stats.link.rtp().as_ref().map_or(0, f)
+/// A stream's figures for one scrape: each lock it takes (link stats, GOP cache) taken once,
+/// so the series agree with each other. A link figure is 0 without that link.
+struct Figures {
+    s: Arc<Stream>,
+    rtp: RtpCounts,
+    srt: SrtStats,
+    /// SRT readers (`m=request`): connected now, the largest RTT and send backlog among them
+    /// (ms), and their counts since the stream began.
+    readers: usize,
+    reader_rtt_max_ms: u64,
+    reader_send_buffer_max_ms: u64,
+    reader_totals: SrtReaderTotals,
+    whip: WhipCounts,
+    gop_bytes: u64,
+    gop_frames: u64,
 }
 
-/// A value of the stream's SRT publisher's connection, 0 without one.
-fn srt(s: &Stream, f: fn(&SrtStats) -> u64) -> u64 {
-    s.stats.link.srt().as_ref().map_or(0, |(_, c)| f(c))
-}
-
-/// A count summed over every SRT reader (`m=request`) the stream has had.
-fn srt_readers(s: &Stream, f: fn(&SrtReaderTotals) -> u64) -> u64 {
-    f(&s.stats.link.srt_reader_totals())
-}
-
-/// The largest of a figure among the stream's SRT readers connected now, 0 without one.
-fn srt_readers_max(s: &Stream, f: fn(&SrtSendStats) -> f64) -> u64 {
-    let readers = s.stats.link.srt_readers();
-    readers
-        .iter()
-        .map(|r| f(&r.stats))
-        .fold(0.0, f64::max)
-        .round() as u64
-}
-
-/// A value of the stream's WHIP publisher's jitter buffer, 0 without one.
-fn whip(s: &Stream, f: fn(&WhipCounts) -> u64) -> u64 {
-    s.stats.link.whip().as_ref().map_or(0, f)
+impl Figures {
+    fn of(s: &Arc<Stream>) -> Self {
+        let link = &s.stats.link;
+        let readers = link.srt_readers();
+        let max = |f: fn(&SrtSendStats) -> f64| {
+            readers
+                .iter()
+                .map(|r| f(&r.stats))
+                .fold(0.0, f64::max)
+                .round() as u64
+        };
+        let (gop_bytes, gop_frames) = {
+            let g = s.gop.lock();
+            (g.bytes() as u64, g.frames() as u64)
+        };
+        Figures {
+            s: s.clone(),
+            rtp: link.rtp().unwrap_or_default(),
+            srt: link.srt().map(|(_, c)| c).unwrap_or_default(),
+            readers: readers.len(),
+            reader_rtt_max_ms: max(|r| r.rtt_ms),
+            reader_send_buffer_max_ms: max(|r| r.send_buffer_ms as f64),
+            reader_totals: link.srt_reader_totals(),
+            whip: link.whip().unwrap_or_default(),
+            gop_bytes,
+            gop_frames,
+        }
+    }
 }
 
 /// One series per stream, labelled `stream="NAME"`.
-const STREAM: &[Family<Stream>] = &[
-    Family::gauge("tsbridge_viewers", "viewers connected", |s| {
-        s.stats.viewers.load(Ordering::Relaxed) as u64
+const STREAM: &[Family<Figures>] = &[
+    Family::gauge("tsbridge_viewers", "viewers connected", |f| {
+        f.s.stats.viewers.load(Ordering::Relaxed) as u64
     }),
     Family::gauge(
         "tsbridge_waiting_viewers",
         "WHEP POSTs waiting for the stream",
-        |s| s.stats.waiting_viewers.load(Ordering::Relaxed) as u64,
+        |f| f.s.stats.waiting_viewers.load(Ordering::Relaxed) as u64,
     ),
-    Family::gauge("tsbridge_source_live", "1 while a source is writing", |s| {
-        u64::from(s.has_source())
+    Family::gauge("tsbridge_source_live", "1 while a source is writing", |f| {
+        u64::from(f.s.has_source())
     }),
     Family::counter(
         "tsbridge_ingest_bytes_total",
         "TS bytes received from sources",
-        |s| get(&s.stats.ingest_bytes),
+        |f| get(&f.s.stats.ingest_bytes),
     ),
     Family::counter(
         "tsbridge_ts_errors_total",
         "TS problems (resyncs, CC errors, bad PSI/PES)",
-        |s| get(&s.stats.ts_problems),
+        |f| get(&f.s.stats.ts_problems),
     ),
     Family::counter(
         "tsbridge_video_frames_total",
         "video access units demuxed",
-        |s| get(&s.stats.video_frames),
+        |f| get(&f.s.stats.video_frames),
     ),
     Family::counter(
         "tsbridge_audio_packets_total",
         "Opus packets demuxed",
-        |s| get(&s.stats.audio_packets),
+        |f| get(&f.s.stats.audio_packets),
     ),
     Family::counter(
         "tsbridge_stream_packets_sent_total",
         "datagrams sent to the stream's viewers",
-        |s| get(&s.stats.packets_sent),
+        |f| get(&f.s.stats.packets_sent),
     ),
     Family::counter(
         "tsbridge_stream_bytes_sent_total",
         "bytes sent to the stream's viewers",
-        |s| get(&s.stats.bytes_sent),
+        |f| get(&f.s.stats.bytes_sent),
     ),
     Family::counter(
         "tsbridge_stream_slow_viewer_skips_total",
         "times a viewer of the stream fell behind and was moved on to the next keyframe",
-        |s| get(&s.stats.slow_viewer_skips),
+        |f| get(&f.s.stats.slow_viewer_skips),
     ),
     Family::counter(
         "tsbridge_viewer_sessions_total",
         "viewer sessions created",
-        |s| get(&s.stats.sessions_total),
+        |f| get(&f.s.stats.sessions_total),
     ),
-    Family::gauge("tsbridge_gop_cache_bytes", "bytes in the GOP cache", |s| {
-        s.gop.lock().bytes() as u64
+    Family::gauge("tsbridge_gop_cache_bytes", "bytes in the GOP cache", |f| {
+        f.gop_bytes
     }),
     Family::gauge(
         "tsbridge_gop_cache_frames",
         "frames in the GOP cache",
-        |s| s.gop.lock().frames() as u64,
+        |f| f.gop_frames,
     ),
     Family::counter(
         "tsbridge_rtp_packets_total",
         "RTP packets of RTP-wrapped TS received on --udp (duplicates included)",
-        |s| rtp(s, |c| c.packets),
+        |f| f.rtp.packets,
     ),
     Family::counter(
         "tsbridge_rtp_lost_total",
         "RTP packets of a --udp source given up on (missing when the reorder wait ended)",
-        |s| rtp(s, |c| c.lost),
+        |f| f.rtp.lost,
     ),
     Family::counter(
         "tsbridge_rtp_reordered_total",
         "RTP packets of a --udp source that arrived out of order and were put back in order",
-        |s| rtp(s, |c| c.reordered),
+        |f| f.rtp.reordered,
     ),
     Family::counter(
         "tsbridge_rtp_duplicates_total",
         "RTP packets of a --udp source that arrived twice",
-        |s| rtp(s, |c| c.duplicates),
+        |f| f.rtp.duplicates,
     ),
     Family::counter(
         "tsbridge_rtp_late_total",
         "RTP packets of a --udp source that came after they were given up on",
-        |s| rtp(s, |c| c.late),
+        |f| f.rtp.late,
     ),
     Family::counter(
         "tsbridge_srt_packets_total",
         "packets the stream's SRT publisher's connection received",
-        |s| srt(s, |c| c.packets_received),
+        |f| f.srt.packets_received,
     ),
     Family::counter(
         "tsbridge_srt_lost_total",
         "packets found missing on the SRT publisher's connection (then asked for again)",
-        |s| srt(s, |c| c.lost),
+        |f| f.srt.lost,
     ),
     Family::counter(
         "tsbridge_srt_retransmitted_total",
         "packets the SRT publisher sent again (ARQ)",
-        |s| srt(s, |c| c.retransmitted),
+        |f| f.srt.retransmitted,
     ),
     Family::counter(
         "tsbridge_srt_dropped_total",
         "packets of the SRT publisher given up on: too late for --srt-latency-ms",
-        |s| srt(s, |c| c.dropped),
+        |f| f.srt.dropped,
     ),
     Family::gauge(
         "tsbridge_srt_rtt_milliseconds",
         "round trip time of the stream's SRT publisher's connection",
-        |s| srt(s, |c| c.rtt_ms.round() as u64),
+        |f| f.srt.rtt_ms.round() as u64,
     ),
     Family::gauge(
         "tsbridge_srt_receive_buffer_milliseconds",
         "media time waiting in the SRT receive buffer",
-        |s| srt(s, |c| c.receive_buffer_ms),
+        |f| f.srt.receive_buffer_ms,
     ),
     Family::gauge(
         "tsbridge_srt_readers",
         "SRT readers (m=request) of the stream connected now",
-        |s| s.stats.link.srt_readers().len() as u64,
+        |f| f.readers as u64,
     ),
     Family::counter(
         "tsbridge_srt_reader_packets_sent_total",
         "packets sent to the stream's SRT readers, retransmissions included",
-        |s| srt_readers(s, |t| t.packets_sent),
+        |f| f.reader_totals.packets_sent,
     ),
     Family::counter(
         "tsbridge_srt_reader_bytes_sent_total",
         "payload bytes sent to the stream's SRT readers",
-        |s| srt_readers(s, |t| t.bytes_sent),
+        |f| f.reader_totals.bytes_sent,
     ),
     Family::counter(
         "tsbridge_srt_reader_lost_total",
         "packets the stream's SRT readers reported missing (then sent again unless too late)",
-        |s| srt_readers(s, |t| t.lost),
+        |f| f.reader_totals.lost,
     ),
     Family::counter(
         "tsbridge_srt_reader_retransmitted_total",
         "packets sent again to the stream's SRT readers (ARQ)",
-        |s| srt_readers(s, |t| t.retransmitted),
+        |f| f.reader_totals.retransmitted,
     ),
     Family::counter(
         "tsbridge_srt_reader_dropped_total",
         "packets for the stream's SRT readers given up on: too late to send within the latency",
-        |s| srt_readers(s, |t| t.dropped),
+        |f| f.reader_totals.dropped,
     ),
     Family::gauge(
         "tsbridge_srt_reader_rtt_milliseconds",
         "largest round trip time among the stream's connected SRT readers",
-        |s| srt_readers_max(s, |r| r.rtt_ms),
+        |f| f.reader_rtt_max_ms,
     ),
     Family::gauge(
         "tsbridge_srt_reader_send_buffer_milliseconds",
         "largest send-buffer backlog among the stream's connected SRT readers",
-        |s| srt_readers_max(s, |r| r.send_buffer_ms as f64),
+        |f| f.reader_send_buffer_max_ms,
     ),
     Family::counter(
         "tsbridge_whip_packets_total",
         "video RTP packets of the stream's WHIP publisher (duplicates included)",
-        |s| whip(s, |c| c.packets),
+        |f| f.whip.packets,
     ),
     Family::counter(
         "tsbridge_whip_lost_total",
         "video RTP packets of a WHIP publisher given up on: missing at their --whip-jitter-ms \
          deadline",
-        |s| whip(s, |c| c.lost),
+        |f| f.whip.lost,
     ),
     Family::counter(
         "tsbridge_whip_late_total",
         "video RTP packets of a WHIP publisher that came after they were given up on",
-        |s| whip(s, |c| c.late),
+        |f| f.whip.late,
     ),
     Family::counter(
         "tsbridge_whip_recovered_total",
         "video RTP packets of a WHIP publisher that filled a hole in time (reordered, or resent \
          after a NACK)",
-        |s| whip(s, |c| c.recovered),
+        |f| f.whip.recovered,
     ),
     Family::counter(
         "tsbridge_whip_skipped_frames_total",
         "video frames of a WHIP publisher dropped while waiting for a keyframe after a loss",
-        |s| whip(s, |c| c.skipped_frames),
+        |f| f.whip.skipped_frames,
     ),
     Family::counter(
         "tsbridge_whip_nacks_total",
         "NACKs sent to the stream's WHIP publisher",
-        |s| whip(s, |c| c.nacks),
+        |f| f.whip.nacks,
     ),
     Family::counter(
         "tsbridge_whip_plis_total",
         "keyframe requests (PLI) sent to the stream's WHIP publisher",
-        |s| whip(s, |c| c.plis),
+        |f| f.whip.plis,
     ),
     Family::counter(
         "tsbridge_whip_audio_lost_total",
         "audio RTP packets of a WHIP publisher given up on (audio is not NACKed)",
-        |s| whip(s, |c| c.audio_lost),
+        |f| f.whip.audio_lost,
     ),
     Family::gauge(
         "tsbridge_whip_jitter_delay_milliseconds",
         "the hold of the WHIP publisher's jitter buffer now (between --whip-jitter-ms MIN and \
          MAX)",
-        |s| whip(s, |c| c.delay_ms),
+        |f| f.whip.delay_ms,
     ),
     Family::counter(
         "tsbridge_video_frames_decoded_total",
         "pictures the video re-encoder decoded (B-frame sources)",
-        |s| get(&s.stats.reencode_decoded),
+        |f| get(&f.s.stats.reencode_decoded),
     ),
     Family::counter(
         "tsbridge_video_frames_encoded_total",
         "pictures the video re-encoder encoded",
-        |s| get(&s.stats.reencode_encoded),
+        |f| get(&f.s.stats.reencode_encoded),
     ),
     Family::counter(
         "tsbridge_video_transcode_errors_total",
         "video re-encoder errors: decoder restarts, encoder failures, pictures dropped behind",
-        |s| get(&s.stats.reencode_errors),
+        |f| get(&f.s.stats.reencode_errors),
     ),
     Family::counter(
         "tsbridge_video_transcode_cpu_seconds_total",
         "CPU time of the video re-encoder's thread",
-        |s| get(&s.stats.reencode_us) / 1_000_000,
+        |f| get(&f.s.stats.reencode_us) / 1_000_000,
     ),
 ];
 

@@ -46,17 +46,29 @@ async fn wait_ready(
     deadline: Duration,
     grace: Duration,
 ) -> Result<Status, ApiError> {
-    let _waiting = Waiting::new(stream.clone());
-    let mut rx = stream.subscribe();
     let live = |s: &Status| {
         s.ready
             && (s.source != crate::stream::SourceState::Ended
                 || stream.ended_for().is_none_or(|t| t <= grace))
     };
-    let waited = tokio::time::timeout(deadline, rx.wait_for(live)).await;
+    wait_status(stream, deadline, live)
+        .await
+        .ok_or_else(|| not_ready(stream, deadline))
+}
+
+/// The stream's status once `until` holds of it, counted as a waiting viewer meanwhile, or
+/// `None` after `deadline`.
+async fn wait_status(
+    stream: &Arc<Stream>,
+    deadline: Duration,
+    until: impl FnMut(&Status) -> bool,
+) -> Option<Status> {
+    let _waiting = Waiting::new(stream.clone());
+    let mut rx = stream.subscribe();
+    let waited = tokio::time::timeout(deadline, rx.wait_for(until)).await;
     match waited {
-        Ok(Ok(status)) => Ok(status.clone()),
-        _ => Err(not_ready(stream, deadline)),
+        Ok(Ok(status)) => Some(status.clone()),
+        _ => None,
     }
 }
 
@@ -163,15 +175,10 @@ async fn tracks_within(
     stream: &Arc<Stream>,
     deadline: Duration,
 ) -> Result<Arc<crate::ts::TrackSet>, ApiError> {
-    let waiting = Waiting::new(stream.clone());
-    let mut rx = stream.subscribe();
-    let waited = tokio::time::timeout(deadline, rx.wait_for(|s| s.tracks.is_some())).await;
-    drop(waiting);
-    match waited {
-        Ok(Ok(status)) => status.tracks.clone(),
-        _ => None,
-    }
-    .ok_or_else(|| not_ready(stream, deadline))
+    wait_status(stream, deadline, |s| s.tracks.is_some())
+        .await
+        .and_then(|s| s.tracks)
+        .ok_or_else(|| not_ready(stream, deadline))
 }
 
 /// The stream a viewer who picked an audio track is served from: `stream` itself when that

@@ -16,12 +16,13 @@
 //! packets are held in a small window until the gap before them fills or its oldest packet
 //! has waited `hold`; then the missing ones are given up on (counted lost), since TS must not
 //! wait long: the demuxer copes with a lost packet, a player with a late stream less well.
-//! A new sender (address or SSRC) or a jump of more than [`RESYNC_JUMP`] sequence numbers
+//! A new sender (address or SSRC) or a jump of more than [`RESYNC_JUMP`](crate::rtp::RESYNC_JUMP) sequence numbers
 //! starts the window afresh.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::rtp::{extend_seq, RESYNC_JUMP};
 use crate::stream::link::RtpCounts;
 
 /// MPEG-TS packet size and sync byte.
@@ -36,8 +37,6 @@ const DYNAMIC_PT: std::ops::RangeInclusive<u8> = 96..=127;
 /// Packets the window holds at most: at 10 Mbit/s (950 packets of 7 TS packets a second)
 /// about 130 ms, past any `hold` worth setting; each held packet keeps its buffer for reuse.
 pub const WINDOW: usize = 128;
-/// A sequence jump (either way) larger than this is a restarted sender, not loss.
-pub const RESYNC_JUMP: u64 = 3000;
 
 /// What one datagram is.
 #[derive(Debug, PartialEq, Eq)]
@@ -252,7 +251,7 @@ impl RtpReceiver {
             }
             None => self.start(ssrc, seq),
         };
-        let s = extend(pos.highest, seq);
+        let s = extend_seq(pos.highest, seq);
         if s.abs_diff(pos.highest) > RESYNC_JUMP {
             self.flush(out);
             self.counts.resyncs += 1;
@@ -370,12 +369,6 @@ fn low_bits(n: u64) -> u64 {
     } else {
         (1u64 << n) - 1
     }
-}
-
-/// The extended sequence number of `seq` nearest to `highest` (RFC 3550 A.1's unwrap).
-fn extend(highest: u64, seq: u16) -> u64 {
-    let delta = seq.wrapping_sub(highest as u16) as i16;
-    highest.saturating_add_signed(i64::from(delta))
 }
 
 #[cfg(test)]

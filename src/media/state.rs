@@ -349,11 +349,8 @@ impl MediaState {
                 DemuxEvent::Ingested(us) => self.mark = Some((us, now)),
                 DemuxEvent::Cue { pid, cue } => {
                     // Both on the source's 33-bit clock: the nearer way round the wrap.
-                    let in_ms = cue.splice_pts().zip(self.last_video_pts).map(|(at, last)| {
-                        let d = (at.wrapping_sub(last) & time::PTS_MASK) as i64;
-                        let d = if d >= 1 << 32 { d - (1 << 33) } else { d };
-                        d / 90
-                    });
+                    let in_ms = (cue.splice_pts().zip(self.last_video_pts))
+                        .map(|(at, last)| time::pts_diff(last, at) / 90);
                     let unix_ms = crate::wallclock::unix_micros(now) / 1000;
                     let cue = *cue;
                     out.push(MediaEvent::Cue(StreamCue {

@@ -36,6 +36,16 @@ pub use h264::H264Packetizer;
 pub use h265::H265Packetizer;
 pub use opus::OpusPacketizer;
 
+/// A sequence jump (either way) larger than this is a restarted sender, not loss.
+pub const RESYNC_JUMP: u64 = 3000;
+
+/// The extended sequence number of `seq` nearest to `highest` (RFC 3550 A.1's unwrap), for
+/// the receivers (RTP-wrapped TS on `--udp`, a WHIP publisher's jitter buffer).
+pub fn extend_seq(highest: u64, seq: u16) -> u64 {
+    let delta = seq.wrapping_sub(highest as u16) as i16;
+    highest.saturating_add_signed(i64::from(delta))
+}
+
 /// Largest RTP payload the packetizers produce by default.
 ///
 /// 1120 is what str0m 0.25's own (frame API) packetizer uses with its default MTU: 1150

@@ -29,8 +29,8 @@ pub trait NalSyntax {
     fn fu_prefix(nal: &[u8]) -> [u8; 3];
 }
 
-pub(super) const FU_START: u8 = 0x80;
-pub(super) const FU_END: u8 = 0x40;
+pub const FU_START: u8 = 0x80;
+pub const FU_END: u8 = 0x40;
 /// Aggregated NAL unit sizes are 16 bits.
 const MAX_PAYLOAD: usize = u16::MAX as usize;
 

@@ -12,6 +12,7 @@
 use bytes::Bytes;
 
 use super::psi::crc32_mpeg2;
+use crate::time::PTS_MASK;
 
 /// `table_id` of a splice_info_section.
 pub const TABLE_ID: u8 = 0xFC;
@@ -43,8 +44,6 @@ impl Cue {
         Some((t + self.pts_adjustment) & PTS_MASK)
     }
 }
-
-const PTS_MASK: u64 = (1 << 33) - 1;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Command {

@@ -9,6 +9,10 @@
 
 use std::time::Instant;
 
+use crate::codec::h264::NalType;
+use crate::rtp::h264::{FU_A, STAP_A};
+use crate::rtp::nal::{FU_END, FU_START};
+
 /// A whole access unit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessUnit {
@@ -99,7 +103,7 @@ impl H264Assembler {
 
     fn nal(&mut self, nal: &[u8]) {
         if let Some(&h) = nal.first() {
-            self.keyframe |= h & 0x1f == 5;
+            self.keyframe |= h & 0x1f == NalType::IDR.0;
             self.au.extend_from_slice(&START);
             self.au.extend_from_slice(nal);
         }
@@ -110,14 +114,14 @@ impl H264Assembler {
             return;
         };
         let typ = h & 0x1f;
-        if typ != 28 && self.fu_open {
+        if typ != FU_A && self.fu_open {
             // The fragmented unit never ended.
             self.fu_open = false;
             self.broken = true;
         }
         match typ {
             1..=23 => self.nal(p),
-            24 => {
+            STAP_A => {
                 let mut rest = &p[1..];
                 while rest.len() >= 2 {
                     let n = usize::from(u16::from_be_bytes([rest[0], rest[1]]));
@@ -129,9 +133,9 @@ impl H264Assembler {
                     rest = &rest[2 + n..];
                 }
             }
-            28 if p.len() >= 2 => {
+            FU_A if p.len() >= 2 => {
                 let (fu, body) = (p[1], &p[2..]);
-                let (start, end) = (fu & 0x80 != 0, fu & 0x40 != 0);
+                let (start, end) = (fu & FU_START != 0, fu & FU_END != 0);
                 if start {
                     if self.fu_open {
                         self.broken = true;

@@ -22,6 +22,8 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
+use crate::rtp::{extend_seq, RESYNC_JUMP};
+
 /// The transit excess that sets the delay decays with this time constant.
 const SHRINK: Duration = Duration::from_secs(8);
 /// The floor is the smallest transit of the last one to two of these windows, so that it
@@ -30,8 +32,6 @@ const FLOOR_WINDOW: Duration = Duration::from_secs(5);
 /// Held packets beyond this are released regardless of their deadline (a stalled hole must not
 /// take the memory with it).
 const MAX_HELD: usize = 4096;
-/// A sequence number this far ahead of (or behind) the ones seen is a sender that restarted.
-const RESYNC_DISTANCE: u64 = 3000;
 /// Sequence numbers given up on that a late packet is recognised by (anything else behind the
 /// release point is a duplicate).
 const LOST_MEMORY: usize = 512;
@@ -152,6 +152,11 @@ pub struct JitterBuffer<T> {
 }
 
 impl<T> JitterBuffer<T> {
+    /// Whether it holds nothing (`--whip-jitter-ms 0`).
+    pub fn is_off(&self) -> bool {
+        self.cfg.is_off()
+    }
+
     pub fn new(cfg: JitterConfig, clock_rate: u32) -> Self {
         JitterBuffer {
             cfg,
@@ -197,10 +202,7 @@ impl<T> JitterBuffer<T> {
 
         // Room below the first sequence number, so that reordered packets before it extend.
         let seq_ext = match self.highest {
-            Some(h) => {
-                let d = i64::from(seq.wrapping_sub(h as u16) as i16);
-                (h as i64 + d).max(0) as u64
-            }
+            Some(h) => extend_seq(h, seq),
             None => (1 << 16) + u64::from(seq),
         };
         let packet = Packet {
@@ -217,7 +219,7 @@ impl<T> JitterBuffer<T> {
             return;
         };
         let highest = self.highest.unwrap_or(seq_ext);
-        if seq_ext > highest + RESYNC_DISTANCE || seq_ext + RESYNC_DISTANCE < next {
+        if seq_ext > highest + RESYNC_JUMP || seq_ext + RESYNC_JUMP < next {
             // The sender restarted (or jumped): start over from this packet.
             self.counts.resyncs += 1;
             self.held.clear();

@@ -94,7 +94,6 @@ pub struct Ingest {
     logged_delay: Duration,
     /// Lost packets when loss was last logged.
     logged_lost: u64,
-    holds: bool,
 }
 
 impl Ingest {
@@ -120,7 +119,6 @@ impl Ingest {
             plis: 0,
             logged_delay: jitter.min,
             logged_lost: 0,
-            holds: !jitter.is_off(),
         }
     }
 
@@ -130,7 +128,7 @@ impl Ingest {
 
     /// Whether the jitter buffer holds packets (not `--whip-jitter-ms 0`).
     pub fn holds(&self) -> bool {
-        self.holds
+        !self.video_buffer.is_off()
     }
 
     /// One RTP packet as it arrived (str0m has taken duplicates and RTX off it).

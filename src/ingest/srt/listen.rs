@@ -321,6 +321,8 @@ fn send_ts(
     let mut buf = vec![0u8; 188 * 512];
     let mut out = Vec::new();
     let mut last_stats = Instant::now();
+    // The figures last published, for the log line as the reader leaves.
+    let mut last = SrtSendStats::default();
     let why = 'read: loop {
         if stop.load(Ordering::SeqCst) {
             break "the server is stopping".into();
@@ -329,6 +331,7 @@ fn send_ts(
             last_stats = Instant::now();
             if let Some(s) = sock.send_stats() {
                 link.set_srt_reader(listed.id, s);
+                last = s;
             }
         }
         let read = rt.block_on(async {
@@ -366,8 +369,7 @@ fn send_ts(
     // A broken connection may have no statistics any more: the last ones published then.
     if let Some(s) = sock.send_stats() {
         link.set_srt_reader(listed.id, s);
+        last = s;
     }
-    let readers = link.srt_readers();
-    let last = readers.iter().find(|r| r.id == listed.id).map(|r| r.stats);
-    (why, last.unwrap_or_default())
+    (why, last)
 }

@@ -50,11 +50,7 @@ pub async fn run(stream: Arc<Stream>, url: SrtUrl, latency: Duration, claim: Opt
             None => None,
         };
         if let Some(owner) = owner {
-            if held_by.as_ref() != Some(&owner) {
-                info!(stream = %stream.name, url = %url.authority,
-                    "stream {} is another node's ({owner}); --srt-pull waits", stream.name);
-            }
-            held_by = Some(owner);
+            held(&mut held_by, owner, &stream, &url);
             tokio::time::sleep(retry).await;
             retry = (retry * 2).min(MAX_RETRY);
             continue;
@@ -94,9 +90,7 @@ pub async fn run(stream: Arc<Stream>, url: SrtUrl, latency: Duration, claim: Opt
                 None
             }
             Ok(Err(owner)) => {
-                info!(stream = %stream.name, url = %url.authority,
-                    "stream {} is another node's ({owner}); --srt-pull waits", stream.name);
-                held_by = Some(owner);
+                held(&mut held_by, owner, &stream, &url);
                 None
             }
             Err(e) => Some(e),
@@ -115,6 +109,15 @@ pub async fn run(stream: Arc<Stream>, url: SrtUrl, latency: Duration, claim: Opt
         tokio::time::sleep(retry).await;
         retry = (retry * 2).min(MAX_RETRY);
     }
+}
+
+/// Another node has the stream's name (its URL: `owner`): logged when that is news.
+fn held(held_by: &mut Option<String>, owner: String, stream: &Stream, url: &SrtUrl) {
+    if held_by.as_ref() != Some(&owner) {
+        info!(stream = %stream.name, url = %url.authority,
+            "stream {} is another node's ({owner}); --srt-pull waits", stream.name);
+    }
+    *held_by = Some(owner);
 }
 
 /// One call: the connected socket and the listener's address, or why it did not come up.

@@ -394,12 +394,7 @@ impl Demuxer {
 
     fn handle_sections(&mut self, pid: Pid, out: &mut Vec<DemuxEvent>) {
         let sections = std::mem::take(&mut self.sections);
-        let mut rest = &sections[..];
-        while rest.len() >= 3 {
-            let len =
-                (3 + (usize::from(rest[1] & 0x0F) << 8 | usize::from(rest[2]))).min(rest.len());
-            let (section, tail) = rest.split_at(len);
-            rest = tail;
+        for section in split_sections(&sections) {
             match psi::check_section(section) {
                 Err(reason) => Self::problem(out, DemuxProblem::BadPsi { pid, reason }),
                 Ok((header, _)) if !header.current_next => {}
@@ -420,12 +415,7 @@ impl Demuxer {
 
     /// SCTE-35 sections: each a cue, or a problem (another table on the PID is skipped).
     fn handle_cues(&mut self, pid: Pid, out: &mut Vec<DemuxEvent>) {
-        let mut rest = &self.sections[..];
-        while rest.len() >= 3 {
-            let len =
-                (3 + (usize::from(rest[1] & 0x0F) << 8 | usize::from(rest[2]))).min(rest.len());
-            let (section, tail) = rest.split_at(len);
-            rest = tail;
+        for section in split_sections(&self.sections) {
             if section[0] != scte35::TABLE_ID {
                 continue;
             }
@@ -701,6 +691,20 @@ fn collect_sections(
             SectionStep::Incomplete | SectionStep::Stuffing => return,
         }
     }
+}
+
+/// The sections a PID's payload holds back to back (each at least its 3-byte head; the last
+/// cut short where the bytes end).
+fn split_sections(mut rest: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        if rest.len() < 3 {
+            return None;
+        }
+        let len = (3 + (usize::from(rest[1] & 0x0F) << 8 | usize::from(rest[2]))).min(rest.len());
+        let (section, tail) = rest.split_at(len);
+        rest = tail;
+        Some(section)
+    })
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use super::pes::{pes_header, write_pes, MAX_PES_LENGTH};
 use super::psi::{psi_packet, reserved_pid, StreamType, TABLE_PAT, TABLE_PMT};
 use crate::codec::h264::AuFixup;
 use crate::codec::opus::packet_samples;
-use crate::time::{PTS_MASK, PTS_WRAP};
+use crate::time::{pts_diff, PTS_MASK};
 
 /// PCR = media time minus this (100 ms at 90 kHz): every PES arrives before its DTS, with room
 /// for audio/video jitter, at little latency for players that pace by the PCR.
@@ -137,17 +137,6 @@ fn pmt_packet(cfg: &MuxConfig) -> [u8; PACKET_SIZE] {
     psi_packet(cfg.pmt_pid, TABLE_PMT, cfg.program_number, &body[..len])
 }
 
-/// `to - from` on the 33-bit clock, in (-2^32, 2^32]: a step above 2^32 is a step back.
-fn diff(from: u64, to: u64) -> i64 {
-    // Below 2^33: fits i64.
-    let d = (to.wrapping_sub(from) & PTS_MASK) as i64;
-    if d > (PTS_WRAP / 2) as i64 {
-        d - PTS_WRAP as i64
-    } else {
-        d
-    }
-}
-
 /// Sans-IO MPEG-TS muxer for one program with an H.264 and/or an Opus track.
 ///
 /// Timestamps are 90 kHz; any `u64` is taken modulo 2^33. Every call appends whole 188-byte
@@ -241,13 +230,13 @@ impl Muxer {
         // The audio time of this video PES: its DTS if the clocks agree, else as near as the
         // last audio packet allows.
         let audio_now = self.last_audio.map(|(apts, duration)| {
-            let into = diff(apts, dts).clamp(0, duration as i64);
+            let into = pts_diff(apts, dts).clamp(0, duration as i64);
             (apts + into.unsigned_abs()) & PTS_MASK
         });
         self.pcr_ref = Some((dts.wrapping_sub(PCR_DELAY) & PTS_MASK, audio_now));
         self.pcr_audio_at = audio_now;
         self.video_anchor = audio_now;
-        if let Some(step) = self.last_video_dts.map(|prev| diff(prev, dts)) {
+        if let Some(step) = self.last_video_dts.map(|prev| pts_diff(prev, dts)) {
             if (1..=TIME_JUMP as i64).contains(&step) {
                 self.video_step = Some(step.unsigned_abs());
             } else if step != 0 {
@@ -327,7 +316,7 @@ impl Muxer {
         let candidate = ts.wrapping_sub(PCR_DELAY) & PTS_MASK;
         match self.pcr {
             None => (candidate, false),
-            Some(last) => match diff(last, candidate) {
+            Some(last) => match pts_diff(last, candidate) {
                 d if d >= 0 => (candidate, false),
                 d if d > -(TIME_JUMP as i64) => (last, false),
                 _ => (candidate, true),
@@ -350,8 +339,8 @@ impl Muxer {
         // Video PES written before any audio: their audio time is taken to be now.
         let base_at = base_at.unwrap_or(pts);
         self.pcr_ref = Some((base, Some(base_at)));
-        let since_pcr = diff(*self.pcr_audio_at.get_or_insert(pts), pts);
-        let elapsed = diff(base_at, pts);
+        let since_pcr = pts_diff(*self.pcr_audio_at.get_or_insert(pts), pts);
+        let elapsed = pts_diff(base_at, pts);
         if elapsed.unsigned_abs() > TIME_JUMP || since_pcr.unsigned_abs() > TIME_JUMP {
             // The audio clock jumped: measure from here.
             self.pcr_ref = Some((last, Some(pts)));
@@ -363,7 +352,7 @@ impl Muxer {
         // before then.
         let late = since_pcr > 0 && since_pcr.unsigned_abs() + duration > PCR_PERIOD;
         let video_due = match (self.video_step, self.video_anchor) {
-            (Some(step), Some(at)) => step <= PCR_PERIOD && diff(at, pts) < step as i64,
+            (Some(step), Some(at)) => step <= PCR_PERIOD && pts_diff(at, pts) < step as i64,
             _ => false,
         };
         if !late || video_due {
@@ -372,7 +361,11 @@ impl Muxer {
         // Never back: while the video's own time is behind the PCR (audio started it ahead),
         // the PCR waits for it.
         let value = base.wrapping_add_signed(elapsed) & PTS_MASK;
-        let pcr = if diff(last, value) > 0 { value } else { last };
+        let pcr = if pts_diff(last, value) > 0 {
+            value
+        } else {
+            last
+        };
         self.pcr = Some(pcr);
         self.pcr_audio_at = Some(pts);
         Some(pcr)
@@ -399,7 +392,7 @@ impl Muxer {
             Some((video_at, audio_at)) => {
                 let stale = |at: &mut Option<u64>, now: Option<u64>| match now {
                     Some(now) => {
-                        !(0..PSI_PERIOD as i64).contains(&diff(*at.get_or_insert(now), now))
+                        !(0..PSI_PERIOD as i64).contains(&pts_diff(*at.get_or_insert(now), now))
                     }
                     None => false,
                 };

@@ -4,6 +4,7 @@
 use super::*;
 use crate::codec::h264::{nal_units, AccessUnit, H264Assembler, NalType, AUD};
 use crate::codec::opus::split_pes;
+use crate::time::PTS_WRAP;
 use crate::ts::packet::timestamp_bytes;
 use crate::ts::packet::SYNC_BYTE;
 use crate::ts::psi::crc32_mpeg2;
@@ -375,7 +376,7 @@ fn pts_wrap_33bit() {
     let pcrs: Vec<u64> = d.pcrs.iter().map(|p| p / 300).collect();
     assert!(pcrs
         .windows(2)
-        .all(|w| (0..=PCR_PERIOD as i64).contains(&diff(w[0], w[1]))));
+        .all(|w| (0..=PCR_PERIOD as i64).contains(&pts_diff(w[0], w[1]))));
     assert!(pcrs.windows(2).any(|w| w[1] < w[0]), "wrapped");
 }
 
@@ -457,7 +458,7 @@ fn pcr_every_40ms_at_low_frame_rates_from_audio_time() {
     let d = demux(&ts);
     assert_eq!(d.problems, []);
     let pcrs: Vec<u64> = d.pcrs.iter().map(|p| p / 300).collect();
-    let steps: Vec<i64> = pcrs.windows(2).map(|w| diff(w[0], w[1])).collect();
+    let steps: Vec<i64> = pcrs.windows(2).map(|w| pts_diff(w[0], w[1])).collect();
     assert!(
         steps.iter().all(|&s| (0..=PCR_PERIOD as i64).contains(&s)),
         "{steps:?}"
@@ -476,7 +477,7 @@ fn pcr_every_40ms_at_low_frame_rates_from_audio_time() {
         if pid_of(pkt) == 0x100 && pkt[1] & 0x40 != 0 {
             let payload = &pkt[4 + usize::from(pkt[4]) + 1..];
             let dts = crate::ts::packet::read_timestamp(payload[9..14].try_into().unwrap());
-            let lead = diff(pcr.unwrap(), dts);
+            let lead = pts_diff(pcr.unwrap(), dts);
             assert!((0..=PCR_DELAY as i64).contains(&lead), "{lead}");
         }
     }
@@ -510,12 +511,12 @@ fn audio_skewed_against_video_does_not_pull_the_pcr() {
                     continue;
                 }
                 // Off by at most one audio packet (20 ms) from the video timing.
-                let lead = diff(pcr.unwrap(), dts);
+                let lead = pts_diff(pcr.unwrap(), dts);
                 let near = PCR_DELAY as i64 - 1800..=PCR_DELAY as i64;
                 assert!(near.contains(&lead), "skew {skew}: {lead}");
             }
         }
-        let steps: Vec<i64> = pcrs.windows(2).map(|w| diff(w[0], w[1])).collect();
+        let steps: Vec<i64> = pcrs.windows(2).map(|w| pts_diff(w[0], w[1])).collect();
         assert!(steps.len() > 100);
         let ok = 0..=(PCR_PERIOD + 1800) as i64;
         assert!(
